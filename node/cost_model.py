@@ -1,0 +1,246 @@
+"""Step-time model ``T = a + b * new_tokens + c * context`` (DESIGN section 2).
+
+``new_tokens`` counts every token a step processes (prefill chunk tokens plus
+one per decode); ``context`` sums, over the requests of the batch, the tokens
+already in the KV cache plus the new ones. The coefficients are fitted by
+least squares from measured steps of one deployment. Predictions are
+multiplied by an explicit safety factor.
+
+The fit lives here as plain arithmetic on lists; it is not on the per-step
+path, so it may use NumPy (imported lazily to keep the planner import-light).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from itertools import combinations
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeModel:
+    """Linear step-time model with a multiplicative safety factor."""
+
+    a_s: float
+    b_s_per_token: float
+    c_s_per_context_token: float
+    safety_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("a_s", "b_s_per_token", "c_s_per_context_token"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.b_s_per_token <= 0:
+            raise ValueError(f"b_s_per_token must be > 0, got {self.b_s_per_token!r}")
+        if not math.isfinite(self.safety_factor) or self.safety_factor < 1.0:
+            raise ValueError(f"safety_factor must be >= 1, got {self.safety_factor!r}")
+
+    def predict_s(self, new_tokens: int, context_tokens: int) -> float:
+        """Predicted duration of a step with these totals, safety factor included."""
+        raw = self.a_s + self.b_s_per_token * new_tokens + self.c_s_per_context_token * context_tokens
+        return self.safety_factor * raw
+
+    def largest_chunk(
+        self,
+        budget_s: float,
+        batch_new_tokens: int,
+        batch_context_tokens: int,
+        computed_tokens: int,
+    ) -> int:
+        """Largest prefill chunk ``q`` that keeps the step within ``budget_s``.
+
+        The batch already holds ``batch_new_tokens`` new tokens and
+        ``batch_context_tokens`` context; the prompt has ``computed_tokens``
+        tokens in cache, so a chunk of ``q`` adds ``q`` new tokens and
+        ``computed_tokens + q`` context. Closed form of
+        ``predict(N + q, C + p + q) <= budget``; returns 0 when nothing fits.
+        """
+        b, c = self.b_s_per_token, self.c_s_per_context_token
+        room = (
+            budget_s / self.safety_factor
+            - self.a_s
+            - b * batch_new_tokens
+            - c * (batch_context_tokens + computed_tokens)
+        )
+        if room <= 0:
+            return 0
+        q = math.floor(room / (b + c))
+        # Guard the floor against rounding: the closed form must never overshoot.
+        while q > 0 and self.predict_s(
+            batch_new_tokens + q, batch_context_tokens + computed_tokens + q
+        ) > budget_s * (1 + 1e-12):
+            q -= 1
+        return q
+
+
+class BatchKind(str, Enum):
+    """What a measured step held; the fit's error is reported per kind."""
+
+    DECODE_ONLY = "decode-only"
+    PREFILL_ONLY = "prefill-only"
+    MIXED = "mixed"
+
+
+@dataclass(frozen=True, slots=True)
+class StepSample:
+    """One measured step: what it processed and how long it took."""
+
+    prefill_tokens: int
+    decode_tokens: int
+    context_tokens: int
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_tokens", "decode_tokens", "context_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.prefill_tokens + self.decode_tokens == 0:
+            raise ValueError("a step sample must process at least one token")
+        if not math.isfinite(self.duration_s) or self.duration_s <= 0:
+            raise ValueError(f"duration_s must be a finite number > 0, got {self.duration_s!r}")
+
+    @property
+    def new_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_tokens
+
+    @property
+    def kind(self) -> BatchKind:
+        if self.prefill_tokens == 0:
+            return BatchKind.DECODE_ONLY
+        if self.decode_tokens == 0:
+            return BatchKind.PREFILL_ONLY
+        return BatchKind.MIXED
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStats:
+    samples: int
+    mape: float
+    p99_abs_error_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FitReport:
+    """Prediction error of a model on a set of steps, overall and per batch kind."""
+
+    overall: ErrorStats
+    by_kind: dict[BatchKind, ErrorStats] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        def row(s: ErrorStats) -> dict:
+            return {"samples": s.samples, "mape": s.mape, "p99_abs_error_s": s.p99_abs_error_s}
+
+        return {
+            "overall": row(self.overall),
+            "by_kind": {str(k.value if isinstance(k, BatchKind) else k): row(v) for k, v in self.by_kind.items()},
+        }
+
+
+def evaluate(model: StepTimeModel, samples: list[StepSample]) -> FitReport:
+    """MAPE and P99 absolute error of ``model`` (without its safety factor)."""
+    raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token, 1.0)
+
+    def stats(group: list[StepSample]) -> ErrorStats:
+        if not group:
+            return ErrorStats(0, float("nan"), float("nan"))
+        errors = [abs(raw.predict_s(s.new_tokens, s.context_tokens) - s.duration_s) for s in group]
+        mape = sum(e / s.duration_s for e, s in zip(errors, group)) / len(group)
+        return ErrorStats(len(group), mape, _percentile(errors, 99.0))
+
+    kinds = (BatchKind.DECODE_ONLY, BatchKind.PREFILL_ONLY, BatchKind.MIXED)
+    by_kind = {k: stats([s for s in samples if s.kind == k]) for k in kinds}
+    return FitReport(stats(samples), {k: v for k, v in by_kind.items() if v.samples})
+
+
+def fit(samples: list[StepSample], safety_factor: float = 1.0) -> tuple[StepTimeModel, FitReport]:
+    """Least-squares fit of ``a, b, c`` (all kept >= 0) and its error report.
+
+    Needs at least three samples. Coefficients that an unconstrained fit would
+    make negative are pinned at zero (an exact non-negative least squares for
+    three unknowns: try every subset of free coefficients, keep the best
+    feasible one).
+    """
+    import numpy as np
+
+    if len(samples) < 3:
+        raise ValueError(f"need at least 3 step samples to fit, got {len(samples)}")
+    X = np.array([[1.0, s.new_tokens, s.context_tokens] for s in samples])
+    y = np.array([s.duration_s for s in samples])
+    # Scale columns so the solver sees comparable magnitudes.
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
+    Xs = X / scale
+    best: tuple[float, np.ndarray] | None = None
+    for k in (3, 2, 1):
+        for cols in combinations(range(3), k):
+            if 1 not in cols:  # the per-token term is what makes the model useful
+                continue
+            coef_sub, *_ = np.linalg.lstsq(Xs[:, cols], y, rcond=None)
+            if np.any(coef_sub < 0):
+                continue
+            coef = np.zeros(3)
+            coef[list(cols)] = coef_sub
+            sse = float(np.sum((Xs @ coef - y) ** 2))
+            if best is None or sse < best[0]:
+                best = (sse, coef)
+    if best is None or best[1][1] <= 0:
+        raise ValueError("step samples do not determine a positive per-token cost")
+    a, b, c = (best[1] / scale).tolist()
+    model = StepTimeModel(a, b, c, safety_factor)
+    return model, evaluate(model, samples)
+
+
+class OnlineRefit:
+    """Keeps a window of recent steps and refits the model from them periodically.
+
+    ``observe`` is O(1) except every ``refit_every`` samples, when the window
+    is refitted (a few hundred rows of least squares: well under a millisecond).
+    Until ``min_samples`` are seen, or when a fit fails, the prior model stays.
+    """
+
+    def __init__(
+        self,
+        prior: StepTimeModel,
+        *,
+        window: int = 512,
+        min_samples: int = 32,
+        refit_every: int = 64,
+    ) -> None:
+        if window < 3 or min_samples < 3 or refit_every < 1:
+            raise ValueError("window and min_samples must be >= 3, refit_every >= 1")
+        self.model = prior
+        self.report: FitReport | None = None
+        self._samples: deque[StepSample] = deque(maxlen=window)
+        self._min_samples = min_samples
+        self._refit_every = refit_every
+        self._since_refit = 0
+        self.refits = 0
+
+    def observe(self, sample: StepSample) -> StepTimeModel:
+        self._samples.append(sample)
+        self._since_refit += 1
+        if len(self._samples) >= self._min_samples and self._since_refit >= self._refit_every:
+            self._since_refit = 0
+            try:
+                model, report = fit(list(self._samples), self.model.safety_factor)
+            except ValueError:
+                return self.model  # degenerate window (e.g. all steps alike): keep the last model
+            self.model, self.report = model, report
+            self.refits += 1
+        return self.model
+
+    @property
+    def samples(self) -> list[StepSample]:
+        return list(self._samples)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)

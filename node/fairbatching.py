@@ -1,0 +1,130 @@
+"""The FairBatching batch former (DESIGN section 2).
+
+Each step:
+
+1. slack of every request against its envelope deadline;
+2. time budget ``max(min decode slack, min decode TPOT)`` (the floor keeps a
+   step from shrinking to nothing when decodes are late);
+3. candidates in three groups, each in EDF order (slack ascending):
+   urgent decodes, then prefills, then decodes ahead of their envelope;
+4. greedy: urgent decodes enter whatever the budget (leaving one out makes it
+   late anyway), everything else only while the predicted step time stays
+   within the budget; a prefill gets the largest chunk that fits.
+
+Under overload every decode becomes urgent and the policy degrades to
+decode-first by itself, protecting admitted requests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from node.cost_model import StepTimeModel
+from node.envelope import Anchor
+from node.plan import BatchBuilder, BatchPlan, Group, Limits
+from node.request import RequestState
+
+
+class Urgency(str, Enum):
+    """When a decode counts as urgent."""
+
+    # A decode skipped now waits this step and the next one: urgent if its
+    # slack is below budget + min TPOT. DESIGN section 2 measured the narrower
+    # rule 38 % worse on bursty short requests.
+    BUDGET_PLUS_TPOT = "budget+tpot"
+    TPOT = "tpot"  # the narrow rule: slack below the request's own TPOT
+
+
+@dataclass(frozen=True, slots=True)
+class FairBatchingConfig:
+    """Knobs of the FairBatching policy; defaults follow DESIGN section 2."""
+
+    anchor: Anchor = Anchor.ARRIVAL
+    urgency: Urgency = Urgency.BUDGET_PLUS_TPOT
+    min_chunk_tokens: int = 16
+    budget_floor: bool = True  # the max(., min TPOT) floor of the budget
+    max_budget_s: float | None = None  # optional cap on a step's time budget
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anchor", Anchor(self.anchor))
+        object.__setattr__(self, "urgency", Urgency(self.urgency))
+        if not isinstance(self.min_chunk_tokens, int) or self.min_chunk_tokens < 1:
+            raise ValueError(f"min_chunk_tokens must be an integer >= 1, got {self.min_chunk_tokens!r}")
+        if self.max_budget_s is not None and not (math.isfinite(self.max_budget_s) and self.max_budget_s > 0):
+            raise ValueError(f"max_budget_s must be > 0, got {self.max_budget_s!r}")
+
+
+def request_slack(req: RequestState, now_s: float, anchor: Anchor) -> float:
+    """Inlined ``envelope.slack_s``: this runs once per request per step."""
+    slo = req.slo
+    if req.output_tokens == 0 or anchor is Anchor.ARRIVAL or req.first_token_s is None:
+        return req.arrival_s + slo.ttft_s + slo.tpot_s * req.output_tokens - now_s
+    return req.first_token_s + slo.tpot_s * req.output_tokens - now_s
+
+
+class FairBatchingPolicy:
+    """Slack-driven, budgeted batch formation."""
+
+    name = "fairbatching"
+
+    def __init__(self, model: StepTimeModel, config: FairBatchingConfig | None = None) -> None:
+        self.model = model
+        self.config = config or FairBatchingConfig()
+
+    def time_budget_s(self, decodes: list[tuple[float, RequestState]], prefills: list[tuple[float, RequestState]]) -> float:
+        """The step's time budget from the slack of what is waiting (lists of (slack, request))."""
+        cfg = self.config
+        if decodes:
+            min_slack = min(s for s, _ in decodes)
+            floor = min(r.slo.tpot_s for _, r in decodes) if cfg.budget_floor else 0.0
+        else:
+            min_slack = min(s for s, _ in prefills)
+            floor = min(r.slo.tpot_s for _, r in prefills)
+        budget = max(min_slack, floor)
+        if cfg.max_budget_s is not None:
+            budget = min(budget, cfg.max_budget_s)
+        return budget
+
+    def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be finite, got {now_s!r}")
+        cfg = self.config
+        anchor = cfg.anchor
+        decodes: list[tuple[float, RequestState]] = []
+        prefills: list[tuple[float, RequestState]] = []
+        for req in requests:
+            (prefills if req.is_prefill else decodes).append((request_slack(req, now_s, anchor), req))
+        builder = BatchBuilder(self.model, limits)
+        if not decodes and not prefills:
+            return builder.finish(self.name, budget_s=None)
+
+        budget = self.time_budget_s(decodes, prefills)
+        builder.budget_s = budget
+        edf = _edf_key
+        decodes.sort(key=edf)
+        prefills.sort(key=edf)
+
+        if cfg.urgency is Urgency.BUDGET_PLUS_TPOT and decodes:
+            threshold = budget + min(r.slo.tpot_s for _, r in decodes)
+            urgent = [d for d in decodes if d[0] < threshold]
+            relaxed = [d for d in decodes if d[0] >= threshold]
+        else:
+            urgent = [d for d in decodes if d[0] < d[1].slo.tpot_s]
+            relaxed = [d for d in decodes if d[0] >= d[1].slo.tpot_s]
+
+        for slack, req in urgent:
+            builder.add_decode(req, slack, Group.URGENT, within_budget=False)
+        for slack, req in prefills:
+            cap = self.model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            builder.add_prefill(req, slack, token_cap=cap, min_chunk=cfg.min_chunk_tokens)
+        for slack, req in relaxed:
+            builder.add_decode(req, slack, Group.DECODE, within_budget=True)
+        return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
+
+
+def _edf_key(entry: tuple[float, RequestState]) -> tuple[float, float, str]:
+    slack, req = entry
+    return (slack, req.arrival_s, req.request_id)
