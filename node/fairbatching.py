@@ -95,8 +95,18 @@ class FairBatchingPolicy:
         anchor = cfg.anchor
         decodes: list[tuple[float, RequestState]] = []
         prefills: list[tuple[float, RequestState]] = []
-        for req in requests:
-            (prefills if req.is_prefill else decodes).append((request_slack(req, now_s, anchor), req))
+        arrival_anchor = anchor is Anchor.ARRIVAL
+        for req in requests:  # request_slack() inlined: this loop runs once per request per step
+            slo = req.slo
+            k = req.output_tokens
+            if k == 0 or arrival_anchor or req.first_token_s is None:
+                slack = req.arrival_s + slo.ttft_s + slo.tpot_s * k - now_s
+            else:
+                slack = req.first_token_s + slo.tpot_s * k - now_s
+            if req.computed_tokens < req.prompt_tokens:
+                prefills.append((slack, req))
+            else:
+                decodes.append((slack, req))
         builder = BatchBuilder(self.model, limits)
         if not decodes and not prefills:
             return builder.finish(self.name, budget_s=None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from node.cost_model import StepTimeModel
 from node.request import RequestState
@@ -57,8 +57,8 @@ class Limits:
             raise ValueError(f"kv_blocks_free must be an integer >= 0, got {self.kv_blocks_free!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduledItem:
+class ScheduledItem(NamedTuple):
+    # NamedTuples: built once per scheduled request per step, so construction cost matters.
     request_id: str
     new_tokens: int
     is_prefill: bool
@@ -66,8 +66,7 @@ class ScheduledItem:
     slack_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(NamedTuple):
     request_id: str
     reason: SkipReason
     group: Group
@@ -145,25 +144,29 @@ class BatchBuilder:
     def add_decode(self, req: RequestState, slack: float, group: Group, *, within_budget: bool) -> bool:
         """Add one decode token of ``req`` if the caps (and the budget, if asked) allow."""
         limits = self.limits
-        reason = None
-        context = req.decode_context_tokens
-        blocks = req.kv_blocks_needed(1, limits.block_size)
+        context = req.prompt_tokens + req.output_tokens  # req.decode_context_tokens, inlined
+        if req.kv_tokens is None and req.kv_blocks is None:
+            # Fast path of req.kv_blocks_needed(1): a new block exactly when the held ones are full.
+            held = context - 1 if req.output_tokens else context
+            blocks = 1 if held % limits.block_size == 0 else 0
+        else:
+            blocks = req.kv_blocks_needed(1, limits.block_size)
         if len(self.items) >= limits.max_num_seqs:
             reason = SkipReason.SEQS
-        elif self.new_tokens + 1 > limits.max_num_batched_tokens:
+        elif self.new_tokens >= limits.max_num_batched_tokens:
             reason = SkipReason.TOKENS
         elif self.kv_blocks + blocks > limits.kv_blocks_free:
             reason = SkipReason.KV
         elif within_budget and self.model.predict_s(self.new_tokens + 1, self.context_tokens + context) > self.budget_s:
             reason = SkipReason.BUDGET
-        if reason is not None:
-            self.skipped.append(Skipped(req.request_id, reason, group))
-            return False
-        self.items.append(ScheduledItem(req.request_id, 1, False, group, slack))
-        self.new_tokens += 1
-        self.context_tokens += context
-        self.kv_blocks += blocks
-        return True
+        else:
+            self.items.append(ScheduledItem(req.request_id, 1, False, group, slack))
+            self.new_tokens += 1
+            self.context_tokens += context
+            self.kv_blocks += blocks
+            return True
+        self.skipped.append(Skipped(req.request_id, reason, group))
+        return False
 
     def add_prefill(self, req: RequestState, slack: float, *, token_cap: int, min_chunk: int = 1) -> int:
         """Add the largest chunk of ``req``'s remaining prompt that fits; return its size.
