@@ -92,8 +92,8 @@ class SarathiPolicy:
         decodes = sorted((r for r in requests if not r.is_prefill), key=_fcfs_key)
         prefills = sorted((r for r in requests if r.is_prefill), key=_fcfs_key)
         tpot_s = min(r.slo.tpot_s for r in (decodes or prefills))
-        for req in decodes:
-            builder.add_decode(req, request_slack(req, now_s, Anchor.ARRIVAL), Group.URGENT, within_budget=False)
+        entries = [(request_slack(r, now_s, Anchor.ARRIVAL), r) for r in decodes]
+        builder.add_decodes(entries, Group.URGENT, within_budget=False)  # stall-free: every decode runs
         static = self.config.token_budget
         for req in prefills:
             if static is not None:

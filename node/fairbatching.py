@@ -18,6 +18,7 @@ decode-first by itself, protecting admitted requests.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
@@ -74,18 +75,11 @@ class FairBatchingPolicy:
         self.model = model
         self.config = config or FairBatchingConfig()
 
-    def time_budget_s(self, decodes: list[tuple[float, RequestState]], prefills: list[tuple[float, RequestState]]) -> float:
-        """The step's time budget from the slack of what is waiting (lists of (slack, request))."""
-        cfg = self.config
-        if decodes:
-            min_slack = min(s for s, _ in decodes)
-            floor = min(r.slo.tpot_s for _, r in decodes) if cfg.budget_floor else 0.0
-        else:
-            min_slack = min(s for s, _ in prefills)
-            floor = min(r.slo.tpot_s for _, r in prefills)
-        budget = max(min_slack, floor)
-        if cfg.max_budget_s is not None:
-            budget = min(budget, cfg.max_budget_s)
+    def time_budget_s(self, min_slack_s: float, floor_s: float) -> float:
+        """The step's time budget: the most pressed slack, floored (decode TPOT) and capped."""
+        budget = max(min_slack_s, floor_s)
+        if self.config.max_budget_s is not None:
+            budget = min(budget, self.config.max_budget_s)
         return budget
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
@@ -93,8 +87,8 @@ class FairBatchingPolicy:
             raise ValueError(f"now_s must be finite, got {now_s!r}")
         cfg = self.config
         anchor = cfg.anchor
-        decodes: list[tuple[float, RequestState]] = []
-        prefills: list[tuple[float, RequestState]] = []
+        decodes: list[tuple] = []  # EDF entries (slack, arrival, id, request)
+        prefills: list[tuple] = []
         arrival_anchor = anchor is Anchor.ARRIVAL
         for req in requests:  # request_slack() inlined: this loop runs once per request per step
             slo = req.slo
@@ -103,38 +97,40 @@ class FairBatchingPolicy:
                 slack = req.arrival_s + slo.ttft_s + slo.tpot_s * k - now_s
             else:
                 slack = req.first_token_s + slo.tpot_s * k - now_s
+            # EDF entries sort as plain tuples (ids are unique, so the request is never compared).
             if req.computed_tokens < req.prompt_tokens:
-                prefills.append((slack, req))
+                prefills.append((slack, req.arrival_s, req.request_id, req))
             else:
-                decodes.append((slack, req))
+                decodes.append((slack, req.arrival_s, req.request_id, req))
         builder = BatchBuilder(self.model, limits)
         if not decodes and not prefills:
             return builder.finish(self.name, budget_s=None)
 
-        budget = self.time_budget_s(decodes, prefills)
+        decodes.sort()
+        prefills.sort()
+        if decodes:
+            min_tpot = min(d[-1].slo.tpot_s for d in decodes)
+            budget = self.time_budget_s(decodes[0][0], min_tpot if cfg.budget_floor else 0.0)
+        else:  # no decodes to protect: the most pressed prompt sets the pace
+            budget = self.time_budget_s(prefills[0][0], min(p[-1].slo.tpot_s for p in prefills))
         builder.budget_s = budget
-        edf = _edf_key
-        decodes.sort(key=edf)
-        prefills.sort(key=edf)
 
         if cfg.urgency is Urgency.BUDGET_PLUS_TPOT and decodes:
-            threshold = budget + min(r.slo.tpot_s for _, r in decodes)
-            urgent = [d for d in decodes if d[0] < threshold]
-            relaxed = [d for d in decodes if d[0] >= threshold]
+            # Decodes are sorted by slack, so the urgent ones are a prefix.
+            threshold = budget + min_tpot
+            split = bisect_left(decodes, threshold, key=_slack_of)
+            urgent, relaxed = decodes[:split], decodes[split:]
         else:
-            urgent = [d for d in decodes if d[0] < d[1].slo.tpot_s]
-            relaxed = [d for d in decodes if d[0] >= d[1].slo.tpot_s]
+            urgent = [d for d in decodes if d[0] < d[-1].slo.tpot_s]
+            relaxed = [d for d in decodes if d[0] >= d[-1].slo.tpot_s]
 
-        for slack, req in urgent:
-            builder.add_decode(req, slack, Group.URGENT, within_budget=False)
-        for slack, req in prefills:
+        builder.add_decodes(urgent, Group.URGENT, within_budget=False)
+        for slack, _, _, req in prefills:
             cap = self.model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
             builder.add_prefill(req, slack, token_cap=cap, min_chunk=cfg.min_chunk_tokens)
-        for slack, req in relaxed:
-            builder.add_decode(req, slack, Group.DECODE, within_budget=True)
+        builder.add_decodes(relaxed, Group.DECODE, within_budget=True)
         return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
 
 
-def _edf_key(entry: tuple[float, RequestState]) -> tuple[float, float, str]:
-    slack, req = entry
-    return (slack, req.arrival_s, req.request_id)
+def _slack_of(entry: tuple) -> float:
+    return entry[0]

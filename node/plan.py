@@ -143,30 +143,53 @@ class BatchBuilder:
 
     def add_decode(self, req: RequestState, slack: float, group: Group, *, within_budget: bool) -> bool:
         """Add one decode token of ``req`` if the caps (and the budget, if asked) allow."""
-        limits = self.limits
-        context = req.prompt_tokens + req.output_tokens  # req.decode_context_tokens, inlined
-        if req.kv_tokens is None and req.kv_blocks is None:
-            # Fast path of req.kv_blocks_needed(1): a new block exactly when the held ones are full.
-            held = context - 1 if req.output_tokens else context
-            blocks = 1 if held % limits.block_size == 0 else 0
-        else:
-            blocks = req.kv_blocks_needed(1, limits.block_size)
-        if len(self.items) >= limits.max_num_seqs:
-            reason = SkipReason.SEQS
-        elif self.new_tokens >= limits.max_num_batched_tokens:
-            reason = SkipReason.TOKENS
-        elif self.kv_blocks + blocks > limits.kv_blocks_free:
-            reason = SkipReason.KV
-        elif within_budget and self.model.predict_s(self.new_tokens + 1, self.context_tokens + context) > self.budget_s:
-            reason = SkipReason.BUDGET
-        else:
-            self.items.append(ScheduledItem(req.request_id, 1, False, group, slack))
-            self.new_tokens += 1
-            self.context_tokens += context
-            self.kv_blocks += blocks
-            return True
-        self.skipped.append(Skipped(req.request_id, reason, group))
-        return False
+        return self.add_decodes(((slack, req),), group, within_budget=within_budget) == 1
+
+    def add_decodes(
+        self, entries: Sequence[tuple], group: Group, *, within_budget: bool
+    ) -> int:
+        """Add one decode token for each ``(slack, ..., request)`` entry, in order, where it fits.
+
+        Each entry's first element is its slack and its last the request. The
+        loop keeps limits and model coefficients in locals: it runs once per
+        decoding request per step, the hottest path of the scheduler.
+        """
+        limits, model = self.limits, self.model
+        max_seqs, max_tokens = limits.max_num_seqs, limits.max_num_batched_tokens
+        kv_free, block_size = limits.kv_blocks_free, limits.block_size
+        sf, a, b, c = model.safety_factor, model.a_s, model.b_s_per_token, model.c_s_per_context_token
+        # predict(N + 1, C + ctx) <= budget  <=>  c * ctx <= budget / sf - a - b * (N + 1) - c * C
+        budget_raw = self.budget_s / sf if within_budget else math.inf
+        items, skipped = self.items, self.skipped
+        new_tokens, context_tokens, kv_blocks = self.new_tokens, self.context_tokens, self.kv_blocks
+        added = 0
+        for entry in entries:
+            slack, req = entry[0], entry[-1]
+            context = req.prompt_tokens + req.output_tokens  # req.decode_context_tokens, inlined
+            if req.kv_tokens is None and req.kv_blocks is None:
+                # Fast path of req.kv_blocks_needed(1): a new block exactly when the held ones are full.
+                held = context - 1 if req.output_tokens else context
+                blocks = 1 if held % block_size == 0 else 0
+            else:
+                blocks = req.kv_blocks_needed(1, block_size)
+            if len(items) >= max_seqs:
+                reason = SkipReason.SEQS
+            elif new_tokens >= max_tokens:
+                reason = SkipReason.TOKENS
+            elif kv_blocks + blocks > kv_free:
+                reason = SkipReason.KV
+            elif a + b * (new_tokens + 1) + c * (context_tokens + context) > budget_raw:
+                reason = SkipReason.BUDGET
+            else:
+                items.append(ScheduledItem(req.request_id, 1, False, group, slack))
+                new_tokens += 1
+                context_tokens += context
+                kv_blocks += blocks
+                added += 1
+                continue
+            skipped.append(Skipped(req.request_id, reason, group))
+        self.new_tokens, self.context_tokens, self.kv_blocks = new_tokens, context_tokens, kv_blocks
+        return added
 
     def add_prefill(self, req: RequestState, slack: float, *, token_cap: int, min_chunk: int = 1) -> int:
         """Add the largest chunk of ``req``'s remaining prompt that fits; return its size.
