@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall whenever the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: test test-core serve venv clean
+.PHONY: test test-core serve venv clean prometheus
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,15 +16,27 @@ $(BIN)/python:
 # torchvision/torchaudio/torchcodec come in as CUDA builds and break `import vllm` on CPU.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine-cpu,serve,test]'
+	$(BIN)/pip install -q -e '.[engine-cpu,serve,observability,test]'
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-test: venv
+# Prometheus and promtool (Debian package) for the deploy and observability tests.
+# The tests start their own prometheus on a loopback port; the service stays off.
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus && \
+		 (systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true))
+
+test: venv prometheus
 	$(BIN)/python -m pytest -q tests
+
+# The product on its embedded default: a local Ray cluster, two tiny CPU engines,
+# the PAB router and the OpenAI API at http://127.0.0.1:8000 (Ctrl-C stops it).
+serve: venv
+	RAY_AUTH_MODE=disabled $(BIN)/fairbatching serve
 
 # The policy core alone, without the engine and serving stacks.
 test-core: $(BIN)/python

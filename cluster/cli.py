@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from cluster.cli_bench import app as bench_app
+from cluster.cli_engine import profile, tiny_model
+from cluster.cli_serve import load, serve, status
+from cluster.cli_sim import app as sim_app
 
 app = typer.Typer(
     help="FairBatching: fair batch scheduling and Prefill-Admission-Budget routing for LLM serving.",
@@ -12,6 +15,12 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_app, name="bench")
+app.command("profile")(profile)
+app.command("tiny-model")(tiny_model)
+app.add_typer(sim_app, name="sim")
+app.command("serve")(serve)
+app.command("status")(status)
+app.command("load")(load)
 
 if __name__ == "__main__":
     app()

@@ -13,6 +13,7 @@ path, so it may use NumPy (imported lazily to keep the planner import-light).
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -193,12 +194,58 @@ def fit(samples: list[StepSample], safety_factor: float = 1.0) -> tuple[StepTime
     return model, evaluate(model, samples)
 
 
+def _log2_bin(x: int) -> int:
+    return x.bit_length()  # 0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3, ...
+
+
+def lower_envelope(samples: list[StepSample]) -> list[StepSample]:
+    """The fastest step of each batch shape (log2 bins of prefill, decode and context tokens).
+
+    Time taken from a step by other work on a shared host is only ever added,
+    so the fastest repeat of a shape is the best estimate of the step itself.
+    On a quiet GPU it biases the fit low by about the step-time jitter, which
+    the safety factor covers.
+    """
+    best: dict[tuple[int, int, int], StepSample] = {}
+    for s in samples:
+        key = (_log2_bin(s.prefill_tokens), _log2_bin(s.decode_tokens), _log2_bin(s.context_tokens))
+        if key not in best or s.duration_s < best[key].duration_s:
+            best[key] = s
+    return list(best.values())
+
+
+def robust_fit(
+    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0
+) -> tuple[StepTimeModel, FitReport, FitReport, int]:
+    """Fit the lower envelope of the steps, trimmed of slow outliers.
+
+    Returns (model, report on the steps kept, report on every step, steps dropped).
+    Trimming is one-sided: a step slower than the fit by more than
+    ``outlier_mads`` median absolute deviations was slowed by something else.
+    """
+    kept = lower_envelope(samples)
+    if len(kept) < 3:
+        kept = list(samples)
+    model, report = fit(kept, safety_factor)
+    raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token)
+    resid = [s.duration_s - raw.predict_s(s.new_tokens, s.context_tokens) for s in kept]
+    med = statistics.median(resid)
+    mad = statistics.median(abs(r - med) for r in resid) or 1e-9
+    trimmed = [s for s, r in zip(kept, resid) if r - med <= outlier_mads * mad]
+    if len(trimmed) >= max(3, len(kept) * 2 // 3):
+        kept = trimmed
+        model, report = fit(kept, safety_factor)
+    return model, report, evaluate(model, samples), len(samples) - len(kept)
+
+
 class OnlineRefit:
     """Keeps a window of recent steps and refits the model from them periodically.
 
     ``observe`` is O(1) except every ``refit_every`` samples, when the window
     is refitted (a few hundred rows of least squares: well under a millisecond).
     Until ``min_samples`` are seen, or when a fit fails, the prior model stays.
+    With ``robust`` (the default) the window is fitted by ``robust_fit``, so
+    steps slowed by other work on the host do not drag the model up.
     """
 
     def __init__(
@@ -208,6 +255,7 @@ class OnlineRefit:
         window: int = 512,
         min_samples: int = 32,
         refit_every: int = 64,
+        robust: bool = True,
     ) -> None:
         if window < 3 or min_samples < 3 or refit_every < 1:
             raise ValueError("window and min_samples must be >= 3, refit_every >= 1")
@@ -217,6 +265,7 @@ class OnlineRefit:
         self._min_samples = min_samples
         self._refit_every = refit_every
         self._since_refit = 0
+        self._robust = robust
         self.refits = 0
 
     def observe(self, sample: StepSample) -> StepTimeModel:
@@ -225,7 +274,10 @@ class OnlineRefit:
         if len(self._samples) >= self._min_samples and self._since_refit >= self._refit_every:
             self._since_refit = 0
             try:
-                model, report = fit(list(self._samples), self.model.safety_factor)
+                if self._robust:
+                    model, report, _, _ = robust_fit(list(self._samples), safety_factor=self.model.safety_factor)
+                else:
+                    model, report = fit(list(self._samples), self.model.safety_factor)
             except ValueError:
                 return self.model  # degenerate window (e.g. all steps alike): keep the last model
             self.model, self.report = model, report

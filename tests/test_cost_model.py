@@ -141,3 +141,22 @@ def test_profile_file_errors_are_clear(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ProfileError, match="JSON object"):
         load_profile(tmp_path / "list.json")
+
+
+def test_online_refit_sees_through_steps_slowed_by_other_work():
+    # A third of the steps ran beside another job and took 2-10x longer.
+    rng = random.Random(9)
+    steps = []
+    for s in synthetic_steps(TRUE, 600, seed=8, noise=0.01):
+        if rng.random() < 0.33:
+            s = StepSample(s.prefill_tokens, s.decode_tokens, s.context_tokens, s.duration_s * rng.uniform(2, 10))
+        steps.append(s)
+    robust = OnlineRefit(TRUE, window=600, min_samples=100, refit_every=600)
+    plain = OnlineRefit(TRUE, window=600, min_samples=100, refit_every=600, robust=False)
+    for s in steps:
+        robust.observe(s)
+        plain.observe(s)
+    assert robust.refits == plain.refits == 1
+    assert robust.model.b_s_per_token == pytest.approx(TRUE.b_s_per_token, rel=0.15)
+    assert robust.model.a_s < 2 * TRUE.a_s
+    assert plain.model.a_s > 2 * TRUE.a_s or plain.model.b_s_per_token > 1.5 * TRUE.b_s_per_token

@@ -1,0 +1,52 @@
+"""PAB placement: send a request to the node with the largest Prefill Admission Budget (DESIGN section 3).
+
+A request of ``L`` uncached prompt tokens goes to the node whose (debited)
+view has the largest PAB; that view is debited by ``L`` at once. When no node
+has ``PAB >= L`` the request is rejected at admission (HTTP 429 with a
+Retry-After hint).
+
+Variants, as knobs:
+
+* ``fit="best"``: the node with the *smallest* PAB that still covers ``L``
+  (best-fit), keeping large budgets free for large prompts;
+* ``reject=False``: never reject; place on the largest budget even when it is
+  short (PAB as a pure load signal, "PAB without rejection").
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from balancer.placement import PlacementPolicy
+
+
+class PABPlacement(PlacementPolicy):
+    name = "pab"
+
+    def __init__(
+        self,
+        node_ids: Sequence[int],
+        *,
+        fit: str = "largest",
+        reject: bool = True,
+        admission_cap_tokens: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(node_ids, admission_cap_tokens=admission_cap_tokens, rng=rng)
+        if fit not in ("largest", "best"):
+            raise ValueError(f"fit must be 'largest' or 'best', got {fit!r}")
+        self.fit = fit
+        self.reject = reject
+        self._reject_reason = "no-budget"
+
+    def _pick(self, prompt_tokens: int) -> int | None:
+        views = self.views
+        # Ties go to the lowest node id: deterministic, and debits spread a burst anyway.
+        largest = max(self.node_ids, key=lambda n: (views[n].pab_tokens, -n))
+        if views[largest].pab_tokens < prompt_tokens:
+            return None if self.reject else largest
+        if self.fit == "best":
+            fitting = [n for n in self.node_ids if views[n].pab_tokens >= prompt_tokens]
+            return min(fitting, key=lambda n: (views[n].pab_tokens, n))
+        return largest

@@ -1,0 +1,269 @@
+"""Assembling the serving app from a ``ServeConfig``: engine deployment, PAB registry and router, ingress.
+
+``ServeConfig`` holds every knob of a deployment as data; ``load_config``
+reads one from a YAML or JSON file (keys are the field names; unknown keys and
+bad values are errors naming the key and the file). ``build_app`` turns it into
+a Ray Serve application::
+
+    ingress (FastAPI, OpenAI API)  --handle-->  engine deployment
+                                                  router:   balancer.router.PABRequestRouter
+                                                            (or Serve's default, for A/B runs)
+                                                  registry: balancer.pab_registry.PABRegistry
+                                                            (deployment-scoped actor)
+                                                  replicas: node.engine_replica.EngineReplica
+
+With no file the embedded default runs two engines with the tiny CPU model on
+one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from node.engine_replica import FAIRBATCHING_SCHEDULER, TINY_MODEL, EngineSpec
+
+ENGINE_DEPLOYMENT = "engine"
+INGRESS_DEPLOYMENT = "ingress"
+ROUTERS = ("pab", "serve-default")
+# fairbatching-async: the same policy on vLLM's AsyncScheduler (GPU default: overlapped steps).
+SCHEDULERS = {
+    "fairbatching": FAIRBATCHING_SCHEDULER,
+    "fairbatching-async": "node.served_scheduler.ServedFairBatchingAsyncScheduler",
+    "vllm": None,
+}
+
+
+def _tiny_cpu_engine_args() -> dict[str, Any]:
+    return {
+        "load_format": "dummy",
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 2048,
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 512,
+        "block_size": 32,
+        "enable_prefix_caching": False,
+        "seed": 0,
+    }
+
+
+class ConfigError(ValueError):
+    """A serve config is malformed; the message names the key (and file)."""
+
+
+@dataclass
+class ServeConfig:
+    # model and engines
+    model: str = TINY_MODEL  # HF id or path; "tiny" = the random-weight tiny Llama written locally
+    served_model_name: str = "tiny-llama"
+    engines: int = 2  # engine replicas (one per GPU node on a GPU cluster)
+    engine_num_cpus: float = 0.4
+    engine_num_gpus: float = 0.0
+    one_engine_per_node: bool = False  # max_replicas_per_node = 1
+    engine_args: dict[str, Any] = field(default_factory=_tiny_cpu_engine_args)  # vLLM AsyncEngineArgs
+    engine_env: dict[str, str] = field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"})
+    scheduler: str = "fairbatching"  # fairbatching | fairbatching-async (GPU) | vllm (stock)
+    node_config: dict[str, Any] = field(default_factory=dict)  # NodeConfig overrides for the scheduler
+    profile: str = "cpu-tiny-llama"
+    ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.25
+    anchor: str = "arrival"
+    report_interval_s: float = 0.05
+    max_ongoing_requests: int = 256  # per engine; admission is PAB's job
+    # balancing
+    router: str = "pab"  # pab (our router, any balancer) | serve-default (Ray Serve's power of two)
+    balancer: str = "pab"  # placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv
+    balancer_knobs: dict[str, Any] = field(default_factory=dict)
+    admission_cap: Optional[int] = None
+    admission_wait_s: float = 0.0  # bounded wait at the router before a 429
+    registry_timeout_s: float = 0.5
+    routing_stats_period_s: float = 0.2
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1
+    first_output_timeout_s: float = 120.0
+    app_name: str = "fairbatching"
+
+    def __post_init__(self) -> None:
+        def fail(key: str, msg: str) -> None:
+            raise ConfigError(f"{key}: {msg}")
+
+        if not isinstance(self.engines, int) or self.engines < 1:
+            fail("engines", f"must be an integer >= 1, got {self.engines!r}")
+        if self.scheduler not in SCHEDULERS:
+            fail("scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.router not in ROUTERS:
+            fail("router", f"must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        from balancer.registry import PLACEMENT_NAMES
+
+        if self.balancer not in PLACEMENT_NAMES:
+            fail("balancer", f"must be one of {', '.join(PLACEMENT_NAMES)}, got {self.balancer!r}")
+        for key in ("ttft_slo_s", "tpot_slo_s", "report_interval_s", "registry_timeout_s",
+                    "routing_stats_period_s", "first_output_timeout_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                fail(key, f"must be a number > 0, got {v!r}")
+        for key in ("engine_num_cpus", "engine_num_gpus", "ingress_num_cpus", "admission_wait_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                fail(key, f"must be a number >= 0, got {v!r}")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            fail("port", f"must be a TCP port, got {self.port!r}")
+        for key in ("engine_args", "engine_env", "node_config", "balancer_knobs"):
+            if not isinstance(getattr(self, key), dict):
+                fail(key, f"must be a mapping, got {getattr(self, key)!r}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def engine_spec(self) -> EngineSpec:
+        return EngineSpec(
+            model=self.model,
+            served_model_name=self.served_model_name,
+            engine_args=dict(self.engine_args),
+            scheduler_cls=SCHEDULERS[self.scheduler],
+            node_config=dict(self.node_config) or None,
+            profile=self.profile,
+            ttft_slo_s=self.ttft_slo_s,
+            tpot_slo_s=self.tpot_slo_s,
+            anchor=self.anchor,
+            report_interval_s=self.report_interval_s,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CONFIG_FIELDS = {f.name for f in fields(ServeConfig)}
+
+
+def config_from_dict(data: Any, source: str = "<config>") -> ServeConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a serve config must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - CONFIG_FIELDS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(CONFIG_FIELDS))}")
+    try:
+        return ServeConfig(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> ServeConfig:
+    """A ``ServeConfig`` from a YAML (``.yaml``/``.yml``) or JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - yaml and json raise different types
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    return config_from_dict(data if data is not None else {}, str(path))
+
+
+def engine_env(cfg: ServeConfig) -> dict[str, str]:
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"} if cfg.model == TINY_MODEL else {}
+    env.update({k: str(v) for k, v in cfg.engine_env.items()})
+    return env
+
+
+def build_app(cfg: ServeConfig):
+    """The Serve application (ingress bound to the engine deployment) for ``cfg``."""
+    import ray
+    from ray import serve
+    from ray.serve.config import DeploymentActorConfig, RequestRouterConfig
+
+    from balancer.pab_registry import REGISTRY_ACTOR_NAME, PABRegistry
+    from balancer.router import PABRequestRouter
+    from cluster.api import make_ingress
+    from node.engine_replica import EngineReplica
+
+    router_kwargs: dict[str, Any] = {
+        "request_routing_stats_period_s": cfg.routing_stats_period_s,
+        "request_routing_stats_timeout_s": max(1.0, 5 * cfg.routing_stats_period_s),
+    }
+    if cfg.router == "pab":
+        router_kwargs.update(
+            request_router_class=PABRequestRouter,
+            request_router_kwargs={
+                "balancer": cfg.balancer,
+                "knobs": cfg.balancer_knobs,
+                "admission_cap": cfg.admission_cap,
+                "admission_wait_s": cfg.admission_wait_s,
+                "registry_timeout_s": cfg.registry_timeout_s,
+            },
+        )
+    registry = DeploymentActorConfig(
+        name=REGISTRY_ACTOR_NAME,
+        actor_class=ray.remote(PABRegistry),
+        init_kwargs={"balancer": cfg.balancer, "knobs": cfg.balancer_knobs, "admission_cap": cfg.admission_cap},
+        actor_options={"num_cpus": 0},
+    )
+    actor_options: dict[str, Any] = {
+        "num_cpus": cfg.engine_num_cpus,
+        "runtime_env": {"env_vars": engine_env(cfg)},
+    }
+    if cfg.engine_num_gpus:
+        actor_options["num_gpus"] = cfg.engine_num_gpus
+    engine_opts: dict[str, Any] = dict(
+        name=ENGINE_DEPLOYMENT,
+        num_replicas=cfg.engines,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        ray_actor_options=actor_options,
+        request_router_config=RequestRouterConfig(**router_kwargs),
+        deployment_actors=[registry],
+        health_check_period_s=2.0,
+        health_check_timeout_s=30.0,
+        graceful_shutdown_timeout_s=5.0,
+    )
+    if cfg.one_engine_per_node:
+        engine_opts["max_replicas_per_node"] = 1
+    engine = serve.deployment(EngineReplica).options(**engine_opts).bind(cfg.engine_spec().to_dict())
+
+    max_model_len = int(cfg.engine_args.get("max_model_len", 2048))
+    ingress_cls = make_ingress({
+        "name": INGRESS_DEPLOYMENT,
+        "num_replicas": cfg.ingress_replicas,
+        "max_ongoing_requests": 4096,
+        "ray_actor_options": {"num_cpus": cfg.ingress_num_cpus, "runtime_env": {"env_vars": engine_env(cfg)}},
+    })
+    return ingress_cls.bind(engine, {
+        "model": cfg.model,
+        "served_model_name": cfg.served_model_name,
+        "max_model_len": max_model_len,
+        "ttft_slo_s": cfg.ttft_slo_s,
+        "tpot_slo_s": cfg.tpot_slo_s,
+        "first_output_timeout_s": cfg.first_output_timeout_s,
+        "app_name": cfg.app_name,
+        "engine_deployment": ENGINE_DEPLOYMENT,
+    })
+
+
+def deploy(cfg: ServeConfig, *, blocking: bool = False) -> str:
+    """Start Serve's HTTP proxy on ``cfg.host:cfg.port`` and run the app; return its URL.
+
+    Ray must already be initialised (``ray.init``) by the caller.
+    """
+    from ray import serve
+
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/", blocking=blocking)
+    return cfg.url
+
+
+def app_builder(args: dict[str, Any]):
+    """Serve's application builder (``import_path: cluster.app:app_builder``; ``args`` = ServeConfig fields)."""
+    return build_app(config_from_dict(dict(args or {}), "<serve config args>"))

@@ -1,0 +1,132 @@
+"""Capacity: the highest request rate at which SLO attainment stays at or above a target.
+
+The rate is swept by scaling the trace's inter-arrival times (burst structure
+kept). ``find_capacity`` brackets the capacity by doubling or halving the rate
+scale, then bisects (geometrically) until the bracket is within ``rel_tol``.
+Attainment near the cliff is noisy, so each probe may average several seeds.
+The result keeps every probe, which gives the attainment-vs-rate curve for
+free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from cluster.sim.config import SimConfig
+from cluster.sim.simulator import SimResult, load_workload, simulate
+from cluster.workload import Workload
+from node.profile import Profile, load_profile
+
+
+@dataclass
+class Probe:
+    rate_scale: float
+    rate_rps: float
+    attainment: float  # mean over seeds
+    report: dict = field(repr=False)  # the first seed's report
+
+
+@dataclass
+class CapacityResult:
+    capacity_rps: float | None  # None when even the lowest probed rate misses the target
+    capacity_rate_scale: float | None
+    target: float
+    probes: list[Probe]
+    result_at_capacity: SimResult | None = field(default=None, repr=False)
+    lower_bound: bool = False  # the metric never failed: capacity is at least this
+
+
+    def to_dict(self) -> dict:
+        at = self.result_at_capacity.report if self.result_at_capacity else None
+        return {
+            "capacity_rps": self.capacity_rps,
+            "capacity_rate_scale": self.capacity_rate_scale,
+            "capacity_is_lower_bound": self.lower_bound,
+            "attainment_target": self.target,
+            "report": at,
+            "probes": [
+                {"rate_scale": p.rate_scale, "rate_rps": p.rate_rps, "attainment": p.attainment,
+                 "admitted_attainment": p.report["admitted_attainment"], "rejected_fraction": p.report["rejected_fraction"],
+                 "ttft_p99": p.report["ttft_p99"], "tpot_p99": p.report["tpot_p99"]}
+                for p in sorted(self.probes, key=lambda p: p.rate_scale)
+            ],
+        }
+
+
+def find_capacity(
+    cfg: SimConfig,
+    *,
+    target: float = 0.9,
+    rel_tol: float = 0.02,
+    seeds: int = 1,
+    max_probes: int = 24,
+    max_doublings: int = 6,
+    metric: str = "attainment",
+    workload: Workload | None = None,
+    profile: Profile | None = None,
+    on_probe: Callable[[Probe], None] | None = None,
+) -> CapacityResult:
+    """Bisect ``cfg.rate_scale`` for the highest rate with ``metric >= target``.
+
+    Starts from ``cfg.rate_scale``. ``metric`` is a key of the run report
+    (``attainment``, ``admitted_attainment``, ``token_attainment_arrival``,
+    ...). Returns the last passing probe as the capacity, with its full
+    ``SimResult``. A metric that still passes after ``max_doublings``
+    doublings of the rate is not bounded by load (e.g. first-token-anchored
+    per-token attainment, where queueing delays only token 0): the result is
+    then flagged ``lower_bound``.
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target!r}")
+    if rel_tol <= 0:
+        raise ValueError(f"rel_tol must be > 0, got {rel_tol!r}")
+    profile = profile or load_profile(cfg.profile)
+    workload = workload if workload is not None else load_workload(cfg)
+    probes: list[Probe] = []
+    results: dict[float, SimResult] = {}
+
+    def probe(scale: float) -> bool:
+        values, first = [], None
+        for k in range(seeds):
+            res = simulate(replace(cfg, rate_scale=scale, seed=cfg.seed + k), workload=workload, profile=profile)
+            values.append(res.report[metric] or 0.0)
+            if first is None:
+                first = res
+        p = Probe(scale, first.report["offered_rps"], sum(values) / len(values), first.report)
+        probes.append(p)
+        results[scale] = first
+        if on_probe:
+            on_probe(p)
+        return p.attainment >= target
+
+    scale = cfg.rate_scale
+    lo = hi = None
+    if probe(scale):
+        lo = scale
+        while hi is None and len(probes) < min(max_probes, max_doublings + 1):
+            scale *= 2
+            if probe(scale):
+                lo = scale
+            else:
+                hi = scale
+    else:
+        hi = scale
+        while lo is None and len(probes) < max_probes:
+            scale /= 2
+            if probe(scale):
+                lo = scale
+            else:
+                hi = scale
+    if lo is not None and hi is not None:
+        while hi / lo > 1 + rel_tol and len(probes) < max_probes:
+            mid = math.sqrt(lo * hi)
+            if probe(mid):
+                lo = mid
+            else:
+                hi = mid
+    if lo is None:
+        return CapacityResult(None, None, target, probes)
+    best = results[lo]
+    return CapacityResult(best.report["offered_rps"], lo, target, probes, best, lower_bound=hi is None)

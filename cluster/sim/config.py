@@ -1,0 +1,100 @@
+"""``SimConfig``: every knob of a simulation run, as data; its fields also define the CLI options.
+
+Each field's metadata carries the option's help (and, where the flag is not
+the field name in kebab case, its flag). ``cluster.cli_sim`` turns the fields
+into Typer options, so a knob is added in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from balancer.registry import PLACEMENT_NAMES
+from node.policies import POLICY_NAMES
+
+
+def _opt(default, help: str, flag: str | None = None):
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    # workload (flags shared with cluster.workload)
+    trace: str = _opt("azure-conv", "Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma) or file.")
+    columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT.")
+    start_s: float = _opt(0.0, "Start of the trace window, in original trace seconds.")
+    duration_s: float | None = _opt(None, "Length of the trace window in original trace seconds (default: to the end).")
+    rate_scale: float = _opt(1.0, "Multiply the arrival rate by this (inter-arrival times divided by it).")
+    max_prompt_tokens: int | None = _opt(None, "Clip longer prompts to this many tokens.")
+    sharegpt_rate_rps: float = _opt(10.0, "Arrival rate of the synthetic ShareGPT traces, before --rate-scale.")
+    num_requests: int = _opt(2000, "Number of requests of the synthetic ShareGPT traces.")
+    # deployment
+    profile: str = _opt("h100-llama3-8b", "Cost profile name (deploy/profiles) or file.")
+    nodes: int = _opt(1, "Number of nodes.")
+    kv_cache_tokens: int | None = _opt(None, "KV cache per node in tokens (default: the profile's).")
+    noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
+    # node scheduler
+    scheduler: str = _opt("fairbatching", "Node scheduler: fairbatching, vllm, sarathi.")
+    anchor: str = _opt("arrival", "FairBatching envelope anchor: arrival or first-token (also used by PAB).")
+    urgency: str = _opt("budget+tpot", "FairBatching urgency rule: budget+tpot or tpot.")
+    budget_floor: bool = _opt(True, "FairBatching: floor the time budget at the minimum TPOT.")
+    min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
+    token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
+    # SLOs
+    ttft_slo_s: float = _opt(1.0, "TTFT SLO in seconds.", "--ttft-slo")
+    tpot_slo_s: float = _opt(0.05, "TPOT SLO in seconds.", "--tpot-slo")
+    # balancer
+    balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv.")
+    admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
+    admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO, (ttft - a) / b).")
+    pab_variant: str = _opt("closed", "PAB estimate: closed (closed form) or edf (EDF queue stepped forward).")
+    pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
+    pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
+    pab_delay_s: float = _opt(0.0, "Delay from a node's report to the balancer, seconds (staleness).")
+    report_acks: bool = _opt(True, "Reports carry the node's received-request count, so the balancer keeps debits a stale report has not seen (off: a report replaces the view).")
+    pab_interval_s: float = _opt(0.0, "Minimum time between two reports of a node (0: after every step).")
+    balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (FIFO, retried on each report) before rejecting it.")
+    oracle_output_lengths: bool = _opt(False, "Let nodes know output lengths (PAB KV headroom and EDF departures).")
+    # run
+    seed: int = _opt(0, "Seed of every random choice (noise, power-of-two, synthetic traces).")
+    drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")
+    timeline_interval_s: float = _opt(0.5, "Sampling interval of the per-node PAB/budget timeline, simulated seconds.")
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in POLICY_NAMES:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(POLICY_NAMES)}")
+        if self.balancer not in PLACEMENT_NAMES:
+            raise ValueError(f"unknown balancer {self.balancer!r}; choose one of {', '.join(PLACEMENT_NAMES)}")
+        if self.anchor not in ("arrival", "first-token") or self.urgency not in ("budget+tpot", "tpot"):
+            raise ValueError(f"anchor must be arrival|first-token and urgency budget+tpot|tpot")
+        if self.pab_fit not in ("largest", "best"):
+            raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.ttft_slo_s <= 0 or self.tpot_slo_s <= 0:
+            raise ValueError("SLOs must be > 0")
+        if self.rate_scale <= 0:
+            raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
+        if self.pab_delay_s < 0 or self.pab_interval_s < 0:
+            raise ValueError("pab_delay_s and pab_interval_s must be >= 0")
+        if self.pab_variant not in ("closed", "edf"):
+            raise ValueError(f"pab_variant must be closed or edf, got {self.pab_variant!r}")
+        if self.drain_s < 0 or self.timeline_interval_s <= 0:
+            raise ValueError("drain_s must be >= 0 and timeline_interval_s > 0")
+
+    def scheduler_knobs(self) -> dict:
+        """The knobs of ``make_policy`` that apply to the chosen scheduler."""
+        if self.scheduler == "fairbatching":
+            return {
+                "anchor": self.anchor,
+                "urgency": self.urgency,
+                "budget_floor": self.budget_floor,
+                "min_chunk_tokens": self.min_chunk_tokens,
+            }
+        return {"token_budget": self.token_budget}
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+CONFIG_FIELDS = tuple(fields(SimConfig))

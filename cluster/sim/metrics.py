@@ -1,0 +1,99 @@
+"""What a run measured: SLO attainment (per request and per token), latency percentiles, goodput.
+
+Definitions (DESIGN section 6):
+
+* a request *attains* iff it finished, ``TTFT <= ttft SLO`` and its mean TPOT
+  ``(t_last - t_first) / (n - 1)`` is ``<= tpot SLO`` (a one-token request
+  needs only the TTFT). Rejected, dropped and unfinished requests miss.
+* ``attainment`` is over all requests, ``admitted_attainment`` over those the
+  balancer admitted.
+* per-token attainment: the fraction of all requested output tokens emitted by
+  their envelope deadline, under the ``arrival`` anchor
+  (``arr + ttft + tpot * j``) and the ``first-token`` anchor
+  (``t_first + tpot * j`` for ``j >= 1``); tokens never emitted miss.
+* ``goodput_rps``: attaining requests per second of offered trace (first to
+  last arrival).
+
+Latency percentiles are over the requests that have the quantity (TTFT: a
+first token; TPOT: at least two tokens and finished).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from cluster.sim.node import SimRequest
+
+_EPS = 1e-9
+
+
+def ttft_s(req: SimRequest) -> float | None:
+    return None if req.first_token_s is None else req.first_token_s - req.arrival_s
+
+
+def mean_tpot_s(req: SimRequest) -> float | None:
+    if not req.finished or req.emitted < 2:
+        return None
+    return (req.last_token_s - req.first_token_s) / (req.emitted - 1)
+
+
+def attains(req: SimRequest) -> bool:
+    """The per-request SLO test of DESIGN section 6."""
+    if not req.finished:
+        return False
+    if req.first_token_s - req.arrival_s > req.ttft_slo_s + _EPS:
+        return False
+    tpot = mean_tpot_s(req)
+    return tpot is None or tpot <= req.tpot_slo_s + _EPS
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+def summarize(requests: Sequence[SimRequest], offered_span_s: float) -> dict:
+    """The report of a run over ``requests`` (every request of the workload)."""
+    n = len(requests)
+    rejected = sum(r.rejected for r in requests)
+    dropped = sum(r.dropped for r in requests)
+    finished = sum(r.finished for r in requests)
+    unfinished = n - rejected - dropped - finished
+    attained = sum(attains(r) for r in requests)
+    admitted = n - rejected
+    ttfts = [t for t in map(ttft_s, requests) if t is not None]
+    tpots = [t for t in map(mean_tpot_s, requests) if t is not None]
+    tokens_all = sum(r.output_tokens for r in requests)
+    tokens_admitted = sum(r.output_tokens for r in requests if not r.rejected)
+    on_arr = sum(r.on_time_arrival for r in requests)
+    on_first = sum(r.on_time_first for r in requests)
+    span = offered_span_s if offered_span_s > 0 else math.nan
+    return {
+        "requests": n,
+        "attainment": attained / n if n else None,
+        "admitted_attainment": attained / admitted if admitted else None,
+        "attained": attained,
+        "rejected": rejected,
+        "rejected_fraction": rejected / n if n else None,
+        "dropped": dropped,
+        "finished": finished,
+        "unfinished": unfinished,
+        "ttft_p50": percentile(ttfts, 50),
+        "ttft_p90": percentile(ttfts, 90),
+        "ttft_p99": percentile(ttfts, 99),
+        "tpot_p50": percentile(tpots, 50),
+        "tpot_p99": percentile(tpots, 99),
+        "token_attainment_arrival": on_arr / tokens_all if tokens_all else None,
+        "token_attainment_first_token": on_first / tokens_all if tokens_all else None,
+        "admitted_token_attainment_arrival": on_arr / tokens_admitted if tokens_admitted else None,
+        "admitted_token_attainment_first_token": on_first / tokens_admitted if tokens_admitted else None,
+        "goodput_rps": attained / span if n else 0.0,
+        "offered_rps": (n - 1) / span if n > 1 else 0.0,
+        "preempted_requests": sum(r.preemptions > 0 for r in requests),
+    }
+
+
+def ttft_samples(requests: Iterable[SimRequest]) -> list[float]:
+    return [t for t in map(ttft_s, requests) if t is not None]

@@ -1,0 +1,404 @@
+"""One serving node of the simulator: a node policy over a KV block pool, stepping on the virtual clock.
+
+Each step the node hands the policy one ``RequestState`` per live request,
+advances the clock by the *true* step time of the plan (``TrueStepTime``, not
+the policy's prediction) and applies the plan at the end of the step: a
+prefill chunk advances ``computed_tokens``, a decode emits a token, and a
+prefill that completes emits its first token then. Requests arriving during a
+step wait for the next one.
+
+KV cache: a request holds ``ceil(kv_tokens / block_size)`` blocks. When the
+running decodes cannot all get the block their next token needs, the newest
+running requests are preempted by recompute (vLLM's default): their blocks are
+freed and they become prefills of prompt plus emitted tokens, keeping their
+emitted tokens and deadlines.
+
+Snapshots: ``RequestState`` is a frozen dataclass, and building a fresh one
+for every request every step (with its validation) costs more than the
+policy's whole plan. The node therefore keeps one snapshot per request and
+updates its changed fields in place between steps, while no policy call is
+running. This is sound because the policies are pure and keep no reference to
+a snapshot across ``plan`` calls.
+
+The node publishes a ``NodeView`` (PAB and load counters) after a step at most
+every ``pab_interval_s`` and when it goes idle; the simulator delivers it to
+the balancer ``pab_delay_s`` later.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from balancer.placement import NodeView
+from cluster.sim.events import EventLoop
+from cluster.sim.kv_cache import BlockPool
+from cluster.sim.step_time import TrueStepTime
+from node.pab import PABReport
+from node.plan import BatchPlan, Limits, NodePolicy
+from node.request import SLO, RequestState
+
+_set = object.__setattr__  # in-place update of a host-owned snapshot (see module docstring)
+
+
+class SimRequest:
+    """One request's life in the simulator: trace facts, progress, and what the metrics need."""
+
+    __slots__ = (
+        "rid", "key", "arrival_s", "prompt_tokens", "output_tokens", "ttft_slo_s", "tpot_slo_s",
+        "node_id", "state", "prefill_tokens", "computed", "emitted", "kv_tokens", "kv_blocks",
+        "first_token_s", "last_token_s", "finish_s", "on_time_arrival", "on_time_first",
+        "preemptions", "rejected", "dropped", "first_deadline_s",
+    )
+
+    def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int, slo: SLO) -> None:
+        self.rid = rid
+        self.key = str(rid)
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens  # tokens the request will emit in all
+        self.ttft_slo_s = slo.ttft_s
+        self.tpot_slo_s = slo.tpot_s
+        self.first_deadline_s = arrival_s + slo.ttft_s  # token j is due at this + tpot * j (arrival anchor)
+        self.node_id: int | None = None
+        self.state: RequestState | None = None
+        self.prefill_tokens = prompt_tokens  # tokens to prefill (grows on recompute)
+        self.computed = 0
+        self.emitted = 0
+        self.kv_tokens = 0
+        self.kv_blocks = 0
+        self.first_token_s: float | None = None
+        self.last_token_s: float | None = None
+        self.finish_s: float | None = None
+        self.on_time_arrival = 0  # tokens emitted by their arrival-anchored envelope deadline
+        self.on_time_first = 0  # ... by their first-token-anchored deadline
+        self.preemptions = 0
+        self.rejected = False
+        self.dropped = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_s is not None
+
+
+class SimNode:
+    """A node: live requests, a block pool, a policy; steps back to back while it has work."""
+
+    def __init__(
+        self,
+        node_id: int,
+        loop: EventLoop,
+        policy: NodePolicy,
+        step_time: TrueStepTime,
+        pool: BlockPool,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        estimate_pab: Callable[[Sequence[RequestState], float, int], PABReport],
+        publish: Callable[[NodeView], None],
+        on_finish: Callable[[SimRequest], None],
+        pab_interval_s: float = 0.0,
+        pab_in_every_report: bool = True,
+        timeline_interval_s: float = 1.0,
+        oracle_output_lengths: bool = False,
+        acknowledge_received: bool = True,
+    ) -> None:
+        self.node_id = node_id
+        self.loop = loop
+        self.policy = policy
+        self.step_time = step_time
+        self.pool = pool
+        self.block_size = pool.block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.estimate_pab = estimate_pab
+        self.publish = publish
+        self.on_finish = on_finish
+        self.pab_interval_s = pab_interval_s
+        self.pab_in_every_report = pab_in_every_report
+        self.timeline_interval_s = timeline_interval_s
+        self.oracle_output_lengths = oracle_output_lengths
+        self.acknowledge_received = acknowledge_received
+
+        self.live: dict[str, SimRequest] = {}  # insertion order = admission order
+        self.states: dict[str, RequestState] = {}
+        self.busy = False
+        self.received = 0  # requests admitted from the balancer, all time (acknowledges its debits)
+        self.queued_prefill_tokens = 0
+        self.waiting = 0  # admitted requests that have not started prefill
+        self.decoding = 0
+        self.steps = 0
+        self.busy_s = 0.0
+        self.preemptions = 0
+        self.recomputing = 0  # live requests that were preempted at least once
+        self.last_budget_s: float | None = None
+        self.last_pab: PABReport | None = None
+        self._last_publish_s = -float("inf")
+        self._next_sample_s = 0.0
+        self.timeline: list[tuple[float, float, float | None, int, float]] = []  # (t, pab, budget, in_flight, kv)
+
+    # -- arrivals ------------------------------------------------------------------
+
+    def admit(self, req: SimRequest, now_s: float) -> None:
+        """Take a request from the balancer; start stepping if idle."""
+        req.node_id = self.node_id
+        self.received += 1
+        if self.pool.blocks_for(req.prompt_tokens + req.output_tokens) > self.pool.total_blocks:
+            req.dropped = True  # can never fit this node's KV cache
+            self.on_finish(req)
+            return
+        req.state = RequestState(
+            request_id=req.key,
+            arrival_s=req.arrival_s,
+            prompt_tokens=req.prefill_tokens,
+            slo=SLO(req.ttft_slo_s, req.tpot_slo_s),
+            max_output_tokens=req.output_tokens if self.oracle_output_lengths else None,
+        )
+        self.live[req.key] = req
+        self.states[req.key] = req.state
+        self.queued_prefill_tokens += req.prefill_tokens
+        self.waiting += 1
+        if not self.busy:
+            self._start_step(now_s)
+
+    # -- one step ------------------------------------------------------------------
+
+    def _start_step(self, now_s: float) -> None:
+        if not self.states:
+            self.busy = False
+            self._maybe_publish(now_s, force=True)
+            return
+        self.busy = True
+        if self.decoding > self.pool.free_blocks:
+            self._make_room_for_decodes()
+        plan = self.policy.plan(
+            list(self.states.values()),
+            Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size),
+            now_s,
+        )
+        while plan.is_empty:
+            if not self._preempt_newest() and not self._drop_oldest_waiting():
+                self.busy = False
+                return
+            if not self.states:
+                self.busy = False
+                return
+            plan = self.policy.plan(
+                list(self.states.values()),
+                Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size),
+                now_s,
+            )
+        self.last_budget_s = plan.budget_s
+        live = self.live
+        prefill_ctx = 0
+        pairs = 0.0
+        if self.recomputing:
+            # A recomputed request's snapshot overstates its context: sum from the truth.
+            decode_ctx = 0
+            for item in plan.items:
+                req = live[item.request_id]
+                if item.is_prefill:
+                    q, p = item.new_tokens, req.computed
+                    prefill_ctx += p + q
+                    pairs += q * (p + 0.5 * q)
+                else:
+                    decode_ctx += req.kv_tokens + 1
+        else:
+            # Otherwise the plan's context is exact (decodes: kv + 1, prefills: p + q).
+            for item in plan.items:
+                if item.is_prefill:
+                    q = item.new_tokens
+                    p = live[item.request_id].computed
+                    prefill_ctx += p + q
+                    pairs += q * (p + 0.5 * q)
+            decode_ctx = plan.context_tokens - prefill_ctx
+        duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs)
+        self.steps += 1
+        self.busy_s += duration_s
+        self.loop.at(now_s + duration_s, self._end_step, plan)
+
+    def _end_step(self, plan: BatchPlan) -> None:
+        now_s = self.loop.now_s
+        live, pool, bs = self.live, self.pool, self.block_size
+        finished: list[SimRequest] = []
+        for item in plan.items:
+            req = live[item.request_id]
+            if item.is_prefill:
+                q = item.new_tokens
+                if req.computed == 0:
+                    self.waiting -= 1
+                req.computed += q
+                req.kv_tokens += q
+                blocks = -(-req.kv_tokens // bs)
+                pool.take(blocks - req.kv_blocks)
+                req.kv_blocks = blocks
+                self.queued_prefill_tokens -= q
+                _set(req.state, "computed_tokens", req.computed)
+                if req.computed == req.prefill_tokens:
+                    self.decoding += 1
+                    self._emit(req, now_s, finished)
+            else:
+                req.kv_tokens += 1
+                if req.kv_tokens > req.kv_blocks * bs:
+                    pool.take(1)
+                    req.kv_blocks += 1
+                # _emit inlined for a decode (the hot path): token j >= 1.
+                j = req.emitted
+                tpot_j = req.tpot_slo_s * j - 1e-9
+                if now_s - tpot_j <= req.first_deadline_s:
+                    req.on_time_arrival += 1
+                if now_s - tpot_j <= req.first_token_s:
+                    req.on_time_first += 1
+                req.emitted = j = j + 1
+                req.last_token_s = now_s
+                _set(req.state, "output_tokens", j)
+                if j >= req.output_tokens:
+                    finished.append(req)
+            if req.preemptions:
+                # Only a recomputed request holds other than what RequestState derives.
+                _set(req.state, "kv_tokens", req.kv_tokens)
+                _set(req.state, "kv_blocks", req.kv_blocks)
+        for req in finished:
+            self._retire(req)
+            req.finish_s = now_s
+            self.on_finish(req)
+        self._maybe_publish(now_s)
+        self._start_step(now_s)
+
+    def _emit(self, req: SimRequest, now_s: float, finished: list[SimRequest]) -> None:
+        """Token ``req.emitted`` (0-based) comes out at ``now_s``; score it against both envelopes."""
+        j = req.emitted
+        if j == 0:
+            req.first_token_s = now_s
+            _set(req.state, "first_token_s", now_s)
+        deadline = req.arrival_s + req.ttft_slo_s + req.tpot_slo_s * j
+        if now_s <= deadline + 1e-9:
+            req.on_time_arrival += 1
+        if j == 0:
+            if now_s <= deadline + 1e-9:
+                req.on_time_first += 1
+        elif now_s <= req.first_token_s + req.tpot_slo_s * j + 1e-9:
+            req.on_time_first += 1
+        req.emitted = j + 1
+        req.last_token_s = now_s
+        _set(req.state, "output_tokens", j + 1)
+        if j + 1 >= req.output_tokens:
+            finished.append(req)
+
+    def _retire(self, req: SimRequest) -> None:
+        if req.preemptions:
+            self.recomputing -= 1
+        del self.live[req.key]
+        del self.states[req.key]
+        self.pool.give_back(req.kv_blocks)
+        req.kv_blocks = 0
+        if req.computed < req.prefill_tokens:
+            self.queued_prefill_tokens -= req.prefill_tokens - req.computed
+            if req.computed == 0:
+                self.waiting -= 1
+        else:
+            self.decoding -= 1
+
+    # -- KV pressure ---------------------------------------------------------------
+
+    def _make_room_for_decodes(self) -> None:
+        """Preempt the newest running requests until every decode's next block fits."""
+        bs = self.block_size
+        need = sum(1 for r in self.live.values() if r.computed == r.prefill_tokens and r.kv_tokens == r.kv_blocks * bs)
+        while need > self.pool.free_blocks:
+            victim = self._newest_holder()
+            if victim is None:
+                return
+            if victim.computed == victim.prefill_tokens and victim.kv_tokens == victim.kv_blocks * bs:
+                need -= 1
+            self._preempt(victim)
+
+    def _newest_holder(self) -> SimRequest | None:
+        for req in reversed(self.live.values()):
+            if req.kv_blocks > 0:
+                return req
+        return None
+
+    def _preempt_newest(self) -> bool:
+        victim = self._newest_holder()
+        if victim is None:
+            return False
+        self._preempt(victim)
+        return True
+
+    def _preempt(self, req: SimRequest) -> None:
+        """Free the request's blocks; it will recompute its prompt and emitted tokens as a prefill."""
+        self.pool.give_back(req.kv_blocks)
+        if req.computed == req.prefill_tokens:
+            self.decoding -= 1
+        self.queued_prefill_tokens -= req.prefill_tokens - req.computed
+        req.prefill_tokens = req.prompt_tokens + req.emitted
+        self.queued_prefill_tokens += req.prefill_tokens
+        self.waiting += 1  # a holder has computed > 0; it restarts from nothing
+        req.computed = req.kv_tokens = req.kv_blocks = 0
+        if req.preemptions == 0:
+            self.recomputing += 1
+        req.preemptions += 1
+        self.preemptions += 1
+        # Rebuild the snapshot (rare): its prompt length changes.
+        old = req.state
+        req.state = RequestState(
+            request_id=req.key,
+            arrival_s=req.arrival_s,
+            prompt_tokens=req.prefill_tokens,
+            slo=old.slo,
+            computed_tokens=0,
+            output_tokens=req.emitted,
+            first_token_s=req.first_token_s,
+            max_output_tokens=old.max_output_tokens,
+            kv_tokens=0,
+            kv_blocks=0,
+        )
+        self.states[req.key] = req.state
+
+    def _drop_oldest_waiting(self) -> bool:
+        """Last resort when nothing can be scheduled and nothing can be preempted: drop
+        (and report as dropped) the oldest request holding no KV. Never seen in practice;
+        every test asserts it stays at zero."""
+        for req in self.live.values():
+            if req.kv_blocks == 0:
+                self._retire(req)
+                req.dropped = True
+                self.on_finish(req)
+                return True
+        return False
+
+    # -- reports -------------------------------------------------------------------
+
+    def view(self, now_s: float, *, measure_pab: bool = True) -> NodeView:
+        """The load counters now, and PAB measured now (or the last measured one)."""
+        if measure_pab or self.last_pab is None:
+            self.last_pab = self.estimate_pab(list(self.states.values()), now_s, self.pool.free_blocks * self.block_size)
+        report = self.last_pab
+        return NodeView(
+            node_id=self.node_id,
+            pab_tokens=report.pab_tokens,
+            in_flight=len(self.live),
+            queued_prefill_tokens=self.queued_prefill_tokens,
+            kv_usage=self.pool.used_fraction,
+            waiting=self.waiting,
+            reported_at_s=now_s,
+            prefill_rate_tps=report.prefill_rate_tps,
+            kv_capacity_tokens=self.pool.total_blocks * self.block_size,
+            received_requests=self.received if self.acknowledge_received else None,
+        )
+
+    def publish_now(self, now_s: float) -> None:
+        """Report to the balancer now, whatever the report interval."""
+        self._maybe_publish(now_s, force=True)
+
+    def _maybe_publish(self, now_s: float, force: bool = False) -> None:
+        if not force and now_s - self._last_publish_s < self.pab_interval_s:
+            return
+        self._last_publish_s = now_s
+        sample = now_s >= self._next_sample_s
+        # A balancer that ignores PAB still gets it in the timeline samples, measured there only.
+        view = self.view(now_s, measure_pab=self.pab_in_every_report or sample or force)
+        self.publish(view)
+        if sample:
+            self._next_sample_s = now_s + self.timeline_interval_s
+            self.timeline.append((now_s, view.pab_tokens, self.last_budget_s, view.in_flight, view.kv_usage))

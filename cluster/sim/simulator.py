@@ -1,0 +1,204 @@
+"""Wiring of one simulation: the trace's arrivals -> the balancer -> N nodes, on one event loop.
+
+``simulate(config)`` is a pure function of the config (and the trace and
+profile files it names): same seed, same result. The report holds the
+metrics of ``cluster.sim.metrics``, the per-node PAB/budget timelines and
+``sim_speedup`` (simulated seconds per wall second).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from balancer.placement import NodeView, PlacementPolicy, idle_prefill_tokens
+from balancer.registry import make_placement
+from cluster.sim.config import SimConfig
+from cluster.sim.events import EventLoop
+from cluster.sim.kv_cache import BlockPool
+from cluster.sim.metrics import summarize
+from cluster.sim.node import SimNode, SimRequest
+from cluster.sim.step_time import TrueStepTime
+from cluster.workload import Workload, load_named, prepare
+from node.envelope import Anchor
+from node.pab import estimate_pab, estimate_pab_edf
+from node.policies import make_policy
+from node.profile import Profile, load_profile
+from node.request import SLO
+
+
+def load_workload(cfg: SimConfig) -> Workload:
+    """The config's trace window, clipped, *before* rate scaling (``simulate`` scales it)."""
+    w = load_named(
+        cfg.trace,
+        columns=cfg.columns,
+        rate_rps=cfg.sharegpt_rate_rps,
+        num_requests=cfg.num_requests,
+        seed=cfg.seed,
+    )
+    return prepare(w, start_s=cfg.start_s, duration_s=cfg.duration_s, max_prompt_tokens=cfg.max_prompt_tokens)
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    report: dict
+    requests: list[SimRequest] = field(repr=False)
+    timelines: dict[int, list] = field(repr=False)
+
+
+def build_placement(cfg: SimConfig, profile: Profile) -> PlacementPolicy:
+    cap = None
+    if cfg.admission_cap:
+        cap = cfg.admission_cap_tokens or idle_prefill_tokens(cfg.ttft_slo_s, profile.a_s, profile.b_s_per_token)
+    knobs = {"fit": cfg.pab_fit, "reject": cfg.pab_reject} if cfg.balancer == "pab" else {}
+    return make_placement(cfg.balancer, list(range(cfg.nodes)), admission_cap=cap, rng=random.Random(cfg.seed), **knobs)
+
+
+def simulate(
+    cfg: SimConfig,
+    *,
+    workload: Workload | None = None,
+    profile: Profile | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> SimResult:
+    """Run the config once; ``workload`` (unscaled) and ``profile`` may be passed to skip loading."""
+    wall0 = time.perf_counter()
+    profile = profile or load_profile(cfg.profile)
+    workload = workload if workload is not None else load_workload(cfg)
+    model = profile.step_model
+    slo = SLO(cfg.ttft_slo_s, cfg.tpot_slo_s)
+    anchor = Anchor(cfg.anchor) if cfg.scheduler == "fairbatching" else Anchor.ARRIVAL
+    pab_fn = estimate_pab if cfg.pab_variant == "closed" else estimate_pab_edf
+    kv_tokens = cfg.kv_cache_tokens or profile.kv_cache_tokens or 450_000
+    block_size = profile.block_size or 16
+
+    loop = EventLoop()
+    balancer = build_placement(cfg, profile)
+
+    pending: deque[SimRequest] = deque()  # held at the balancer (balancer_queue_s > 0), FIFO
+
+    def place_pending() -> None:
+        """Retry held requests in order; expire those held longer than balancer_queue_s."""
+        while pending:
+            req = pending[0]
+            if loop.now_s > req.arrival_s + cfg.balancer_queue_s:
+                pending.popleft().rejected = True
+                continue
+            decision = balancer.choose(req.key, req.prompt_tokens)
+            if decision.node_id is None:
+                return
+            pending.popleft()
+            nodes[decision.node_id].admit(req, loop.now_s)
+
+    def deliver(view: NodeView) -> None:
+        balancer.update(view)
+        if pending:
+            place_pending()
+
+    def publish(view: NodeView) -> None:
+        if cfg.pab_delay_s > 0 and view.reported_at_s > 0:
+            loop.at(loop.now_s + cfg.pab_delay_s, deliver, view)
+        else:
+            deliver(view)
+
+    def on_finish(req: SimRequest) -> None:
+        balancer.on_complete(req.node_id)
+
+    def node_pab(states, now_s, kv_free):
+        return pab_fn(
+            states, model, now_s,
+            horizon_s=cfg.ttft_slo_s, kv_free_tokens=kv_free, default_tpot_s=cfg.tpot_slo_s, anchor=anchor,
+        )
+
+    nodes = [
+        SimNode(
+            i, loop,
+            make_policy(cfg.scheduler, model, **cfg.scheduler_knobs()),
+            TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i)),
+            BlockPool(kv_tokens, block_size),
+            max_num_seqs=profile.max_num_seqs or 256,
+            max_num_batched_tokens=profile.max_num_batched_tokens or 8192,
+            estimate_pab=node_pab,
+            publish=publish,
+            on_finish=on_finish,
+            pab_interval_s=cfg.pab_interval_s,
+            pab_in_every_report=cfg.balancer == "pab",
+            timeline_interval_s=cfg.timeline_interval_s,
+            oracle_output_lengths=cfg.oracle_output_lengths,
+            acknowledge_received=cfg.report_acks,
+        )
+        for i in range(cfg.nodes)
+    ]
+    for node in nodes:
+        node.publish_now(0.0)  # the balancer starts knowing the nodes are idle
+
+    scale = cfg.rate_scale  # same arithmetic as workload.scale_rate: arrivals divided by the scale
+    requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, slo) for r in workload.requests]
+    n = len(requests)
+    last_arrival_s = requests[-1].arrival_s if n else 0.0
+    every = max(1, n // 200)
+
+    def arrive(i: int) -> None:
+        req = requests[i]
+        if pending:  # FIFO behind requests already held at the balancer
+            pending.append(req)
+            place_pending()
+        else:
+            decision = balancer.choose(req.key, req.prompt_tokens)
+            if decision.node_id is not None:
+                nodes[decision.node_id].admit(req, loop.now_s)
+            elif cfg.balancer_queue_s > 0:
+                pending.append(req)
+            else:
+                req.rejected = True
+        if i + 1 < n:
+            loop.at(requests[i + 1].arrival_s, arrive, i + 1)
+        if progress is not None and i % every == 0:
+            progress(i / n)
+
+    if n:
+        loop.at(requests[0].arrival_s, arrive, 0)
+    loop_wall0, loop_cpu0 = time.perf_counter(), time.process_time()
+    loop.run(until_s=last_arrival_s + cfg.drain_s)
+    loop_wall_s = time.perf_counter() - loop_wall0
+    loop_cpu_s = time.process_time() - loop_cpu0
+    for req in pending:  # still held when the run ended: the balancer gave up on them
+        req.rejected = True
+    if progress is not None:
+        progress(1.0)
+    wall_s = time.perf_counter() - wall0
+
+    span = requests[-1].arrival_s - requests[0].arrival_s if n > 1 else 0.0
+    report = summarize(requests, span)
+    sim_s = loop.now_s
+    report.update(
+        {
+            "rate_rps": report["offered_rps"],
+            "rate_scale": cfg.rate_scale,
+            "trace": workload.name,
+            "profile": profile.name,
+            "scheduler": cfg.scheduler,
+            "balancer": cfg.balancer,
+            "nodes": cfg.nodes,
+            "seed": cfg.seed,
+            "ttft_slo_s": cfg.ttft_slo_s,
+            "tpot_slo_s": cfg.tpot_slo_s,
+            "sim_s": sim_s,
+            "wall_s": wall_s,
+            # Simulated seconds per wall second of the event loop (loading excluded).
+            "sim_speedup": sim_s / loop_wall_s if loop_wall_s > 0 else None,
+            # The same per CPU second of this process: what the speedup is on an unshared core.
+            "sim_speedup_cpu": sim_s / loop_cpu_s if loop_cpu_s > 0 else None,
+            "steps": sum(nd.steps for nd in nodes),
+            "preemptions": sum(nd.preemptions for nd in nodes),
+            "node_busy_fraction": [nd.busy_s / sim_s if sim_s > 0 else 0.0 for nd in nodes],
+            "true_step_time": "ground-truth" if nodes[0].step_time.uses_ground_truth else "linear",
+            "config": cfg.to_dict(),
+        }
+    )
+    timelines = {nd.node_id: nd.timeline for nd in nodes}
+    return SimResult(cfg, report, requests, timelines)

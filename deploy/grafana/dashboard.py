@@ -1,0 +1,216 @@
+"""The FairBatching Grafana dashboard, built as code with Grafana's foundation SDK.
+
+    python -m deploy.grafana.dashboard --out deploy/grafana/fairbatching.json
+
+writes the dashboard JSON that ``deploy/grafana/provisioning`` loads; the
+committed file must equal this generator's output (a test checks it). Series
+names come from ``deploy.observability.metrics``; the ``fairbatching:*`` series
+are the recording rules of ``deploy/prometheus/rules.yml``.
+
+Variables: ``datasource``, ``cluster`` (the label the scrape config adds),
+``node`` (the engine replica's ``node`` label), ``model`` (vLLM's
+``model_name``), and the SLO lines ``ttft_slo`` / ``tpot_slo`` (seconds; set
+them to the deployment's SLOs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as gcb
+from grafana_foundation_sdk.builders import dashboard as gd
+from grafana_foundation_sdk.builders import prometheus as gp
+from grafana_foundation_sdk.builders import stat as gstat
+from grafana_foundation_sdk.builders import timeseries as gts
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as gcommon
+from grafana_foundation_sdk.models import dashboard as gm
+
+from deploy.observability.metrics import prom
+
+UID = "fairbatching"
+TITLE = "FairBatching: per-node PAB, step budget, SLOs"
+DEFAULT_OUT = Path(__file__).with_name("fairbatching.json")
+DATASOURCE = gm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+# Label selectors; ``$__rate_interval`` is Grafana's rate window (4 scrape intervals at least).
+ENG = 'cluster=~"$cluster", node=~"$node"'
+CL = 'cluster=~"$cluster"'
+VL = 'cluster=~"$cluster", model_name=~"$model"'
+RATE = "$__rate_interval"
+
+
+@dataclass(frozen=True)
+class Q:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    description: str
+    queries: tuple[Q, ...]
+    unit: str = "short"
+    kind: str = "timeseries"  # timeseries | stat
+    width: int = 12
+    min: float | None = None
+    max: float | None = None
+
+
+def _by_node(metric: str, agg: str = "max") -> str:
+    return f"{agg} by (node) ({prom(metric)}{{{ENG}}})"
+
+
+def _rate_by_node(metric: str) -> str:
+    return f"sum by (node) (rate({prom(metric)}{{{ENG}}}[{RATE}]))"
+
+
+def _quantiles(metric: str, sel: str, qs=(0.5, 0.9, 0.99)) -> tuple[Q, ...]:
+    return tuple(
+        Q(f"histogram_quantile({q}, sum by (le) (rate({prom(metric)}_bucket{{{sel}}}[{RATE}])))", f"p{round(q * 100)}")
+        for q in qs
+    )
+
+
+ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
+    ("Prefill Admission Budget", (
+        PanelSpec("PAB per node", "Prefill Admission Budget: prompt tokens a node can still accept and give their "
+                  "first token within the TTFT SLO (R * H - W, capped by KV headroom). The router sends each request "
+                  "to the node with the most budget and rejects it when no node has PAB >= its prompt.",
+                  (Q(_by_node("fairbatching_pab_tokens"), "{{node}}"),), unit="none", width=24),
+        PanelSpec("PAB part R: prefill rate left", "Prefill tokens per second left after reserving the running decodes.",
+                  (Q(_by_node("fairbatching_pab_prefill_rate_tps"), "{{node}}"),), unit="none"),
+        PanelSpec("PAB parts W and KV headroom", "Queued prompt tokens (W) and free KV cache after what running "
+                  "requests will still grow into, tokens.",
+                  (Q(_by_node("fairbatching_pab_queued_tokens"), "{{node}} queued W"),
+                   Q(_by_node("fairbatching_pab_kv_headroom_tokens"), "{{node}} KV headroom")), unit="none"),
+    )),
+    ("Step", (
+        PanelSpec("Time budget per step", "max(min decode slack, min decode TPOT): the time the next step may take.",
+                  (Q(_by_node("fairbatching_time_budget_s"), "{{node}}"),), unit="s"),
+        PanelSpec("Step time: predicted vs measured", "The step-time model's prediction against the measured step; a "
+                  "growing gap means the profile is stale.",
+                  (Q(_by_node("fairbatching_step_time_predicted_s"), "{{node}} predicted"),
+                   Q(_by_node("fairbatching_step_time_measured_s"), "{{node}} measured")), unit="s"),
+        PanelSpec("Urgent and skipped decodes, plan divergences", "Per second: decodes scheduled as urgent, decodes "
+                  "skipped while ahead of their envelope, steps where vLLM scheduled other than the plan.",
+                  (Q(_rate_by_node("fairbatching_urgent_decodes_total"), "{{node}} urgent"),
+                   Q(_rate_by_node("fairbatching_skipped_decodes_total"), "{{node}} skipped"),
+                   Q(_rate_by_node("fairbatching_plan_divergences_total"), "{{node}} divergences")), unit="ops",
+                  width=24),
+    )),
+    ("Latency and SLOs", (
+        PanelSpec("TTFT percentiles vs SLO", "Time to first token of finished requests.",
+                  _quantiles("fairbatching_ttft_s", ENG) + (Q("vector($ttft_slo)", "TTFT SLO"),), unit="s"),
+        PanelSpec("TPOT percentiles vs SLO", "Mean time per output token of finished requests.",
+                  _quantiles("fairbatching_tpot_s", ENG) + (Q("vector($tpot_slo)", "TPOT SLO"),), unit="s"),
+        PanelSpec("SLO attainment", "Share of requests that met both SLOs over 1 min: the cluster's counts rejected "
+                  "requests as misses; per node, of admitted requests.",
+                  (Q(f"fairbatching:cluster_slo_attainment:ratio1m{{{CL}}}", "{{cluster}} (rejections count as misses)"),
+                   Q(f"fairbatching:slo_attainment_admitted:ratio1m{{{ENG}}}", "{{node}} admitted")),
+                  unit="percentunit", min=0, max=1),
+        PanelSpec("Admission rejections", "Requests rejected at admission (HTTP 429 with Retry-After) per second.",
+                  (Q(f"sum by (cluster) (rate({prom('fairbatching_admission_rejections_total')}{{{CL}}}[{RATE}]))",
+                     "{{cluster}} rejected/s"),), unit="reqps"),
+        PanelSpec("Rejected share (1 min)", "Rejected / (rejected + finished).",
+                  (Q(f"fairbatching:admission_rejection:ratio1m{{{CL}}}", "{{cluster}}"),),
+                  unit="percentunit", kind="stat", width=6, min=0, max=1),
+        PanelSpec("Finished requests", "Requests finished per second, per node.",
+                  (Q(_rate_by_node("fairbatching_requests_finished_total"), "{{node}}"),), unit="reqps", width=18),
+    )),
+    ("Queue and KV", (
+        PanelSpec("Requests in flight per node", "Requests the engine holds (waiting, prefilling, decoding).",
+                  (Q(_by_node("fairbatching_requests_in_flight"), "{{node}}"),), unit="none"),
+        PanelSpec("KV cache usage per node", "Fraction of the node's KV cache in use.",
+                  (Q(_by_node("fairbatching_kv_usage"), "{{node}}"),), unit="percentunit", min=0, max=1),
+    )),
+    ("vLLM engine", (
+        PanelSpec("vLLM running and waiting requests", "vLLM's own scheduler queues, per replica.",
+                  (Q(f"sum by (ReplicaId) ({prom('vllm:num_requests_running')}{{{VL}}})", "{{ReplicaId}} running"),
+                   Q(f"sum by (ReplicaId) ({prom('vllm:num_requests_waiting')}{{{VL}}})", "{{ReplicaId}} waiting")),
+                  unit="none"),
+        PanelSpec("vLLM KV cache usage", "vLLM's KV cache usage, per replica.",
+                  (Q(f"max by (ReplicaId) ({prom('vllm:kv_cache_usage_perc')}{{{VL}}})", "{{ReplicaId}}"),),
+                  unit="percentunit", min=0, max=1),
+        PanelSpec("vLLM token throughput", "Prompt and generated tokens per second, whole cluster.",
+                  (Q(f"sum (rate({prom('vllm:prompt_tokens')}{{{VL}}}[{RATE}]))", "prompt tokens/s"),
+                   Q(f"sum (rate({prom('vllm:generation_tokens')}{{{VL}}}[{RATE}]))", "generated tokens/s")),
+                  unit="none"),
+        PanelSpec("vLLM TTFT percentiles", "vLLM's own time to first token (from the engine's view).",
+                  _quantiles("vllm:time_to_first_token_seconds", VL, (0.5, 0.99)), unit="s"),
+    )),
+)
+
+
+def _panel(spec: PanelSpec, panel_id: int):
+    builder = gstat.Panel() if spec.kind == "stat" else gts.Panel().line_width(1).fill_opacity(5)
+    builder = (builder.id(panel_id).title(spec.title).description(spec.description).datasource(DATASOURCE)
+               .unit(spec.unit).height(8).span(spec.width))
+    if spec.min is not None:
+        builder = builder.min(spec.min)
+    if spec.max is not None:
+        builder = builder.max(spec.max)
+    if spec.kind == "timeseries":
+        builder = builder.legend(
+            gcb.VizLegendOptions().display_mode(gcommon.LegendDisplayMode.TABLE)
+            .placement(gcommon.LegendPlacement.BOTTOM).show_legend(True).calcs(["lastNotNull", "max"]))
+    for i, q in enumerate(spec.queries):
+        builder = builder.with_target(
+            gp.Dataquery().expr(q.expr).legend_format(q.legend).ref_id(chr(ord("A") + i)).datasource(DATASOURCE))
+    return builder
+
+
+def _query_variable(name: str, label: str, query: str) -> gd.QueryVariable:
+    return (gd.QueryVariable(name).label(label).datasource(DATASOURCE).query(query)
+            .refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(gm.VariableSort.ALPHABETICAL_ASC)
+            .multi(True).include_all(True).all_value(".*")
+            .current(gm.VariableOption(selected=True, text="All", value="$__all")))
+
+
+def build() -> dict:
+    """The dashboard as the JSON object Grafana loads."""
+    pab = prom("fairbatching_pab_tokens")
+    board = (
+        gd.Dashboard(TITLE).uid(UID).tags(["fairbatching", "ray", "vllm"]).editable()
+        .description("Per-node Prefill Admission Budget, FairBatching step budget and step-time model, TTFT/TPOT "
+                     "against SLOs, attainment, admission rejections, queues and KV, and vLLM's engine metrics.")
+        .refresh("10s").time("now-30m", "now").timezone("browser").tooltip(gm.DashboardCursorSync.CROSSHAIR)
+        .with_variable(gd.DatasourceVariable("datasource").label("Data source").type("prometheus")
+                       .current(gm.VariableOption(selected=True, text="Prometheus", value="fairbatching-prometheus")))
+        .with_variable(_query_variable("cluster", "Cluster", f"label_values({pab}, cluster)"))
+        .with_variable(_query_variable("node", "Node", f'label_values({pab}{{cluster=~"$cluster"}}, node)'))
+        .with_variable(_query_variable("model", "Model",
+                                       f'label_values({prom("vllm:num_requests_running")}{{cluster=~"$cluster"}}, model_name)'))
+        .with_variable(gd.TextBoxVariable("ttft_slo").label("TTFT SLO (s)").default_value("2")
+                       .current(gm.VariableOption(selected=True, text="2", value="2")))
+        .with_variable(gd.TextBoxVariable("tpot_slo").label("TPOT SLO (s)").default_value("0.25")
+                       .current(gm.VariableOption(selected=True, text="0.25", value="0.25")))
+    )
+    panel_id = 0
+    for title, panels in ROWS:
+        panel_id += 1
+        board = board.with_row(gd.Row(title).id(panel_id))
+        for spec in panels:
+            panel_id += 1
+            board = board.with_panel(_panel(spec, panel_id))
+    return json.loads(JSONEncoder(sort_keys=True).encode(board.build()))
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the dashboard JSON")
+    args = parser.parse_args(argv)
+    args.out.write_text(render())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

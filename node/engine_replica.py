@@ -1,0 +1,484 @@
+"""The engine deployment: one Serve replica per node, wrapping vLLM's ``AsyncLLM``.
+
+Each replica
+
+* runs vLLM's ``AsyncLLM`` (engine core in a child process, as AsyncLLM always
+  does) with ``scheduler_cls`` = the FairBatching scheduler when configured
+  (its node config travels in the ``FAIRBATCHING_NODE_CONFIG`` environment
+  variable, which the engine-core process inherits), or stock vLLM;
+* streams each request's output as plain dicts (the ingress shapes them into
+  OpenAI responses);
+* keeps the state of its outstanding requests and computes its Prefill
+  Admission Budget from it with ``node.pab.estimate_pab`` and the deployment's
+  step-time profile (DESIGN section 3): a request with no output yet counts
+  as wholly unprefilled, so the queued work ``W`` errs on the safe side. When
+  the FairBatching scheduler publishes its own report (``node_stats``) through
+  vLLM's scheduler stats, that report wins;
+* pushes its ``NodeView`` to the PAB registry every ``report_interval_s``
+  (50 ms by default) and exposes it through ``record_routing_stats`` for the
+  router's fallback;
+* exports metrics through ``ray.util.metrics`` with ``node`` and ``replica``
+  labels.
+
+``EngineSpec`` is the plain-data description of an engine the app builder
+hands to each replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from node.cost_model import StepTimeModel
+from node.envelope import Anchor
+from node.pab import PABReport, estimate_pab
+from node.profile import load_profile
+from node.request import SLO, RequestState
+
+logger = logging.getLogger("ray.serve")
+
+#: ``model`` value that means: write the tiny random-weight Llama locally and serve it.
+TINY_MODEL = "tiny"
+#: Environment variable carrying the FairBatching scheduler's node config (JSON).
+NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
+#: ``SamplingParams.extra_args`` keys of the per-request SLOs, seconds (node.vllm_scheduler reads them).
+SLO_TTFT_KEY = "ttft_slo_s"
+SLO_TPOT_KEY = "tpot_slo_s"
+#: The FairBatching scheduler that publishes its node stats to the replica (node.served_scheduler).
+FAIRBATCHING_SCHEDULER = "node.served_scheduler.ServedFairBatchingScheduler"
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny model lives on this machine (written on first use)."""
+    from node.tiny_model import write_tiny_model
+
+    path = Path(os.environ.get("FAIRBATCHING_CACHE", Path.home() / ".cache" / "fairbatching")) / "tiny-llama"
+    if not (path / "tokenizer.json").is_file():
+        write_tiny_model(path)
+    return path
+
+
+def resolve_model(model: str) -> str:
+    return str(tiny_model_dir()) if model == TINY_MODEL else model
+
+
+@dataclass
+class EngineSpec:
+    """Everything an engine replica needs; plain data so it crosses process boundaries."""
+
+    model: str = TINY_MODEL
+    served_model_name: str = "tiny-llama"
+    engine_args: dict[str, Any] = field(default_factory=dict)  # vLLM AsyncEngineArgs fields
+    scheduler_cls: Optional[str] = FAIRBATCHING_SCHEDULER  # dotted path; None = stock vLLM
+    node_config: Optional[dict[str, Any]] = None  # FAIRBATCHING_NODE_CONFIG contents
+    profile: str = "cpu-tiny-llama"  # step-time profile (name in deploy/profiles or path)
+    ttft_slo_s: float = 2.0  # deployment default SLOs; requests may override
+    tpot_slo_s: float = 0.25
+    anchor: str = "arrival"
+    report_interval_s: float = 0.05
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Live:
+    """One outstanding request as the replica tracks it."""
+
+    arrival_s: float
+    prompt_tokens: int
+    max_tokens: int
+    slo: SLO
+    output_tokens: int = 0
+    first_token_s: Optional[float] = None
+    last_token_s: Optional[float] = None
+
+    def state(self, rid: str) -> RequestState:
+        started = self.output_tokens > 0
+        return RequestState(
+            request_id=rid,
+            arrival_s=self.arrival_s,
+            prompt_tokens=self.prompt_tokens,
+            slo=self.slo,
+            computed_tokens=self.prompt_tokens if started else 0,
+            output_tokens=self.output_tokens,
+            first_token_s=self.first_token_s,
+            max_output_tokens=self.max_tokens,
+        )
+
+
+class _Metrics:
+    """The replica's ``ray.util.metrics`` instruments, labelled by node and replica."""
+
+    def __init__(self, node: str, replica: str) -> None:
+        from ray.util import metrics as m
+
+        tags = ("node", "replica")
+        self.default = {"node": node, "replica": replica}
+
+        def gauge(name, desc):
+            g = m.Gauge(name, description=desc, tag_keys=tags)
+            g.set_default_tags(self.default)
+            return g
+
+        def counter(name, desc):
+            c = m.Counter(name, description=desc, tag_keys=tags)
+            c.set_default_tags(self.default)
+            return c
+
+        def hist(name, desc, bounds):
+            h = m.Histogram(name, description=desc, boundaries=bounds, tag_keys=tags)
+            h.set_default_tags(self.default)
+            return h
+
+        self.pab = gauge("fairbatching_pab_tokens", "Prefill Admission Budget, tokens")
+        self.prefill_rate = gauge("fairbatching_pab_prefill_rate_tps", "PAB part R: prefill tokens/s left")
+        self.queued = gauge("fairbatching_pab_queued_tokens", "PAB part W: queued prompt tokens")
+        self.kv_headroom = gauge("fairbatching_pab_kv_headroom_tokens", "PAB KV headroom, tokens")
+        self.budget = gauge("fairbatching_time_budget_s", "Time budget of the last step, s")
+        self.step_pred = gauge("fairbatching_step_time_predicted_s", "Predicted time of the last step, s")
+        self.step_meas = gauge("fairbatching_step_time_measured_s", "Measured time of the last step, s")
+        self.urgent = counter("fairbatching_urgent_decodes_total", "Urgent decodes scheduled")
+        self.skipped = counter("fairbatching_skipped_decodes_total", "Decodes skipped (ahead of envelope)")
+        self.divergences = counter("fairbatching_plan_divergences_total", "Steps where vLLM diverged from the plan")
+        self.in_flight = gauge("fairbatching_requests_in_flight", "Requests held by the engine")
+        self.kv_usage = gauge("fairbatching_kv_usage", "KV cache usage fraction")
+        lat = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]
+        self.ttft = hist("fairbatching_ttft_s", "Time to first token per request, s", lat)
+        self.tpot = hist("fairbatching_tpot_s", "Mean time per output token per request, s", lat)
+        self.finished = counter("fairbatching_requests_finished_total", "Requests finished")
+        self.attained = counter("fairbatching_requests_attained_total", "Requests that met both SLOs")
+        self.attainment = gauge("fairbatching_slo_attainment", "Fraction of finished requests that met both SLOs")
+
+
+class EngineReplica:
+    """A Serve replica holding one vLLM ``AsyncLLM``; see the module docstring."""
+
+    async def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = EngineSpec(**spec)
+        if self.spec.scheduler_cls:
+            from node.node_config import NodeConfig
+
+            cfg = {"profile": self.spec.profile, "ttft_slo_s": self.spec.ttft_slo_s, "tpot_slo_s": self.spec.tpot_slo_s}
+            if (self.spec.node_config or {}).get("policy", "fairbatching") == "fairbatching":
+                cfg["knobs"] = {"anchor": self.spec.anchor}
+            cfg.update(self.spec.node_config or {})
+            os.environ.update(NodeConfig.from_dict(cfg).to_env())
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        import ray
+        from ray import serve
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        ctx = serve.get_replica_context()
+        self.replica_key = ctx.replica_id.unique_id
+        node_id = ray.get_runtime_context().get_node_id()
+        self.node_label = f"{ray.util.get_node_ip_address()}:{node_id[:8]}"
+        self.model = load_profile(self.spec.profile).step_model
+        self.anchor = Anchor(self.spec.anchor)
+        self.default_slo = SLO(self.spec.ttft_slo_s, self.spec.tpot_slo_s)
+        self.live: dict[str, _Live] = {}
+        self.metrics = _Metrics(self.node_label, self.replica_key)
+        self.sched: dict[str, Any] = {}  # the FairBatching scheduler's own report, when it sends one
+        self.kv_usage = 0.0
+        self.steps = 0
+        self.last_step_s: Optional[float] = None
+        self._last_record: Optional[float] = None
+        self.finished = 0
+        self.attained = 0
+        self._registry = None
+        self._registry_name: Optional[str] = None
+        self._pab_parts: dict[str, Any] = {}
+        self._sched_at = -math.inf
+
+        args = dict(self.spec.engine_args)
+        args.setdefault("served_model_name", self.spec.served_model_name)
+        args["disable_log_stats"] = True  # vLLM's default loggers would misread our stats channel
+        if self.spec.scheduler_cls:
+            args["scheduler_cls"] = self.spec.scheduler_cls
+        engine_args = AsyncEngineArgs(model=resolve_model(self.spec.model), **args)
+        self.engine = AsyncLLM.from_engine_args(
+            engine_args, stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger()]
+        )
+        cache = self.engine.vllm_config.cache_config
+        self.kv_capacity_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        logger.info("engine replica %s on %s up: %d KV tokens", self.replica_key, self.node_label,
+                    self.kv_capacity_tokens)
+
+    # -- vLLM stats hook: called once per engine step that produced output -----------------
+
+
+    def _stat_logger_factory(self):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        replica = self
+
+        class _StepLogger(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                replica._on_step(scheduler_stats)
+
+            def log_engine_initialized(self):
+                pass
+
+        return _StepLogger
+
+    def _on_step(self, stats) -> None:
+        now = time.perf_counter()
+        if self._last_record is not None and self.live:
+            self.last_step_s = now - self._last_record
+            self.metrics.step_meas.set(self.last_step_s)
+        self._last_record = now
+        self.steps += 1
+        if stats is None:
+            return
+        self.kv_usage = float(stats.kv_cache_usage)
+        extra = getattr(stats, "kv_connector_stats", None)
+        if isinstance(extra, dict) and isinstance(extra.get("fairbatching"), dict):
+            self._on_scheduler_report(extra["fairbatching"])
+
+    def _on_scheduler_report(self, rep: dict[str, Any]) -> None:
+        """The FairBatching scheduler's ``node_stats()``, once per engine step."""
+        prev, self.sched = self.sched, rep
+        self._sched_at = time.monotonic()
+        coeffs = rep.get("model") or {}
+        try:  # plan with the scheduler's refitted model here too, so idle and busy budgets agree
+            self.model = StepTimeModel(coeffs["a_s"], coeffs["b_s_per_token"], coeffs["c_s_per_context_token"],
+                                       coeffs.get("safety_factor", 1.0))
+        except (KeyError, TypeError, ValueError):
+            pass
+        step = rep.get("last_step") or {}
+        m = self.metrics
+        if isinstance(step.get("budget_s"), (int, float)):
+            m.budget.set(float(step["budget_s"]))
+        if isinstance(step.get("predicted_s"), (int, float)):
+            m.step_pred.set(float(step["predicted_s"]))
+        if step and step.get("step") != (prev.get("last_step") or {}).get("step"):
+            if step.get("urgent"):
+                m.urgent.inc(step["urgent"])
+            if step.get("skipped"):
+                m.skipped.inc(step["skipped"])
+        diverged = (rep.get("divergence") or {}).get("steps") or 0
+        before = (prev.get("divergence") or {}).get("steps") or 0
+        if diverged > before:
+            m.divergences.inc(diverged - before)
+
+    # -- PAB ------------------------------------------------------------------------------
+
+    def compute_pab(self) -> PABReport:
+        now = time.time()
+        states = [lv.state(rid) for rid, lv in self.live.items()]
+        kv_free = max(0, int((1.0 - self.kv_usage) * self.kv_capacity_tokens))
+        return estimate_pab(
+            states, self.model, now,
+            horizon_s=self.default_slo.ttft_s,
+            kv_free_tokens=kv_free,
+            default_tpot_s=self.default_slo.tpot_s,
+            anchor=self.anchor,
+        )
+
+    def node_view(self) -> dict[str, Any]:
+        """This node's ``NodeView`` fields (``node_id`` aside) plus what status pages show."""
+        # The scheduler's own PAB while it is fresh; it stops coming when the engine idles.
+        fresh = time.monotonic() - self._sched_at <= max(0.25, 4 * self.spec.report_interval_s)
+        sched_pab = self.sched.get("pab") if fresh and isinstance(self.sched.get("pab"), dict) else None
+        if sched_pab:
+            # The scheduler reports at its steps: it may not have seen the newest requests yet
+            # (debit their prompts), or still count requests that have finished since (then its
+            # report is stale: compute here, with its refitted model).
+            unseen = len(self.live) - int(self.sched.get("running", 0)) - int(self.sched.get("waiting", 0))
+            if unseen < 0:
+                sched_pab = None
+        rep = dict(sched_pab) if sched_pab else self.compute_pab().to_dict()
+        if sched_pab and unseen > 0:
+            rep["pab_tokens"] -= sum(lv.prompt_tokens for lv in list(self.live.values())[-unseen:])
+        waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
+        view = {
+            "pab_tokens": float(rep["pab_tokens"]),
+            "in_flight": len(self.live),
+            "queued_prefill_tokens": sum(lv.prompt_tokens for lv in waiting),
+            "kv_usage": self.kv_usage,
+            "waiting": len(waiting),
+            "reported_at_s": time.time(),
+            "prefill_rate_tps": float(rep["prefill_rate_tps"]),
+            "kv_capacity_tokens": self.kv_capacity_tokens,
+        }
+        m = self.metrics
+        m.pab.set(view["pab_tokens"])
+        m.prefill_rate.set(view["prefill_rate_tps"])
+        m.queued.set(float(rep["queued_tokens"]))
+        m.kv_headroom.set(float(rep["kv_headroom_tokens"]))
+        m.in_flight.set(len(self.live))
+        m.kv_usage.set(self.kv_usage)
+        self._pab_parts = {**rep, "source": "scheduler" if sched_pab else "replica"}
+        return view
+
+    def _extra(self) -> dict[str, Any]:
+        return {
+            "node": self.node_label,
+            "replica": self.replica_key,
+            "pab_source": self._pab_parts.get("source", "replica"),
+            "queued_tokens": self._pab_parts.get("queued_tokens"),
+            "kv_headroom_tokens": self._pab_parts.get("kv_headroom_tokens"),
+            "finished": self.finished,
+            "attained": self.attained,
+            "attainment": self.attained / self.finished if self.finished else None,
+            "steps": self.steps,
+            "scheduler_steps": self.sched.get("steps"),
+            "scheduler_policy": self.sched.get("policy"),
+            "last_step_s": self.last_step_s,
+        }
+
+    async def _registry_handle(self):
+        if self._registry is None:
+            from balancer.pab_registry import REGISTRY_ACTOR_NAME
+            from ray import serve
+
+            try:
+                handle = serve.get_deployment_actor(REGISTRY_ACTOR_NAME)
+                self._registry_name = await asyncio.wait_for(handle.actor_name.remote(), 2.0)
+                self._registry = handle
+            except Exception:  # noqa: BLE001 - being (re)created: try again next tick
+                return None
+        return self._registry
+
+    async def _report_loop(self) -> None:
+        """Push this node's view to the registry every ``report_interval_s``."""
+        import ray
+
+        pending = None
+        while True:
+            try:
+                view = self.node_view()
+                registry = await self._registry_handle()
+                if registry is not None:
+                    if pending is not None:
+                        await asyncio.wait_for(pending, 2.0)  # at most one report in flight
+                    pending = registry.report.remote(self.replica_key, view, self._extra())
+            except (asyncio.TimeoutError, ray.exceptions.RayError):
+                self._registry, pending = None, None
+            except Exception:  # noqa: BLE001 - never let the reporter die
+                logger.exception("PAB report failed")
+            await asyncio.sleep(self.spec.report_interval_s)
+
+    # -- Serve hooks ----------------------------------------------------------------------
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """The router's fallback view (Serve polls this), plus the registry's actor name."""
+        await self._registry_handle()
+        return {**self.node_view(), "registry_actor": self._registry_name, "node": self.node_label}
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    async def node_stats(self) -> dict[str, Any]:
+        return {**self.node_view(), **self._extra(), "pab": self._pab_parts, "scheduler": self.sched}
+
+    async def generate(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Run one request; yield ``{"text", "tokens", "finish_reason", "node"}`` per engine output.
+
+        ``req`` (from the ingress): ``request_id``, ``prompt_token_ids``,
+        ``prompt_tokens``, ``max_tokens``, sampling fields, ``ttft_slo_s``,
+        ``tpot_slo_s``, ``extra_args``.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        rid = req["request_id"]
+        slo = SLO(req.get("ttft_slo_s") or self.default_slo.ttft_s, req.get("tpot_slo_s") or self.default_slo.tpot_s)
+        extra = dict(req.get("extra_args") or {})
+        extra.setdefault(SLO_TTFT_KEY, slo.ttft_s)
+        extra.setdefault(SLO_TPOT_KEY, slo.tpot_s)
+        sp = SamplingParams(
+            max_tokens=req["max_tokens"],
+            temperature=req.get("temperature", 1.0),
+            top_p=req.get("top_p", 1.0),
+            seed=req.get("seed"),
+            stop=req.get("stop"),
+            ignore_eos=bool(req.get("ignore_eos", False)),
+            output_kind=RequestOutputKind.DELTA,
+            extra_args=extra,
+        )
+        ids = list(req["prompt_token_ids"])
+        live = _Live(arrival_s=req.get("arrival_s") or time.time(), prompt_tokens=len(ids),
+                     max_tokens=req["max_tokens"], slo=slo)
+        self.live[rid] = live
+        done = False
+        try:
+            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), sp, rid):
+                c = out.outputs[0]
+                n = len(c.token_ids)
+                if n:
+                    now = time.time()
+                    if live.first_token_s is None:
+                        live.first_token_s = now
+                    live.last_token_s = now
+                    live.output_tokens += n
+                done = out.finished
+                yield {"text": c.text, "tokens": n, "finish_reason": c.finish_reason, "node": self.node_label,
+                       "replica": self.replica_key, "prompt_tokens": len(ids),
+                       "completion_tokens": live.output_tokens}
+        finally:
+            self.live.pop(rid, None)
+            if not done:
+                try:
+                    await self.engine.abort(rid)
+                except Exception:  # noqa: BLE001 - engine already gone
+                    pass
+            else:
+                self._record_finished(live)
+
+    def _record_finished(self, lv: _Live) -> None:
+        m = self.metrics
+        self.finished += 1
+        ok = lv.first_token_s is not None and lv.first_token_s - lv.arrival_s <= lv.slo.ttft_s
+        if lv.first_token_s is not None:
+            m.ttft.observe(lv.first_token_s - lv.arrival_s)
+        if lv.output_tokens >= 2 and lv.last_token_s is not None:
+            tpot = (lv.last_token_s - lv.first_token_s) / (lv.output_tokens - 1)
+            m.tpot.observe(tpot)
+            ok = ok and tpot <= lv.slo.tpot_s
+        m.finished.inc()
+        if ok:
+            self.attained += 1
+            m.attained.inc()
+        m.attainment.set(self.attained / self.finished)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+
+def _vllm_ray_metrics_logger():
+    """vLLM's own engine metrics (``vllm:*``) exported through Ray, next to ours.
+
+    The FairBatching scheduler's report rides in ``SchedulerStats.kv_connector_stats``
+    (see ``node/served_scheduler.py``); vLLM's logger would read it as KV-connector
+    data, so it gets the stats without it.
+    """
+    import dataclasses
+
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    class VllmRayMetrics(RayPrometheusStatLogger):
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            if scheduler_stats is not None and scheduler_stats.kv_connector_stats is not None:
+                scheduler_stats = dataclasses.replace(scheduler_stats, kv_connector_stats=None)
+            super().record(scheduler_stats, iteration_stats, mm_cache_stats=mm_cache_stats, engine_idx=engine_idx)
+
+    return VllmRayMetrics

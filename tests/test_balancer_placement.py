@@ -1,0 +1,190 @@
+"""Placement policies: PAB places by budget and debits, baselines do what their names say."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balancer.placement import NodeView, idle_prefill_tokens
+from balancer.registry import PLACEMENT_NAMES, make_placement
+
+
+def views(policy, **pabs):
+    for node, pab in pabs.items():
+        policy.update(NodeView(int(node[1:]), pab_tokens=pab, prefill_rate_tps=1000.0))
+
+
+def test_pab_picks_the_node_with_the_largest_budget():
+    pab = make_placement("pab", [0, 1, 2])
+    views(pab, n0=500, n1=3000, n2=1200)
+    assert pab.choose("r", 100).node_id == 1
+
+
+def test_pab_debits_at_once_so_a_burst_spreads_before_the_next_report():
+    pab = make_placement("pab", [0, 1])
+    views(pab, n0=1000, n1=900)
+    first = pab.choose("a", 400)
+    second = pab.choose("b", 400)
+    assert (first.node_id, second.node_id) == (0, 1)
+    assert pab.view(0).pab_tokens == 600 and pab.view(1).pab_tokens == 500
+    assert pab.view(0).in_flight == 1 and pab.view(0).queued_prefill_tokens == 400
+
+
+def test_pab_rejects_when_no_node_has_budget_for_the_prompt():
+    pab = make_placement("pab", [0, 1])
+    views(pab, n0=100, n1=250)
+    decision = pab.choose("big", 300)
+    assert decision.rejected and decision.node_id is None
+    assert decision.reason == "no-budget"
+    assert decision.retry_after_s == pytest.approx(0.05)  # (300 - 250) tokens at 1000 tokens/s
+    assert pab.view(1).pab_tokens == 250  # a rejection debits nothing
+
+
+def test_pab_without_rejection_places_on_the_largest_budget_anyway():
+    pab = make_placement("pab", [0, 1], reject=False)
+    views(pab, n0=100, n1=250)
+    assert pab.choose("big", 300).node_id == 1
+
+
+def test_pab_best_fit_takes_the_smallest_budget_that_covers_the_prompt():
+    pab = make_placement("pab", [0, 1, 2], fit="best")
+    views(pab, n0=5000, n1=350, n2=200)
+    assert pab.choose("r", 300).node_id == 1
+
+
+def test_a_fresh_report_replaces_the_debited_view_and_a_stale_one_is_ignored():
+    pab = make_placement("pab", [0])
+    pab.update(NodeView(0, pab_tokens=1000, reported_at_s=1.0))
+    pab.choose("a", 700)
+    assert pab.view(0).pab_tokens == 300
+    pab.update(NodeView(0, pab_tokens=800, reported_at_s=2.0))
+    assert pab.view(0).pab_tokens == 800
+    pab.update(NodeView(0, pab_tokens=5, reported_at_s=1.5))  # delivered late: older than what we hold
+    assert pab.view(0).pab_tokens == 800
+
+
+def test_round_robin_cycles_over_the_nodes():
+    rr = make_placement("round-robin", [0, 1, 2])
+    assert [rr.choose(str(i), 10).node_id for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_power_of_two_takes_the_sampled_node_with_fewer_requests_in_flight():
+    p2 = make_placement("power-of-two", [0, 1], rng=random.Random(3))
+    p2.choose("a", 10)  # one node now has a request in flight
+    loaded = 0 if p2.view(0).in_flight else 1
+    # With two nodes both are always sampled: the idle one wins every time until balanced.
+    assert p2.choose("b", 10).node_id == 1 - loaded
+    p2.on_complete(loaded)
+    assert p2.view(loaded).in_flight == 0
+
+
+def test_power_of_two_is_deterministic_given_its_rng():
+    picks = []
+    for _ in range(2):
+        p2 = make_placement("power-of-two", list(range(8)), rng=random.Random(7))
+        picks.append([p2.choose(str(i), 10).node_id for i in range(50)])
+    assert picks[0] == picks[1]
+
+
+def test_least_prefill_takes_the_fewest_outstanding_prompt_tokens_and_debits_them():
+    lp = make_placement("least-prefill", [0, 1, 2])
+    for node, queued in ((0, 900), (1, 100), (2, 400)):
+        lp.update(NodeView(node, queued_prefill_tokens=queued))
+    assert lp.choose("a", 500).node_id == 1  # 100 -> 600 queued
+    assert lp.choose("b", 10).node_id == 2
+
+
+def test_queue_kv_prefers_short_queues_and_free_kv():
+    qk = make_placement("queue-kv", [0, 1, 2], rng=random.Random(0))
+    qk.update(NodeView(0, waiting=8, kv_usage=0.1))
+    qk.update(NodeView(1, waiting=2, kv_usage=0.2))
+    qk.update(NodeView(2, waiting=2, kv_usage=0.9))
+    assert qk.choose("a", 10).node_id == 1
+
+
+def test_admission_cap_rejects_past_what_an_idle_node_prefills_within_the_ttft():
+    cap = idle_prefill_tokens(1.0, a_s=0.0056, b_s_per_token=21e-6)
+    assert cap == int((1.0 - 0.0056) / 21e-6)
+    lp = make_placement("least-prefill", [0, 1], admission_cap=1000)
+    lp.update(NodeView(0, queued_prefill_tokens=800))
+    lp.update(NodeView(1, queued_prefill_tokens=900))
+    assert lp.choose("fits", 200).node_id == 0
+    decision = lp.choose("too-much", 200)  # best node now holds 900 + 200 > 1000
+    assert decision.rejected and decision.reason == "admission-cap"
+
+
+@pytest.mark.parametrize("name", PLACEMENT_NAMES)
+def test_every_policy_places_on_a_known_node_and_tracks_in_flight(name):
+    policy = make_placement(name, [3, 5, 9], rng=random.Random(1))
+    for node in (3, 5, 9):
+        policy.update(NodeView(node, pab_tokens=10_000))
+    placed = [policy.choose(str(i), 50).node_id for i in range(6)]
+    assert set(placed) <= {3, 5, 9}
+    assert sum(policy.view(n).in_flight for n in (3, 5, 9)) == 6
+    for node in placed:
+        policy.on_complete(node)
+    assert sum(policy.view(n).in_flight for n in (3, 5, 9)) == 0
+
+
+def test_unknown_names_and_knobs_are_refused():
+    with pytest.raises(ValueError, match="unknown balancer"):
+        make_placement("random", [0])
+    with pytest.raises(ValueError, match="balancer 'round-robin'"):
+        make_placement("round-robin", [0], fit="best")
+    with pytest.raises(ValueError):
+        make_placement("pab", [0], fit="worst")
+    with pytest.raises(ValueError):
+        make_placement("pab", [])
+    with pytest.raises(ValueError):
+        make_placement("pab", [0]).on_complete(0)  # nothing in flight
+
+
+_events = st.lists(
+    st.one_of(
+        st.tuples(st.just("report"), st.integers(0, 3), st.floats(-5000, 20000, allow_nan=False)),
+        st.tuples(st.just("choose"), st.integers(1, 8000), st.just(0.0)),
+        st.tuples(st.just("complete"), st.integers(0, 3), st.just(0.0)),
+    ),
+    max_size=60,
+)
+
+
+@given(_events, st.sampled_from(["largest", "best"]))
+def test_pab_never_places_on_a_node_whose_view_lacks_budget(events, fit):
+    pab = make_placement("pab", [0, 1, 2, 3], fit=fit)
+    clock = 0.0
+    for kind, x, y in events:
+        if kind == "report":
+            clock += 0.01
+            pab.update(NodeView(x, pab_tokens=y, reported_at_s=clock))
+        elif kind == "choose":
+            before = {n: pab.view(n).pab_tokens for n in range(4)}
+            decision = pab.choose("r", x)
+            if decision.rejected:
+                assert max(before.values()) < x
+            else:
+                assert before[decision.node_id] >= x
+                assert pab.view(decision.node_id).pab_tokens == pytest.approx(before[decision.node_id] - x)
+        elif pab.view(x).in_flight > 0:
+            pab.on_complete(x)
+
+
+def test_a_stale_report_keeps_the_debits_of_placements_it_has_not_seen():
+    pab = make_placement("pab", [0, 1])
+    pab.update(NodeView(0, pab_tokens=1000, received_requests=0, reported_at_s=0.0))
+    pab.update(NodeView(1, pab_tokens=900, received_requests=0, reported_at_s=0.0))
+    assert pab.choose("a", 300).node_id == 0  # node 0: 700 left
+    assert pab.choose("b", 300).node_id == 1  # node 1: 600 left
+    assert pab.choose("c", 300).node_id == 0  # node 0: 400 left
+    # Node 0 measured 1000 before any of its two placements arrived: both debits stay.
+    pab.update(NodeView(0, pab_tokens=1000, received_requests=0, reported_at_s=0.1))
+    assert pab.view(0).pab_tokens == 400 and pab.view(0).queued_prefill_tokens == 600
+    # A report that has seen the first one keeps only the second.
+    pab.update(NodeView(0, pab_tokens=650, received_requests=1, reported_at_s=0.2))
+    assert pab.view(0).pab_tokens == 350
+    # Without the count a report replaces the view.
+    pab.update(NodeView(0, pab_tokens=650, reported_at_s=0.3))
+    assert pab.view(0).pab_tokens == 650

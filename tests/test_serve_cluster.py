@@ -1,0 +1,287 @@
+"""The serving cluster with real parts: a local Ray cluster, two CPU vLLM engines, the PAB router, HTTP.
+
+One Ray cluster for the whole module (starting two engines on two shared cores
+takes one to two minutes); it is started with ``address="local"`` so the tests
+never join someone else's cluster, and only it is stopped at the end. The test
+that kills an engine runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.serve
+
+MODEL = "tiny-llama"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ids(n: int, seed: int = 0) -> list[int]:
+    return [3 + (seed * 7919 + i * 31) % 1000 for i in range(n)]
+
+
+# A deliberately slow step-time profile with refit off: each idle engine's PAB is then a known
+# ~3200 tokens (R = (0.25 - 0.05) / (0.25 * 0.0005) = 1600 tok/s over the 2 s TTFT horizon), so a
+# burst of long prompts overflows it whatever this shared machine's speed is at the moment.
+SLOW_PROFILE = {
+    "version": 1, "name": "test-slow", "a_s": 0.05, "b_s_per_token": 0.0005, "c_s_per_context_token": 1e-6,
+    "safety_factor": 1.0, "mape": 0.0, "p99_abs_error_s": 0.0, "hardware": "test", "model": "tiny", "method": "fixed",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from ray import serve
+
+    from cluster.app import ServeConfig, deploy
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        profile = tmp_path_factory.mktemp("profile") / "test-slow.json"
+        profile.write_text(json.dumps(SLOW_PROFILE))
+        cfg = ServeConfig(port=_free_port(), ttft_slo_s=2.0, tpot_slo_s=0.25, profile=str(profile),
+                          node_config={"refit": False})
+        url = deploy(cfg)
+        client = httpx.Client(base_url=url, timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = client.get("/health")
+            if r.status_code == 200 and r.json()["engines"] == 2:
+                break
+            time.sleep(0.5)
+        yield client
+        client.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _status(client) -> dict:
+    r = client.get("/v1/fairbatching/status")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.timeout(400)
+def test_streaming_and_plain_responses_on_both_endpoints(cluster):
+    r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": "w1 w2 w3", "max_tokens": 5, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] == 5 and body["choices"][0]["finish_reason"] == "length"
+    assert r.headers["x-fairbatching-replica"]
+
+    for path, payload in (
+        ("/v1/completions", {"prompt": _ids(20)}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "w4 w5 w6"}]}),
+    ):
+        req = {"model": MODEL, "max_tokens": 6, "ignore_eos": True, "stream": True,
+               "stream_options": {"include_usage": True, "continuous_usage_stats": True}, **payload}
+        with cluster.stream("POST", path, json=req) as s:
+            assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+            lines = [ln[6:] for ln in s.iter_lines() if ln.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+
+        chunks = [json.loads(x) for x in lines[:-1]]
+        def text(c):
+            choice = c["choices"][0]
+            return choice["delta"].get("content") if "delta" in choice else choice["text"]
+
+        content = [c for c in chunks if c["choices"] and text(c)]
+        assert len(content) >= 1 and content[-1]["choices"][0]["finish_reason"] == "length"
+        counts = [c["usage"]["completion_tokens"] for c in chunks]
+        assert counts == sorted(counts) and counts[-1] == 6, chunks  # running usage; the last chunk: all 6
+
+    r = cluster.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "w9"}],
+                                                    "max_completion_tokens": 3, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+    assert cluster.get("/v1/models").json()["data"][0]["id"] == MODEL
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("body,headers,param", [
+    ({"model": MODEL, "prompt": "w1", "max_tokens": -1}, {}, "max_tokens"),
+    ({"model": MODEL, "max_tokens": 2}, {}, "prompt"),
+    ({"model": MODEL, "messages": []}, {}, "messages"),
+    ({"model": MODEL, "prompt": "w1", "temperature": "hot"}, {}, "temperature"),
+    ({"model": MODEL, "prompt": list(range(3, 3003))}, {}, "prompt"),
+    ({"model": MODEL, "prompt": "w1", "max_tokens": 5000}, {}, "max_tokens"),
+    ({"model": MODEL, "prompt": [5, 99999]}, {}, "prompt"),
+    ({"model": MODEL, "prompt": "w1"}, {"x-slo-ttft-ms": "soon"}, "x-slo-ttft-ms"),
+    ({"model": MODEL, "prompt": "w1", "vllm_xargs": {"tpot_slo_s": -1}}, {}, "vllm_xargs.tpot_slo_s"),
+])
+def test_bad_requests_get_400_naming_the_field(cluster, body, headers, param):
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    r = cluster.post(path, json=body, headers=headers)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+@pytest.mark.timeout(60)
+def test_unknown_model_and_broken_json_are_refused(cluster):
+    r = cluster.post("/v1/completions", json={"model": "gpt-9", "prompt": "w1"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    r = cluster.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.timeout(300)
+def test_placement_follows_pab(cluster):
+    """While one engine holds a long request its PAB is lower and the next request goes to the other;
+    every decision the registry makes picks the largest (debited) budget it sees."""
+    hold = {"model": MODEL, "prompt": _ids(400, 1), "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with cluster.stream("POST", "/v1/completions", json=hold) as s:
+        assert s.status_code == 200
+        busy = s.headers["x-fairbatching-replica"]
+        lines = s.iter_lines()
+        next(lines)
+        time.sleep(0.5)  # a few reports (every 50 ms) reach the registry
+        nodes = _status(cluster)["nodes"]
+        assert set(nodes) >= {busy} and len(nodes) == 2
+        idle = next(k for k in nodes if k != busy)
+        assert nodes[busy]["pab_tokens"] < nodes[idle]["pab_tokens"], nodes
+        assert nodes[busy]["in_flight"] >= 1
+        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(50, 0), "max_tokens": 2})
+        assert r.status_code == 200 and r.headers["x-fairbatching-replica"] == idle
+        for i in range(1, 5):
+            assert cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(50, i), "max_tokens": 2}).status_code == 200
+    recent = [d for d in _status(cluster)["recent"] if d["node"] is not None][-6:]
+    assert len(recent) == 6
+    for d in recent:
+        assert d["pab_seen"][d["node"]] == max(d["pab_seen"].values()), d
+
+
+async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
+    return await client.post("/v1/completions", json=body)
+
+
+@pytest.mark.timeout(400)
+def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
+    """A burst of 1900-token prompts larger than the engines' summed PAB overflows it."""
+    url = str(cluster.base_url)
+    total = sum(max(n["pab_tokens"], 0) for n in _status(cluster)["nodes"].values())
+    burst_size = min(int(total // 1900) + 4, 24)
+
+    async def go():
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            burst = [asyncio.create_task(_post(client, {"model": MODEL, "prompt": _ids(1900, i), "max_tokens": 4}))
+                     for i in range(burst_size)]
+            done, _ = await asyncio.wait(burst, return_when=asyncio.FIRST_COMPLETED)
+            # Budget is still spent on the admitted prompts: a stream is refused with a real 429.
+            stream_req = {"model": MODEL, "prompt": _ids(1900, 99), "max_tokens": 4, "stream": True}
+            async with client.stream("POST", "/v1/completions", json=stream_req) as s:
+                stream_status, stream_retry = s.status_code, s.headers.get("retry-after")
+                stream_body = (await s.aread()).decode()
+            results = await asyncio.gather(*burst)
+            return results, stream_status, stream_retry, stream_body
+
+    results, stream_status, stream_retry, stream_body = asyncio.run(go())
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 1, codes
+    for r in results:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "admission_rejected"
+    assert stream_status == 429 and int(stream_retry) >= 1 and "admission_rejected" in stream_body
+    # Budget returns once the admitted prompts are prefilled.
+    deadline = time.monotonic() + 60
+    while True:
+        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(1900, 7), "max_tokens": 2})
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(float(r.headers.get("retry-after", 1)))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.timeout(300)
+def test_registry_restart_is_survived(cluster):
+    import ray
+
+    from balancer.pab_registry import find_registry
+
+    registry = find_registry("fairbatching", "engine")
+    assert registry is not None
+    ray.kill(registry, no_restart=True)
+    # Meanwhile the router places from the replicas' routing stats.
+    for i in range(3):
+        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(30, i), "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    # Serve recreates the registry; replicas find it and report again.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        r = cluster.get("/v1/fairbatching/status")
+        if r.status_code == 200 and sum(n["live"] for n in r.json()["nodes"].values()) == 2:
+            break
+        time.sleep(1.0)
+    assert r.status_code == 200 and sum(n["live"] for n in r.json()["nodes"].values()) == 2, r.text
+    placed_before = r.json()["decisions"]["placed"]
+    deadline = time.monotonic() + 30  # routers retry the registry a couple of seconds after a failure
+    while time.monotonic() < deadline:
+        assert cluster.post("/v1/completions", json={"model": MODEL, "prompt": "w1 w2", "max_tokens": 2}).status_code == 200
+        if _status(cluster)["decisions"]["placed"] > placed_before:
+            break
+        time.sleep(1.0)
+    assert _status(cluster)["decisions"]["placed"] > placed_before
+
+
+@pytest.mark.timeout(400)
+def test_killing_an_engine_mid_load_loses_no_request_silently(cluster):
+    import ray
+
+    url = str(cluster.base_url)
+
+    async def one(client, i):
+        req = {"model": MODEL, "prompt": _ids(32, i), "max_tokens": 60, "ignore_eos": True, "stream": True,
+               "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        tokens, finish, error = 0, None, None
+        try:
+            async with client.stream("POST", "/v1/completions", json=req) as s:
+                if s.status_code != 200:
+                    return ("http", s.status_code)
+                async for line in s.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    msg = json.loads(line[6:])
+                    if "error" in msg:
+                        error = msg["error"]["code"]
+                    tokens = (msg.get("usage") or {}).get("completion_tokens", tokens)
+                    for c in msg.get("choices", ()):
+                        finish = c.get("finish_reason") or finish
+        except httpx.HTTPError as exc:
+            return ("transport", type(exc).__name__)
+        if error:
+            return ("stream-error", error)
+        return ("ok", tokens) if finish == "length" else ("silent", tokens)
+
+    async def go():
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            tasks = [asyncio.create_task(one(client, i)) for i in range(8)]
+            await asyncio.sleep(3.0)
+            victims = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith("SERVE_REPLICA::fairbatching#engine#")]
+            assert len(victims) == 2
+            ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
+            return await asyncio.gather(*tasks)
+
+    outcomes = asyncio.run(go())
+    assert not [o for o in outcomes if o[0] == "silent"], outcomes
+    assert all(o == ("ok", 60) or o[0] in ("http", "stream-error") for o in outcomes), outcomes
+    assert any(o[0] == "ok" for o in outcomes), outcomes
+    # The cluster keeps serving on the surviving engine.
+    for i in range(3):
+        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(16, i), "max_tokens": 2})
+        assert r.status_code == 200, r.text

@@ -1,0 +1,155 @@
+"""Every request finishes, is rejected, or is reported unfinished; runs are a function of their seed."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from cluster.cli_sim import app
+from cluster.sim.capacity import find_capacity
+from cluster.sim.config import SimConfig
+from cluster.sim.simulator import simulate
+from cluster.workload import TraceRequest, Workload
+from node.profile import load_profile
+
+PROFILE = load_profile("ref-linear-h100")
+
+
+def bursty(n=300, seed=1, rate=40.0) -> Workload:
+    rng = random.Random(seed)
+    t, rows = 0.0, []
+    for i in range(n):
+        t += rng.expovariate(rate) * (0.1 if i % 50 < 10 else 1.0)  # bursts
+        rows.append(TraceRequest(i, t, rng.randint(16, 3000), rng.randint(1, 200)))
+    return Workload(rows, name="bursty")
+
+
+def run(workload, **kw):
+    return simulate(SimConfig(trace="bursty", profile="ref-linear-h100", **kw), workload=workload, profile=PROFILE)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(scheduler="fairbatching", balancer="pab", nodes=2),
+        dict(scheduler="vllm", balancer="power-of-two", nodes=3, token_budget=512, drain_s=0.5),
+        dict(scheduler="sarathi", balancer="least-prefill", nodes=2, admission_cap=True, kv_cache_tokens=8000),
+        dict(scheduler="fairbatching", balancer="queue-kv", nodes=2, pab_variant="edf", pab_delay_s=0.2, noise=0.1),
+    ],
+)
+def test_no_request_disappears(knobs):
+    w = bursty()
+    res = run(w, rate_scale=2.0, **knobs)
+    rep = res.report
+    assert rep["finished"] + rep["rejected"] + rep["dropped"] + rep["unfinished"] == rep["requests"] == len(w)
+    for r in res.requests:
+        states = [r.finished, r.rejected, r.dropped, not (r.finished or r.rejected or r.dropped)]
+        assert sum(states) == 1
+        if r.finished:
+            assert r.emitted == r.output_tokens and r.first_token_s >= r.arrival_s
+        assert r.on_time_arrival <= r.emitted and r.on_time_first <= r.emitted
+    assert rep["dropped"] == 0
+
+
+def test_a_cut_off_run_reports_its_unfinished_requests():
+    res = run(bursty(), rate_scale=4.0, scheduler="vllm", balancer="round-robin", drain_s=0.0)
+    assert res.report["unfinished"] > 0
+    assert res.report["finished"] + res.report["unfinished"] == res.report["requests"]
+
+
+def test_same_seed_same_result_and_the_seed_matters():
+    w = bursty()
+    knobs = dict(scheduler="fairbatching", balancer="power-of-two", nodes=3, noise=0.2, rate_scale=2.0)
+    volatile = {"wall_s", "sim_speedup", "sim_speedup_cpu"}
+    a, b = (dict(run(w, seed=7, **knobs).report) for _ in range(2))
+    for rep in (a, b):
+        for k in volatile:
+            rep.pop(k)
+    assert a == b
+    c = run(w, seed=8, **knobs).report
+    assert c["ttft_p99"] != a["ttft_p99"]
+
+
+def test_pab_report_delay_is_modelled():
+    w = bursty()
+    fresh = run(w, rate_scale=3.0, nodes=2, balancer="pab").report
+    stale = run(w, rate_scale=3.0, nodes=2, balancer="pab", pab_delay_s=2.0).report
+    assert fresh != stale
+
+
+def test_capacity_bisection_brackets_the_target():
+    w = bursty(n=200)
+    res = find_capacity(SimConfig(trace="bursty", profile="ref-linear-h100", balancer="round-robin", rate_scale=1.0),
+                        target=0.9, rel_tol=0.1, workload=w, profile=PROFILE)
+    assert res.capacity_rps is not None
+    passing = [p for p in res.probes if p.attainment >= 0.9]
+    failing = [p for p in res.probes if p.attainment < 0.9]
+    assert max(p.rate_scale for p in passing) == res.capacity_rate_scale
+    assert min(p.rate_scale for p in failing if p.rate_scale > res.capacity_rate_scale) <= res.capacity_rate_scale * 1.1 + 1e-9
+
+
+def test_cli_run_and_capacity_write_the_promised_json(tmp_path):
+    trace = tmp_path / "t.csv"
+    rows = ["arrived_at,num_prefill_tokens,num_decode_tokens"]
+    rows += [f"{i * 0.05:.3f},{200 + 37 * i % 900},{1 + 13 * i % 60}" for i in range(80)]
+    trace.write_text("\n".join(rows) + "\n")
+    common = ["--trace", str(trace), "--profile", "ref-linear-h100", "--nodes", "2", "--scheduler", "fairbatching",
+              "--balancer", "pab", "--ttft-slo", "1", "--tpot-slo", "0.05", "--seed", "1"]
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(app, ["run", *common, "--rate-scale", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for key in ("attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50",
+                "tpot_p99", "goodput_rps", "requests", "sim_speedup", "token_attainment_first_token"):
+        assert key in report
+    assert report["requests"] == 80
+    cap = tmp_path / "cap.json"
+    result = CliRunner().invoke(app, ["capacity", *common, "--attainment", "0.9", "--rel-tol", "0.2", "--json", str(cap)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(cap.read_text())
+    assert data["capacity_rps"] > 0 and data["report"]["attainment"] >= 0.9
+
+
+def test_cli_refuses_bad_names():
+    result = CliRunner().invoke(app, ["run", "--trace", "azure-code", "--balancer", "nope", "--duration-s", "1"])
+    assert result.exit_code != 0
+
+
+def test_cli_compare_writes_a_summary_and_three_plots(tmp_path):
+    trace = tmp_path / "t.csv"
+    rows = ["arrived_at,num_prefill_tokens,num_decode_tokens"]
+    rows += [f"{i * 0.1:.3f},{100 + 53 * i % 1500},{1 + 7 * i % 40}" for i in range(60)]
+    trace.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, [
+        "compare", "--trace", str(trace), "--profile", "ref-linear-h100", "--nodes", "2",
+        "--schedulers", "fairbatching,sarathi", "--balancers", "pab,least-prefill", "--caps", "both",
+        "--rel-tol", "0.25", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {row["arm"] for row in summary["arms"]} == {
+        "fairbatching/pab", "fairbatching/least-prefill", "fairbatching/least-prefill+cap",
+        "sarathi/pab", "sarathi/least-prefill", "sarathi/least-prefill+cap"}
+    assert all(row["capacity_rps"] for row in summary["arms"])
+    for png in ("attainment_vs_rate.png", "ttft_cdf.png", "pab_timeline.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_queueing_at_the_balancer_admits_some_requests_pab_would_reject_at_once():
+    w = bursty()
+    knobs = dict(scheduler="fairbatching", balancer="pab", nodes=2, rate_scale=4.0)
+    at_once = run(w, **knobs).report
+    queued = run(w, balancer_queue_s=0.5, **knobs).report
+    assert queued["rejected"] < at_once["rejected"]
+    assert queued["finished"] + queued["rejected"] + queued["unfinished"] == queued["requests"]
+
+
+def test_a_metric_that_load_cannot_break_gives_a_flagged_lower_bound():
+    w = bursty(n=60)
+    res = find_capacity(SimConfig(trace="bursty", profile="ref-linear-h100", balancer="pab", rate_scale=1.0),
+                        target=0.01, metric="admitted_attainment", max_doublings=3, workload=w, profile=PROFILE)
+    assert res.lower_bound and len(res.probes) == 4
