@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -103,8 +104,30 @@ def _plot_pab(series: list[dict], out: Path, title: str) -> None:
     plt.close(fig)
 
 
-@pytest.mark.timeout(300)
+_CHILD = "FAIRBATCHING_OBSERVABILITY_CHILD"
+
+
+@pytest.mark.timeout(420)
 def test_prometheus_scrapes_the_app_and_every_panel_has_data(tmp_path):
+    """Runs the scenario below in a fresh interpreter.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (what keeps every node on
+    loopback) when it is first imported, and earlier tests in the same pytest
+    process import it; so the scenario gets a process of its own.
+    """
+    if os.environ.get(_CHILD) == "1":
+        _scenario(tmp_path)
+        return
+    env = {**os.environ, _CHILD: "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    node_id = f"{Path(__file__).relative_to(ROOT)}::test_prometheus_scrapes_the_app_and_every_panel_has_data"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node_id],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+def _scenario(tmp_path: Path) -> None:
     from deploy.observability.metrics import EVENT_ONLY, prom
 
     saved_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
@@ -128,13 +151,10 @@ def test_prometheus_scrapes_the_app_and_every_panel_has_data(tmp_path):
         ports = [_free_port() for _ in range(3)]
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": _free_port(), "metrics_export_port": ports[0], "temp_dir": ray_tmp,
-            # Explicit: the env var above is read when Ray is first imported, which an earlier
-            # test in the same process may have done already.
-            "node_ip_address": "127.0.0.1"})
+            "dashboard_port": _free_port(), "metrics_export_port": ports[0], "temp_dir": ray_tmp})
         for port in ports[1:]:
-            cluster.add_node(num_cpus=1, num_gpus=1, metrics_export_port=port, node_ip_address="127.0.0.1")
-        ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
+            cluster.add_node(num_cpus=1, num_gpus=1, metrics_export_port=port)
+        ray.init(address=cluster.address, log_to_driver=False)
         cfg = ServeConfig(port=_free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True)
         url = deploy(cfg)
 
