@@ -197,7 +197,7 @@ class FairBatchingMixin:
                 growth += max(0, -(-end // bs) - (-(-c // bs)))
         # vLLM admits a waiting request only when its whole sequence fits in the
         # free blocks (scheduler_reserve_full_isl, plus the watermark); a request
-        # that cannot be admitted is left out of the plan, in EDF order of first-token deadlines.
+        # that cannot be admitted is left out of the plan, in EDF order of next-token deadlines.
         full_isl = getattr(self, "scheduler_reserve_full_isl", False)
         room = self.kv_cache_manager.block_pool.get_num_free_blocks() - growth
         room -= getattr(self.kv_cache_manager, "watermark_blocks", 0)
@@ -208,14 +208,20 @@ class FairBatchingMixin:
             got = self._fb_state(request)
             if got is not None:
                 candidates.append(got)
-        if full_isl:
-            candidates.sort(key=lambda g: g[0].arrival_s + g[0].slo.ttft_s)
+        # vLLM admits a waiting request only into a free seat: running requests,
+        # hidden ones included, count against max_num_running_reqs. Offer the
+        # planner no more waiting requests than there are seats, the most pressed first.
+        seats = self.max_num_running_reqs - len(self.running)
+        candidates.sort(key=lambda g: g[0].arrival_s + g[0].slo.ttft_s + g[0].slo.tpot_s * g[0].output_tokens)
         for state, decoding in candidates:
+            if seats <= 0:
+                break
             if full_isl and state.computed_tokens == 0:
                 need = -(-min(state.prompt_tokens, self.max_model_len) // bs)
                 if need > room:
                     continue
                 room -= need
+            seats -= 1
             states.append(state)
             is_decode[state.request_id] = decoding
         return states, is_decode
