@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -15,6 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=True)
+
+
+def _table_console() -> Console:
+    """Tables at full width when piped (Rich assumes 80 columns without a terminal)."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def serve(
@@ -100,7 +106,7 @@ def status(
                       str(n.get("waiting", "-")), str(n.get("queued_prefill_tokens", "-")),
                       fmt(n.get("kv_usage"), "{:.1%}"), str(n.get("finished", "-")),
                       fmt(n.get("attainment"), "{:.1%}"), fmt(n.get("report_age_s"), "{:.2f} s"))
-    Console().print(table)
+    _table_console().print(table)
 
 
 def load(
@@ -163,7 +169,7 @@ def load(
         table.add_column(k, justify="right")
     table.add_row(*("-" if report[k] is None else f"{report[k]:.3g}" if isinstance(report[k], float)
                     else str(report[k]) for k in keys))
-    Console().print(table)
+    _table_console().print(table)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({**report, "records": records_to_json(records)}, indent=1) + "\n")
