@@ -20,8 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from node.cost_model import StepTimeModel
-from node.envelope import Anchor
-from node.fairbatching import request_slack
+from node.envelope import Anchor, slack_s
 from node.plan import BatchBuilder, BatchPlan, Group, Limits
 from node.request import RequestState
 
@@ -57,7 +56,7 @@ class VllmDefaultPolicy:
         running = sorted((r for r in requests if r.output_tokens > 0 or r.computed_tokens > 0), key=_fcfs_key)
         waiting = sorted((r for r in requests if r.output_tokens == 0 and r.computed_tokens == 0), key=_fcfs_key)
         for req in running + waiting:
-            slack = request_slack(req, now_s, Anchor.ARRIVAL)
+            slack = slack_s(req, now_s, Anchor.ARRIVAL)
             if req.is_prefill:
                 builder.add_prefill(req, slack, token_cap=budget)
             else:
@@ -92,7 +91,7 @@ class SarathiPolicy:
         decodes = sorted((r for r in requests if not r.is_prefill), key=_fcfs_key)
         prefills = sorted((r for r in requests if r.is_prefill), key=_fcfs_key)
         tpot_s = min(r.slo.tpot_s for r in (decodes or prefills))
-        entries = [(request_slack(r, now_s, Anchor.ARRIVAL), r) for r in decodes]
+        entries = [(slack_s(r, now_s, Anchor.ARRIVAL), r) for r in decodes]
         builder.add_decodes(entries, Group.URGENT, within_budget=False)  # stall-free: every decode runs
         static = self.config.token_budget
         for req in prefills:
@@ -100,5 +99,5 @@ class SarathiPolicy:
                 cap = max(static - builder.new_tokens, 0)
             else:
                 cap = self.model.largest_chunk(tpot_s, builder.new_tokens, builder.context_tokens, req.computed_tokens)
-            builder.add_prefill(req, request_slack(req, now_s, Anchor.ARRIVAL), token_cap=cap)
+            builder.add_prefill(req, slack_s(req, now_s, Anchor.ARRIVAL), token_cap=cap)
         return builder.finish(self.name, budget_s=None if static is not None else tpot_s)

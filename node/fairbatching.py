@@ -58,14 +58,6 @@ class FairBatchingConfig:
             raise ValueError(f"max_budget_s must be > 0, got {self.max_budget_s!r}")
 
 
-def request_slack(req: RequestState, now_s: float, anchor: Anchor) -> float:
-    """Inlined ``envelope.slack_s``: this runs once per request per step."""
-    slo = req.slo
-    if req.output_tokens == 0 or anchor is Anchor.ARRIVAL or req.first_token_s is None:
-        return req.arrival_s + slo.ttft_s + slo.tpot_s * req.output_tokens - now_s
-    return req.first_token_s + slo.tpot_s * req.output_tokens - now_s
-
-
 class FairBatchingPolicy:
     """Slack-driven, budgeted batch formation."""
 
@@ -90,7 +82,7 @@ class FairBatchingPolicy:
         decodes: list[tuple] = []  # EDF entries (slack, arrival, id, request)
         prefills: list[tuple] = []
         arrival_anchor = anchor is Anchor.ARRIVAL
-        for req in requests:  # request_slack() inlined: this loop runs once per request per step
+        for req in requests:  # envelope.slack_s() inlined: this loop runs once per request per step
             slo = req.slo
             k = req.output_tokens
             if k == 0 or arrival_anchor or req.first_token_s is None:

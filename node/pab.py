@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from node.cost_model import StepTimeModel
-from node.envelope import Anchor
-from node.fairbatching import request_slack
+from node.envelope import Anchor, slack_s
 from node.request import RequestState
 
 
@@ -76,7 +75,7 @@ def _queued_within(requests: Sequence[RequestState], now_s: float, horizon_s: fl
     return sum(
         r.remaining_prompt_tokens
         for r in requests
-        if r.is_prefill and request_slack(r, now_s, anchor) <= horizon_s
+        if r.is_prefill and slack_s(r, now_s, anchor) <= horizon_s
     )
 
 
@@ -150,8 +149,8 @@ def estimate_pab_edf(
             heapq.heappush(departures, (left, r.decode_context_tokens + left))
 
     queue = sorted(
-        (r for r in requests if r.is_prefill and request_slack(r, now_s, anchor) <= horizon_s),
-        key=lambda r: (request_slack(r, now_s, anchor), r.arrival_s, r.request_id),
+        (r for r in requests if r.is_prefill and slack_s(r, now_s, anchor) <= horizon_s),
+        key=lambda r: (slack_s(r, now_s, anchor), r.arrival_s, r.request_id),
     )
     queued_total = sum(r.remaining_prompt_tokens for r in queue)
     remaining = [r.remaining_prompt_tokens for r in queue]

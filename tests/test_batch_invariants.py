@@ -3,7 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.fairbatching import FairBatchingPolicy, request_slack
+from node.envelope import slack_s
+from node.fairbatching import FairBatchingPolicy
 from node.plan import Group, SkipReason
 from node.policies import POLICY_NAMES, make_policy
 
@@ -68,7 +69,7 @@ def test_order_within_each_group_is_earliest_deadline_first(knobs, model, reqs, 
         slacks = [i.slack_s for i in plan.items if i.group is group]
         assert slacks == sorted(slacks)
         for i in plan.items:
-            assert i.slack_s == request_slack(by_id[i.request_id], NOW, policy.config.anchor)
+            assert i.slack_s == slack_s(by_id[i.request_id], NOW, policy.config.anchor)
     # groups come in the paper's order: urgent decodes, prefills, decodes ahead of schedule
     order = [i.group for i in plan.items]
     rank = {Group.URGENT: 0, Group.PREFILL: 1, Group.DECODE: 2}
