@@ -330,16 +330,11 @@ class Ingress:
             return [{**base, "choices": [{"index": 0, "text": c["text"], "logprobs": None,
                                           "finish_reason": c["finish_reason"]}]}]
 
-        if body.stream:
-            gen, first = await self._start(req)
-            opts = body.stream_options or StreamOptions()
-            return self._sse(req, gen, first, chunk, opts.include_usage, opts.continuous_usage_stats)
-        text, finish, usage, node = await self._collect(req)
-        return JSONResponse({
+        return await self._reply(body, req, chunk, lambda text, finish, usage: {
             "id": cid, "object": "text_completion", "created": created, "model": self.model_name,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
-        }, headers=node)
+        })
 
     async def chat(self, body: ChatCompletionRequest, headers):
         msgs = [m.model_dump() for m in body.messages]
@@ -362,16 +357,20 @@ class Ingress:
                                               "finish_reason": c["finish_reason"]}]})
             return out
 
+        return await self._reply(body, req, chunk, lambda text, finish, usage: {
+            "id": cid, "object": "chat.completion", "created": created, "model": self.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": usage,
+        })
+
+    async def _reply(self, body, req: dict, chunk, whole):
+        """Stream ``chunk``-shaped SSE events, or collect the output into one ``whole`` JSON body."""
         if body.stream:
             gen, first = await self._start(req)
             opts = body.stream_options or StreamOptions()
             return self._sse(req, gen, first, chunk, opts.include_usage, opts.continuous_usage_stats)
         text, finish, usage, node = await self._collect(req)
-        return JSONResponse({
-            "id": cid, "object": "chat.completion", "created": created, "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": usage,
-        }, headers=node)
+        return JSONResponse(whole(text, finish, usage), headers=node)
 
 
 def make_fastapi_app() -> FastAPI:
