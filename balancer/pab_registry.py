@@ -12,11 +12,24 @@ The class is plain Python: Ray runs it as an actor (one call at a time, so
 ``reserve`` is atomic), and tests use it directly. Node keys are Serve replica
 ids (strings); the placement policy sees small integers, assigned in order of
 first report.
+
+The registry also keeps the deployment's step-time model. A Serve deployment's
+replicas are identical (same model, same accelerator), so one step-time model
+describes them all (DESIGN section 2: one fit per deployment). Each node refits
+its own from the steps it ran, and a node's refit reflects how much traffic it
+got: a node that gets none keeps whatever its early steps said, and if those
+made it look slow its budget stays low, it gets no traffic, and it never learns
+otherwise (PAB placement herds onto the other nodes). So every report answers
+with ``deployment_model()``: the coefficient-wise median of the models the
+nodes refitted within ``model_max_age_s``, which the nodes compute their
+budgets with. Budgets then differ by load, not by each node's luck.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 import time
 from collections import deque
 from dataclasses import fields
@@ -28,6 +41,7 @@ from balancer.registry import make_placement
 #: Name of the deployment-scoped actor on the engine deployment.
 REGISTRY_ACTOR_NAME = "pab_registry"
 
+_MODEL_KEYS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor")
 _VIEW_FIELDS = tuple(f.name for f in fields(NodeView) if f.name != "node_id")
 
 
@@ -41,18 +55,21 @@ class PABRegistry:
         knobs: dict[str, Any] | None = None,
         admission_cap: int | None = None,
         stale_after_s: float = 10.0,
+        model_max_age_s: float = 60.0,
         seed: int = 0,
     ) -> None:
         self.balancer = balancer
         self.knobs = dict(knobs or {})
         self.admission_cap = admission_cap
         self.stale_after_s = stale_after_s
+        self.model_max_age_s = model_max_age_s
         self._rng = random.Random(seed)
         make_placement(balancer, [0], admission_cap=admission_cap, **self.knobs)  # validate now
         self._ids: dict[str, int] = {}  # node key -> placement node id
         self._views: dict[str, NodeView] = {}  # latest report per node key
         self._extra: dict[str, dict] = {}  # what a node reported besides its view (for status)
         self._received_at: dict[str, float] = {}  # registry clock at each node's last report
+        self._refits: dict[str, tuple[int, float, dict]] = {}  # node key -> (refit count, seen at, model)
         self._reservations: dict[str, str] = {}  # reservation token -> node key
         self._policy: PlacementPolicy | None = None
         self._members: tuple[str, ...] = ()
@@ -62,22 +79,53 @@ class PABRegistry:
 
     # -- reports ----------------------------------------------------------------
 
-    def report(self, node_key: str, view: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        """A node's fresh report: ``view`` holds ``NodeView`` fields (``node_id`` excluded)."""
+    def report(self, node_key: str, view: dict[str, Any], extra: dict[str, Any] | None = None) -> dict | None:
+        """A node's fresh report: ``view`` holds ``NodeView`` fields (``node_id`` excluded).
+
+        ``extra`` is shown by ``snapshot``; its ``own_model`` (the node's refitted
+        step-time model with its ``refits`` count) feeds ``deployment_model``,
+        which is returned.
+        """
         node_id = self._ids.setdefault(node_key, len(self._ids))
         nv = NodeView(node_id=node_id, **{k: view[k] for k in _VIEW_FIELDS if k in view})
         self._views[node_key] = nv
         self._received_at[node_key] = time.monotonic()
         if extra is not None:
             self._extra[node_key] = extra
+            self._note_refit(node_key, extra.get("own_model"))
         if self._policy is not None and node_key in self._members:
             self._policy.update(nv)
+        return self.deployment_model()
+
+    def _note_refit(self, node_key: str, model: Any) -> None:
+        """Remember a node's own model when its refit count moved (a model it actually refitted)."""
+        if not isinstance(model, dict) or not isinstance(model.get("refits"), int) or model["refits"] < 1:
+            return
+        try:
+            coeffs = {k: float(model[k]) for k in _MODEL_KEYS}
+        except (KeyError, TypeError, ValueError):
+            return
+        if not all(math.isfinite(v) and v >= 0 for v in coeffs.values()) or coeffs["b_s_per_token"] <= 0:
+            return
+        held = self._refits.get(node_key)
+        if held is None or held[0] != model["refits"]:
+            self._refits[node_key] = (model["refits"], time.monotonic(), coeffs)
+
+    def deployment_model(self) -> dict[str, float] | None:
+        """Coefficient-wise median of the live nodes' refits of the last ``model_max_age_s``; None if none."""
+        now = time.monotonic()
+        live = set(self._live(None))
+        fresh = [m for k, (_, at, m) in self._refits.items() if k in live and now - at <= self.model_max_age_s]
+        if not fresh:
+            return None
+        return {k: statistics.median(m[k] for m in fresh) for k in _MODEL_KEYS} | {"nodes": len(fresh)}
 
     def forget(self, node_key: str) -> None:
         """Drop a node (it stopped); its reservations are released with it."""
         self._views.pop(node_key, None)
         self._extra.pop(node_key, None)
         self._received_at.pop(node_key, None)
+        self._refits.pop(node_key, None)
         for token in [t for t, k in self._reservations.items() if k == node_key]:
             del self._reservations[token]
         self._policy = None
@@ -161,6 +209,7 @@ class PABRegistry:
             "balancer": self.balancer,
             "nodes": nodes,
             "reservations": len(self._reservations),
+            "deployment_model": self.deployment_model(),
             "decisions": dict(self.decisions),
             "recent": list(self.recent),
         }

@@ -95,7 +95,10 @@ def status(
     if as_json:
         print(json.dumps(snap, indent=2))
         return
-    table = Table(title=f"{url}  balancer {snap['balancer']}  decisions {snap['decisions']}")
+    dm = snap.get("deployment_model")
+    model = (f"step model a={dm['a_s'] * 1e3:.2f} ms b={dm['b_s_per_token'] * 1e6:.2f} us/token "
+             f"(median of {dm['nodes']} node refits)") if dm else "step model: each node's own"
+    table = Table(title=f"{url}  balancer {snap['balancer']}  decisions {snap['decisions']}\n{model}")
     for col in ("node", "replica", "live", "PAB", "PAB debited", "R tok/s", "in flight", "waiting",
                 "queued prefill", "KV use", "finished", "attainment", "report age"):
         table.add_column(col, justify="right")

@@ -238,14 +238,48 @@ def robust_fit(
     return model, report, evaluate(model, samples), len(samples) - len(kept)
 
 
+def trimmed_fit(
+    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0, rounds: int = 4
+) -> tuple[StepTimeModel, FitReport]:
+    """Least squares over every step, refitted after dropping steps far slower than the fit.
+
+    Each round drops the steps whose residual exceeds the median residual by
+    more than ``outlier_mads`` median absolute deviations (one-sided: other work
+    on the host only ever slows a step) and refits, until nothing more is
+    dropped or ``rounds`` are done. Unlike the lower envelope, what it estimates
+    does not depend on how often each batch shape was seen: the fastest of ten
+    repeats is faster than the fastest of two, so two identical nodes fitted by
+    their lower envelopes disagree in proportion to their traffic. The report
+    covers the steps kept.
+    """
+    model, report = fit(samples, safety_factor)
+    kept = list(samples)
+    for _ in range(rounds):
+        raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token)
+        resid = [s.duration_s - raw.predict_s(s.new_tokens, s.context_tokens) for s in samples]
+        med = statistics.median(resid)
+        mad = statistics.median(abs(r - med) for r in resid) or 1e-9
+        trimmed = [s for s, r in zip(samples, resid) if r - med <= outlier_mads * mad]
+        if len(trimmed) == len(kept) or len(trimmed) < 3:
+            break
+        kept = trimmed
+        model, report = fit(kept, safety_factor)
+    return model, report
+
+
 class OnlineRefit:
     """Keeps a window of recent steps and refits the model from them periodically.
 
     ``observe`` is O(1) except every ``refit_every`` samples, when the window
     is refitted (a few hundred rows of least squares: well under a millisecond).
     Until ``min_samples`` are seen, or when a fit fails, the prior model stays.
-    With ``robust`` (the default) the window is fitted by ``robust_fit``, so
-    steps slowed by other work on the host do not drag the model up.
+    The window must also hold ``min_prefill_steps`` steps with prefill tokens:
+    decode steps process a few tokens each and cannot tell the per-token cost
+    from the fixed cost, yet the admission budget extrapolates the per-token
+    cost to whole prompts. With ``robust`` (the default) the window is fitted
+    by ``trimmed_fit``, so steps slowed by other work on the host do not drag
+    the model up, and a node's model does not depend on how much traffic it got
+    (which would make PAB placement favour the busiest node).
     """
 
     def __init__(
@@ -256,26 +290,38 @@ class OnlineRefit:
         min_samples: int = 32,
         refit_every: int = 64,
         robust: bool = True,
+        min_prefill_steps: int = 16,
     ) -> None:
         if window < 3 or min_samples < 3 or refit_every < 1:
             raise ValueError("window and min_samples must be >= 3, refit_every >= 1")
+        if not 0 <= min_prefill_steps <= window:
+            raise ValueError(f"min_prefill_steps must be in [0, window], got {min_prefill_steps!r}")
         self.model = prior
         self.report: FitReport | None = None
         self._samples: deque[StepSample] = deque(maxlen=window)
         self._min_samples = min_samples
+        self._min_prefill = min_prefill_steps
+        self._prefill_steps = 0  # steps with prefill tokens in the window
         self._refit_every = refit_every
         self._since_refit = 0
         self._robust = robust
         self.refits = 0
 
     def observe(self, sample: StepSample) -> StepTimeModel:
+        if len(self._samples) == self._samples.maxlen and self._samples[0].prefill_tokens:
+            self._prefill_steps -= 1
         self._samples.append(sample)
+        self._prefill_steps += sample.prefill_tokens > 0
         self._since_refit += 1
-        if len(self._samples) >= self._min_samples and self._since_refit >= self._refit_every:
+        if (
+            len(self._samples) >= self._min_samples
+            and self._prefill_steps >= self._min_prefill
+            and self._since_refit >= self._refit_every
+        ):
             self._since_refit = 0
             try:
                 if self._robust:
-                    model, report, _, _ = robust_fit(list(self._samples), safety_factor=self.model.safety_factor)
+                    model, report = trimmed_fit(list(self._samples), safety_factor=self.model.safety_factor)
                 else:
                     model, report = fit(list(self._samples), self.model.safety_factor)
             except ValueError:

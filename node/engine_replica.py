@@ -9,11 +9,15 @@ Each replica
 * streams each request's output as plain dicts (the ingress shapes them into
   OpenAI responses);
 * keeps the state of its outstanding requests and computes its Prefill
-  Admission Budget from it with ``node.pab.estimate_pab`` and the deployment's
-  step-time profile (DESIGN section 3): a request with no output yet counts
-  as wholly unprefilled, so the queued work ``W`` errs on the safe side. When
-  the FairBatching scheduler publishes its own report (``node_stats``) through
-  vLLM's scheduler stats, that report wins;
+  Admission Budget from it with ``node.pab.estimate_pab`` (DESIGN section 3):
+  a request with no output yet counts as wholly unprefilled, so the queued
+  work ``W`` errs on the safe side;
+* computes that budget with the deployment's step-time model, which the PAB
+  registry pools from every node's online refit (``PABRegistry.deployment_model``);
+  until there is one, with its own scheduler's model (the profile until the
+  first refit). The FairBatching scheduler's own report (``node_stats``, once
+  per step through vLLM's scheduler stats) supplies that refit and the step
+  metrics;
 * pushes its ``NodeView`` to the PAB registry every ``report_interval_s``
   (50 ms by default) and exposes it through ``record_routing_stats`` for the
   router's fallback;
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -180,7 +183,9 @@ class EngineReplica:
         self.replica_key = ctx.replica_id.unique_id
         node_id = ray.get_runtime_context().get_node_id()
         self.node_label = f"{ray.util.get_node_ip_address()}:{node_id[:8]}"
-        self.model = load_profile(self.spec.profile).step_model
+        self.own_model = load_profile(self.spec.profile).step_model  # the scheduler's, refitted online
+        self.own_refits = 0
+        self.shared_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
         self.anchor = Anchor(self.spec.anchor)
         self.default_slo = SLO(self.spec.ttft_slo_s, self.spec.tpot_slo_s)
         self.live: dict[str, _Live] = {}
@@ -195,7 +200,6 @@ class EngineReplica:
         self._registry = None
         self._registry_name: Optional[str] = None
         self._pab_parts: dict[str, Any] = {}
-        self._sched_at = -math.inf
 
         args = dict(self.spec.engine_args)
         args.setdefault("served_model_name", self.spec.served_model_name)
@@ -249,13 +253,10 @@ class EngineReplica:
     def _on_scheduler_report(self, rep: dict[str, Any]) -> None:
         """The FairBatching scheduler's ``node_stats()``, once per engine step."""
         prev, self.sched = self.sched, rep
-        self._sched_at = time.monotonic()
         coeffs = rep.get("model") or {}
-        try:  # plan with the scheduler's refitted model here too, so idle and busy budgets agree
-            self.model = StepTimeModel(coeffs["a_s"], coeffs["b_s_per_token"], coeffs["c_s_per_context_token"],
-                                       coeffs.get("safety_factor", 1.0))
-        except (KeyError, TypeError, ValueError):
-            pass
+        model = _model_from(coeffs)
+        if model is not None:
+            self.own_model, self.own_refits = model, int(coeffs.get("refits") or 0)
         step = rep.get("last_step") or {}
         m = self.metrics
         if isinstance(step.get("budget_s"), (int, float)):
@@ -274,6 +275,11 @@ class EngineReplica:
 
     # -- PAB ------------------------------------------------------------------------------
 
+    @property
+    def model(self) -> StepTimeModel:
+        """The step-time model the budget is computed with: the deployment's, else this node's own."""
+        return self.shared_model or self.own_model
+
     def compute_pab(self) -> PABReport:
         now = time.time()
         states = [lv.state(rid) for rid, lv in self.live.items()]
@@ -287,48 +293,38 @@ class EngineReplica:
         )
 
     def node_view(self) -> dict[str, Any]:
-        """This node's ``NodeView`` fields (``node_id`` aside) plus what status pages show."""
-        # The scheduler's own PAB while it is fresh; it stops coming when the engine idles.
-        fresh = time.monotonic() - self._sched_at <= max(0.25, 4 * self.spec.report_interval_s)
-        sched_pab = self.sched.get("pab") if fresh and isinstance(self.sched.get("pab"), dict) else None
-        if sched_pab:
-            # The scheduler reports at its steps: it may not have seen the newest requests yet
-            # (debit their prompts), or still count requests that have finished since (then its
-            # report is stale: compute here, with its refitted model).
-            unseen = len(self.live) - int(self.sched.get("running", 0)) - int(self.sched.get("waiting", 0))
-            if unseen < 0:
-                sched_pab = None
-        rep = dict(sched_pab) if sched_pab else self.compute_pab().to_dict()
-        if sched_pab and unseen > 0:
-            rep["pab_tokens"] -= sum(lv.prompt_tokens for lv in list(self.live.values())[-unseen:])
+        """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
+        rep = self.compute_pab()
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         view = {
-            "pab_tokens": float(rep["pab_tokens"]),
+            "pab_tokens": rep.pab_tokens,
             "in_flight": len(self.live),
             "queued_prefill_tokens": sum(lv.prompt_tokens for lv in waiting),
             "kv_usage": self.kv_usage,
             "waiting": len(waiting),
             "reported_at_s": time.time(),
-            "prefill_rate_tps": float(rep["prefill_rate_tps"]),
+            "prefill_rate_tps": rep.prefill_rate_tps,
             "kv_capacity_tokens": self.kv_capacity_tokens,
         }
         m = self.metrics
-        m.pab.set(view["pab_tokens"])
-        m.prefill_rate.set(view["prefill_rate_tps"])
-        m.queued.set(float(rep["queued_tokens"]))
-        m.kv_headroom.set(float(rep["kv_headroom_tokens"]))
+        m.pab.set(rep.pab_tokens)
+        m.prefill_rate.set(rep.prefill_rate_tps)
+        m.queued.set(float(rep.queued_tokens))
+        m.kv_headroom.set(float(rep.kv_headroom_tokens))
         m.in_flight.set(len(self.live))
         m.kv_usage.set(self.kv_usage)
-        self._pab_parts = {**rep, "source": "scheduler" if sched_pab else "replica"}
+        self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.shared_model else "own"}
         return view
 
     def _extra(self) -> dict[str, Any]:
         return {
             "node": self.node_label,
             "replica": self.replica_key,
-            "pab_source": self._pab_parts.get("source", "replica"),
+            "pab_model": self._pab_parts.get("model", "own"),
             "queued_tokens": self._pab_parts.get("queued_tokens"),
             "kv_headroom_tokens": self._pab_parts.get("kv_headroom_tokens"),
+            "model": _model_dict(self.model),
+            "own_model": {**_model_dict(self.own_model), "refits": self.own_refits},
             "finished": self.finished,
             "attained": self.attained,
             "attainment": self.attained / self.finished if self.finished else None,
@@ -361,8 +357,9 @@ class EngineReplica:
                 view = self.node_view()
                 registry = await self._registry_handle()
                 if registry is not None:
-                    if pending is not None:
-                        await asyncio.wait_for(pending, 2.0)  # at most one report in flight
+                    if pending is not None:  # at most one report in flight; it answers the deployment model
+                        shared = await asyncio.wait_for(pending, 2.0)
+                        self.shared_model = _model_from(shared) if shared else None
                     pending = registry.report.remote(self.replica_key, view, self._extra())
             except (asyncio.TimeoutError, ray.exceptions.RayError):
                 self._registry, pending = None, None
@@ -462,6 +459,20 @@ class EngineReplica:
             except Exception:  # noqa: BLE001
                 pass
 
+
+
+def _model_from(coeffs: Any) -> Optional[StepTimeModel]:
+    """A ``StepTimeModel`` from its coefficients as JSON carries them; None when they are not one."""
+    try:
+        return StepTimeModel(float(coeffs["a_s"]), float(coeffs["b_s_per_token"]),
+                             float(coeffs["c_s_per_context_token"]), float(coeffs.get("safety_factor", 1.0)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _model_dict(model: StepTimeModel) -> dict[str, float]:
+    return {"a_s": model.a_s, "b_s_per_token": model.b_s_per_token,
+            "c_s_per_context_token": model.c_s_per_context_token, "safety_factor": model.safety_factor}
 
 
 def _vllm_ray_metrics_logger():

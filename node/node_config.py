@@ -19,9 +19,12 @@ Fields (all optional in the JSON; missing ones take the defaults below):
 * ``apply_plan`` -- ``False`` leaves vLLM's own scheduling untouched and only
   observes (plans, times steps, refits, computes PAB): the stock baseline of
   an A/B run, measured by the same instrument;
-* ``refit`` / ``refit_window`` / ``refit_every`` / ``refit_min_samples`` --
+* ``refit`` / ``refit_window`` / ``refit_every`` / ``refit_min_samples`` /
+  ``refit_min_prefill_steps`` --
   online refit of the step-time model (``node.cost_model.OnlineRefit``);
-* ``step_log`` -- a path; when set, one JSON line per step is appended.
+* ``step_log`` -- a path; when set, one JSON line per step is appended. A
+  ``{pid}`` in it becomes the engine process id (one file per engine when
+  several engines share a machine).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class NodeConfig:
     refit_window: int = 512
     refit_every: int = 64
     refit_min_samples: int = 32
+    refit_min_prefill_steps: int = 16
     step_log: str | None = None
 
     def __post_init__(self) -> None:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -109,7 +110,8 @@ class FairBatchingMixin:
         self.fb_profile = profile = load_profile(cfg.profile)
         prior = profile.step_model
         self.fb_refit = OnlineRefit(
-            prior, window=cfg.refit_window, min_samples=cfg.refit_min_samples, refit_every=cfg.refit_every
+            prior, window=cfg.refit_window, min_samples=cfg.refit_min_samples, refit_every=cfg.refit_every,
+            min_prefill_steps=cfg.refit_min_prefill_steps,
         )
         # Named fb_policy: vLLM's Scheduler already uses self.policy (FCFS / priority).
         self.fb_policy = make_policy(cfg.policy, prior, **cfg.knobs)
@@ -136,7 +138,8 @@ class FairBatchingMixin:
         self._fb_plan_s_sum = 0.0
         self._fb_plan_s_max = 0.0
 
-        self._fb_log = open(cfg.step_log, "a", buffering=1) if cfg.step_log else None  # noqa: SIM115
+        log_path = cfg.step_log.replace("{pid}", str(os.getpid())) if cfg.step_log else None
+        self._fb_log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
         logger.info(
             "FairBatching scheduler: policy=%s apply_plan=%s profile=%s (a=%.3g s, b=%.3g s/tok, c=%.3g s/ctx)",
             cfg.policy, cfg.apply_plan, profile.name, prior.a_s, prior.b_s_per_token, prior.c_s_per_context_token,

@@ -1,12 +1,13 @@
 import json
 import math
 import random
+import statistics
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.cost_model import BatchKind, OnlineRefit, StepSample, StepTimeModel, evaluate, fit
+from node.cost_model import BatchKind, OnlineRefit, StepSample, StepTimeModel, evaluate, fit, lower_envelope, trimmed_fit
 from node.profile import Profile, ProfileError, load_profile, parse_profile, save_profile
 
 from tests.conftest import models
@@ -160,3 +161,50 @@ def test_online_refit_sees_through_steps_slowed_by_other_work():
     assert robust.model.b_s_per_token == pytest.approx(TRUE.b_s_per_token, rel=0.15)
     assert robust.model.a_s < 2 * TRUE.a_s
     assert plain.model.a_s > 2 * TRUE.a_s or plain.model.b_s_per_token > 1.5 * TRUE.b_s_per_token
+
+
+def _skewed_repeats(model: StepTimeModel, repeats: int, seed: int) -> list[StepSample]:
+    """Each of a fixed set of batch shapes run ``repeats`` times; step times skewed up like a busy host's."""
+    rng = random.Random(seed)
+    shapes = [(p, d, d * 300 + p) for p in (0, 64, 256, 1024) for d in (1, 8, 32)]
+    return [
+        StepSample(p, d, c, model.predict_s(p + d, c) * (1 + rng.expovariate(1.0)))
+        for p, d, c in shapes
+        for _ in range(repeats)
+    ]
+
+
+def test_trimmed_fit_does_not_depend_on_how_often_shapes_were_seen():
+    # Two identical nodes, one with 10x the traffic: their fits must agree on average, or PAB
+    # placement would favour whichever node happened to be busier. The lower envelope does not:
+    # the fastest of 30 repeats is faster than the fastest of 3. Averaged over 20 draws.
+    def mean_b(fitter, repeats, seeds):
+        return statistics.mean(fitter(_skewed_repeats(TRUE, repeats, s)).b_s_per_token for s in seeds)
+
+    trimmed = lambda x: trimmed_fit(x)[0]  # noqa: E731
+    envelope = lambda x: fit(lower_envelope(x))[0]  # noqa: E731
+    quiet, busy = range(0, 40, 2), range(1, 40, 2)
+    assert mean_b(trimmed, 3, quiet) == pytest.approx(mean_b(trimmed, 30, busy), rel=0.1)
+    assert mean_b(envelope, 3, quiet) > 1.15 * mean_b(envelope, 30, busy)
+
+
+def test_online_refit_waits_for_prefill_steps_before_trusting_the_per_token_cost():
+    refit = OnlineRefit(TRUE, window=64, min_samples=8, refit_every=8, min_prefill_steps=4)
+    slower = StepTimeModel(0.010, 30e-6, 0.0)
+    decodes = [StepSample(0, d, 500 * d, slower.predict_s(d, 500 * d)) for d in range(1, 41)]
+    for s in decodes:
+        refit.observe(s)
+    assert refit.refits == 0 and refit.model == TRUE  # decode steps alone: the prior stays
+    for p in (128, 256, 512, 1024):
+        refit.observe(StepSample(p, 0, p, slower.predict_s(p, p)))
+    for s in decodes[:4]:
+        refit.observe(s)
+    assert refit.refits >= 1
+    assert refit.model.b_s_per_token == pytest.approx(30e-6, rel=0.05)
+    # Once the prefills have left the window, no refit happens until new ones arrive.
+    for s in decodes + decodes[:24]:  # 64 steps: the window holds decodes only
+        refit.observe(s)
+    before = refit.refits
+    for s in decodes:
+        refit.observe(s)
+    assert refit.refits == before

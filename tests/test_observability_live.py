@@ -62,8 +62,11 @@ def _grafana_to_promql(expr: str, variables: dict[str, str]) -> str:
     return expr
 
 
-def _load(url: str, stop_at: float, model: str, stats: dict) -> None:
-    """Closed-loop clients with mixed prompt lengths, enough to queue on both engines."""
+def _load(url: str, stop_at: float, model: str, stats: dict, served: dict) -> None:
+    """Closed-loop clients with mixed prompt lengths, enough to queue on both engines.
+
+    Counts responses by status in ``stats`` and by the node that served them in ``served``.
+    """
     import httpx
 
     def client(i: int) -> None:
@@ -73,6 +76,9 @@ def _load(url: str, stop_at: float, model: str, stats: dict) -> None:
                 words = " ".join(f"w{(i * 7 + j) % 50}" for j in range(8 + (k * 37 + i * 11) % 200))
                 r = c.post("/v1/completions", json={"model": model, "prompt": words, "max_tokens": 16 + (k % 3) * 16})
                 stats[r.status_code] = stats.get(r.status_code, 0) + 1
+                node = r.headers.get("x-fairbatching-node")
+                if node:
+                    served[node] = served.get(node, 0) + 1
                 k += 1
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
@@ -186,8 +192,12 @@ def _scenario(tmp_path: Path) -> None:
         # A load run through the OpenAI API.
         load_start = time.time()
         stats: dict[int, int] = {}
-        _load(url, time.monotonic() + LOAD_S, cfg.served_model_name, stats)
+        served: dict[str, int] = {}
+        _load(url, time.monotonic() + LOAD_S, cfg.served_model_name, stats, served)
         assert stats.get(200, 0) > 20, stats
+        # PAB placement spreads a sustained load over identical engines (it herded onto one
+        # while each engine budgeted with its own refit; now they share the deployment's model).
+        assert len(served) == cfg.engines and min(served.values()) >= 0.25 * sum(served.values()), served
 
         # Every node's export the discovery file named is scraped and up.
         targets = _get(f"{prom_url}/api/v1/targets")["data"]["activeTargets"]
@@ -234,7 +244,7 @@ def _scenario(tmp_path: Path) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy(out, dest / "pab_per_node.png")
             (dest / "pab_per_node.json").write_text(json.dumps(
-                {"title": title, "requests": stats, "query": f"max by (node) ({pab})", "series": series}, indent=1))
+                {"title": title, "requests": stats, "served_by_node": served, "query": f"max by (node) ({pab})", "series": series}, indent=1))
     finally:
         if prom_proc is not None:
             prom_proc.terminate()

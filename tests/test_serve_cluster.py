@@ -165,6 +165,20 @@ def test_placement_follows_pab(cluster):
         assert d["pab_seen"][d["node"]] == max(d["pab_seen"].values()), d
 
 
+def test_status_command_prints_every_node(cluster):
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    snap = _status(cluster)
+    result = CliRunner().invoke(app, ["status", "--url", str(cluster.base_url).rstrip("/")])
+    assert result.exit_code == 0, result.output
+    assert all(key in result.output for key in snap["nodes"]), result.output
+    assert "step model" in result.output
+    bad = CliRunner().invoke(app, ["status", "--url", "http://127.0.0.1:9"])
+    assert bad.exit_code == 1 and "cannot reach" in bad.output
+
+
 async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
     return await client.post("/v1/completions", json=body)
 

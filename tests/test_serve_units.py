@@ -57,6 +57,38 @@ def test_registry_only_considers_the_routers_candidates_and_live_nodes():
     assert reg.reserve("r2", 50, ["c"])["reason"] == "no-engine"
 
 
+def _model(b: float, refits: int) -> dict:
+    return {"a_s": 0.01, "b_s_per_token": b, "c_s_per_context_token": 1e-7, "safety_factor": 1.0, "refits": refits}
+
+
+def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("balancer.pab_registry.time.monotonic", lambda: clock[0])
+    reg = PABRegistry("pab", model_max_age_s=30.0)
+    # Before any node refits, there is no deployment model (nodes use their own profile).
+    assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(1e-5, 0)}) is None
+    assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(2e-4, 1)})["b_s_per_token"] == 2e-4
+    reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(4e-5, 3)})
+    reg.report("c", {"pab_tokens": 1.0}, {"own_model": _model(6e-5, 2)})
+    shared = reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(4e-5, 3)})
+    assert shared["b_s_per_token"] == pytest.approx(6e-5) and shared["nodes"] == 3  # the median
+    assert reg.snapshot()["deployment_model"] == shared
+    # a stops refitting (no traffic): 31 s later only the nodes that still refit count. Reporting
+    # the same refit again does not make it new.
+    clock[0] += 31.0
+    reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(2e-4, 1)})
+    reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(5e-5, 4)})
+    reg.report("c", {"pab_tokens": 1.0}, {"own_model": _model(7e-5, 3)})
+    assert reg.deployment_model()["b_s_per_token"] == pytest.approx(6e-5)  # median of 5e-5 and 7e-5
+    # A node that stops reporting leaves the pool with its report.
+    clock[0] += reg.stale_after_s - 1
+    reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(5e-5, 5)})
+    clock[0] += 2
+    assert reg.deployment_model()["b_s_per_token"] == pytest.approx(5e-5)
+    # Malformed models are ignored, never fatal.
+    assert reg.report("d", {"pab_tokens": 1.0}, {"own_model": {"refits": 9}}) is not None
+
+
 class _FakeReplica:
     def __init__(self, key: str, stats: dict):
         self.replica_id = SimpleNamespace(unique_id=key)
