@@ -193,6 +193,11 @@ class EngineReplica:
         self.sched: dict[str, Any] = {}  # the FairBatching scheduler's own report, when it sends one
         self.kv_usage = 0.0
         self.steps = 0
+        # Ray stops exporting a gauge that is not set again within about two export intervals,
+        # so gauges set only when the engine steps are re-set on every report tick while it idles.
+        self._held_gauges: dict[Any, float] = {}
+        self._vllm_metrics: list = []  # vLLM's Ray stat logger instances (see _vllm_ray_metrics_logger)
+        self._gauges_refreshed_at = 0.0
         self.last_step_s: Optional[float] = None
         self._last_record: Optional[float] = None
         self.finished = 0
@@ -208,7 +213,7 @@ class EngineReplica:
             args["scheduler_cls"] = self.spec.scheduler_cls
         engine_args = AsyncEngineArgs(model=resolve_model(self.spec.model), **args)
         self.engine = AsyncLLM.from_engine_args(
-            engine_args, stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger()]
+            engine_args, stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger(self._vllm_metrics)]
         )
         cache = self.engine.vllm_config.cache_config
         self.kv_capacity_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
@@ -240,7 +245,7 @@ class EngineReplica:
         now = time.perf_counter()
         if self._last_record is not None and self.live:
             self.last_step_s = now - self._last_record
-            self.metrics.step_meas.set(self.last_step_s)
+            self._hold(self.metrics.step_meas, self.last_step_s)
         self._last_record = now
         self.steps += 1
         if stats is None:
@@ -260,9 +265,9 @@ class EngineReplica:
         step = rep.get("last_step") or {}
         m = self.metrics
         if isinstance(step.get("budget_s"), (int, float)):
-            m.budget.set(float(step["budget_s"]))
+            self._hold(m.budget, float(step["budget_s"]))
         if isinstance(step.get("predicted_s"), (int, float)):
-            m.step_pred.set(float(step["predicted_s"]))
+            self._hold(m.step_pred, float(step["predicted_s"]))
         if step and step.get("step") != (prev.get("last_step") or {}).get("step"):
             if step.get("urgent"):
                 m.urgent.inc(step["urgent"])
@@ -272,6 +277,21 @@ class EngineReplica:
         before = (prev.get("divergence") or {}).get("steps") or 0
         if diverged > before:
             m.divergences.inc(diverged - before)
+
+    def _hold(self, gauge, value: float) -> None:
+        gauge.set(value)
+        self._held_gauges[gauge] = value
+
+    def _refresh_idle_gauges(self) -> None:
+        """Re-set the step gauges (ours and vLLM's) at most twice a second, so an idle engine keeps its series."""
+        now = time.monotonic()
+        if now - self._gauges_refreshed_at < 0.5:
+            return
+        self._gauges_refreshed_at = now
+        for gauge, value in self._held_gauges.items():
+            gauge.set(value)
+        for logger_ in self._vllm_metrics:
+            logger_.refresh_gauges()
 
     # -- PAB ------------------------------------------------------------------------------
 
@@ -313,6 +333,7 @@ class EngineReplica:
         m.kv_headroom.set(float(rep.kv_headroom_tokens))
         m.in_flight.set(len(self.live))
         m.kv_usage.set(self.kv_usage)
+        self._refresh_idle_gauges()
         self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.shared_model else "own"}
         return view
 
@@ -475,21 +496,44 @@ def _model_dict(model: StepTimeModel) -> dict[str, float]:
             "c_s_per_context_token": model.c_s_per_context_token, "safety_factor": model.safety_factor}
 
 
-def _vllm_ray_metrics_logger():
+def _vllm_ray_metrics_logger(instances: list):
     """vLLM's own engine metrics (``vllm:*``) exported through Ray, next to ours.
 
     The FairBatching scheduler's report rides in ``SchedulerStats.kv_connector_stats``
     (see ``node/served_scheduler.py``); vLLM's logger would read it as KV-connector
-    data, so it gets the stats without it.
+    data, so it gets the stats without it. Each instance appends itself to
+    ``instances`` so the replica can call ``refresh_gauges`` while the engine
+    idles (vLLM sets its gauges only when a step produced output).
     """
     import dataclasses
 
     from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
     class VllmRayMetrics(RayPrometheusStatLogger):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._last_gauges: dict[int, tuple[int, int, float]] = {}  # engine -> (running, waiting, kv usage)
+            instances.append(self)
+
         def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
-            if scheduler_stats is not None and scheduler_stats.kv_connector_stats is not None:
-                scheduler_stats = dataclasses.replace(scheduler_stats, kv_connector_stats=None)
+            if scheduler_stats is not None:
+                if scheduler_stats.kv_connector_stats is not None:
+                    scheduler_stats = dataclasses.replace(scheduler_stats, kv_connector_stats=None)
+                self._last_gauges[engine_idx] = (
+                    scheduler_stats.num_running_reqs,
+                    scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                    scheduler_stats.kv_cache_usage,
+                )
             super().record(scheduler_stats, iteration_stats, mm_cache_stats=mm_cache_stats, engine_idx=engine_idx)
+
+        def refresh_gauges(self) -> None:
+            """Re-set the running / waiting / KV-usage gauges to their last values (vLLM 0.32 names)."""
+            for idx, (running, waiting, kv) in self._last_gauges.items():
+                try:
+                    self.gauge_scheduler_running[idx].set(running)
+                    self.gauge_scheduler_waiting[idx].set(waiting)
+                    self.gauge_kv_cache_usage[idx].set(kv)
+                except (AttributeError, KeyError, IndexError):  # another vLLM: nothing to refresh
+                    return
 
     return VllmRayMetrics

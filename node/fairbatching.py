@@ -48,6 +48,10 @@ class FairBatchingConfig:
     min_chunk_tokens: int = 16
     budget_floor: bool = True  # the max(., min TPOT) floor of the budget
     max_budget_s: float | None = None  # optional cap on a step's time budget
+    # Seat pressure: once the node holds at least this fraction of max_num_seqs requests, every
+    # decode is served each step (decode-first). Pacing decodes to their envelope keeps them live
+    # longer; when sequence seats are what runs out, finishing them frees seats for prompts.
+    seat_pressure: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "anchor", Anchor(self.anchor))
@@ -56,6 +60,8 @@ class FairBatchingConfig:
             raise ValueError(f"min_chunk_tokens must be an integer >= 1, got {self.min_chunk_tokens!r}")
         if self.max_budget_s is not None and not (math.isfinite(self.max_budget_s) and self.max_budget_s > 0):
             raise ValueError(f"max_budget_s must be > 0, got {self.max_budget_s!r}")
+        if self.seat_pressure is not None and not (0 < self.seat_pressure <= 1):
+            raise ValueError(f"seat_pressure must be in (0, 1], got {self.seat_pressure!r}")
 
 
 class FairBatchingPolicy:
@@ -107,7 +113,10 @@ class FairBatchingPolicy:
             budget = self.time_budget_s(prefills[0][0], min(p[-1].slo.tpot_s for p in prefills))
         builder.budget_s = budget
 
-        if cfg.urgency is Urgency.BUDGET_PLUS_TPOT and decodes:
+        seats_short = cfg.seat_pressure is not None and len(requests) >= cfg.seat_pressure * limits.max_num_seqs
+        if seats_short:
+            urgent, relaxed = decodes, []
+        elif cfg.urgency is Urgency.BUDGET_PLUS_TPOT and decodes:
             # Decodes are sorted by slack, so the urgent ones are a prefix.
             threshold = budget + min_tpot
             split = bisect_left(decodes, threshold, key=_slack_of)

@@ -194,6 +194,21 @@ def test_dashboard_panels_and_variables():
     assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in panels)
 
 
+
+def test_event_counters_read_as_zero_before_their_first_event():
+    import json
+
+    from deploy.grafana.dashboard import DEFAULT_OUT
+    from deploy.observability.metrics import EVENT_ONLY, prom
+
+    exprs = [t["expr"] for p in json.loads(DEFAULT_OUT.read_text())["panels"] if p["type"] != "row"
+             for t in p.get("targets", [])]
+    for name in EVENT_ONLY:
+        using = [e for e in exprs if prom(name) in e]
+        assert using, name
+        assert all(" or 0 * " in e for e in using), using
+
+
 def test_provisioning_points_at_the_dashboard_datasource():
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     import json

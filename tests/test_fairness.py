@@ -36,6 +36,24 @@ def test_a_decode_ahead_of_its_envelope_yields_to_a_prefill_burst():
     assert plan.prefill_chunks  # the burst got the step
 
 
+def test_under_seat_pressure_a_decode_ahead_of_its_envelope_is_served_anyway():
+    # The same step as above, on a node whose sequence seats are nearly all taken: pacing the
+    # ahead decode would keep its seat busy longer, so with seat_pressure every decode runs.
+    now = 50.0
+    tight = RequestState("tight", now - 1.0, 500, SLO(1.0, 0.03), computed_tokens=500, output_tokens=10,
+                         first_token_s=now - 0.7)
+    reqs = [ahead_decode(now), tight] + prefill_burst(now)
+    few_seats = Limits(max_num_seqs=6, max_num_batched_tokens=8192)
+    paced = make_policy("fairbatching", REF_MODEL, anchor="first-token").plan(reqs, few_seats, now)
+    assert "ahead" not in paced.decode_ids
+    pressed = make_policy("fairbatching", REF_MODEL, anchor="first-token", seat_pressure=0.8).plan(reqs, few_seats, now)
+    assert "ahead" in pressed.decode_ids and pressed.urgent_decodes == 2
+    roomy = make_policy("fairbatching", REF_MODEL, anchor="first-token", seat_pressure=0.8).plan(reqs, LIMITS, now)
+    assert "ahead" not in roomy.decode_ids  # plenty of seats: paced as usual
+    with pytest.raises(ValueError, match="seat_pressure"):
+        make_policy("fairbatching", REF_MODEL, seat_pressure=1.5)
+
+
 @pytest.mark.parametrize("baseline", ["vllm", "sarathi"])
 def test_the_baselines_never_let_a_decode_yield(baseline):
     now = 50.0

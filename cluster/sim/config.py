@@ -39,6 +39,7 @@ class SimConfig:
     urgency: str = _opt("budget+tpot", "FairBatching urgency rule: budget+tpot or tpot.")
     budget_floor: bool = _opt(True, "FairBatching: floor the time budget at the minimum TPOT.")
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
+    seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
     token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
     # SLOs
     ttft_slo_s: float = _opt(1.0, "TTFT SLO in seconds.", "--ttft-slo")
@@ -90,6 +91,7 @@ class SimConfig:
                 "urgency": self.urgency,
                 "budget_floor": self.budget_floor,
                 "min_chunk_tokens": self.min_chunk_tokens,
+                "seat_pressure": self.seat_pressure,
             }
         return {"token_budget": self.token_budget}
 

@@ -66,7 +66,10 @@ def _by_node(metric: str, agg: str = "max") -> str:
 
 
 def _rate_by_node(metric: str) -> str:
-    return f"sum by (node) (rate({prom(metric)}{{{ENG}}}[{RATE}]))"
+    """Per-node rate of a counter; 0 for a node that never counted one (Ray exports a counter
+    only from its first increment, so without the fallback a healthy node shows "no data")."""
+    return (f"sum by (node) (rate({prom(metric)}{{{ENG}}}[{RATE}]))"
+            f" or 0 * sum by (node) ({prom('fairbatching_requests_in_flight')}{{{ENG}}})")
 
 
 def _quantiles(metric: str, sel: str, qs=(0.5, 0.9, 0.99)) -> tuple[Q, ...]:
@@ -114,7 +117,8 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                    Q(f"fairbatching:slo_attainment_admitted:ratio1m{{{ENG}}}", "{{node}} admitted")),
                   unit="percentunit", min=0, max=1),
         PanelSpec("Admission rejections", "Requests rejected at admission (HTTP 429 with Retry-After) per second.",
-                  (Q(f"sum by (cluster) (rate({prom('fairbatching_admission_rejections_total')}{{{CL}}}[{RATE}]))",
+                  (Q(f"sum by (cluster) (rate({prom('fairbatching_admission_rejections_total')}{{{CL}}}[{RATE}]))"
+                     f" or 0 * sum by (cluster) ({prom('fairbatching_requests_in_flight')}{{{CL}}})",
                      "{{cluster}} rejected/s"),), unit="reqps"),
         PanelSpec("Rejected share (1 min)", "Rejected / (rejected + finished).",
                   (Q(f"fairbatching:admission_rejection:ratio1m{{{CL}}}", "{{cluster}}"),),

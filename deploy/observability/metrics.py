@@ -83,11 +83,13 @@ BY_NAME = {m.name: m for m in METRICS}
 
 #: Counters of events a healthy run may never see. A Ray counter is exported only
 #: from its first increment (``inc(0)`` is refused), so on a healthy cluster these
-#: series are absent rather than zero; the dashboard shows "no data" for them, and
-#: the live test asks for data from every other panel, not from these:
+#: series are absent rather than zero; the dashboard's queries and the recording
+#: rules fall back to 0 for them (``... or 0 * <a series every engine exports>``):
 #: * admission rejections (``balancer/router.py``), recorded on every HTTP 429;
-#: * plan divergences (``node/engine_replica.py``), zero in steady state.
-EVENT_ONLY = frozenset({"fairbatching_admission_rejections_total", "fairbatching_plan_divergences_total"})
+#: * plan divergences (``node/engine_replica.py``), zero in steady state;
+#: * urgent and skipped decodes, zero on a lightly loaded node.
+EVENT_ONLY = frozenset({"fairbatching_admission_rejections_total", "fairbatching_plan_divergences_total",
+                        "fairbatching_urgent_decodes_total", "fairbatching_skipped_decodes_total"})
 
 
 def prom(name: str) -> str:
