@@ -179,6 +179,23 @@ def test_status_command_prints_every_node(cluster):
     assert bad.exit_code == 1 and "cannot reach" in bad.output
 
 
+def test_load_command_replays_a_trace_and_reports_the_sim_fields(cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    out = tmp_path / "live.json"
+    result = CliRunner().invoke(app, [
+        "load", "--url", str(cluster.base_url).rstrip("/"), "--trace", "azure-code", "--max-requests", "6",
+        "--max-prompt-tokens", "256", "--max-output-tokens", "8", "--rate-scale", "20", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for key in ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p99", "tpot_p50",
+                "goodput_rps"):
+        assert key in report, key
+    assert report["requests"] == 6 and report["finished"] + report["rejected"] == 6
+
+
 async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
     return await client.post("/v1/completions", json=body)
 

@@ -153,3 +153,20 @@ def test_a_metric_that_load_cannot_break_gives_a_flagged_lower_bound():
     res = find_capacity(SimConfig(trace="bursty", profile="ref-linear-h100", balancer="pab", rate_scale=1.0),
                         target=0.01, metric="admitted_attainment", max_doublings=3, workload=w, profile=PROFILE)
     assert res.lower_bound and len(res.probes) == 4
+
+
+def test_online_refit_replans_with_the_true_step_times():
+    # h100-llama3-8b carries ground-truth step times; its a, b, c are only the planner's prior.
+    # Planning with a prior twice as slow per token, a node that refits from the steps it runs
+    # comes back to about the profile's own fit of the truth; without refit it keeps the prior.
+    from dataclasses import replace as dc_replace
+
+    truth = load_profile("h100-llama3-8b")
+    slow = dc_replace(truth, b_s_per_token=2 * truth.b_s_per_token)
+    cfg = SimConfig(trace="bursty", profile="h100-llama3-8b", scheduler="fairbatching", balancer="round-robin",
+                    nodes=1, refit=True)
+    models = simulate(cfg, workload=bursty(), profile=slow).report["planning_models"]
+    assert models[0]["refits"] >= 1
+    assert models[0]["b_s_per_token"] < 1.4 * truth.b_s_per_token
+    fixed = simulate(dc_replace(cfg, refit=False), workload=bursty(), profile=slow).report["planning_models"]
+    assert fixed[0]["refits"] == 0 and fixed[0]["b_s_per_token"] == slow.b_s_per_token

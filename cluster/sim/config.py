@@ -40,6 +40,7 @@ class SimConfig:
     budget_floor: bool = _opt(True, "FairBatching: floor the time budget at the minimum TPOT.")
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
     seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
+    refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
     token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
     # SLOs
     ttft_slo_s: float = _opt(1.0, "TTFT SLO in seconds.", "--ttft-slo")

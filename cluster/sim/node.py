@@ -33,6 +33,7 @@ from balancer.placement import NodeView
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
 from cluster.sim.step_time import TrueStepTime
+from node.cost_model import OnlineRefit, StepSample
 from node.pab import PABReport
 from node.plan import BatchPlan, Limits, NodePolicy
 from node.request import SLO, RequestState
@@ -101,6 +102,7 @@ class SimNode:
         timeline_interval_s: float = 1.0,
         oracle_output_lengths: bool = False,
         acknowledge_received: bool = True,
+        refit: OnlineRefit | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = loop
@@ -118,6 +120,7 @@ class SimNode:
         self.timeline_interval_s = timeline_interval_s
         self.oracle_output_lengths = oracle_output_lengths
         self.acknowledge_received = acknowledge_received
+        self.refit = refit  # online refit of the policy's model from the true step times, as a real node does
 
         self.live: dict[str, SimRequest] = {}  # insertion order = admission order
         self.states: dict[str, RequestState] = {}
@@ -212,6 +215,12 @@ class SimNode:
                     pairs += q * (p + 0.5 * q)
             decode_ctx = plan.context_tokens - prefill_ctx
         duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs)
+        if self.refit is not None:
+            prefill = sum(item.new_tokens for item in plan.items if item.is_prefill)
+            model = self.refit.observe(
+                StepSample(prefill, plan.new_tokens - prefill, plan.context_tokens, duration_s))
+            if model is not self.policy.model:
+                self.policy.model = model
         self.steps += 1
         self.busy_s += duration_s
         self.loop.at(now_s + duration_s, self._end_step, plan)

@@ -25,6 +25,7 @@ from cluster.sim.step_time import TrueStepTime
 from cluster.workload import Workload, load_named, prepare
 from node.envelope import Anchor
 from node.pab import estimate_pab, estimate_pab_edf
+from node.cost_model import OnlineRefit
 from node.policies import make_policy
 from node.profile import Profile, load_profile
 from node.request import SLO
@@ -128,6 +129,7 @@ def simulate(
             pab_interval_s=cfg.pab_interval_s,
             pab_in_every_report=cfg.balancer == "pab",
             timeline_interval_s=cfg.timeline_interval_s,
+            refit=OnlineRefit(model) if cfg.refit else None,
             oracle_output_lengths=cfg.oracle_output_lengths,
             acknowledge_received=cfg.report_acks,
         )
@@ -197,6 +199,13 @@ def simulate(
             "preemptions": sum(nd.preemptions for nd in nodes),
             "node_busy_fraction": [nd.busy_s / sim_s if sim_s > 0 else 0.0 for nd in nodes],
             "true_step_time": "ground-truth" if nodes[0].step_time.uses_ground_truth else "linear",
+            # The model each node planned with at the end (the profile's, unless refitted online).
+            "planning_models": [
+                {"a_s": nd.policy.model.a_s, "b_s_per_token": nd.policy.model.b_s_per_token,
+                 "c_s_per_context_token": nd.policy.model.c_s_per_context_token,
+                 "refits": nd.refit.refits if nd.refit is not None else 0}
+                for nd in nodes
+            ],
             "config": cfg.to_dict(),
         }
     )
