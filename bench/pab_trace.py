@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -26,11 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.net import free_port  # noqa: E402
 
 
 def _clients(url: str, model: str, n: int, stop_at: float, placed: dict, lock: threading.Lock) -> list:
@@ -81,10 +76,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, required=True, help="where to write the trace")
     ap.add_argument("--png", type=Path, help="plot (default: next to --json)")
-    ap.add_argument("--clients", type=int, default=12)
-    ap.add_argument("--seconds", type=float, default=25.0)
-    ap.add_argument("--every", type=float, default=0.5)
-    ap.add_argument("--router", default="pab")
+    ap.add_argument("--clients", type=int, default=12, help="closed-loop clients (each sends its next request on reply)")
+    ap.add_argument("--seconds", type=float, default=25.0, help="how long the clients send")
+    ap.add_argument("--every", type=float, default=0.5, help="seconds between two polls of the status")
+    ap.add_argument("--router", default="pab", help="pab or serve-default")
     ap.add_argument("--node-config", default="{}", help="NodeConfig overrides, JSON (e.g. a step_log)")
     args = ap.parse_args()
 
@@ -96,7 +91,7 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = ServeConfig(port=_free_port(), router=args.router, node_config=json.loads(args.node_config))
+        cfg = ServeConfig(port=free_port(), router=args.router, node_config=json.loads(args.node_config))
         url = deploy(cfg)
         for _ in range(3):
             httpx.post(f"{url}/v1/completions", json={"model": cfg.served_model_name, "prompt": "w1 w2",

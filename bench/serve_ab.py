@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,11 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.net import free_port  # noqa: E402
 
 
 def run_arm(router: str, workload, args) -> dict:
@@ -42,7 +37,7 @@ def run_arm(router: str, workload, args) -> dict:
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = ServeConfig(port=_free_port(), router=router, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
+        cfg = ServeConfig(port=free_port(), router=router, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
                           scheduler=args.scheduler)
         t = time.perf_counter()
         url = deploy(cfg)
@@ -68,20 +63,21 @@ def run_arm(router: str, workload, args) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", default="azure-code")
-    ap.add_argument("--start-s", type=float, default=0.0)
-    ap.add_argument("--duration-s", type=float, default=60.0)
-    ap.add_argument("--rate-scale", type=float, default=1.5)
-    ap.add_argument("--max-prompt-tokens", type=int, default=512)
-    ap.add_argument("--max-output-tokens", type=int, default=32)
-    ap.add_argument("--ttft-slo", type=float, default=2.0)
-    ap.add_argument("--tpot-slo", type=float, default=0.25)
-    ap.add_argument("--scheduler", default="fairbatching")
+    ap.add_argument("--trace", default="azure-code", help="trace name or file (as fairbatching load)")
+    ap.add_argument("--start-s", type=float, default=0.0, help="start of the trace window, trace seconds")
+    ap.add_argument("--duration-s", type=float, default=60.0, help="length of the trace window, trace seconds")
+    ap.add_argument("--rate-scale", type=float, default=1.5, help="multiply the arrival rate by this")
+    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="clip longer prompts")
+    ap.add_argument("--max-output-tokens", type=int, default=32, help="clip longer outputs")
+    ap.add_argument("--ttft-slo", type=float, default=2.0, help="TTFT SLO, seconds")
+    ap.add_argument("--tpot-slo", type=float, default=0.25, help="TPOT SLO, seconds")
+    ap.add_argument("--scheduler", default="fairbatching", help="node scheduler of both arms: fairbatching or vllm")
     ap.add_argument("--arms", default="pab,serve-default,serve-default,pab",
                     help="Routers in run order; the default ABBA order cancels a linear drift of machine load.")
     ap.add_argument("--settle-s", type=float, default=15.0, help="Pause between arms (processes wind down).")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serve-ab-cpu.json")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the prompt token ids")
+    ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serve-ab-cpu.json",
+                    help="where to write both arms' reports")
     args = ap.parse_args(argv)
     os.environ["RAY_AUTH_MODE"] = "disabled"
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,18 +32,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster.net import free_port
+
 pytestmark = [pytest.mark.serve, pytest.mark.skipif(shutil.which("prometheus") is None,
                                                     reason="prometheus missing (make prometheus)")]
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_WINDOW = "20s"  # stands in for Grafana's $__rate_interval at a 1 s scrape interval
 LOAD_S = 25.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, **params) -> dict:
@@ -156,14 +151,14 @@ def _scenario(tmp_path: Path) -> None:
     cluster = None
     try:
         # A CPU head and two (fake) GPU worker nodes, each with its own metrics export port.
-        ports = [_free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(3)]
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": _free_port(), "metrics_export_port": ports[0], "temp_dir": ray_tmp})
+            "dashboard_port": free_port(), "metrics_export_port": ports[0], "temp_dir": ray_tmp})
         for port in ports[1:]:
             cluster.add_node(num_cpus=1, num_gpus=1, metrics_export_port=port)
         ray.init(address=cluster.address, log_to_driver=False)
-        cfg = ServeConfig(port=_free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True)
+        cfg = ServeConfig(port=free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True)
         url = deploy(cfg)
 
         # Ray's discovery file lists every node's metrics export address.
@@ -184,7 +179,7 @@ def _scenario(tmp_path: Path) -> None:
         job["file_sd_configs"][0]["files"] = [str(sd_file)]
         job["file_sd_configs"][0]["refresh_interval"] = "1s"
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg))
-        prom_port = _free_port()
+        prom_port = free_port()
         prom_url = f"http://127.0.0.1:{prom_port}"
         prom_proc = subprocess.Popen(
             ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",

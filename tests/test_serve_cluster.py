@@ -11,21 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 
 import httpx
 import pytest
 
+from cluster.net import free_port
+
 pytestmark = pytest.mark.serve
 
 MODEL = "tiny-llama"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ids(n: int, seed: int = 0) -> list[int]:
@@ -53,7 +48,7 @@ def cluster(tmp_path_factory):
     try:
         profile = tmp_path_factory.mktemp("profile") / "test-slow.json"
         profile.write_text(json.dumps(SLOW_PROFILE))
-        cfg = ServeConfig(port=_free_port(), ttft_slo_s=2.0, tpot_slo_s=0.25, profile=str(profile),
+        cfg = ServeConfig(port=free_port(), ttft_slo_s=2.0, tpot_slo_s=0.25, profile=str(profile),
                           node_config={"refit": False})
         url = deploy(cfg)
         client = httpx.Client(base_url=url, timeout=120)

@@ -9,19 +9,14 @@ cluster this module starts is stopped.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import httpx
 import pytest
 
+from cluster.net import free_port
+
 pytestmark = pytest.mark.serve
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(600)
@@ -37,7 +32,7 @@ def test_one_engine_per_gpu_node():
     try:
         gpu_nodes = {cluster.add_node(num_cpus=1, num_gpus=1).node_id for _ in range(2)}
         ray.init(address=cluster.address, log_to_driver=False)
-        cfg = ServeConfig(port=_free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True)
+        cfg = ServeConfig(port=free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True)
         url = deploy(cfg)
         with httpx.Client(base_url=url, timeout=120) as client:
             deadline = time.monotonic() + 60
