@@ -202,34 +202,34 @@ def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
     total = sum(max(n["pab_tokens"], 0) for n in _status(cluster)["nodes"].values())
     burst_size = min(int(total // 1900) + 4, 24)
 
+    async def stream(client: httpx.AsyncClient, k: int) -> tuple[int, str | None, str]:
+        req = {"model": MODEL, "prompt": _ids(1900, 99 + k), "max_tokens": 4, "stream": True}
+        async with client.stream("POST", "/v1/completions", json=req) as s:
+            return s.status_code, s.headers.get("retry-after"), (await s.aread()).decode()
+
     async def go():
+        # Streams go out together with the burst, so some of them meet an exhausted budget
+        # however fast this machine prefills the admitted prompts.
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
             burst = [asyncio.create_task(_post(client, {"model": MODEL, "prompt": _ids(1900, i), "max_tokens": 4}))
                      for i in range(burst_size)]
-            # While the admitted prompts hold the budget, a stream is refused with a real 429.
-            # Sent during the burst (and again, a bounded number of times, while the burst is
-            # still running): on a fast machine the burst may drain before one attempt lands.
-            await asyncio.sleep(0.05)
-            stream_status = stream_retry = stream_body = None
-            for k in range(20):
-                stream_req = {"model": MODEL, "prompt": _ids(1900, 99 + k), "max_tokens": 4, "stream": True}
-                async with client.stream("POST", "/v1/completions", json=stream_req) as s:
-                    stream_status, stream_retry = s.status_code, s.headers.get("retry-after")
-                    stream_body = (await s.aread()).decode()
-                if stream_status == 429 or all(t.done() for t in burst):
-                    break
-                assert stream_status == 200 and "data:" in stream_body, (stream_status, stream_body[:300])
-            results = await asyncio.gather(*burst)
-            return results, stream_status, stream_retry, stream_body
+            streams = [asyncio.create_task(stream(client, k)) for k in range(4)]
+            return await asyncio.gather(*burst), await asyncio.gather(*streams)
 
-    results, stream_status, stream_retry, stream_body = asyncio.run(go())
+    results, streams = asyncio.run(go())
     codes = [r.status_code for r in results]
     assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 1, codes
     for r in results:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["code"] == "admission_rejected"
-    assert stream_status == 429 and int(stream_retry) >= 1 and "admission_rejected" in stream_body
+    # A rejected stream gets a real 429 (not a 200 with an error inside); an admitted one streams.
+    assert any(st == 429 for st, _, _ in streams), [st for st, _, _ in streams]
+    for st, retry, body in streams:
+        if st == 429:
+            assert int(retry) >= 1 and "admission_rejected" in body
+        else:
+            assert st == 200 and "data:" in body, (st, body[:300])
     # Budget returns once the admitted prompts are prefilled.
     deadline = time.monotonic() + 60
     while True:
