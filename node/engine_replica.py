@@ -344,8 +344,8 @@ class EngineReplica:
             "pab_model": self._pab_parts.get("model", "own"),
             "queued_tokens": self._pab_parts.get("queued_tokens"),
             "kv_headroom_tokens": self._pab_parts.get("kv_headroom_tokens"),
-            "model": _model_dict(self.model),
-            "own_model": {**_model_dict(self.own_model), "refits": self.own_refits},
+            "model": asdict(self.model),
+            "own_model": {**asdict(self.own_model), "refits": self.own_refits},
             "finished": self.finished,
             "attained": self.attained,
             "attainment": self.attained / self.finished if self.finished else None,
@@ -489,11 +489,6 @@ def _model_from(coeffs: Any) -> Optional[StepTimeModel]:
                              float(coeffs["c_s_per_context_token"]), float(coeffs.get("safety_factor", 1.0)))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-
-
-def _model_dict(model: StepTimeModel) -> dict[str, float]:
-    return {"a_s": model.a_s, "b_s_per_token": model.b_s_per_token,
-            "c_s_per_context_token": model.c_s_per_context_token, "safety_factor": model.safety_factor}
 
 
 def _vllm_ray_metrics_logger(instances: list):
