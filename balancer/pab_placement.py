@@ -31,9 +31,10 @@ class PABPlacement(PlacementPolicy):
         fit: str = "largest",
         reject: bool = True,
         admission_cap_tokens: int | None = None,
+        max_in_flight: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(node_ids, admission_cap_tokens=admission_cap_tokens, rng=rng)
+        super().__init__(node_ids, admission_cap_tokens=admission_cap_tokens, max_in_flight=max_in_flight, rng=rng)
         if fit not in ("largest", "best"):
             raise ValueError(f"fit must be 'largest' or 'best', got {fit!r}")
         self.fit = fit

@@ -15,20 +15,35 @@ policy chose already has more outstanding prefill tokens than the cap once
 this prompt is added. A natural cap is what an idle node prefills within the
 TTFT SLO, ``(ttft_slo_s - a) / b`` (see ``idle_prefill_tokens``).
 
-Stale reports: a report measured before some placements reached the node
-does not include them. When the node says how many requests it has received
-(``NodeView.received_requests``), the balancer keeps the debits of the
-placements the report has not seen yet and re-applies them on top of it, so a
-delayed report never makes a burst in transit vanish. Without that count a
-report simply replaces the view.
+In-flight cap: ``max_in_flight`` rejects a request when the chosen node
+already holds that many requests from this balancer (a static concurrency
+limit, the simplest admission control there is).
+
+Debits in transit: a report measured before a placement reached the node does
+not include it. Each placement's debit is kept, keyed by request id, and
+re-applied on top of every fresh report of its node until a report lists the
+request among the ones the node has received (``NodeView.received_ids``), so a
+report never makes a burst in transit vanish and a request is never counted
+twice. A node that sends no ids gets the old behaviour: a report replaces the
+view. ``release(request_id)`` ends a placement (completion, error, cancel,
+client disconnect); ``move`` re-places one whose node failed, keeping its
+admission.
+
+Retry-After (``Decision.retry_after_s``): the predicted time until the best
+node's budget covers the request, ``(L - PAB) / recovery_tps`` from each node's
+report, clamped to [``RETRY_AFTER_MIN_S``, ``RETRY_AFTER_MAX_S``].
 """
 
 from __future__ import annotations
 
+import math
 import random
-from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
+
+#: Bounds of the Retry-After a rejection suggests, seconds.
+RETRY_AFTER_MIN_S = 1.0
+RETRY_AFTER_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +54,12 @@ class NodeView:
     holds (queued or running), ``queued_prefill_tokens`` the prompt tokens it has
     still to prefill, ``kv_usage`` the used fraction of its KV cache (0..1),
     ``waiting`` the requests that have not started prefill, ``reported_at_s``
-    the node's clock when it measured all this. ``prefill_rate_tps`` (PAB's R)
-    lets the balancer suggest a Retry-After; ``kv_capacity_tokens`` lets it
-    debit KV usage locally. Both may be 0 when unknown.
+    the node's clock when it measured all this. ``recovery_tps`` (how fast
+    its budget grows back with nothing new admitted) gives the Retry-After;
+    ``prefill_rate_tps`` is PAB's R; ``kv_capacity_tokens`` lets the balancer
+    debit KV usage locally. Each may be 0 when unknown. ``received_ids`` are
+    the ids of requests the node received recently: at least every one since
+    its previous report (``None``: the node does not say).
     """
 
     node_id: int
@@ -53,7 +71,8 @@ class NodeView:
     reported_at_s: float = 0.0
     prefill_rate_tps: float = 0.0
     kv_capacity_tokens: int = 0
-    received_requests: int | None = None  # requests the node has received from this balancer, all time
+    recovery_tps: float = 0.0
+    received_ids: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +103,17 @@ class _LocalView:
     waiting: int = 0
     prefill_rate_tps: float = 0.0
     kv_capacity_tokens: int = 0
+    recovery_tps: float = 0.0
     reported_at_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Placement:
+    """One placed request: where it went, its prompt, and whether its node has acknowledged it."""
+
+    node_id: int
+    prompt_tokens: int
+    acknowledged: bool = False
 
 
 def idle_prefill_tokens(ttft_slo_s: float, a_s: float, b_s_per_token: float) -> int:
@@ -99,8 +128,9 @@ class PlacementPolicy:
 
     Subclasses implement ``_pick(prompt_tokens)`` returning a node id (or
     ``None`` to reject with their own reason). The base keeps the views, the
-    exact in-flight counts (the balancer sees every dispatch and completion, so
-    it needs no report for them), the debits and the admission cap.
+    placements by request id (the balancer sees every dispatch and release, so
+    in-flight counts need no report), the debits in transit and the admission
+    caps.
     """
 
     name = "placement"
@@ -110,6 +140,7 @@ class PlacementPolicy:
         node_ids: Sequence[int],
         *,
         admission_cap_tokens: int | None = None,
+        max_in_flight: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not node_ids:
@@ -118,19 +149,22 @@ class PlacementPolicy:
             raise ValueError(f"node ids must be distinct, got {list(node_ids)}")
         if admission_cap_tokens is not None and admission_cap_tokens < 0:
             raise ValueError(f"admission_cap_tokens must be >= 0, got {admission_cap_tokens!r}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
         self.node_ids = list(node_ids)
         self.admission_cap_tokens = admission_cap_tokens
+        self.max_in_flight = max_in_flight
         self.rng = rng if rng is not None else random.Random(0)
         self.views: dict[int, _LocalView] = {n: _LocalView(n) for n in self.node_ids}
         self.in_flight: dict[int, int] = {n: 0 for n in self.node_ids}
-        self.dispatched: dict[int, int] = {n: 0 for n in self.node_ids}  # placements, all time
-        self._unacknowledged: dict[int, deque[int]] = {n: deque() for n in self.node_ids}  # prompt tokens
+        self.placements: dict[str, Placement] = {}
+        self._in_transit: dict[int, dict[str, int]] = {n: {} for n in self.node_ids}  # unacknowledged debits
         self._reject_reason = "rejected"
 
     # -- reports and bookkeeping -------------------------------------------------
 
     def update(self, view: NodeView) -> None:
-        """A fresh report replaces the local view of that node (debits since are dropped).
+        """A fresh report replaces the local view of that node; debits it has not seen are re-applied.
 
         A report older than the one already held is ignored, so reports
         delivered out of order never roll a view back.
@@ -146,22 +180,49 @@ class PlacementPolicy:
         local.waiting = view.waiting
         local.prefill_rate_tps = view.prefill_rate_tps
         local.kv_capacity_tokens = view.kv_capacity_tokens
+        local.recovery_tps = view.recovery_tps
         local.reported_at_s = view.reported_at_s
-        pending = self._unacknowledged[view.node_id]
-        if view.received_requests is None:
-            pending.clear()
+        transit = self._in_transit[view.node_id]
+        if view.received_ids is None:
+            self._acknowledge(transit, list(transit))
             return
-        seen = view.received_requests - (self.dispatched[view.node_id] - len(pending))
-        for _ in range(min(max(seen, 0), len(pending))):
-            pending.popleft()
-        for prompt_tokens in pending:  # placements the report has not seen yet
-            self._debit_view(local, prompt_tokens)
+        if transit:
+            self._acknowledge(transit, [rid for rid in view.received_ids if rid in transit])
+            for prompt_tokens in transit.values():  # placements the report has not seen yet
+                self._debit_view(local, prompt_tokens)
 
-    def on_complete(self, node_id: int) -> None:
-        """A request placed on ``node_id`` finished (or was dropped there)."""
-        if self.in_flight.get(node_id, 0) <= 0:
-            raise ValueError(f"node {node_id!r} has no request in flight to complete")
-        self.in_flight[node_id] -= 1
+    def _acknowledge(self, transit: dict[str, int], request_ids: Iterable[str]) -> None:
+        for rid in request_ids:
+            del transit[rid]
+            placed = self.placements.get(rid)
+            if placed is not None:
+                placed.acknowledged = True
+
+    def release(self, request_id: str) -> bool:
+        """The request finished, failed, was cancelled or its client left; False if it was not placed."""
+        placed = self.placements.pop(request_id, None)
+        if placed is None:
+            return False
+        self.in_flight[placed.node_id] -= 1
+        self._in_transit[placed.node_id].pop(request_id, None)
+        return True
+
+    def move(self, request_id: str, exclude: Iterable[int] = ()) -> int | None:
+        """Re-place an admitted request whose node failed, keeping its admission (no budget check).
+
+        Goes to the node the policy would pick among the others (the largest
+        budget for PAB), or ``None`` when no other node exists; the debit moves
+        with it. Raises ``KeyError`` for a request that is not placed.
+        """
+        placed = self.placements[request_id]
+        banned = set(exclude) | {placed.node_id}
+        others = [n for n in self.node_ids if n not in banned]
+        if not others:
+            return None
+        target = max(others, key=lambda n: (self.views[n].pab_tokens, -self.in_flight[n], -n))
+        self.release(request_id)
+        self._debit(target, placed.prompt_tokens, request_id)
+        return target
 
     def view(self, node_id: int) -> NodeView:
         """The balancer's current view of a node, debits included (read-only copy)."""
@@ -176,7 +237,12 @@ class PlacementPolicy:
             reported_at_s=v.reported_at_s,
             prefill_rate_tps=v.prefill_rate_tps,
             kv_capacity_tokens=v.kv_capacity_tokens,
+            recovery_tps=v.recovery_tps,
         )
+
+    def in_transit(self, node_id: int) -> int:
+        """Placements on ``node_id`` that no report of it has acknowledged yet."""
+        return len(self._in_transit[node_id])
 
     # -- the decision ------------------------------------------------------------
 
@@ -185,27 +251,34 @@ class PlacementPolicy:
 
         On placement the chosen node's local view is debited at once: PAB
         ``-= L``, queued prefill ``+= L``, waiting and in-flight ``+= 1``, KV
-        usage by ``L`` over its capacity.
+        usage by ``L`` over its capacity. A request id already placed keeps
+        its placement (a retry of an admitted request is never refused).
+        Raises ``ValueError`` for a prompt of fewer than one token.
         """
         if prompt_tokens < 1:
             raise ValueError(f"request {request_id!r}: prompt_tokens must be >= 1, got {prompt_tokens!r}")
+        held = self.placements.get(request_id)
+        if held is not None:
+            return Decision(held.node_id, self.name)
         node = self._pick(prompt_tokens)
         if node is None:
             return Decision(None, self._reject_reason, self._retry_after_s(prompt_tokens))
         cap = self.admission_cap_tokens
         if cap is not None and self.views[node].queued_prefill_tokens + prompt_tokens > cap:
             return Decision(None, "admission-cap", self._retry_after_s(prompt_tokens))
-        self._debit(node, prompt_tokens)
+        if self.max_in_flight is not None and self.in_flight[node] >= self.max_in_flight:
+            return Decision(None, "in-flight-cap", self._retry_after_s(prompt_tokens))
+        self._debit(node, prompt_tokens, request_id)
         return Decision(node, self.name)
 
     def _pick(self, prompt_tokens: int) -> int | None:
         raise NotImplementedError
 
-    def _debit(self, node: int, prompt_tokens: int) -> None:
+    def _debit(self, node: int, prompt_tokens: int, request_id: str) -> None:
         self._debit_view(self.views[node], prompt_tokens)
         self.in_flight[node] += 1
-        self.dispatched[node] += 1
-        self._unacknowledged[node].append(prompt_tokens)
+        self.placements[request_id] = Placement(node, prompt_tokens)
+        self._in_transit[node][request_id] = prompt_tokens
 
     @staticmethod
     def _debit_view(v: _LocalView, prompt_tokens: int) -> None:
@@ -216,10 +289,22 @@ class PlacementPolicy:
             v.kv_usage = min(1.0, v.kv_usage + prompt_tokens / v.kv_capacity_tokens)
 
     def _retry_after_s(self, prompt_tokens: int) -> float:
-        """Seconds until some node's budget could cover the request at its prefill rate."""
-        waits = [
-            max(prompt_tokens - v.pab_tokens, 0.0) / v.prefill_rate_tps
-            for v in self.views.values()
-            if v.prefill_rate_tps > 0
-        ]
-        return min(waits) if waits else 1.0
+        """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
+        return retry_after_s(prompt_tokens, ((v.pab_tokens, v.recovery_tps) for v in self.views.values()))
+
+
+def retry_after_s(prompt_tokens: int, budgets: Iterable[tuple[float, float]]) -> float:
+    """Predicted wait until one of the ``(pab_tokens, recovery_tps)`` budgets covers ``prompt_tokens``.
+
+    A budget that already covers the prompt (a request refused by a cap) and a
+    budget that does not grow back give the bounds: the result is clamped to
+    [``RETRY_AFTER_MIN_S``, ``RETRY_AFTER_MAX_S``].
+    """
+    best = math.inf
+    for pab, recovery in budgets:
+        short = prompt_tokens - pab
+        if short <= 0:
+            best = 0.0
+        elif recovery > 0:
+            best = min(best, short / recovery)
+    return min(max(best, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)

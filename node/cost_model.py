@@ -1,10 +1,14 @@
-"""Step-time model ``T = a + b * new_tokens + c * context`` (DESIGN section 2).
+"""Step-time model ``T = h + a + b * new_tokens + c * context`` (DESIGN section 2).
 
 ``new_tokens`` counts every token a step processes (prefill chunk tokens plus
 one per decode); ``context`` sums, over the requests of the batch, the tokens
-already in the KV cache plus the new ones. The coefficients are fitted by
-least squares from measured steps of one deployment. Predictions are
-multiplied by an explicit safety factor.
+already in the KV cache plus the new ones. ``a``, ``b``, ``c`` are fitted by
+least squares from measured forward passes of one deployment. ``h`` is the
+host's time per step that the forward pass does not cover (scheduling,
+sampling, detokenizing, output handling): the step *cadence*, start of one
+step to the start of the next, minus the forward time. A step's wall time,
+what a TPOT is made of, is the sum. Predictions are multiplied by an explicit
+safety factor.
 
 The fit lives here as plain arithmetic on lists; it is not on the per-step
 path, so it may use NumPy (imported lazily to keep the planner import-light).
@@ -15,22 +19,28 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import combinations
 
 
 @dataclass(frozen=True, slots=True)
 class StepTimeModel:
-    """Linear step-time model with a multiplicative safety factor."""
+    """Linear step-time model with a multiplicative safety factor.
+
+    ``a_s``, ``b_s_per_token`` and ``c_s_per_context_token`` describe the
+    forward pass; ``host_s`` is the per-step host time on top of it (0 when not
+    measured), so ``predict_s`` is a step's wall time (its cadence).
+    """
 
     a_s: float
     b_s_per_token: float
     c_s_per_context_token: float
     safety_factor: float = 1.0
+    host_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("a_s", "b_s_per_token", "c_s_per_context_token"):
+        for name in ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -39,10 +49,19 @@ class StepTimeModel:
         if not math.isfinite(self.safety_factor) or self.safety_factor < 1.0:
             raise ValueError(f"safety_factor must be >= 1, got {self.safety_factor!r}")
 
+    @property
+    def fixed_s(self) -> float:
+        """Per-step cost whatever the batch: the forward pass's ``a`` plus the host's ``h``."""
+        return self.a_s + self.host_s
+
     def predict_s(self, new_tokens: int, context_tokens: int) -> float:
-        """Predicted duration of a step with these totals, safety factor included."""
-        raw = self.a_s + self.b_s_per_token * new_tokens + self.c_s_per_context_token * context_tokens
+        """Predicted wall time of a step with these totals, safety factor included."""
+        raw = self.fixed_s + self.b_s_per_token * new_tokens + self.c_s_per_context_token * context_tokens
         return self.safety_factor * raw
+
+    def forward_s(self, new_tokens: int, context_tokens: int) -> float:
+        """Predicted forward-pass time alone (no host time), safety factor included."""
+        return self.predict_s(new_tokens, context_tokens) - self.safety_factor * self.host_s
 
     def largest_chunk(
         self,
@@ -62,7 +81,7 @@ class StepTimeModel:
         b, c = self.b_s_per_token, self.c_s_per_context_token
         room = (
             budget_s / self.safety_factor
-            - self.a_s
+            - self.fixed_s
             - b * batch_new_tokens
             - c * (batch_context_tokens + computed_tokens)
         )
@@ -291,7 +310,10 @@ class OnlineRefit:
         refit_every: int = 64,
         robust: bool = True,
         min_prefill_steps: int = 16,
+        host_window: int = 64,
     ) -> None:
+        if host_window < 1:
+            raise ValueError(f"host_window must be >= 1, got {host_window!r}")
         if window < 3 or min_samples < 3 or refit_every < 1:
             raise ValueError("window and min_samples must be >= 3, refit_every >= 1")
         if not 0 <= min_prefill_steps <= window:
@@ -306,8 +328,26 @@ class OnlineRefit:
         self._since_refit = 0
         self._robust = robust
         self.refits = 0
+        # Host time per step (cadence minus forward), a running median over the last host_window steps.
+        self._host: deque[float] = deque(maxlen=host_window)
+        self._host_every = max(1, host_window // 4)
+        self._since_host = 0
 
-    def observe(self, sample: StepSample) -> StepTimeModel:
+    def observe(self, sample: StepSample, cadence_s: float | None = None) -> StepTimeModel:
+        """One measured step: its forward time (``sample``) and, when known, its cadence.
+
+        ``cadence_s`` is the wall time from the start of this step to the start
+        of the next one while the engine stayed busy; ``cadence_s - duration_s``
+        is the step's host time, whose running median becomes ``host_s``.
+        """
+        if cadence_s is not None and math.isfinite(cadence_s) and cadence_s > 0:
+            self._host.append(max(0.0, cadence_s - sample.duration_s))
+            self._since_host += 1
+            if self._since_host >= self._host_every:
+                self._since_host = 0
+                host = statistics.median(self._host)
+                if host != self.model.host_s:
+                    self.model = replace(self.model, host_s=host)
         if len(self._samples) == self._samples.maxlen and self._samples[0].prefill_tokens:
             self._prefill_steps -= 1
         self._samples.append(sample)
@@ -326,7 +366,7 @@ class OnlineRefit:
                     model, report = fit(list(self._samples), self.model.safety_factor)
             except ValueError:
                 return self.model  # degenerate window (e.g. all steps alike): keep the last model
-            self.model, self.report = model, report
+            self.model, self.report = replace(model, host_s=self.model.host_s), report
             self.refits += 1
         return self.model
 

@@ -1,21 +1,40 @@
 """Prefill Admission Budget: how much more prompt work a node can take now (DESIGN section 3).
 
-``estimate_pab`` is the closed form the balancer uses by default:
+A request admitted now will be prefilled within its TTFT, then decode one token
+per step for its whole output, holding KV to the end. ``estimate_pab`` budgets
+all three, in prompt tokens of one more request of the typical output length:
 
-* reference step ``tau`` = min TPOT over running decodes (the budget floor);
-* decode reservation per step ``T_dec = b * n_D + c * C_D``;
-* prefill token rate left ``R = max(0, tau - a - T_dec) / (tau * b)``;
-* queued prefill work ``W`` = remaining prompt tokens due within the horizon;
-* ``PAB(H) = R * H - W``, never more than the KV headroom (free KV tokens
-  minus what queued prompts and running requests will still grow into).
+* reference step ``tau`` = min TPOT over every live request (the budget floor);
+* **decode load of every step, whole life**: every live request, decoding now
+  or queued for prefill, is counted as a decode at its average context over
+  the rest of its life (context now plus half its expected remaining output):
+  ``T_dec = b * n + c * C``;
+* **prefill rate from the real service rate**: a step of ``tau`` carries the
+  decodes and a prefill chunk ``q = (tau - h - a - T_dec) / (b + c)``, capped by
+  ``max_num_batched_tokens`` minus the decodes; the step then lasts
+  ``h + a + T_dec + (b + c) * q`` (``h``: per-step host time, so this is the
+  step cadence), and ``R = q / step``;
+* ``R`` is scaled by the node's measured ``correction`` (closed loop,
+  ``node.feedback``) and the horizon shortened by the measured delay in front
+  of the engine: time-limited budget ``correction * R * (H - front_delay) - W``,
+  ``W`` the prompt tokens queued within the horizon;
+* caps: KV headroom (free KV minus what live requests still grow into, minus
+  the new request's expected output), the new request's own decode (its
+  ``b + c * (L + E / 2)`` must still fit the step with all the others) and a
+  free sequence seat (``max_num_seqs``).
 
-``estimate_pab_edf`` is the finer variant: it steps the node's EDF prefill
-queue forward at the reference step, with decodes leaving as they finish and
-finished prefills joining as decodes, and returns what a new request (last in
-EDF order) could still prefill within the horizon.
+``PAB`` is the smallest of these; ``PABReport.binding`` names which one binds.
+``recovery_tps`` says how fast the binding limit grows back when nothing new is
+admitted (the balancer's Retry-After: ``(L - PAB) / recovery_tps``).
 
-Safety factors of the model apply. Everything is in tokens and seconds; both
-functions are pure.
+``estimate_pab_edf`` is the finer time-limited variant: it steps the node's EDF
+prefill queue forward at the reference step, with decodes leaving as they
+finish and finished prefills joining as decodes, and returns what a new request
+(last in EDF order) could still prefill within the horizon.
+
+Everything is in tokens and seconds; both functions are pure. Expected outputs:
+a request's total output is ``min(max_output_tokens, expected_output_tokens)``
+where both are known, whichever is known otherwise, 0 when neither is.
 """
 
 from __future__ import annotations
@@ -29,19 +48,29 @@ from node.cost_model import StepTimeModel
 from node.envelope import Anchor, slack_s
 from node.request import RequestState
 
+#: Names of the limits a PAB can be bound by (``PABReport.binding``).
+BINDINGS = ("time", "kv", "decode", "seats")
+
 
 @dataclass(frozen=True, slots=True)
 class PABReport:
     """A node's admission budget and the parts it is made of."""
 
     pab_tokens: float  # what the balancer compares against a request's prompt length
-    prefill_rate_tps: float  # R: prefill tokens/s left after the decode reservation
+    prefill_rate_tps: float  # R: prefill tokens/s left after the decode reservation (before correction)
     queued_tokens: int  # W: prompt tokens already waiting within the horizon
-    kv_headroom_tokens: int  # free KV tokens after queued prompts and running growth
+    kv_headroom_tokens: int  # free KV tokens after live requests' growth (new request's output not taken)
     reference_step_s: float  # tau
-    decode_reservation_s: float  # T_dec: per-step time the running decodes take
-    horizon_s: float  # H
-    time_limited_tokens: float  # R * H - W before the KV cap
+    decode_reservation_s: float  # T_dec: per-step time the live requests' decodes take
+    horizon_s: float  # H, before the front delay is taken off
+    time_limited_tokens: float  # correction * R * (H - front delay) - W
+    decode_limited_tokens: float = math.inf  # largest prompt whose decode still fits every step
+    seats_free: int | None = None  # max_num_seqs minus live requests (None: no cap given)
+    correction: float = 1.0  # the closed loop's factor on R
+    front_delay_s: float = 0.0  # measured time in front of the engine, taken off H
+    expected_output_tokens: float = 0.0  # E: output length assumed for a new request
+    binding: str = "time"  # which limit sets pab_tokens: time, kv, decode or seats
+    recovery_tps: float = 0.0  # how fast the binding limit grows back with no new admission, tokens/s
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,17 +87,28 @@ def _check_inputs(now_s: float, horizon_s: float, kv_free_tokens: int, default_t
         raise ValueError(f"kv_free_tokens must be an integer >= 0, got {kv_free_tokens!r}")
 
 
-def kv_headroom_tokens(requests: Sequence[RequestState], kv_free_tokens: int) -> int:
-    """Free KV tokens minus what queued prompts and running requests will still need.
+def expected_total_output(req: RequestState, expected_output_tokens: float | None) -> float:
+    """A request's expected total output: ``min(max_output_tokens, expected)``, whichever is known, else 0."""
+    known = [v for v in (req.max_output_tokens, expected_output_tokens) if v is not None]
+    return float(min(known)) if known else 0.0
 
-    A request's future outputs count only when ``max_output_tokens`` is known.
+
+def _remaining_output(req: RequestState, expected_output_tokens: float | None) -> float:
+    return max(expected_total_output(req, expected_output_tokens) - req.output_tokens, 0.0)
+
+
+def kv_headroom_tokens(
+    requests: Sequence[RequestState], kv_free_tokens: int, expected_output_tokens: float | None = None
+) -> int:
+    """Free KV tokens minus what queued prompts and live requests will still need.
+
+    A request's future outputs count as ``expected_total_output`` (nothing when
+    neither its ``max_output_tokens`` nor a node-wide expectation is known).
     """
-    growth = 0
+    growth = 0.0
     for req in requests:
-        growth += req.remaining_prompt_tokens
-        if req.max_output_tokens is not None:
-            growth += max(req.max_output_tokens - req.output_tokens, 0)
-    return kv_free_tokens - growth
+        growth += req.remaining_prompt_tokens + _remaining_output(req, expected_output_tokens)
+    return kv_free_tokens - math.ceil(growth)
 
 
 def _queued_within(requests: Sequence[RequestState], now_s: float, horizon_s: float, anchor: Anchor) -> int:
@@ -77,6 +117,43 @@ def _queued_within(requests: Sequence[RequestState], now_s: float, horizon_s: fl
         for r in requests
         if r.is_prefill and slack_s(r, now_s, anchor) <= horizon_s
     )
+
+
+def _reference_step_s(requests: Sequence[RequestState], default_tpot_s: float) -> float:
+    return min((r.slo.tpot_s for r in requests), default=default_tpot_s)
+
+
+def _lifetime_decode_load(
+    requests: Sequence[RequestState], expected_output_tokens: float | None
+) -> tuple[int, float, float]:
+    """``(n, C, mean remaining decode steps)`` of every live request as a decode over the rest of its life."""
+    n, ctx, steps = 0, 0.0, 0.0
+    for r in requests:
+        rem = _remaining_output(r, expected_output_tokens)
+        n += 1
+        ctx += r.prompt_tokens + r.output_tokens + rem / 2
+        steps += rem
+    return n, ctx, (steps / n if n else 0.0)
+
+
+def prefill_chunk_per_step(
+    model: StepTimeModel, tau_s: float, decode_reservation_s: float, decodes: int,
+    max_num_batched_tokens: int | None,
+) -> tuple[float, float]:
+    """``(q, step_s)``: the prefill tokens a step of ``tau_s`` carries beside its decodes, and that step's wall time.
+
+    ``q`` fills what the step has left after the fixed cost and the decodes
+    (at ``b + c`` per token), at most ``max_num_batched_tokens - decodes``; a
+    capped step is shorter than ``tau_s``. ``q`` is 0 when the decodes alone
+    fill the step.
+    """
+    sf = model.safety_factor
+    fixed = sf * model.fixed_s
+    per_token = sf * (model.b_s_per_token + model.c_s_per_context_token)
+    q = max(0.0, (tau_s - fixed - decode_reservation_s) / per_token)
+    if max_num_batched_tokens is not None:
+        q = min(q, float(max(max_num_batched_tokens - decodes, 0)))
+    return q, fixed + decode_reservation_s + per_token * q
 
 
 def estimate_pab(
@@ -88,21 +165,65 @@ def estimate_pab(
     kv_free_tokens: int,
     default_tpot_s: float,
     anchor: Anchor = Anchor.ARRIVAL,
+    max_num_batched_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+    expected_output_tokens: float | None = None,
+    correction: float = 1.0,
+    front_delay_s: float = 0.0,
 ) -> PABReport:
-    """The closed-form PAB of a node holding ``requests`` (see module docstring)."""
+    """The closed-form, whole-life PAB of a node holding ``requests`` (see the module docstring).
+
+    ``correction`` (> 0) scales the prefill rate (the closed loop's measured
+    factor); ``front_delay_s`` (>= 0) is taken off the horizon. Raises
+    ``ValueError`` on a non-finite clock, a horizon or TPOT <= 0, negative KV,
+    a correction <= 0 or a negative front delay.
+    """
     _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s)
+    if not (math.isfinite(correction) and correction > 0):
+        raise ValueError(f"correction must be > 0, got {correction!r}")
+    if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
+        raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
     sf = model.safety_factor
-    decodes = [r for r in requests if not r.is_prefill]
-    tau = min((r.slo.tpot_s for r in decodes), default=default_tpot_s)
-    n_d = len(decodes)
-    c_d = sum(r.decode_context_tokens for r in decodes)
-    t_dec = sf * (model.b_s_per_token * n_d + model.c_s_per_context_token * c_d)
-    rate = max(0.0, tau - sf * model.a_s - t_dec) / (tau * sf * model.b_s_per_token)
+    b, c = sf * model.b_s_per_token, sf * model.c_s_per_context_token
+    tau = _reference_step_s(requests, default_tpot_s)
+    n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens)
+    t_dec = b * n + c * ctx
+    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens)
+    rate = q / step_s if q > 0 else 0.0
     queued = _queued_within(requests, now_s, horizon_s, anchor)
-    time_limited = rate * horizon_s - queued
-    headroom = kv_headroom_tokens(requests, kv_free_tokens)
+    effective_h = max(0.0, horizon_s - front_delay_s)
+    time_limited = correction * rate * effective_h - queued
+
+    e_new = float(expected_output_tokens or 0.0)
+    headroom = kv_headroom_tokens(requests, kv_free_tokens, expected_output_tokens)
+    kv_limited = float(headroom) - e_new
+    # The new request's decode, b + c * (L + E / 2), must fit a step beside every other decode.
+    decode_room = tau - sf * model.fixed_s - t_dec - b - c * e_new / 2
+    if c > 0:
+        decode_limited = decode_room / c
+    else:
+        decode_limited = math.inf if decode_room >= 0 else -1.0
+    seats_free = None if max_num_seqs is None else max_num_seqs - len(requests)
+    seats_limited = math.inf if seats_free is None or seats_free > 0 else 0.0
+
+    limits = {"time": time_limited, "kv": kv_limited, "decode": decode_limited, "seats": seats_limited}
+    binding = min(limits, key=limits.__getitem__)
+    # How fast the binding limit grows back with nothing new admitted: the queue drains at the
+    # corrected prefill rate; KV, seats and decode time come back as live requests finish, spread
+    # here over their mean remaining decode time at the reference step.
+    drain_s = mean_steps_left * tau
+    if binding == "time" and rate > 0:
+        recovery = correction * rate
+    else:
+        idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, max_num_batched_tokens)
+        idle_budget = correction * (idle_q / idle_step) * effective_h
+        if binding == "kv":
+            freed = kv_free_tokens - headroom + (sum(r.held_kv_tokens for r in requests))
+            recovery = freed / drain_s if drain_s > 0 else 0.0
+        else:  # decode time or seats (or a time limit with no prefill rate left): back to idle as decodes end
+            recovery = idle_budget / drain_s if drain_s > 0 else 0.0
     return PABReport(
-        pab_tokens=min(time_limited, float(headroom)),
+        pab_tokens=limits[binding],
         prefill_rate_tps=rate,
         queued_tokens=queued,
         kv_headroom_tokens=headroom,
@@ -110,6 +231,13 @@ def estimate_pab(
         decode_reservation_s=t_dec,
         horizon_s=horizon_s,
         time_limited_tokens=time_limited,
+        decode_limited_tokens=decode_limited,
+        seats_free=seats_free,
+        correction=correction,
+        front_delay_s=front_delay_s,
+        expected_output_tokens=e_new,
+        binding=binding,
+        recovery_tps=max(recovery, 0.0),
     )
 
 
@@ -123,16 +251,19 @@ def estimate_pab_edf(
     default_tpot_s: float,
     anchor: Anchor = Anchor.ARRIVAL,
     max_steps: int = 10_000,
+    expected_output_tokens: float | None = None,
+    **_: object,
 ) -> PABReport:
     """PAB by stepping the node's EDF prefill queue forward (see module docstring).
 
     Each step of length ``tau`` first carries every running decode, then gives
     the rest of the step to queued prefills in EDF order (largest chunk that
-    fits, context term included). A decode whose ``max_output_tokens`` is known
-    leaves when it is done; a finished prefill joins the decodes. The budget is
-    the prompt tokens a new request could prefill before ``now + horizon``
-    after the queue; if the queue itself does not drain in time, it is minus
-    the work left over.
+    fits, context term included). A decode whose output length is known
+    (``expected_total_output``) leaves when it is done; a finished prefill
+    joins the decodes. The budget is the prompt tokens a new request could
+    prefill before ``now + horizon`` after the queue; if the queue itself does
+    not drain in time, it is minus the work left over. Only the KV cap applies
+    on top (the closed form's other caps and corrections are not modelled here).
     """
     _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s)
     decodes = [r for r in requests if not r.is_prefill]
@@ -144,8 +275,9 @@ def estimate_pab_edf(
     c_d = sum(r.decode_context_tokens for r in decodes)
     departures: list[tuple[int, int]] = []  # (step at which it leaves, its context then)
     for r in decodes:
-        if r.max_output_tokens is not None:
-            left = max(r.max_output_tokens - r.output_tokens, 0)
+        total = expected_total_output(r, expected_output_tokens)
+        if total > 0:
+            left = math.ceil(max(total - r.output_tokens, 0))
             heapq.heappush(departures, (left, r.decode_context_tokens + left))
 
     queue = sorted(
@@ -178,8 +310,10 @@ def estimate_pab_edf(
                 req = queue[head]
                 n_d += 1  # it decodes from the next step on
                 c_d += req.prompt_tokens
-                if req.max_output_tokens is not None:
-                    heapq.heappush(departures, (step + req.max_output_tokens, req.prompt_tokens + req.max_output_tokens))
+                total = expected_total_output(req, expected_output_tokens)
+                if total > 0:
+                    out = math.ceil(total)
+                    heapq.heappush(departures, (step + out, req.prompt_tokens + out))
                 head += 1
         if head == len(queue):
             q = model.largest_chunk(tau, batch_new, batch_ctx, new_computed)
@@ -189,7 +323,8 @@ def estimate_pab_edf(
 
     leftover = sum(remaining[head:])
     time_limited = float(spare if leftover == 0 else -leftover)
-    headroom = kv_headroom_tokens(requests, kv_free_tokens)
+    headroom = kv_headroom_tokens(requests, kv_free_tokens, expected_output_tokens)
+    binding = "time" if time_limited <= headroom else "kv"
     return PABReport(
         pab_tokens=min(time_limited, float(headroom)),
         prefill_rate_tps=spare / horizon_s,
@@ -199,4 +334,6 @@ def estimate_pab_edf(
         decode_reservation_s=t_dec0,
         horizon_s=horizon_s,
         time_limited_tokens=time_limited,
+        binding=binding,
+        recovery_tps=spare / horizon_s,
     )

@@ -157,7 +157,7 @@ class BatchBuilder:
         limits, model = self.limits, self.model
         max_seqs, max_tokens = limits.max_num_seqs, limits.max_num_batched_tokens
         kv_free, block_size = limits.kv_blocks_free, limits.block_size
-        sf, a, b, c = model.safety_factor, model.a_s, model.b_s_per_token, model.c_s_per_context_token
+        sf, a, b, c = model.safety_factor, model.fixed_s, model.b_s_per_token, model.c_s_per_context_token
         # predict(N + 1, C + ctx) <= budget  <=>  c * ctx <= budget / sf - a - b * (N + 1) - c * C
         budget_raw = self.budget_s / sf if within_budget else math.inf
         items, skipped = self.items, self.skipped

@@ -2,7 +2,8 @@
 
 A profile is JSON with at least ``version``, ``a_s``, ``b_s_per_token``,
 ``c_s_per_context_token``, ``safety_factor``, ``mape``, ``p99_abs_error_s``,
-``hardware``, ``model`` and ``method``. Optional keys describe the deployment's
+``hardware``, ``model`` and ``method``. ``host_s`` (optional, default 0) is the
+per-step host time measured beside the forward pass. Optional keys describe the deployment's
 limits (``kv_cache_tokens``, ``max_num_seqs``, ``max_num_batched_tokens``,
 ``block_size``), a ``fit_report`` and, for the simulator, a ``ground_truth``
 step-time model richer than the linear one. Unknown keys are kept as-is.
@@ -51,11 +52,13 @@ class Profile:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
+    host_s: float = 0.0  # per-step host time on top of the forward pass (cadence minus forward)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def step_model(self) -> StepTimeModel:
-        return StepTimeModel(self.a_s, self.b_s_per_token, self.c_s_per_context_token, self.safety_factor)
+        return StepTimeModel(self.a_s, self.b_s_per_token, self.c_s_per_context_token, self.safety_factor,
+                             self.host_s)
 
     @classmethod
     def from_fit(
@@ -85,6 +88,8 @@ class Profile:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.host_s:
+            out["host_s"] = self.host_s
         out.update(self.extra)
         return out
 
@@ -113,7 +118,11 @@ def parse_profile(data: Any, source: str = "<profile>") -> Profile:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ProfileError(f"{source}: {key!r} must be a positive integer, got {value!r}")
         values[key] = value
-    known = set(_REQUIRED_NUMBERS) | set(_REQUIRED_STRINGS) | set(_OPTIONAL_INTS) | {"version", "name"}
+    host = data.get("host_s", 0.0)
+    if isinstance(host, bool) or not isinstance(host, (int, float)) or not math.isfinite(host) or host < 0:
+        raise ProfileError(f"{source}: 'host_s' must be a finite number >= 0, got {host!r}")
+    values["host_s"] = float(host)
+    known = set(_REQUIRED_NUMBERS) | set(_REQUIRED_STRINGS) | set(_OPTIONAL_INTS) | {"version", "name", "host_s"}
     profile = Profile(name=str(data.get("name", "")), extra={k: v for k, v in data.items() if k not in known}, **values)
     try:
         profile.step_model  # noqa: B018 - validates the coefficients

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancer.placement import NodeView, idle_prefill_tokens
+from balancer.placement import NodeView, idle_prefill_tokens, retry_after_s
 from balancer.registry import PLACEMENT_NAMES, make_placement
 
 
 def views(policy, **pabs):
     for node, pab in pabs.items():
-        policy.update(NodeView(int(node[1:]), pab_tokens=pab, prefill_rate_tps=1000.0))
+        policy.update(NodeView(int(node[1:]), pab_tokens=pab, prefill_rate_tps=1000.0, recovery_tps=10.0))
 
 
 def test_pab_picks_the_node_with_the_largest_budget():
@@ -39,7 +39,7 @@ def test_pab_rejects_when_no_node_has_budget_for_the_prompt():
     decision = pab.choose("big", 300)
     assert decision.rejected and decision.node_id is None
     assert decision.reason == "no-budget"
-    assert decision.retry_after_s == pytest.approx(0.05)  # (300 - 250) tokens at 1000 tokens/s
+    assert decision.retry_after_s == pytest.approx(5.0)  # (300 - 250) tokens at 10 tokens/s
     assert pab.view(1).pab_tokens == 250  # a rejection debits nothing
 
 
@@ -77,7 +77,7 @@ def test_power_of_two_takes_the_sampled_node_with_fewer_requests_in_flight():
     loaded = 0 if p2.view(0).in_flight else 1
     # With two nodes both are always sampled: the idle one wins every time until balanced.
     assert p2.choose("b", 10).node_id == 1 - loaded
-    p2.on_complete(loaded)
+    p2.release("a" if loaded == p2.placements["a"].node_id else "b")
     assert p2.view(loaded).in_flight == 0
 
 
@@ -124,8 +124,8 @@ def test_every_policy_places_on_a_known_node_and_tracks_in_flight(name):
     placed = [policy.choose(str(i), 50).node_id for i in range(6)]
     assert set(placed) <= {3, 5, 9}
     assert sum(policy.view(n).in_flight for n in (3, 5, 9)) == 6
-    for node in placed:
-        policy.on_complete(node)
+    for i in range(6):
+        assert policy.release(str(i))
     assert sum(policy.view(n).in_flight for n in (3, 5, 9)) == 0
 
 
@@ -138,15 +138,14 @@ def test_unknown_names_and_knobs_are_refused():
         make_placement("pab", [0], fit="worst")
     with pytest.raises(ValueError):
         make_placement("pab", [])
-    with pytest.raises(ValueError):
-        make_placement("pab", [0]).on_complete(0)  # nothing in flight
+    assert not make_placement("pab", [0]).release("never-placed")
 
 
 _events = st.lists(
     st.one_of(
         st.tuples(st.just("report"), st.integers(0, 3), st.floats(-5000, 20000, allow_nan=False)),
         st.tuples(st.just("choose"), st.integers(1, 8000), st.just(0.0)),
-        st.tuples(st.just("complete"), st.integers(0, 3), st.just(0.0)),
+        st.tuples(st.just("complete"), st.integers(0, 60), st.just(0.0)),
     ),
     max_size=60,
 )
@@ -156,35 +155,111 @@ _events = st.lists(
 def test_pab_never_places_on_a_node_whose_view_lacks_budget(events, fit):
     pab = make_placement("pab", [0, 1, 2, 3], fit=fit)
     clock = 0.0
-    for kind, x, y in events:
+    for i, (kind, x, y) in enumerate(events):
         if kind == "report":
             clock += 0.01
             pab.update(NodeView(x, pab_tokens=y, reported_at_s=clock))
         elif kind == "choose":
             before = {n: pab.view(n).pab_tokens for n in range(4)}
-            decision = pab.choose("r", x)
+            decision = pab.choose(f"r{i}", x)
             if decision.rejected:
                 assert max(before.values()) < x
             else:
                 assert before[decision.node_id] >= x
                 assert pab.view(decision.node_id).pab_tokens == pytest.approx(before[decision.node_id] - x)
-        elif pab.view(x).in_flight > 0:
-            pab.on_complete(x)
+        else:
+            pab.release(f"r{x}")
 
 
 def test_a_stale_report_keeps_the_debits_of_placements_it_has_not_seen():
     pab = make_placement("pab", [0, 1])
-    pab.update(NodeView(0, pab_tokens=1000, received_requests=0, reported_at_s=0.0))
-    pab.update(NodeView(1, pab_tokens=900, received_requests=0, reported_at_s=0.0))
+    pab.update(NodeView(0, pab_tokens=1000, received_ids=frozenset(), reported_at_s=0.0))
+    pab.update(NodeView(1, pab_tokens=900, received_ids=frozenset(), reported_at_s=0.0))
     assert pab.choose("a", 300).node_id == 0  # node 0: 700 left
     assert pab.choose("b", 300).node_id == 1  # node 1: 600 left
     assert pab.choose("c", 300).node_id == 0  # node 0: 400 left
     # Node 0 measured 1000 before any of its two placements arrived: both debits stay.
-    pab.update(NodeView(0, pab_tokens=1000, received_requests=0, reported_at_s=0.1))
+    pab.update(NodeView(0, pab_tokens=1000, received_ids=frozenset(), reported_at_s=0.1))
     assert pab.view(0).pab_tokens == 400 and pab.view(0).queued_prefill_tokens == 600
+    assert pab.in_transit(0) == 2
     # A report that has seen the first one keeps only the second.
-    pab.update(NodeView(0, pab_tokens=650, received_requests=1, reported_at_s=0.2))
+    pab.update(NodeView(0, pab_tokens=650, received_ids=frozenset({"a"}), reported_at_s=0.2))
+    assert pab.view(0).pab_tokens == 350 and pab.in_transit(0) == 1
+    # Re-applying the same report again and again never debits twice (the old fallback bug).
+    for t in (0.21, 0.22, 0.23):
+        pab.update(NodeView(0, pab_tokens=650, received_ids=frozenset({"a"}), reported_at_s=t))
     assert pab.view(0).pab_tokens == 350
-    # Without the count a report replaces the view.
+    # Without ids a report replaces the view.
     pab.update(NodeView(0, pab_tokens=650, reported_at_s=0.3))
-    assert pab.view(0).pab_tokens == 650
+    assert pab.view(0).pab_tokens == 650 and pab.in_transit(0) == 0
+
+
+def test_in_transit_debits_are_keyed_by_request_not_counted():
+    """A placement released before it reached its node (client gone) must not hide another's debit."""
+    pab = make_placement("pab", [0])
+    pab.update(NodeView(0, pab_tokens=1000, received_ids=frozenset(), reported_at_s=0.0))
+    pab.choose("gone", 400)
+    pab.choose("kept", 100)
+    assert pab.release("gone")  # never arrives at the node
+    # The node has seen one request: "kept". A count would acknowledge "gone" (the first) instead.
+    pab.update(NodeView(0, pab_tokens=900, received_ids=frozenset({"kept"}), reported_at_s=0.1))
+    assert pab.view(0).pab_tokens == 900 and pab.in_transit(0) == 0
+    # And a report before "kept" arrives keeps its debit only.
+    pab.choose("late", 200)
+    pab.update(NodeView(0, pab_tokens=900, received_ids=frozenset({"kept"}), reported_at_s=0.2))
+    assert pab.view(0).pab_tokens == 700
+
+
+def test_release_on_disconnect_before_and_after_the_first_token():
+    pab = make_placement("pab", [0])
+    pab.update(NodeView(0, pab_tokens=1000, received_ids=frozenset(), reported_at_s=0.0))
+    pab.choose("before", 300)  # client leaves while the request is still in transit
+    pab.choose("after", 300)  # client leaves after its node acknowledged it
+    pab.update(NodeView(0, pab_tokens=700, received_ids=frozenset({"after"}), reported_at_s=0.1))
+    assert pab.release("before") and pab.release("after")
+    assert pab.view(0).in_flight == 0 and pab.in_transit(0) == 0 and not pab.placements
+    assert not pab.release("after")  # a second release (completion after cancel) is harmless
+    pab.update(NodeView(0, pab_tokens=1000, received_ids=frozenset(), reported_at_s=0.2))
+    assert pab.view(0).pab_tokens == 1000
+
+
+def test_a_retried_request_keeps_its_admission_and_moves_its_debit():
+    pab = make_placement("pab", [0, 1])
+    pab.update(NodeView(0, pab_tokens=1000, received_ids=frozenset(), reported_at_s=0.0))
+    pab.update(NodeView(1, pab_tokens=200, received_ids=frozenset(), reported_at_s=0.0))
+    assert pab.choose("r", 900).node_id == 0
+    # Asked again (Serve retries the call): the same placement, no second debit, no refusal.
+    assert pab.choose("r", 900).node_id == 0 and pab.view(0).pab_tokens == 100
+    # Node 0 died: the request moves to node 1 although node 1's budget is short.
+    assert pab.move("r") == 1
+    assert pab.view(1).in_flight == 1 and pab.view(0).in_flight == 0
+    assert pab.view(1).pab_tokens == 200 - 900
+    assert pab.move("r", exclude=[0]) is None  # nowhere else to go
+
+
+@pytest.mark.parametrize("pab_tokens,recovery_tps,expected", [
+    (-5000.0, 1000.0, 5.5),  # saturated: the queue drains at its recovery rate
+    (400.0, 0.0, 30.0),  # a node whose budget does not grow back: the upper bound
+    (-1e9, 1.0, 30.0),  # a very slow node: clamped to 30 s
+    (300.0, 1e6, 1.0),  # nearly there: never below 1 s
+])
+def test_retry_after_predicts_when_the_budget_covers_the_prompt(pab_tokens, recovery_tps, expected):
+    pab = make_placement("pab", [0])
+    pab.update(NodeView(0, pab_tokens=pab_tokens, recovery_tps=recovery_tps, reported_at_s=0.0))
+    decision = pab.choose("r", 500)
+    assert decision.rejected
+    assert decision.retry_after_s == pytest.approx(expected)
+
+
+def test_retry_after_takes_the_node_that_recovers_first():
+    assert retry_after_s(1000, [(-4000.0, 500.0), (0.0, 100.0)]) == pytest.approx(10.0)
+    assert retry_after_s(1000, [(2000.0, 0.0)]) == 1.0  # refused by a cap while the budget covers it
+
+
+def test_in_flight_cap_refuses_past_the_limit():
+    p2 = make_placement("power-of-two", [0, 1], max_in_flight=1)
+    assert not p2.choose("a", 10).rejected and not p2.choose("b", 10).rejected
+    d = p2.choose("c", 10)
+    assert d.rejected and d.reason == "in-flight-cap"
+    p2.release("a")
+    assert not p2.choose("c", 10).rejected

@@ -1,5 +1,7 @@
 """Prefill Admission Budget: the closed form and the EDF-forward variant."""
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,14 +28,75 @@ def queued(i: int, tokens: int) -> RequestState:
 def test_closed_form_matches_hand_computation():
     reqs = [decode(i) for i in range(10)] + [queued(0, 3000)]
     r = estimate_pab(reqs, REF_MODEL, NOW, **KW)
-    # tau = 0.05; T_dec = 21e-6 * 10 + 0.05e-6 * (10 * 1001); R = (0.05 - 0.0056 - T_dec) / (0.05 * 21e-6)
-    t_dec = 21e-6 * 10 + 0.05e-6 * 10 * 1001
-    rate = (0.05 - 0.0056 - t_dec) / (0.05 * 21e-6)
+    # Whole life: the queued prompt counts as a decode too. tau = 0.05; n = 11; C = 10 * 1001 + 3000;
+    # a step of tau carries q = (tau - a - T_dec) / (b + c) prompt tokens, so R = q / tau.
+    t_dec = 21e-6 * 11 + 0.05e-6 * (10 * 1001 + 3000)
+    rate = (0.05 - 0.0056 - t_dec) / (21.05e-6 * 0.05)
     assert r.decode_reservation_s == pytest.approx(t_dec)
     assert r.prefill_rate_tps == pytest.approx(rate)
     assert r.queued_tokens == 3000
     assert r.pab_tokens == pytest.approx(rate * 1.0 - 3000)
     assert r.kv_headroom_tokens == 400_000 - 3000
+    assert r.binding == "time" and r.recovery_tps == pytest.approx(rate)
+
+
+def test_a_queued_request_reserves_its_decodes_for_its_whole_life():
+    """PAB counts the decode load an admitted prompt brings, not only its prefill (long outputs cost more)."""
+    short = estimate_pab([queued(0, 8000)], REF_MODEL, NOW, expected_output_tokens=10, **KW)
+    long = estimate_pab([queued(0, 8000)], REF_MODEL, NOW, expected_output_tokens=2000, **KW)
+    assert long.decode_reservation_s > short.decode_reservation_s
+    assert long.pab_tokens < short.pab_tokens
+    # and its KV to the end: the headroom leaves room for the outputs it will write
+    assert long.kv_headroom_tokens == 400_000 - 8000 - 2000
+
+
+def test_the_prefill_rate_respects_the_batched_token_cap_and_host_time():
+    model = REF_MODEL
+    free = estimate_pab([], model, NOW, **KW)
+    capped = estimate_pab([], model, NOW, max_num_batched_tokens=512, **KW)
+    # A step carries at most 512 prompt tokens and then lasts a + (b + c) * 512, shorter than tau.
+    step = 0.0056 + 21.05e-6 * 512
+    assert capped.prefill_rate_tps == pytest.approx(512 / step)
+    assert capped.prefill_rate_tps < free.prefill_rate_tps
+    slow_host = estimate_pab([], replace(model, host_s=0.02), NOW, **KW)
+    assert slow_host.prefill_rate_tps == pytest.approx((0.05 - 0.0256) / (21.05e-6 * 0.05))
+
+
+def test_no_free_seat_means_no_budget():
+    reqs = [decode(i) for i in range(4)]
+    r = estimate_pab(reqs, REF_MODEL, NOW, max_num_seqs=4, **KW)
+    assert r.pab_tokens == 0 and r.binding == "seats" and r.seats_free == 0
+    assert estimate_pab(reqs, REF_MODEL, NOW, max_num_seqs=5, **KW).binding == "time"
+
+
+def test_a_long_prompt_whose_decode_would_not_fit_the_step_is_refused():
+    """With a large attention cost per context token, the new request's own decode binds."""
+    attn = replace(REF_MODEL, c_s_per_context_token=2e-6)
+    reqs = [decode(i, 10_000) for i in range(2)]
+    r = estimate_pab(reqs, attn, NOW, expected_output_tokens=100, **KW)
+    # Each running decode: context 10,001 now plus half of its 99 expected tokens left.
+    room = 0.05 - 0.0056 - (21e-6 * 2 + 2e-6 * 2 * (10_001 + 49.5)) - 21e-6 - 2e-6 * 50
+    assert r.decode_limited_tokens == pytest.approx(room / 2e-6)
+    assert r.pab_tokens <= r.decode_limited_tokens
+
+
+def test_correction_and_front_delay_shrink_the_time_limited_budget():
+    base = estimate_pab([queued(0, 100)], REF_MODEL, NOW, **KW)
+    corrected = estimate_pab([queued(0, 100)], REF_MODEL, NOW, correction=0.5, front_delay_s=0.2, **KW)
+    assert corrected.time_limited_tokens == pytest.approx(0.5 * base.prefill_rate_tps * 0.8 - 100)
+    assert corrected.recovery_tps == pytest.approx(0.5 * base.prefill_rate_tps)
+    with pytest.raises(ValueError):
+        estimate_pab([], REF_MODEL, NOW, correction=0.0, **KW)
+    with pytest.raises(ValueError):
+        estimate_pab([], REF_MODEL, NOW, front_delay_s=-1.0, **KW)
+
+
+def test_a_kv_bound_node_recovers_as_its_requests_finish():
+    reqs = [decode(i, 1000, max_out=101) for i in range(4)]  # 100 tokens left each: 5 s at 50 ms
+    r = estimate_pab(reqs, REF_MODEL, NOW, horizon_s=5.0, kv_free_tokens=500, default_tpot_s=0.05)
+    assert r.binding == "kv" and r.pab_tokens == 500 - 400
+    # They hold 4 * 1000 KV tokens and will grow by 400 more, all freed over their 5 s of decoding.
+    assert r.recovery_tps == pytest.approx((4 * 1000 + 400) / 5.0)
 
 
 @pytest.mark.parametrize("estimate", ESTIMATORS)
@@ -60,7 +123,7 @@ def test_pab_never_exceeds_kv_headroom(estimate):
 
 def test_an_idle_node_offers_what_it_prefills_within_the_horizon():
     r = estimate_pab([], REF_MODEL, NOW, **KW)
-    assert r.pab_tokens == pytest.approx((0.05 - 0.0056) / (0.05 * 21e-6))
+    assert r.pab_tokens == pytest.approx((0.05 - 0.0056) / (0.05 * 21.05e-6))
     fine = estimate_pab_edf([], REF_MODEL, NOW, **KW)
     # stepping forward pays the context term the closed form leaves out, so it offers a little less
     assert 0.8 * r.pab_tokens < fine.pab_tokens <= r.pab_tokens

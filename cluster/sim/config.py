@@ -53,7 +53,7 @@ class SimConfig:
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
     pab_delay_s: float = _opt(0.0, "Delay from a node's report to the balancer, seconds (staleness).")
-    report_acks: bool = _opt(True, "Reports carry the node's received-request count, so the balancer keeps debits a stale report has not seen (off: a report replaces the view).")
+    report_acks: bool = _opt(True, "Reports carry the ids of the requests the node received, so the balancer keeps debits a stale report has not seen (off: a report replaces the view).")
     pab_interval_s: float = _opt(0.0, "Minimum time between two reports of a node (0: after every step).")
     balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (FIFO, retried on each report) before rejecting it.")
     oracle_output_lengths: bool = _opt(False, "Let nodes know output lengths (PAB KV headroom and EDF departures).")

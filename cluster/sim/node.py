@@ -125,7 +125,8 @@ class SimNode:
         self.live: dict[str, SimRequest] = {}  # insertion order = admission order
         self.states: dict[str, RequestState] = {}
         self.busy = False
-        self.received = 0  # requests admitted from the balancer, all time (acknowledges its debits)
+        self.received = 0  # requests admitted from the balancer, all time
+        self._received_ids: list[str] = []  # ids admitted since the last report (acknowledges their debits)
         self.queued_prefill_tokens = 0
         self.waiting = 0  # admitted requests that have not started prefill
         self.decoding = 0
@@ -145,6 +146,8 @@ class SimNode:
         """Take a request from the balancer; start stepping if idle."""
         req.node_id = self.node_id
         self.received += 1
+        if self.acknowledge_received:
+            self._received_ids.append(req.key)
         if self.pool.blocks_for(req.prompt_tokens + req.output_tokens) > self.pool.total_blocks:
             req.dropped = True  # can never fit this node's KV cache
             self.on_finish(req)
@@ -393,8 +396,15 @@ class SimNode:
             reported_at_s=now_s,
             prefill_rate_tps=report.prefill_rate_tps,
             kv_capacity_tokens=self.pool.total_blocks * self.block_size,
-            received_requests=self.received if self.acknowledge_received else None,
+            recovery_tps=report.recovery_tps,
+            received_ids=self._take_received_ids(),
         )
+
+    def _take_received_ids(self) -> frozenset[str] | None:
+        if not self.acknowledge_received:
+            return None
+        ids, self._received_ids = frozenset(self._received_ids), []
+        return ids
 
     def publish_now(self, now_s: float) -> None:
         """Report to the balancer now, whatever the report interval."""

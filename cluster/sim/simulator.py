@@ -107,7 +107,7 @@ def simulate(
             deliver(view)
 
     def on_finish(req: SimRequest) -> None:
-        balancer.on_complete(req.node_id)
+        balancer.release(req.key)
 
     def node_pab(states, now_s, kv_free):
         return pab_fn(

@@ -1,0 +1,129 @@
+"""The admission budget's closed loop: measured latency corrects the modelled prefill rate.
+
+PAB is a model's promise (``node.pab``). What admitted requests actually get
+(their TTFT measured from the ingress arrival stamp to the first token, their
+mean TPOT) is compared with their SLOs, and a factor on the node's prefill rate
+follows:
+
+* **shrink fast**: when the ``quantile`` of ``measured / SLO`` over the requests
+  admitted since the last decrease exceeds ``target_ratio``, the factor is
+  multiplied by ``target_ratio / measured`` (at most ``max_decrease`` in one
+  step): the gradient rule of Netflix's concurrency-limits and Envoy's
+  adaptive concurrency filter;
+* **once per round trip**: only requests that arrived after the last decrease
+  may cause the next one, as TCP decreases its window once per round trip, so
+  breaches of requests admitted under the old budget do not shrink it again;
+* **recover slowly**: each ``interval_s`` without a breach the factor grows by
+  ``increase_step`` up to ``max_factor`` (TCP's additive increase), also when
+  no request finished: a budget shrunk to nothing must probe its way back.
+
+The factor also shrinks on TPOT breaches (decodes of admitted requests running
+late means the node took more than its steps can carry).
+
+``FrontDelay`` keeps the time requests spend in front of the engine (proxy,
+ingress, router, the hop to the replica): the horizon of the budget is the TTFT
+SLO less its ``quantile``.
+
+Pure: the caller passes every time (seconds, any one clock) in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ``values`` by linear interpolation; NaN when empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * q
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    """Knobs of the closed loop (see the module docstring)."""
+
+    enabled: bool = True
+    quantile: float = 0.9  # the tail that is steered
+    target_ratio: float = 0.8  # steer that tail to this fraction of the SLO (margin for what is not measured)
+    min_samples: int = 4  # breaches among fewer samples are not acted on
+    max_decrease: float = 0.5  # one decrease multiplies the factor by at least this
+    increase_step: float = 0.05  # additive recovery per interval without a breach
+    interval_s: float = 1.0
+    min_factor: float = 0.02
+    max_factor: float = 1.0
+    window_s: float = 10.0  # samples older than this are forgotten
+
+    def __post_init__(self) -> None:
+        if not 0 < self.quantile <= 1:
+            raise ValueError(f"quantile must be in (0, 1], got {self.quantile!r}")
+        if not 0 < self.target_ratio <= 1:
+            raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio!r}")
+        if not 0 < self.max_decrease < 1:
+            raise ValueError(f"max_decrease must be in (0, 1), got {self.max_decrease!r}")
+        if not 0 < self.min_factor <= self.max_factor:
+            raise ValueError("need 0 < min_factor <= max_factor")
+        if self.increase_step < 0 or self.interval_s <= 0 or self.window_s <= 0 or self.min_samples < 1:
+            raise ValueError("increase_step >= 0, interval_s > 0, window_s > 0 and min_samples >= 1 required")
+
+
+class LatencyFeedback:
+    """AIMD on the measured latency tail of admitted requests; ``factor`` multiplies the node's prefill rate."""
+
+    def __init__(self, config: FeedbackConfig | None = None) -> None:
+        self.config = config or FeedbackConfig()
+        self.factor = min(1.0, self.config.max_factor)
+        # (observed at, arrived at, measured / SLO), oldest first
+        self._samples: deque[tuple[float, float, float]] = deque()
+        self._last_decrease_arrival = -math.inf
+        self._last_update = -math.inf
+        self.decreases = 0
+        self.last_tail_ratio: float | None = None
+
+    def observe(self, now_s: float, arrival_s: float, ratio: float) -> None:
+        """A measured latency of a request that arrived at ``arrival_s``, as a fraction of its SLO."""
+        if math.isfinite(ratio) and ratio >= 0:
+            self._samples.append((now_s, arrival_s, ratio))
+
+    def update(self, now_s: float) -> float:
+        """Apply the rule at most once per ``interval_s``; return the factor."""
+        cfg = self.config
+        if not cfg.enabled or now_s - self._last_update < cfg.interval_s:
+            return self.factor
+        self._last_update = now_s
+        while self._samples and now_s - self._samples[0][0] > cfg.window_s:
+            self._samples.popleft()
+        fresh = [r for _, arrived, r in self._samples if arrived > self._last_decrease_arrival]
+        tail = quantile(fresh, cfg.quantile) if len(fresh) >= cfg.min_samples else None
+        self.last_tail_ratio = tail
+        if tail is not None and tail > cfg.target_ratio:
+            step = max(cfg.max_decrease, cfg.target_ratio / tail)
+            self.factor = max(cfg.min_factor, self.factor * step)
+            self._last_decrease_arrival = max(arrived for _, arrived, _ in self._samples)
+            self.decreases += 1
+        else:
+            self.factor = min(cfg.max_factor, self.factor + cfg.increase_step)
+        return self.factor
+
+
+class FrontDelay:
+    """Recent delays in front of the engine; ``value_s`` is their ``quantile`` (0 with no samples)."""
+
+    def __init__(self, *, quantile_: float = 0.9, window: int = 256) -> None:
+        if not 0 < quantile_ <= 1:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile_!r}")
+        self.q = quantile_
+        self._delays: deque[float] = deque(maxlen=window)
+
+    def observe(self, delay_s: float) -> None:
+        if math.isfinite(delay_s):
+            self._delays.append(max(0.0, delay_s))
+
+    @property
+    def value_s(self) -> float:
+        return quantile(list(self._delays), self.q) if self._delays else 0.0
