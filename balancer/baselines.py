@@ -26,7 +26,7 @@ class RoundRobin(PlacementPolicy):
         self._next = 0
 
     def _pick(self, prompt_tokens: int) -> int:
-        node = self.node_ids[self._next]
+        node = self.node_ids[self._next % len(self.node_ids)]  # the node set may have shrunk since
         self._next = (self._next + 1) % len(self.node_ids)
         return node
 

@@ -191,6 +191,21 @@ class PlacementPolicy:
             for prompt_tokens in transit.values():  # placements the report has not seen yet
                 self._debit_view(local, prompt_tokens)
 
+    def set_nodes(self, node_ids: Sequence[int]) -> None:
+        """Change the nodes new requests may go to (nodes joined or left; at least one).
+
+        A new node starts with an empty view; placements on a node that left
+        stay until released, so its in-flight count is never lost.
+        """
+        if not node_ids or len(set(node_ids)) != len(node_ids):
+            raise ValueError(f"node ids must be distinct and at least one, got {list(node_ids)}")
+        for n in node_ids:
+            if n not in self.views:
+                self.views[n] = _LocalView(n)
+                self.in_flight[n] = 0
+                self._in_transit[n] = {}
+        self.node_ids = list(node_ids)
+
     def _acknowledge(self, transit: dict[str, int], request_ids: Iterable[str]) -> None:
         for rid in request_ids:
             del transit[rid]

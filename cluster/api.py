@@ -4,11 +4,16 @@ Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming
 over SSE or not), ``GET /v1/models``, ``GET /health``, and
 ``GET /v1/fairbatching/status`` (the PAB registry's view of every node).
 
-The ingress tokenizes the prompt (the router needs its length to place it),
-then calls the engine deployment's ``generate`` through a ``DeploymentHandle``
-whose router is ``balancer.router.PABRequestRouter``. A streaming request is
-started and its first output awaited *before* the response begins, so an
-admission rejection is a real HTTP 429, not a 200 with an error inside.
+The ingress stamps each request's arrival, tokenizes the prompt (placement
+needs its length) and admits it with the balancer that lives in this process
+(``balancer.router.LocalBalancer``, the same one the engine handle's router
+``PABRequestRouter`` uses): a refusal is an HTTP 429 at once, with no remote
+call on the way. An admitted request goes to the engine deployment's
+``generate`` through the handle, whose router sends it to the replica it was
+placed on; its placement is released when it ends, however it ends
+(completion, error, cancel, client disconnect). A streaming request is started
+and its first output awaited *before* the response begins, so a failure before
+the first token is a real HTTP status, not a 200 with an error inside.
 
 Per-request SLOs: ``vllm_xargs`` in the body (``ttft_slo_s``, ``tpot_slo_s``,
 seconds; the keys the FairBatching scheduler reads) or the headers
@@ -169,6 +174,14 @@ class Ingress:
         self.vocab_size = len(self.tokenizer)
         self.created = int(time.time())
         self._registry = None
+        self.admission_wait_s = float(settings.get("admission_wait_s") or 0.0)
+        self.balancer = None  # our router: admit here; Serve's default router: no admission
+        if settings.get("balancer_settings") is not None:
+            from balancer.admission import local_balancer
+
+            self.balancer = local_balancer(settings["app_name"], settings["engine_deployment"],
+                                           settings["balancer_settings"])
+        self._live_engines: tuple[float, Optional[int]] = (-math.inf, None)  # (checked at, count)
 
     # -- the registry (for health and status) ---------------------------------------------
 
@@ -187,10 +200,15 @@ class Ingress:
         return None
 
     async def live_engines(self) -> Optional[int]:
-        snap = await self.registry_snapshot()
-        if snap is None:
-            return None
-        return sum(1 for n in snap["nodes"].values() if n.get("live"))
+        """Engines reporting now: from this process's balancer view, else (Serve's router) the registry, cached 1 s."""
+        if self.balancer is not None and self.balancer.registry_ok:
+            return len(self.balancer.live_keys())
+        checked_at, count = self._live_engines
+        if time.monotonic() - checked_at > 1.0:
+            snap = await self.registry_snapshot()
+            count = None if snap is None else sum(1 for n in snap["nodes"].values() if n.get("live"))
+            self._live_engines = (time.monotonic(), count)
+        return count
 
     # -- request preparation ----------------------------------------------------------------
 
@@ -214,7 +232,8 @@ class Ingress:
                 ttft, tpot = (float(value), tpot) if key == "ttft_slo_s" else (ttft, float(value))
         return ttft, tpot
 
-    def _prepare(self, body: _Common, ids: list[int], headers, max_tokens: Optional[int]) -> dict[str, Any]:
+    def _prepare(self, body: _Common, ids: list[int], headers, max_tokens: Optional[int],
+                 arrival_s: float) -> dict[str, Any]:
         if body.model != self.model_name:
             raise APIError(404, f"The model `{body.model}` does not exist; this server serves `{self.model_name}`.",
                            type_="invalid_request_error", param="model", code="model_not_found")
@@ -246,15 +265,56 @@ class Ingress:
             "ttft_slo_s": ttft,
             "tpot_slo_s": tpot,
             "extra_args": xargs,
-            "arrival_s": time.time(),
+            "arrival_s": arrival_s,
         }
 
     # -- running a request -------------------------------------------------------------------
 
+    async def _admit(self, req: dict[str, Any]) -> None:
+        """Admit and place ``req`` in this process, or raise 429 (Retry-After) / 503; no remote call.
+
+        With ``admission_wait_s`` a refused request is asked again at each view
+        refresh until that long has passed. Without a registry view (it is
+        restarting) the router places the request from Serve's routing stats.
+        """
+        lb = self.balancer
+        if lb is None:
+            if await self.live_engines() == 0:
+                raise unavailable("No engine is up.")
+            return
+        from balancer.admission import count_rejection
+
+        deadline = time.monotonic() + self.admission_wait_s
+        while True:
+            node, decision = lb.admit(req["request_id"], req["prompt_tokens"])
+            if node is not None:
+                return
+            if decision.reason == "no-engine":
+                if lb.registry_ok:
+                    raise unavailable("No engine is up.")
+                return  # the registry is away: the router decides from the replicas' routing stats
+            if time.monotonic() >= deadline:
+                count_rejection()
+                raise rejected(decision.retry_after_s or 1.0)
+            await asyncio.sleep(lb.settings.refresh_interval_s)
+
+    def _release(self, req: dict[str, Any]) -> None:
+        if self.balancer is not None:
+            self.balancer.release(req["request_id"])
+
     async def _start(self, req: dict[str, Any]):
-        """Send ``req`` to an engine and wait for its first output: ``(generator, first chunk)``."""
-        if await self.live_engines() == 0:
-            raise unavailable("No engine is up.")
+        """Admit ``req``, send it to its engine and wait for its first output: ``(generator, first chunk)``.
+
+        On any failure the placement is released before the error is raised.
+        """
+        try:
+            await self._admit(req)
+            return await self._send(req)
+        except BaseException:
+            self._release(req)
+            raise
+
+    async def _send(self, req: dict[str, Any]):
         for attempt in range(2):
             gen = self.engine.remote(req)
             try:
@@ -285,6 +345,9 @@ class Ingress:
         except Exception as exc:  # noqa: BLE001
             logger.warning("request %s failed mid-generation: %r", req["request_id"], exc)
             raise unavailable(f"The engine failed mid-generation: {type(exc).__name__}.") from None
+        finally:  # also when the client left and Serve cancelled this handler
+            gen.cancel()
+            self._release(req)
         return "".join(parts), finish, _usage(req, last), _where(first)
 
     def _sse(self, req: dict[str, Any], gen, first: dict, make_chunk, include_usage: bool, continuous: bool = False):
@@ -305,8 +368,9 @@ class Ingress:
                 err = {"error": {"message": f"The engine failed mid-generation: {type(exc).__name__}.",
                                  "type": "service_unavailable", "param": None, "code": "engine_failed"}}
                 yield f"data: {json.dumps(err)}\n\n"
-            finally:
+            finally:  # the stream ended, failed, or the client left
                 gen.cancel()
+                self._release(req)
             if include_usage:
                 yield f"data: {json.dumps(make_chunk(None, usage=_usage(req, last))[0])}\n\n"
             yield "data: [DONE]\n\n"
@@ -316,11 +380,12 @@ class Ingress:
     # -- endpoints ----------------------------------------------------------------------------
 
     async def completions(self, body: CompletionRequest, headers):
+        arrival_s = time.time()
         if isinstance(body.prompt, str):
             ids = self.tokenizer.encode(body.prompt)
         else:
             ids = list(body.prompt)
-        req = self._prepare(body, ids, headers, body.max_tokens)
+        req = self._prepare(body, ids, headers, body.max_tokens, arrival_s)
         cid, created = f"cmpl-{req['request_id']}", int(time.time())
 
         def chunk(c, usage=None):
@@ -337,10 +402,11 @@ class Ingress:
         })
 
     async def chat(self, body: ChatCompletionRequest, headers):
+        arrival_s = time.time()
         msgs = [m.model_dump() for m in body.messages]
         enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
         ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-        req = self._prepare(body, ids, headers, body.max_completion_tokens or body.max_tokens)
+        req = self._prepare(body, ids, headers, body.max_completion_tokens or body.max_tokens, arrival_s)
         cid, created = f"chatcmpl-{req['request_id']}", int(time.time())
         sent_role = [False]
 

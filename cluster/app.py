@@ -78,9 +78,11 @@ class ServeConfig:
     router: str = "pab"  # pab (our router, any balancer) | serve-default (Ray Serve's power of two)
     balancer: str = "pab"  # placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv
     balancer_knobs: dict[str, Any] = field(default_factory=dict)
-    admission_cap: Optional[int] = None
+    admission_cap: Optional[int] = None  # naive cap: queued prompt tokens per engine
+    max_in_flight: Optional[int] = None  # static cap: requests per engine (the in-flight-cap baseline)
     admission_wait_s: float = 0.0  # bounded wait at the router before a 429
-    registry_timeout_s: float = 0.5
+    registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
+    feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
     routing_stats_period_s: float = 0.2
     # HTTP
     host: str = "127.0.0.1"
@@ -115,7 +117,9 @@ class ServeConfig:
                 fail(key, f"must be a number >= 0, got {v!r}")
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             fail("port", f"must be a TCP port, got {self.port!r}")
-        for key in ("engine_args", "engine_env", "node_config", "balancer_knobs"):
+        if self.max_in_flight is not None and (not isinstance(self.max_in_flight, int) or self.max_in_flight < 1):
+            fail("max_in_flight", f"must be an integer >= 1 or null, got {self.max_in_flight!r}")
+        for key in ("engine_args", "engine_env", "node_config", "balancer_knobs", "feedback"):
             if not isinstance(getattr(self, key), dict):
                 fail(key, f"must be a mapping, got {getattr(self, key)!r}")
 
@@ -135,6 +139,17 @@ class ServeConfig:
             tpot_slo_s=self.tpot_slo_s,
             anchor=self.anchor,
             report_interval_s=self.report_interval_s,
+            feedback=dict(self.feedback),
+        )
+
+    def balancer_settings(self):
+        """The router's and the ingress's ``BalancerSettings`` (one per deployment, same in both)."""
+        from balancer.admission import BalancerSettings
+
+        return BalancerSettings(
+            self.balancer, dict(self.balancer_knobs), admission_cap=self.admission_cap,
+            max_in_flight=self.max_in_flight, refresh_interval_s=self.report_interval_s,
+            registry_timeout_s=self.registry_timeout_s,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,21 +210,16 @@ def build_app(cfg: ServeConfig):
         "request_routing_stats_period_s": cfg.routing_stats_period_s,
         "request_routing_stats_timeout_s": max(1.0, 5 * cfg.routing_stats_period_s),
     }
+    settings = cfg.balancer_settings()
     if cfg.router == "pab":
         router_kwargs.update(
             request_router_class=PABRequestRouter,
-            request_router_kwargs={
-                "balancer": cfg.balancer,
-                "knobs": cfg.balancer_knobs,
-                "admission_cap": cfg.admission_cap,
-                "admission_wait_s": cfg.admission_wait_s,
-                "registry_timeout_s": cfg.registry_timeout_s,
-            },
+            request_router_kwargs={"settings": settings.to_dict(), "admission_wait_s": cfg.admission_wait_s},
         )
     registry = DeploymentActorConfig(
         name=REGISTRY_ACTOR_NAME,
         actor_class=ray.remote(PABRegistry),
-        init_kwargs={"balancer": cfg.balancer, "knobs": cfg.balancer_knobs, "admission_cap": cfg.admission_cap},
+        init_kwargs={},
         actor_options={"num_cpus": 0},
     )
     actor_options: dict[str, Any] = {
@@ -249,6 +259,9 @@ def build_app(cfg: ServeConfig):
         "first_output_timeout_s": cfg.first_output_timeout_s,
         "app_name": cfg.app_name,
         "engine_deployment": ENGINE_DEPLOYMENT,
+        # The ingress admits with the router's balancer (same process) when the router is ours.
+        "balancer_settings": settings if cfg.router == "pab" else None,
+        "admission_wait_s": cfg.admission_wait_s,
     })
 
 

@@ -97,18 +97,32 @@ def status(
         return
     dm = snap.get("deployment_model")
     model = (f"step model a={dm['a_s'] * 1e3:.2f} ms b={dm['b_s_per_token'] * 1e6:.2f} us/token "
-             f"(median of {dm['nodes']} node refits)") if dm else "step model: each node's own"
-    table = Table(title=f"{url}  balancer {snap['balancer']}  decisions {snap['decisions']}\n{model}")
-    for col in ("node", "replica", "live", "PAB", "PAB debited", "R tok/s", "in flight", "waiting",
-                "queued prefill", "KV use", "finished", "attainment", "report age"):
+             f"host {dm.get('host_s', 0.0) * 1e3:.2f} ms/step (median of {dm['nodes']} node refits)"
+             ) if dm else "step model: each node's own"
+    routers = snap.get("routers") or {}
+    debited: dict[str, dict] = {}
+    for r in routers.values():  # what every router holds against each node
+        for key, row in (r.get("nodes") or {}).items():
+            d = debited.setdefault(key, {"in_transit": 0, "pab_tokens_debited": None})
+            d["in_transit"] += row.get("in_transit", 0)
+            low = row.get("pab_tokens_debited")
+            if low is not None and (d["pab_tokens_debited"] is None or low < d["pab_tokens_debited"]):
+                d["pab_tokens_debited"] = low
+    table = Table(title=f"{url}  decisions {snap.get('decisions')}  routers {len(routers)}\n{model}")
+    for col in ("node", "replica", "live", "PAB", "PAB debited", "binds", "R tok/s", "correction",
+                "front delay", "in flight", "in transit", "queued prefill", "KV use", "finished", "attainment",
+                "report age"):
         table.add_column(col, justify="right")
     fmt = lambda v, f="{:.0f}": "-" if v is None else f.format(v)  # noqa: E731
     for key, n in sorted(snap["nodes"].items(), key=lambda kv: str(kv[1].get("node"))):
+        d = debited.get(key, {})
         table.add_row(str(n.get("node")), key, "yes" if n.get("live") else "no", fmt(n.get("pab_tokens")),
-                      fmt(n.get("pab_tokens_debited")), fmt(n.get("prefill_rate_tps")), str(n.get("in_flight", "-")),
-                      str(n.get("waiting", "-")), str(n.get("queued_prefill_tokens", "-")),
-                      fmt(n.get("kv_usage"), "{:.1%}"), str(n.get("finished", "-")),
-                      fmt(n.get("attainment"), "{:.1%}"), fmt(n.get("report_age_s"), "{:.2f} s"))
+                      fmt(d.get("pab_tokens_debited")), str(n.get("binding") or "-"), fmt(n.get("prefill_rate_tps")),
+                      fmt(n.get("correction"), "{:.2f}"), fmt(n.get("front_delay_s"), "{:.3f} s"),
+                      str(n.get("in_flight", "-")), str(d.get("in_transit", "-")),
+                      str(n.get("queued_prefill_tokens", "-")), fmt(n.get("kv_usage"), "{:.1%}"),
+                      str(n.get("finished", "-")), fmt(n.get("attainment"), "{:.1%}"),
+                      fmt(n.get("report_age_s"), "{:.2f} s"))
     _table_console().print(table)
 
 

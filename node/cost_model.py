@@ -333,21 +333,28 @@ class OnlineRefit:
         self._host_every = max(1, host_window // 4)
         self._since_host = 0
 
-    def observe(self, sample: StepSample, cadence_s: float | None = None) -> StepTimeModel:
-        """One measured step: its forward time (``sample``) and, when known, its cadence.
+    def observe_cadence(self, cadence_s: float, forward_s: float) -> StepTimeModel:
+        """A step's cadence (start of it to the start of the next, engine busy) beside its forward time.
 
-        ``cadence_s`` is the wall time from the start of this step to the start
-        of the next one while the engine stayed busy; ``cadence_s - duration_s``
-        is the step's host time, whose running median becomes ``host_s``.
+        ``cadence_s - forward_s`` is the step's host time; their running median
+        over the last ``host_window`` steps becomes the model's ``host_s``.
         """
-        if cadence_s is not None and math.isfinite(cadence_s) and cadence_s > 0:
-            self._host.append(max(0.0, cadence_s - sample.duration_s))
+        if math.isfinite(cadence_s) and cadence_s > 0 and math.isfinite(forward_s):
+            self._host.append(max(0.0, cadence_s - forward_s))
             self._since_host += 1
             if self._since_host >= self._host_every:
                 self._since_host = 0
                 host = statistics.median(self._host)
                 if host != self.model.host_s:
                     self.model = replace(self.model, host_s=host)
+        return self.model
+
+    @property
+    def host_samples(self) -> int:
+        return len(self._host)
+
+    def observe(self, sample: StepSample) -> StepTimeModel:
+        """One measured forward pass; every ``refit_every`` of them the window is refitted."""
         if len(self._samples) == self._samples.maxlen and self._samples[0].prefill_tokens:
             self._prefill_steps -= 1
         self._samples.append(sample)

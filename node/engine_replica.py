@@ -16,11 +16,22 @@ Each replica
   registry pools from every node's online refit (``PABRegistry.deployment_model``);
   until there is one, with its own scheduler's model (the profile until the
   first refit). The FairBatching scheduler's own report (``node_stats``, once
-  per step through vLLM's scheduler stats) supplies that refit and the step
-  metrics;
+  per step through vLLM's scheduler stats) supplies that refit (host time per
+  step included) and the step metrics;
+* budgets a request's whole life (``node.pab``): the engine's caps
+  (``max_num_batched_tokens``, ``max_num_seqs``), the decode load and KV of
+  every request it holds, and a new request of the output length it has seen
+  (the mean output of its recently finished requests);
+* closes the loop (``node.feedback``): the TTFT of each request it serves, from
+  the ingress's arrival stamp to the first token, and its mean TPOT, against
+  its SLOs, steer a correction factor on the prefill rate; the delay from that
+  stamp to the request reaching this replica (proxy, ingress, router, the hop)
+  is taken off the budget's horizon;
 * pushes its ``NodeView`` to the PAB registry every ``report_interval_s``
-  (50 ms by default) and exposes it through ``record_routing_stats`` for the
-  router's fallback;
+  (50 ms by default), with the ids of the requests it received in the last
+  ``RECEIVED_WINDOW_S`` (so routers drop their debits exactly when the report
+  counts the request), and exposes it through ``record_routing_stats`` for
+  routers whose registry is away;
 * exports metrics through ``ray.util.metrics`` with ``node`` and ``replica``
   labels.
 
@@ -34,12 +45,14 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from node.cost_model import StepTimeModel
 from node.envelope import Anchor
+from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
 from node.pab import PABReport, estimate_pab
 from node.profile import load_profile
 from node.request import SLO, RequestState
@@ -53,6 +66,11 @@ NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
 #: ``SamplingParams.extra_args`` keys of the per-request SLOs, seconds (node.vllm_scheduler reads them).
 SLO_TTFT_KEY = "ttft_slo_s"
 SLO_TPOT_KEY = "tpot_slo_s"
+#: ``SamplingParams.extra_args`` key of the ingress's arrival stamp (node.vllm_scheduler reads it).
+ARRIVAL_KEY = "arrival_s"
+#: A report lists the requests received within this many seconds (many report intervals, so a
+#: router that misses a report still sees every request acknowledged).
+RECEIVED_WINDOW_S = 5.0
 #: The FairBatching scheduler that publishes its node stats to the replica (node.served_scheduler).
 FAIRBATCHING_SCHEDULER = "node.served_scheduler.ServedFairBatchingScheduler"
 
@@ -85,6 +103,7 @@ class EngineSpec:
     tpot_slo_s: float = 0.25
     anchor: str = "arrival"
     report_interval_s: float = 0.05
+    feedback: dict[str, Any] = field(default_factory=dict)  # node.feedback.FeedbackConfig fields
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +113,7 @@ class EngineSpec:
 class _Live:
     """One outstanding request as the replica tracks it."""
 
-    arrival_s: float
+    arrival_s: float  # the ingress's stamp, time.time() seconds
     prompt_tokens: int
     max_tokens: int
     slo: SLO
@@ -158,6 +177,9 @@ class _Metrics:
         self.finished = counter("fairbatching_requests_finished_total", "Requests finished")
         self.attained = counter("fairbatching_requests_attained_total", "Requests that met both SLOs")
         self.attainment = gauge("fairbatching_slo_attainment", "Fraction of finished requests that met both SLOs")
+        self.correction = gauge("fairbatching_pab_correction", "Closed-loop factor on the prefill rate (1 = as modelled)")
+        self.front_delay = gauge("fairbatching_front_delay_s", "Time in front of the engine (P90), taken off the PAB horizon, s")
+        self.host_time = gauge("fairbatching_step_host_time_s", "Per-step host time of the step-time model, s")
 
 
 class EngineReplica:
@@ -205,6 +227,10 @@ class EngineReplica:
         self._registry = None
         self._registry_name: Optional[str] = None
         self._pab_parts: dict[str, Any] = {}
+        self.feedback = LatencyFeedback(FeedbackConfig(**self.spec.feedback))
+        self.front_delay = FrontDelay()
+        self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
+        self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
 
         args = dict(self.spec.engine_args)
         args.setdefault("served_model_name", self.spec.served_model_name)
@@ -217,6 +243,9 @@ class EngineReplica:
         )
         cache = self.engine.vllm_config.cache_config
         self.kv_capacity_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        sched = self.engine.vllm_config.scheduler_config
+        self.max_num_batched_tokens = int(sched.max_num_batched_tokens)
+        self.max_num_seqs = int(sched.max_num_seqs)
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("engine replica %s on %s up: %d KV tokens", self.replica_key, self.node_label,
                     self.kv_capacity_tokens)
@@ -300,6 +329,11 @@ class EngineReplica:
         """The step-time model the budget is computed with: the deployment's, else this node's own."""
         return self.shared_model or self.own_model
 
+    def expected_output_tokens(self) -> Optional[float]:
+        """Output length of a typical new request: the mean of recently finished ones, else of live ``max_tokens``."""
+        seen = self.outputs_seen or [lv.max_tokens for lv in self.live.values()]
+        return sum(seen) / len(seen) if seen else None
+
     def compute_pab(self) -> PABReport:
         now = time.time()
         states = [lv.state(rid) for rid, lv in self.live.items()]
@@ -310,10 +344,23 @@ class EngineReplica:
             kv_free_tokens=kv_free,
             default_tpot_s=self.default_slo.tpot_s,
             anchor=self.anchor,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_seqs=self.max_num_seqs,
+            expected_output_tokens=self.expected_output_tokens(),
+            correction=self.feedback.factor,
+            front_delay_s=self.front_delay.value_s,
         )
+
+    def received_ids(self) -> list[str]:
+        """Ids of the requests received within ``RECEIVED_WINDOW_S``."""
+        horizon = time.time() - RECEIVED_WINDOW_S
+        while self.received and self.received[0][0] < horizon:
+            self.received.popleft()
+        return [rid for _, rid in self.received]
 
     def node_view(self) -> dict[str, Any]:
         """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
+        self.feedback.update(time.monotonic())
         rep = self.compute_pab()
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         view = {
@@ -325,6 +372,8 @@ class EngineReplica:
             "reported_at_s": time.time(),
             "prefill_rate_tps": rep.prefill_rate_tps,
             "kv_capacity_tokens": self.kv_capacity_tokens,
+            "recovery_tps": rep.recovery_tps,
+            "received_ids": self.received_ids(),
         }
         m = self.metrics
         m.pab.set(rep.pab_tokens)
@@ -333,6 +382,9 @@ class EngineReplica:
         m.kv_headroom.set(float(rep.kv_headroom_tokens))
         m.in_flight.set(len(self.live))
         m.kv_usage.set(self.kv_usage)
+        m.correction.set(rep.correction)
+        m.front_delay.set(rep.front_delay_s)
+        m.host_time.set(self.model.host_s)
         self._refresh_idle_gauges()
         self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.shared_model else "own"}
         return view
@@ -344,6 +396,12 @@ class EngineReplica:
             "pab_model": self._pab_parts.get("model", "own"),
             "queued_tokens": self._pab_parts.get("queued_tokens"),
             "kv_headroom_tokens": self._pab_parts.get("kv_headroom_tokens"),
+            "binding": self._pab_parts.get("binding"),
+            "correction": self.feedback.factor,
+            "correction_decreases": self.feedback.decreases,
+            "latency_tail_ratio": self.feedback.last_tail_ratio,
+            "front_delay_s": self.front_delay.value_s,
+            "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
             "model": asdict(self.model),
             "own_model": {**asdict(self.own_model), "refits": self.own_refits},
             "finished": self.finished,
@@ -413,10 +471,15 @@ class EngineReplica:
         from vllm.sampling_params import RequestOutputKind
 
         rid = req["request_id"]
+        received_s = time.time()
+        arrival_s = req.get("arrival_s") or received_s
+        self.received.append((received_s, rid))
+        self.front_delay.observe(received_s - arrival_s)
         slo = SLO(req.get("ttft_slo_s") or self.default_slo.ttft_s, req.get("tpot_slo_s") or self.default_slo.tpot_s)
         extra = dict(req.get("extra_args") or {})
         extra.setdefault(SLO_TTFT_KEY, slo.ttft_s)
         extra.setdefault(SLO_TPOT_KEY, slo.tpot_s)
+        extra.setdefault(ARRIVAL_KEY, arrival_s)
         sp = SamplingParams(
             max_tokens=req["max_tokens"],
             temperature=req.get("temperature", 1.0),
@@ -428,8 +491,7 @@ class EngineReplica:
             extra_args=extra,
         )
         ids = list(req["prompt_token_ids"])
-        live = _Live(arrival_s=req.get("arrival_s") or time.time(), prompt_tokens=len(ids),
-                     max_tokens=req["max_tokens"], slo=slo)
+        live = _Live(arrival_s=arrival_s, prompt_tokens=len(ids), max_tokens=req["max_tokens"], slo=slo)
         self.live[rid] = live
         done = False
         try:
@@ -440,6 +502,7 @@ class EngineReplica:
                     now = time.time()
                     if live.first_token_s is None:
                         live.first_token_s = now
+                        self.feedback.observe(time.monotonic(), arrival_s, (now - arrival_s) / slo.ttft_s)
                     live.last_token_s = now
                     live.output_tokens += n
                 done = out.finished
@@ -459,12 +522,14 @@ class EngineReplica:
     def _record_finished(self, lv: _Live) -> None:
         m = self.metrics
         self.finished += 1
+        self.outputs_seen.append(lv.output_tokens)
         ok = lv.first_token_s is not None and lv.first_token_s - lv.arrival_s <= lv.slo.ttft_s
         if lv.first_token_s is not None:
             m.ttft.observe(lv.first_token_s - lv.arrival_s)
         if lv.output_tokens >= 2 and lv.last_token_s is not None:
             tpot = (lv.last_token_s - lv.first_token_s) / (lv.output_tokens - 1)
             m.tpot.observe(tpot)
+            self.feedback.observe(time.monotonic(), lv.arrival_s, tpot / lv.slo.tpot_s)
             ok = ok and tpot <= lv.slo.tpot_s
         m.finished.inc()
         if ok:
@@ -486,7 +551,8 @@ def _model_from(coeffs: Any) -> Optional[StepTimeModel]:
     """A ``StepTimeModel`` from its coefficients as JSON carries them; None when they are not one."""
     try:
         return StepTimeModel(float(coeffs["a_s"]), float(coeffs["b_s_per_token"]),
-                             float(coeffs["c_s_per_context_token"]), float(coeffs.get("safety_factor", 1.0)))
+                             float(coeffs["c_s_per_context_token"]), float(coeffs.get("safety_factor", 1.0)),
+                             float(coeffs.get("host_s", 0.0)))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 

@@ -30,7 +30,11 @@ falls back to vLLM's own step, so vLLM can preempt and make progress.
 
 Measurement: the step time is the interval from the end of ``schedule()`` to
 the start of ``update_from_output()`` (model execution and sampling), on
-``time.perf_counter``. Under async scheduling (overlapped steps) a step is
+``time.perf_counter``. The step *cadence* is the time from the start of one
+``schedule()`` to the start of the next while requests remain (the engine
+did not idle between them); cadence minus step time is the host's per-step
+time (scheduling, output processing, IPC), whose running median is the
+model's ``host_s`` (``OnlineRefit.observe_cadence``), refit or not. Under async scheduling (overlapped steps) a step is
 timed from the later of its schedule end and the previous step's update, a
 close approximation of its own execution. Each measured step feeds
 ``OnlineRefit``; the policy plans with the refitted model.
@@ -74,6 +78,9 @@ logger = logging.getLogger(__name__)
 
 #: Keys of ``SamplingParams.extra_args`` (OpenAI body: ``vllm_xargs``) carrying per-request SLOs.
 TTFT_KEY, TPOT_KEY = "ttft_slo_s", "tpot_slo_s"
+#: ``extra_args`` key of the ingress's arrival stamp (``time.time()`` seconds): the envelope starts
+#: there, so slack counts the time the request spent in front of the engine.
+ARRIVAL_KEY = "arrival_s"
 
 _ADMITTABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 
@@ -123,6 +130,10 @@ class FairBatchingMixin:
         self._fb_first_token_s: dict[str, float] = {}
         self._fb_pending: deque[_PendingStep] = deque()
         self._fb_last_update = 0.0
+        # Step cadence (start to start while busy) for the host time of the step-time model.
+        self._fb_prev_start: float | None = None
+        self._fb_busy = False
+        self._fb_last_forward_s: float | None = None
         self.fb_last_snapshot: list[RequestState] = []
         self.fb_last_plan: BatchPlan | None = None
         self.fb_last_pab: PABReport | None = None
@@ -163,6 +174,14 @@ class FairBatchingMixin:
         self._fb_slos[rid] = slo
         return slo
 
+    def _fb_arrival_of(self, request: Any) -> float:
+        """The ingress's arrival stamp when the request carries one (earlier than vLLM's), else vLLM's."""
+        params = request.sampling_params
+        stamp = ((params.extra_args if params is not None else None) or {}).get(ARRIVAL_KEY)
+        if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp):
+            return min(float(stamp), request.arrival_time)
+        return request.arrival_time
+
     def _fb_state(self, request: Any) -> tuple[RequestState, bool] | None:
         """The policy's view of one vLLM request, and whether it decodes; None if it needs no tokens now."""
         computed = request.num_computed_tokens
@@ -174,7 +193,7 @@ class FairBatchingMixin:
         prompt = request.num_prompt_tokens
         common = dict(
             request_id=request.request_id,
-            arrival_s=request.arrival_time,
+            arrival_s=self._fb_arrival_of(request),
             slo=self._fb_slo_of(request),
             output_tokens=outputs,
             first_token_s=self._fb_first_token_s.get(request.request_id),
@@ -243,6 +262,9 @@ class FairBatchingMixin:
         t0 = time.perf_counter()
         now_s = time.time()
         cfg = self.fb_config
+        if self._fb_prev_start is not None and self._fb_busy and self._fb_last_forward_s is not None:
+            # Back to back with the previous step: its cadence is the time between the two starts.
+            self._fb_set_model(self.fb_refit.observe_cadence(t0 - self._fb_prev_start, self._fb_last_forward_s))
         if self.current_step % 256 == 0:
             self._fb_prune()
         states, is_decode = self._fb_snapshot()
@@ -265,6 +287,7 @@ class FairBatchingMixin:
             self.max_num_scheduled_tokens = saved_tokens
             self.max_num_active_reqs = saved_active
 
+        self._fb_prev_start = t0 if out.total_num_scheduled_tokens > 0 else None
         if plan is None:
             return out
         self.fb_steps += 1
@@ -442,6 +465,7 @@ class FairBatchingMixin:
         if scheduler_output.total_num_scheduled_tokens > 0 and self._fb_pending:
             self._fb_measure(self._fb_pending.popleft(), t_update)
         self._fb_last_update = time.perf_counter()
+        self._fb_busy = self.has_unfinished_requests()
         return result
 
     def _fb_measure(self, pending: _PendingStep, t_update: float) -> None:
@@ -454,14 +478,17 @@ class FairBatchingMixin:
         self._fb_ape_sum += abs(raw - duration) / duration
         self._fb_last_step["measured_s"] = duration
         self._fb_last_step["step_predicted_s"] = pending.predicted_s
+        self._fb_last_forward_s = duration
         if self.fb_config.refit:
             sample = StepSample(pending.prefill_tokens, pending.decode_tokens, pending.context_tokens, duration)
-            new_model = self.fb_refit.observe(sample)
-            if new_model is not model:
-                self.fb_policy.model = new_model
+            self._fb_set_model(self.fb_refit.observe(sample))
         if pending.record is not None and self._fb_log is not None:
             pending.record["measured_s"] = duration
             self._fb_log.write(json.dumps(pending.record) + "\n")
+
+    def _fb_set_model(self, model: StepTimeModel) -> None:
+        if model is not self.fb_policy.model:
+            self.fb_policy.model = model
 
     def _fb_forget(self, rid: str) -> None:
         self._fb_slos.pop(rid, None)
@@ -505,6 +532,8 @@ class FairBatchingMixin:
                 "b_s_per_token": model.b_s_per_token,
                 "c_s_per_context_token": model.c_s_per_context_token,
                 "safety_factor": model.safety_factor,
+                "host_s": model.host_s,
+                "host_samples": self.fb_refit.host_samples,
                 "refits": self.fb_refit.refits,
                 "refit_mape": report.overall.mape if report is not None else None,
             },

@@ -1,4 +1,4 @@
-"""The serving layer's logic without a cluster: registry reservations, the router's hook, config, live reports."""
+"""The serving layer's logic without a cluster: the registry, the local balancer's accounting, the router's hook, config, live reports."""
 
 from __future__ import annotations
 
@@ -19,42 +19,22 @@ def _report(reg: PABRegistry, key: str, pab: float, **kw) -> None:
     reg.report(key, {"pab_tokens": pab, "prefill_rate_tps": 1000.0, "reported_at_s": kw.pop("at", 1.0), **kw})
 
 
-def test_registry_places_on_the_largest_budget_and_debits_at_once():
-    reg = PABRegistry("pab")
-    _report(reg, "a", 1000)
+def test_registry_serves_the_latest_report_of_each_live_node(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("balancer.pab_registry.time.monotonic", lambda: clock[0])
+    reg = PABRegistry(stale_after_s=5.0)
+    _report(reg, "a", 1000, received_ids=["r1"])
     _report(reg, "b", 3000)
-    assert reg.reserve("r1", 1500)["node"] == "b"  # b: 3000 -> 1500
-    assert reg.reserve("r2", 1200)["node"] == "b"  # b 1500 still beats a 1000
-    assert reg.reserve("r3", 400)["node"] == "a"  # b 300 < a 1000
-    snap = reg.snapshot()["nodes"]
-    assert snap["b"]["pab_tokens_debited"] == 300 and snap["b"]["in_flight"] == 2
-
-
-def test_registry_rejects_with_retry_after_when_no_node_has_budget_and_recovers_on_report():
-    reg = PABRegistry("pab")
-    _report(reg, "a", 500)
-    d = reg.reserve("r1", 800)
-    assert d["node"] is None and d["reason"] == "no-budget" and d["retry_after_s"] > 0
-    _report(reg, "a", 900, at=2.0)  # budget returned
-    assert reg.reserve("r2", 800)["node"] == "a"
-
-
-def test_release_returns_the_in_flight_slot_and_unknown_tokens_are_ignored():
-    reg = PABRegistry("power-of-two")
-    _report(reg, "a", 0)
-    assert reg.reserve("r1", 10)["node"] == "a"
-    reg.release("r1")
-    reg.release("r1")
-    reg.release("never")
-    assert reg.snapshot()["nodes"]["a"]["in_flight"] == 0
-
-
-def test_registry_only_considers_the_routers_candidates_and_live_nodes():
-    reg = PABRegistry("pab")
-    _report(reg, "a", 5000)
-    _report(reg, "b", 100)
-    assert reg.reserve("r1", 50, ["b"])["node"] == "b"  # a is not a candidate (e.g. dead)
-    assert reg.reserve("r2", 50, ["c"])["reason"] == "no-engine"
+    _report(reg, "a", 800, at=2.0, received_ids=["r1", "r2"])
+    views = reg.views("router-1", {"placed": 3, "rejected": 1})
+    assert views["a"]["pab_tokens"] == 800 and views["a"]["received_ids"] == ["r1", "r2"]
+    assert set(views) == {"a", "b"}
+    clock[0] += 4.0
+    _report(reg, "b", 2000, at=3.0)
+    clock[0] += 2.0  # a has not reported for 6 s: no longer live
+    assert set(reg.views("router-1", {"placed": 3, "rejected": 1})) == {"b"}
+    snap = reg.snapshot()
+    assert snap["decisions"] == {"placed": 3, "rejected": 1} and not snap["nodes"]["a"]["live"]
 
 
 def _model(b: float, refits: int) -> dict:
@@ -64,7 +44,7 @@ def _model(b: float, refits: int) -> dict:
 def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr("balancer.pab_registry.time.monotonic", lambda: clock[0])
-    reg = PABRegistry("pab", model_max_age_s=30.0)
+    reg = PABRegistry(model_max_age_s=30.0)
     # Before any node refits, there is no deployment model (nodes use their own profile).
     assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(1e-5, 0)}) is None
     assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(2e-4, 1)})["b_s_per_token"] == 2e-4
@@ -89,6 +69,124 @@ def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkey
     assert reg.report("d", {"pab_tokens": 1.0}, {"own_model": {"refits": 9}}) is not None
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _balancer(name: str = "pab", clock=None, **kw):
+    from balancer.admission import BalancerSettings, LocalBalancer
+
+    return LocalBalancer(BalancerSettings(name, **kw), clock=clock or _Clock())
+
+
+def _view(pab: float, at: float, ids=(), **kw) -> dict:
+    return {"pab_tokens": pab, "recovery_tps": 100.0, "reported_at_s": at, "received_ids": list(ids), **kw}
+
+
+def test_local_balancer_places_debits_and_rejects_without_a_remote_call():
+    lb = _balancer()
+    node, decision = lb.admit("r0", 10)
+    assert node is None and decision.reason == "no-engine"
+    lb.apply_views({"a": _view(1000, 1.0), "b": _view(3000, 1.0)})
+    assert lb.admit("r1", 1500)[0] == "b"
+    assert lb.admit("r2", 1200)[0] == "b"  # b: 1500 left
+    assert lb.admit("r3", 400)[0] == "a"  # b: 300 left
+    node, decision = lb.admit("r4", 2000)
+    assert node is None and decision.reason == "no-budget" and 1.0 <= decision.retry_after_s <= 30.0
+    assert lb.stats()["placed"] == 3 and lb.stats()["rejected"] == 2  # the no-engine one and r4
+
+
+def test_repeated_routing_stats_never_wipe_the_routers_own_debits():
+    """The old fallback re-applied stats per request: four 300-token prompts all went to the 900 node."""
+    lb = _balancer()
+    stats = {"a": _view(200, 1.0), "b": _view(900, 1.0)}
+    placed = []
+    for i in range(4):
+        lb.apply_views(stats)  # the same (stale) stats before every decision
+        placed.append(lb.admit(f"r{i}", 300)[0])
+    assert placed == ["b", "b", "b", None]
+
+
+def test_a_debit_survives_fresh_reports_until_the_replica_lists_the_request():
+    lb = _balancer()
+    lb.apply_views({"a": _view(1000, 1.0)})
+    lb.admit("r1", 600)
+    lb.apply_views({"a": _view(1000, 2.0)})  # measured before r1 arrived
+    assert lb.admit("r2", 500)[0] is None  # 400 left, not 1000
+    lb.apply_views({"a": _view(400, 3.0, ids=["r1"])})  # the replica now counts r1 itself
+    assert lb.stats()["nodes"]["a"]["in_transit"] == 0
+    assert lb.admit("r2", 400)[0] == "a"
+
+
+def test_released_on_disconnect_before_and_after_the_first_token():
+    lb = _balancer()
+    lb.apply_views({"a": _view(1000, 1.0)})
+    lb.admit("before", 300)
+    lb.admit("after", 300)
+    lb.apply_views({"a": _view(400, 2.0, ids=["after"])})
+    assert lb.release("before") and lb.release("after") and not lb.release("after")
+    assert lb.stats()["nodes"]["a"]["in_flight"] == 0 and lb.stats()["nodes"]["a"]["in_transit"] == 0
+    assert lb.placement("after") is None
+    lb.apply_views({"a": _view(1000, 3.0)})  # the next report: no debit of either is left
+    assert lb.stats()["nodes"]["a"]["pab_tokens_debited"] == 1000
+
+
+def test_a_retried_request_keeps_its_admission_on_another_replica():
+    lb = _balancer()
+    lb.apply_views({"a": _view(1000, 1.0), "b": _view(100, 1.0)})
+    assert lb.admit("r", 900)[0] == "a"
+    assert lb.admit("r", 900)[0] == "a"  # asked again: same placement, debited once
+    assert lb.move("r", ["b"]) == "b"  # a died: b takes it although its budget is short
+    assert lb.placement("r") == "b" and lb.stats()["nodes"]["b"]["in_flight"] == 1
+
+
+def test_a_registry_restart_never_opens_a_503_window():
+    """The view outlives the registry: decisions go on from the last reports, then from fresh ones."""
+    clock = _Clock()
+    answers = [{"a": _view(5000, 1.0)}, RuntimeError("registry restarting"), RuntimeError("registry restarting"),
+               {"a": _view(4000, 9.0)}]
+    from balancer.admission import BalancerSettings, LocalBalancer
+
+    lb = LocalBalancer(BalancerSettings("pab", stale_after_s=2.0), clock=clock)
+
+    def poll():
+        answer = answers.pop(0)
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            lb.apply_views(answer)
+            lb._fetched_at = clock()
+        except RuntimeError:
+            lb.refresh_failures += 1
+
+    poll()
+    assert lb.registry_ok and lb.admit("r1", 100)[0] == "a"
+    clock.t += 1.0
+    poll()  # registry down: the last view still decides
+    assert lb.admit("r2", 100)[0] == "a"
+    clock.t += 1.5
+    poll()
+    assert not lb.registry_ok  # the router now feeds Serve's routing stats (see the router test)
+    lb.apply_views({"a": _view(3000, 5.0)})  # routing stats of the replica
+    assert lb.admit("r3", 100)[0] == "a"
+    poll()  # registry back, rebuilt from the next report
+    assert lb.admit("r4", 100)[0] == "a" and lb.refresh_failures == 2
+
+
+def test_a_node_that_stops_reporting_takes_no_new_requests():
+    clock = _Clock()
+    lb = _balancer(clock=clock, stale_after_s=2.0)
+    lb.apply_views({"a": _view(1000, 1.0), "b": _view(5000, 1.0)})
+    clock.t += 1.5
+    lb.apply_views({"a": _view(1000, 2.0)})
+    clock.t += 1.0  # b silent for 2.5 s
+    assert lb.live_keys() == ["a"] and lb.admit("r", 2000)[0] is None and lb.admit("s", 500)[0] == "a"
+
+
 class _FakeReplica:
     def __init__(self, key: str, stats: dict):
         self.replica_id = SimpleNamespace(unique_id=key)
@@ -98,41 +196,58 @@ class _FakeReplica:
 def _pending(prompt_tokens: int, rid: str = "req-1"):
     from ray.serve.request_router import PendingRequest
 
-    meta = SimpleNamespace(call_method="generate", internal_request_id=rid, multiplexed_model_id="")
-    return PendingRequest(args=[{"prompt_tokens": prompt_tokens}], kwargs={}, metadata=meta)
+    meta = SimpleNamespace(call_method="generate", internal_request_id=f"serve-{rid}", multiplexed_model_id="")
+    return PendingRequest(args=[{"request_id": rid, "prompt_tokens": prompt_tokens}], kwargs={}, metadata=meta)
 
 
-def _router(**state):
+def _router(lb, **state):
     from balancer.router import PABRequestRouter
 
     router = PABRequestRouter.__new__(PABRequestRouter)  # the hook alone, without Serve's plumbing
     router.initialize_state(**state)
+    router._balancer = lb
     return router
 
 
-def test_router_falls_back_to_routing_stats_without_a_registry_and_fails_the_request_with_429():
+def test_router_sends_an_admitted_request_to_its_replica_and_releases_it_when_done():
+    async def go():
+        lb = _balancer()
+        lb.apply_views({"a": _view(5000, 1.0), "b": _view(100, 1.0)})
+        lb._fetched_at = lb._clock()
+        assert lb.admit("req-1", 300)[0] == "a"
+        router = _router(lb)
+        a, b = _FakeReplica("a", {}), _FakeReplica("b", {})
+        assert await router.choose_replicas([a, b], _pending(300)) == [[a]]
+        router.on_request_completed(a.replica_id, "serve-req-1")
+        assert lb.placement("req-1") is None
+        # Its replica gone (Serve retries elsewhere): the call moves, keeping its admission.
+        lb.admit("req-2", 4000)
+        assert await router.choose_replicas([b], _pending(4000, "req-2")) == [[b]]
+
+    asyncio.run(go())
+
+
+def test_router_admits_a_direct_call_from_routing_stats_and_fails_it_with_429():
     from ray.serve.exceptions import BackPressureError
 
     async def go():
-        router = _router(balancer="pab")
-        a = _FakeReplica("a", {"pab_tokens": 200.0, "prefill_rate_tps": 100.0, "reported_at_s": 1.0})
-        b = _FakeReplica("b", {"pab_tokens": 900.0, "prefill_rate_tps": 100.0, "reported_at_s": 1.0})
-        chosen = await router.choose_replicas([a, b], _pending(300))
-        assert chosen == [[b]] and router.fallback_decisions == 1
-        router.on_request_completed(b.replica_id, "req-1")
+        router = _router(_balancer())  # no registry view at all: the replicas' routing stats decide
+        a = _FakeReplica("a", _view(200, 1.0))
+        b = _FakeReplica("b", _view(900, 1.0))
+        assert await router.choose_replicas([a, b], _pending(300)) == [[b]]
         pr = _pending(5000, "req-2")
         chosen = await router.choose_replicas([a, b], pr)
         assert pr.future.done() and len(chosen) == 1  # Serve sees the request done; nothing is sent
         exc = pr.future.exception()
-        assert isinstance(exc, BackPressureError) and exc.status_code == 429 and exc.retry_after_s > 0
+        assert isinstance(exc, BackPressureError) and exc.status_code == 429 and 1.0 <= exc.retry_after_s <= 30.0
 
     asyncio.run(go())
 
 
 def test_router_waits_with_backoff_before_rejecting_when_asked_to():
     async def go():
-        router = _router(balancer="pab", admission_wait_s=30.0)
-        a = _FakeReplica("a", {"pab_tokens": 10.0, "reported_at_s": 1.0})
+        router = _router(_balancer(), admission_wait_s=30.0)
+        a = _FakeReplica("a", _view(10.0, 1.0))
         pr = _pending(5000)
         assert await router.choose_replicas([a], pr) == []
         assert pr.routing_context.should_backoff and not pr.future.done()

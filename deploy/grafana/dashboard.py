@@ -81,9 +81,10 @@ def _quantiles(metric: str, sel: str, qs=(0.5, 0.9, 0.99)) -> tuple[Q, ...]:
 
 ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
     ("Prefill Admission Budget", (
-        PanelSpec("PAB per node", "Prefill Admission Budget: prompt tokens a node can still accept and give their "
-                  "first token within the TTFT SLO (R * H - W, capped by KV headroom). The router sends each request "
-                  "to the node with the most budget and rejects it when no node has PAB >= its prompt.",
+        PanelSpec("PAB per node", "Prefill Admission Budget: prompt tokens a node can still accept and serve for "
+                  "their whole life within the SLOs (correction * R * (H - front delay) - W, capped by KV headroom, "
+                  "the new request's decode and free seats). The router sends each request to the node with the "
+                  "most budget and rejects it when no node has PAB >= its prompt.",
                   (Q(_by_node("fairbatching_pab_tokens"), "{{node}}"),), unit="none", width=24),
         PanelSpec("PAB part R: prefill rate left", "Prefill tokens per second left after reserving the running decodes.",
                   (Q(_by_node("fairbatching_pab_prefill_rate_tps"), "{{node}}"),), unit="none"),
@@ -91,6 +92,14 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   "requests will still grow into, tokens.",
                   (Q(_by_node("fairbatching_pab_queued_tokens"), "{{node}} queued W"),
                    Q(_by_node("fairbatching_pab_kv_headroom_tokens"), "{{node}} KV headroom")), unit="none"),
+        PanelSpec("Closed loop: correction factor", "Factor on the modelled prefill rate, steered by the measured "
+                  "TTFT and TPOT tails of admitted requests against their SLOs (shrinks fast on a breach, recovers "
+                  "slowly); 1 means the model holds.",
+                  (Q(_by_node("fairbatching_pab_correction", "min"), "{{node}}"),), unit="none", min=0),
+        PanelSpec("Front delay and host time", "Time requests spend in front of the engine (proxy, ingress, router; "
+                  "P90, taken off the budget's horizon) and the per-step host time of the step-time model.",
+                  (Q(_by_node("fairbatching_front_delay_s"), "{{node}} front delay"),
+                   Q(_by_node("fairbatching_step_host_time_s"), "{{node}} host time per step")), unit="s"),
     )),
     ("Step", (
         PanelSpec("Time budget per step", "max(min decode slack, min decode TPOT): the time the next step may take.",

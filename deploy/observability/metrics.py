@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 ENGINE = "node/engine_replica.py"
-ROUTER = "balancer/router.py"
+ROUTER = "balancer/admission.py"
 VLLM = "vllm (RayPrometheusStatLogger)"
 
 #: Latency bucket bounds of the engine replica's TTFT/TPOT histograms, seconds.
@@ -51,6 +51,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("fairbatching_pab_prefill_rate_tps", "gauge", _NR, "PAB part R: prefill tokens/s left", ENGINE),
     MetricSpec("fairbatching_pab_queued_tokens", "gauge", _NR, "PAB part W: queued prompt tokens", ENGINE),
     MetricSpec("fairbatching_pab_kv_headroom_tokens", "gauge", _NR, "PAB KV headroom, tokens", ENGINE),
+    # the closed loop (node.feedback): measured latency corrects the budget
+    MetricSpec("fairbatching_pab_correction", "gauge", _NR, "Closed-loop factor on the prefill rate (1 = as modelled)", ENGINE),
+    MetricSpec("fairbatching_front_delay_s", "gauge", _NR, "Time in front of the engine (P90), taken off the PAB horizon, s", ENGINE),
+    MetricSpec("fairbatching_step_host_time_s", "gauge", _NR, "Per-step host time of the step-time model, s", ENGINE),
     # the step: budget, step-time model, plan
     MetricSpec("fairbatching_time_budget_s", "gauge", _NR, "Time budget of the last step, s", ENGINE),
     MetricSpec("fairbatching_step_time_predicted_s", "gauge", _NR, "Predicted time of the last step, s", ENGINE),

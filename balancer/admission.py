@@ -1,0 +1,284 @@
+"""Admission and placement in the caller's own process: the local balancer.
+
+``LocalBalancer`` holds the balancer's placement policy (``balancer.registry``,
+the code the simulator runs) over the engine replicas, with a view refreshed in
+the background: a thread polls the PAB registry's ``views()`` every
+``refresh_interval_s`` (the replicas' report interval). Admitting, placing,
+debiting and rejecting a request are local calls under a lock: no remote call
+sits on a request's path, so a refusal costs microseconds and a 429 comes back
+at once. One instance per engine deployment per process
+(``local_balancer(...)``): the ingress admits a request with it before calling
+the engine, and the router, in the same process, sends the call where it was
+placed.
+
+Accounting (``balancer.placement``): each placement's debit is keyed by
+request id and survives fresh reports until the replica lists the request as
+received; ``release(request_id)`` ends it on completion, error, cancel or client
+disconnect (the ingress calls it in a ``finally``, the router's
+``on_request_completed`` too: releasing twice is harmless). A request Serve
+retries (its replica died) keeps its admission and moves to another replica.
+When the registry is unreachable (restarting), the replicas' routing stats,
+which Serve polls in the background, keep the view fresh; a restarted registry
+is rebuilt by the next round of reports.
+
+The Serve request router (``balancer.router``) is a thin hook over this
+module: Serve pickles a router's module by value, so anything shared between
+the router and the ingress must live here, imported by reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+from balancer.placement import Decision, PlacementPolicy
+from balancer.pab_registry import view_from_dict
+from balancer.registry import make_placement
+
+logger = logging.getLogger("ray.serve")
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    """How a deployment's requests are balanced: the placement policy, its caps and the refresh.
+
+    Plain JSON-able data (``to_dict`` / ``from_dict``): Serve passes it to the router as JSON.
+    """
+
+    balancer: str = "pab"
+    knobs: dict[str, Any] = field(default_factory=dict)  # the policy's own keyword arguments
+    admission_cap: Optional[int] = None  # naive cap on queued prompt tokens per node
+    max_in_flight: Optional[int] = None  # static cap on requests per node
+    refresh_interval_s: float = 0.05
+    stale_after_s: float = 2.0  # a node not reported for this long takes no new requests
+    registry_timeout_s: float = 2.0  # one poll of the registry gives up after this long
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BalancerSettings":
+        return cls(**data)
+
+    def make_policy(self, node_ids: list[int]) -> PlacementPolicy:
+        return make_placement(self.balancer, node_ids, admission_cap=self.admission_cap,
+                              max_in_flight=self.max_in_flight, **self.knobs)
+
+
+class LocalBalancer:
+    """A placement policy over node keys (Serve replica ids) with a background-refreshed view."""
+
+    def __init__(self, settings: BalancerSettings, fetch_views: Optional[Callable[[dict], dict]] = None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        settings.make_policy([0])  # validate the settings now
+        self.settings = settings
+        self._fetch_views = fetch_views
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._policy: Optional[PlacementPolicy] = None
+        self._ids: dict[str, int] = {}  # node key -> policy node id, in order of first sight
+        self._keys: dict[int, str] = {}
+        self._seen_at: dict[str, float] = {}  # node key -> when its last report reached us
+        self.placed = 0
+        self.rejected = 0
+        self.refresh_failures = 0
+        self._fetched_at = -float("inf")  # when the registry last answered
+        self.key = f"{os.getpid()}:{id(self):x}"
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    # -- the view ---------------------------------------------------------------------
+
+    def apply_views(self, views: dict[str, dict[str, Any]]) -> None:
+        """Fresh reports by node key (``NodeView`` fields as plain data); unknown fields are ignored."""
+        now = self._clock()
+        with self._lock:
+            for key, data in views.items():
+                node_id = self._ids.get(key)
+                if node_id is None:
+                    node_id = self._ids[key] = len(self._ids)
+                    self._keys[node_id] = key
+                self._seen_at[key] = now
+                self._ensure_member(node_id)
+                self._policy.update(view_from_dict(node_id, data))
+            self._refresh_members(now)
+
+    def _ensure_member(self, node_id: int) -> None:
+        if self._policy is None:
+            self._policy = self.settings.make_policy([node_id])
+        elif node_id not in self._policy.node_ids:
+            self._policy.set_nodes(self._policy.node_ids + [node_id])
+
+    def _refresh_members(self, now: float) -> None:
+        live = [self._ids[k] for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s]
+        if self._policy is not None and live and sorted(live) != sorted(self._policy.node_ids):
+            self._policy.set_nodes(sorted(live))
+
+    @property
+    def registry_ok(self) -> bool:
+        """Whether the registry answered within ``stale_after_s`` (else the router's routing stats feed the view)."""
+        return self._clock() - self._fetched_at <= self.settings.stale_after_s
+
+    def live_keys(self) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            return sorted(k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s)
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def admit(self, request_id: str, prompt_tokens: int,
+              candidates: Optional[Iterable[str]] = None) -> tuple[Optional[str], Decision]:
+        """Place ``request_id`` (``prompt_tokens`` >= 1) or refuse it: ``(node key or None, decision)``.
+
+        ``candidates`` (node keys) restricts where it may go (the replicas
+        Serve can reach now). No live node gives a rejection with reason
+        ``no-engine``. A request already placed keeps its placement.
+        """
+        now = self._clock()
+        with self._lock:
+            if self._policy is not None:
+                self._refresh_members(now)
+            live = {k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s}
+            if candidates is not None:
+                live &= set(candidates)
+            held = self._policy.placements.get(request_id) if self._policy is not None else None
+            if held is not None:
+                return self._keys[held.node_id], Decision(held.node_id, "admitted")
+            if not live:
+                self.rejected += 1
+                return None, Decision(None, "no-engine", 1.0)
+            members = sorted(self._ids[k] for k in live)
+            if members != sorted(self._policy.node_ids):
+                saved = list(self._policy.node_ids)
+                self._policy.set_nodes(members)
+                decision = self._policy.choose(request_id, prompt_tokens)
+                self._policy.set_nodes(saved)
+            else:
+                decision = self._policy.choose(request_id, prompt_tokens)
+            if decision.rejected:
+                self.rejected += 1
+                return None, decision
+            self.placed += 1
+            return self._keys[decision.node_id], decision
+
+    def placement(self, request_id: str) -> Optional[str]:
+        with self._lock:
+            held = self._policy.placements.get(request_id) if self._policy is not None else None
+            return None if held is None else self._keys[held.node_id]
+
+    def move(self, request_id: str, candidates: Iterable[str]) -> Optional[str]:
+        """Re-place an admitted request among ``candidates`` (its replica is gone), keeping its admission."""
+        with self._lock:
+            if self._policy is None or request_id not in self._policy.placements:
+                return None
+            allowed = {self._ids[k] for k in candidates if k in self._ids}
+            exclude = [n for n in self._policy.node_ids if n not in allowed]
+            saved = list(self._policy.node_ids)
+            if not allowed:
+                return None
+            self._policy.set_nodes(sorted(set(saved) | allowed))
+            target = self._policy.move(request_id, exclude=exclude)
+            self._policy.set_nodes(saved)
+            return None if target is None else self._keys[target]
+
+    def release(self, request_id: str) -> bool:
+        with self._lock:
+            return self._policy is not None and self._policy.release(request_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for status pages: decisions, requests held, debits in transit per node."""
+        with self._lock:
+            policy = self._policy
+            nodes = {}
+            if policy is not None:
+                for key, nid in self._ids.items():
+                    v = policy.view(nid)
+                    nodes[key] = {"pab_tokens_debited": v.pab_tokens, "in_flight": v.in_flight,
+                                  "in_transit": policy.in_transit(nid)}
+            return {"placed": self.placed, "rejected": self.rejected, "refresh_failures": self.refresh_failures,
+                    "nodes": nodes}
+
+    # -- background refresh -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling ``fetch_views`` every ``refresh_interval_s`` in a daemon thread (idempotent)."""
+        if self._thread is not None or self._fetch_views is None:
+            return
+        self._thread = threading.Thread(target=self._refresh_loop, name="pab-view-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.apply_views(self._fetch_views(self.stats()))
+                self._fetched_at = self._clock()
+            except Exception as exc:  # noqa: BLE001 - the registry restarts or is gone: keep the last view
+                self.refresh_failures += 1
+                if self.refresh_failures in (1, 10, 100) or self.refresh_failures % 1000 == 0:
+                    logger.warning("PAB view refresh failed (%s: %s); deciding on the last view and "
+                                   "the replicas' routing stats", type(exc).__name__, exc)
+            self._stop.wait(self.settings.refresh_interval_s)
+
+
+# ------------------------------------------------------------------------------ per process
+
+_BALANCERS: dict[tuple[str, str], LocalBalancer] = {}
+_BALANCERS_LOCK = threading.Lock()
+
+
+def registry_fetcher(app_name: str, engine_deployment: str, timeout_s: float = 2.0) -> Callable[[dict], dict]:
+    """A function that asks the deployment's PAB registry for its views (finding it again after a restart)."""
+    import ray
+
+    from balancer.pab_registry import find_registry
+
+    state: dict[str, Any] = {"handle": None}
+    key = f"{os.getpid()}:{app_name}:{engine_deployment}"
+
+    def fetch(router_stats: dict) -> dict:
+        if state["handle"] is None:
+            state["handle"] = find_registry(app_name, engine_deployment)
+            if state["handle"] is None:
+                raise LookupError("no PAB registry yet")
+        try:
+            return ray.get(state["handle"].views.remote(key, router_stats), timeout=timeout_s)
+        except Exception:
+            state["handle"] = None
+            raise
+
+    return fetch
+
+
+def local_balancer(app_name: str, engine_deployment: str, settings: BalancerSettings) -> LocalBalancer:
+    """This process's balancer for ``engine_deployment`` of ``app_name``, created and started on first use."""
+    key = (app_name, engine_deployment)
+    with _BALANCERS_LOCK:
+        lb = _BALANCERS.get(key)
+        if lb is None:
+            fetch = registry_fetcher(app_name, engine_deployment, settings.registry_timeout_s)
+            lb = _BALANCERS[key] = LocalBalancer(settings, fetch)
+            lb.start()
+        return lb
+
+
+_rejections = None
+
+
+def count_rejection() -> None:
+    """Count one admission rejection (exported as ``ray_fairbatching_admission_rejections_total``)."""
+    global _rejections
+    try:
+        if _rejections is None:
+            from ray.util.metrics import Counter
+
+            _rejections = Counter("fairbatching_admission_rejections_total",
+                                  description="Requests rejected at admission (HTTP 429)")
+        _rejections.inc()
+    except Exception:  # metrics must never fail a request
+        logger.exception("could not record an admission rejection")

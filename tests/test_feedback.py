@@ -1,0 +1,65 @@
+"""The admission budget's closed loop: shrink fast on a measured breach, once per round trip, recover slowly."""
+
+import pytest
+
+from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, quantile
+
+
+def test_a_breach_shrinks_the_factor_by_the_gradient_at_most_halving_it():
+    fb = LatencyFeedback(FeedbackConfig(target_ratio=0.8, max_decrease=0.5, min_samples=4))
+    for i in range(4):
+        fb.observe(now_s=1.0, arrival_s=0.1 * i, ratio=1.0)  # TTFT at the SLO: 1.0 > 0.8
+    assert fb.update(1.0) == pytest.approx(0.8)  # 0.8 / 1.0
+    for i in range(4):
+        fb.observe(now_s=2.5, arrival_s=2.0 + 0.1 * i, ratio=4.0)
+    assert fb.update(2.5) == pytest.approx(0.4)  # 0.8 / 4 = 0.2, but at most halved
+    assert fb.decreases == 2
+
+
+def test_breaches_of_requests_admitted_before_the_last_decrease_do_not_shrink_it_again():
+    fb = LatencyFeedback(FeedbackConfig(min_samples=2, increase_step=0.0))
+    for t in (0.1, 0.2):
+        fb.observe(1.0, t, 2.0)
+    fb.update(1.0)
+    shrunk = fb.factor
+    for t in (0.15, 0.18, 0.19):  # late, but admitted under the old budget
+        fb.observe(2.0, t, 3.0)
+    assert fb.update(2.0) == shrunk
+    for t in (1.5, 1.6):  # admitted after the decrease, still late: shrink again
+        fb.observe(3.0, t, 3.0)
+    assert fb.update(3.0) < shrunk
+
+
+def test_without_a_breach_the_factor_recovers_additively_up_to_its_cap():
+    fb = LatencyFeedback(FeedbackConfig(increase_step=0.1, interval_s=1.0, min_samples=1))
+    fb.observe(0.5, 0.0, 5.0)
+    fb.update(1.0)
+    low = fb.factor
+    assert fb.update(1.5) == low  # within the interval: no change
+    values = [fb.update(2.0 + i) for i in range(20)]  # no samples at all: it still probes upward
+    assert values[0] == pytest.approx(low + 0.1) and values[-1] == 1.0
+    for i in range(10):
+        fb.observe(30.0, 25.0 + i, 0.5)  # good latencies keep it there
+    assert fb.update(30.0) == 1.0
+
+
+def test_a_disabled_loop_keeps_the_model_as_it_is():
+    fb = LatencyFeedback(FeedbackConfig(enabled=False))
+    for i in range(10):
+        fb.observe(1.0, i, 10.0)
+    assert fb.update(5.0) == 1.0
+
+
+def test_front_delay_is_a_tail_of_what_was_measured():
+    fd = FrontDelay(quantile_=0.9)
+    assert fd.value_s == 0.0
+    for d in range(1, 11):
+        fd.observe(d / 100)
+    fd.observe(-1.0)  # clock skew never counts as negative time
+    assert fd.value_s == pytest.approx(quantile([0.0] + [d / 100 for d in range(1, 11)], 0.9))
+
+
+def test_bad_knobs_are_refused():
+    for bad in (dict(quantile=0), dict(target_ratio=1.5), dict(max_decrease=1.0), dict(min_factor=0)):
+        with pytest.raises(ValueError):
+            FeedbackConfig(**bad)
