@@ -1,9 +1,10 @@
 """PAB placement: send a request to the node with the largest Prefill Admission Budget (DESIGN section 3).
 
 A request of ``L`` uncached prompt tokens goes to the node whose (debited)
-view has the largest PAB; that view is debited by ``L`` at once. When no node
-has ``PAB >= L`` the request is rejected at admission (HTTP 429 with a
-Retry-After hint).
+view has the largest PAB among those with ``PAB >= L`` and a free slot (when
+the node counts slots: ``node.pab``); that view is debited by ``L`` and one
+slot at once. When no node qualifies the request is rejected at admission
+(HTTP 429 with a Retry-After hint).
 
 Variants, as knobs:
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from balancer.placement import PlacementPolicy
+from balancer.placement import PlacementPolicy, has_room
 
 
 class PABPlacement(PlacementPolicy):
@@ -43,11 +44,12 @@ class PABPlacement(PlacementPolicy):
 
     def _pick(self, prompt_tokens: int) -> int | None:
         views = self.views
-        # Ties go to the lowest node id: deterministic, and debits spread a burst anyway.
-        largest = max(self.node_ids, key=lambda n: (views[n].pab_tokens, -n))
-        if views[largest].pab_tokens < prompt_tokens:
-            return None if self.reject else largest
+        fitting = [n for n in self.node_ids if has_room(views[n], prompt_tokens)]
+        if not fitting:
+            if self.reject:
+                return None
+            return max(self.node_ids, key=lambda n: (views[n].pab_tokens, -n))
         if self.fit == "best":
-            fitting = [n for n in self.node_ids if views[n].pab_tokens >= prompt_tokens]
             return min(fitting, key=lambda n: (views[n].pab_tokens, n))
-        return largest
+        # Ties go to the lowest node id: deterministic, and debits spread a burst anyway.
+        return max(fitting, key=lambda n: (views[n].pab_tokens, -n))

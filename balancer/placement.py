@@ -57,7 +57,9 @@ class NodeView:
     the node's clock when it measured all this. ``recovery_tps`` (how fast
     its budget grows back with nothing new admitted) gives the Retry-After;
     ``prefill_rate_tps`` is PAB's R; ``kv_capacity_tokens`` lets the balancer
-    debit KV usage locally. Each may be 0 when unknown. ``received_ids`` are
+    debit KV usage locally. Each may be 0 when unknown. ``slots_free`` is how
+    many more requests the node can carry (decode time, seats; ``None``: no
+    such limit) and ``slot_wait_s`` how soon one frees. ``received_ids`` are
     the ids of requests the node received recently: at least every one since
     its previous report (``None``: the node does not say).
     """
@@ -72,6 +74,8 @@ class NodeView:
     prefill_rate_tps: float = 0.0
     kv_capacity_tokens: int = 0
     recovery_tps: float = 0.0
+    slots_free: float | None = None
+    slot_wait_s: float = 0.0
     received_ids: frozenset[str] | None = None
 
 
@@ -104,6 +108,8 @@ class _LocalView:
     prefill_rate_tps: float = 0.0
     kv_capacity_tokens: int = 0
     recovery_tps: float = 0.0
+    slots_free: float | None = None
+    slot_wait_s: float = 0.0
     reported_at_s: float = 0.0
 
 
@@ -181,6 +187,8 @@ class PlacementPolicy:
         local.prefill_rate_tps = view.prefill_rate_tps
         local.kv_capacity_tokens = view.kv_capacity_tokens
         local.recovery_tps = view.recovery_tps
+        local.slots_free = view.slots_free
+        local.slot_wait_s = view.slot_wait_s
         local.reported_at_s = view.reported_at_s
         transit = self._in_transit[view.node_id]
         if view.received_ids is None:
@@ -253,6 +261,8 @@ class PlacementPolicy:
             prefill_rate_tps=v.prefill_rate_tps,
             kv_capacity_tokens=v.kv_capacity_tokens,
             recovery_tps=v.recovery_tps,
+            slots_free=v.slots_free,
+            slot_wait_s=v.slot_wait_s,
         )
 
     def in_transit(self, node_id: int) -> int:
@@ -265,8 +275,8 @@ class PlacementPolicy:
         """Place one request of ``prompt_tokens`` uncached prompt tokens, or reject it.
 
         On placement the chosen node's local view is debited at once: PAB
-        ``-= L``, queued prefill ``+= L``, waiting and in-flight ``+= 1``, KV
-        usage by ``L`` over its capacity. A request id already placed keeps
+        ``-= L``, queued prefill ``+= L``, waiting and in-flight ``+= 1``, one
+        slot, KV usage by ``L`` over its capacity. A request id already placed keeps
         its placement (a retry of an admitted request is never refused).
         Raises ``ValueError`` for a prompt of fewer than one token.
         """
@@ -300,26 +310,37 @@ class PlacementPolicy:
         v.pab_tokens -= prompt_tokens
         v.queued_prefill_tokens += prompt_tokens
         v.waiting += 1
+        if v.slots_free is not None:
+            v.slots_free -= 1
         if v.kv_capacity_tokens > 0:
             v.kv_usage = min(1.0, v.kv_usage + prompt_tokens / v.kv_capacity_tokens)
 
     def _retry_after_s(self, prompt_tokens: int) -> float:
         """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
-        return retry_after_s(prompt_tokens, ((v.pab_tokens, v.recovery_tps) for v in self.views.values()))
+        return retry_after_s(prompt_tokens, (
+            (v.pab_tokens, v.recovery_tps, v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+            for v in self.views.values() if v.node_id in self.node_ids))
 
 
-def retry_after_s(prompt_tokens: int, budgets: Iterable[tuple[float, float]]) -> float:
-    """Predicted wait until one of the ``(pab_tokens, recovery_tps)`` budgets covers ``prompt_tokens``.
+def has_room(view: _LocalView | NodeView, prompt_tokens: int) -> bool:
+    """Whether a (debited) view covers a request: budget for its prompt and, where counted, a free slot."""
+    return view.pab_tokens >= prompt_tokens and (view.slots_free is None or view.slots_free >= 1)
 
-    A budget that already covers the prompt (a request refused by a cap) and a
-    budget that does not grow back give the bounds: the result is clamped to
+
+def retry_after_s(prompt_tokens: int, budgets: Iterable[tuple[float, float, float]]) -> float:
+    """Predicted wait until one of the ``(pab_tokens, recovery_tps, slot_wait_s)`` budgets covers ``prompt_tokens``.
+
+    A node's wait is the longer of its budget's (``(L - PAB) / recovery_tps``)
+    and its slot's (``slot_wait_s``, 0 when it has one free). A budget that
+    already covers the prompt (a request refused by a cap) and a budget that
+    does not grow back give the bounds: the result is clamped to
     [``RETRY_AFTER_MIN_S``, ``RETRY_AFTER_MAX_S``].
     """
     best = math.inf
-    for pab, recovery in budgets:
+    for pab, recovery, slot_wait in budgets:
         short = prompt_tokens - pab
         if short <= 0:
-            best = 0.0
+            best = min(best, slot_wait)
         elif recovery > 0:
-            best = min(best, short / recovery)
+            best = min(best, max(short / recovery, slot_wait))
     return min(max(best, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-app = typer.Typer(help="Benchmarks (planning overhead, live engine A/B).", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks (planning overhead, live engine A/B, overload at the client).", no_args_is_help=True)
 
 
 @app.command("overhead")
@@ -115,3 +115,81 @@ def engine(
     json_out.write_text(json.dumps(doc, indent=2) + "\n")
     if tmp is not None:
         tmp.cleanup()
+
+
+def _floats(value: str, name: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be numbers separated by commas, got {value!r}") from None
+    if not out or any(v <= 0 for v in out):
+        raise typer.BadParameter(f"{name} must hold positive numbers")
+    return out
+
+
+@app.command("overload")
+def overload(
+    url: str = typer.Option(None, help="Measure this running endpoint (one arm, needs --capacity-rps). "
+                                       "Without it every --arms arm runs on a fresh local cluster."),
+    label: str = typer.Option("endpoint", help="Name of the --url arm in the report."),
+    arms: str = typer.Option(",".join(("pab", "serve-default", "inflight-cap")),
+                             help="Local arms, comma-separated: pab, serve-default, inflight-cap."),
+    capacity_rps: float = typer.Option(None, help="The cluster's capacity in req/s (default: measured first, "
+                                                  "on serve-default, by a ramp)."),
+    multiples: str = typer.Option("0.5,1,2,4,8", help="Offered rates as multiples of the capacity."),
+    ramp: str = typer.Option("2,4,6,8,10,12,16,20", help="Rates of the capacity ramp, req/s."),
+    duration_s: float = typer.Option(30.0, min=1.0, help="Seconds of Poisson arrivals per offered rate."),
+    prompt_tokens: int = typer.Option(512, min=1, help="Prompt length of every request, tokens."),
+    output_tokens: int = typer.Option(32, min=1, help="Output length of every request, tokens."),
+    ttft_slo: float = typer.Option(2.0, "--ttft-slo", min=0.001, help="TTFT SLO, seconds."),
+    tpot_slo: float = typer.Option(0.25, "--tpot-slo", min=0.001, help="TPOT SLO, seconds."),
+    in_flight_cap: int = typer.Option(None, min=1, help="Cap of the inflight-cap arm, requests per engine "
+                                                        "(default: Little's law at capacity)."),
+    seed: int = typer.Option(0, help="Seed of the arrivals and prompts."),
+    json_out: Path = typer.Option(Path("bench/results/overload.json"), "--json", help="Where to write the results."),
+    png_out: Path = typer.Option(None, "--png", help="Where to write the plot (default: next to --json)."),
+) -> None:
+    """Goodput and admitted attainment from 0.5x to 8x capacity, at the client: PAB vs Serve's router vs a cap."""
+    from cluster.overload import ARMS, OverloadConfig, plot, run_local, run_url
+
+    cfg = OverloadConfig(prompt_tokens=prompt_tokens, output_tokens=output_tokens, ttft_slo_s=ttft_slo,
+                         tpot_slo_s=tpot_slo, duration_s=duration_s, multiples=_floats(multiples, "--multiples"),
+                         ramp_rps=_floats(ramp, "--ramp"), seed=seed)
+    console = Console()
+    say = lambda m: console.print(f"[dim]{m}[/dim]")  # noqa: E731
+    if url is not None:
+        if capacity_rps is None:
+            raise typer.BadParameter("--url needs --capacity-rps (a capacity ramp needs a cluster without admission)")
+        result = run_url(url.rstrip("/"), label, cfg, capacity_rps, say)
+    else:
+        arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
+        if not arm_list or any(a not in ARMS for a in arm_list):
+            raise typer.BadParameter(f"--arms must be among {', '.join(ARMS)}")
+        result = run_local(arm_list, cfg, capacity_rps=capacity_rps, in_flight_cap=in_flight_cap, progress=say)
+    table = Table(title=f"overload on {result.machine}: capacity {result.capacity_rps:g} req/s "
+                        f"({prompt_tokens}/{output_tokens} tokens, SLO {ttft_slo:g} s / {tpot_slo * 1e3:g} ms)")
+    for col in ("arm", "offered", "req/s", "admitted attain", "goodput", "vs peak", "rejected", "429 p50/p99 s",
+                "TTFT p50/p99 s", "TPOT p99 ms", "lost"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
+    for arm, rows in result.arms.items():
+        peak = max((r["goodput_rps"] for r in rows), default=0.0) or 1.0
+        for r in rows:
+            table.add_row(arm, f"{r.get('multiple', 1):g}x", f"{r['rate_rps']:.1f}", fmt(r["admitted_attainment"]),
+                          fmt(r["goodput_rps"]), f"{r['goodput_rps'] / peak:.2f}",
+                          f"{r['rejected']}/{r['requests']}",
+                          f"{fmt(r['rejection_latency_p50_s'])}/{fmt(r['rejection_latency_p99_s'])}",
+                          f"{fmt(r['ttft_p50'])}/{fmt(r['ttft_p99'])}", fmt(r["tpot_p99"] and r["tpot_p99"] * 1e3, "{:.0f}"),
+                          str(r["lost"] + r["dropped"]))
+    console.print(table)
+    if len(result.low_load) > 1 and "serve-default" in result.low_load:
+        base = result.low_load["serve-default"]
+        for arm, low in result.low_load.items():
+            if arm != "serve-default" and low["ttft_p50"] is not None and base["ttft_p50"] is not None:
+                console.print(f"added TTFT at {cfg.low_load_rps:g} req/s, {arm} vs serve-default: "
+                              f"p50 {1e3 * (low['ttft_p50'] - base['ttft_p50']):+.1f} ms, "
+                              f"p99 {1e3 * (low['ttft_p99'] - base['ttft_p99']):+.1f} ms")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    png = plot(result, png_out or json_out.with_suffix(".png"))
+    console.print(f"wrote {json_out} and {png}")

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import httpx
 
-from cluster.sim.metrics import summarize
+from cluster.sim.metrics import percentile, summarize
 from cluster.sim.node import SimRequest
 from cluster.workload import Workload
 from node.request import SLO
@@ -48,6 +48,7 @@ class LiveRecord:
     error: Optional[str] = None
     node: Optional[str] = None
     retry_after: Optional[str] = None
+    done_s: Optional[float] = None  # when the response ended (a refusal's body read, a stream's end)
 
     @property
     def completed(self) -> bool:
@@ -79,6 +80,11 @@ def live_report(records: list[LiveRecord], slo: SLO, offered_span_s: float) -> d
     report["status_codes"] = dict(Counter(str(r.status) for r in records))
     report["errors"] = dict(Counter(r.error.split(":")[0] for r in records if r.error))
     report["requests_per_node"] = dict(Counter(r.node for r in records if r.node))
+    refused = [r for r in records if r.status == 429]
+    waits = [r.done_s - r.sent_s for r in refused if r.done_s is not None and r.sent_s is not None]
+    report["rejection_latency_p50_s"] = percentile(waits, 50)
+    report["rejection_latency_p99_s"] = percentile(waits, 99)
+    report["rejections_without_retry_after"] = sum(1 for r in refused if not r.retry_after)
     return report
 
 
@@ -96,6 +102,7 @@ async def _one(client: httpx.AsyncClient, rec: LiveRecord, body: dict, headers: 
             if resp.status_code != 200:
                 rec.retry_after = resp.headers.get("retry-after")
                 text = (await resp.aread()).decode(errors="replace")
+                rec.done_s = time.perf_counter() - t0
                 rec.error = None if resp.status_code == 429 else f"http {resp.status_code}: {text[:200]}"
                 return
             async for line in resp.aiter_lines():
@@ -115,8 +122,11 @@ async def _one(client: httpx.AsyncClient, rec: LiveRecord, body: dict, headers: 
                 for choice in msg.get("choices", ()):
                     if choice.get("finish_reason"):
                         rec.finish_reason = choice["finish_reason"]
+            rec.done_s = time.perf_counter() - t0
             if rec.finish_reason is None:
                 rec.error = "stream ended without a finish reason"
+            elif len(rec.token_times) != rec.output_tokens:
+                rec.error = f"short output: {len(rec.token_times)} of {rec.output_tokens} tokens"
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is silent
         rec.error = f"{type(exc).__name__}: {exc}"
 

@@ -169,7 +169,7 @@ def evaluate(model: StepTimeModel, samples: list[StepSample]) -> FitReport:
             return ErrorStats(0, float("nan"), float("nan"))
         errors = [abs(raw.predict_s(s.new_tokens, s.context_tokens) - s.duration_s) for s in group]
         mape = sum(e / s.duration_s for e, s in zip(errors, group)) / len(group)
-        return ErrorStats(len(group), mape, _percentile(errors, 99.0))
+        return ErrorStats(len(group), mape, percentile(errors, 99.0))
 
     kinds = (BatchKind.DECODE_ONLY, BatchKind.PREFILL_ONLY, BatchKind.MIXED)
     by_kind = {k: stats([s for s in samples if s.kind == k]) for k in kinds}
@@ -382,7 +382,8 @@ class OnlineRefit:
         return list(self._samples)
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values`` by linear interpolation; NaN when empty (standard library only)."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")

@@ -231,6 +231,7 @@ class EngineReplica:
         self.front_delay = FrontDelay()
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
         self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
+        self.prompts_seen: deque[int] = deque(maxlen=256)  # prompt lengths of recently received requests
 
         args = dict(self.spec.engine_args)
         args.setdefault("served_model_name", self.spec.served_model_name)
@@ -347,6 +348,7 @@ class EngineReplica:
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_num_seqs=self.max_num_seqs,
             expected_output_tokens=self.expected_output_tokens(),
+            typical_prompt_tokens=sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None,
             correction=self.feedback.factor,
             front_delay_s=self.front_delay.value_s,
         )
@@ -373,6 +375,8 @@ class EngineReplica:
             "prefill_rate_tps": rep.prefill_rate_tps,
             "kv_capacity_tokens": self.kv_capacity_tokens,
             "recovery_tps": rep.recovery_tps,
+            "slots_free": rep.slots_free,
+            "slot_wait_s": rep.slot_wait_s,
             "received_ids": self.received_ids(),
         }
         m = self.metrics
@@ -491,6 +495,7 @@ class EngineReplica:
             extra_args=extra,
         )
         ids = list(req["prompt_token_ids"])
+        self.prompts_seen.append(len(ids))
         live = _Live(arrival_s=arrival_s, prompt_tokens=len(ids), max_tokens=req["max_tokens"], slo=slo)
         self.live[rid] = live
         done = False

@@ -33,15 +33,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-
-def quantile(values: list[float], q: float) -> float:
-    """The ``q``-quantile (0..1) of ``values`` by linear interpolation; NaN when empty."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * q
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+from node.cost_model import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +91,7 @@ class LatencyFeedback:
         while self._samples and now_s - self._samples[0][0] > cfg.window_s:
             self._samples.popleft()
         fresh = [r for _, arrived, r in self._samples if arrived > self._last_decrease_arrival]
-        tail = quantile(fresh, cfg.quantile) if len(fresh) >= cfg.min_samples else None
+        tail = percentile(fresh, 100 * cfg.quantile) if len(fresh) >= cfg.min_samples else None
         self.last_tail_ratio = tail
         if tail is not None and tail > cfg.target_ratio:
             step = max(cfg.max_decrease, cfg.target_ratio / tail)
@@ -126,4 +118,4 @@ class FrontDelay:
 
     @property
     def value_s(self) -> float:
-        return quantile(list(self._delays), self.q) if self._delays else 0.0
+        return percentile(list(self._delays), 100 * self.q) if self._delays else 0.0

@@ -14,18 +14,23 @@ all three, in prompt tokens of one more request of the typical output length:
   ``max_num_batched_tokens`` minus the decodes; the step then lasts
   ``h + a + T_dec + (b + c) * q`` (``h``: per-step host time, so this is the
   step cadence), and ``R = q / step``;
-* ``R`` is scaled by the node's measured ``correction`` (closed loop,
-  ``node.feedback``) and the horizon shortened by the measured delay in front
-  of the engine: time-limited budget ``correction * R * (H - front_delay) - W``,
-  ``W`` the prompt tokens queued within the horizon;
+* the node's measured ``correction`` (closed loop, ``node.feedback``) says it
+  runs ``1 / correction`` times slower than the model: every cost is scaled
+  by it before anything above is computed; the horizon is shortened by the
+  measured delay in front of the engine: time-limited budget
+  ``R * (H - front_delay) - W``, ``W`` the prompt tokens queued within the horizon;
 * caps: KV headroom (free KV minus what live requests still grow into, minus
   the new request's expected output), the new request's own decode (its
-  ``b + c * (L + E / 2)`` must still fit the step with all the others) and a
-  free sequence seat (``max_num_seqs``).
+  ``b + c * (L + E / 2)`` must still fit the step with all the others);
+* **slots**: how many more requests of the typical prompt length the step can
+  carry as decodes, and never more than the free sequence seats
+  (``max_num_seqs``). A prompt budget alone never limits short prompts: each
+  one still brings a decode for its whole output. No slot, no budget.
 
 ``PAB`` is the smallest of these; ``PABReport.binding`` names which one binds.
 ``recovery_tps`` says how fast the binding limit grows back when nothing new is
-admitted (the balancer's Retry-After: ``(L - PAB) / recovery_tps``).
+admitted (the balancer's Retry-After: ``(L - PAB) / recovery_tps``), and
+``slot_wait_s`` how soon the next slot frees.
 
 ``estimate_pab_edf`` is the finer time-limited variant: it steps the node's EDF
 prefill queue forward at the reference step, with decodes leaving as they
@@ -49,7 +54,7 @@ from node.envelope import Anchor, slack_s
 from node.request import RequestState
 
 #: Names of the limits a PAB can be bound by (``PABReport.binding``).
-BINDINGS = ("time", "kv", "decode", "seats")
+BINDINGS = ("time", "kv", "decode", "slots")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +70,12 @@ class PABReport:
     horizon_s: float  # H, before the front delay is taken off
     time_limited_tokens: float  # correction * R * (H - front delay) - W
     decode_limited_tokens: float = math.inf  # largest prompt whose decode still fits every step
-    seats_free: int | None = None  # max_num_seqs minus live requests (None: no cap given)
-    correction: float = 1.0  # the closed loop's factor on R
+    slots_free: float = math.inf  # more requests of the typical prompt whose decodes fit (and free seats)
+    slot_wait_s: float = 0.0  # expected time to the next departure (one slot back)
+    correction: float = 1.0  # the closed loop's factor: the node runs 1 / correction times slower than modelled
     front_delay_s: float = 0.0  # measured time in front of the engine, taken off H
     expected_output_tokens: float = 0.0  # E: output length assumed for a new request
-    binding: str = "time"  # which limit sets pab_tokens: time, kv, decode or seats
+    binding: str = "time"  # which limit sets pab_tokens: time, kv, decode or slots
     recovery_tps: float = 0.0  # how fast the binding limit grows back with no new admission, tokens/s
 
     def to_dict(self) -> dict:
@@ -138,16 +144,18 @@ def _lifetime_decode_load(
 
 def prefill_chunk_per_step(
     model: StepTimeModel, tau_s: float, decode_reservation_s: float, decodes: int,
-    max_num_batched_tokens: int | None,
+    max_num_batched_tokens: int | None, *, slowdown: float = 1.0,
 ) -> tuple[float, float]:
     """``(q, step_s)``: the prefill tokens a step of ``tau_s`` carries beside its decodes, and that step's wall time.
 
     ``q`` fills what the step has left after the fixed cost and the decodes
     (at ``b + c`` per token), at most ``max_num_batched_tokens - decodes``; a
     capped step is shorter than ``tau_s``. ``q`` is 0 when the decodes alone
-    fill the step.
+    fill the step. ``slowdown`` multiplies every cost of the model (the closed
+    loop's measured correction is ``1 / slowdown``); ``decode_reservation_s``
+    is taken as already scaled.
     """
-    sf = model.safety_factor
+    sf = model.safety_factor * slowdown
     fixed = sf * model.fixed_s
     per_token = sf * (model.b_s_per_token + model.c_s_per_context_token)
     q = max(0.0, (tau_s - fixed - decode_reservation_s) / per_token)
@@ -168,13 +176,18 @@ def estimate_pab(
     max_num_batched_tokens: int | None = None,
     max_num_seqs: int | None = None,
     expected_output_tokens: float | None = None,
+    typical_prompt_tokens: float | None = None,
     correction: float = 1.0,
     front_delay_s: float = 0.0,
 ) -> PABReport:
     """The closed-form, whole-life PAB of a node holding ``requests`` (see the module docstring).
 
-    ``correction`` (> 0) scales the prefill rate (the closed loop's measured
-    factor); ``front_delay_s`` (>= 0) is taken off the horizon. Raises
+    ``correction`` (> 0) is the closed loop's measured factor: the node runs
+    ``1 / correction`` times slower than ``model`` says, so every cost of the
+    model is divided by it (the prefill rate, the decode room and the slots
+    all shrink with it). ``front_delay_s`` (>= 0) is taken off the horizon.
+    ``typical_prompt_tokens`` sizes a new request's decode for the slot count
+    (default: the mean prompt of ``requests``, 0 without any). Raises
     ``ValueError`` on a non-finite clock, a horizon or TPOT <= 0, negative KV,
     a correction <= 0 or a negative front delay.
     """
@@ -183,45 +196,52 @@ def estimate_pab(
         raise ValueError(f"correction must be > 0, got {correction!r}")
     if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
         raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
-    sf = model.safety_factor
-    b, c = sf * model.b_s_per_token, sf * model.c_s_per_context_token
+    slowdown = 1.0 / correction
+    sf = model.safety_factor * slowdown
+    fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
     tau = _reference_step_s(requests, default_tpot_s)
     n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens)
     t_dec = b * n + c * ctx
-    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens)
+    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens, slowdown=slowdown)
     rate = q / step_s if q > 0 else 0.0
     queued = _queued_within(requests, now_s, horizon_s, anchor)
     effective_h = max(0.0, horizon_s - front_delay_s)
-    time_limited = correction * rate * effective_h - queued
+    time_limited = rate * effective_h - queued
 
     e_new = float(expected_output_tokens or 0.0)
     headroom = kv_headroom_tokens(requests, kv_free_tokens, expected_output_tokens)
     kv_limited = float(headroom) - e_new
-    # The new request's decode, b + c * (L + E / 2), must fit a step beside every other decode.
-    decode_room = tau - sf * model.fixed_s - t_dec - b - c * e_new / 2
+    # A new request's decode, b + c * (L + E / 2), must fit a step beside every other decode:
+    # in prompt tokens for one request (decode_limited), in requests of the typical prompt (slots).
+    room = tau - fixed - t_dec
+    decode_room = room - b - c * e_new / 2
     if c > 0:
         decode_limited = decode_room / c
     else:
         decode_limited = math.inf if decode_room >= 0 else -1.0
+    if typical_prompt_tokens is None:
+        typical_prompt_tokens = sum(r.prompt_tokens for r in requests) / n if n else 0.0
+    per_request_s = b + c * (typical_prompt_tokens + e_new / 2)
+    slots = max(0.0, math.floor(room / per_request_s)) if room > 0 else 0.0
     seats_free = None if max_num_seqs is None else max_num_seqs - len(requests)
-    seats_limited = math.inf if seats_free is None or seats_free > 0 else 0.0
+    if seats_free is not None:
+        slots = min(slots, float(max(seats_free, 0)))
+    slots_limited = math.inf if slots >= 1 else 0.0
 
-    limits = {"time": time_limited, "kv": kv_limited, "decode": decode_limited, "seats": seats_limited}
+    limits = {"time": time_limited, "kv": kv_limited, "decode": decode_limited, "slots": slots_limited}
     binding = min(limits, key=limits.__getitem__)
     # How fast the binding limit grows back with nothing new admitted: the queue drains at the
-    # corrected prefill rate; KV, seats and decode time come back as live requests finish, spread
-    # here over their mean remaining decode time at the reference step.
+    # prefill rate; KV and decode time come back as live requests finish, spread here over their
+    # mean remaining decode time at the reference step; a slot frees at the next departure.
     drain_s = mean_steps_left * tau
+    idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, max_num_batched_tokens, slowdown=slowdown)
     if binding == "time" and rate > 0:
-        recovery = correction * rate
-    else:
-        idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, max_num_batched_tokens)
-        idle_budget = correction * (idle_q / idle_step) * effective_h
-        if binding == "kv":
-            freed = kv_free_tokens - headroom + (sum(r.held_kv_tokens for r in requests))
-            recovery = freed / drain_s if drain_s > 0 else 0.0
-        else:  # decode time or seats (or a time limit with no prefill rate left): back to idle as decodes end
-            recovery = idle_budget / drain_s if drain_s > 0 else 0.0
+        recovery = rate
+    elif binding == "kv":
+        freed = kv_free_tokens - headroom + sum(r.held_kv_tokens for r in requests)
+        recovery = freed / drain_s if drain_s > 0 else 0.0
+    else:  # decode time or slots (or a time limit with no prefill rate left): back to idle as decodes end
+        recovery = (idle_q / idle_step) * effective_h / drain_s if drain_s > 0 else 0.0
     return PABReport(
         pab_tokens=limits[binding],
         prefill_rate_tps=rate,
@@ -232,7 +252,8 @@ def estimate_pab(
         horizon_s=horizon_s,
         time_limited_tokens=time_limited,
         decode_limited_tokens=decode_limited,
-        seats_free=seats_free,
+        slots_free=slots,
+        slot_wait_s=drain_s / n if n else 0.0,
         correction=correction,
         front_delay_s=front_delay_s,
         expected_output_tokens=e_new,

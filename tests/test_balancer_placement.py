@@ -252,8 +252,20 @@ def test_retry_after_predicts_when_the_budget_covers_the_prompt(pab_tokens, reco
 
 
 def test_retry_after_takes_the_node_that_recovers_first():
-    assert retry_after_s(1000, [(-4000.0, 500.0), (0.0, 100.0)]) == pytest.approx(10.0)
-    assert retry_after_s(1000, [(2000.0, 0.0)]) == 1.0  # refused by a cap while the budget covers it
+    assert retry_after_s(1000, [(-4000.0, 500.0, 0.0), (0.0, 100.0, 0.0)]) == pytest.approx(10.0)
+    assert retry_after_s(1000, [(2000.0, 0.0, 0.0)]) == 1.0  # refused by a cap while the budget covers it
+    # a node with budget but no free slot: its next departure
+    assert retry_after_s(1000, [(2000.0, 0.0, 4.0), (-1e6, 10.0, 0.0)]) == pytest.approx(4.0)
+
+
+def test_a_burst_of_short_prompts_stops_at_the_free_slots():
+    """Tokens alone would admit all of them: each placement also takes a slot until the next report."""
+    pab = make_placement("pab", [0, 1])
+    pab.update(NodeView(0, pab_tokens=1e6, slots_free=2, slot_wait_s=3.0, reported_at_s=0.0))
+    pab.update(NodeView(1, pab_tokens=1e6, slots_free=1, slot_wait_s=5.0, reported_at_s=0.0))
+    placed = [pab.choose(f"r{i}", 10) for i in range(4)]
+    assert [d.node_id for d in placed] == [0, 1, 0, None]  # largest budget first, two slots on node 0
+    assert placed[-1].retry_after_s == pytest.approx(3.0)
 
 
 def test_in_flight_cap_refuses_past_the_limit():

@@ -2,7 +2,8 @@
 
 import pytest
 
-from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, quantile
+from node.cost_model import percentile
+from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
 
 
 def test_a_breach_shrinks_the_factor_by_the_gradient_at_most_halving_it():
@@ -56,7 +57,7 @@ def test_front_delay_is_a_tail_of_what_was_measured():
     for d in range(1, 11):
         fd.observe(d / 100)
     fd.observe(-1.0)  # clock skew never counts as negative time
-    assert fd.value_s == pytest.approx(quantile([0.0] + [d / 100 for d in range(1, 11)], 0.9))
+    assert fd.value_s == pytest.approx(percentile([0.0] + [d / 100 for d in range(1, 11)], 90))
 
 
 def test_bad_knobs_are_refused():

@@ -65,8 +65,22 @@ def test_the_prefill_rate_respects_the_batched_token_cap_and_host_time():
 def test_no_free_seat_means_no_budget():
     reqs = [decode(i) for i in range(4)]
     r = estimate_pab(reqs, REF_MODEL, NOW, max_num_seqs=4, **KW)
-    assert r.pab_tokens == 0 and r.binding == "seats" and r.seats_free == 0
-    assert estimate_pab(reqs, REF_MODEL, NOW, max_num_seqs=5, **KW).binding == "time"
+    assert r.pab_tokens == 0 and r.binding == "slots" and r.slots_free == 0
+    r = estimate_pab(reqs, REF_MODEL, NOW, max_num_seqs=5, **KW)
+    assert r.binding == "time" and r.slots_free == 1
+
+
+def test_short_prompts_are_bounded_by_slots_for_their_decodes():
+    """A prompt budget alone would admit tiny prompts without end; each still brings a decode."""
+    slow_decode = replace(REF_MODEL, b_s_per_token=1e-3)  # 1 ms per decode per step
+    reqs = [decode(i, 10) for i in range(30)]
+    r = estimate_pab(reqs, slow_decode, NOW, typical_prompt_tokens=10, **KW)
+    per_request = 1e-3 + 0.05e-6 * 10
+    room = 0.05 - 0.0056 - (30 * 1e-3 + 0.05e-6 * 30 * 11)
+    assert r.slots_free == int(room // per_request) == 14
+    more = estimate_pab(reqs + [decode(i, 10) for i in range(30, 50)], slow_decode, NOW, **KW)
+    assert more.slots_free == 0 and more.pab_tokens <= 0  # the decodes alone overrun the step
+    assert more.slot_wait_s == 0.0  # outputs unknown: no departure to expect
 
 
 def test_a_long_prompt_whose_decode_would_not_fit_the_step_is_refused():
@@ -80,11 +94,18 @@ def test_a_long_prompt_whose_decode_would_not_fit_the_step_is_refused():
     assert r.pab_tokens <= r.decode_limited_tokens
 
 
-def test_correction_and_front_delay_shrink_the_time_limited_budget():
-    base = estimate_pab([queued(0, 100)], REF_MODEL, NOW, **KW)
-    corrected = estimate_pab([queued(0, 100)], REF_MODEL, NOW, correction=0.5, front_delay_s=0.2, **KW)
-    assert corrected.time_limited_tokens == pytest.approx(0.5 * base.prefill_rate_tps * 0.8 - 100)
-    assert corrected.recovery_tps == pytest.approx(0.5 * base.prefill_rate_tps)
+def test_correction_and_front_delay_shrink_the_budget_as_a_slower_node():
+    """A correction of 0.5 means the node runs twice as slow as modelled: every cost doubles."""
+    reqs = [queued(0, 100)] + [decode(i) for i in range(5)]
+    twice_as_slow = replace(REF_MODEL, safety_factor=2.0)
+    slow = estimate_pab(reqs, twice_as_slow, NOW, front_delay_s=0.2, **KW)
+    corrected = estimate_pab(reqs, REF_MODEL, NOW, correction=0.5, front_delay_s=0.2, **KW)
+    assert corrected.time_limited_tokens == pytest.approx(slow.time_limited_tokens)
+    assert corrected.slots_free == slow.slots_free and corrected.decode_limited_tokens == pytest.approx(
+        slow.decode_limited_tokens)
+    assert corrected.time_limited_tokens == pytest.approx(slow.prefill_rate_tps * 0.8 - 100)
+    base = estimate_pab(reqs, REF_MODEL, NOW, **KW)
+    assert corrected.prefill_rate_tps < 0.5 * base.prefill_rate_tps  # the decodes' share doubles too
     with pytest.raises(ValueError):
         estimate_pab([], REF_MODEL, NOW, correction=0.0, **KW)
     with pytest.raises(ValueError):
