@@ -11,7 +11,9 @@ inherits the parent's environment. Set it before the engine starts::
 Fields (all optional in the JSON; missing ones take the defaults below):
 
 * ``policy`` -- ``fairbatching`` | ``vllm`` | ``sarathi`` (``node.policies``);
-* ``knobs`` -- keyword arguments of that policy's config dataclass;
+* ``knobs`` -- keyword arguments of that policy's config dataclass, e.g.
+  ``{"anchor": "first-token", "relegate": "lost", "tpot_margin": 0.1}`` for
+  FairBatching (``node.fairbatching.FairBatchingConfig``);
 * ``profile`` -- step-time profile, a name in ``deploy/profiles`` or a path;
 * ``ttft_slo_s`` / ``tpot_slo_s`` -- deployment defaults for requests whose
   ``SamplingParams.extra_args`` carry no ``ttft_slo_s`` / ``tpot_slo_s``;

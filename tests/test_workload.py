@@ -460,3 +460,42 @@ def test_prepare_keeps_order_and_window_count(gaps, start, duration, rate_scale,
     if max_prompt is not None:
         assert all(r.prompt_tokens <= max_prompt for r in out.requests)
         assert out.clipped_prompts == sum(r.prompt_tokens > max_prompt for r in expected)
+
+
+# --------------------------------------------------------------------------
+# long-context (issue 10): Azure conv arrivals and outputs, prompts mapped onto 8k-16k
+# --------------------------------------------------------------------------
+
+
+@needs_azure
+def test_long_context_lengths_lie_in_range_and_keep_the_conv_arrivals_and_outputs():
+    from cluster.workload import LONG_CONTEXT_PROMPTS, load_long_context
+
+    conv = load_azure("conv")
+    w = load_long_context()
+    lo, hi = LONG_CONTEXT_PROMPTS
+    prompts = np.array([r.prompt_tokens for r in w.requests])
+    assert (lo, hi) == (8192, 16384) and len(w) == len(conv) == 19_366
+    assert prompts.min() == lo and prompts.max() == hi
+    assert arrivals(w) == arrivals(conv)
+    assert [r.output_tokens for r in w.requests] == [r.output_tokens for r in conv.requests]
+    # Affine: the order of prompt lengths is the conv trace's (ties aside), the mean as documented.
+    conv_prompts = np.array([r.prompt_tokens for r in conv.requests])
+    assert np.all(np.diff(prompts[np.argsort(conv_prompts, kind="stable")]) >= 0)
+    assert 8_800 < prompts.mean() < 8_950
+    assert w.name == "long-context" and "affinely" in w.source
+
+
+@needs_azure
+def test_long_context_is_deterministic_by_seed_and_a_seed_permutes_the_pairs():
+    from cluster.workload import load_long_context
+
+    a, b = load_long_context(seed=3), load_named("long-context", seed=3)
+    assert a.requests == b.requests
+    base = load_long_context(seed=0)
+    other = load_long_context(seed=4)
+    assert arrivals(other) == arrivals(base)
+    pairs = lambda w: [(r.prompt_tokens, r.output_tokens) for r in w.requests]  # noqa: E731
+    assert pairs(other) != pairs(base) and sorted(pairs(other)) == sorted(pairs(base))
+    with pytest.raises(TraceError, match="prompt_range"):
+        load_long_context(prompt_range=(100, 50))

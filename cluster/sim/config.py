@@ -20,7 +20,7 @@ def _opt(default, help: str, flag: str | None = None):
 @dataclass(frozen=True)
 class SimConfig:
     # workload (flags shared with cluster.workload)
-    trace: str = _opt("azure-conv", "Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma) or file.")
+    trace: str = _opt("azure-conv", "Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma, long-context) or file.")
     columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT.")
     start_s: float = _opt(0.0, "Start of the trace window, in original trace seconds.")
     duration_s: float | None = _opt(None, "Length of the trace window in original trace seconds (default: to the end).")
@@ -33,6 +33,8 @@ class SimConfig:
     nodes: int = _opt(1, "Number of nodes.")
     kv_cache_tokens: int | None = _opt(None, "KV cache per node in tokens (default: the profile's).")
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
+    host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
+    host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
     # node scheduler
     scheduler: str = _opt("fairbatching", "Node scheduler: fairbatching, vllm, sarathi.")
     anchor: str = _opt("arrival", "FairBatching envelope anchor: arrival or first-token (also used by PAB).")
@@ -40,6 +42,8 @@ class SimConfig:
     budget_floor: bool = _opt(True, "FairBatching: floor the time budget at the minimum TPOT.")
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
     seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
+    tpot_margin: float = _opt(0.0, "FairBatching: plan decode deadlines at (1 - this) x the TPOT SLO, a guard band against steps longer than predicted.")
+    relegate: str = _opt("none", "FairBatching: serve requests that can no longer attain last: none, lost (first-token deadline passed), doomed (also prefills that cannot make it even alone).")
     refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
     token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
     # SLOs
@@ -49,7 +53,7 @@ class SimConfig:
     balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv.")
     admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
     admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO, (ttft - a) / b).")
-    pab_variant: str = _opt("closed", "PAB estimate: closed (closed form) or edf (EDF queue stepped forward).")
+    pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
     pab_delay_s: float = _opt(0.0, "Delay from a node's report to the balancer, seconds (staleness).")
@@ -57,6 +61,8 @@ class SimConfig:
     pab_interval_s: float = _opt(0.0, "Minimum time between two reports of a node (0: after every step).")
     balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (FIFO, retried on each report) before rejecting it.")
     oracle_output_lengths: bool = _opt(False, "Let nodes know output lengths (PAB KV headroom and EDF departures).")
+    expected_output_tokens: float | None = _opt(None, "A node's expected output length before any request finished on it (default: none, 0); afterwards the mean output of the last 512 requests it finished.")
+    feedback: bool = _opt(False, "Closed loop: each node corrects its PAB prefill rate by the measured TTFT and mean TPOT of its admitted requests against their SLOs (node.feedback.LatencyFeedback).")
     # run
     seed: int = _opt(0, "Seed of every random choice (noise, power-of-two, synthetic traces).")
     drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")
@@ -79,8 +85,14 @@ class SimConfig:
             raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
         if self.pab_delay_s < 0 or self.pab_interval_s < 0:
             raise ValueError("pab_delay_s and pab_interval_s must be >= 0")
-        if self.pab_variant not in ("closed", "edf"):
-            raise ValueError(f"pab_variant must be closed or edf, got {self.pab_variant!r}")
+        if self.pab_variant not in ("closed", "edf", "prefill-only"):
+            raise ValueError(f"pab_variant must be closed, edf or prefill-only, got {self.pab_variant!r}")
+        if self.relegate not in ("none", "lost", "doomed"):
+            raise ValueError(f"relegate must be none, lost or doomed, got {self.relegate!r}")
+        if self.host_s is not None and not self.host_s >= 0:
+            raise ValueError(f"host_s must be >= 0, got {self.host_s!r}")
+        if self.expected_output_tokens is not None and not self.expected_output_tokens >= 0:
+            raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens!r}")
         if self.drain_s < 0 or self.timeline_interval_s <= 0:
             raise ValueError("drain_s must be >= 0 and timeline_interval_s > 0")
 
@@ -93,6 +105,8 @@ class SimConfig:
                 "budget_floor": self.budget_floor,
                 "min_chunk_tokens": self.min_chunk_tokens,
                 "seat_pressure": self.seat_pressure,
+                "relegate": self.relegate,
+                "tpot_margin": self.tpot_margin,
             }
         return {"token_budget": self.token_budget}
 

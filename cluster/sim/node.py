@@ -23,17 +23,31 @@ a snapshot across ``plan`` calls.
 The node publishes a ``NodeView`` (PAB and load counters) after a step at most
 every ``pab_interval_s`` and when it goes idle; the simulator delivers it to
 the balancer ``pab_delay_s`` later.
+
+What a node knows when it budgets (``estimate_pab``'s inputs beyond its
+requests): its *expected output length*, the mean output of the last 512
+requests it finished (``expected_output_prior`` until the first one; with
+oracle output lengths each request carries its true length instead); and,
+with a ``LatencyFeedback``, the *correction* of its prefill rate: each
+admitted request's TTFT over its TTFT SLO is observed at its first token
+(with its arrival time) and its mean TPOT over its TPOT SLO at its finish;
+the controller is updated each time the node publishes. ``FrontDelay`` sees
+how long each request spent before it reached the node (held at the
+balancer), taken off the PAB horizon. The timeline samples
+``(t, pab, budget, in_flight, kv_usage, correction, binding)``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections import deque
+from typing import Callable
 
 from balancer.placement import NodeView
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
 from cluster.sim.step_time import TrueStepTime
 from node.cost_model import OnlineRefit, StepSample
+from node.feedback import FrontDelay, LatencyFeedback
 from node.pab import PABReport
 from node.plan import BatchPlan, Limits, NodePolicy
 from node.request import SLO, RequestState
@@ -94,7 +108,7 @@ class SimNode:
         *,
         max_num_seqs: int,
         max_num_batched_tokens: int,
-        estimate_pab: Callable[[Sequence[RequestState], float, int], PABReport],
+        estimate_pab: Callable[..., PABReport],
         publish: Callable[[NodeView], None],
         on_finish: Callable[[SimRequest], None],
         pab_interval_s: float = 0.0,
@@ -103,6 +117,10 @@ class SimNode:
         oracle_output_lengths: bool = False,
         acknowledge_received: bool = True,
         refit: OnlineRefit | None = None,
+        feedback: LatencyFeedback | None = None,
+        front_delay: FrontDelay | None = None,
+        expected_output_prior: float | None = None,
+        output_window: int = 512,
     ) -> None:
         self.node_id = node_id
         self.loop = loop
@@ -121,6 +139,12 @@ class SimNode:
         self.oracle_output_lengths = oracle_output_lengths
         self.acknowledge_received = acknowledge_received
         self.refit = refit  # online refit of the policy's model from the true step times, as a real node does
+        self.feedback = feedback  # closed loop on measured latency (None: correction stays 1)
+        self.front_delay = front_delay
+        self.correction = 1.0
+        self.expected_output_prior = expected_output_prior
+        self._outputs: deque[int] = deque(maxlen=output_window)  # output lengths of the last finished requests
+        self._outputs_sum = 0
 
         self.live: dict[str, SimRequest] = {}  # insertion order = admission order
         self.states: dict[str, RequestState] = {}
@@ -138,7 +162,8 @@ class SimNode:
         self.last_pab: PABReport | None = None
         self._last_publish_s = -float("inf")
         self._next_sample_s = 0.0
-        self.timeline: list[tuple[float, float, float | None, int, float]] = []  # (t, pab, budget, in_flight, kv)
+        # (t, pab, budget, in_flight, kv, correction, binding)
+        self.timeline: list[tuple[float, float, float | None, int, float, float, str]] = []
 
     # -- arrivals ------------------------------------------------------------------
 
@@ -146,6 +171,8 @@ class SimNode:
         """Take a request from the balancer; start stepping if idle."""
         req.node_id = self.node_id
         self.received += 1
+        if self.front_delay is not None:
+            self.front_delay.observe(now_s - req.arrival_s)
         if self.acknowledge_received:
             self._received_ids.append(req.key)
         if self.pool.blocks_for(req.prompt_tokens + req.output_tokens) > self.pool.total_blocks:
@@ -219,9 +246,16 @@ class SimNode:
             decode_ctx = plan.context_tokens - prefill_ctx
         duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs)
         if self.refit is not None:
+            # The forward pass is fitted by least squares; the host time (cadence minus forward) apart.
             prefill = sum(item.new_tokens for item in plan.items if item.is_prefill)
-            model = self.refit.observe(
-                StepSample(prefill, plan.new_tokens - prefill, plan.context_tokens, duration_s))
+            forward_s = self.step_time.last_forward_s
+            sample = StepSample(prefill, plan.new_tokens - prefill, plan.context_tokens, forward_s)
+            observe_cadence = getattr(self.refit, "observe_cadence", None)
+            if observe_cadence is not None:
+                observe_cadence(duration_s, forward_s)
+                model = self.refit.observe(sample)
+            else:  # the older signature: observe(sample, cadence_s)
+                model = self.refit.observe(sample, duration_s)
             if model is not self.policy.model:
                 self.policy.model = model
         self.steps += 1
@@ -272,6 +306,7 @@ class SimNode:
         for req in finished:
             self._retire(req)
             req.finish_s = now_s
+            self._learn_from_finish(req, now_s)
             self.on_finish(req)
         self._maybe_publish(now_s)
         self._start_step(now_s)
@@ -282,6 +317,8 @@ class SimNode:
         if j == 0:
             req.first_token_s = now_s
             _set(req.state, "first_token_s", now_s)
+            if self.feedback is not None:
+                self.feedback.observe(now_s, req.arrival_s, (now_s - req.arrival_s) / req.ttft_slo_s)
         deadline = req.arrival_s + req.ttft_slo_s + req.tpot_slo_s * j
         if now_s <= deadline + 1e-9:
             req.on_time_arrival += 1
@@ -295,6 +332,28 @@ class SimNode:
         _set(req.state, "output_tokens", j + 1)
         if j + 1 >= req.output_tokens:
             finished.append(req)
+
+    def _learn_from_finish(self, req: SimRequest, now_s: float) -> None:
+        """A request finished: its output length feeds the node's estimate, its mean TPOT the closed loop."""
+        if len(self._outputs) == self._outputs.maxlen:
+            self._outputs_sum -= self._outputs[0]
+        self._outputs.append(req.output_tokens)
+        self._outputs_sum += req.output_tokens
+        if self.feedback is not None and req.emitted >= 2:
+            mean_tpot = (now_s - req.first_token_s) / (req.emitted - 1)
+            self.feedback.observe(now_s, req.arrival_s, mean_tpot / req.tpot_slo_s)
+
+    def expected_output_tokens(self) -> float | None:
+        """What this node expects a request to emit: mean of its last finished ones, else the prior.
+
+        ``None`` with oracle output lengths: each request then carries its true
+        length (``max_output_tokens``), which an expectation must not clip.
+        """
+        if self.oracle_output_lengths:
+            return None
+        if self._outputs:
+            return self._outputs_sum / len(self._outputs)
+        return self.expected_output_prior
 
     def _retire(self, req: SimRequest) -> None:
         if req.preemptions:
@@ -384,7 +443,12 @@ class SimNode:
     def view(self, now_s: float, *, measure_pab: bool = True) -> NodeView:
         """The load counters now, and PAB measured now (or the last measured one)."""
         if measure_pab or self.last_pab is None:
-            self.last_pab = self.estimate_pab(list(self.states.values()), now_s, self.pool.free_blocks * self.block_size)
+            self.last_pab = self.estimate_pab(
+                list(self.states.values()), now_s, self.pool.free_blocks * self.block_size,
+                expected_output_tokens=self.expected_output_tokens(),
+                correction=self.correction,
+                front_delay_s=self.front_delay.value_s if self.front_delay is not None else 0.0,
+            )
         report = self.last_pab
         return NodeView(
             node_id=self.node_id,
@@ -414,10 +478,13 @@ class SimNode:
         if not force and now_s - self._last_publish_s < self.pab_interval_s:
             return
         self._last_publish_s = now_s
+        if self.feedback is not None:
+            self.correction = self.feedback.update(now_s)
         sample = now_s >= self._next_sample_s
         # A balancer that ignores PAB still gets it in the timeline samples, measured there only.
         view = self.view(now_s, measure_pab=self.pab_in_every_report or sample or force)
         self.publish(view)
         if sample:
             self._next_sample_s = now_s + self.timeline_interval_s
-            self.timeline.append((now_s, view.pab_tokens, self.last_budget_s, view.in_flight, view.kv_usage))
+            self.timeline.append((now_s, view.pab_tokens, self.last_budget_s, view.in_flight, view.kv_usage,
+                                  self.correction, self.last_pab.binding))

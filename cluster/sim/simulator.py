@@ -9,9 +9,10 @@ metrics of ``cluster.sim.metrics``, the per-node PAB/budget timelines and
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from balancer.placement import NodeView, PlacementPolicy, idle_prefill_tokens
@@ -19,6 +20,7 @@ from balancer.registry import make_placement
 from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
+from cluster.sim.legacy_pab import estimate_pab_prefill_only
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimNode, SimRequest
 from cluster.sim.step_time import TrueStepTime
@@ -26,6 +28,7 @@ from cluster.workload import Workload, load_named, prepare
 from node.envelope import Anchor
 from node.pab import estimate_pab, estimate_pab_edf
 from node.cost_model import OnlineRefit
+from node.feedback import FrontDelay, LatencyFeedback
 from node.policies import make_policy
 from node.profile import Profile, load_profile
 from node.request import SLO
@@ -51,6 +54,15 @@ class SimResult:
     timelines: dict[int, list] = field(repr=False)
 
 
+def _binding_fractions(nodes: list[SimNode]) -> dict[str, float]:
+    counts: dict[str, int] = {}
+    for nd in nodes:
+        for row in nd.timeline:
+            counts[row[6]] = counts.get(row[6], 0) + 1
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())} if total else {}
+
+
 def build_placement(cfg: SimConfig, profile: Profile) -> PlacementPolicy:
     cap = None
     if cfg.admission_cap:
@@ -70,12 +82,17 @@ def simulate(
     wall0 = time.perf_counter()
     profile = profile or load_profile(cfg.profile)
     workload = workload if workload is not None else load_workload(cfg)
-    model = profile.step_model
+    host_s = profile.host_s if cfg.host_s is None else cfg.host_s
+    # The nodes plan (and budget) with the profile's model and the host time, as a cadence fit gives it.
+    model = replace(profile.step_model, host_s=host_s if cfg.host_in_model else 0.0)
     slo = SLO(cfg.ttft_slo_s, cfg.tpot_slo_s)
     anchor = Anchor(cfg.anchor) if cfg.scheduler == "fairbatching" else Anchor.ARRIVAL
-    pab_fn = estimate_pab if cfg.pab_variant == "closed" else estimate_pab_edf
+    pab_fn = {"closed": estimate_pab, "edf": estimate_pab_edf,
+              "prefill-only": estimate_pab_prefill_only}[cfg.pab_variant]
     kv_tokens = cfg.kv_cache_tokens or profile.kv_cache_tokens or 450_000
     block_size = profile.block_size or 16
+    max_num_seqs = profile.max_num_seqs or 256
+    max_num_batched_tokens = profile.max_num_batched_tokens or 8192
 
     loop = EventLoop()
     balancer = build_placement(cfg, profile)
@@ -109,20 +126,22 @@ def simulate(
     def on_finish(req: SimRequest) -> None:
         balancer.release(req.key)
 
-    def node_pab(states, now_s, kv_free):
+    def node_pab(states, now_s, kv_free, **node_knows):
+        # The node's own knowledge (expected output, correction, front delay) beside the engine's caps.
         return pab_fn(
             states, model, now_s,
             horizon_s=cfg.ttft_slo_s, kv_free_tokens=kv_free, default_tpot_s=cfg.tpot_slo_s, anchor=anchor,
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **node_knows,
         )
 
     nodes = [
         SimNode(
             i, loop,
             make_policy(cfg.scheduler, model, **cfg.scheduler_knobs()),
-            TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i)),
+            TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i), host_s=host_s),
             BlockPool(kv_tokens, block_size),
-            max_num_seqs=profile.max_num_seqs or 256,
-            max_num_batched_tokens=profile.max_num_batched_tokens or 8192,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
             estimate_pab=node_pab,
             publish=publish,
             on_finish=on_finish,
@@ -132,6 +151,9 @@ def simulate(
             refit=OnlineRefit(model) if cfg.refit else None,
             oracle_output_lengths=cfg.oracle_output_lengths,
             acknowledge_received=cfg.report_acks,
+            feedback=LatencyFeedback() if cfg.feedback else None,
+            front_delay=FrontDelay() if cfg.feedback else None,
+            expected_output_prior=cfg.expected_output_tokens,
         )
         for i in range(cfg.nodes)
     ]
@@ -199,10 +221,26 @@ def simulate(
             "preemptions": sum(nd.preemptions for nd in nodes),
             "node_busy_fraction": [nd.busy_s / sim_s if sim_s > 0 else 0.0 for nd in nodes],
             "true_step_time": "ground-truth" if nodes[0].step_time.uses_ground_truth else "linear",
+            "host_s": host_s,
+            "pab_variant": cfg.pab_variant,
+            "relegate": cfg.relegate if cfg.scheduler == "fairbatching" else None,
+            "feedback": cfg.feedback,
+            # Per node: the closed loop's correction at the end, its min and mean over the timeline, decreases.
+            "node_correction": [
+                {"final": nd.correction,
+                 "min": min((row[5] for row in nd.timeline), default=nd.correction),
+                 "mean": statistics.fmean(row[5] for row in nd.timeline) if nd.timeline else nd.correction,
+                 "decreases": nd.feedback.decreases if nd.feedback is not None else 0}
+                for nd in nodes
+            ],
+            # Per node: the output length it expected at the end (None: oracle lengths or nothing finished).
+            "node_expected_output_tokens": [nd.expected_output_tokens() for nd in nodes],
+            # Which PAB limit bound, as a fraction of the timeline samples (all nodes).
+            "pab_binding_fraction": _binding_fractions(nodes),
             # The model each node planned with at the end (the profile's, unless refitted online).
             "planning_models": [
                 {"a_s": nd.policy.model.a_s, "b_s_per_token": nd.policy.model.b_s_per_token,
-                 "c_s_per_context_token": nd.policy.model.c_s_per_context_token,
+                 "c_s_per_context_token": nd.policy.model.c_s_per_context_token, "host_s": nd.policy.model.host_s,
                  "refits": nd.refit.refits if nd.refit is not None else 0}
                 for nd in nodes
             ],

@@ -12,6 +12,15 @@ Without one (``ground_truth`` null) the profile's own linear model is the
 truth: ``a + b * new_tokens + c * context``, context counting decodes'
 ``kv_tokens + 1`` and prefills' ``p + q``. Optional multiplicative lognormal
 noise with mean 1 models run-to-run jitter.
+
+**Host time.** A step's wall time is its forward pass plus the host's work
+between two forward passes (scheduling, input preparation, sampling,
+detokenizing, output handling): the step *cadence*. ``host_s`` (default: the
+profile's ``host_s``, 0 when the profile has none) is added to every step
+after the noise. The h100/a100 ground truths already hold an assumed 0.30 ms
+of host time in ``fixed_overhead_s`` (DERIVATION.md section 2.4), so
+``host_s`` is host time *beyond* that assumption. ``forward_s`` of the last
+step is kept for an online refit that fits forward time and host time apart.
 """
 
 from __future__ import annotations
@@ -27,9 +36,16 @@ from node.profile import Profile
 class TrueStepTime:
     """Step durations of one node; deterministic given the seed of ``rng``."""
 
-    def __init__(self, profile: Profile, *, noise_sigma: float = 0.0, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, profile: Profile, *, noise_sigma: float = 0.0, rng: random.Random | None = None,
+        host_s: float | None = None,
+    ) -> None:
         if noise_sigma < 0:
             raise ValueError(f"noise sigma must be >= 0, got {noise_sigma!r}")
+        self.host_s = float(profile.host_s if host_s is None else host_s)
+        if not (math.isfinite(self.host_s) and self.host_s >= 0):
+            raise ValueError(f"host_s must be a finite number >= 0, got {host_s!r}")
+        self.last_forward_s = 0.0
         truth: Any = profile.extra.get("ground_truth")
         self.uses_ground_truth = isinstance(truth, dict)
         self.a_s = profile.a_s
@@ -63,7 +79,7 @@ class TrueStepTime:
         prefill_context_tokens: int,
         prefill_attention_pairs: float,
     ) -> float:
-        """Duration of a step.
+        """Wall time of a step: forward pass (with noise) plus ``host_s``.
 
         ``decode_context_tokens`` sums ``kv_tokens + 1`` over decodes,
         ``prefill_context_tokens`` sums ``p + q`` and ``prefill_attention_pairs``
@@ -82,4 +98,5 @@ class TrueStepTime:
         if self.noise_sigma:
             s = self.noise_sigma
             t *= math.exp(self._rng.gauss(-0.5 * s * s, s))
-        return t
+        self.last_forward_s = t
+        return t + self.host_s

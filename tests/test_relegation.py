@@ -1,0 +1,133 @@
+"""Relegation (issue 10): requests that can no longer attain are served last, so the others still attain.
+
+Also the TPOT guard band (``tpot_margin``) of the FairBatching planner, and that
+both knobs reach the vLLM host through ``NodeConfig.knobs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.fairbatching import FairBatchingPolicy, Relegation
+from node.node_config import NodeConfig
+from node.plan import Group, Limits, SkipReason
+from node.policies import make_policy
+from node.request import SLO, RequestState
+
+from tests.conftest import NOW, REF_MODEL, limits_strategy, models, snapshots
+
+SLO_1S = SLO(ttft_s=1.0, tpot_s=0.05)
+LIMITS = Limits(max_num_seqs=256, max_num_batched_tokens=4096)
+
+
+def fb(**knobs) -> FairBatchingPolicy:
+    return make_policy("fairbatching", REF_MODEL, anchor="first-token", **knobs)
+
+
+def is_lost(req: RequestState, now: float) -> bool:
+    """The paper's per-request test can no longer pass: the first-token deadline is gone."""
+    deadline = req.arrival_s + req.slo.ttft_s
+    return req.first_token_s > deadline if req.first_token_s is not None else now > deadline
+
+
+def test_a_lost_prefill_waits_behind_one_that_can_still_make_its_deadline():
+    now = 100.0
+    late = RequestState("late", now - 1.5, 3000, SLO_1S)  # first-token deadline 0.5 s ago
+    fresh = RequestState("fresh", now - 0.5, 3000, SLO_1S)  # 0.5 s to go
+    edf = fb().plan([late, fresh], LIMITS, now)
+    assert [i.request_id for i in edf.items][0] == "late"  # EDF: the most overdue first (the domino)
+    assert "fresh" not in edf.prefill_chunks  # and it takes the step
+    relegated = fb(relegate="lost").plan([late, fresh], LIMITS, now)
+    assert [i.request_id for i in relegated.items][0] == "fresh"
+    assert relegated.prefill_chunks["fresh"] == 3000  # the attainable prompt gets all it needs
+    assert relegated.prefill_chunks.get("late", 0) <= LIMITS.max_num_batched_tokens - 3000  # what is left
+
+
+def test_a_decode_whose_first_token_was_late_is_never_urgent_and_yields_to_the_others():
+    now = 100.0
+    late_dec = RequestState("late-dec", now - 10.0, 500, SLO_1S, computed_tokens=500, output_tokens=10,
+                            first_token_s=now - 8.5)  # first token 1.5 s after arrival: lost
+    on_time = RequestState("on-time", now - 1.0, 500, SLO_1S, computed_tokens=500, output_tokens=10,
+                           first_token_s=now - 0.53)  # next token due in 0.02 s: urgent
+    burst = [RequestState(f"p{i}", now - 0.9, 4000, SLO_1S) for i in range(3)]
+    reqs = [late_dec, on_time] + burst
+    edf = fb().plan(reqs, LIMITS, now)
+    assert {"late-dec", "on-time"} <= set(edf.decode_ids) and edf.urgent_decodes == 2
+    relegated = fb(relegate="lost").plan(reqs, LIMITS, now)
+    assert "on-time" in relegated.decode_ids and relegated.urgent_decodes == 1
+    skipped = {s.request_id: s for s in relegated.skipped}
+    assert skipped["late-dec"].reason in (SkipReason.BUDGET, SkipReason.TOKENS)  # the burst used the step
+    # With nothing else waiting it is served at once: relegated, not dropped.
+    alone = fb(relegate="lost").plan([late_dec], LIMITS, now)
+    assert alone.decode_ids == ["late-dec"]
+
+
+def test_doomed_also_relegates_a_prefill_that_cannot_finish_by_its_deadline_even_alone():
+    now = 100.0
+    # 4000 tokens need about 90 ms alone; 50 ms are left.
+    doomed = RequestState("doomed", now - 0.95, 4000, SLO_1S)
+    ok = RequestState("ok", now - 0.2, 2000, SLO_1S)
+    assert [i.request_id for i in fb(relegate="lost").plan([doomed, ok], LIMITS, now).items][0] == "doomed"
+    assert [i.request_id for i in fb(relegate="doomed").plan([doomed, ok], LIMITS, now).items][0] == "ok"
+
+
+relegation_knobs = st.fixed_dictionaries(
+    {
+        "anchor": st.sampled_from(["arrival", "first-token"]),
+        "relegate": st.sampled_from(["lost", "doomed"]),
+        "tpot_margin": st.sampled_from([0.0, 0.1, 0.3]),
+        "min_chunk_tokens": st.integers(1, 64),
+    }
+)
+
+
+@given(knobs=relegation_knobs, model=models, reqs=snapshots(), limits=limits_strategy)
+def test_relegated_requests_come_after_every_other_item_and_are_never_urgent(knobs, model, reqs, limits):
+    plan = make_policy("fairbatching", model, **knobs).plan(reqs, limits, NOW)
+    by_id = {r.request_id: r for r in reqs}
+    lost = [is_lost(by_id[i.request_id], NOW) for i in plan.items]
+    if knobs["relegate"] == "lost":  # (doomed relegates a superset; checked by the order below when it agrees)
+        assert lost == sorted(lost)  # every non-lost item before every lost one
+    for item, gone in zip(plan.items, lost):
+        if gone:
+            assert item.group is not Group.URGENT
+    # the hard caps hold as for every plan
+    assert len(plan.items) <= limits.max_num_seqs
+    assert plan.new_tokens <= limits.max_num_batched_tokens and plan.kv_blocks <= limits.kv_blocks_free
+    assert len({i.request_id for i in plan.items} | {s.request_id for s in plan.skipped}) == len(reqs)
+
+
+@given(model=models, reqs=snapshots(), limits=limits_strategy, relegate=st.sampled_from(["lost", "doomed"]),
+       anchor=st.sampled_from(["arrival", "first-token"]))
+def test_when_no_request_is_lost_relegation_plans_exactly_as_the_paper(model, reqs, limits, relegate, anchor):
+    # A TTFT SLO of 100 s: every first-token deadline is still ahead (or was met).
+    reqs = [dataclasses.replace(r, slo=SLO(100.0, r.slo.tpot_s)) for r in reqs]
+    paper = make_policy("fairbatching", model, anchor=anchor).plan(reqs, limits, NOW)
+    relegated = make_policy("fairbatching", model, anchor=anchor, relegate=relegate).plan(reqs, limits, NOW)
+    assert relegated == paper
+
+
+def test_tpot_margin_plans_decode_deadlines_earlier():
+    now = 100.0
+    # First-token anchor: token 10 due at first + 0.5 s = now + 0.07 s; with a 40 % margin at first + 0.3 s.
+    dec = RequestState("d", now - 1.0, 500, SLO_1S, computed_tokens=500, output_tokens=10, first_token_s=now - 0.43)
+    burst = [RequestState(f"p{i}", now - 0.5, 4000, SLO_1S) for i in range(2)]
+    plain = fb(urgency="tpot").plan([dec] + burst, LIMITS, now)
+    assert plain.urgent_decodes == 0
+    guarded = fb(urgency="tpot", tpot_margin=0.4).plan([dec] + burst, LIMITS, now)
+    assert guarded.urgent_decodes == 1 and guarded.items[0].slack_s == pytest.approx(-0.13)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="tpot_margin"):
+            make_policy("fairbatching", REF_MODEL, tpot_margin=bad)
+    with pytest.raises(ValueError):
+        make_policy("fairbatching", REF_MODEL, relegate="sometimes")
+
+
+def test_the_knobs_reach_the_engine_through_node_config():
+    cfg = NodeConfig.from_env(NodeConfig(knobs={"anchor": "first-token", "relegate": "lost", "tpot_margin": 0.1}).to_env())
+    policy = make_policy(cfg.policy, REF_MODEL, **cfg.knobs)
+    assert policy.config.relegate is Relegation.LOST and policy.config.tpot_margin == 0.1
