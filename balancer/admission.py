@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from balancer.placement import Decision, PlacementPolicy
+from balancer.placement import Decision, PlacementPolicy, has_room, retry_after_s
 from balancer.pab_registry import view_from_dict
 from balancer.registry import make_placement
 
@@ -164,6 +164,29 @@ class LocalBalancer:
             self.placed += 1
             return self._keys[decision.node_id], decision
 
+    def refusal_before_parsing(self) -> Optional[float]:
+        """A Retry-After (s) when no live node can take even a one-token request now, else None.
+
+        Lets the ingress refuse under overload before it reads and parses a
+        request body. Only on a fresh view (registry answering): without one
+        the router decides.
+        """
+        if not self.registry_ok:
+            return None
+        now = self._clock()
+        with self._lock:
+            policy = self._policy
+            live = [self._ids[k] for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s]
+            if policy is None or not live or self.settings.balancer != "pab":
+                return None
+            views = [policy.views[n] for n in live]
+            if any(has_room(v, 1) for v in views):
+                return None
+            self.rejected += 1
+            return retry_after_s(1, ((v.pab_tokens, v.recovery_tps,
+                                      v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+                                     for v in views))
+
     def placement(self, request_id: str) -> Optional[str]:
         with self._lock:
             held = self._policy.placements.get(request_id) if self._policy is not None else None
@@ -253,6 +276,12 @@ def registry_fetcher(app_name: str, engine_deployment: str, timeout_s: float = 2
             raise
 
     return fetch
+
+
+def local_balancers() -> list[LocalBalancer]:
+    """Every balancer this process holds (an ingress process holds one per engine deployment)."""
+    with _BALANCERS_LOCK:
+        return list(_BALANCERS.values())
 
 
 def local_balancer(app_name: str, engine_deployment: str, settings: BalancerSettings) -> LocalBalancer:

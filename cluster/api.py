@@ -439,9 +439,40 @@ class Ingress:
         return JSONResponse(whole(text, finish, usage), headers=node)
 
 
-def make_fastapi_app() -> FastAPI:
+#: Routes whose requests are admitted by budget (and may be refused before their body is read).
+ADMITTED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+class EarlyRefusal:
+    """ASGI middleware: under overload, refuse a generation request before reading its body.
+
+    When no engine can take even a one-token request (``LocalBalancer.refusal_before_parsing``),
+    parsing and validating the body would only spend the CPU the engines and the admitted
+    requests need: the answer is a 429 with Retry-After straight away. Otherwise the request
+    goes on to the route, which admits it by its real prompt length.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ADMITTED_PATHS:
+            from balancer.admission import count_rejection, local_balancers
+
+            for lb in local_balancers():
+                wait = lb.refusal_before_parsing()
+                if wait is not None:
+                    count_rejection()
+                    await rejected(wait).response()(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def make_fastapi_app(early_refusal: bool = True) -> FastAPI:
     """The FastAPI app; routes reach the ``Ingress`` instance through ``request.state`` set by Serve."""
     app = FastAPI(title="FairBatching", docs_url=None, redoc_url=None)
+    if early_refusal:
+        app.add_middleware(EarlyRefusal)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -454,11 +485,11 @@ def make_fastapi_app() -> FastAPI:
     return app
 
 
-def make_ingress(serve_deployment_options: dict[str, Any]):
+def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: bool = True):
     """The Serve deployment class of the ingress (FastAPI routes bound to an ``Ingress``)."""
     from ray import serve
 
-    app = make_fastapi_app()
+    app = make_fastapi_app(early_refusal)
 
     @serve.deployment(**serve_deployment_options)
     @serve.ingress(app)

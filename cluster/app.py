@@ -249,7 +249,7 @@ def build_app(cfg: ServeConfig):
         "num_replicas": cfg.ingress_replicas,
         "max_ongoing_requests": 4096,
         "ray_actor_options": {"num_cpus": cfg.ingress_num_cpus, "runtime_env": {"env_vars": engine_env(cfg)}},
-    })
+    }, early_refusal=cfg.router == "pab" and cfg.admission_wait_s == 0)
     return ingress_cls.bind(engine, {
         "model": cfg.model,
         "served_model_name": cfg.served_model_name,

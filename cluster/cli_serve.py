@@ -50,6 +50,11 @@ def serve(
         raise typer.BadParameter(str(exc)) from None
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address is None:  # a local cluster inherits this process's environment
+        # Ray Serve's documented high-throughput mode: direct gRPC between replicas, the router and
+        # the ingress on one event loop. Cheaper requests leave more CPU to the engines and make a
+        # refusal cheap (measured in bench/results/SERVE.md).
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     import ray
     from ray import serve as rserve
 

@@ -227,7 +227,8 @@ class EngineReplica:
         self._registry = None
         self._registry_name: Optional[str] = None
         self._pab_parts: dict[str, Any] = {}
-        self.feedback = LatencyFeedback(FeedbackConfig(**self.spec.feedback))
+        # One decrease per feedback delay: a first token comes up to a TTFT after admission.
+        self.feedback = LatencyFeedback(FeedbackConfig(**{"cooldown_s": self.spec.ttft_slo_s, **self.spec.feedback}))
         self.front_delay = FrontDelay()
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
         self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
@@ -350,7 +351,7 @@ class EngineReplica:
             expected_output_tokens=self.expected_output_tokens(),
             typical_prompt_tokens=sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None,
             correction=self.feedback.factor,
-            front_delay_s=self.front_delay.value_s,
+            front_delay_s=self.front_delay.value_s(now),
         )
 
     def received_ids(self) -> list[str]:
@@ -404,7 +405,7 @@ class EngineReplica:
             "correction": self.feedback.factor,
             "correction_decreases": self.feedback.decreases,
             "latency_tail_ratio": self.feedback.last_tail_ratio,
-            "front_delay_s": self.front_delay.value_s,
+            "front_delay_s": self._pab_parts.get("front_delay_s"),
             "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
             "model": asdict(self.model),
             "own_model": {**asdict(self.own_model), "refits": self.own_refits},
@@ -478,7 +479,7 @@ class EngineReplica:
         received_s = time.time()
         arrival_s = req.get("arrival_s") or received_s
         self.received.append((received_s, rid))
-        self.front_delay.observe(received_s - arrival_s)
+        self.front_delay.observe(received_s, received_s - arrival_s)
         slo = SLO(req.get("ttft_slo_s") or self.default_slo.ttft_s, req.get("tpot_slo_s") or self.default_slo.tpot_s)
         extra = dict(req.get("extra_args") or {})
         extra.setdefault(SLO_TTFT_KEY, slo.ttft_s)

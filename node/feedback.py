@@ -11,11 +11,15 @@ follows:
   step): the gradient rule of Netflix's concurrency-limits and Envoy's
   adaptive concurrency filter;
 * **once per round trip**: only requests that arrived after the last decrease
-  may cause the next one, as TCP decreases its window once per round trip, so
-  breaches of requests admitted under the old budget do not shrink it again;
+  may cause the next one, and not within ``cooldown_s`` of it (the feedback
+  delay: a first token comes up to a TTFT after admission), as TCP decreases
+  its window once per round trip, so breaches of requests admitted under the
+  old budget do not shrink it again;
 * **recover slowly**: each ``interval_s`` without a breach the factor grows by
-  ``increase_step`` up to ``max_factor`` (TCP's additive increase), also when
-  no request finished: a budget shrunk to nothing must probe its way back.
+  ``increase_step`` or by ``increase_ratio``, whichever is more, up to
+  ``max_factor`` (TCP's additive increase, with a multiplicative term so a
+  deep cut does not take minutes to undo), also when no request finished: a
+  budget shrunk to nothing must probe its way back.
 
 The factor also shrinks on TPOT breaches (decodes of admitted requests running
 late means the node took more than its steps can carry).
@@ -47,7 +51,9 @@ class FeedbackConfig:
     max_decrease: float = 0.5  # one decrease multiplies the factor by at least this
     increase_step: float = 0.05  # additive recovery per interval without a breach
     interval_s: float = 1.0
-    min_factor: float = 0.02
+    increase_ratio: float = 1.25  # multiplicative recovery per interval without a breach
+    cooldown_s: float = 2.0  # no two decreases closer than this (the feedback delay; about the TTFT SLO)
+    min_factor: float = 0.1
     max_factor: float = 1.0
     window_s: float = 10.0  # samples older than this are forgotten
 
@@ -62,6 +68,8 @@ class FeedbackConfig:
             raise ValueError("need 0 < min_factor <= max_factor")
         if self.increase_step < 0 or self.interval_s <= 0 or self.window_s <= 0 or self.min_samples < 1:
             raise ValueError("increase_step >= 0, interval_s > 0, window_s > 0 and min_samples >= 1 required")
+        if self.increase_ratio < 1 or self.cooldown_s < 0:
+            raise ValueError("increase_ratio >= 1 and cooldown_s >= 0 required")
 
 
 class LatencyFeedback:
@@ -73,6 +81,7 @@ class LatencyFeedback:
         # (observed at, arrived at, measured / SLO), oldest first
         self._samples: deque[tuple[float, float, float]] = deque()
         self._last_decrease_arrival = -math.inf
+        self._last_decrease_s = -math.inf
         self._last_update = -math.inf
         self.decreases = 0
         self.last_tail_ratio: float | None = None
@@ -94,28 +103,33 @@ class LatencyFeedback:
         tail = percentile(fresh, 100 * cfg.quantile) if len(fresh) >= cfg.min_samples else None
         self.last_tail_ratio = tail
         if tail is not None and tail > cfg.target_ratio:
-            step = max(cfg.max_decrease, cfg.target_ratio / tail)
-            self.factor = max(cfg.min_factor, self.factor * step)
-            self._last_decrease_arrival = max(arrived for _, arrived, _ in self._samples)
-            self.decreases += 1
+            if now_s - self._last_decrease_s >= cfg.cooldown_s:
+                step = max(cfg.max_decrease, cfg.target_ratio / tail)
+                self.factor = max(cfg.min_factor, self.factor * step)
+                self._last_decrease_arrival = max(arrived for _, arrived, _ in self._samples)
+                self._last_decrease_s = now_s
+                self.decreases += 1
         else:
-            self.factor = min(cfg.max_factor, self.factor + cfg.increase_step)
+            grown = max(self.factor + cfg.increase_step, self.factor * cfg.increase_ratio)
+            self.factor = min(cfg.max_factor, grown)
         return self.factor
 
 
 class FrontDelay:
-    """Recent delays in front of the engine; ``value_s`` is their ``quantile`` (0 with no samples)."""
+    """Delays in front of the engine of the last ``window_s``; ``value_s(now)`` is their ``quantile`` (0 with none)."""
 
-    def __init__(self, *, quantile_: float = 0.9, window: int = 256) -> None:
+    def __init__(self, *, quantile_: float = 0.9, window_s: float = 10.0, max_samples: int = 512) -> None:
         if not 0 < quantile_ <= 1:
             raise ValueError(f"quantile must be in (0, 1], got {quantile_!r}")
         self.q = quantile_
-        self._delays: deque[float] = deque(maxlen=window)
+        self.window_s = window_s
+        self._delays: deque[tuple[float, float]] = deque(maxlen=max_samples)  # (observed at, delay)
 
-    def observe(self, delay_s: float) -> None:
+    def observe(self, now_s: float, delay_s: float) -> None:
         if math.isfinite(delay_s):
-            self._delays.append(max(0.0, delay_s))
+            self._delays.append((now_s, max(0.0, delay_s)))
 
-    @property
-    def value_s(self) -> float:
-        return percentile(list(self._delays), 100 * self.q) if self._delays else 0.0
+    def value_s(self, now_s: float) -> float:
+        while self._delays and now_s - self._delays[0][0] > self.window_s:
+            self._delays.popleft()
+        return percentile([d for _, d in self._delays], 100 * self.q) if self._delays else 0.0

@@ -7,7 +7,7 @@ from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
 
 
 def test_a_breach_shrinks_the_factor_by_the_gradient_at_most_halving_it():
-    fb = LatencyFeedback(FeedbackConfig(target_ratio=0.8, max_decrease=0.5, min_samples=4))
+    fb = LatencyFeedback(FeedbackConfig(target_ratio=0.8, max_decrease=0.5, min_samples=4, cooldown_s=1.0))
     for i in range(4):
         fb.observe(now_s=1.0, arrival_s=0.1 * i, ratio=1.0)  # TTFT at the SLO: 1.0 > 0.8
     assert fb.update(1.0) == pytest.approx(0.8)  # 0.8 / 1.0
@@ -18,7 +18,7 @@ def test_a_breach_shrinks_the_factor_by_the_gradient_at_most_halving_it():
 
 
 def test_breaches_of_requests_admitted_before_the_last_decrease_do_not_shrink_it_again():
-    fb = LatencyFeedback(FeedbackConfig(min_samples=2, increase_step=0.0))
+    fb = LatencyFeedback(FeedbackConfig(min_samples=2, increase_step=0.0, increase_ratio=1.0, cooldown_s=0.0))
     for t in (0.1, 0.2):
         fb.observe(1.0, t, 2.0)
     fb.update(1.0)
@@ -31,14 +31,24 @@ def test_breaches_of_requests_admitted_before_the_last_decrease_do_not_shrink_it
     assert fb.update(3.0) < shrunk
 
 
-def test_without_a_breach_the_factor_recovers_additively_up_to_its_cap():
-    fb = LatencyFeedback(FeedbackConfig(increase_step=0.1, interval_s=1.0, min_samples=1))
+def test_no_second_decrease_within_the_cooldown():
+    fb = LatencyFeedback(FeedbackConfig(min_samples=1, cooldown_s=2.0, increase_step=0.0, increase_ratio=1.0))
+    fb.observe(1.0, 0.9, 2.0)
+    first = fb.update(1.0)
+    fb.observe(2.0, 1.5, 2.0)  # arrived after the decrease, but its news comes within the feedback delay
+    assert fb.update(2.0) == first
+    assert fb.update(3.0) < first  # the same breach, past the cooldown
+
+
+def test_without_a_breach_the_factor_recovers_up_to_its_cap():
+    fb = LatencyFeedback(FeedbackConfig(increase_step=0.1, increase_ratio=1.25, interval_s=1.0, min_samples=1))
     fb.observe(0.5, 0.0, 5.0)
     fb.update(1.0)
     low = fb.factor
+    assert low == pytest.approx(0.5)  # halved at most
     assert fb.update(1.5) == low  # within the interval: no change
     values = [fb.update(2.0 + i) for i in range(20)]  # no samples at all: it still probes upward
-    assert values[0] == pytest.approx(low + 0.1) and values[-1] == 1.0
+    assert values[0] == pytest.approx(low * 1.25) and values[-1] == 1.0  # the larger of +0.1 and x1.25
     for i in range(10):
         fb.observe(30.0, 25.0 + i, 0.5)  # good latencies keep it there
     assert fb.update(30.0) == 1.0
@@ -51,13 +61,14 @@ def test_a_disabled_loop_keeps_the_model_as_it_is():
     assert fb.update(5.0) == 1.0
 
 
-def test_front_delay_is_a_tail_of_what_was_measured():
-    fd = FrontDelay(quantile_=0.9)
-    assert fd.value_s == 0.0
+def test_front_delay_is_a_recent_tail_of_what_was_measured():
+    fd = FrontDelay(quantile_=0.9, window_s=10.0)
+    assert fd.value_s(0.0) == 0.0
     for d in range(1, 11):
-        fd.observe(d / 100)
-    fd.observe(-1.0)  # clock skew never counts as negative time
-    assert fd.value_s == pytest.approx(percentile([0.0] + [d / 100 for d in range(1, 11)], 90))
+        fd.observe(1.0, d / 100)
+    fd.observe(1.0, -1.0)  # clock skew never counts as negative time
+    assert fd.value_s(2.0) == pytest.approx(percentile([0.0] + [d / 100 for d in range(1, 11)], 90))
+    assert fd.value_s(12.0) == 0.0  # a burst's delays do not shrink the idle budget forever
 
 
 def test_bad_knobs_are_refused():
