@@ -147,6 +147,12 @@ def _scenario(tmp_path: Path) -> None:
     from cluster.app import ServeConfig, deploy
 
     ray_tmp = tempfile.mkdtemp(prefix="fbobs-", dir="/tmp")  # short: Ray's socket paths live under it
+    # ray.cluster_utils.Cluster writes the head's address into the *default* temp dir
+    # (/tmp/ray/ray_current_cluster) whatever temp_dir the head gets: on a fresh machine, where no
+    # Ray has run yet, that folder does not exist and starting the cluster fails (seen in CI).
+    from ray._common.utils import get_default_ray_temp_dir, reset_ray_address
+
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
     prom_proc = None
     cluster = None
     try:
@@ -254,6 +260,7 @@ def _scenario(tmp_path: Path) -> None:
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
+            reset_ray_address()  # leave no pointer to this (gone) cluster for a later ray.init()
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
