@@ -71,7 +71,7 @@ class ServeConfig:
     profile: str = "cpu-tiny-llama"
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.25
-    anchor: str = "arrival"
+    anchor: str = "first-token"  # decode deadlines from the first token: mean TPOT holds (DESIGN section 2)
     report_interval_s: float = 0.05
     max_ongoing_requests: int = 256  # per engine; admission is PAB's job
     # balancing

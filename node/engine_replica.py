@@ -101,7 +101,7 @@ class EngineSpec:
     profile: str = "cpu-tiny-llama"  # step-time profile (name in deploy/profiles or path)
     ttft_slo_s: float = 2.0  # deployment default SLOs; requests may override
     tpot_slo_s: float = 0.25
-    anchor: str = "arrival"
+    anchor: str = "first-token"
     report_interval_s: float = 0.05
     feedback: dict[str, Any] = field(default_factory=dict)  # node.feedback.FeedbackConfig fields
 
