@@ -52,7 +52,7 @@ class BalancerSettings:
     knobs: dict[str, Any] = field(default_factory=dict)  # the policy's own keyword arguments
     admission_cap: Optional[int] = None  # naive cap on queued prompt tokens per node
     max_in_flight: Optional[int] = None  # static cap on requests per node
-    refresh_interval_s: float = 0.05
+    refresh_interval_s: float = 0.1
     stale_after_s: float = 2.0  # a node not reported for this long takes no new requests
     registry_timeout_s: float = 2.0  # one poll of the registry gives up after this long
 

@@ -15,6 +15,9 @@ placed on; its placement is released when it ends, however it ends
 and its first output awaited *before* the response begins, so a failure before
 the first token is a real HTTP status, not a 200 with an error inside.
 
+Arrival: the handler's start, or the ``x-request-start`` stamp a front proxy set
+(``arrival_stamp``).
+
 Per-request SLOs: ``vllm_xargs`` in the body (``ttft_slo_s``, ``tpot_slo_s``,
 seconds; the keys the FairBatching scheduler reads) or the headers
 ``x-slo-ttft-ms`` / ``x-slo-tpot-ms``; the body wins over the headers, the
@@ -44,6 +47,11 @@ from pydantic import BaseModel, ConfigDict, Field
 logger = logging.getLogger("ray.serve")
 
 TTFT_HEADER, TPOT_HEADER = "x-slo-ttft-ms", "x-slo-tpot-ms"
+#: When a front proxy stamped the request (nginx: ``proxy_set_header X-Request-Start "t=${msec}"``, the
+#: convention of Heroku's router and APM agents), the arrival is that stamp: the time the request waited
+#: in front of the ingress then counts in its TTFT, its slack and the budget's front delay.
+REQUEST_START_HEADER = "x-request-start"
+_MAX_REQUEST_START_AGE_S = 600.0  # an older (or future) stamp is a clock problem: ignored
 NODE_HEADER = "x-fairbatching-node"  # the node (host:ray node id) that served the request
 REPLICA_HEADER = "x-fairbatching-replica"  # the engine replica (the registry's node key)
 
@@ -115,6 +123,27 @@ def rejected(retry_after_s: float) -> APIError:
 
 def unavailable(message: str) -> APIError:
     return APIError(503, message, type_="service_unavailable", code="no_engine")
+
+
+def arrival_stamp(headers, now_s: float) -> float:
+    """The request's arrival, ``time.time()`` seconds: the ``x-request-start`` stamp when plausible, else now.
+
+    Accepts ``t=<number>`` or a bare number in seconds, milliseconds or microseconds since the
+    epoch (the forms proxies and APM agents use). A stamp in the future or more than 10 minutes
+    old is ignored.
+    """
+    raw = headers.get(REQUEST_START_HEADER)
+    if not raw:
+        return now_s
+    try:
+        value = float(raw.strip().removeprefix("t="))
+    except ValueError:
+        return now_s
+    for scale in (1.0, 1e-3, 1e-6):  # s, ms, us
+        stamp = value * scale
+        if 0 <= now_s - stamp <= _MAX_REQUEST_START_AGE_S:
+            return stamp
+    return now_s
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
@@ -380,7 +409,7 @@ class Ingress:
     # -- endpoints ----------------------------------------------------------------------------
 
     async def completions(self, body: CompletionRequest, headers):
-        arrival_s = time.time()
+        arrival_s = arrival_stamp(headers, time.time())
         if isinstance(body.prompt, str):
             ids = self.tokenizer.encode(body.prompt)
         else:
@@ -402,7 +431,7 @@ class Ingress:
         })
 
     async def chat(self, body: ChatCompletionRequest, headers):
-        arrival_s = time.time()
+        arrival_s = arrival_stamp(headers, time.time())
         msgs = [m.model_dump() for m in body.messages]
         enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
         ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)

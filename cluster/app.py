@@ -72,7 +72,7 @@ class ServeConfig:
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.25
     anchor: str = "first-token"  # decode deadlines from the first token: mean TPOT holds (DESIGN section 2)
-    report_interval_s: float = 0.05
+    report_interval_s: float = 0.1  # replicas report, routers poll; in-transit debits cover the gap (DESIGN 3)
     max_ongoing_requests: int = 256  # per engine; admission is PAB's job
     # balancing
     router: str = "pab"  # pab (our router, any balancer) | serve-default (Ray Serve's power of two)
@@ -83,7 +83,7 @@ class ServeConfig:
     admission_wait_s: float = 0.0  # bounded wait at the router before a 429
     registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
     feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
-    routing_stats_period_s: float = 0.2
+    routing_stats_period_s: float = 1.0  # Serve polls replicas for the fallback view (registry away)
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8000

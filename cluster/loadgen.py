@@ -93,8 +93,10 @@ def _prompt_ids(rng: random.Random, n: int, lo: int, hi: int) -> list[int]:
 
 
 async def _one(client: httpx.AsyncClient, rec: LiveRecord, body: dict, headers: dict, t0: float,
-               timeout_s: float) -> None:
+               timeout_s: float, stamp: bool) -> None:
     rec.sent_s = time.perf_counter() - t0
+    if stamp:  # as a front proxy would: the server counts its own queueing in the request's time
+        headers = {**headers, "x-request-start": f"t={time.time() * 1e3:.3f}"}
     try:
         async with client.stream("POST", "/v1/completions", json=body, headers=headers, timeout=timeout_s) as resp:
             rec.status = resp.status_code
@@ -143,8 +145,13 @@ async def replay(
     timeout_s: float = 300.0,
     seed: int = 0,
     progress=None,
+    request_start_header: bool = True,
 ) -> list[LiveRecord]:
-    """Send every request of ``workload`` at its arrival time; return one record per request."""
+    """Send every request of ``workload`` at its arrival time; return one record per request.
+
+    With ``request_start_header`` each request carries ``x-request-start`` (its send time, in ms),
+    as a front proxy would set it, so the server's arrival stamp is the client's.
+    """
     rng = random.Random(seed)
     headers = {"x-slo-ttft-ms": str(slo.ttft_s * 1e3), "x-slo-tpot-ms": str(slo.tpot_s * 1e3)} if slo_headers else {}
     records, bodies = [], []
@@ -168,7 +175,7 @@ async def replay(
             delay = t0 + rec.arrival_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(client, rec, body, headers, t0, timeout_s))
+            task = asyncio.create_task(_one(client, rec, body, headers, t0, timeout_s, request_start_header))
             if progress is not None:
                 task.add_done_callback(lambda _: progress())
             tasks.append(task)

@@ -28,7 +28,7 @@ Each replica
   stamp to the request reaching this replica (proxy, ingress, router, the hop)
   is taken off the budget's horizon;
 * pushes its ``NodeView`` to the PAB registry every ``report_interval_s``
-  (50 ms by default), with the ids of the requests it received in the last
+  (100 ms by default), with the ids of the requests it received in the last
   ``RECEIVED_WINDOW_S`` (so routers drop their debits exactly when the report
   counts the request), and exposes it through ``record_routing_stats`` for
   routers whose registry is away;
@@ -102,7 +102,7 @@ class EngineSpec:
     ttft_slo_s: float = 2.0  # deployment default SLOs; requests may override
     tpot_slo_s: float = 0.25
     anchor: str = "first-token"
-    report_interval_s: float = 0.05
+    report_interval_s: float = 0.1
     feedback: dict[str, Any] = field(default_factory=dict)  # node.feedback.FeedbackConfig fields
 
     def to_dict(self) -> dict[str, Any]:
