@@ -282,3 +282,42 @@ def test_live_report_counts_429_as_rejected_and_broken_streams_as_dropped():
     assert rep["attainment"] == 0.25 and rep["admitted_attainment"] == pytest.approx(1 / 3)
     for key in ("ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50", "tpot_p99", "goodput_rps"):
         assert key in rep
+
+
+def test_arrival_is_a_front_proxys_stamp_when_plausible():
+    from cluster.api import arrival_stamp
+
+    now = 1_800_000_000.0
+    assert arrival_stamp({}, now) == now
+    assert arrival_stamp({"x-request-start": "t=1799999999500"}, now) == pytest.approx(now - 0.5)  # ms
+    assert arrival_stamp({"x-request-start": "1799999998.25"}, now) == pytest.approx(now - 1.75)  # s
+    assert arrival_stamp({"x-request-start": "t=1799999999900000"}, now) == pytest.approx(now - 0.1)  # us
+    assert arrival_stamp({"x-request-start": "t=1800000100000"}, now) == now  # in the future: ignored
+    assert arrival_stamp({"x-request-start": "t=1700000000000"}, now) == now  # days old: ignored
+    assert arrival_stamp({"x-request-start": "soon"}, now) == now
+
+
+def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from balancer import admission
+    from cluster.api import make_fastapi_app
+
+    lb = _balancer()
+    lb.apply_views({"a": _view(-5000, 1.0, slots_free=3)})
+    lb._fetched_at = lb._clock()
+    monkeypatch.setattr(admission, "_BALANCERS", {("app", "engine"): lb})
+    app = make_fastapi_app()
+    reached = []
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        reached.append(body)
+        return {"ok": True}
+
+    client = TestClient(app)
+    r = client.post("/v1/completions", content=b"{not even json")
+    assert r.status_code == 429 and r.json()["error"]["code"] == "admission_rejected"
+    assert 1 <= int(r.headers["retry-after"]) <= 30 and not reached
+    lb.apply_views({"a": _view(5000, 2.0, slots_free=3)})  # budget back: requests reach the route again
+    assert client.post("/v1/completions", json={"x": 1}).status_code == 200 and reached
