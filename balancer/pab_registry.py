@@ -53,7 +53,7 @@ def view_from_dict(node_id: int, data: dict[str, Any]) -> NodeView:
 class PABRegistry:
     """Latest report per engine replica, the deployment model, and what the routers decided."""
 
-    def __init__(self, *, stale_after_s: float = 10.0, model_max_age_s: float = 60.0, **_: Any) -> None:
+    def __init__(self, *, stale_after_s: float = 3.0, model_max_age_s: float = 60.0, **_: Any) -> None:
         self.stale_after_s = stale_after_s
         self.model_max_age_s = model_max_age_s
         self._views: dict[str, dict[str, Any]] = {}  # latest report per node key (NodeView fields)

@@ -172,7 +172,7 @@ class SimNode:
         req.node_id = self.node_id
         self.received += 1
         if self.front_delay is not None:
-            self.front_delay.observe(now_s - req.arrival_s)
+            self.front_delay.observe(now_s, now_s - req.arrival_s)
         if self.acknowledge_received:
             self._received_ids.append(req.key)
         if self.pool.blocks_for(req.prompt_tokens + req.output_tokens) > self.pool.total_blocks:
@@ -447,7 +447,7 @@ class SimNode:
                 list(self.states.values()), now_s, self.pool.free_blocks * self.block_size,
                 expected_output_tokens=self.expected_output_tokens(),
                 correction=self.correction,
-                front_delay_s=self.front_delay.value_s if self.front_delay is not None else 0.0,
+                front_delay_s=self.front_delay.value_s(now_s) if self.front_delay is not None else 0.0,
             )
         report = self.last_pab
         return NodeView(
