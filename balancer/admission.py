@@ -55,6 +55,10 @@ class BalancerSettings:
     refresh_interval_s: float = 0.1
     stale_after_s: float = 2.0  # a node not reported for this long takes no new requests
     registry_timeout_s: float = 2.0  # one poll of the registry gives up after this long
+    # Shed a request that has already waited this fraction of its TTFT SLO in front of admission
+    # (None: never): it can hardly meet its TTFT any more, and serving it delays those that can.
+    shed_after_fraction: Optional[float] = 0.5
+    default_ttft_slo_s: float = 2.0  # the TTFT SLO of a request that names none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +167,15 @@ class LocalBalancer:
                 return None, decision
             self.placed += 1
             return self._keys[decision.node_id], decision
+
+    def too_late(self, waited_s: float, ttft_slo_s: Optional[float] = None) -> bool:
+        """Whether a request that has waited ``waited_s`` before admission is shed (see ``shed_after_fraction``)."""
+        frac = self.settings.shed_after_fraction
+        ttft = ttft_slo_s if ttft_slo_s is not None else self.settings.default_ttft_slo_s
+        if frac is None or waited_s <= frac * ttft:
+            return False
+        self.rejected += 1
+        return True
 
     def refusal_before_parsing(self) -> Optional[float]:
         """A Retry-After (s) when no live node can take even a one-token request now, else None.

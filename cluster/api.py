@@ -313,6 +313,9 @@ class Ingress:
             return
         from balancer.admission import count_rejection
 
+        if lb.too_late(time.time() - req["arrival_s"], req["ttft_slo_s"]):
+            count_rejection()
+            raise rejected(1.0)
         deadline = time.monotonic() + self.admission_wait_s
         while True:
             node, decision = lb.admit(req["request_id"], req["prompt_tokens"])
@@ -476,9 +479,11 @@ class EarlyRefusal:
     """ASGI middleware: under overload, refuse a generation request before reading its body.
 
     When no engine can take even a one-token request (``LocalBalancer.refusal_before_parsing``),
-    parsing and validating the body would only spend the CPU the engines and the admitted
-    requests need: the answer is a 429 with Retry-After straight away. Otherwise the request
-    goes on to the route, which admits it by its real prompt length.
+    or the request already waited in front of admission for more than ``shed_after_fraction`` of
+    its TTFT SLO (``LocalBalancer.too_late``; its age from ``X-Request-Start``), parsing and
+    validating the body would only spend the CPU the engines and the admitted requests need: the
+    answer is a 429 with Retry-After straight away. Otherwise the request goes on to the route,
+    which admits it by its real prompt length (and checks its age again).
     """
 
     def __init__(self, app) -> None:
@@ -488,13 +493,28 @@ class EarlyRefusal:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ADMITTED_PATHS:
             from balancer.admission import count_rejection, local_balancers
 
-            for lb in local_balancers():
-                wait = lb.refusal_before_parsing()
-                if wait is not None:
-                    count_rejection()
-                    await rejected(wait).response()(scope, receive, send)
-                    return
+            balancers = local_balancers()
+            if balancers:
+                now = time.time()
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+                waited = now - arrival_stamp(headers, now)
+                ttft = _header_seconds(headers, TTFT_HEADER)
+                for lb in balancers:
+                    wait = 1.0 if lb.too_late(waited, ttft) else lb.refusal_before_parsing()
+                    if wait is not None:
+                        count_rejection()
+                        await rejected(wait).response()(scope, receive, send)
+                        return
         await self.app(scope, receive, send)
+
+
+def _header_seconds(headers, name: str) -> Optional[float]:
+    """A positive number of milliseconds in header ``name`` as seconds, else None (validated later)."""
+    try:
+        value = float(headers.get(name, "")) / 1e3
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def make_fastapi_app(early_refusal: bool = True) -> FastAPI:

@@ -81,6 +81,7 @@ class ServeConfig:
     admission_cap: Optional[int] = None  # naive cap: queued prompt tokens per engine
     max_in_flight: Optional[int] = None  # static cap: requests per engine (the in-flight-cap baseline)
     admission_wait_s: float = 0.0  # bounded wait at the router before a 429
+    shed_after_fraction: Optional[float] = 0.5  # refuse a request that waited this share of its TTFT before admission
     registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
     feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
     routing_stats_period_s: float = 1.0  # Serve polls replicas for the fallback view (registry away)
@@ -117,6 +118,10 @@ class ServeConfig:
                 fail(key, f"must be a number >= 0, got {v!r}")
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             fail("port", f"must be a TCP port, got {self.port!r}")
+        if self.shed_after_fraction is not None and (
+                isinstance(self.shed_after_fraction, bool) or not isinstance(self.shed_after_fraction, (int, float))
+                or not 0 < self.shed_after_fraction <= 1):
+            fail("shed_after_fraction", f"must be a number in (0, 1] or null, got {self.shed_after_fraction!r}")
         if self.max_in_flight is not None and (not isinstance(self.max_in_flight, int) or self.max_in_flight < 1):
             fail("max_in_flight", f"must be an integer >= 1 or null, got {self.max_in_flight!r}")
         for key in ("engine_args", "engine_env", "node_config", "balancer_knobs", "feedback"):
@@ -149,7 +154,8 @@ class ServeConfig:
         return BalancerSettings(
             self.balancer, dict(self.balancer_knobs), admission_cap=self.admission_cap,
             max_in_flight=self.max_in_flight, refresh_interval_s=self.report_interval_s,
-            registry_timeout_s=self.registry_timeout_s,
+            registry_timeout_s=self.registry_timeout_s, shed_after_fraction=self.shed_after_fraction,
+            default_ttft_slo_s=self.ttft_slo_s,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -148,7 +148,8 @@ def arm_overrides(arm: str, cfg: OverloadConfig, in_flight_cap: Optional[int]) -
     if arm == "serve-default":
         return {**base, "router": "serve-default"}
     if arm == "inflight-cap":
-        return {**base, "router": "pab", "balancer": "power-of-two", "max_in_flight": in_flight_cap}
+        return {**base, "router": "pab", "balancer": "power-of-two", "max_in_flight": in_flight_cap,
+                "shed_after_fraction": None}
     raise ValueError(f"unknown arm {arm!r}; choose among {', '.join(ARMS)}")
 
 

@@ -118,7 +118,7 @@ class LatencyFeedback:
 class FrontDelay:
     """Delays in front of the engine of the last ``window_s``; ``value_s(now)`` is their ``quantile`` (0 with none)."""
 
-    def __init__(self, *, quantile_: float = 0.9, window_s: float = 10.0, max_samples: int = 512) -> None:
+    def __init__(self, *, quantile_: float = 0.9, window_s: float = 3.0, max_samples: int = 512) -> None:
         if not 0 < quantile_ <= 1:
             raise ValueError(f"quantile must be in (0, 1], got {quantile_!r}")
         self.q = quantile_

@@ -321,3 +321,10 @@ def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
     assert 1 <= int(r.headers["retry-after"]) <= 30 and not reached
     lb.apply_views({"a": _view(5000, 2.0, slots_free=3)})  # budget back: requests reach the route again
     assert client.post("/v1/completions", json={"x": 1}).status_code == 200 and reached
+    # A request that waited half its TTFT SLO (default 2 s) in front of admission is shed unread.
+    import time
+
+    stale = {"x-request-start": f"t={(time.time() - 1.5) * 1e3:.0f}"}
+    assert client.post("/v1/completions", json={"x": 2}, headers=stale).status_code == 429
+    assert client.post("/v1/completions", json={"x": 3}, headers={**stale, "x-slo-ttft-ms": "5000"}).status_code == 200
+    assert len(reached) == 2
