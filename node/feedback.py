@@ -15,11 +15,15 @@ follows:
   delay: a first token comes up to a TTFT after admission), as TCP decreases
   its window once per round trip, so breaches of requests admitted under the
   old budget do not shrink it again;
-* **recover slowly**: each ``interval_s`` without a breach the factor grows by
-  ``increase_step`` or by ``increase_ratio``, whichever is more, up to
-  ``max_factor`` (TCP's additive increase, with a multiplicative term so a
-  deep cut does not take minutes to undo), also when no request finished: a
-  budget shrunk to nothing must probe its way back.
+* **recover slowly, on evidence**: each ``interval_s`` in which at least
+  ``min_samples`` requests admitted since the last cut were measured within
+  the target, the factor grows by ``increase_step`` or by ``increase_ratio``,
+  whichever is more, up to ``max_factor`` (TCP's additive increase, with a
+  multiplicative term so a deep cut does not take minutes to undo). An idle
+  node does not grow its factor (TCP's congestion window validation, RFC 7661:
+  no growth while application-limited), so a burst after a lull meets the
+  budget the last load earned; only after ``window_s`` without any sample does
+  it probe upward additively, so a budget shrunk to nothing finds its way back.
 
 The factor also shrinks on TPOT breaches (decodes of admitted requests running
 late means the node took more than its steps can carry).
@@ -53,7 +57,7 @@ class FeedbackConfig:
     interval_s: float = 1.0
     increase_ratio: float = 1.25  # multiplicative recovery per interval without a breach
     cooldown_s: float = 2.0  # no two decreases closer than this (the feedback delay; about the TTFT SLO)
-    min_factor: float = 0.1
+    min_factor: float = 0.02
     max_factor: float = 1.0
     window_s: float = 10.0  # samples older than this are forgotten
 
@@ -109,9 +113,11 @@ class LatencyFeedback:
                 self._last_decrease_arrival = max(arrived for _, arrived, _ in self._samples)
                 self._last_decrease_s = now_s
                 self.decreases += 1
-        else:
+        elif tail is not None:
             grown = max(self.factor + cfg.increase_step, self.factor * cfg.increase_ratio)
             self.factor = min(cfg.max_factor, grown)
+        elif not self._samples:  # nothing measured for window_s: probe
+            self.factor = min(cfg.max_factor, self.factor + cfg.increase_step)
         return self.factor
 
 

@@ -40,18 +40,27 @@ def test_no_second_decrease_within_the_cooldown():
     assert fb.update(3.0) < first  # the same breach, past the cooldown
 
 
-def test_without_a_breach_the_factor_recovers_up_to_its_cap():
+def test_good_latencies_recover_the_factor_up_to_its_cap():
     fb = LatencyFeedback(FeedbackConfig(increase_step=0.1, increase_ratio=1.25, interval_s=1.0, min_samples=1))
     fb.observe(0.5, 0.0, 5.0)
     fb.update(1.0)
     low = fb.factor
     assert low == pytest.approx(0.5)  # halved at most
     assert fb.update(1.5) == low  # within the interval: no change
-    values = [fb.update(2.0 + i) for i in range(20)]  # no samples at all: it still probes upward
-    assert values[0] == pytest.approx(low * 1.25) and values[-1] == 1.0  # the larger of +0.1 and x1.25
+    values = []
     for i in range(10):
-        fb.observe(30.0, 25.0 + i, 0.5)  # good latencies keep it there
-    assert fb.update(30.0) == 1.0
+        fb.observe(2.0 + i, 1.5 + i, 0.5)  # admitted after the cut, well within the target
+        values.append(fb.update(2.0 + i))
+    assert values[0] == pytest.approx(low * 1.25) and values[-1] == 1.0  # the larger of +0.1 and x1.25
+
+
+def test_an_idle_node_keeps_its_factor_then_probes():
+    """No growth without evidence (RFC 7661): a burst after a lull meets the budget the last load earned."""
+    fb = LatencyFeedback(FeedbackConfig(increase_step=0.1, interval_s=1.0, window_s=10.0, min_samples=1))
+    fb.observe(0.5, 0.0, 5.0)
+    cut = fb.update(1.0)
+    assert [fb.update(2.0 + i) for i in range(8)] == [cut] * 8  # the breach is still in the window
+    assert fb.update(12.0) == pytest.approx(cut + 0.1)  # nothing measured for 10 s: probe
 
 
 def test_a_disabled_loop_keeps_the_model_as_it_is():
