@@ -87,8 +87,9 @@ def main() -> None:
     import httpx
     import ray
 
-    from cluster.app import ServeConfig, deploy
+    from cluster.app import ServeConfig, deploy, use_serve_env
 
+    use_serve_env()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         cfg = ServeConfig(port=free_port(), router=args.router, node_config=json.loads(args.node_config))

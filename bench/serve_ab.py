@@ -31,10 +31,11 @@ def run_arm(router: str, workload, args) -> dict:
     import ray
     from ray import serve
 
-    from cluster.app import ServeConfig, deploy
+    from cluster.app import ServeConfig, deploy, use_serve_env
     from cluster.loadgen import live_report, replay
     from node.request import SLO
 
+    use_serve_env()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         cfg = ServeConfig(port=free_port(), router=router, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,

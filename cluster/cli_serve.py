@@ -51,10 +51,9 @@ def serve(
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address is None:  # a local cluster inherits this process's environment
-        # Ray Serve's documented high-throughput mode: direct gRPC between replicas, the router and
-        # the ingress on one event loop. Cheaper requests leave more CPU to the engines and make a
-        # refusal cheap (measured in bench/results/SERVE.md).
-        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        from cluster.app import use_serve_env
+
+        use_serve_env()
     import ray
     from ray import serve as rserve
 

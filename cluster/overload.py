@@ -112,12 +112,13 @@ def measure_capacity(url: str, model: str, cfg: OverloadConfig,
 def local_cluster(overrides: dict[str, Any], *, warmup: int = 4) -> Iterator[tuple[str, Any]]:
     """A fresh local Ray cluster serving the embedded default with ``overrides``: ``(url, ServeConfig)``."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as fairbatching serve runs a local cluster
+    from cluster.app import ServeConfig, deploy, use_serve_env
+
+    use_serve_env()  # as fairbatching serve runs a local cluster
     import httpx
     import ray
     from ray import serve
 
-    from cluster.app import ServeConfig, deploy
     from cluster.net import free_port
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)

@@ -42,9 +42,16 @@ def cluster(tmp_path_factory):
     import ray
     from ray import serve
 
-    from cluster.app import ServeConfig, deploy
+    from cluster.app import SERVE_ENV, ServeConfig, deploy, use_serve_env
 
+    saved = {k: os.environ.get(k) for k in SERVE_ENV}
+    use_serve_env()  # the mode fairbatching serve runs: HAProxy in front of the ingress
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    for k, v in saved.items():  # only this cluster: the next module's nodes share one host
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         profile = tmp_path_factory.mktemp("profile") / "test-slow.json"
         profile.write_text(json.dumps(SLOW_PROFILE))
