@@ -84,7 +84,10 @@ class ServeConfig:
     engine_args: dict[str, Any] = field(default_factory=_tiny_cpu_engine_args)  # vLLM AsyncEngineArgs
     engine_env: dict[str, str] = field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"})
     scheduler: str = "fairbatching"  # fairbatching | fairbatching-async (GPU) | vllm (stock)
-    node_config: dict[str, Any] = field(default_factory=dict)  # NodeConfig overrides for the scheduler
+    # NodeConfig overrides for the scheduler. The TPOT guard band: FairBatching paces a decode to its
+    # deadline, so its mean TPOT lands just under the SLO and the way back to the client tips it
+    # over; planning at 0.8 x the TPOT leaves that way 20 % (bench/results/SERVE.md).
+    node_config: dict[str, Any] = field(default_factory=lambda: {"knobs": {"tpot_margin": 0.2}})
     profile: str = "cpu-tiny-llama"
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.25

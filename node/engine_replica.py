@@ -190,10 +190,11 @@ class EngineReplica:
         if self.spec.scheduler_cls:
             from node.node_config import NodeConfig
 
+            overrides = dict(self.spec.node_config or {})
             cfg = {"profile": self.spec.profile, "ttft_slo_s": self.spec.ttft_slo_s, "tpot_slo_s": self.spec.tpot_slo_s}
-            if (self.spec.node_config or {}).get("policy", "fairbatching") == "fairbatching":
-                cfg["knobs"] = {"anchor": self.spec.anchor}
-            cfg.update(self.spec.node_config or {})
+            if overrides.get("policy", "fairbatching") == "fairbatching":  # the anchor joins the policy's knobs
+                overrides["knobs"] = {"anchor": self.spec.anchor, **overrides.get("knobs", {})}
+            cfg.update(overrides)
             os.environ.update(NodeConfig.from_dict(cfg).to_env())
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         import ray
