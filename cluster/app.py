@@ -104,6 +104,9 @@ class ServeConfig:
     shed_after_fraction: Optional[float] = 0.5  # refuse a request that waited this share of its TTFT before admission
     registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
     feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
+    # PAB's horizon as a share of the TTFT SLO, and the closed loop's target for the measured P90
+    # (feedback.target_ratio unless set): the rest is for the way back to the client and the tail.
+    pab_horizon_fraction: float = 0.75
     routing_stats_period_s: float = 1.0  # Serve polls replicas for the fallback view (registry away)
     # HTTP
     host: str = "127.0.0.1"
@@ -142,6 +145,9 @@ class ServeConfig:
                 isinstance(self.shed_after_fraction, bool) or not isinstance(self.shed_after_fraction, (int, float))
                 or not 0 < self.shed_after_fraction <= 1):
             fail("shed_after_fraction", f"must be a number in (0, 1] or null, got {self.shed_after_fraction!r}")
+        if isinstance(self.pab_horizon_fraction, bool) or not isinstance(self.pab_horizon_fraction, (int, float)) \
+                or not 0 < self.pab_horizon_fraction <= 1:
+            fail("pab_horizon_fraction", f"must be a number in (0, 1], got {self.pab_horizon_fraction!r}")
         if self.max_in_flight is not None and (not isinstance(self.max_in_flight, int) or self.max_in_flight < 1):
             fail("max_in_flight", f"must be an integer >= 1 or null, got {self.max_in_flight!r}")
         for key in ("engine_args", "engine_env", "node_config", "balancer_knobs", "feedback"):
@@ -165,6 +171,7 @@ class ServeConfig:
             anchor=self.anchor,
             report_interval_s=self.report_interval_s,
             feedback=dict(self.feedback),
+            pab_horizon_fraction=self.pab_horizon_fraction,
         )
 
     def balancer_settings(self):

@@ -104,6 +104,7 @@ class EngineSpec:
     anchor: str = "first-token"
     report_interval_s: float = 0.1
     feedback: dict[str, Any] = field(default_factory=dict)  # node.feedback.FeedbackConfig fields
+    pab_horizon_fraction: float = 0.75  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,7 +230,8 @@ class EngineReplica:
         self._registry_name: Optional[str] = None
         self._pab_parts: dict[str, Any] = {}
         # One decrease per feedback delay: a first token comes up to a TTFT after admission.
-        self.feedback = LatencyFeedback(FeedbackConfig(**{"cooldown_s": self.spec.ttft_slo_s, **self.spec.feedback}))
+        self.feedback = LatencyFeedback(FeedbackConfig(**{
+            "cooldown_s": self.spec.ttft_slo_s, "target_ratio": self.spec.pab_horizon_fraction, **self.spec.feedback}))
         self.front_delay = FrontDelay()
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
         self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
@@ -343,7 +345,7 @@ class EngineReplica:
         kv_free = max(0, int((1.0 - self.kv_usage) * self.kv_capacity_tokens))
         return estimate_pab(
             states, self.model, now,
-            horizon_s=self.default_slo.ttft_s,
+            horizon_s=self.spec.pab_horizon_fraction * self.default_slo.ttft_s,
             kv_free_tokens=kv_free,
             default_tpot_s=self.default_slo.tpot_s,
             anchor=self.anchor,
