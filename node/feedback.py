@@ -17,9 +17,11 @@ follows:
   old budget do not shrink it again;
 * **recover slowly, on evidence**: each ``interval_s`` in which at least
   ``min_samples`` requests admitted since the last cut were measured within
-  the target, the factor grows by ``increase_step`` or by ``increase_ratio``,
-  whichever is more, up to ``max_factor`` (TCP's additive increase, with a
-  multiplicative term so a deep cut does not take minutes to undo). An idle
+  the target, the factor grows by the square root of the gradient
+  ``target / measured``, at most by ``increase_ratio``, up to ``max_factor``:
+  near the target it creeps (a tail at 90 % of the target grows it 5 %), far
+  below it recovers quickly, so the loop settles instead of sawing between an
+  overshoot and a cut (the gradient of Netflix's concurrency limits, damped). An idle
   node does not grow its factor (TCP's congestion window validation, RFC 7661:
   no growth while application-limited), so a burst after a lull meets the
   budget the last load earned; only after ``window_s`` without any sample does
@@ -114,8 +116,8 @@ class LatencyFeedback:
                 self._last_decrease_s = now_s
                 self.decreases += 1
         elif tail is not None:
-            grown = max(self.factor + cfg.increase_step, self.factor * cfg.increase_ratio)
-            self.factor = min(cfg.max_factor, grown)
+            gradient = cfg.target_ratio / tail if tail > 0 else math.inf
+            self.factor = min(cfg.max_factor, self.factor * min(cfg.increase_ratio, math.sqrt(gradient)))
         elif not self._samples:  # nothing measured for window_s: probe
             self.factor = min(cfg.max_factor, self.factor + cfg.increase_step)
         return self.factor

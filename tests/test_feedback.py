@@ -49,9 +49,17 @@ def test_good_latencies_recover_the_factor_up_to_its_cap():
     assert fb.update(1.5) == low  # within the interval: no change
     values = []
     for i in range(10):
-        fb.observe(2.0 + i, 1.5 + i, 0.5)  # admitted after the cut, well within the target
+        fb.observe(2.0 + i, 1.5 + i, 0.2)  # admitted after the cut, far within the target (0.8)
         values.append(fb.update(2.0 + i))
-    assert values[0] == pytest.approx(low * 1.25) and values[-1] == 1.0  # the larger of +0.1 and x1.25
+    assert values[0] == pytest.approx(low * 1.25) and values[-1] == 1.0  # sqrt(0.8 / 0.2) = 2, capped at 1.25
+
+
+def test_near_the_target_the_factor_creeps():
+    fb = LatencyFeedback(FeedbackConfig(target_ratio=0.8, min_samples=1, cooldown_s=0.0))
+    fb.observe(0.5, 0.0, 1.6)
+    cut = fb.update(1.0)
+    fb.observe(1.5, 1.2, 0.72)  # 90 % of the target
+    assert fb.update(2.0) == pytest.approx(cut * (0.8 / 0.72) ** 0.5)
 
 
 def test_an_idle_node_keeps_its_factor_then_probes():
