@@ -59,7 +59,7 @@ class FeedbackConfig:
     interval_s: float = 1.0
     increase_ratio: float = 1.25  # multiplicative recovery per interval without a breach
     cooldown_s: float = 2.0  # no two decreases closer than this (the feedback delay; about the TTFT SLO)
-    min_factor: float = 0.02
+    min_factor: float = 0.1  # at 0.1 an idle node still takes a typical prompt, so the loop can see it recover
     max_factor: float = 1.0
     window_s: float = 10.0  # samples older than this are forgotten
 

@@ -14,18 +14,21 @@ all three, in prompt tokens of one more request of the typical output length:
   ``max_num_batched_tokens`` minus the decodes; the step then lasts
   ``h + a + T_dec + (b + c) * q`` (``h``: per-step host time, so this is the
   step cadence), and ``R = q / step``;
-* the node's measured ``correction`` (closed loop, ``node.feedback``) says it
-  runs ``1 / correction`` times slower than the model: every cost is scaled
-  by it before anything above is computed; the horizon is shortened by the
-  measured delay in front of the engine: time-limited budget
-  ``R * (H - front_delay) - W``, ``W`` the prompt tokens queued within the horizon;
+* the node's measured ``correction`` ``k`` (closed loop, ``node.feedback``)
+  scales what the node may take on: its prefill rate, ``k * R``, and the
+  number of requests it carries at once, ``k`` times what the step could hold
+  as decodes; the horizon is shortened by the measured delay in front of the
+  engine: time-limited budget ``k * R * (H - front_delay) - W``, ``W`` the
+  prompt tokens queued within the horizon (the fixed cost of a step is not
+  scaled: however late its requests ran, an idle node still takes one);
 * caps: KV headroom (free KV minus what live requests still grow into, minus
   the new request's expected output), the new request's own decode (its
   ``b + c * (L + E / 2)`` must still fit the step with all the others);
-* **slots**: how many more requests of the typical prompt length the step can
-  carry as decodes, and never more than the free sequence seats
-  (``max_num_seqs``). A prompt budget alone never limits short prompts: each
-  one still brings a decode for its whole output. No slot, no budget.
+* **slots**: ``k`` times the requests of the typical prompt length a step
+  could carry as decodes, less the live ones, and never more than the free
+  sequence seats (``max_num_seqs``). A prompt budget alone never limits short
+  prompts: each one still brings a decode for its whole output. No slot, no
+  budget.
 
 ``PAB`` is the smallest of these; ``PABReport.binding`` names which one binds.
 ``recovery_tps`` says how fast the binding limit grows back when nothing new is
@@ -62,7 +65,7 @@ class PABReport:
     """A node's admission budget and the parts it is made of."""
 
     pab_tokens: float  # what the balancer compares against a request's prompt length
-    prefill_rate_tps: float  # R: prefill tokens/s left after the decode reservation (before correction)
+    prefill_rate_tps: float  # k * R: prefill tokens/s left after the decode reservation, corrected
     queued_tokens: int  # W: prompt tokens already waiting within the horizon
     kv_headroom_tokens: int  # free KV tokens after live requests' growth (new request's output not taken)
     reference_step_s: float  # tau
@@ -72,7 +75,7 @@ class PABReport:
     decode_limited_tokens: float = math.inf  # largest prompt whose decode still fits every step
     slots_free: float = math.inf  # more requests of the typical prompt whose decodes fit (and free seats)
     slot_wait_s: float = 0.0  # expected time to the next departure (one slot back)
-    correction: float = 1.0  # the closed loop's factor: the node runs 1 / correction times slower than modelled
+    correction: float = 1.0  # the closed loop's factor k on the prefill rate and the requests carried
     front_delay_s: float = 0.0  # measured time in front of the engine, taken off H
     expected_output_tokens: float = 0.0  # E: output length assumed for a new request
     binding: str = "time"  # which limit sets pab_tokens: time, kv, decode or slots
@@ -144,18 +147,16 @@ def _lifetime_decode_load(
 
 def prefill_chunk_per_step(
     model: StepTimeModel, tau_s: float, decode_reservation_s: float, decodes: int,
-    max_num_batched_tokens: int | None, *, slowdown: float = 1.0,
+    max_num_batched_tokens: int | None,
 ) -> tuple[float, float]:
     """``(q, step_s)``: the prefill tokens a step of ``tau_s`` carries beside its decodes, and that step's wall time.
 
     ``q`` fills what the step has left after the fixed cost and the decodes
     (at ``b + c`` per token), at most ``max_num_batched_tokens - decodes``; a
     capped step is shorter than ``tau_s``. ``q`` is 0 when the decodes alone
-    fill the step. ``slowdown`` multiplies every cost of the model (the closed
-    loop's measured correction is ``1 / slowdown``); ``decode_reservation_s``
-    is taken as already scaled.
+    fill the step.
     """
-    sf = model.safety_factor * slowdown
+    sf = model.safety_factor
     fixed = sf * model.fixed_s
     per_token = sf * (model.b_s_per_token + model.c_s_per_context_token)
     q = max(0.0, (tau_s - fixed - decode_reservation_s) / per_token)
@@ -182,10 +183,9 @@ def estimate_pab(
 ) -> PABReport:
     """The closed-form, whole-life PAB of a node holding ``requests`` (see the module docstring).
 
-    ``correction`` (> 0) is the closed loop's measured factor: the node runs
-    ``1 / correction`` times slower than ``model`` says, so every cost of the
-    model is divided by it (the prefill rate, the decode room and the slots
-    all shrink with it). ``front_delay_s`` (>= 0) is taken off the horizon.
+    ``correction`` (> 0) is the closed loop's measured factor ``k``: it
+    scales the prefill rate and the requests the node carries at once.
+    ``front_delay_s`` (>= 0) is taken off the horizon.
     ``typical_prompt_tokens`` sizes a new request's decode for the slot count
     (default: the mean prompt of ``requests``, 0 without any). Raises
     ``ValueError`` on a non-finite clock, a horizon or TPOT <= 0, negative KV,
@@ -196,14 +196,13 @@ def estimate_pab(
         raise ValueError(f"correction must be > 0, got {correction!r}")
     if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
         raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
-    slowdown = 1.0 / correction
-    sf = model.safety_factor * slowdown
+    sf = model.safety_factor
     fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
     tau = _reference_step_s(requests, default_tpot_s)
     n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens)
     t_dec = b * n + c * ctx
-    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens, slowdown=slowdown)
-    rate = q / step_s if q > 0 else 0.0
+    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens)
+    rate = correction * q / step_s if q > 0 else 0.0
     queued = _queued_within(requests, now_s, horizon_s, anchor)
     effective_h = max(0.0, horizon_s - front_delay_s)
     time_limited = rate * effective_h - queued
@@ -222,7 +221,10 @@ def estimate_pab(
     if typical_prompt_tokens is None:
         typical_prompt_tokens = sum(r.prompt_tokens for r in requests) / n if n else 0.0
     per_request_s = b + c * (typical_prompt_tokens + e_new / 2)
-    slots = max(0.0, math.floor(room / per_request_s)) if room > 0 else 0.0
+    # k times the requests a step could carry as decodes (decodes of the live ones at their own
+    # contexts, the rest at the typical one), less the live ones.
+    capacity = n + room / per_request_s if room > 0 else float(n)
+    slots = max(0.0, math.floor(correction * capacity - n))
     seats_free = None if max_num_seqs is None else max_num_seqs - len(requests)
     if seats_free is not None:
         slots = min(slots, float(max(seats_free, 0)))
@@ -234,14 +236,14 @@ def estimate_pab(
     # prefill rate; KV and decode time come back as live requests finish, spread here over their
     # mean remaining decode time at the reference step; a slot frees at the next departure.
     drain_s = mean_steps_left * tau
-    idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, max_num_batched_tokens, slowdown=slowdown)
+    idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, max_num_batched_tokens)
     if binding == "time" and rate > 0:
         recovery = rate
     elif binding == "kv":
         freed = kv_free_tokens - headroom + sum(r.held_kv_tokens for r in requests)
         recovery = freed / drain_s if drain_s > 0 else 0.0
     else:  # decode time or slots (or a time limit with no prefill rate left): back to idle as decodes end
-        recovery = (idle_q / idle_step) * effective_h / drain_s if drain_s > 0 else 0.0
+        recovery = correction * (idle_q / idle_step) * effective_h / drain_s if drain_s > 0 else 0.0
     return PABReport(
         pab_tokens=limits[binding],
         prefill_rate_tps=rate,

@@ -1,5 +1,6 @@
 """Prefill Admission Budget: the closed form and the EDF-forward variant."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -94,22 +95,25 @@ def test_a_long_prompt_whose_decode_would_not_fit_the_step_is_refused():
     assert r.pab_tokens <= r.decode_limited_tokens
 
 
-def test_correction_and_front_delay_shrink_the_budget_as_a_slower_node():
-    """A correction of 0.5 means the node runs twice as slow as modelled: every cost doubles."""
+def test_correction_scales_the_prefill_rate_and_the_requests_carried():
     reqs = [queued(0, 100)] + [decode(i) for i in range(5)]
-    twice_as_slow = replace(REF_MODEL, safety_factor=2.0)
-    slow = estimate_pab(reqs, twice_as_slow, NOW, front_delay_s=0.2, **KW)
-    corrected = estimate_pab(reqs, REF_MODEL, NOW, correction=0.5, front_delay_s=0.2, **KW)
-    assert corrected.time_limited_tokens == pytest.approx(slow.time_limited_tokens)
-    assert corrected.slots_free == slow.slots_free and corrected.decode_limited_tokens == pytest.approx(
-        slow.decode_limited_tokens)
-    assert corrected.time_limited_tokens == pytest.approx(slow.prefill_rate_tps * 0.8 - 100)
     base = estimate_pab(reqs, REF_MODEL, NOW, **KW)
-    assert corrected.prefill_rate_tps < 0.5 * base.prefill_rate_tps  # the decodes' share doubles too
+    half = estimate_pab(reqs, REF_MODEL, NOW, correction=0.5, front_delay_s=0.2, **KW)
+    assert half.prefill_rate_tps == pytest.approx(0.5 * base.prefill_rate_tps)
+    assert half.time_limited_tokens == pytest.approx(half.prefill_rate_tps * 0.8 - 100)
+    capacity = base.slots_free + 6  # what the step could carry, the 6 live requests included
+    assert half.slots_free == math.floor(0.5 * capacity - 6)
+    assert half.decode_limited_tokens == base.decode_limited_tokens  # one request's own decode: unscaled
     with pytest.raises(ValueError):
         estimate_pab([], REF_MODEL, NOW, correction=0.0, **KW)
     with pytest.raises(ValueError):
         estimate_pab([], REF_MODEL, NOW, front_delay_s=-1.0, **KW)
+
+
+def test_an_idle_node_keeps_a_budget_however_low_its_correction():
+    """A deep cut must not leave an idle node unable to take the request that would show it recovered."""
+    r = estimate_pab([], replace(REF_MODEL, host_s=0.03), NOW, correction=0.1, typical_prompt_tokens=512, **KW)
+    assert r.slots_free >= 1 and r.pab_tokens > 0
 
 
 def test_a_kv_bound_node_recovers_as_its_requests_finish():
