@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
@@ -59,6 +60,9 @@ class BalancerSettings:
     # (None: never): it can hardly meet its TTFT any more, and serving it delays those that can.
     shed_after_fraction: Optional[float] = 0.5
     default_ttft_slo_s: float = 2.0  # the TTFT SLO of a request that names none
+    # Refuse before reading a body when no node can take a prompt this small by recent traffic
+    # (this quantile of the last 256 prompts; None: only when not even one token fits).
+    early_refusal_quantile: Optional[float] = 0.05
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +94,7 @@ class LocalBalancer:
         self.rejected = 0
         self.refresh_failures = 0
         self._fetched_at = -float("inf")  # when the registry last answered
+        self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
         self.key = f"{os.getpid()}:{id(self):x}"
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -143,6 +148,7 @@ class LocalBalancer:
         """
         now = self._clock()
         with self._lock:
+            self._prompts.append(prompt_tokens)
             if self._policy is not None:
                 self._refresh_members(now)
             live = {k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s}
@@ -177,15 +183,27 @@ class LocalBalancer:
         self.rejected += 1
         return True
 
+    def small_prompt_tokens(self) -> int:
+        """A small prompt by recent traffic: the ``early_refusal_quantile`` of the last prompts asked for (1 if none)."""
+        with self._lock:
+            seen = sorted(self._prompts)
+        q = self.settings.early_refusal_quantile
+        return seen[int(q * (len(seen) - 1))] if seen and q is not None else 1
+
     def refusal_before_parsing(self) -> Optional[float]:
-        """A Retry-After (s) when no live node can take even a one-token request now, else None.
+        """A Retry-After (s) when no live node can take a small request now, else None.
 
         Lets the ingress refuse under overload before it reads and parses a
-        request body. Only on a fresh view (registry answering): without one
+        request body: "small" is ``small_prompt_tokens()``, so a request
+        smaller than nearly all recent ones may be refused early while it
+        would have fit (it gets its Retry-After like the others); with
+        ``early_refusal_quantile`` None, only when not even a one-token
+        request fits. Only on a fresh view (registry answering): without one
         the router decides.
         """
         if not self.registry_ok:
             return None
+        small = self.small_prompt_tokens()
         now = self._clock()
         with self._lock:
             policy = self._policy
@@ -193,12 +211,12 @@ class LocalBalancer:
             if policy is None or not live or self.settings.balancer != "pab":
                 return None
             views = [policy.views[n] for n in live]
-            if any(has_room(v, 1) for v in views):
+            if any(has_room(v, small) for v in views):
                 return None
             self.rejected += 1
-            return retry_after_s(1, ((v.pab_tokens, v.recovery_tps,
-                                      v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
-                                     for v in views))
+            return retry_after_s(small, ((v.pab_tokens, v.recovery_tps,
+                                          v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+                                         for v in views))
 
     def placement(self, request_id: str) -> Optional[str]:
         with self._lock:

@@ -177,6 +177,25 @@ def test_a_registry_restart_never_opens_a_503_window():
     assert lb.admit("r4", 100)[0] == "a" and lb.refresh_failures == 2
 
 
+def test_early_refusal_uses_a_small_prompt_of_recent_traffic():
+    lb = _balancer()
+    lb.apply_views({"a": _view(5000, 1.0)})
+    lb._fetched_at = lb._clock()
+    for i in range(20):
+        lb.admit(f"r{i}", 512 if i % 10 else 100)  # mostly 512-token prompts, a few of 100
+        lb.release(f"r{i}")
+    assert lb.small_prompt_tokens() == 100  # the 5th percentile
+    lb.apply_views({"a": _view(300, 2.0)})  # a 512-token prompt no longer fits, a 100-token one does
+    assert lb.refusal_before_parsing() is None
+    lb.apply_views({"a": _view(80, 3.0)})
+    assert lb.refusal_before_parsing() is not None
+    strict = _balancer(early_refusal_quantile=None)
+    strict.apply_views({"a": _view(80, 1.0)})
+    strict._fetched_at = strict._clock()
+    strict.admit("big", 512)
+    assert strict.refusal_before_parsing() is None  # only when not even one token fits
+
+
 def test_a_node_that_stops_reporting_takes_no_new_requests():
     clock = _Clock()
     lb = _balancer(clock=clock, stale_after_s=2.0)
