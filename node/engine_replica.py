@@ -52,7 +52,7 @@ from typing import Any, AsyncIterator, Optional
 
 from node.cost_model import StepTimeModel
 from node.envelope import Anchor
-from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
+from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate
 from node.pab import PABReport, estimate_pab
 from node.profile import load_profile
 from node.request import SLO, RequestState
@@ -233,6 +233,7 @@ class EngineReplica:
         self.feedback = LatencyFeedback(FeedbackConfig(**{
             "cooldown_s": self.spec.ttft_slo_s, "target_ratio": self.spec.pab_horizon_fraction, **self.spec.feedback}))
         self.front_delay = FrontDelay()
+        self.prefill_rate = PrefillRate()  # what this node prefilled per second while prompts waited
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
         self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
         self.prompts_seen: deque[int] = deque(maxlen=256)  # prompt lengths of recently received requests
@@ -355,6 +356,7 @@ class EngineReplica:
             typical_prompt_tokens=sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None,
             correction=self.feedback.factor,
             front_delay_s=self.front_delay.value_s(now),
+            measured_prefill_rate_tps=self.prefill_rate.rate_tps(time.monotonic()),
         )
 
     def received_ids(self) -> list[str]:
@@ -366,7 +368,9 @@ class EngineReplica:
 
     def node_view(self) -> dict[str, Any]:
         """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
-        self.feedback.update(time.monotonic())
+        mono = time.monotonic()
+        self.feedback.update(mono)
+        self.prefill_rate.tick(mono, any(lv.output_tokens == 0 for lv in self.live.values()))
         rep = self.compute_pab()
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         view = {
@@ -409,6 +413,7 @@ class EngineReplica:
             "correction_decreases": self.feedback.decreases,
             "latency_tail_ratio": self.feedback.last_tail_ratio,
             "front_delay_s": self._pab_parts.get("front_delay_s"),
+            "measured_prefill_rate_tps": self.prefill_rate.rate_tps(time.monotonic()),
             "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
             "model": asdict(self.model),
             "own_model": {**asdict(self.own_model), "refits": self.own_refits},
@@ -511,7 +516,9 @@ class EngineReplica:
                     now = time.time()
                     if live.first_token_s is None:
                         live.first_token_s = now
-                        self.feedback.observe(time.monotonic(), arrival_s, (now - arrival_s) / slo.ttft_s)
+                        mono = time.monotonic()
+                        self.feedback.observe(mono, arrival_s, (now - arrival_s) / slo.ttft_s)
+                        self.prefill_rate.prefilled(mono, len(ids))
                     live.last_token_s = now
                     live.output_tokens += n
                 done = out.finished

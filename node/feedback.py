@@ -141,3 +141,47 @@ class FrontDelay:
         while self._delays and now_s - self._delays[0][0] > self.window_s:
             self._delays.popleft()
         return percentile([d for _, d in self._delays], 100 * self.q) if self._delays else 0.0
+
+
+class PrefillRate:
+    """The prefill rate a node delivered while it had a queue: its real service rate.
+
+    The host records each prompt whose first token came (``prefilled``) and,
+    at every report tick, whether prompts were waiting (``tick``). Over the
+    last ``window_s``, when prompts waited at least ``min_busy`` of the ticks,
+    the prompt tokens prefilled per second is what the node can deliver at its
+    present decode load. That measurement stands for ``memory_s`` (a budget
+    capped by it drains the queue, and a node that no longer queues measures
+    nothing new); with none, it says nothing (None).
+    """
+
+    def __init__(self, *, window_s: float = 5.0, min_busy: float = 0.8, min_prompts: int = 4,
+                 memory_s: float = 30.0) -> None:
+        if window_s <= 0 or not 0 < min_busy <= 1 or min_prompts < 1 or memory_s < 0:
+            raise ValueError("window_s > 0, min_busy in (0, 1], min_prompts >= 1 and memory_s >= 0 required")
+        self.window_s = window_s
+        self.min_busy = min_busy
+        self.min_prompts = min_prompts
+        self.memory_s = memory_s
+        self._last: tuple[float, float] | None = None  # (measured at, tokens/s)
+        self._done: deque[tuple[float, int]] = deque()  # (first token at, prompt tokens)
+        self._ticks: deque[tuple[float, bool]] = deque()  # (at, prompts were waiting)
+
+    def prefilled(self, now_s: float, prompt_tokens: int) -> None:
+        self._done.append((now_s, prompt_tokens))
+
+    def tick(self, now_s: float, waiting: bool) -> None:
+        self._ticks.append((now_s, waiting))
+
+    def rate_tps(self, now_s: float) -> float | None:
+        for q in (self._done, self._ticks):
+            while q and now_s - q[0][0] > self.window_s:
+                q.popleft()
+        span = now_s - self._ticks[0][0] if self._ticks else 0.0
+        if len(self._done) >= self.min_prompts and span >= 0.5 * self.window_s:
+            busy = sum(w for _, w in self._ticks) / len(self._ticks)
+            if busy >= self.min_busy:
+                self._last = (now_s, sum(n for _, n in self._done) / span)
+        if self._last is not None and now_s - self._last[0] <= self.memory_s:
+            return self._last[1]
+        return None

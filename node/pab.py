@@ -13,7 +13,8 @@ all three, in prompt tokens of one more request of the typical output length:
   decodes and a prefill chunk ``q = (tau - h - a - T_dec) / (b + c)``, capped by
   ``max_num_batched_tokens`` minus the decodes; the step then lasts
   ``h + a + T_dec + (b + c) * q`` (``h``: per-step host time, so this is the
-  step cadence), and ``R = q / step``;
+  step cadence), and ``R = q / step``, never more than the prefill rate the
+  node was measured to deliver while it had a queue (when the host knows it);
 * the node's measured ``correction`` ``k`` (closed loop, ``node.feedback``)
   scales what the node may take on: its prefill rate, ``k * R``, and the
   number of requests it carries at once, ``k`` times what the step could hold
@@ -180,8 +181,14 @@ def estimate_pab(
     typical_prompt_tokens: float | None = None,
     correction: float = 1.0,
     front_delay_s: float = 0.0,
+    measured_prefill_rate_tps: float | None = None,
 ) -> PABReport:
     """The closed-form, whole-life PAB of a node holding ``requests`` (see the module docstring).
+
+    ``measured_prefill_rate_tps``, when given, caps the modelled prefill rate:
+    the prompt tokens per second the node actually prefilled while it had a
+    queue (a model fitted on forward passes can promise more than the host
+    delivers; what it delivered under load it can deliver again).
 
     ``correction`` (> 0) is the closed loop's measured factor ``k``: it
     scales the prefill rate and the requests the node carries at once.
@@ -202,7 +209,10 @@ def estimate_pab(
     n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens)
     t_dec = b * n + c * ctx
     q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens)
-    rate = correction * q / step_s if q > 0 else 0.0
+    modelled = q / step_s if q > 0 else 0.0
+    if measured_prefill_rate_tps is not None and measured_prefill_rate_tps >= 0:
+        modelled = min(modelled, measured_prefill_rate_tps)
+    rate = correction * modelled
     queued = _queued_within(requests, now_s, horizon_s, anchor)
     effective_h = max(0.0, horizon_s - front_delay_s)
     time_limited = rate * effective_h - queued

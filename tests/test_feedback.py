@@ -92,3 +92,22 @@ def test_bad_knobs_are_refused():
     for bad in (dict(quantile=0), dict(target_ratio=1.5), dict(max_decrease=1.0), dict(min_factor=0)):
         with pytest.raises(ValueError):
             FeedbackConfig(**bad)
+
+
+def test_the_prefill_rate_counts_only_while_prompts_waited():
+    from node.feedback import PrefillRate
+
+    pr = PrefillRate(window_s=5.0, min_busy=0.8, min_prompts=4)
+    for i in range(50):  # 5 s, a tick every 0.1 s, prompts always waiting; a 500-token prompt every 0.25 s
+        t = i * 0.1
+        pr.tick(t, waiting=True)
+        if i % 5 == 0 or i % 5 == 2:
+            pr.prefilled(t, 500)
+    assert pr.rate_tps(4.9) == pytest.approx(20 * 500 / 4.9)
+    assert pr.rate_tps(20.0) == pytest.approx(20 * 500 / 4.9)  # the last measurement stands ...
+    assert pr.rate_tps(40.0) is None  # ... for memory_s
+    idle = PrefillRate(window_s=5.0)
+    for i in range(50):
+        idle.tick(i * 0.1, waiting=i % 2 == 0)  # half the time nothing waited: demand-limited
+        idle.prefilled(i * 0.1, 500)
+    assert idle.rate_tps(4.9) is None
