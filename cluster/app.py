@@ -104,9 +104,9 @@ class ServeConfig:
     shed_after_fraction: Optional[float] = 0.5  # refuse a request that waited this share of its TTFT before admission
     registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
     feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
-    # PAB's horizon as a share of the TTFT SLO, and the closed loop's target for the measured P90
-    # (feedback.target_ratio unless set): the rest is for the way back to the client and the tail.
-    pab_horizon_fraction: float = 0.75
+    # PAB's horizon as a share of the TTFT SLO: the rest is for the way back to the client and the
+    # tail (the closed loop steers the measured P90 to feedback.target_ratio, 0.7 by default).
+    pab_horizon_fraction: float = 0.6
     routing_stats_period_s: float = 1.0  # Serve polls replicas for the fallback view (registry away)
     # HTTP
     host: str = "127.0.0.1"

@@ -104,7 +104,7 @@ class EngineSpec:
     anchor: str = "first-token"
     report_interval_s: float = 0.1
     feedback: dict[str, Any] = field(default_factory=dict)  # node.feedback.FeedbackConfig fields
-    pab_horizon_fraction: float = 0.75  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
+    pab_horizon_fraction: float = 0.6  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,8 +230,7 @@ class EngineReplica:
         self._registry_name: Optional[str] = None
         self._pab_parts: dict[str, Any] = {}
         # One decrease per feedback delay: a first token comes up to a TTFT after admission.
-        self.feedback = LatencyFeedback(FeedbackConfig(**{
-            "cooldown_s": self.spec.ttft_slo_s, "target_ratio": self.spec.pab_horizon_fraction, **self.spec.feedback}))
+        self.feedback = LatencyFeedback(FeedbackConfig(**{"cooldown_s": self.spec.ttft_slo_s, **self.spec.feedback}))
         self.front_delay = FrontDelay()
         self.prefill_rate = PrefillRate()  # what this node prefilled per second while prompts waited
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
@@ -369,9 +368,12 @@ class EngineReplica:
     def node_view(self) -> dict[str, Any]:
         """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
         mono = time.monotonic()
-        self.feedback.update(mono)
         self.prefill_rate.tick(mono, any(lv.output_tokens == 0 for lv in self.live.values()))
         rep = self.compute_pab()
+        typical = sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else 1.0
+        starved = not self.live and (rep.pab_tokens < typical or rep.slots_free < 1)
+        if self.feedback.update(mono, starved=starved) != rep.correction:
+            rep = self.compute_pab()
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         view = {
             "pab_tokens": rep.pab_tokens,

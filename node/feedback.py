@@ -24,8 +24,10 @@ follows:
   overshoot and a cut (the gradient of Netflix's concurrency limits, damped). An idle
   node does not grow its factor (TCP's congestion window validation, RFC 7661:
   no growth while application-limited), so a burst after a lull meets the
-  budget the last load earned; only after ``window_s`` without any sample does
-  it probe upward additively, so a budget shrunk to nothing finds its way back.
+  budget the last load earned; after ``window_s`` without any sample it probes
+  upward additively, and at once (by ``increase_ratio``) when the host says it
+  is *starved*: empty, with a budget too small for a typical request, so that
+  no evidence could ever come.
 
 The factor also shrinks on TPOT breaches (decodes of admitted requests running
 late means the node took more than its steps can carry).
@@ -52,7 +54,7 @@ class FeedbackConfig:
 
     enabled: bool = True
     quantile: float = 0.9  # the tail that is steered
-    target_ratio: float = 0.8  # steer that tail to this fraction of the SLO (margin for what is not measured)
+    target_ratio: float = 0.7  # steer that tail to this fraction of the SLO (margin for what is not measured)
     min_samples: int = 4  # breaches among fewer samples are not acted on
     max_decrease: float = 0.5  # one decrease multiplies the factor by at least this
     increase_step: float = 0.05  # additive recovery per interval without a breach
@@ -97,8 +99,13 @@ class LatencyFeedback:
         if math.isfinite(ratio) and ratio >= 0:
             self._samples.append((now_s, arrival_s, ratio))
 
-    def update(self, now_s: float) -> float:
-        """Apply the rule at most once per ``interval_s``; return the factor."""
+    def update(self, now_s: float, *, starved: bool = False) -> float:
+        """Apply the rule at most once per ``interval_s``; return the factor.
+
+        ``starved``: the node holds no request and its budget is too small for
+        a typical one, so no evidence can come: it probes upward at once (by
+        ``increase_ratio``) instead of waiting ``window_s``.
+        """
         cfg = self.config
         if not cfg.enabled or now_s - self._last_update < cfg.interval_s:
             return self.factor
@@ -118,6 +125,8 @@ class LatencyFeedback:
         elif tail is not None:
             gradient = cfg.target_ratio / tail if tail > 0 else math.inf
             self.factor = min(cfg.max_factor, self.factor * min(cfg.increase_ratio, math.sqrt(gradient)))
+        elif starved:
+            self.factor = min(cfg.max_factor, self.factor * cfg.increase_ratio)
         elif not self._samples:  # nothing measured for window_s: probe
             self.factor = min(cfg.max_factor, self.factor + cfg.increase_step)
         return self.factor

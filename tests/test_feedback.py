@@ -111,3 +111,12 @@ def test_the_prefill_rate_counts_only_while_prompts_waited():
         idle.tick(i * 0.1, waiting=i % 2 == 0)  # half the time nothing waited: demand-limited
         idle.prefilled(i * 0.1, 500)
     assert idle.rate_tps(4.9) is None
+
+
+def test_a_starved_node_probes_at_once():
+    """Empty, with a budget too small for a typical request, a node gets no evidence: it must not wait."""
+    fb = LatencyFeedback(FeedbackConfig(min_samples=1, increase_ratio=1.25, window_s=10.0))
+    fb.observe(0.5, 0.0, 5.0)
+    cut = fb.update(1.0)
+    assert fb.update(2.0) == cut  # merely idle: hold (RFC 7661)
+    assert fb.update(3.0, starved=True) == pytest.approx(cut * 1.25)
