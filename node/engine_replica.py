@@ -346,6 +346,7 @@ class EngineReplica:
         return estimate_pab(
             states, self.model, now,
             horizon_s=self.spec.pab_horizon_fraction * self.default_slo.ttft_s,
+            due_within_s=self.default_slo.ttft_s,
             kv_free_tokens=kv_free,
             default_tpot_s=self.default_slo.tpot_s,
             anchor=self.anchor,

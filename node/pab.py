@@ -182,8 +182,14 @@ def estimate_pab(
     correction: float = 1.0,
     front_delay_s: float = 0.0,
     measured_prefill_rate_tps: float | None = None,
+    due_within_s: float | None = None,
 ) -> PABReport:
     """The closed-form, whole-life PAB of a node holding ``requests`` (see the module docstring).
+
+    ``W`` counts the queued prompts due (first token) within ``due_within_s``
+    (default: the horizon): the ones EDF serves before a new request due then.
+    A host that keeps a margin by shortening ``horizon_s`` below the TTFT SLO
+    passes the SLO here, so a fresh queued prompt still counts.
 
     ``measured_prefill_rate_tps``, when given, caps the modelled prefill rate:
     the prompt tokens per second the node actually prefilled while it had a
@@ -213,7 +219,7 @@ def estimate_pab(
     if measured_prefill_rate_tps is not None and measured_prefill_rate_tps >= 0:
         modelled = min(modelled, measured_prefill_rate_tps)
     rate = correction * modelled
-    queued = _queued_within(requests, now_s, horizon_s, anchor)
+    queued = _queued_within(requests, now_s, horizon_s if due_within_s is None else due_within_s, anchor)
     effective_h = max(0.0, horizon_s - front_delay_s)
     time_limited = rate * effective_h - queued
 

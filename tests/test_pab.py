@@ -170,3 +170,14 @@ def test_more_queued_work_never_raises_pab(model, reqs, extra):
         after = estimate(more, model, NOW, **KW)
         assert after.pab_tokens <= before.pab_tokens + 1e-6
         assert after.pab_tokens <= after.kv_headroom_tokens
+
+
+def test_a_shortened_horizon_still_counts_every_queued_prompt_due_within_the_slo():
+    """A margin on the horizon must not hide fresh prompts (due a full TTFT away) from W (seen live)."""
+    fresh = [RequestState(f"q{i}", NOW, 512, SLO_DEFAULT) for i in range(4)]  # due at NOW + 1 s
+    short = estimate_pab(fresh, REF_MODEL, NOW, horizon_s=0.6, kv_free_tokens=400_000, default_tpot_s=0.05)
+    assert short.queued_tokens == 0  # due after the short horizon: not counted
+    kept = estimate_pab(fresh, REF_MODEL, NOW, horizon_s=0.6, due_within_s=1.0, kv_free_tokens=400_000,
+                        default_tpot_s=0.05)
+    assert kept.queued_tokens == 4 * 512
+    assert kept.pab_tokens == pytest.approx(short.pab_tokens - 4 * 512)
