@@ -369,7 +369,10 @@ class EngineReplica:
     def node_view(self) -> dict[str, Any]:
         """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
         mono = time.monotonic()
-        self.prefill_rate.tick(mono, any(lv.output_tokens == 0 for lv in self.live.values()))
+        # Saturated: more prompt tokens wait than one step prefills (a prompt queues behind another);
+        # a prompt merely being prefilled says nothing about what the node could do.
+        waiting = sum(lv.prompt_tokens for lv in self.live.values() if lv.output_tokens == 0)
+        self.prefill_rate.tick(mono, waiting > self.max_num_batched_tokens)
         rep = self.compute_pab()
         typical = sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else 1.0
         starved = not self.live and (rep.pab_tokens < typical or rep.slots_free < 1)

@@ -156,7 +156,10 @@ class PrefillRate:
     """The prefill rate a node delivered while it had a queue: its real service rate.
 
     The host records each prompt whose first token came (``prefilled``) and,
-    at every report tick, whether prompts were waiting (``tick``). Over the
+    at every report tick, whether prompts queued behind the one in prefill
+    (``tick``: more prompt tokens waiting than one step prefills; a prompt
+    being prefilled alone would make a lightly loaded node look saturated at
+    whatever rate it was offered). Over the
     last ``window_s``, when prompts waited at least ``min_busy`` of the ticks,
     the prompt tokens prefilled per second is what the node can deliver at its
     present decode load. That measurement stands for ``memory_s`` (a budget
