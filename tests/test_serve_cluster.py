@@ -206,13 +206,20 @@ async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
 
 @pytest.mark.timeout(400)
 def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
-    """A burst of 1900-token prompts larger than the engines' summed PAB overflows it."""
+    """A burst of long prompts larger than the engines' summed PAB overflows it."""
     url = str(cluster.base_url)
-    total = sum(max(n["pab_tokens"], 0) for n in _status(cluster)["nodes"].values())
-    burst_size = min(int(total // 1900) + 4, 24)
+    prompt = 900
+    deadline = time.monotonic() + 90  # earlier tests may have left the budgets low: wait for one prompt's worth
+    while True:
+        budgets = [n["pab_tokens"] for n in _status(cluster)["nodes"].values()]
+        if max(budgets) >= prompt or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert max(budgets) >= prompt, budgets
+    burst_size = min(int(sum(max(b, 0) for b in budgets) // prompt) + 4, 24)
 
     async def stream(client: httpx.AsyncClient, k: int) -> tuple[int, str | None, str]:
-        req = {"model": MODEL, "prompt": _ids(1900, 99 + k), "max_tokens": 4, "stream": True}
+        req = {"model": MODEL, "prompt": _ids(prompt, 99 + k), "max_tokens": 4, "stream": True}
         async with client.stream("POST", "/v1/completions", json=req) as s:
             return s.status_code, s.headers.get("retry-after"), (await s.aread()).decode()
 
@@ -220,7 +227,7 @@ def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
         # Streams go out together with the burst, so some of them meet an exhausted budget
         # however fast this machine prefills the admitted prompts.
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-            burst = [asyncio.create_task(_post(client, {"model": MODEL, "prompt": _ids(1900, i), "max_tokens": 4}))
+            burst = [asyncio.create_task(_post(client, {"model": MODEL, "prompt": _ids(prompt, i), "max_tokens": 4}))
                      for i in range(burst_size)]
             streams = [asyncio.create_task(stream(client, k)) for k in range(4)]
             return await asyncio.gather(*burst), await asyncio.gather(*streams)
@@ -242,7 +249,7 @@ def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
     # Budget returns once the admitted prompts are prefilled.
     deadline = time.monotonic() + 60
     while True:
-        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(1900, 7), "max_tokens": 2})
+        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": _ids(prompt, 7), "max_tokens": 2})
         if r.status_code == 200 or time.monotonic() > deadline:
             break
         time.sleep(float(r.headers.get("retry-after", 1)))
