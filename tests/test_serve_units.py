@@ -347,3 +347,22 @@ def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
     assert client.post("/v1/completions", json={"x": 2}, headers=stale).status_code == 429
     assert client.post("/v1/completions", json={"x": 3}, headers={**stale, "x-slo-ttft-ms": "5000"}).status_code == 200
     assert len(reached) == 2
+
+
+def test_capacity_ramp_runs_a_missed_rate_once_more_and_stops_at_a_second_miss(monkeypatch):
+    """``measure_capacity`` with a scripted load run (a fake of ``run_rate``: attainment per call)."""
+    from cluster import overload
+
+    script = {2.0: [1.0], 4.0: [0.4, 0.95], 6.0: [0.5, 0.6], 8.0: [1.0]}
+    calls: list[float] = []
+
+    def scripted_run_rate(url, model, rate, cfg, *, seed):
+        calls.append(rate)
+        return {"rate_rps": rate, "attainment": script[rate].pop(0), "mean_in_flight": rate}
+
+    monkeypatch.setattr(overload, "run_rate", scripted_run_rate)
+    monkeypatch.setattr(overload.time, "sleep", lambda s: None)
+    cfg = overload.OverloadConfig(ramp_rps=(2.0, 4.0, 6.0, 8.0))
+    capacity, rows = overload.measure_capacity("http://x", "m", cfg, progress=lambda m: None)
+    assert capacity == 4.0  # the transient miss at 4 req/s did not end the ramp; 6 missed twice
+    assert calls == [2.0, 4.0, 4.0, 6.0, 6.0] and len(rows) == 5
