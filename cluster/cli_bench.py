@@ -193,3 +193,54 @@ def overload(
     json_out.write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
     png = plot(result, png_out or json_out.with_suffix(".png"))
     console.print(f"wrote {json_out} and {png}")
+
+
+@app.command("vllm-client")
+def vllm_client(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of a running cluster."),
+    request_rate: float = typer.Option(20.0, min=0.01, help="Poisson arrival rate, req/s."),
+    num_prompts: int = typer.Option(300, min=1, help="Requests to send."),
+    input_len: int = typer.Option(512, min=1, help="Prompt tokens of every request (random dataset)."),
+    output_len: int = typer.Option(32, min=1, help="Output tokens of every request (EOS ignored)."),
+    ttft_slo: float = typer.Option(2.0, "--ttft-slo", min=0.001, help="TTFT SLO for vLLM's goodput, seconds."),
+    tpot_slo: float = typer.Option(0.25, "--tpot-slo", min=0.001, help="TPOT SLO for vLLM's goodput, seconds."),
+    tokenizer: str = typer.Option(None, help="Tokenizer of the served model (default: the embedded tiny model's)."),
+    seed: int = typer.Option(0, help="Seed of vLLM's random dataset and arrivals."),
+    json_out: Path = typer.Option(Path("bench/results/vllm-client.json"), "--json",
+                                  help="Where vLLM's client writes its result JSON."),
+) -> None:
+    """Run vLLM's own benchmark client (``vllm.benchmarks.serve``, backend ``openai``) against a cluster.
+
+    Streams ``/v1/completions`` with the random dataset at Poisson ``--request-rate``;
+    vLLM's client times TTFT/TPOT at the client and reports goodput against the SLOs.
+    A 429 counts as a failed request in its report. The JSON it writes is vLLM's own,
+    with the machine added.
+    """
+    import argparse
+
+    from vllm.benchmarks.serve import add_cli_args, main
+
+    from node.engine_replica import tiny_model_dir
+    from node.engine_setup import machine_name
+
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    import httpx
+
+    try:
+        model = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=10).json()["data"][0]["id"]
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot read the served model from {url}/v1/models: {exc}") from exc
+    argv = ["--backend", "openai", "--base-url", url.rstrip("/"), "--endpoint", "/v1/completions",
+            "--model", model, "--tokenizer", tokenizer or str(tiny_model_dir()),
+            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),
+            "--ignore-eos", "--num-prompts", str(num_prompts), "--request-rate", str(request_rate),
+            "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+            "--goodput", f"ttft:{ttft_slo * 1e3:g}", f"tpot:{tpot_slo * 1e3:g}",
+            "--save-result", "--result-dir", str(json_out.parent.resolve()), "--result-filename", json_out.name]
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    main(parser.parse_args(argv))
+    data = json.loads(json_out.read_text())
+    data["machine"] = machine_name()
+    json_out.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    Console().print(f"wrote {json_out}")

@@ -200,6 +200,45 @@ def test_load_command_replays_a_trace_and_reports_the_sim_fields(cluster, tmp_pa
     assert report["requests"] == 6 and report["finished"] + report["rejected"] == 6
 
 
+def test_overload_bench_against_a_url_writes_json_and_a_plot(cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    out = tmp_path / "overload.json"
+    result = CliRunner().invoke(app, [
+        "bench", "overload", "--url", str(cluster.base_url).rstrip("/"), "--capacity-rps", "2",
+        "--multiples", "0.5,2", "--duration-s", "3", "--prompt-tokens", "64", "--output-tokens", "4",
+        "--label", "live", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = report["arms"]["live"]
+    assert [r["multiple"] for r in rows] == [0.5, 2.0] and report["capacity_rps"] == 2
+    for r in rows:  # every request ends with its output or a 429 at the client; none is lost
+        assert r["requests"] >= 2 and r["lost"] == 0 and r["finished"] + r["rejected"] == r["requests"], r
+    assert report["low_load"]["live"]["requests"] >= 2
+    assert out.with_suffix(".png").stat().st_size > 1000
+    bad = CliRunner().invoke(app, ["bench", "overload", "--url", str(cluster.base_url)])
+    assert bad.exit_code != 0 and "--capacity-rps" in bad.output
+
+
+def test_vllm_benchmark_client_runs_against_the_endpoint(cluster, tmp_path):
+    """vLLM's own client (vllm.benchmarks.serve, backend openai) streams from the cluster and counts every request."""
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    out = tmp_path / "vllm-client.json"
+    result = CliRunner().invoke(app, [
+        "bench", "vllm-client", "--url", str(cluster.base_url).rstrip("/"), "--num-prompts", "4",
+        "--request-rate", "4", "--input-len", "64", "--output-len", "4", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["completed"] + report.get("failed", 0) == 4 and report["completed"] >= 1, report
+    assert report["total_output_tokens"] == 4 * report["completed"] and report["machine"]
+    assert "p99_ttft_ms" in report and "request_goodput" in report
+
+
 async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
     return await client.post("/v1/completions", json=body)
 
