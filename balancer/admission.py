@@ -14,9 +14,10 @@ placed.
 Accounting (``balancer.placement``): each placement's debit is keyed by
 request id and survives fresh reports until the replica lists the request as
 received; ``release(request_id)`` ends it on completion, error, cancel or client
-disconnect (the ingress calls it in a ``finally``, the router's
-``on_request_completed`` too: releasing twice is harmless). A request Serve
-retries (its replica died) keeps its admission and moves to another replica.
+disconnect (the ingress calls it in a ``finally``; the router's
+``on_request_completed`` releases only what the router admitted itself, a
+direct call that did not pass the ingress). A request Serve retries (its
+replica died) keeps its admission and moves to another replica.
 When the registry is unreachable (restarting), the replicas' routing stats,
 which Serve polls in the background, keep the view fresh; a restarted registry
 is rebuilt by the next round of reports.
@@ -138,17 +139,21 @@ class LocalBalancer:
 
     # -- decisions ----------------------------------------------------------------------
 
-    def admit(self, request_id: str, prompt_tokens: int,
-              candidates: Optional[Iterable[str]] = None) -> tuple[Optional[str], Decision]:
+    def admit(self, request_id: str, prompt_tokens: int, candidates: Optional[Iterable[str]] = None,
+              *, record: bool = True) -> tuple[Optional[str], Decision]:
         """Place ``request_id`` (``prompt_tokens`` >= 1) or refuse it: ``(node key or None, decision)``.
 
         ``candidates`` (node keys) restricts where it may go (the replicas
         Serve can reach now). No live node gives a rejection with reason
-        ``no-engine``. A request already placed keeps its placement.
+        ``no-engine``. A request already placed keeps its placement (its key
+        is returned even when it is not among ``candidates``: ``move`` re-places
+        it). ``record=False`` for a request asked again: its prompt is not
+        counted twice in the recent traffic, nor its refusal in ``rejected``.
         """
         now = self._clock()
         with self._lock:
-            self._prompts.append(prompt_tokens)
+            if record:
+                self._prompts.append(prompt_tokens)
             if self._policy is not None:
                 self._refresh_members(now)
             live = {k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s}
@@ -158,18 +163,20 @@ class LocalBalancer:
             if held is not None:
                 return self._keys[held.node_id], Decision(held.node_id, "admitted")
             if not live:
-                self.rejected += 1
+                self.rejected += record
                 return None, Decision(None, "no-engine", 1.0)
             members = sorted(self._ids[k] for k in live)
             if members != sorted(self._policy.node_ids):
                 saved = list(self._policy.node_ids)
                 self._policy.set_nodes(members)
-                decision = self._policy.choose(request_id, prompt_tokens)
-                self._policy.set_nodes(saved)
+                try:
+                    decision = self._policy.choose(request_id, prompt_tokens)
+                finally:
+                    self._policy.set_nodes(saved)
             else:
                 decision = self._policy.choose(request_id, prompt_tokens)
             if decision.rejected:
-                self.rejected += 1
+                self.rejected += record
                 return None, decision
             self.placed += 1
             return self._keys[decision.node_id], decision
@@ -180,7 +187,8 @@ class LocalBalancer:
         ttft = ttft_slo_s if ttft_slo_s is not None else self.settings.default_ttft_slo_s
         if frac is None or waited_s <= frac * ttft:
             return False
-        self.rejected += 1
+        with self._lock:
+            self.rejected += 1
         return True
 
     def small_prompt_tokens(self) -> int:
@@ -234,8 +242,10 @@ class LocalBalancer:
             if not allowed:
                 return None
             self._policy.set_nodes(sorted(set(saved) | allowed))
-            target = self._policy.move(request_id, exclude=exclude)
-            self._policy.set_nodes(saved)
+            try:
+                target = self._policy.move(request_id, exclude=exclude)
+            finally:
+                self._policy.set_nodes(saved)
             return None if target is None else self._keys[target]
 
     def release(self, request_id: str) -> bool:

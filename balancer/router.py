@@ -20,7 +20,6 @@ holds no state of its own: the balancer it shares with the ingress lives in
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any, List, Optional
 
@@ -52,7 +51,6 @@ class PABRequestRouter(RequestRouter):
         self.admission_wait_s = float(admission_wait_s)
         self._balancer: Optional[LocalBalancer] = None
         self._by_internal: dict[str, str] = {}  # Serve's internal request id -> our request id
-        self._tokens = itertools.count()
 
     @property
     def balancer(self) -> LocalBalancer:
@@ -81,7 +79,8 @@ class PABRequestRouter(RequestRouter):
         ):
             return [candidate_replicas]
         req = request_of(pending_request) or {}
-        rid = str(req.get("request_id") or f"{pending_request.metadata.internal_request_id}:{next(self._tokens)}")
+        # The ingress's request id, else Serve's id of this call: the same on every call for one request.
+        rid = str(req.get("request_id") or pending_request.metadata.internal_request_id)
         by_key = {r.replica_id.unique_id: r for r in candidate_replicas}
         lb = self.balancer
         if not lb.registry_ok:
@@ -89,6 +88,10 @@ class PABRequestRouter(RequestRouter):
         node = lb.placement(rid)
         if node is not None and node not in by_key:  # its replica is gone: keep the admission, move it
             node = lb.move(rid, by_key)
+        if node is None and lb.placement(rid) is not None:
+            # Admitted, its replica gone, and no reachable replica has reported yet: Serve picks one;
+            # the request keeps its admission (its debit stays on the old node until released).
+            return [candidate_replicas]
         if node is None:
             n = req.get("prompt_tokens")
             node, decision = lb.admit(rid, n if isinstance(n, int) and n > 0 else 1, candidates=by_key)
@@ -103,7 +106,10 @@ class PABRequestRouter(RequestRouter):
                     num_queued_requests=0, max_queued_requests=0, status_code=429,
                     retry_after_s=decision.retry_after_s or 1.0))
                 return [candidate_replicas[:1]]  # Serve sees the request done and sends nothing
-        self._by_internal[pending_request.metadata.internal_request_id] = rid
+            # Admitted here, not by the ingress: this router releases it when Serve says it is done.
+            # (The ingress releases its own admissions: a failed attempt's completion must not
+            # release the admission its retry keeps.)
+            self._by_internal[pending_request.metadata.internal_request_id] = rid
         return [[by_key[node]]]
 
     def on_request_completed(self, replica_id, internal_request_id: str) -> None:

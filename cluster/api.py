@@ -125,14 +125,15 @@ def unavailable(message: str) -> APIError:
     return APIError(503, message, type_="service_unavailable", code="no_engine")
 
 
-def arrival_stamp(headers, now_s: float) -> float:
+def arrival_stamp(headers, now_s: float, trusted: bool = True) -> float:
     """The request's arrival, ``time.time()`` seconds: the ``x-request-start`` stamp when plausible, else now.
 
     Accepts ``t=<number>`` or a bare number in seconds, milliseconds or microseconds since the
     epoch (the forms proxies and APM agents use). A stamp in the future or more than 10 minutes
-    old is ignored.
+    old is ignored, and so is every stamp when ``trusted`` is false (clients reach the ingress
+    directly: a client could backdate its request to an earlier deadline).
     """
-    raw = headers.get(REQUEST_START_HEADER)
+    raw = headers.get(REQUEST_START_HEADER) if trusted else None
     if not raw:
         return now_s
     try:
@@ -204,6 +205,7 @@ class Ingress:
         self.created = int(time.time())
         self._registry = None
         self.admission_wait_s = float(settings.get("admission_wait_s") or 0.0)
+        self.trust_request_start = bool(settings.get("trust_request_start", True))
         self.balancer = None  # our router: admit here; Serve's default router: no admission
         if settings.get("balancer_settings") is not None:
             from balancer.admission import local_balancer
@@ -317,8 +319,10 @@ class Ingress:
             count_rejection()
             raise rejected(1.0)
         deadline = time.monotonic() + self.admission_wait_s
+        first_try = True
         while True:
-            node, decision = lb.admit(req["request_id"], req["prompt_tokens"])
+            node, decision = lb.admit(req["request_id"], req["prompt_tokens"], record=first_try)
+            first_try = False
             if node is not None:
                 return
             if decision.reason == "no-engine":
@@ -357,6 +361,9 @@ class Ingress:
             except asyncio.TimeoutError:
                 gen.cancel()
                 raise unavailable(f"No engine answered within {self.first_output_timeout_s:g} s.") from None
+            except asyncio.CancelledError:  # the client left before the first token: stop the engine's work
+                gen.cancel()
+                raise
             except Exception as exc:  # noqa: BLE001 - sorted below
                 retry = _is_backpressure(exc)
                 if retry is not None:
@@ -412,7 +419,7 @@ class Ingress:
     # -- endpoints ----------------------------------------------------------------------------
 
     async def completions(self, body: CompletionRequest, headers):
-        arrival_s = arrival_stamp(headers, time.time())
+        arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
         if isinstance(body.prompt, str):
             ids = self.tokenizer.encode(body.prompt)
         else:
@@ -434,7 +441,7 @@ class Ingress:
         })
 
     async def chat(self, body: ChatCompletionRequest, headers):
-        arrival_s = arrival_stamp(headers, time.time())
+        arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
         msgs = [m.model_dump() for m in body.messages]
         enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
         ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
@@ -478,16 +485,17 @@ ADMITTED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 class EarlyRefusal:
     """ASGI middleware: under overload, refuse a generation request before reading its body.
 
-    When no engine can take even a one-token request (``LocalBalancer.refusal_before_parsing``),
-    or the request already waited in front of admission for more than ``shed_after_fraction`` of
+    When no engine can take a small request (``LocalBalancer.refusal_before_parsing``: the
+    ``early_refusal_quantile`` of recent prompts), or the request already waited in front of admission for more than ``shed_after_fraction`` of
     its TTFT SLO (``LocalBalancer.too_late``; its age from ``X-Request-Start``), parsing and
     validating the body would only spend the CPU the engines and the admitted requests need: the
     answer is a 429 with Retry-After straight away. Otherwise the request goes on to the route,
     which admits it by its real prompt length (and checks its age again).
     """
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, trust_request_start: bool = True) -> None:
         self.app = app
+        self.trust_request_start = trust_request_start
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ADMITTED_PATHS:
@@ -497,7 +505,7 @@ class EarlyRefusal:
             if balancers:
                 now = time.time()
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-                waited = now - arrival_stamp(headers, now)
+                waited = now - arrival_stamp(headers, now, self.trust_request_start)
                 ttft = _header_seconds(headers, TTFT_HEADER)
                 for lb in balancers:
                     wait = 1.0 if lb.too_late(waited, ttft) else lb.refusal_before_parsing()
@@ -517,11 +525,11 @@ def _header_seconds(headers, name: str) -> Optional[float]:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def make_fastapi_app(early_refusal: bool = True) -> FastAPI:
+def make_fastapi_app(early_refusal: bool = True, trust_request_start: bool = True) -> FastAPI:
     """The FastAPI app; routes reach the ``Ingress`` instance through ``request.state`` set by Serve."""
     app = FastAPI(title="FairBatching", docs_url=None, redoc_url=None)
     if early_refusal:
-        app.add_middleware(EarlyRefusal)
+        app.add_middleware(EarlyRefusal, trust_request_start=trust_request_start)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -534,11 +542,12 @@ def make_fastapi_app(early_refusal: bool = True) -> FastAPI:
     return app
 
 
-def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: bool = True):
+def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: bool = True,
+                 trust_request_start: bool = True):
     """The Serve deployment class of the ingress (FastAPI routes bound to an ``Ingress``)."""
     from ray import serve
 
-    app = make_fastapi_app(early_refusal)
+    app = make_fastapi_app(early_refusal, trust_request_start)
 
     @serve.deployment(**serve_deployment_options)
     @serve.ingress(app)

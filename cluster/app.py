@@ -107,6 +107,10 @@ class ServeConfig:
     # PAB's horizon as a share of the TTFT SLO: the rest is for the way back to the client and the
     # tail (the closed loop steers the measured P90 to feedback.target_ratio, 0.7 by default).
     pab_horizon_fraction: float = 0.6
+    # Honour a front proxy's X-Request-Start stamp as the arrival (the budget and the loop then see the
+    # time spent in front). A proxy that sets the header overwrites the client's; set false when clients
+    # reach Serve directly, or a client could backdate its requests.
+    trust_request_start: bool = True
     routing_stats_period_s: float = 1.0  # Serve polls replicas for the fallback view (registry away)
     # HTTP
     host: str = "127.0.0.1"
@@ -148,6 +152,9 @@ class ServeConfig:
         if isinstance(self.pab_horizon_fraction, bool) or not isinstance(self.pab_horizon_fraction, (int, float)) \
                 or not 0 < self.pab_horizon_fraction <= 1:
             fail("pab_horizon_fraction", f"must be a number in (0, 1], got {self.pab_horizon_fraction!r}")
+        for key in ("one_engine_per_node", "trust_request_start"):
+            if not isinstance(getattr(self, key), bool):
+                fail(key, f"must be true or false, got {getattr(self, key)!r}")
         if self.max_in_flight is not None and (not isinstance(self.max_in_flight, int) or self.max_in_flight < 1):
             fail("max_in_flight", f"must be an integer >= 1 or null, got {self.max_in_flight!r}")
         for key in ("engine_args", "engine_env", "node_config", "balancer_knobs", "feedback"):
@@ -282,7 +289,7 @@ def build_app(cfg: ServeConfig):
         "num_replicas": cfg.ingress_replicas,
         "max_ongoing_requests": 4096,
         "ray_actor_options": {"num_cpus": cfg.ingress_num_cpus, "runtime_env": {"env_vars": engine_env(cfg)}},
-    }, early_refusal=cfg.router == "pab" and cfg.admission_wait_s == 0)
+    }, early_refusal=cfg.router == "pab" and cfg.admission_wait_s == 0, trust_request_start=cfg.trust_request_start)
     return ingress_cls.bind(engine, {
         "model": cfg.model,
         "served_model_name": cfg.served_model_name,
@@ -295,6 +302,7 @@ def build_app(cfg: ServeConfig):
         # The ingress admits with the router's balancer (same process) when the router is ours.
         "balancer_settings": settings if cfg.router == "pab" else None,
         "admission_wait_s": cfg.admission_wait_s,
+        "trust_request_start": cfg.trust_request_start,
     })
 
 

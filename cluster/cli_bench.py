@@ -169,7 +169,7 @@ def overload(
     table = Table(title=f"overload on {result.machine}: capacity {result.capacity_rps:g} req/s "
                         f"({prompt_tokens}/{output_tokens} tokens, SLO {ttft_slo:g} s / {tpot_slo * 1e3:g} ms)")
     for col in ("arm", "offered", "req/s", "admitted attain", "goodput", "vs peak", "rejected", "429 p50/p99 s",
-                "TTFT p50/p99 s", "TPOT p99 ms", "lost"):
+                "TTFT p50/p99 s", "TPOT p99 ms", "dropped"):
         table.add_column(col, justify="right")
     fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
     for arm, rows in result.arms.items():
@@ -180,7 +180,7 @@ def overload(
                           f"{r['rejected']}/{r['requests']}",
                           f"{fmt(r['rejection_latency_p50_s'])}/{fmt(r['rejection_latency_p99_s'])}",
                           f"{fmt(r['ttft_p50'])}/{fmt(r['ttft_p99'])}", fmt(r["tpot_p99"] and r["tpot_p99"] * 1e3, "{:.0f}"),
-                          str(r["lost"] + r["dropped"]))
+                          str(r["dropped"]))  # no answer, an error or a short output (lost ones included)
     console.print(table)
     if len(result.low_load) > 1 and "serve-default" in result.low_load:
         base = result.low_load["serve-default"]

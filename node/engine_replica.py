@@ -55,7 +55,7 @@ from node.envelope import Anchor
 from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate
 from node.pab import PABReport, estimate_pab
 from node.profile import load_profile
-from node.request import SLO, RequestState
+from node.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,11 +63,6 @@ logger = logging.getLogger("ray.serve")
 TINY_MODEL = "tiny"
 #: Environment variable carrying the FairBatching scheduler's node config (JSON).
 NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
-#: ``SamplingParams.extra_args`` keys of the per-request SLOs, seconds (node.vllm_scheduler reads them).
-SLO_TTFT_KEY = "ttft_slo_s"
-SLO_TPOT_KEY = "tpot_slo_s"
-#: ``SamplingParams.extra_args`` key of the ingress's arrival stamp (node.vllm_scheduler reads it).
-ARRIVAL_KEY = "arrival_s"
 #: A report lists the requests received within this many seconds (many report intervals, so a
 #: router that misses a report still sees every request acknowledged).
 RECEIVED_WINDOW_S = 5.0
@@ -376,7 +371,7 @@ class EngineReplica:
         rep = self.compute_pab()
         typical = sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else 1.0
         starved = not self.live and (rep.pab_tokens < typical or rep.slots_free < 1)
-        if self.feedback.update(mono, starved=starved) != rep.correction:
+        if self.feedback.update(time.time(), starved=starved) != rep.correction:  # arrivals' clock
             rep = self.compute_pab()
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         view = {
@@ -498,7 +493,7 @@ class EngineReplica:
         extra = dict(req.get("extra_args") or {})
         extra.setdefault(SLO_TTFT_KEY, slo.ttft_s)
         extra.setdefault(SLO_TPOT_KEY, slo.tpot_s)
-        extra.setdefault(ARRIVAL_KEY, arrival_s)
+        extra[ARRIVAL_KEY] = arrival_s  # the ingress's stamp, never the client's
         sp = SamplingParams(
             max_tokens=req["max_tokens"],
             temperature=req.get("temperature", 1.0),
@@ -522,9 +517,8 @@ class EngineReplica:
                     now = time.time()
                     if live.first_token_s is None:
                         live.first_token_s = now
-                        mono = time.monotonic()
-                        self.feedback.observe(mono, arrival_s, (now - arrival_s) / slo.ttft_s)
-                        self.prefill_rate.prefilled(mono, len(ids))
+                        self.feedback.observe(now, arrival_s, (now - arrival_s) / slo.ttft_s)
+                        self.prefill_rate.prefilled(time.monotonic(), len(ids))
                     live.last_token_s = now
                     live.output_tokens += n
                 done = out.finished
@@ -551,7 +545,7 @@ class EngineReplica:
         if lv.output_tokens >= 2 and lv.last_token_s is not None:
             tpot = (lv.last_token_s - lv.first_token_s) / (lv.output_tokens - 1)
             m.tpot.observe(tpot)
-            self.feedback.observe(time.monotonic(), lv.arrival_s, tpot / lv.slo.tpot_s)
+            self.feedback.observe(time.time(), lv.arrival_s, tpot / lv.slo.tpot_s)
             ok = ok and tpot <= lv.slo.tpot_s
         m.finished.inc()
         if ok:

@@ -36,7 +36,8 @@ late means the node took more than its steps can carry).
 ingress, router, the hop to the replica): the horizon of the budget is the TTFT
 SLO less its ``quantile``.
 
-Pure: the caller passes every time (seconds, any one clock) in.
+Pure: the caller passes every time in, seconds, on one clock for observations, arrivals and
+``update`` (a host uses the clock of its arrival stamps, ``time.time()``).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class FeedbackConfig:
     target_ratio: float = 0.7  # steer that tail to this fraction of the SLO (margin for what is not measured)
     min_samples: int = 4  # breaches among fewer samples are not acted on
     max_decrease: float = 0.5  # one decrease multiplies the factor by at least this
-    increase_step: float = 0.05  # additive recovery per interval without a breach
+    increase_step: float = 0.05  # additive probe after window_s without any sample
     interval_s: float = 1.0
-    increase_ratio: float = 1.25  # multiplicative recovery per interval without a breach
+    increase_ratio: float = 1.25  # cap on one interval's growth; the starved node's probe
     cooldown_s: float = 2.0  # no two decreases closer than this (the feedback delay; about the TTFT SLO)
     min_factor: float = 0.1  # at 0.1 an idle node still takes a typical prompt, so the loop can see it recover
     max_factor: float = 1.0
@@ -119,7 +120,7 @@ class LatencyFeedback:
             if now_s - self._last_decrease_s >= cfg.cooldown_s:
                 step = max(cfg.max_decrease, cfg.target_ratio / tail)
                 self.factor = max(cfg.min_factor, self.factor * step)
-                self._last_decrease_arrival = max(arrived for _, arrived, _ in self._samples)
+                self._last_decrease_arrival = now_s  # requests that arrive from now on see the new budget
                 self._last_decrease_s = now_s
                 self.decreases += 1
         elif tail is not None:

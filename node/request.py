@@ -11,6 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: Keys of vLLM's ``SamplingParams.extra_args`` (an OpenAI body's ``vllm_xargs``) that carry a
+#: request's SLOs, seconds, and the ingress's arrival stamp, ``time.time()`` seconds (the envelope
+#: starts there, so slack counts the time the request spent in front of the engine).
+SLO_TTFT_KEY = "ttft_slo_s"
+SLO_TPOT_KEY = "tpot_slo_s"
+ARRIVAL_KEY = "arrival_s"
+
 
 @dataclass(frozen=True, slots=True)
 class SLO:

@@ -72,15 +72,10 @@ from node.pab import PABReport, estimate_pab
 from node.plan import BatchPlan, Group, Limits, SkipReason
 from node.policies import make_policy
 from node.profile import load_profile
-from node.request import SLO, RequestState
+from node.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
 
 logger = logging.getLogger(__name__)
 
-#: Keys of ``SamplingParams.extra_args`` (OpenAI body: ``vllm_xargs``) carrying per-request SLOs.
-TTFT_KEY, TPOT_KEY = "ttft_slo_s", "tpot_slo_s"
-#: ``extra_args`` key of the ingress's arrival stamp (``time.time()`` seconds): the envelope starts
-#: there, so slack counts the time the request spent in front of the engine.
-ARRIVAL_KEY = "arrival_s"
 
 _ADMITTABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 
@@ -165,8 +160,8 @@ class FairBatchingMixin:
             return slo
         params = request.sampling_params
         extra = (params.extra_args if params is not None else None) or {}
-        ttft = _positive_seconds(extra.get(TTFT_KEY, self.fb_default_slo.ttft_s))
-        tpot = _positive_seconds(extra.get(TPOT_KEY, self.fb_default_slo.tpot_s))
+        ttft = _positive_seconds(extra.get(SLO_TTFT_KEY, self.fb_default_slo.ttft_s))
+        tpot = _positive_seconds(extra.get(SLO_TPOT_KEY, self.fb_default_slo.tpot_s))
         if ttft is None or tpot is None:
             self.fb_invalid_slos += 1
             logger.warning("request %s: invalid SLO in extra_args %r; using the deployment default", rid, extra)

@@ -26,6 +26,9 @@ def test_breaches_of_requests_admitted_before_the_last_decrease_do_not_shrink_it
     for t in (0.15, 0.18, 0.19):  # late, but admitted under the old budget
         fb.observe(2.0, t, 3.0)
     assert fb.update(2.0) == shrunk
+    for t in (0.5, 0.9):  # admitted after the newest measured arrival but before the cut (t=1.0)
+        fb.observe(2.5, t, 3.0)
+    assert fb.update(2.5) == shrunk
     for t in (1.5, 1.6):  # admitted after the decrease, still late: shrink again
         fb.observe(3.0, t, 3.0)
     assert fb.update(3.0) < shrunk

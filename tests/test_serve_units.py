@@ -237,11 +237,37 @@ def test_router_sends_an_admitted_request_to_its_replica_and_releases_it_when_do
         router = _router(lb)
         a, b = _FakeReplica("a", {}), _FakeReplica("b", {})
         assert await router.choose_replicas([a, b], _pending(300)) == [[a]]
+        # The ingress admitted it, so the ingress releases it: a failed attempt's completion does
+        # not take the admission its retry keeps.
         router.on_request_completed(a.replica_id, "serve-req-1")
+        assert lb.placement("req-1") == "a"
+        lb.release("req-1")
         assert lb.placement("req-1") is None
         # Its replica gone (Serve retries elsewhere): the call moves, keeping its admission.
         lb.admit("req-2", 4000)
         assert await router.choose_replicas([b], _pending(4000, "req-2")) == [[b]]
+        # A replica that has not reported yet is all Serve can reach: Serve picks, the admission stays.
+        c = _FakeReplica("c", {})
+        assert await router.choose_replicas([c], _pending(4000, "req-2")) == [[c]]
+        assert lb.placement("req-2") == "b" and lb.stats()["placed"] == 2
+
+    asyncio.run(go())
+
+
+def test_router_releases_what_it_admitted_itself_and_keeps_one_id_per_call():
+    async def go():
+        lb = _balancer()
+        lb.apply_views({"a": _view(5000, 1.0)})
+        lb._fetched_at = lb._clock()
+        router = _router(lb)
+        a = _FakeReplica("a", {})
+        pr = _pending(300)
+        pr.args[0].pop("request_id")  # a direct handle call: no ingress id
+        assert await router.choose_replicas([a], pr) == [[a]]
+        assert await router.choose_replicas([a], pr) == [[a]]  # asked again (backoff): no second debit
+        assert lb.stats()["placed"] == 1 and lb.placement("serve-req-1") == "a"
+        router.on_request_completed(a.replica_id, "serve-req-1")
+        assert lb.placement("serve-req-1") is None
 
     asyncio.run(go())
 
@@ -314,6 +340,7 @@ def test_arrival_is_a_front_proxys_stamp_when_plausible():
     assert arrival_stamp({"x-request-start": "t=1800000100000"}, now) == now  # in the future: ignored
     assert arrival_stamp({"x-request-start": "t=1700000000000"}, now) == now  # days old: ignored
     assert arrival_stamp({"x-request-start": "soon"}, now) == now
+    assert arrival_stamp({"x-request-start": "t=1799999999500"}, now, trusted=False) == now  # not trusted: now
 
 
 def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
