@@ -55,7 +55,7 @@ class BalancerSettings:
     admission_cap: Optional[int] = None  # naive cap on queued prompt tokens per node
     max_in_flight: Optional[int] = None  # static cap on requests per node
     refresh_interval_s: float = 0.1
-    stale_after_s: float = 2.0  # a node not reported for this long takes no new requests
+    stale_after_s: float = 2.0  # a node missing from the fetched views this long takes no new requests
     registry_timeout_s: float = 2.0  # one poll of the registry gives up after this long
     # Shed a request that has already waited this fraction of its TTFT SLO in front of admission
     # (None: never): it can hardly meet its TTFT any more, and serving it delays those that can.

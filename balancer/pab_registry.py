@@ -4,7 +4,7 @@ One registry serves the whole engine deployment (a Serve deployment-scoped
 actor). Engine replicas push their ``NodeView`` every ``report_interval_s``
 (``report``); every router polls ``views()`` in the background at the same
 interval and decides, debits and rejects in its own process
-(``balancer.router.LocalBalancer``). Nothing on a request's path calls the
+(``balancer.admission.LocalBalancer``). Nothing on a request's path calls the
 registry. A registry that restarts is rebuilt by the next round of reports
 (one report interval), and routers fall back to Serve's routing stats of the
 replicas while it is away.

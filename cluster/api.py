@@ -6,7 +6,7 @@ over SSE or not), ``GET /v1/models``, ``GET /health``, and
 
 The ingress stamps each request's arrival, tokenizes the prompt (placement
 needs its length) and admits it with the balancer that lives in this process
-(``balancer.router.LocalBalancer``, the same one the engine handle's router
+(``balancer.admission.LocalBalancer``, the same one the engine handle's router
 ``PABRequestRouter`` uses): a refusal is an HTTP 429 at once, with no remote
 call on the way. An admitted request goes to the engine deployment's
 ``generate`` through the handle, whose router sends it to the replica it was

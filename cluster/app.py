@@ -100,7 +100,7 @@ class ServeConfig:
     balancer_knobs: dict[str, Any] = field(default_factory=dict)
     admission_cap: Optional[int] = None  # naive cap: queued prompt tokens per engine
     max_in_flight: Optional[int] = None  # static cap: requests per engine (the in-flight-cap baseline)
-    admission_wait_s: float = 0.0  # bounded wait at the router before a 429
+    admission_wait_s: float = 0.0  # bounded wait at the ingress (asked again each view refresh) before a 429
     shed_after_fraction: Optional[float] = 0.5  # refuse a request that waited this share of its TTFT before admission
     registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
     feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
