@@ -545,7 +545,7 @@ class EngineReplica:
         if lv.output_tokens >= 2 and lv.last_token_s is not None:
             tpot = (lv.last_token_s - lv.first_token_s) / (lv.output_tokens - 1)
             m.tpot.observe(tpot)
-            self.feedback.observe(time.time(), lv.arrival_s, tpot / lv.slo.tpot_s)
+            self.feedback.observe(time.time(), lv.arrival_s, tpot / lv.slo.tpot_s, tpot=True)
             ok = ok and tpot <= lv.slo.tpot_s
         m.finished.inc()
         if ok:

@@ -30,7 +30,9 @@ follows:
   no evidence could ever come.
 
 The factor also shrinks on TPOT breaches (decodes of admitted requests running
-late means the node took more than its steps can carry).
+late means the node took more than its steps can carry), judged against their
+own target ``tpot_target_ratio`` (0.9): a FairBatching node paces decodes to a
+planned fraction of the TPOT SLO, and that plan is not a breach.
 
 ``FrontDelay`` keeps the time requests spend in front of the engine (proxy,
 ingress, router, the hop to the replica): the horizon of the budget is the TTFT
@@ -56,6 +58,9 @@ class FeedbackConfig:
     enabled: bool = True
     quantile: float = 0.9  # the tail that is steered
     target_ratio: float = 0.7  # steer that tail to this fraction of the SLO (margin for what is not measured)
+    # TPOT's own target: a FairBatching node paces decodes to (1 - tpot_margin) of the TPOT SLO on
+    # purpose, so a TPOT near 0.8 of its SLO is the plan, not a breach; above this it is one.
+    tpot_target_ratio: float = 0.9
     min_samples: int = 4  # breaches among fewer samples are not acted on
     max_decrease: float = 0.5  # one decrease multiplies the factor by at least this
     increase_step: float = 0.05  # additive probe after window_s without any sample
@@ -71,6 +76,8 @@ class FeedbackConfig:
             raise ValueError(f"quantile must be in (0, 1], got {self.quantile!r}")
         if not 0 < self.target_ratio <= 1:
             raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio!r}")
+        if not 0 < self.tpot_target_ratio <= 1:
+            raise ValueError(f"tpot_target_ratio must be in (0, 1], got {self.tpot_target_ratio!r}")
         if not 0 < self.max_decrease < 1:
             raise ValueError(f"max_decrease must be in (0, 1), got {self.max_decrease!r}")
         if not 0 < self.min_factor <= self.max_factor:
@@ -95,8 +102,14 @@ class LatencyFeedback:
         self.decreases = 0
         self.last_tail_ratio: float | None = None
 
-    def observe(self, now_s: float, arrival_s: float, ratio: float) -> None:
-        """A measured latency of a request that arrived at ``arrival_s``, as a fraction of its SLO."""
+    def observe(self, now_s: float, arrival_s: float, ratio: float, *, tpot: bool = False) -> None:
+        """A measured latency of a request that arrived at ``arrival_s``, as a fraction of its SLO.
+
+        ``tpot``: the ratio is a mean TPOT's, judged against ``tpot_target_ratio``
+        (it is kept scaled so that its target meets ``target_ratio``).
+        """
+        if tpot:
+            ratio *= self.config.target_ratio / self.config.tpot_target_ratio
         if math.isfinite(ratio) and ratio >= 0:
             self._samples.append((now_s, arrival_s, ratio))
 

@@ -123,3 +123,14 @@ def test_a_starved_node_probes_at_once():
     cut = fb.update(1.0)
     assert fb.update(2.0) == cut  # merely idle: hold (RFC 7661)
     assert fb.update(3.0, starved=True) == pytest.approx(cut * 1.25)
+
+
+def test_a_tpot_paced_to_its_plan_is_not_a_breach():
+    """FairBatching paces decodes to 0.8 of the TPOT SLO (tpot_margin 0.2): that is the plan, not a breach."""
+    fb = LatencyFeedback(FeedbackConfig(target_ratio=0.7, tpot_target_ratio=0.9, min_samples=4, cooldown_s=0.0))
+    for i in range(8):
+        fb.observe(1.0, 0.1 * i, 0.8, tpot=True)
+    assert fb.update(1.0) == 1.0 and fb.decreases == 0
+    for i in range(8):
+        fb.observe(2.0, 1.1 + 0.1 * i, 1.2, tpot=True)  # decodes late against the SLO itself: cut
+    assert fb.update(2.0) < 1.0 and fb.decreases == 1

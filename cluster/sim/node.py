@@ -341,7 +341,7 @@ class SimNode:
         self._outputs_sum += req.output_tokens
         if self.feedback is not None and req.emitted >= 2:
             mean_tpot = (now_s - req.first_token_s) / (req.emitted - 1)
-            self.feedback.observe(now_s, req.arrival_s, mean_tpot / req.tpot_slo_s)
+            self.feedback.observe(now_s, req.arrival_s, mean_tpot / req.tpot_slo_s, tpot=True)
 
     def expected_output_tokens(self) -> float | None:
         """What this node expects a request to emit: mean of its last finished ones, else the prior.
