@@ -127,7 +127,9 @@ def test_prometheus_scrapes_the_app_and_every_panel_has_data(tmp_path):
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings", node_id],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    # Every error line of the child's output first (a Ray start-up failure is otherwise cut off), then its tails.
+    errors = [ln for ln in (result.stdout + result.stderr).splitlines() if "Error" in ln or "error:" in ln][:30]
+    assert result.returncode == 0, "\n".join(errors) + "\n---\n" + result.stdout[-6000:] + result.stderr[-3000:]
 
 
 def _scenario(tmp_path: Path) -> None:
