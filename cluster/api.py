@@ -486,8 +486,9 @@ class EarlyRefusal:
     """ASGI middleware: under overload, refuse a generation request before reading its body.
 
     When no engine can take a small request (``LocalBalancer.refusal_before_parsing``: the
-    ``early_refusal_quantile`` of recent prompts), or the request already waited in front of admission for more than ``shed_after_fraction`` of
-    its TTFT SLO (``LocalBalancer.too_late``; its age from ``X-Request-Start``), parsing and
+    ``early_refusal_quantile`` of recent prompts), or the request already waited in front of
+    admission for more than ``shed_after_fraction`` of its TTFT SLO (``LocalBalancer.too_late``;
+    its age from ``X-Request-Start``), parsing and
     validating the body would only spend the CPU the engines and the admitted requests need: the
     answer is a 429 with Retry-After straight away. Otherwise the request goes on to the route,
     which admits it by its real prompt length (and checks its age again).
