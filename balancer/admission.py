@@ -122,8 +122,12 @@ class LocalBalancer:
         elif node_id not in self._policy.node_ids:
             self._policy.set_nodes(self._policy.node_ids + [node_id])
 
+    def _live(self, now: float) -> list[str]:
+        """Keys of the nodes seen within ``stale_after_s`` of ``now`` (caller holds the lock)."""
+        return [k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s]
+
     def _refresh_members(self, now: float) -> None:
-        live = [self._ids[k] for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s]
+        live = [self._ids[k] for k in self._live(now)]
         if self._policy is not None and live and sorted(live) != sorted(self._policy.node_ids):
             self._policy.set_nodes(sorted(live))
 
@@ -135,7 +139,7 @@ class LocalBalancer:
     def live_keys(self) -> list[str]:
         now = self._clock()
         with self._lock:
-            return sorted(k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s)
+            return sorted(self._live(now))
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class LocalBalancer:
                 self._prompts.append(prompt_tokens)
             if self._policy is not None:
                 self._refresh_members(now)
-            live = {k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s}
+            live = set(self._live(now))
             if candidates is not None:
                 live &= set(candidates)
             held = self._policy.placements.get(request_id) if self._policy is not None else None
@@ -215,7 +219,7 @@ class LocalBalancer:
         now = self._clock()
         with self._lock:
             policy = self._policy
-            live = [self._ids[k] for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s]
+            live = [self._ids[k] for k in self._live(now)]
             if policy is None or not live or self.settings.balancer != "pab":
                 return None
             views = [policy.views[n] for n in live]

@@ -334,6 +334,10 @@ class EngineReplica:
         seen = self.outputs_seen or [lv.max_tokens for lv in self.live.values()]
         return sum(seen) / len(seen) if seen else None
 
+    def typical_prompt_tokens(self) -> Optional[float]:
+        """Prompt length of a typical new request: the mean of recently received ones, else None."""
+        return sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None
+
     def compute_pab(self) -> PABReport:
         now = time.time()
         states = [lv.state(rid) for rid, lv in self.live.items()]
@@ -348,7 +352,7 @@ class EngineReplica:
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_num_seqs=self.max_num_seqs,
             expected_output_tokens=self.expected_output_tokens(),
-            typical_prompt_tokens=sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None,
+            typical_prompt_tokens=self.typical_prompt_tokens(),
             correction=self.feedback.factor,
             front_delay_s=self.front_delay.value_s(now),
             measured_prefill_rate_tps=self.prefill_rate.rate_tps(time.monotonic()),
@@ -363,21 +367,19 @@ class EngineReplica:
 
     def node_view(self) -> dict[str, Any]:
         """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
-        mono = time.monotonic()
+        waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
+        queued_prefill_tokens = sum(lv.prompt_tokens for lv in waiting)
         # Saturated: more prompt tokens wait than one step prefills (a prompt queues behind another);
         # a prompt merely being prefilled says nothing about what the node could do.
-        waiting = sum(lv.prompt_tokens for lv in self.live.values() if lv.output_tokens == 0)
-        self.prefill_rate.tick(mono, waiting > self.max_num_batched_tokens)
+        self.prefill_rate.tick(time.monotonic(), queued_prefill_tokens > self.max_num_batched_tokens)
         rep = self.compute_pab()
-        typical = sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else 1.0
-        starved = not self.live and (rep.pab_tokens < typical or rep.slots_free < 1)
+        starved = not self.live and (rep.pab_tokens < (self.typical_prompt_tokens() or 1.0) or rep.slots_free < 1)
         if self.feedback.update(time.time(), starved=starved) != rep.correction:  # arrivals' clock
             rep = self.compute_pab()
-        waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         view = {
             "pab_tokens": rep.pab_tokens,
             "in_flight": len(self.live),
-            "queued_prefill_tokens": sum(lv.prompt_tokens for lv in waiting),
+            "queued_prefill_tokens": queued_prefill_tokens,
             "kv_usage": self.kv_usage,
             "waiting": len(waiting),
             "reported_at_s": time.time(),
