@@ -220,17 +220,16 @@ def vllm_client(
 
     from vllm.benchmarks.serve import add_cli_args, main
 
+    from cluster.loadgen import served_model
     from node.engine_replica import tiny_model_dir
     from node.engine_setup import machine_name
 
     parser = argparse.ArgumentParser()
     add_cli_args(parser)
-    import httpx
-
     try:
-        model = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=10).json()["data"][0]["id"]
-    except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-        raise typer.BadParameter(f"cannot read the served model from {url}/v1/models: {exc}") from exc
+        model = served_model(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     argv = ["--backend", "openai", "--base-url", url.rstrip("/"), "--endpoint", "/v1/completions",
             "--model", model, "--tokenizer", tokenizer or str(tiny_model_dir()),
             "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),

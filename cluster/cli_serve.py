@@ -152,9 +152,7 @@ def load(
     """Replay a trace against a live endpoint; report the fields of ``fairbatching sim run``."""
     import dataclasses
 
-    import httpx
-
-    from cluster.loadgen import live_report, records_to_json, replay
+    from cluster.loadgen import live_report, records_to_json, replay, served_model
     from cluster.workload import TraceError, load_named, prepare
     from node.request import SLO
 
@@ -171,9 +169,9 @@ def load(
     base = url.rstrip("/")
     if model is None:
         try:
-            model = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
-        except Exception as exc:  # noqa: BLE001
-            console.print(f"[red]cannot list models at {base}: {exc}[/red]")
+            model = served_model(base)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
     slo = SLO(ttft_slo, tpot_slo)
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s

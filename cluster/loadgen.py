@@ -55,6 +55,14 @@ class LiveRecord:
         return self.status == 200 and self.error is None and self.finish_reason is not None
 
 
+def served_model(url: str, timeout_s: float = 10.0) -> str:
+    """The first model ``GET {url}/v1/models`` lists; ``ValueError`` naming the URL when it cannot be read."""
+    try:
+        return httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout_s).json()["data"][0]["id"]
+    except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"cannot read the served model from {url}/v1/models: {exc}") from exc
+
+
 def to_sim_request(rec: LiveRecord, slo: SLO) -> SimRequest:
     """The simulator's view of a live request, so ``summarize`` scores both alike."""
     req = SimRequest(rec.rid, rec.arrival_s, rec.prompt_tokens, rec.output_tokens, slo)

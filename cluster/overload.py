@@ -233,11 +233,10 @@ def run_local(arms: tuple[str, ...], cfg: OverloadConfig, *, capacity_rps: Optio
 def run_url(url: str, label: str, cfg: OverloadConfig, capacity_rps: float,
             progress: Callable[[str], None] = print) -> OverloadResult:
     """One arm against a running endpoint (its capacity must be given: a ramp would need no admission)."""
-    import httpx
-
+    from cluster.loadgen import served_model
     from node.engine_setup import machine_name
 
-    model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
+    model = served_model(url)
     result = OverloadResult(machine_name(), asdict(cfg), capacity_rps)
     result.low_load[label] = run_rate(url, model, cfg.low_load_rps, cfg, seed=cfg.seed + 100)
     result.arms[label] = sweep(url, model, capacity_rps, cfg, progress)
