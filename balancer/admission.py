@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Optional
 from balancer.placement import Decision, PlacementPolicy, has_room, retry_after_s
 from balancer.pab_registry import view_from_dict
 from balancer.registry import make_placement
+from node.stats import percentile
 
 logger = logging.getLogger("ray.serve")
 
@@ -200,7 +201,7 @@ class LocalBalancer:
         with self._lock:
             seen = sorted(self._prompts)
         q = self.settings.early_refusal_quantile
-        return seen[int(q * (len(seen) - 1))] if seen and q is not None else 1
+        return int(percentile(seen, 100 * q, method="lower")) if seen and q is not None else 1
 
     def refusal_before_parsing(self) -> Optional[float]:
         """A Retry-After (s) when no live node can take a small request now, else None.

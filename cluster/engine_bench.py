@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from node.stats import percentile
 
 ARMS = ("fairbatching", "fairbatching-static", "vllm", "sarathi")
 
@@ -66,13 +67,6 @@ def build_trace(
     ]
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
 def replay(llm, requests: list[BenchRequest], *, ttft_slo_s: float, tpot_slo_s: float, vocab: int) -> dict[str, Any]:
@@ -129,11 +123,11 @@ def replay(llm, requests: list[BenchRequest], *, ttft_slo_s: float, tpot_slo_s: 
     return {
         "requests": len(requests),
         "wall_s": wall,
-        "ttft_p50_s": _percentile(ttft, 50),
-        "ttft_p90_s": _percentile(ttft, 90),
-        "ttft_p99_s": _percentile(ttft, 99),
-        "tpot_p50_s": _percentile(tpot, 50),
-        "tpot_p99_s": _percentile(tpot, 99),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p90_s": percentile(ttft, 90),
+        "ttft_p99_s": percentile(ttft, 99),
+        "tpot_p50_s": percentile(tpot, 50),
+        "tpot_p99_s": percentile(tpot, 99),
         "attainment": ok / len(requests),
         "output_tokens": sum(ntok.values()),
     }
@@ -152,11 +146,11 @@ def step_log_errors(path: Path, skip: int = 5) -> dict[str, Any]:
     return {
         "steps": len(rows),
         "mape": sum(rel) / len(rel),
-        "median_ape": _percentile(rel, 50),
-        "median_signed_rel_error": _percentile(signed, 50),
-        "p99_abs_error_s": _percentile(absd, 99),
-        "step_s_p50": _percentile(meas, 50),
-        "step_s_p99": _percentile(meas, 99),
+        "median_ape": percentile(rel, 50),
+        "median_signed_rel_error": percentile(signed, 50),
+        "p99_abs_error_s": percentile(absd, 99),
+        "step_s_p50": percentile(meas, 50),
+        "step_s_p99": percentile(meas, 99),
         "steps_with_decodes_left_out": sum(1 for r in rows if r["hidden"]),
         "preempted": sum(len(r["preempted"]) for r in rows),
     }

@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 import httpx
 
-from cluster.sim.metrics import percentile, summarize
+from cluster.sim.metrics import summarize
+from node.stats import percentile
 from cluster.sim.node import SimRequest
 from cluster.workload import Workload
 from node.request import SLO

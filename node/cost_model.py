@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import combinations
 
+from node.stats import percentile
+
 
 @dataclass(frozen=True, slots=True)
 class StepTimeModel:
@@ -380,13 +382,3 @@ class OnlineRefit:
     @property
     def samples(self) -> list[StepSample]:
         return list(self._samples)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of ``values`` by linear interpolation; NaN when empty (standard library only)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)

@@ -48,7 +48,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from node.cost_model import percentile
+from node.stats import percentile
 
 
 @dataclass(frozen=True, slots=True)

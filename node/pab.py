@@ -289,25 +289,44 @@ def estimate_pab_edf(
     kv_free_tokens: int,
     default_tpot_s: float,
     anchor: Anchor = Anchor.ARRIVAL,
-    max_steps: int = 10_000,
+    max_num_batched_tokens: int | None = None,
+    max_num_seqs: int | None = None,
     expected_output_tokens: float | None = None,
-    **_: object,
+    typical_prompt_tokens: float | None = None,
+    correction: float = 1.0,
+    front_delay_s: float = 0.0,
+    measured_prefill_rate_tps: float | None = None,
+    due_within_s: float | None = None,
+    max_steps: int = 10_000,
 ) -> PABReport:
     """PAB by stepping the node's EDF prefill queue forward (see module docstring).
 
-    Each step of length ``tau`` first carries every running decode, then gives
-    the rest of the step to queued prefills in EDF order (largest chunk that
-    fits, context term included). A decode whose output length is known
-    (``expected_total_output``) leaves when it is done; a finished prefill
-    joins the decodes. The budget is the prompt tokens a new request could
-    prefill before ``now + horizon`` after the queue; if the queue itself does
-    not drain in time, it is minus the work left over. Only the KV cap applies
-    on top (the closed form's other caps and corrections are not modelled here).
+    Takes ``estimate_pab``'s arguments with their meanings. Each step of length
+    ``tau`` first carries every running decode, then gives the rest of the step
+    (at most ``max_num_batched_tokens`` tokens, decodes included) to queued
+    prefills in EDF order (largest chunk that fits, context term included). A
+    decode whose output length is known (``expected_total_output``) leaves when
+    it is done; a finished prefill joins the decodes. The queue is the prompts
+    due within ``due_within_s`` (default: the horizon). The budget is the
+    prompt tokens a new request could prefill before ``now + horizon -
+    front_delay_s`` after the queue, times ``correction``, at most
+    ``measured_prefill_rate_tps`` over that time; if the queue itself does not
+    drain in time, it is minus the work left over. With ``max_num_seqs``
+    requests already held there is no room (0). The KV headroom caps it.
+    ``typical_prompt_tokens`` is not used (stepping sees every live request).
+    Raises ``ValueError`` as ``estimate_pab`` does.
     """
+    del typical_prompt_tokens  # the closed form's slot estimate; stepping needs none
+    if not (math.isfinite(correction) and correction > 0):
+        raise ValueError(f"correction must be > 0, got {correction!r}")
+    if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
+        raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
     _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s)
     decodes = [r for r in requests if not r.is_prefill]
     tau = min((r.slo.tpot_s for r in decodes), default=default_tpot_s)
-    steps = min(max_steps, max(1, math.floor(horizon_s / tau)))
+    effective_h = max(0.0, horizon_s - front_delay_s)
+    steps = min(max_steps, math.floor(effective_h / tau))
+    token_cap = math.inf if max_num_batched_tokens is None else max_num_batched_tokens
 
     # Running decodes as aggregates plus a heap of departure steps.
     n_d = len(decodes)
@@ -320,7 +339,8 @@ def estimate_pab_edf(
             heapq.heappush(departures, (left, r.decode_context_tokens + left))
 
     queue = sorted(
-        (r for r in requests if r.is_prefill and slack_s(r, now_s, anchor) <= horizon_s),
+        (r for r in requests if r.is_prefill
+         and slack_s(r, now_s, anchor) <= (horizon_s if due_within_s is None else due_within_s)),
         key=lambda r: (slack_s(r, now_s, anchor), r.arrival_s, r.request_id),
     )
     queued_total = sum(r.remaining_prompt_tokens for r in queue)
@@ -338,7 +358,7 @@ def estimate_pab_edf(
         batch_new, batch_ctx = n_d, c_d
         while head < len(queue):
             q = model.largest_chunk(tau, batch_new, batch_ctx, computed[head])
-            q = min(q, remaining[head])
+            q = int(min(q, remaining[head], token_cap - batch_new))
             if q <= 0:
                 break
             batch_new += q
@@ -355,18 +375,24 @@ def estimate_pab_edf(
                     heapq.heappush(departures, (step + out, req.prompt_tokens + out))
                 head += 1
         if head == len(queue):
-            q = model.largest_chunk(tau, batch_new, batch_ctx, new_computed)
+            q = int(min(model.largest_chunk(tau, batch_new, batch_ctx, new_computed), token_cap - batch_new))
+            q = max(q, 0)
             spare += q
             new_computed += q
         c_d += n_d  # every running decode grew by one token
 
     leftover = sum(remaining[head:])
-    time_limited = float(spare if leftover == 0 else -leftover)
+    offered = correction * spare
+    if measured_prefill_rate_tps is not None and measured_prefill_rate_tps >= 0:
+        offered = min(offered, measured_prefill_rate_tps * effective_h)
+    if max_num_seqs is not None and len(requests) >= max_num_seqs:
+        offered = 0.0
+    time_limited = float(offered if leftover == 0 else -leftover)
     headroom = kv_headroom_tokens(requests, kv_free_tokens, expected_output_tokens)
     binding = "time" if time_limited <= headroom else "kv"
     return PABReport(
         pab_tokens=min(time_limited, float(headroom)),
-        prefill_rate_tps=spare / horizon_s,
+        prefill_rate_tps=offered / effective_h if effective_h > 0 else 0.0,
         queued_tokens=queued_total,
         kv_headroom_tokens=headroom,
         reference_step_s=tau,
@@ -374,5 +400,5 @@ def estimate_pab_edf(
         horizon_s=horizon_s,
         time_limited_tokens=time_limited,
         binding=binding,
-        recovery_tps=spare / horizon_s,
+        recovery_tps=offered / effective_h if effective_h > 0 else 0.0,
     )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from node.cost_model import percentile
+from node.stats import percentile
 from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
 
 

@@ -181,3 +181,22 @@ def test_a_shortened_horizon_still_counts_every_queued_prompt_due_within_the_slo
                         default_tpot_s=0.05)
     assert kept.queued_tokens == 4 * 512
     assert kept.pab_tokens == pytest.approx(short.pab_tokens - 4 * 512)
+
+
+def test_edf_variant_takes_the_closed_forms_knowledge_and_caps():
+    base = estimate_pab_edf([], REF_MODEL, NOW, **KW).pab_tokens
+    assert base > 0
+    # the closed loop's correction scales what is offered; the front delay shortens the horizon
+    assert estimate_pab_edf([], REF_MODEL, NOW, correction=0.5, **KW).pab_tokens == pytest.approx(base / 2, rel=0.01)
+    assert estimate_pab_edf([], REF_MODEL, NOW, front_delay_s=0.5, **KW).pab_tokens < 0.6 * base
+    # a step carries at most max_num_batched_tokens tokens: 20 steps of 0.05 s in the 1 s horizon
+    assert estimate_pab_edf([], REF_MODEL, NOW, max_num_batched_tokens=256, **KW).pab_tokens == 20 * 256
+    # what the node measured it can prefill caps the model's promise
+    assert estimate_pab_edf([], REF_MODEL, NOW, measured_prefill_rate_tps=1000.0, **KW).pab_tokens == pytest.approx(1000.0)
+    # no seat left: no room, whatever the time says
+    full = [decode(i, 100) for i in range(4)]
+    assert estimate_pab_edf(full, REF_MODEL, NOW, max_num_seqs=4, **KW).pab_tokens == 0
+    with pytest.raises(TypeError):
+        estimate_pab_edf([], REF_MODEL, NOW, corection=0.5, **KW)  # a misspelt knob is an error, not ignored
+    with pytest.raises(ValueError):
+        estimate_pab_edf([], REF_MODEL, NOW, correction=0.0, **KW)

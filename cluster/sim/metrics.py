@@ -23,9 +23,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from cluster.sim.node import SimRequest
+from node.stats import percentile
 
 _EPS = 1e-9
 
@@ -48,10 +47,6 @@ def attains(req: SimRequest) -> bool:
         return False
     tpot = mean_tpot_s(req)
     return tpot is None or tpot <= req.tpot_slo_s + _EPS
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
 
 
 def summarize(requests: Sequence[SimRequest], offered_span_s: float) -> dict:
