@@ -26,10 +26,10 @@ from typing import Any, Optional
 import httpx
 
 from cluster.sim.metrics import summarize
-from node.stats import percentile
 from cluster.sim.node import SimRequest
 from cluster.workload import Workload
 from node.request import SLO
+from node.stats import percentile
 
 _EPS = 1e-9
 

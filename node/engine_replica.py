@@ -52,7 +52,7 @@ from typing import Any, AsyncIterator, Optional
 
 from node.cost_model import StepTimeModel
 from node.envelope import Anchor
-from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate
+from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
 from node.pab import PABReport, estimate_pab
 from node.profile import load_profile
 from node.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
@@ -246,6 +246,12 @@ class EngineReplica:
         sched = self.engine.vllm_config.scheduler_config
         self.max_num_batched_tokens = int(sched.max_num_batched_tokens)
         self.max_num_seqs = int(sched.max_num_seqs)
+        # Until this node has evidence of its speed, its budget starts at one step's tokens over the
+        # horizon and grows as the loop measures latencies within the target (node.feedback.SlowStart).
+        # A profile the scheduler does not refit is the operator's word on the node's speed: no slow start.
+        self.slow_start = SlowStart(self.max_num_batched_tokens / self.horizon_s)
+        if (self.spec.node_config or {}).get("refit") is False:
+            self.slow_start.end()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("engine replica %s on %s up: %d KV tokens", self.replica_key, self.node_label,
                     self.kv_capacity_tokens)
@@ -338,13 +344,24 @@ class EngineReplica:
         """Prompt length of a typical new request: the mean of recently received ones, else None."""
         return sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None
 
+    @property
+    def horizon_s(self) -> float:
+        """PAB's horizon: ``pab_horizon_fraction`` of the default TTFT SLO, seconds."""
+        return self.spec.pab_horizon_fraction * self.default_slo.ttft_s
+
+    def measured_rate_tps(self) -> Optional[float]:
+        """What caps the model's prefill rate: the rate measured under a queue, and the slow start's cap."""
+        caps = [r for r in (self.prefill_rate.rate_tps(time.monotonic()), self.slow_start.rate_cap_tps)
+                if r is not None]
+        return min(caps) if caps else None
+
     def compute_pab(self) -> PABReport:
         now = time.time()
         states = [lv.state(rid) for rid, lv in self.live.items()]
         kv_free = max(0, int((1.0 - self.kv_usage) * self.kv_capacity_tokens))
         return estimate_pab(
             states, self.model, now,
-            horizon_s=self.spec.pab_horizon_fraction * self.default_slo.ttft_s,
+            horizon_s=self.horizon_s,
             due_within_s=self.default_slo.ttft_s,
             kv_free_tokens=kv_free,
             default_tpot_s=self.default_slo.tpot_s,
@@ -355,7 +372,7 @@ class EngineReplica:
             typical_prompt_tokens=self.typical_prompt_tokens(),
             correction=self.feedback.factor,
             front_delay_s=self.front_delay.value_s(now),
-            measured_prefill_rate_tps=self.prefill_rate.rate_tps(time.monotonic()),
+            measured_prefill_rate_tps=self.measured_rate_tps(),
         )
 
     def received_ids(self) -> list[str]:
@@ -374,7 +391,15 @@ class EngineReplica:
         self.prefill_rate.tick(time.monotonic(), queued_prefill_tokens > self.max_num_batched_tokens)
         rep = self.compute_pab()
         starved = not self.live and (rep.pab_tokens < (self.typical_prompt_tokens() or 1.0) or rep.slots_free < 1)
-        if self.feedback.update(time.time(), starved=starved) != rep.correction:  # arrivals' clock
+        now = time.time()  # the arrivals' clock
+        late = [(lv.arrival_s, (now - lv.arrival_s) / lv.slo.ttft_s) for lv in waiting]
+        cap = self.slow_start.rate_cap_tps
+        if self.slow_start.active and (self.own_refits or self.shared_model is not None
+                                       or self.prefill_rate.rate_tps(time.monotonic()) is not None):
+            self.slow_start.end()  # the node has evidence of its own speed
+        self.slow_start.update(now, self.feedback.last_tail_ratio, self.feedback.config.target_ratio)
+        if self.feedback.update(now, starved=starved, waiting=late) != rep.correction \
+                or self.slow_start.rate_cap_tps != cap:
             rep = self.compute_pab()
         view = {
             "pab_tokens": rep.pab_tokens,
@@ -417,6 +442,7 @@ class EngineReplica:
             "latency_tail_ratio": self.feedback.last_tail_ratio,
             "front_delay_s": self._pab_parts.get("front_delay_s"),
             "measured_prefill_rate_tps": self.prefill_rate.rate_tps(time.monotonic()),
+            "slow_start_cap_tps": self.slow_start.rate_cap_tps,
             "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
             "model": asdict(self.model),
             "own_model": {**asdict(self.own_model), "refits": self.own_refits},

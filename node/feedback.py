@@ -10,6 +10,10 @@ follows:
   multiplied by ``target_ratio / measured`` (at most ``max_decrease`` in one
   step): the gradient rule of Netflix's concurrency-limits and Envoy's
   adaptive concurrency filter;
+* **without waiting for late news**: an admitted request still without its
+  first token counts with its age so far, a lower bound of its TTFT (a
+  censored observation), so a queue that grows past the target shrinks the
+  budget before its late first tokens come back;
 * **once per round trip**: only requests that arrived after the last decrease
   may cause the next one, and not within ``cooldown_s`` of it (the feedback
   delay: a first token comes up to a TTFT after admission), as TCP decreases
@@ -47,6 +51,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Iterable
 
 from node.stats import percentile
 
@@ -113,12 +118,23 @@ class LatencyFeedback:
         if math.isfinite(ratio) and ratio >= 0:
             self._samples.append((now_s, arrival_s, ratio))
 
-    def update(self, now_s: float, *, starved: bool = False) -> float:
+    def update(self, now_s: float, *, starved: bool = False,
+               waiting: Iterable[tuple[float, float]] = ()) -> float:
         """Apply the rule at most once per ``interval_s``; return the factor.
 
         ``starved``: the node holds no request and its budget is too small for
         a typical one, so no evidence can come: it probes upward at once (by
         ``increase_ratio``) instead of waiting ``window_s``.
+
+        ``waiting``: ``(arrival_s, (now - arrival) / TTFT SLO)`` of the admitted
+        requests still without a first token. Their TTFT is not known yet, but
+        it is at least that ratio (a censored observation): the tail over the
+        measured requests and these lower bounds is a lower bound of the real
+        tail, so when it exceeds the target the budget shrinks now, not a TTFT
+        later when those first tokens come (a budget that starts optimistic,
+        from a model fitted on a quiet machine, otherwise fills the queue for
+        seconds before the first late token is seen). Growth is judged on
+        measured requests only, and only while no lower bound breaches.
         """
         cfg = self.config
         if not cfg.enabled or now_s - self._last_update < cfg.interval_s:
@@ -127,7 +143,14 @@ class LatencyFeedback:
         while self._samples and now_s - self._samples[0][0] > cfg.window_s:
             self._samples.popleft()
         fresh = [r for _, arrived, r in self._samples if arrived > self._last_decrease_arrival]
-        tail = percentile(fresh, 100 * cfg.quantile) if len(fresh) >= cfg.min_samples else None
+        waiting = list(waiting)
+        pending = [r for arrived, r in waiting if arrived > self._last_decrease_arrival and math.isfinite(r)]
+        known = fresh + pending
+        tail = percentile(known, 100 * cfg.quantile) if len(known) >= cfg.min_samples else None
+        if tail is not None and tail <= cfg.target_ratio:  # no breach, even counting the waiting: grow on measurements
+            tail = percentile(fresh, 100 * cfg.quantile) if len(fresh) >= cfg.min_samples else None
+            if tail is not None and any(r > cfg.target_ratio for r in pending):
+                tail = cfg.target_ratio  # hold: a waiting request is already late
         self.last_tail_ratio = tail
         if tail is not None and tail > cfg.target_ratio:
             if now_s - self._last_decrease_s >= cfg.cooldown_s:
@@ -141,7 +164,7 @@ class LatencyFeedback:
             self.factor = min(cfg.max_factor, self.factor * min(cfg.increase_ratio, math.sqrt(gradient)))
         elif starved:
             self.factor = min(cfg.max_factor, self.factor * cfg.increase_ratio)
-        elif not self._samples:  # nothing measured for window_s: probe
+        elif not self._samples and not waiting:  # nothing measured for window_s, nothing waiting: probe
             self.factor = min(cfg.max_factor, self.factor + cfg.increase_step)
         return self.factor
 
@@ -211,3 +234,49 @@ class PrefillRate:
         if self._last is not None and now_s - self._last[0] <= self.memory_s:
             return self._last[1]
         return None
+
+
+class SlowStart:
+    """TCP's slow start for a node that has no evidence of its own speed yet.
+
+    A node's first budget comes from its profile, a model fitted elsewhere (on a
+    quiet machine, or another host), and can promise many times what the node
+    delivers: measured on the embedded default, the shipped CPU profile offered
+    89k prompt tokens per engine where the engine, under load, prefilled about
+    2k tokens a second (``bench/results/SERVE.md``), so a fresh cluster admitted
+    seconds of backlog before any first token came back. Until the node has
+    evidence (its own refitted step model, the deployment's, or a measured
+    prefill rate), its prefill rate is capped at ``rate_cap_tps``: it starts at
+    ``initial_tps`` and, as TCP's congestion window does each round trip,
+    doubles every ``interval_s`` in which the closed loop measured latencies
+    within the target, halves when they breach it, and is held otherwise.
+    ``end()`` lifts the cap for good (the cap is None from then on).
+    """
+
+    def __init__(self, initial_tps: float, *, growth: float = 2.0, interval_s: float = 1.0) -> None:
+        if not (initial_tps > 0 and math.isfinite(initial_tps)) or growth <= 1 or interval_s <= 0:
+            raise ValueError("initial_tps > 0 (finite), growth > 1 and interval_s > 0 required")
+        self.growth = growth
+        self.interval_s = interval_s
+        self.rate_cap_tps: float | None = initial_tps
+        self._floor = initial_tps
+        self._last_update = -math.inf
+
+    @property
+    def active(self) -> bool:
+        return self.rate_cap_tps is not None
+
+    def end(self) -> None:
+        self.rate_cap_tps = None
+
+    def update(self, now_s: float, tail_ratio: float | None, target_ratio: float) -> float | None:
+        """One step per ``interval_s`` on the loop's last measured tail (None: no news); return the cap."""
+        if self.rate_cap_tps is None or now_s - self._last_update < self.interval_s:
+            return self.rate_cap_tps
+        self._last_update = now_s
+        if tail_ratio is not None:
+            if tail_ratio <= target_ratio:
+                self.rate_cap_tps *= self.growth
+            else:
+                self.rate_cap_tps = max(self._floor, self.rate_cap_tps / self.growth)
+        return self.rate_cap_tps

@@ -2,8 +2,8 @@
 
 import pytest
 
-from node.stats import percentile
 from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
+from node.stats import percentile
 
 
 def test_a_breach_shrinks_the_factor_by_the_gradient_at_most_halving_it():
@@ -134,3 +134,47 @@ def test_a_tpot_paced_to_its_plan_is_not_a_breach():
     for i in range(8):
         fb.observe(2.0, 1.1 + 0.1 * i, 1.2, tpot=True)  # decodes late against the SLO itself: cut
     assert fb.update(2.0) < 1.0 and fb.decreases == 1
+
+
+def test_requests_still_waiting_past_the_target_shrink_the_factor_before_their_first_token():
+    # A budget that starts optimistic fills the queue; no first token has come back yet, but the
+    # waiting requests are already older than the target: a censored breach, acted on now.
+    cfg = FeedbackConfig(target_ratio=0.7, min_samples=4, cooldown_s=0.0)
+    fb = LatencyFeedback(cfg)
+    assert fb.update(1.0, waiting=[(0.0, 0.5), (0.1, 0.45), (0.2, 0.4), (0.3, 0.35)]) == 1.0  # within target
+    waiting = [(0.0 + 0.1 * i, (2.0 - 0.1 * i) / 2.0) for i in range(5)]  # 0.8 .. 1.0 of the SLO so far
+    assert fb.update(2.0, waiting=waiting) < 1.0
+    assert fb.decreases == 1
+    # the same requests, still waiting, admitted before the cut: no second cut for them
+    cut = fb.factor
+    assert fb.update(3.5, waiting=[(a, r + 0.75) for a, r in waiting]) == cut
+
+
+def test_a_waiting_request_past_the_target_holds_growth():
+    fb = LatencyFeedback(FeedbackConfig(target_ratio=0.7, min_samples=2, max_decrease=0.5, cooldown_s=0.0))
+    fb.observe(0.5, 0.0, 5.0)
+    fb.observe(0.5, 0.0, 5.0)
+    low = fb.update(1.0)
+    for i in range(6):
+        fb.observe(2.0, 1.5 + 0.01 * i, 0.2)  # measured ones came back fast
+    # one waiting request among the fresh ones is late: the tail stays under the target, but no growth
+    assert fb.update(2.0, waiting=[(1.6, 0.9)]) == low
+    assert fb.update(3.0) > low
+
+
+def test_slow_start_doubles_on_good_news_halves_on_a_breach_and_ends_on_evidence():
+    from node.feedback import SlowStart
+
+    ss = SlowStart(400.0, interval_s=1.0)
+    assert ss.update(0.0, None, 0.7) == 400.0  # no news: held
+    assert ss.update(0.5, 0.3, 0.7) == 400.0  # within the interval
+    assert ss.update(1.0, 0.3, 0.7) == 800.0
+    assert ss.update(2.0, 0.5, 0.7) == 1600.0
+    assert ss.update(3.0, 0.9, 0.7) == 800.0  # a breach
+    for t in range(4, 10):
+        ss.update(float(t), 2.0, 0.7)
+    assert ss.rate_cap_tps == 400.0  # never below where it started
+    ss.end()
+    assert not ss.active and ss.update(20.0, 0.1, 0.7) is None
+    with pytest.raises(ValueError):
+        SlowStart(0.0)

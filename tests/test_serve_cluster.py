@@ -145,6 +145,10 @@ def test_unknown_model_and_broken_json_are_refused(cluster):
 def test_placement_follows_pab(cluster):
     """While one engine holds a long request its PAB is lower and the next request goes to the other;
     the ingress decides in its own process (its router's counters reach the registry's status)."""
+    # The held decode lowers its node's budget by only tens of tokens under the slow profile, about
+    # what the front delay of the last seconds' requests (node.feedback.FrontDelay, a 3 s window)
+    # moves it: let the earlier tests' delays age out so only this test's requests count.
+    time.sleep(3.5)
     hold = {"model": MODEL, "prompt": _ids(400, 1), "max_tokens": 400, "ignore_eos": True, "stream": True}
     with cluster.stream("POST", "/v1/completions", json=hold) as s:
         assert s.status_code == 200

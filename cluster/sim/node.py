@@ -479,7 +479,9 @@ class SimNode:
             return
         self._last_publish_s = now_s
         if self.feedback is not None:
-            self.correction = self.feedback.update(now_s)
+            waiting = [(r.arrival_s, (now_s - r.arrival_s) / r.ttft_slo_s) for r in self.live.values()
+                       if r.first_token_s is None]
+            self.correction = self.feedback.update(now_s, waiting=waiting)
         sample = now_s >= self._next_sample_s
         # A balancer that ignores PAB still gets it in the timeline samples, measured there only.
         view = self.view(now_s, measure_pab=self.pab_in_every_report or sample or force)
