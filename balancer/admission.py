@@ -97,6 +97,8 @@ class LocalBalancer:
         self.refresh_failures = 0
         self._fetched_at = -float("inf")  # when the registry last answered
         self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
+        self._prompts_added = 0
+        self._small: tuple[int, int] = (-1, 1)  # (_prompts_added when computed, small_prompt_tokens then)
         self.key = f"{os.getpid()}:{id(self):x}"
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -159,6 +161,7 @@ class LocalBalancer:
         with self._lock:
             if record:
                 self._prompts.append(prompt_tokens)
+                self._prompts_added += 1
             if self._policy is not None:
                 self._refresh_members(now)
             live = set(self._live(now))
@@ -198,10 +201,13 @@ class LocalBalancer:
 
     def small_prompt_tokens(self) -> int:
         """A small prompt by recent traffic: the ``early_refusal_quantile`` of the last prompts asked for (1 if none)."""
-        with self._lock:
-            seen = sorted(self._prompts)
         q = self.settings.early_refusal_quantile
-        return int(percentile(seen, 100 * q, method="lower")) if seen and q is not None else 1
+        with self._lock:
+            # Asked once per request under overload, while the prompts seen change only on parsed ones.
+            if self._small[0] != self._prompts_added:
+                small = int(percentile(self._prompts, 100 * q, method="lower")) if self._prompts and q is not None else 1
+                self._small = (self._prompts_added, small)
+            return self._small[1]
 
     def refusal_before_parsing(self) -> Optional[float]:
         """A Retry-After (s) when no live node can take a small request now, else None.
