@@ -249,7 +249,9 @@ class SlowStart:
     prefill rate), its prefill rate is capped at ``rate_cap_tps``: it starts at
     ``initial_tps`` and, as TCP's congestion window does each round trip,
     doubles every ``interval_s`` in which the closed loop measured latencies
-    within the target, halves when they breach it, and is held otherwise.
+    below the target, halves when they breach it, and is held otherwise (no
+    news, or a tail at the target: ``LatencyFeedback`` reports the target
+    itself while a waiting request is already late).
     ``end()`` lifts the cap for good (the cap is None from then on).
     """
 
@@ -274,9 +276,8 @@ class SlowStart:
         if self.rate_cap_tps is None or now_s - self._last_update < self.interval_s:
             return self.rate_cap_tps
         self._last_update = now_s
-        if tail_ratio is not None:
-            if tail_ratio <= target_ratio:
-                self.rate_cap_tps *= self.growth
-            else:
-                self.rate_cap_tps = max(self._floor, self.rate_cap_tps / self.growth)
+        if tail_ratio is not None and tail_ratio < target_ratio:
+            self.rate_cap_tps *= self.growth
+        elif tail_ratio is not None and tail_ratio > target_ratio:
+            self.rate_cap_tps = max(self._floor, self.rate_cap_tps / self.growth)
         return self.rate_cap_tps

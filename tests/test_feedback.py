@@ -171,7 +171,9 @@ def test_slow_start_doubles_on_good_news_halves_on_a_breach_and_ends_on_evidence
     assert ss.update(1.0, 0.3, 0.7) == 800.0
     assert ss.update(2.0, 0.5, 0.7) == 1600.0
     assert ss.update(3.0, 0.9, 0.7) == 800.0  # a breach
-    for t in range(4, 10):
+    assert ss.update(3.5, 0.7, 0.7) == 800.0  # within the interval
+    assert ss.update(4.0, 0.7, 0.7) == 800.0  # at the target (the loop holds): held
+    for t in range(5, 11):
         ss.update(float(t), 2.0, 0.7)
     assert ss.rate_cap_tps == 400.0  # never below where it started
     ss.end()
