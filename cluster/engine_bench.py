@@ -67,8 +67,6 @@ def build_trace(
     ]
 
 
-
-
 def replay(llm, requests: list[BenchRequest], *, ttft_slo_s: float, tpot_slo_s: float, vocab: int) -> dict[str, Any]:
     """Replay ``requests`` in real time through the in-process engine; per-request latencies."""
     from vllm import SamplingParams
