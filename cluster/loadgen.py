@@ -14,8 +14,8 @@ or ends early, a timeout) counts as dropped: a miss either way, never silent.
 
 The client is aiohttp's, the one vLLM's own benchmark client uses: on the
 2-core machine the load generator shares the CPU with the cluster it measures,
-and aiohttp spends 1.8 ms of CPU on a refused request where httpx spent 4.7 ms
-(measured with a refusal storm at 40 req/s, ``bench/results/SERVE.md``).
+and aiohttp spends 1.8 ms of CPU on a refused request where httpx spent 4.4 ms
+(``bench/refusal_cost.py``, recorded in ``bench/results/SERVE.md``).
 Bodies are serialised before the clock starts.
 """
 
