@@ -97,8 +97,7 @@ class LocalBalancer:
         self.refresh_failures = 0
         self._fetched_at = -float("inf")  # when the registry last answered
         self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
-        self._prompts_added = 0
-        self._small: tuple[int, int] = (-1, 1)  # (_prompts_added when computed, small_prompt_tokens then)
+        self._small: Optional[int] = None  # small_prompt_tokens() of _prompts, None once they change
         self.key = f"{os.getpid()}:{id(self):x}"
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -161,7 +160,7 @@ class LocalBalancer:
         with self._lock:
             if record:
                 self._prompts.append(prompt_tokens)
-                self._prompts_added += 1
+                self._small = None
             if self._policy is not None:
                 self._refresh_members(now)
             live = set(self._live(now))
@@ -204,10 +203,9 @@ class LocalBalancer:
         q = self.settings.early_refusal_quantile
         with self._lock:
             # Asked once per request under overload, while the prompts seen change only on parsed ones.
-            if self._small[0] != self._prompts_added:
-                small = int(percentile(self._prompts, 100 * q, method="lower")) if self._prompts and q is not None else 1
-                self._small = (self._prompts_added, small)
-            return self._small[1]
+            if self._small is None:
+                self._small = int(percentile(self._prompts, 100 * q, method="lower")) if self._prompts and q is not None else 1
+            return self._small
 
     def refusal_before_parsing(self) -> Optional[float]:
         """A Retry-After (s) when no live node can take a small request now, else None.

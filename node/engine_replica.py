@@ -392,14 +392,13 @@ class EngineReplica:
         rep = self.compute_pab()
         starved = not self.live and (rep.pab_tokens < (self.typical_prompt_tokens() or 1.0) or rep.slots_free < 1)
         now = time.time()  # the arrivals' clock
-        late = [(lv.arrival_s, (now - lv.arrival_s) / lv.slo.ttft_s) for lv in waiting]
         cap = self.slow_start.rate_cap_tps
         if self.slow_start.active and (self.own_refits or self.shared_model is not None
                                        or self.prefill_rate.rate_tps(time.monotonic()) is not None):
             self.slow_start.end()  # the node has evidence of its own speed
         self.slow_start.update(now, self.feedback.last_tail_ratio, self.feedback.config.target_ratio)
-        if self.feedback.update(now, starved=starved, waiting=late) != rep.correction \
-                or self.slow_start.rate_cap_tps != cap:
+        factor = self.feedback.update(now, starved=starved, waiting=[(lv.arrival_s, lv.slo.ttft_s) for lv in waiting])
+        if factor != rep.correction or self.slow_start.rate_cap_tps != cap:
             rep = self.compute_pab()
         view = {
             "pab_tokens": rep.pab_tokens,

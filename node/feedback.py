@@ -126,9 +126,9 @@ class LatencyFeedback:
         a typical one, so no evidence can come: it probes upward at once (by
         ``increase_ratio``) instead of waiting ``window_s``.
 
-        ``waiting``: ``(arrival_s, (now - arrival) / TTFT SLO)`` of the admitted
-        requests still without a first token. Their TTFT is not known yet, but
-        it is at least that ratio (a censored observation): the tail over the
+        ``waiting``: ``(arrival_s, ttft_slo_s)`` of the admitted requests still
+        without a first token. Their TTFT is not known yet, but it is at least
+        their age ``now_s - arrival_s`` (a censored observation): the tail over the
         measured requests and these lower bounds is a lower bound of the real
         tail, so when it exceeds the target the budget shrinks now, not a TTFT
         later when those first tokens come (a budget that starts optimistic,
@@ -144,7 +144,8 @@ class LatencyFeedback:
             self._samples.popleft()
         fresh = [r for _, arrived, r in self._samples if arrived > self._last_decrease_arrival]
         waiting = list(waiting)
-        pending = [r for arrived, r in waiting if arrived > self._last_decrease_arrival and math.isfinite(r)]
+        pending = [(now_s - arrived) / slo_s for arrived, slo_s in waiting
+                   if arrived > self._last_decrease_arrival and slo_s > 0]
         known = fresh + pending
         tail = percentile(known, 100 * cfg.quantile) if len(known) >= cfg.min_samples else None
         if tail is not None and tail <= cfg.target_ratio:  # no breach, even counting the waiting: grow on measurements

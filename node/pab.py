@@ -86,7 +86,8 @@ class PABReport:
         return asdict(self)
 
 
-def _check_inputs(now_s: float, horizon_s: float, kv_free_tokens: int, default_tpot_s: float) -> None:
+def _check_inputs(now_s: float, horizon_s: float, kv_free_tokens: int, default_tpot_s: float,
+                  correction: float = 1.0, front_delay_s: float = 0.0) -> None:
     if not math.isfinite(now_s):
         raise ValueError(f"now_s must be finite, got {now_s!r}")
     if not (math.isfinite(horizon_s) and horizon_s > 0):
@@ -95,6 +96,10 @@ def _check_inputs(now_s: float, horizon_s: float, kv_free_tokens: int, default_t
         raise ValueError(f"default_tpot_s must be > 0, got {default_tpot_s!r}")
     if not isinstance(kv_free_tokens, int) or kv_free_tokens < 0:
         raise ValueError(f"kv_free_tokens must be an integer >= 0, got {kv_free_tokens!r}")
+    if not (math.isfinite(correction) and correction > 0):
+        raise ValueError(f"correction must be > 0, got {correction!r}")
+    if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
+        raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
 
 
 def expected_total_output(req: RequestState, expected_output_tokens: float | None) -> float:
@@ -204,11 +209,7 @@ def estimate_pab(
     ``ValueError`` on a non-finite clock, a horizon or TPOT <= 0, negative KV,
     a correction <= 0 or a negative front delay.
     """
-    _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s)
-    if not (math.isfinite(correction) and correction > 0):
-        raise ValueError(f"correction must be > 0, got {correction!r}")
-    if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
-        raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
+    _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s, correction, front_delay_s)
     sf = model.safety_factor
     fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
     tau = _reference_step_s(requests, default_tpot_s)
@@ -317,11 +318,7 @@ def estimate_pab_edf(
     Raises ``ValueError`` as ``estimate_pab`` does.
     """
     del typical_prompt_tokens  # the closed form's slot estimate; stepping needs none
-    if not (math.isfinite(correction) and correction > 0):
-        raise ValueError(f"correction must be > 0, got {correction!r}")
-    if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
-        raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
-    _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s)
+    _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s, correction, front_delay_s)
     decodes = [r for r in requests if not r.is_prefill]
     tau = min((r.slo.tpot_s for r in decodes), default=default_tpot_s)
     effective_h = max(0.0, horizon_s - front_delay_s)

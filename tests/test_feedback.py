@@ -141,13 +141,14 @@ def test_requests_still_waiting_past_the_target_shrink_the_factor_before_their_f
     # waiting requests are already older than the target: a censored breach, acted on now.
     cfg = FeedbackConfig(target_ratio=0.7, min_samples=4, cooldown_s=0.0)
     fb = LatencyFeedback(cfg)
-    assert fb.update(1.0, waiting=[(0.0, 0.5), (0.1, 0.45), (0.2, 0.4), (0.3, 0.35)]) == 1.0  # within target
-    waiting = [(0.0 + 0.1 * i, (2.0 - 0.1 * i) / 2.0) for i in range(5)]  # 0.8 .. 1.0 of the SLO so far
+    # (arrival_s, TTFT SLO s): at t = 1 their ages are 0.5, 0.45, 0.4, 0.35 of the SLO
+    assert fb.update(1.0, waiting=[(0.0, 2.0), (0.1, 2.0), (0.2, 2.0), (0.3, 2.0)]) == 1.0  # within target
+    waiting = [(0.1 * i, 2.0) for i in range(5)]  # at t = 2: 0.8 .. 1.0 of the SLO so far
     assert fb.update(2.0, waiting=waiting) < 1.0
     assert fb.decreases == 1
     # the same requests, still waiting, admitted before the cut: no second cut for them
     cut = fb.factor
-    assert fb.update(3.5, waiting=[(a, r + 0.75) for a, r in waiting]) == cut
+    assert fb.update(3.5, waiting=waiting) == cut  # now 1.55 .. 1.75 of the SLO
 
 
 def test_a_waiting_request_past_the_target_holds_growth():
@@ -158,7 +159,7 @@ def test_a_waiting_request_past_the_target_holds_growth():
     for i in range(6):
         fb.observe(2.0, 1.5 + 0.01 * i, 0.2)  # measured ones came back fast
     # one waiting request among the fresh ones is late: the tail stays under the target, but no growth
-    assert fb.update(2.0, waiting=[(1.6, 0.9)]) == low
+    assert fb.update(2.0, waiting=[(1.6, 0.4 / 0.9)]) == low  # 0.9 of its SLO at t = 2
     assert fb.update(3.0) > low
 
 

@@ -479,8 +479,7 @@ class SimNode:
             return
         self._last_publish_s = now_s
         if self.feedback is not None:
-            waiting = [(r.arrival_s, (now_s - r.arrival_s) / r.ttft_slo_s) for r in self.live.values()
-                       if r.first_token_s is None]
+            waiting = [(r.arrival_s, r.ttft_slo_s) for r in self.live.values() if r.first_token_s is None]
             self.correction = self.feedback.update(now_s, waiting=waiting)
         sample = now_s >= self._next_sample_s
         # A balancer that ignores PAB still gets it in the timeline samples, measured there only.
