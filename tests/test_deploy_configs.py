@@ -4,11 +4,16 @@ Serve's deploy schema, promtool; the committed dashboard is the generator's outp
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.util
+import ipaddress
+import itertools
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -54,6 +59,110 @@ def test_launcher_validation_rejects_a_misspelt_key():
     config["available_node_types"]["gpu_worker"]["max_worker"] = 3  # typo of max_workers
     with pytest.raises(Exception):
         _launcher_validate(config)
+
+
+# -- who may reach the Ray ports -----------------------------------------------------------
+
+#: Ports a security group may open to the internet: Serve's HTTP (the OpenAI API, behind TLS and
+#: API keys) and SSH, which `ray up` itself opens to 0.0.0.0/0 on every group it creates (the
+#: launcher needs it; narrowing it means bringing your own SecurityGroupIds, see aws.yaml).
+PUBLIC_OK = {8000, 22}
+#: Ray's own ports: reachable only from the cluster's own security group, never from an address range.
+RAY_INTERNAL = {6379, 8265, 10001, 8076}
+_PRIVATE_NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+
+
+def _rays_default_ingress(own_group: str, extended: list[dict]) -> list[dict]:
+    """The rules `ray up` authorizes on a security group it creates: Ray's own two, then the config's.
+
+    Taken from Ray's AWS provider, whose module imports boto3 (not a project dependency): its pure
+    rule builders are compiled from the installed source, so the check follows the Ray in use.
+    """
+    spec = importlib.util.find_spec("ray.autoscaler._private.aws")
+    tree = ast.parse(Path(spec.submodule_search_locations[0], "config.py").read_text())
+    wanted = {"_create_default_inbound_rules", "_create_default_intracluster_inbound_rules",
+              "_create_default_ssh_inbound_rules"}
+    namespace: dict = {"itertools": itertools}
+    found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    exec(compile(ast.Module(body=found, type_ignores=[]), "ray/autoscaler/_private/aws/config.py", "exec"), namespace)
+    assert wanted <= namespace.keys(), "Ray's AWS provider no longer builds its rules this way"
+    return namespace["_create_default_inbound_rules"]({own_group}, extended)
+
+
+def _ports(rule: dict) -> Optional[set[int]]:
+    """The ports a rule opens; None for all of them (protocol -1 or port -1)."""
+    if str(rule.get("IpProtocol")) == "-1" or rule.get("FromPort", -1) == -1:
+        return None
+    return set(range(int(rule["FromPort"]), int(rule["ToPort"]) + 1))
+
+
+def _ranges(rule: dict) -> list:
+    return [ipaddress.ip_network(r["CidrIp"], strict=False) for r in rule.get("IpRanges", [])] + \
+        [ipaddress.ip_network(r["CidrIpv6"], strict=False) for r in rule.get("Ipv6Ranges", [])]
+
+
+def _ingress_problems(config: dict) -> list[str]:
+    """What the AWS config's security group would let in that it should not (empty: nothing)."""
+    problems = []
+    extended = config["provider"].get("security_group", {}).get("IpPermissions", [])
+    for rule in _rays_default_ingress("sg-own", copy.deepcopy(extended)):
+        ports = _ports(rule)
+        for net in _ranges(rule):
+            public = not any(net.version == p.version and net.subnet_of(p) for p in _PRIVATE_NETS)
+            if public and (ports is None or not ports <= PUBLIC_OK):
+                problems.append(f"{net} may reach {'every port' if ports is None else sorted(ports - PUBLIC_OK)}")
+            if ports is None or ports & RAY_INTERNAL:
+                problems.append(f"{net} may reach Ray's own ports {sorted(RAY_INTERNAL & (ports or RAY_INTERNAL))}")
+    # node-to-node: every port, from the group itself only
+    assert any(_ports(r) is None and r.get("UserIdGroupPairs") == [{"GroupId": "sg-own"}] and not _ranges(r)
+               for r in _rays_default_ingress("sg-own", []))
+    return problems
+
+
+def _dashboard_hosts(commands: list[str]) -> list[str]:
+    starts = [c for c in commands if re.search(r"\bray start\b.*--head\b", c, re.S)]
+    assert len(starts) == 1, starts
+    return re.findall(r"--dashboard-host[= ](\S+)", starts[0])
+
+
+@pytest.mark.parametrize("name", CLUSTER_YAMLS)
+def test_cluster_yaml_keeps_the_dashboard_on_the_heads_loopback(name):
+    """`ray start --head` binds the dashboard (and `serve deploy`'s REST API) to 127.0.0.1; `ray dashboard` tunnels to it."""
+    config = yaml.safe_load((DEPLOY / name).read_text())
+    assert _dashboard_hosts(config["head_start_ray_commands"]) == ["127.0.0.1"]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert not any("0.0.0.0" in c for c in config[key] if "ray start" in c), key
+
+
+def test_aws_security_group_opens_only_serve_and_ssh_to_the_internet():
+    config = yaml.safe_load((DEPLOY / "aws.yaml").read_text())
+    assert _ingress_problems(config) == []
+
+
+@pytest.mark.parametrize("rule, why", [
+    ({"FromPort": 6379, "ToPort": 6379, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, "GCS"),
+    ({"FromPort": 8000, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, "a range"),
+    ({"FromPort": 10001, "ToPort": 10001, "IpProtocol": "tcp", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}, "IPv6"),
+    ({"FromPort": -1, "ToPort": -1, "IpProtocol": "-1", "IpRanges": [{"CidrIp": "52.0.0.0/8"}]}, "all ports"),
+    ({"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}, "dashboard"),
+])
+def test_ingress_check_catches_an_open_ray_port(rule, why):
+    config = yaml.safe_load((DEPLOY / "aws.yaml").read_text())
+    config["provider"]["security_group"]["IpPermissions"].append(rule)
+    assert _ingress_problems(config), why
+    _launcher_validate(config)  # still a valid config: the schema does not catch it, this test does
+
+
+def test_dashboard_check_catches_a_public_dashboard():
+    config = yaml.safe_load((DEPLOY / "aws.yaml").read_text())
+    config["head_start_ray_commands"] = [c.replace("127.0.0.1", "0.0.0.0") for c in config["head_start_ray_commands"]]
+    assert _dashboard_hosts(config["head_start_ray_commands"]) == ["0.0.0.0"]
+
+
+def test_kuberay_head_service_stays_inside_the_cluster():
+    """KubeRay's operator needs the dashboard on the pod's interface; the head Service stays ClusterIP."""
+    head = yaml.safe_load((DEPLOY / "kuberay-rayservice.yaml").read_text())["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP"
 
 
 def _serve_apps(doc: dict):
