@@ -1,48 +1,52 @@
-"""The HTTP API: an OpenAI-compatible FastAPI ingress in front of the engine deployment.
+"""The HTTP ingress: vLLM's OpenAI API in front of the engine deployment, plus what is ours.
 
-Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming
-over SSE or not), ``GET /v1/models``, ``GET /health``, and
-``GET /v1/fairbatching/status`` (the PAB registry's view of every node).
+The API itself is vLLM's (``node.openai_server``): the routes take vLLM's
+request models (``ChatCompletionRequest``, ``CompletionRequest``), errors go
+through vLLM's exception handlers, the prompt is rendered once by vLLM's
+engine-less render step (chat template, tokenization, validation, default
+``max_tokens``) and the engine replica answers with vLLM's
+``OpenAIServingChat`` / ``OpenAIServingCompletion``. ``/v1/models``,
+``/tokenize`` and ``/detokenize`` are answered here, without an engine.
 
-The ingress stamps each request's arrival, tokenizes the prompt (placement
-needs its length) and admits it with the balancer that lives in this process
-(``balancer.admission.LocalBalancer``, the same one the engine handle's router
-``PABRequestRouter`` uses): a refusal is an HTTP 429 at once, with no remote
-call on the way. An admitted request goes to the engine deployment's
-``generate`` through the handle, whose router sends it to the replica it was
-placed on; its placement is released when it ends, however it ends
-(completion, error, cancel, client disconnect). A streaming request is started
-and its first output awaited *before* the response begins, so a failure before
-the first token is a real HTTP status, not a 200 with an error inside.
+What this module adds:
+
+* SLOs: ``vllm_xargs`` in the body (``ttft_slo_s``, ``tpot_slo_s``, seconds)
+  or the headers ``x-slo-ttft-ms`` / ``x-slo-tpot-ms``; the body wins over the
+  headers, the headers over the deployment defaults. They travel to the engine
+  in ``vllm_xargs`` (vLLM puts them in ``SamplingParams.extra_args``, where the
+  FairBatching scheduler reads them), with the ingress's arrival stamp;
+* the prompt's token count for admission, from the render step, passed on to
+  the engine with the token ids (chat: ``kv_transfer_params["prompt_token_ids"]``,
+  vLLM's tokenize-once hook; completions: the prompt replaced by its ids), so
+  the engine never tokenizes again (except chat with non-text content parts,
+  which vLLM renders again);
+* admission and placement in this process (``balancer.admission.LocalBalancer``,
+  the same one the engine handle's router ``PABRequestRouter`` uses): a
+  refusal is an HTTP 429 with ``Retry-After`` at once; 503 when no engine is up;
+* API keys (``APIKeys``) and a request-body size limit (413).
 
 Arrival: the handler's start, or the ``x-request-start`` stamp a front proxy set
-(``arrival_stamp``).
-
-Per-request SLOs: ``vllm_xargs`` in the body (``ttft_slo_s``, ``tpot_slo_s``,
-seconds; the keys the FairBatching scheduler reads) or the headers
-``x-slo-ttft-ms`` / ``x-slo-tpot-ms``; the body wins over the headers, the
-headers over the deployment defaults.
-
-Errors are OpenAI-shaped ``{"error": {"message", "type", "param", "code"}}``:
-400 for invalid requests (``param`` names the field), 404 for an unknown model,
-429 for admission rejection (with ``Retry-After``), 503 when no engine is up or
-the engine failed.
+(``arrival_stamp``). A streaming request is started and its first output
+awaited before the response begins, so a failure before the first token is a
+real HTTP status, not a 200 with an error inside. Every error body is vLLM's
+(OpenAI's) ``{"error": {"message", "type", "param", "code"}}``.
 """
 
-from __future__ import annotations
-
 import asyncio
+import hashlib
 import json
 import logging
 import math
+import secrets
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from http import HTTPStatus
+from typing import Any, Optional
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from node.request import ARRIVAL_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,75 +58,49 @@ REQUEST_START_HEADER = "x-request-start"
 _MAX_REQUEST_START_AGE_S = 600.0  # an older (or future) stamp is a clock problem: ignored
 NODE_HEADER = "x-fairbatching-node"  # the node (host:ray node id) that served the request
 REPLICA_HEADER = "x-fairbatching-replica"  # the engine replica (the registry's node key)
-
-
-# ----------------------------------------------------------------------------- schemas
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM extension: usage in every chunk (a chunk may hold several tokens)
-
-
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
-    ignore_eos: bool = False  # vLLM extension
-    vllm_xargs: Optional[dict[str, Union[str, int, float, list]]] = None  # vLLM extension
-
-
-class CompletionRequest(_Common):
-    prompt: Union[str, list[int]]
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
-
-
-class ChatCompletionRequest(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+#: Paths that need an API key when keys are configured (vLLM guards ``/v1``; its tokenizer routes too).
+GUARDED_PREFIXES = ("/v1", "/tokenize", "/detokenize")
 
 
 # ----------------------------------------------------------------------------- errors
 
 
 class APIError(Exception):
-    """An error the API answers with ``status`` and an OpenAI-style body."""
+    """An error the API answers with ``status`` and vLLM's (OpenAI's) error body."""
 
-    def __init__(self, status: int, message: str, *, type_: str, param: Optional[str] = None,
-                 code: Optional[str] = None, headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, status: int, message: str, *, param: Optional[str] = None,
+                 headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.status, self.message, self.param = status, message, param
         self.headers = headers or {}
 
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, self.param)
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, param: Optional[str] = None) -> dict[str, Any]:
+    """The OpenAI error object as vLLM writes it: ``type`` from the status (``RateLimitError``), ``code`` the status."""
+    kind = "".join(w.capitalize() for w in HTTPStatus(status).phrase.split()) + "Error"
+    kind = {"BadRequestError": "BadRequestError", "TooManyRequestsError": "RateLimitError",
+            "UnauthorizedError": "AuthenticationError"}.get(kind, kind)
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
 def invalid(param: str, message: str) -> APIError:
-    return APIError(400, message, type_="invalid_request_error", param=param)
+    return APIError(400, message, param=param)
 
 
 def rejected(retry_after_s: float) -> APIError:
     secs = max(1, math.ceil(retry_after_s))
-    return APIError(429, f"No engine has budget for this request now; retry after {secs} s.",
-                    type_="rate_limit_error", code="admission_rejected", headers={"Retry-After": str(secs)})
+    return APIError(429, f"No engine has budget for this request now (admission_rejected); retry after {secs} s.",
+                    headers={"Retry-After": str(secs)})
 
 
 def unavailable(message: str) -> APIError:
-    return APIError(503, message, type_="service_unavailable", code="no_engine")
+    return APIError(503, message)
 
 
 def arrival_stamp(headers, now_s: float, trusted: bool = True) -> float:
@@ -147,14 +125,36 @@ def arrival_stamp(headers, now_s: float, trusted: bool = True) -> float:
     return now_s
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or "body"
-    return invalid(param, f"{param}: {err.get('msg', 'invalid value')}")
+def request_slo(xargs: dict, headers, default_ttft_s: float, default_tpot_s: float) -> tuple[float, float]:
+    """The request's ``(ttft_slo_s, tpot_slo_s)``: ``vllm_xargs`` over headers over the defaults.
+
+    Raises ``APIError`` (400, ``param`` naming the header or key) for a value that
+    is not a positive finite number.
+    """
+    slo = {SLO_TTFT_KEY: default_ttft_s, SLO_TPOT_KEY: default_tpot_s}
+    for header, key in ((TTFT_HEADER, SLO_TTFT_KEY), (TPOT_HEADER, SLO_TPOT_KEY)):
+        raw = headers.get(header)
+        if raw is not None:
+            value = _positive_seconds(raw, 1e-3)
+            if value is None:
+                raise invalid(header, f"header {header} must be a number of milliseconds > 0, got {raw!r}")
+            slo[key] = value
+    for key in (SLO_TTFT_KEY, SLO_TPOT_KEY):
+        if key in xargs:
+            value = xargs[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not (math.isfinite(value) and value > 0):
+                raise invalid(f"vllm_xargs.{key}", f"vllm_xargs.{key} must be a number of seconds > 0, got {value!r}")
+            slo[key] = float(value)
+    return slo[SLO_TTFT_KEY], slo[SLO_TPOT_KEY]
 
 
-# ----------------------------------------------------------------------------- the ingress
+def _positive_seconds(raw: str, scale: float) -> Optional[float]:
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def _is_backpressure(exc: BaseException) -> Optional[float]:
@@ -173,36 +173,33 @@ def _is_engine_failure(exc: BaseException) -> bool:
     return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
 
 
-def _usage(req: dict, chunk: dict) -> dict[str, int]:
-    return {"prompt_tokens": req["prompt_tokens"], "completion_tokens": chunk["completion_tokens"],
-            "total_tokens": req["prompt_tokens"] + chunk["completion_tokens"]}
+def _where(first: dict) -> dict[str, str]:
+    return {NODE_HEADER: first["node"], REPLICA_HEADER: first["replica"]}
 
 
-def _where(chunk: dict) -> dict[str, str]:
-    return {NODE_HEADER: chunk["node"], REPLICA_HEADER: chunk["replica"]}
+# ----------------------------------------------------------------------------- the ingress
 
 
 class Ingress:
-    """The OpenAI-compatible front door (wrapped with ``serve.ingress`` by ``make_ingress``)."""
+    """Routing, SLOs and admission around vLLM's OpenAI layer (wrapped with ``serve.ingress`` by ``make_ingress``)."""
 
-    def __init__(self, engine, settings: dict[str, Any]) -> None:
+    async def __init__(self, engine, settings: dict[str, Any], app: FastAPI) -> None:
         import os
 
-        from transformers import AutoTokenizer
-
         from node.engine_replica import resolve_model
+        from node.openai_server import init_render_state, server_args
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.engine = engine.options(stream=True, method_name="generate")
         self.settings = settings
-        self.model_name = settings["served_model_name"]
-        self.max_model_len = int(settings.get("max_model_len", 2048))
         self.ttft_slo_s = float(settings["ttft_slo_s"])
         self.tpot_slo_s = float(settings["tpot_slo_s"])
         self.first_output_timeout_s = float(settings.get("first_output_timeout_s", 120.0))
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(settings["model"]))
-        self.vocab_size = len(self.tokenizer)
-        self.created = int(time.time())
+        args = server_args(resolve_model(settings["model"]), settings["served_model_name"],
+                           settings.get("engine_args") or {}, settings.get("openai_server") or {})
+        await init_render_state(app.state, args)
+        self.state = app.state
+        self.render = app.state.serving_render
         self._registry = None
         self.admission_wait_s = float(settings.get("admission_wait_s") or 0.0)
         self.trust_request_start = bool(settings.get("trust_request_start", True))
@@ -241,68 +238,10 @@ class Ingress:
             self._live_engines = (time.monotonic(), count)
         return count
 
-    # -- request preparation ----------------------------------------------------------------
+    # -- admission and the engine call -------------------------------------------------------
 
-    def _slo(self, xargs: dict, headers) -> tuple[float, float]:
-        ttft, tpot = self.ttft_slo_s, self.tpot_slo_s
-        for header, which in ((TTFT_HEADER, 0), (TPOT_HEADER, 1)):
-            raw = headers.get(header)
-            if raw is not None:
-                try:
-                    value = float(raw) / 1e3
-                except ValueError:
-                    raise invalid(header, f"header {header} must be a number of milliseconds, got {raw!r}") from None
-                if not (math.isfinite(value) and value > 0):
-                    raise invalid(header, f"header {header} must be > 0, got {raw!r}")
-                ttft, tpot = (value, tpot) if which == 0 else (ttft, value)
-        for key in ("ttft_slo_s", "tpot_slo_s"):
-            if key in xargs:
-                value = xargs[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                    raise invalid(f"vllm_xargs.{key}", f"vllm_xargs.{key} must be a number of seconds > 0, got {value!r}")
-                ttft, tpot = (float(value), tpot) if key == "ttft_slo_s" else (ttft, float(value))
-        return ttft, tpot
-
-    def _prepare(self, body: _Common, ids: list[int], headers, max_tokens: Optional[int],
-                 arrival_s: float) -> dict[str, Any]:
-        if body.model != self.model_name:
-            raise APIError(404, f"The model `{body.model}` does not exist; this server serves `{self.model_name}`.",
-                           type_="invalid_request_error", param="model", code="model_not_found")
-        if not ids:
-            raise invalid("prompt", "the prompt is empty")
-        if any(t < 0 or t >= self.vocab_size for t in ids):
-            raise invalid("prompt", f"prompt token ids must be in [0, {self.vocab_size})")
-        room = self.max_model_len - len(ids)
-        if room < 1:
-            raise invalid("prompt", f"the prompt has {len(ids)} tokens; this model's context is {self.max_model_len}")
-        if max_tokens is None:
-            max_tokens = min(16, room)
-        elif max_tokens > room:
-            raise invalid("max_tokens", f"max_tokens ({max_tokens}) plus the prompt ({len(ids)} tokens) exceeds "
-                                        f"the context of {self.max_model_len} tokens")
-        xargs = dict(body.vllm_xargs or {})
-        ttft, tpot = self._slo(xargs, headers)
-        xargs.update(ttft_slo_s=ttft, tpot_slo_s=tpot)
-        return {
-            "request_id": uuid.uuid4().hex,
-            "prompt_token_ids": ids,
-            "prompt_tokens": len(ids),
-            "max_tokens": max_tokens,
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "seed": body.seed,
-            "stop": body.stop,
-            "ignore_eos": body.ignore_eos,
-            "ttft_slo_s": ttft,
-            "tpot_slo_s": tpot,
-            "extra_args": xargs,
-            "arrival_s": arrival_s,
-        }
-
-    # -- running a request -------------------------------------------------------------------
-
-    async def _admit(self, req: dict[str, Any]) -> None:
-        """Admit and place ``req`` in this process, or raise 429 (Retry-After) / 503; no remote call.
+    async def _admit(self, job: dict[str, Any]) -> None:
+        """Admit and place ``job`` in this process, or raise 429 (Retry-After) / 503; no remote call.
 
         With ``admission_wait_s`` a refused request is asked again at each view
         refresh until that long has passed. Without a registry view (it is
@@ -315,13 +254,13 @@ class Ingress:
             return
         from balancer.admission import count_rejection
 
-        if lb.too_late(time.time() - req["arrival_s"], req["ttft_slo_s"]):
+        if lb.too_late(time.time() - job["arrival_s"], job["ttft_slo_s"]):
             count_rejection()
             raise rejected(1.0)
         deadline = time.monotonic() + self.admission_wait_s
         first_try = True
         while True:
-            node, decision = lb.admit(req["request_id"], req["prompt_tokens"], record=first_try)
+            node, decision = lb.admit(job["request_id"], job["prompt_tokens"], record=first_try)
             first_try = False
             if node is not None:
                 return
@@ -334,25 +273,25 @@ class Ingress:
                 raise rejected(decision.retry_after_s or 1.0)
             await asyncio.sleep(lb.settings.refresh_interval_s)
 
-    def _release(self, req: dict[str, Any]) -> None:
+    def _release(self, job: dict[str, Any]) -> None:
         if self.balancer is not None:
-            self.balancer.release(req["request_id"])
+            self.balancer.release(job["request_id"])
 
-    async def _start(self, req: dict[str, Any]):
-        """Admit ``req``, send it to its engine and wait for its first output: ``(generator, first chunk)``.
+    async def _start(self, job: dict[str, Any]):
+        """Admit ``job``, send it to its engine and wait for its first output: ``(generator, first item)``.
 
         On any failure the placement is released before the error is raised.
         """
         try:
-            await self._admit(req)
-            return await self._send(req)
+            await self._admit(job)
+            return await self._send(job)
         except BaseException:
-            self._release(req)
+            self._release(job)
             raise
 
-    async def _send(self, req: dict[str, Any]):
+    async def _send(self, job: dict[str, Any]):
         for attempt in range(2):
-            gen = self.engine.remote(req)
+            gen = self.engine.remote(job)
             try:
                 first = await asyncio.wait_for(gen.__anext__(), self.first_output_timeout_s)
                 return gen, first
@@ -370,112 +309,66 @@ class Ingress:
                     raise rejected(retry) from None
                 if _is_engine_failure(exc) and attempt == 0:
                     continue  # nothing reached the client yet: one more try on a live engine
-                logger.warning("request %s failed before its first token: %r", req["request_id"], exc)
+                logger.warning("request %s failed before its first token: %r", job["request_id"], exc)
                 raise unavailable(f"The engine failed: {type(exc).__name__}.") from None
         raise AssertionError("unreachable")
 
-    async def _collect(self, req: dict[str, Any]) -> tuple[str, Optional[str], dict, str]:
-        gen, first = await self._start(req)
-        parts, finish, last = [first["text"]], first["finish_reason"], first
-        try:
-            async for chunk in gen:
-                parts.append(chunk["text"])
-                finish, last = chunk["finish_reason"] or finish, chunk
-        except Exception as exc:  # noqa: BLE001
-            logger.warning("request %s failed mid-generation: %r", req["request_id"], exc)
-            raise unavailable(f"The engine failed mid-generation: {type(exc).__name__}.") from None
-        finally:  # also when the client left and Serve cancelled this handler
-            gen.cancel()
-            self._release(req)
-        return "".join(parts), finish, _usage(req, last), _where(first)
+    async def run(self, kind: str, request, prompt_ids: list[list[int]], headers) -> Response:
+        """Admit and serve one rendered request; ``prompt_ids`` are its rendered prompts' token ids.
 
-    def _sse(self, req: dict[str, Any], gen, first: dict, make_chunk, include_usage: bool, continuous: bool = False):
+        ``kind`` is ``"chat"`` or ``"completion"``. The request is annotated with
+        our id, its SLOs and arrival (``vllm_xargs``) and its token ids, then sent
+        to the engine it was placed on; the answer is vLLM's response, streamed
+        or whole, with the node's and replica's headers.
+        """
+        arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
+        xargs = dict(request.vllm_xargs or {})
+        ttft, tpot = request_slo(xargs, headers, self.ttft_slo_s, self.tpot_slo_s)
+        xargs.update({SLO_TTFT_KEY: ttft, SLO_TPOT_KEY: tpot, ARRIVAL_KEY: arrival_s})  # never the client's arrival
+        rid = uuid.uuid4().hex
+        request.request_id, request.vllm_xargs = rid, xargs
+        if kind == "chat":
+            kv = dict(request.kv_transfer_params or {})
+            kv["prompt_token_ids"] = prompt_ids[0]
+            request.kv_transfer_params = kv
+        elif getattr(request, "prompt_embeds", None) is None:
+            request.prompt = prompt_ids[0] if len(prompt_ids) == 1 else prompt_ids
+        # n samples of each prompt: vLLM prefills the prompt once per sample (no prefix caching assumed).
+        n = int(request.n or 1)
+        job = {"request_id": rid, "kind": kind, "request": request, "arrival_s": arrival_s, "ttft_slo_s": ttft,
+               "prompt_tokens": n * sum(len(ids) for ids in prompt_ids)}
+        gen, first = await self._start(job)
+        where = _where(first)
+        if "error" in first or "body" in first:
+            gen.cancel()
+            self._release(job)
+            if "error" in first:
+                return JSONResponse(first["error"], status_code=first["error"]["error"]["code"], headers=where)
+            return Response(first["body"], media_type="application/json", headers=where)
+
         async def events():
-            chunk, last = first, first
             try:
-                while chunk is not None:
-                    for payload in make_chunk(chunk):
-                        if continuous:
-                            payload["usage"] = _usage(req, chunk)
-                        yield f"data: {json.dumps(payload)}\n\n"
-                    last = chunk
-                    chunk = await gen.__anext__() if chunk["finish_reason"] is None else None
-            except StopAsyncIteration:
-                pass
-            except Exception as exc:  # noqa: BLE001 - the stream has begun: report in-band
-                logger.warning("stream %s failed mid-generation: %r", req["request_id"], exc)
-                err = {"error": {"message": f"The engine failed mid-generation: {type(exc).__name__}.",
-                                 "type": "service_unavailable", "param": None, "code": "engine_failed"}}
+                yield first["sse"]
+                async for item in gen:
+                    yield item
+            except Exception as exc:  # noqa: BLE001 - the stream has begun: report in-band, as vLLM does
+                logger.warning("stream %s failed mid-generation: %r", rid, exc)
+                err = error_body(503, f"The engine failed mid-generation: {type(exc).__name__}.")
                 yield f"data: {json.dumps(err)}\n\n"
+                yield "data: [DONE]\n\n"
             finally:  # the stream ended, failed, or the client left
                 gen.cancel()
-                self._release(req)
-            if include_usage:
-                yield f"data: {json.dumps(make_chunk(None, usage=_usage(req, last))[0])}\n\n"
-            yield "data: [DONE]\n\n"
+                self._release(job)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=_where(first))
+        return StreamingResponse(events(), media_type="text/event-stream", headers=where)
 
-    # -- endpoints ----------------------------------------------------------------------------
 
-    async def completions(self, body: CompletionRequest, headers):
-        arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
-        if isinstance(body.prompt, str):
-            ids = self.tokenizer.encode(body.prompt)
-        else:
-            ids = list(body.prompt)
-        req = self._prepare(body, ids, headers, body.max_tokens, arrival_s)
-        cid, created = f"cmpl-{req['request_id']}", int(time.time())
+def _error_response(err) -> JSONResponse:
+    """vLLM's ``ErrorResponse`` as an HTTP response with its status."""
+    return JSONResponse(err.model_dump(), status_code=err.error.code)
 
-        def chunk(c, usage=None):
-            base = {"id": cid, "object": "text_completion", "created": created, "model": self.model_name}
-            if c is None:
-                return [{**base, "choices": [], "usage": usage}]
-            return [{**base, "choices": [{"index": 0, "text": c["text"], "logprobs": None,
-                                          "finish_reason": c["finish_reason"]}]}]
 
-        return await self._reply(body, req, chunk, lambda text, finish, usage: {
-            "id": cid, "object": "text_completion", "created": created, "model": self.model_name,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": usage,
-        })
-
-    async def chat(self, body: ChatCompletionRequest, headers):
-        arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
-        msgs = [m.model_dump() for m in body.messages]
-        enc = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-        req = self._prepare(body, ids, headers, body.max_completion_tokens or body.max_tokens, arrival_s)
-        cid, created = f"chatcmpl-{req['request_id']}", int(time.time())
-        sent_role = [False]
-
-        def chunk(c, usage=None):
-            base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
-            if c is None:
-                return [{**base, "choices": [], "usage": usage}]
-            out = []
-            if not sent_role[0]:
-                sent_role[0] = True
-                out.append({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                  "finish_reason": None}]})
-            out.append({**base, "choices": [{"index": 0, "delta": {"content": c["text"]},
-                                              "finish_reason": c["finish_reason"]}]})
-            return out
-
-        return await self._reply(body, req, chunk, lambda text, finish, usage: {
-            "id": cid, "object": "chat.completion", "created": created, "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": usage,
-        })
-
-    async def _reply(self, body, req: dict, chunk, whole):
-        """Stream ``chunk``-shaped SSE events, or collect the output into one ``whole`` JSON body."""
-        if body.stream:
-            gen, first = await self._start(req)
-            opts = body.stream_options or StreamOptions()
-            return self._sse(req, gen, first, chunk, opts.include_usage, opts.continuous_usage_stats)
-        text, finish, usage, node = await self._collect(req)
-        return JSONResponse(whole(text, finish, usage), headers=node)
+# ----------------------------------------------------------------------------- middleware
 
 
 #: Routes whose requests are admitted by budget (and may be refused before their body is read).
@@ -507,7 +400,7 @@ class EarlyRefusal:
                 now = time.time()
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
                 waited = now - arrival_stamp(headers, now, self.trust_request_start)
-                ttft = _header_seconds(headers, TTFT_HEADER)
+                ttft = _positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
                 for lb in balancers:
                     wait = 1.0 if lb.too_late(waited, ttft) else lb.refusal_before_parsing()
                     if wait is not None:
@@ -517,42 +410,136 @@ class EarlyRefusal:
         await self.app(scope, receive, send)
 
 
-def _header_seconds(headers, name: str) -> Optional[float]:
-    """A positive number of milliseconds in header ``name`` as seconds, else None (validated later)."""
-    try:
-        value = float(headers.get(name, "")) / 1e3
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
+def key_digests(keys: list[str]) -> list[str]:
+    """The sha256 hex digests of API keys: all that leaves the process that read the keys."""
+    return [hashlib.sha256(k.encode("utf-8")).hexdigest() for k in keys]
 
 
-def make_fastapi_app(early_refusal: bool = True, trust_request_start: bool = True) -> FastAPI:
-    """The FastAPI app; routes reach the ``Ingress`` instance through ``request.state`` set by Serve."""
+class APIKeys:
+    """ASGI middleware: ``Authorization: Bearer <key>`` on ``GUARDED_PREFIXES``, as vLLM's ``--api-key`` does.
+
+    Holds only the keys' sha256 digests and compares in constant time
+    (``secrets.compare_digest``), like vLLM's ``AuthenticationMiddleware``; unlike it,
+    the 401 is the OpenAI error object. ``/health`` and other paths stay open;
+    ``OPTIONS`` (CORS preflight) passes. Outermost, so an unauthenticated request
+    gets 401 before any admission decision.
+    """
+
+    def __init__(self, app, sha256_hex: list[str]) -> None:
+        self.app = app
+        self.digests = [bytes.fromhex(h) for h in sha256_hex]
+
+    def _ok(self, scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer":
+                    return False
+                digest = hashlib.sha256(token.strip().encode("latin-1")).digest()
+                match = False
+                for d in self.digests:
+                    match |= secrets.compare_digest(digest, d)
+                return match
+        return False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and \
+                scope["path"].startswith(GUARDED_PREFIXES) and not self._ok(scope):
+            resp = JSONResponse(error_body(401, "Missing or invalid API key: send `Authorization: Bearer <key>`."),
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 in the OpenAI error object."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = APIError(413, f"The request body is over the limit of {self.max_bytes} bytes.").response()
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _BodyTooLarge:
+            if not started:
+                await too_large(scope, receive, send)
+
+
+def make_fastapi_app(early_refusal: bool = True, trust_request_start: bool = True,
+                     api_key_sha256: Optional[list[str]] = None, max_body_bytes: int = 16 << 20) -> FastAPI:
+    """The FastAPI app with vLLM's exception handlers; routes reach the ``Ingress`` through Serve.
+
+    Middleware, outermost first: ``APIKeys`` (when keys are given), ``BodyLimit``,
+    ``EarlyRefusal`` (when ``early_refusal``).
+    """
+    from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
+
     app = FastAPI(title="FairBatching", docs_url=None, redoc_url=None)
+    init_exception_handler(app)
     if early_refusal:
         app.add_middleware(EarlyRefusal, trust_request_start=trust_request_start)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_key_sha256:
+        app.add_middleware(APIKeys, sha256_hex=list(api_key_sha256))
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return exc.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        return _validation_error(exc).response()
-
     return app
 
 
 def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: bool = True,
-                 trust_request_start: bool = True):
+                 trust_request_start: bool = True, api_key_sha256: Optional[list[str]] = None,
+                 max_body_bytes: int = 16 << 20):
     """The Serve deployment class of the ingress (FastAPI routes bound to an ``Ingress``)."""
     from ray import serve
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+    from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
-    app = make_fastapi_app(early_refusal, trust_request_start)
+    app = make_fastapi_app(early_refusal, trust_request_start, api_key_sha256, max_body_bytes)
+    json_only = [Depends(validate_json_request)]
 
     @serve.deployment(**serve_deployment_options)
     @serve.ingress(app)
     class OpenAIIngress(Ingress):
+        async def __init__(self, engine, settings: dict[str, Any]) -> None:
+            await super().__init__(engine, settings, app)
+
         @app.get("/health")
         async def health(self):
             n = await self.live_engines()
@@ -562,8 +549,7 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
 
         @app.get("/v1/models")
         async def models(self):
-            return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
-                                                 "owned_by": "fairbatching", "max_model_len": self.max_model_len}]}
+            return JSONResponse((await self.state.openai_serving_models.show_available_models()).model_dump())
 
         @app.get("/v1/fairbatching/status")
         async def status(self):
@@ -572,12 +558,28 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
                 return unavailable("The PAB registry is not reachable.").response()
             return snap
 
-        @app.post("/v1/completions")
-        async def v1_completions(self, body: CompletionRequest, request: Request):
-            return await self.completions(body, request.headers)
+        @app.post("/tokenize", dependencies=json_only)
+        async def tokenize(self, request: TokenizeRequest, raw_request: Request):
+            out = await self.state.serving_tokenization.create_tokenize(request, raw_request)
+            return _error_response(out) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
 
-        @app.post("/v1/chat/completions")
-        async def v1_chat(self, body: ChatCompletionRequest, request: Request):
-            return await self.chat(body, request.headers)
+        @app.post("/detokenize", dependencies=json_only)
+        async def detokenize(self, request: DetokenizeRequest, raw_request: Request):
+            out = await self.state.serving_tokenization.create_detokenize(request, raw_request)
+            return _error_response(out) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
+
+        @app.post("/v1/completions", dependencies=json_only)
+        async def v1_completions(self, request: CompletionRequest, raw_request: Request):
+            rendered = await self.render.render_completion_request(request, raw_request)
+            if isinstance(rendered, ErrorResponse):
+                return _error_response(rendered)
+            return await self.run("completion", request, [r.token_ids for r in rendered], raw_request.headers)
+
+        @app.post("/v1/chat/completions", dependencies=json_only)
+        async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
+            rendered = await self.render.render_chat_request(request, raw_request)
+            if isinstance(rendered, ErrorResponse):
+                return _error_response(rendered)
+            return await self.run("chat", request, [rendered.token_ids], raw_request.headers)
 
     return OpenAIIngress

@@ -119,6 +119,13 @@ class ServeConfig:
     ingress_num_cpus: float = 0.1
     first_output_timeout_s: float = 120.0
     app_name: str = "fairbatching"
+    # vLLM's OpenAI frontend options (its BaseFrontendArgs fields, as `vllm serve` takes them):
+    # enable_auto_tool_choice, tool_call_parser, chat_template, response_role, ...
+    openai_server: dict[str, Any] = field(default_factory=dict)
+    # API keys (clients send `Authorization: Bearer <key>`); also `fairbatching serve --api-key` and the
+    # VLLM_API_KEY environment variable. Only their sha256 digests reach the ingress.
+    api_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 16 << 20  # a larger request body gets 413
 
     def __post_init__(self) -> None:
         def fail(key: str, msg: str) -> None:
@@ -157,9 +164,19 @@ class ServeConfig:
                 fail(key, f"must be true or false, got {getattr(self, key)!r}")
         if self.max_in_flight is not None and (not isinstance(self.max_in_flight, int) or self.max_in_flight < 1):
             fail("max_in_flight", f"must be an integer >= 1 or null, got {self.max_in_flight!r}")
-        for key in ("engine_args", "engine_env", "node_config", "balancer_knobs", "feedback"):
+        for key in ("engine_args", "engine_env", "node_config", "balancer_knobs", "feedback", "openai_server"):
             if not isinstance(getattr(self, key), dict):
                 fail(key, f"must be a mapping, got {getattr(self, key)!r}")
+        if self.openai_server:
+            from node.openai_server import frontend_option_names
+
+            unknown = sorted(set(self.openai_server) - frontend_option_names())
+            if unknown:
+                fail("openai_server", f"unknown vLLM frontend option(s) {', '.join(unknown)}")
+        if not isinstance(self.api_keys, list) or not all(isinstance(k, str) and k for k in self.api_keys):
+            fail("api_keys", "must be a list of non-empty strings")
+        if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
+            fail("max_body_bytes", f"must be an integer >= 1024, got {self.max_body_bytes!r}")
 
     @property
     def url(self) -> str:
@@ -179,6 +196,7 @@ class ServeConfig:
             report_interval_s=self.report_interval_s,
             feedback=dict(self.feedback),
             pab_horizon_fraction=self.pab_horizon_fraction,
+            openai_server=dict(self.openai_server),
         )
 
     def balancer_settings(self):
@@ -243,7 +261,7 @@ def build_app(cfg: ServeConfig):
 
     from balancer.pab_registry import REGISTRY_ACTOR_NAME, PABRegistry
     from balancer.router import PABRequestRouter
-    from cluster.api import make_ingress
+    from cluster.api import key_digests, make_ingress
     from node.engine_replica import EngineReplica
 
     router_kwargs: dict[str, Any] = {
@@ -283,17 +301,19 @@ def build_app(cfg: ServeConfig):
         engine_opts["max_replicas_per_node"] = 1
     engine = serve.deployment(EngineReplica).options(**engine_opts).bind(cfg.engine_spec().to_dict())
 
-    max_model_len = int(cfg.engine_args.get("max_model_len", 2048))
     ingress_cls = make_ingress({
         "name": INGRESS_DEPLOYMENT,
         "num_replicas": cfg.ingress_replicas,
         "max_ongoing_requests": 4096,
         "ray_actor_options": {"num_cpus": cfg.ingress_num_cpus, "runtime_env": {"env_vars": engine_env(cfg)}},
-    }, early_refusal=cfg.router == "pab" and cfg.admission_wait_s == 0, trust_request_start=cfg.trust_request_start)
+    }, early_refusal=cfg.router == "pab" and cfg.admission_wait_s == 0, trust_request_start=cfg.trust_request_start,
+        api_key_sha256=key_digests(cfg.api_keys), max_body_bytes=cfg.max_body_bytes)
     return ingress_cls.bind(engine, {
         "model": cfg.model,
         "served_model_name": cfg.served_model_name,
-        "max_model_len": max_model_len,
+        # The engine's own arguments: the ingress renders with the same tokenizer, template and context.
+        "engine_args": dict(cfg.engine_args),
+        "openai_server": dict(cfg.openai_server),
         "ttft_slo_s": cfg.ttft_slo_s,
         "tpot_slo_s": cfg.tpot_slo_s,
         "first_output_timeout_s": cfg.first_output_timeout_s,

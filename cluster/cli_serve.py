@@ -31,6 +31,9 @@ def serve(
     router: Optional[str] = typer.Option(None, help="pab or serve-default (overrides the config)."),
     balancer: Optional[str] = typer.Option(None, help="Placement policy (overrides the config)."),
     scheduler: Optional[str] = typer.Option(None, help="fairbatching or vllm (overrides the config)."),
+    api_key: Optional[list[str]] = typer.Option(
+        None, "--api-key", help="Require this API key (Authorization: Bearer); repeat for several. Also the "
+                                "VLLM_API_KEY environment variable and the config's api_keys."),
 ) -> None:
     """Start (or join) a Ray cluster, deploy the app and print its URL; Ctrl-C stops it.
 
@@ -42,8 +45,11 @@ def serve(
 
     try:
         cfg = load_config(config) if config else ServeConfig()
+        # The environment's key is taken out of the environment, so Ray's processes never inherit it.
+        env_key = os.environ.pop("VLLM_API_KEY", None)
+        keys = [*cfg.api_keys, *(api_key or []), *([env_key] if env_key else [])]
         overrides = {k: v for k, v in dict(host=host, port=port, router=router, balancer=balancer,
-                                           scheduler=scheduler).items() if v is not None}
+                                           scheduler=scheduler, api_keys=keys or None).items() if v is not None}
         if overrides:
             cfg = config_from_dict({**cfg.to_dict(), **overrides}, str(config or "<default>"))
     except ConfigError as exc:
@@ -83,12 +89,16 @@ def serve(
 def status(
     url: str = typer.Option("http://127.0.0.1:8000", help="The cluster's HTTP endpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
+                                          help="API key to send (Authorization: Bearer), when the server has keys."),
 ) -> None:
     """Per-node PAB, queue and SLO attainment of a running cluster."""
     import httpx
 
+    from cluster.loadgen import auth_headers
+
     try:
-        resp = httpx.get(f"{url.rstrip('/')}/v1/fairbatching/status", timeout=10)
+        resp = httpx.get(f"{url.rstrip('/')}/v1/fairbatching/status", timeout=10, headers=auth_headers(api_key))
     except httpx.HTTPError as exc:
         console.print(f"[red]cannot reach {url}: {exc}[/red]")
         raise typer.Exit(1) from None
@@ -148,6 +158,8 @@ def load(
     timeout_s: float = typer.Option(300.0, help="Per-request timeout, seconds."),
     seed: int = typer.Option(0, help="Seed of the prompt token ids (and synthetic traces)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report (and per-request records) here."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
+                                          help="API key to send (Authorization: Bearer), when the server has keys."),
 ) -> None:
     """Replay a trace against a live endpoint; report the fields of ``fairbatching sim run``."""
     import dataclasses
@@ -169,7 +181,7 @@ def load(
     base = url.rstrip("/")
     if model is None:
         try:
-            model = served_model(base)
+            model = served_model(base, api_key=api_key)
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
@@ -177,7 +189,7 @@ def load(
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     console.print(f"replaying {len(w)} requests over {span:.1f} s ({w.rate_rps:.2f} req/s) against {base} ...")
     records = asyncio.run(replay(base, w, model=model, slo=slo, max_output_tokens=max_output_tokens,
-                                 timeout_s=timeout_s, seed=seed))
+                                 timeout_s=timeout_s, seed=seed, api_key=api_key))
     report = live_report(records, slo, span)
     report.update(url=base, trace=trace, rate_scale=rate_scale, transforms=list(w.transforms),
                   ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, max_output_tokens=max_output_tokens)

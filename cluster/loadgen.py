@@ -63,10 +63,16 @@ class LiveRecord:
         return self.status == 200 and self.error is None and self.finish_reason is not None
 
 
-def served_model(url: str, timeout_s: float = 10.0) -> str:
+def auth_headers(api_key: Optional[str]) -> dict[str, str]:
+    """``Authorization: Bearer <key>`` when a key is given (the server's ``--api-key``), else nothing."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def served_model(url: str, timeout_s: float = 10.0, api_key: Optional[str] = None) -> str:
     """The first model ``GET {url}/v1/models`` lists; ``ValueError`` naming the URL when it cannot be read."""
     try:
-        return httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout_s).json()["data"][0]["id"]
+        return httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout_s,
+                         headers=auth_headers(api_key)).json()["data"][0]["id"]
     except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"cannot read the served model from {url}/v1/models: {exc}") from exc
 
@@ -164,6 +170,7 @@ async def replay(
     seed: int = 0,
     progress=None,
     request_start_header: bool = True,
+    api_key: Optional[str] = None,
 ) -> list[LiveRecord]:
     """Send every request of ``workload`` at its arrival time; return one record per request.
 
@@ -173,6 +180,7 @@ async def replay(
     rng = random.Random(seed)
     headers = {"x-slo-ttft-ms": str(slo.ttft_s * 1e3), "x-slo-tpot-ms": str(slo.tpot_s * 1e3)} if slo_headers else {}
     headers["content-type"] = "application/json"
+    headers.update(auth_headers(api_key))
     records, bodies = [], []
     for r in workload.requests:
         out = min(r.output_tokens, max_output_tokens) if max_output_tokens else r.output_tokens

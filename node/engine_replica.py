@@ -6,8 +6,10 @@ Each replica
   does) with ``scheduler_cls`` = the FairBatching scheduler when configured
   (its node config travels in the ``FAIRBATCHING_NODE_CONFIG`` environment
   variable, which the engine-core process inherits), or stock vLLM;
-* streams each request's output as plain dicts (the ingress shapes them into
-  OpenAI responses);
+* answers each request with vLLM's own OpenAI layer (``OpenAIServingChat``,
+  ``OpenAIServingCompletion``, built by ``node.openai_server``) on a subclass of
+  ``AsyncLLM`` that shows the replica every request's outputs (first token,
+  output count) for its bookkeeping;
 * keeps the state of its outstanding requests and computes its Prefill
   Admission Budget from it with ``node.pab.estimate_pab`` (DESIGN section 3):
   a request with no output yet counts as wholly unprefilled, so the queued
@@ -42,6 +44,7 @@ hands to each replica.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -52,8 +55,11 @@ from typing import Any, AsyncIterator, Optional
 
 from node.cost_model import StepTimeModel
 from node.envelope import Anchor
+from starlette.datastructures import State
+
 from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
 from node.pab import PABReport, estimate_pab
+from node.openai_server import engine_args_from, init_serving_state, server_args
 from node.profile import load_profile
 from node.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
 
@@ -100,6 +106,7 @@ class EngineSpec:
     report_interval_s: float = 0.1
     feedback: dict[str, Any] = field(default_factory=dict)  # node.feedback.FeedbackConfig fields
     pab_horizon_fraction: float = 0.6  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
+    openai_server: dict[str, Any] = field(default_factory=dict)  # vLLM BaseFrontendArgs fields (tools, template)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +123,7 @@ class _Live:
     output_tokens: int = 0
     first_token_s: Optional[float] = None
     last_token_s: Optional[float] = None
+    finished: bool = False
 
     def state(self, rid: str) -> RequestState:
         started = self.output_tokens > 0
@@ -195,9 +203,6 @@ class EngineReplica:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         import ray
         from ray import serve
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         ctx = serve.get_replica_context()
         self.replica_key = ctx.replica_id.unique_id
         node_id = ray.get_runtime_context().get_node_id()
@@ -233,14 +238,19 @@ class EngineReplica:
         self.prompts_seen: deque[int] = deque(maxlen=256)  # prompt lengths of recently received requests
 
         args = dict(self.spec.engine_args)
-        args.setdefault("served_model_name", self.spec.served_model_name)
         args["disable_log_stats"] = True  # vLLM's default loggers would misread our stats channel
         if self.spec.scheduler_cls:
             args["scheduler_cls"] = self.spec.scheduler_cls
-        engine_args = AsyncEngineArgs(model=resolve_model(self.spec.model), **args)
-        self.engine = AsyncLLM.from_engine_args(
-            engine_args, stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger(self._vllm_metrics)]
+        server = server_args(resolve_model(self.spec.model), self.spec.served_model_name, args,
+                             self.spec.openai_server)
+        self.engine = _tracked_engine_class().from_engine_args(
+            engine_args_from(server),
+            stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger(self._vllm_metrics)],
         )
+        self.engine.replica = self
+        # vLLM's OpenAI layer on this engine: OpenAIServingChat, OpenAIServingCompletion (node.openai_server).
+        self.api = State()
+        await init_serving_state(self.engine, self.api, server)
         cache = self.engine.vllm_config.cache_config
         self.kv_capacity_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
         sched = self.engine.vllm_config.scheduler_config
@@ -500,66 +510,86 @@ class EngineReplica:
     async def node_stats(self) -> dict[str, Any]:
         return {**self.node_view(), **self._extra(), "pab": self._pab_parts, "scheduler": self.sched}
 
-    async def generate(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Run one request; yield ``{"text", "tokens", "finish_reason", "node"}`` per engine output.
+    async def generate(self, job: dict[str, Any]) -> AsyncIterator[Any]:
+        """Serve one request the ingress admitted and rendered, with vLLM's OpenAI layer.
 
-        ``req`` (from the ingress): ``request_id``, ``prompt_token_ids``,
-        ``prompt_tokens``, ``max_tokens``, sampling fields, ``ttft_slo_s``,
-        ``tpot_slo_s``, ``extra_args``.
+        ``job`` (``cluster.api.Ingress.run``): ``request_id`` (ours), ``kind``
+        (``"chat"`` or ``"completion"``), ``request`` (vLLM's request model, its
+        ``vllm_xargs`` holding the SLOs and the ingress's arrival stamp, its prompt
+        as token ids). Yields first a dict with ``node`` and ``replica`` and one of
+        ``error`` (vLLM's error object, with its status in ``code``), ``body``
+        (the whole JSON response) or ``sse`` (the first server-sent event, after
+        the first token); then, when streaming, each further event as a string.
         """
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        rid = req["request_id"]
         received_s = time.time()
-        arrival_s = req.get("arrival_s") or received_s
-        self.received.append((received_s, rid))
+        request = job["request"]
+        arrival_s = float((request.vllm_xargs or {}).get(ARRIVAL_KEY) or received_s)
+        self.received.append((received_s, job["request_id"]))
         self.front_delay.observe(received_s, received_s - arrival_s)
-        slo = SLO(req.get("ttft_slo_s") or self.default_slo.ttft_s, req.get("tpot_slo_s") or self.default_slo.tpot_s)
-        extra = dict(req.get("extra_args") or {})
-        extra.setdefault(SLO_TTFT_KEY, slo.ttft_s)
-        extra.setdefault(SLO_TPOT_KEY, slo.tpot_s)
-        extra[ARRIVAL_KEY] = arrival_s  # the ingress's stamp, never the client's
-        sp = SamplingParams(
-            max_tokens=req["max_tokens"],
-            temperature=req.get("temperature", 1.0),
-            top_p=req.get("top_p", 1.0),
-            seed=req.get("seed"),
-            stop=req.get("stop"),
-            ignore_eos=bool(req.get("ignore_eos", False)),
-            output_kind=RequestOutputKind.DELTA,
-            extra_args=extra,
-        )
-        ids = list(req["prompt_token_ids"])
-        self.prompts_seen.append(len(ids))
-        live = _Live(arrival_s=arrival_s, prompt_tokens=len(ids), max_tokens=req["max_tokens"], slo=slo)
-        self.live[rid] = live
-        done = False
+        where = {"node": self.node_label, "replica": self.replica_key}
+        if job["kind"] == "chat":
+            out = await self.api.openai_serving_chat.create_chat_completion(request, None)
+        else:
+            out = await self.api.openai_serving_completion.create_completion(request, None)
+        if isinstance(out, ErrorResponse):
+            yield {**where, "error": out.model_dump()}
+            return
+        if not hasattr(out, "__aiter__"):
+            yield {**where, "body": out.model_dump_json()}
+            return
         try:
-            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), sp, rid):
-                c = out.outputs[0]
-                n = len(c.token_ids)
-                if n:
-                    now = time.time()
-                    if live.first_token_s is None:
-                        live.first_token_s = now
-                        self.feedback.observe(now, arrival_s, (now - arrival_s) / slo.ttft_s)
-                        self.prefill_rate.prefilled(time.monotonic(), len(ids))
-                    live.last_token_s = now
-                    live.output_tokens += n
-                done = out.finished
-                yield {"text": c.text, "tokens": n, "finish_reason": c.finish_reason, "node": self.node_label,
-                       "replica": self.replica_key, "prompt_tokens": len(ids),
-                       "completion_tokens": live.output_tokens}
+            first = True
+            async for event in out:
+                if first:
+                    first = False
+                    failed = _sse_error(event)
+                    yield {**where, "error": failed} if failed else {**where, "sse": event}
+                    if failed:
+                        return
+                else:
+                    yield event
         finally:
-            self.live.pop(rid, None)
-            if not done:
-                try:
-                    await self.engine.abort(rid)
-                except Exception:  # noqa: BLE001 - engine already gone
-                    pass
-            else:
+            await out.aclose()  # the client left or the stream ended: vLLM aborts the engine request
+
+    def track(self, request_id: str, prompt: Any, sp) -> list[str]:
+        """Start tracking engine request ``request_id`` (one ``_Live`` per sample); returns their keys."""
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
+        prompt_tokens = len(ids) if ids is not None else 0
+        extra = sp.extra_args or {}
+        slo = SLO(float(extra.get(SLO_TTFT_KEY) or self.default_slo.ttft_s),
+                  float(extra.get(SLO_TPOT_KEY) or self.default_slo.tpot_s))
+        arrival_s = float(extra.get(ARRIVAL_KEY) or time.time())
+        keys = [f"{request_id}/{i}" for i in range(max(1, int(sp.n or 1)))]
+        for key in keys:
+            self.prompts_seen.append(prompt_tokens)
+            self.live[key] = _Live(arrival_s=arrival_s, prompt_tokens=prompt_tokens,
+                                   max_tokens=int(sp.max_tokens or 1), slo=slo)
+        return keys
+
+    def on_output(self, request_id: str, out) -> None:
+        """Account one ``RequestOutput`` (``DELTA``: each completion holds its new tokens)."""
+        now = time.time()
+        for c in out.outputs:
+            live = self.live.get(f"{request_id}/{c.index}")
+            n = len(c.token_ids)
+            if live is None or not n:
+                continue
+            if live.first_token_s is None:
+                live.first_token_s = now
+                self.feedback.observe(now, live.arrival_s, (now - live.arrival_s) / live.slo.ttft_s)
+                self.prefill_rate.prefilled(time.monotonic(), live.prompt_tokens)
+            live.last_token_s = now
+            live.output_tokens += n
+            if c.finish_reason is not None:
+                live.finished = True
+
+    def untrack(self, keys: list[str]) -> None:
+        """Stop tracking; a sample that finished counts in attainment and the output lengths seen."""
+        for key in keys:
+            live = self.live.pop(key, None)
+            if live is not None and live.finished:
                 self._record_finished(live)
 
     def _record_finished(self, lv: _Live) -> None:
@@ -588,6 +618,58 @@ class EngineReplica:
             except Exception:  # noqa: BLE001
                 pass
 
+
+
+def _sse_error(event: str) -> Optional[dict]:
+    """vLLM's error object when a server-sent event carries one (a stream failed before any output), else None."""
+    if not event.startswith('data: {"error"'):
+        return None
+    try:
+        body = json.loads(event[len("data: "):])
+        int(body["error"]["code"])
+        return body
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _tracked_engine_class():
+    """vLLM's ``AsyncLLM`` with each request's outputs seen by the replica (``engine.replica``).
+
+    The replica's budget, closed loop and metrics need each request's first token
+    and output count. A non-streaming request arrives as ``FINAL_ONLY``, which
+    would hide its first token: it runs as ``DELTA`` here and its outputs are
+    merged back into one (``RequestOutput.add(..., aggregate=True)``) for vLLM's
+    serving code, which sees what ``FINAL_ONLY`` gives.
+    """
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    class TrackedAsyncLLM(AsyncLLM):
+        replica: Optional["EngineReplica"] = None
+
+        async def generate(self, prompt, sampling_params, request_id, **kwargs):
+            final_only = sampling_params.output_kind == RequestOutputKind.FINAL_ONLY
+            if final_only:
+                sampling_params = sampling_params.clone()  # shared by a completion's prompts
+                sampling_params.output_kind = RequestOutputKind.DELTA
+            keys = self.replica.track(request_id, prompt, sampling_params)
+            merged = None
+            try:
+                async for out in super().generate(prompt, sampling_params, request_id, **kwargs):
+                    self.replica.on_output(request_id, out)
+                    if not final_only:
+                        yield out
+                    elif merged is None:
+                        merged = out
+                    else:
+                        merged.add(out, aggregate=True)
+                if merged is not None:
+                    merged.outputs.sort(key=lambda c: c.index)
+                    yield merged
+            finally:
+                self.replica.untrack(keys)
+
+    return TrackedAsyncLLM
 
 
 def _model_from(coeffs: Any) -> Optional[StepTimeModel]:
