@@ -45,6 +45,7 @@ from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.request import ARRIVAL_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
 
@@ -516,6 +517,12 @@ def make_fastapi_app(early_refusal: bool = True, trust_request_start: bool = Tru
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI raises Starlette's HTTPException for a body it cannot decode (invalid UTF-8), which
+        # vLLM's handler (registered for FastAPI's subclass) does not catch.
+        return APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
 
     return app
 

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -148,6 +149,8 @@ def overload(
     seed: int = typer.Option(0, help="Seed of the arrivals and prompts."),
     json_out: Path = typer.Option(Path("bench/results/overload.json"), "--json", help="Where to write the results."),
     png_out: Path = typer.Option(None, "--png", help="Where to write the plot (default: next to --json)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
+                                          help="API key to send (Authorization: Bearer), when the server has keys."),
 ) -> None:
     """Goodput and admitted attainment from 0.5x to 8x capacity, at the client: PAB vs Serve's router vs a cap."""
     from cluster.overload import ARMS, OverloadConfig, plot, run_local, run_url
@@ -160,7 +163,7 @@ def overload(
     if url is not None:
         if capacity_rps is None:
             raise typer.BadParameter("--url needs --capacity-rps (a capacity ramp needs a cluster without admission)")
-        result = run_url(url.rstrip("/"), label, cfg, capacity_rps, say)
+        result = run_url(url.rstrip("/"), label, cfg, capacity_rps, say, api_key)
     else:
         arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
         if not arm_list or any(a not in ARMS for a in arm_list):
@@ -208,6 +211,8 @@ def vllm_client(
     seed: int = typer.Option(0, help="Seed of vLLM's random dataset and arrivals."),
     json_out: Path = typer.Option(Path("bench/results/vllm-client.json"), "--json",
                                   help="Where vLLM's client writes its result JSON."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
+                                          help="API key to send (Authorization: Bearer), when the server has keys."),
 ) -> None:
     """Run vLLM's own benchmark client (``vllm.benchmarks.serve``, backend ``openai``) against a cluster.
 
@@ -227,9 +232,11 @@ def vllm_client(
     parser = argparse.ArgumentParser()
     add_cli_args(parser)
     try:
-        model = served_model(url)
+        model = served_model(url, api_key=api_key)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if api_key:
+        os.environ["OPENAI_API_KEY"] = api_key  # vLLM's client sends it as Authorization: Bearer
     argv = ["--backend", "openai", "--base-url", url.rstrip("/"), "--endpoint", "/v1/completions",
             "--model", model, "--tokenizer", tokenizer or str(tiny_model_dir()),
             "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),

@@ -72,7 +72,8 @@ def poisson_workload(rate_rps: float, duration_s: float, prompt_tokens: int, out
     return Workload(requests, name=f"poisson-{rate_rps:g}rps", source=f"Poisson {rate_rps:g} req/s, seed {seed}")
 
 
-def run_rate(url: str, model: str, rate_rps: float, cfg: OverloadConfig, *, seed: int) -> dict[str, Any]:
+def run_rate(url: str, model: str, rate_rps: float, cfg: OverloadConfig, *, seed: int,
+             api_key: Optional[str] = None) -> dict[str, Any]:
     """Offer ``rate_rps`` to ``url`` for ``cfg.duration_s``; the live report plus the offered rate."""
     from cluster.loadgen import live_report, replay
     from node.request import SLO
@@ -80,7 +81,7 @@ def run_rate(url: str, model: str, rate_rps: float, cfg: OverloadConfig, *, seed
     slo = SLO(cfg.ttft_slo_s, cfg.tpot_slo_s)
     w = poisson_workload(rate_rps, cfg.duration_s, cfg.prompt_tokens, cfg.output_tokens, seed)
     t0 = time.perf_counter()
-    records = asyncio.run(replay(url, w, model=model, slo=slo, timeout_s=cfg.timeout_s, seed=seed))
+    records = asyncio.run(replay(url, w, model=model, slo=slo, timeout_s=cfg.timeout_s, seed=seed, api_key=api_key))
     wall = time.perf_counter() - t0
     report = live_report(records, slo, w.requests[-1].arrival_s)
     report["rate_rps"] = rate_rps
@@ -180,12 +181,12 @@ class OverloadResult:
 
 
 def sweep(url: str, model: str, capacity_rps: float, cfg: OverloadConfig,
-          progress: Callable[[str], None] = print) -> list[dict]:
+          progress: Callable[[str], None] = print, api_key: Optional[str] = None) -> list[dict]:
     rows = []
     for i, m in enumerate(cfg.multiples):
         if i:
             time.sleep(cfg.settle_s)
-        rep = run_rate(url, model, m * capacity_rps, cfg, seed=cfg.seed + i)
+        rep = run_rate(url, model, m * capacity_rps, cfg, seed=cfg.seed + i, api_key=api_key)
         rep["multiple"] = m
         rows.append(rep)
         progress(f"  {m:g}x = {m * capacity_rps:g} req/s: admitted attainment "
@@ -231,24 +232,26 @@ def run_local(arms: tuple[str, ...], cfg: OverloadConfig, *, capacity_rps: Optio
 
 
 def run_url(url: str, label: str, cfg: OverloadConfig, capacity_rps: float,
-            progress: Callable[[str], None] = print) -> OverloadResult:
+            progress: Callable[[str], None] = print, api_key: Optional[str] = None) -> OverloadResult:
     """One arm against a running endpoint (its capacity must be given: a ramp would need no admission)."""
     from cluster.loadgen import served_model
     from node.engine_setup import machine_name
 
-    model = served_model(url)
+    model = served_model(url, api_key=api_key)
     result = OverloadResult(machine_name(), asdict(cfg), capacity_rps)
-    result.low_load[label] = run_rate(url, model, cfg.low_load_rps, cfg, seed=cfg.seed + 100)
-    result.arms[label] = sweep(url, model, capacity_rps, cfg, progress)
-    result.status[label] = _status(url)
+    result.low_load[label] = run_rate(url, model, cfg.low_load_rps, cfg, seed=cfg.seed + 100, api_key=api_key)
+    result.arms[label] = sweep(url, model, capacity_rps, cfg, progress, api_key)
+    result.status[label] = _status(url, api_key)
     return result
 
 
-def _status(url: str) -> dict:
+def _status(url: str, api_key: Optional[str] = None) -> dict:
     import httpx
 
+    from cluster.loadgen import auth_headers
+
     try:
-        return httpx.get(f"{url}/v1/fairbatching/status", timeout=10).json()
+        return httpx.get(f"{url}/v1/fairbatching/status", timeout=10, headers=auth_headers(api_key)).json()
     except Exception as exc:  # noqa: BLE001 - status is informative only
         return {"error": repr(exc)}
 

@@ -80,7 +80,7 @@ def tiny_model_dir() -> Path:
     """Where the tiny model lives on this machine (written on first use)."""
     from node.tiny_model import write_tiny_model
 
-    path = Path(os.environ.get("FAIRBATCHING_CACHE", Path.home() / ".cache" / "fairbatching")) / "tiny-llama"
+    path = Path(os.environ.get("FAIRBATCHING_CACHE", Path.home() / ".cache" / "fairbatching")) / "tiny-llama-v2"
     if not (path / "tokenizer.json").is_file():
         write_tiny_model(path)
     return path
@@ -236,6 +236,8 @@ class EngineReplica:
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
         self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
         self.prompts_seen: deque[int] = deque(maxlen=256)  # prompt lengths of recently received requests
+        # SLOs and front delays of the last requests, as the engine sees them (SamplingParams.extra_args)
+        self.recent_slos: deque[dict[str, float]] = deque(maxlen=16)
 
         args = dict(self.spec.engine_args)
         args["disable_log_stats"] = True  # vLLM's default loggers would misread our stats channel
@@ -452,6 +454,7 @@ class EngineReplica:
             "front_delay_s": self._pab_parts.get("front_delay_s"),
             "measured_prefill_rate_tps": self.prefill_rate.rate_tps(time.monotonic()),
             "slow_start_cap_tps": self.slow_start.rate_cap_tps,
+            "recent_slos": list(self.recent_slos),
             "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
             "model": asdict(self.model),
             "own_model": {**asdict(self.own_model), "refits": self.own_refits},
@@ -522,6 +525,7 @@ class EngineReplica:
         the first token); then, when streaming, each further event as a string.
         """
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
         received_s = time.time()
         request = job["request"]
@@ -529,10 +533,13 @@ class EngineReplica:
         self.received.append((received_s, job["request_id"]))
         self.front_delay.observe(received_s, received_s - arrival_s)
         where = {"node": self.node_label, "replica": self.replica_key}
-        if job["kind"] == "chat":
-            out = await self.api.openai_serving_chat.create_chat_completion(request, None)
-        else:
-            out = await self.api.openai_serving_completion.create_completion(request, None)
+        try:
+            if job["kind"] == "chat":
+                out = await self.api.openai_serving_chat.create_chat_completion(request, None)
+            else:
+                out = await self.api.openai_serving_completion.create_completion(request, None)
+        except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise (token id out of vocabulary, ...)
+            out = create_error_response(exc)  # vLLM's mapping: a client error is a 400, the rest a 500
         if isinstance(out, ErrorResponse):
             yield {**where, "error": out.model_dump()}
             return
@@ -561,6 +568,8 @@ class EngineReplica:
         slo = SLO(float(extra.get(SLO_TTFT_KEY) or self.default_slo.ttft_s),
                   float(extra.get(SLO_TPOT_KEY) or self.default_slo.tpot_s))
         arrival_s = float(extra.get(ARRIVAL_KEY) or time.time())
+        self.recent_slos.append({"ttft_slo_s": slo.ttft_s, "tpot_slo_s": slo.tpot_s,
+                                 "front_delay_s": round(time.time() - arrival_s, 4)})
         keys = [f"{request_id}/{i}" for i in range(max(1, int(sp.n or 1)))]
         for key in keys:
             self.prompts_seen.append(prompt_tokens)

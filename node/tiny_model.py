@@ -6,8 +6,11 @@ need to *load* a model, except weights:
 * ``config.json`` -- a ``LlamaForCausalLM`` config with the requested sizes;
 * ``generation_config.json`` -- greedy-friendly defaults and the special ids;
 * ``tokenizer.json`` -- a word-level tokenizer built offline with the
-  ``tokenizers`` library (whitespace pre-tokenizer, vocabulary
-  ``<unk> <s> </s> w0 w1 ... w{vocab_size-4}``), plus
+  ``tokenizers`` library (vocabulary ``<unk> <s> </s> w0 w1 ...``, each word
+  stored with its leading space as ``▁wN`` so words decode with spaces between
+  them, then ``JSON_TOKENS``: JSON's punctuation, literals, lowercase letters
+  and digits, which decode without spaces so a grammar can spell JSON with
+  them: structured output and tool calls work on the tiny model), plus
   ``tokenizer_config.json`` and ``special_tokens_map.json`` so that
   ``transformers.AutoTokenizer.from_pretrained(out_dir)`` returns a
   ``PreTrainedTokenizerFast`` without touching the network.
@@ -28,11 +31,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["write_tiny_model", "SPECIAL_TOKENS", "word_token_id"]
+__all__ = ["write_tiny_model", "SPECIAL_TOKENS", "JSON_TOKENS", "word_token_id"]
 
 #: Special tokens, in vocabulary order (ids 0, 1, 2).
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+#: The last ids of the vocabulary: enough to spell JSON (no whitespace token, so a JSON grammar
+#: leaves a random model no room to pad): structured output and tool calls on the tiny model.
+JSON_TOKENS = (*'{}[]":,', "true", "false", "null", *"abcdefghijklmnopqrstuvwxyz", *"0123456789")
+_SPACE = "\u2581"  # the Metaspace marker: "▁wN" decodes to " wN"
 
 
 def word_token_id(i: int) -> int:
@@ -43,16 +50,19 @@ def word_token_id(i: int) -> int:
 def _build_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 
-    n_words = vocab_size - len(SPECIAL_TOKENS)
+    n_words = vocab_size - len(SPECIAL_TOKENS) - len(JSON_TOKENS)
     if n_words < 1:
-        raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}")
+        raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS) + len(JSON_TOKENS)}")
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for i in range(n_words):
-        vocab[f"w{i}"] = word_token_id(i)
+        vocab[f"{_SPACE}w{i}"] = word_token_id(i)
+    for j, t in enumerate(JSON_TOKENS):
+        vocab[t] = word_token_id(n_words + j)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # Join words back with spaces when decoding.
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    # Split on spaces and mark each word's space (sentencepiece's convention); decoding turns the
+    # marks back into spaces, so words come out space-separated and JSON tokens joined.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement=_SPACE, prepend_scheme="always")
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return tok
 

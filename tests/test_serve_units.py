@@ -363,7 +363,8 @@ def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
 
     client = TestClient(app)
     r = client.post("/v1/completions", content=b"{not even json")
-    assert r.status_code == 429 and r.json()["error"]["code"] == "admission_rejected"
+    err = r.json()["error"]
+    assert r.status_code == 429 and err["type"] == "RateLimitError" and "admission_rejected" in err["message"]
     assert 1 <= int(r.headers["retry-after"]) <= 30 and not reached
     lb.apply_views({"a": _view(5000, 2.0, slots_free=3)})  # budget back: requests reach the route again
     assert client.post("/v1/completions", json={"x": 1}).status_code == 200 and reached
@@ -374,6 +375,35 @@ def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
     assert client.post("/v1/completions", json={"x": 2}, headers=stale).status_code == 429
     assert client.post("/v1/completions", json={"x": 3}, headers={**stale, "x-slo-ttft-ms": "5000"}).status_code == 200
     assert len(reached) == 2
+
+
+def test_api_keys_and_body_limit_middleware():
+    """API keys (only their digests held) guard /v1 and the tokenizer routes, not /health; bodies over the limit: 413."""
+    from fastapi.testclient import TestClient
+
+    from cluster.api import key_digests, make_fastapi_app
+
+    app = make_fastapi_app(early_refusal=False, api_key_sha256=key_digests(["k1", "k2"]), max_body_bytes=2048)
+
+    @app.get("/health")
+    async def health():
+        return {"ok": True}
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        return {"ok": True}
+
+    client = TestClient(app)
+    assert client.get("/health").status_code == 200
+    for headers in ({}, {"authorization": "Bearer k3"}, {"authorization": "Basic k1"}, {"authorization": "k1"}):
+        r = client.post("/v1/completions", json={}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationError", headers
+    for key in ("k1", "k2"):
+        assert client.post("/v1/completions", json={}, headers={"authorization": f"Bearer {key}"}).status_code == 200
+    assert client.post("/tokenize", json={}).status_code == 401
+    big = {"prompt": "w1 " * 1000}
+    r = client.post("/v1/completions", json=big, headers={"authorization": "Bearer k1"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413
 
 
 def test_capacity_ramp_runs_a_missed_rate_once_more_and_stops_at_a_second_miss(monkeypatch):

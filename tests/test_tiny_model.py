@@ -10,7 +10,7 @@ tokenizers = pytest.importorskip(
     "(it comes with vLLM/transformers; run with the vLLM venv)",
 )
 
-from node.tiny_model import SPECIAL_TOKENS, word_token_id, write_tiny_model  # noqa: E402
+from node.tiny_model import JSON_TOKENS, SPECIAL_TOKENS, word_token_id, write_tiny_model  # noqa: E402
 
 
 def test_config_has_requested_sizes(tmp_path):
@@ -51,7 +51,9 @@ def test_tokenizer_round_trips_words(tmp_path):
     # Special tokens come first; unknown words map to <unk>.
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
     assert tok.encode("nonsense").ids == [0]
-    assert tok.id_to_token(1023) == f"w{1023 - len(SPECIAL_TOKENS)}"
+    # The vocabulary ends with JSON's tokens, which decode joined: a grammar can spell JSON.
+    ids = [tok.token_to_id(t) for t in ('{', '"', "a", '"', ":", "true", "}")]
+    assert tok.decode(ids) == '{"a":true}' and tok.id_to_token(1023) == JSON_TOKENS[-1]
 
 
 def test_invalid_head_split_rejected(tmp_path):
