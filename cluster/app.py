@@ -168,9 +168,9 @@ class ServeConfig:
             if not isinstance(getattr(self, key), dict):
                 fail(key, f"must be a mapping, got {getattr(self, key)!r}")
         if self.openai_server:
-            from node.openai_server import frontend_option_names
+            from node.openai_server import unknown_frontend_options
 
-            unknown = sorted(set(self.openai_server) - frontend_option_names())
+            unknown = unknown_frontend_options(self.openai_server)
             if unknown:
                 fail("openai_server", f"unknown vLLM frontend option(s) {', '.join(unknown)}")
         if not isinstance(self.api_keys, list) or not all(isinstance(k, str) and k for k in self.api_keys):

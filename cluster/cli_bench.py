@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cluster.cli_serve import CLIENT_API_KEY
+
 app = typer.Typer(help="Benchmarks (planning overhead, live engine A/B, overload at the client).", no_args_is_help=True)
 
 
@@ -149,8 +151,7 @@ def overload(
     seed: int = typer.Option(0, help="Seed of the arrivals and prompts."),
     json_out: Path = typer.Option(Path("bench/results/overload.json"), "--json", help="Where to write the results."),
     png_out: Path = typer.Option(None, "--png", help="Where to write the plot (default: next to --json)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
-                                          help="API key to send (Authorization: Bearer), when the server has keys."),
+    api_key: Optional[str] = CLIENT_API_KEY,
 ) -> None:
     """Goodput and admitted attainment from 0.5x to 8x capacity, at the client: PAB vs Serve's router vs a cap."""
     from cluster.overload import ARMS, OverloadConfig, plot, run_local, run_url
@@ -211,8 +212,7 @@ def vllm_client(
     seed: int = typer.Option(0, help="Seed of vLLM's random dataset and arrivals."),
     json_out: Path = typer.Option(Path("bench/results/vllm-client.json"), "--json",
                                   help="Where vLLM's client writes its result JSON."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
-                                          help="API key to send (Authorization: Bearer), when the server has keys."),
+    api_key: Optional[str] = CLIENT_API_KEY,
 ) -> None:
     """Run vLLM's own benchmark client (``vllm.benchmarks.serve``, backend ``openai``) against a cluster.
 

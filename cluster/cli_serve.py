@@ -17,6 +17,10 @@ from rich.table import Table
 
 console = Console(stderr=True)
 
+#: ``--api-key`` of the client commands (status, load, bench overload --url, bench vllm-client).
+CLIENT_API_KEY = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
+                              help="API key to send (Authorization: Bearer), when the server has keys.")
+
 
 def _table_console() -> Console:
     """Tables at full width when piped (Rich assumes 80 columns without a terminal)."""
@@ -89,8 +93,7 @@ def serve(
 def status(
     url: str = typer.Option("http://127.0.0.1:8000", help="The cluster's HTTP endpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
-                                          help="API key to send (Authorization: Bearer), when the server has keys."),
+    api_key: Optional[str] = CLIENT_API_KEY,
 ) -> None:
     """Per-node PAB, queue and SLO attainment of a running cluster."""
     import httpx
@@ -158,8 +161,7 @@ def load(
     timeout_s: float = typer.Option(300.0, help="Per-request timeout, seconds."),
     seed: int = typer.Option(0, help="Seed of the prompt token ids (and synthetic traces)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report (and per-request records) here."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VLLM_API_KEY", show_envvar=True,
-                                          help="API key to send (Authorization: Bearer), when the server has keys."),
+    api_key: Optional[str] = CLIENT_API_KEY,
 ) -> None:
     """Replay a trace against a live endpoint; report the fields of ``fairbatching sim run``."""
     import dataclasses

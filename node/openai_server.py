@@ -27,11 +27,11 @@ from typing import Any
 SUPPORTED_TASKS = ("generate",)
 
 
-def frontend_option_names() -> set[str]:
-    """The option names ``openai_server`` accepts: the fields of vLLM's ``BaseFrontendArgs``."""
+def unknown_frontend_options(options: dict[str, Any]) -> list[str]:
+    """The keys of ``options`` that are not fields of vLLM's ``BaseFrontendArgs``, sorted."""
     from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
 
-    return {f.name for f in dataclasses.fields(BaseFrontendArgs)}
+    return sorted(set(options) - {f.name for f in dataclasses.fields(BaseFrontendArgs)})
 
 
 def server_args(model: str, served_model_name: str, engine_args: dict[str, Any],
@@ -48,7 +48,7 @@ def server_args(model: str, served_model_name: str, engine_args: dict[str, Any],
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    unknown = sorted(set(frontend) - frontend_option_names())
+    unknown = unknown_frontend_options(frontend)
     if unknown:
         raise ValueError(f"unknown vLLM frontend option(s): {', '.join(unknown)}")
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", model])
