@@ -314,20 +314,27 @@ class Ingress:
                 raise unavailable(f"The engine failed: {type(exc).__name__}.") from None
         raise AssertionError("unreachable")
 
-    async def run(self, kind: str, request, prompt_ids: list[list[int]], headers) -> Response:
-        """Admit and serve one rendered request; ``prompt_ids`` are its rendered prompts' token ids.
+    def stamp(self, request, headers) -> None:
+        """Write the request's SLOs and arrival into its ``vllm_xargs`` (the client's arrival never kept).
 
-        ``kind`` is ``"chat"`` or ``"completion"``. The request is annotated with
-        our id, its SLOs and arrival (``vllm_xargs``) and its token ids, then sent
-        to the engine it was placed on; the answer is vLLM's response, streamed
-        or whole, with the node's and replica's headers.
+        The arrival is taken here, before rendering, so rendering counts in the TTFT.
+
+        Raises ``APIError`` (400) for a malformed SLO, before any rendering work.
         """
         arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
         xargs = dict(request.vllm_xargs or {})
         ttft, tpot = request_slo(xargs, headers, self.ttft_slo_s, self.tpot_slo_s)
-        xargs.update({SLO_TTFT_KEY: ttft, SLO_TPOT_KEY: tpot, ARRIVAL_KEY: arrival_s})  # never the client's arrival
+        request.vllm_xargs = {**xargs, SLO_TTFT_KEY: ttft, SLO_TPOT_KEY: tpot, ARRIVAL_KEY: arrival_s}
+
+    async def run(self, kind: str, request, prompt_ids: list[list[int]]) -> Response:
+        """Admit and serve one stamped (``stamp``) and rendered request; ``prompt_ids``: its prompts' token ids.
+
+        ``kind`` is ``"chat"`` or ``"completion"``. The request gets our id and its
+        token ids, then goes to the engine it was placed on; the answer is vLLM's
+        response, streamed or whole, with the node's and replica's headers.
+        """
         rid = uuid.uuid4().hex
-        request.request_id, request.vllm_xargs = rid, xargs
+        request.request_id = rid
         if kind == "chat":
             kv = dict(request.kv_transfer_params or {})
             kv["prompt_token_ids"] = prompt_ids[0]
@@ -336,15 +343,15 @@ class Ingress:
             request.prompt = prompt_ids[0] if len(prompt_ids) == 1 else prompt_ids
         # n samples of each prompt: vLLM prefills the prompt once per sample (no prefix caching assumed).
         n = int(request.n or 1)
-        job = {"request_id": rid, "kind": kind, "request": request, "arrival_s": arrival_s, "ttft_slo_s": ttft,
-               "prompt_tokens": n * sum(len(ids) for ids in prompt_ids)}
+        job = {"request_id": rid, "kind": kind, "request": request, "arrival_s": request.vllm_xargs[ARRIVAL_KEY],
+               "ttft_slo_s": request.vllm_xargs[SLO_TTFT_KEY], "prompt_tokens": n * sum(len(ids) for ids in prompt_ids)}
         gen, first = await self._start(job)
         where = _where(first)
         if "error" in first or "body" in first:
             gen.cancel()
             self._release(job)
             if "error" in first:
-                return JSONResponse(first["error"], status_code=first["error"]["error"]["code"], headers=where)
+                return _error_response(first["error"], where)
             return Response(first["body"], media_type="application/json", headers=where)
 
         async def events():
@@ -364,9 +371,9 @@ class Ingress:
         return StreamingResponse(events(), media_type="text/event-stream", headers=where)
 
 
-def _error_response(err) -> JSONResponse:
-    """vLLM's ``ErrorResponse`` as an HTTP response with its status."""
-    return JSONResponse(err.model_dump(), status_code=err.error.code)
+def _error_response(body: dict[str, Any], headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    """vLLM's error object (``ErrorResponse.model_dump()``) as an HTTP response with its status."""
+    return JSONResponse(body, status_code=body["error"]["code"], headers=headers)
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -568,25 +575,27 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
         @app.post("/tokenize", dependencies=json_only)
         async def tokenize(self, request: TokenizeRequest, raw_request: Request):
             out = await self.state.serving_tokenization.create_tokenize(request, raw_request)
-            return _error_response(out) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
+            return _error_response(out.model_dump()) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
 
         @app.post("/detokenize", dependencies=json_only)
         async def detokenize(self, request: DetokenizeRequest, raw_request: Request):
             out = await self.state.serving_tokenization.create_detokenize(request, raw_request)
-            return _error_response(out) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
+            return _error_response(out.model_dump()) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
 
         @app.post("/v1/completions", dependencies=json_only)
         async def v1_completions(self, request: CompletionRequest, raw_request: Request):
+            self.stamp(request, raw_request.headers)
             rendered = await self.render.render_completion_request(request, raw_request)
             if isinstance(rendered, ErrorResponse):
-                return _error_response(rendered)
-            return await self.run("completion", request, [r.token_ids for r in rendered], raw_request.headers)
+                return _error_response(rendered.model_dump())
+            return await self.run("completion", request, [r.token_ids for r in rendered])
 
         @app.post("/v1/chat/completions", dependencies=json_only)
         async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
+            self.stamp(request, raw_request.headers)
             rendered = await self.render.render_chat_request(request, raw_request)
             if isinstance(rendered, ErrorResponse):
-                return _error_response(rendered)
-            return await self.run("chat", request, [rendered.token_ids], raw_request.headers)
+                return _error_response(rendered.model_dump())
+            return await self.run("chat", request, [rendered.token_ids])
 
     return OpenAIIngress
