@@ -43,7 +43,7 @@ import uuid
 from http import HTTPStatus
 from typing import Any, Optional
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,9 +84,9 @@ class APIError(Exception):
 
 def error_body(status: int, message: str, param: Optional[str] = None) -> dict[str, Any]:
     """The OpenAI error object as vLLM writes it: ``type`` from the status (``RateLimitError``), ``code`` the status."""
-    kind = "".join(w.capitalize() for w in HTTPStatus(status).phrase.split()) + "Error"
-    kind = {"BadRequestError": "BadRequestError", "TooManyRequestsError": "RateLimitError",
-            "UnauthorizedError": "AuthenticationError"}.get(kind, kind)
+    kind = "".join(w.capitalize() for w in HTTPStatus(status).phrase.split())
+    kind = kind if kind.endswith("Error") else kind + "Error"  # InternalServerError, BadRequestError
+    kind = {"TooManyRequestsError": "RateLimitError", "UnauthorizedError": "AuthenticationError"}.get(kind, kind)
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
@@ -339,7 +339,9 @@ class Ingress:
             kv = dict(request.kv_transfer_params or {})
             kv["prompt_token_ids"] = prompt_ids[0]
             request.kv_transfer_params = kv
-        elif getattr(request, "prompt_embeds", None) is None:
+        elif request.prompt_embeds is None and not request.echo and not request.suffix:
+            # (echo answers with the client's own text and suffix needs it: those keep it, and the engine
+            # renders it again with the same renderer, so the count is the same)
             request.prompt = prompt_ids[0] if len(prompt_ids) == 1 else prompt_ids
         # n samples of each prompt: vLLM prefills the prompt once per sample (no prefix caching assumed).
         n = int(request.n or 1)
@@ -347,16 +349,24 @@ class Ingress:
                "ttft_slo_s": request.vllm_xargs[SLO_TTFT_KEY], "prompt_tokens": n * sum(len(ids) for ids in prompt_ids)}
         gen, first = await self._start(job)
         where = _where(first)
-        if "error" in first or "body" in first:
+
+        def close() -> None:  # the engine's work stops and the placement is released, however the request ends
             gen.cancel()
             self._release(job)
+
+        if "sse" not in first:
+            try:
+                if first.get("started"):  # a whole response after its first token: as long as generation takes
+                    first = await self._next(gen, rid)
+            finally:
+                close()
             if "error" in first:
                 return _error_response(first["error"], where)
             return Response(first["body"], media_type="application/json", headers=where)
 
         async def events():
+            yield first["sse"]
             try:
-                yield first["sse"]
                 async for item in gen:
                     yield item
             except Exception as exc:  # noqa: BLE001 - the stream has begun: report in-band, as vLLM does
@@ -364,11 +374,34 @@ class Ingress:
                 err = error_body(503, f"The engine failed mid-generation: {type(exc).__name__}.")
                 yield f"data: {json.dumps(err)}\n\n"
                 yield "data: [DONE]\n\n"
-            finally:  # the stream ended, failed, or the client left
-                gen.cancel()
-                self._release(job)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=where)
+        return _ClosingStream(events(), close, media_type="text/event-stream", headers=where)
+
+    @staticmethod
+    async def _next(gen, rid: str) -> dict[str, Any]:
+        """The engine's next item; 503 when the engine failed on the way."""
+        try:
+            return await gen.__anext__()
+        except StopAsyncIteration:
+            raise unavailable("The engine ended the request without output.") from None
+        except Exception as exc:  # noqa: BLE001 - the engine (or its replica) failed mid-generation
+            logger.warning("request %s failed mid-generation: %r", rid, exc)
+            raise unavailable(f"The engine failed mid-generation: {type(exc).__name__}.") from None
+
+
+class _ClosingStream(StreamingResponse):
+    """A ``StreamingResponse`` that runs ``on_close`` when it ends, also when its body never started
+    (the client left before the first chunk went out: the body generator's own cleanup would not run)."""
+
+    def __init__(self, content, on_close, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _error_response(body: dict[str, Any], headers: Optional[dict[str, str]] = None) -> JSONResponse:
@@ -460,12 +493,20 @@ class APIKeys:
         await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A request body over ``BodyLimit``'s limit (an ``HTTPException``: FastAPI lets it out of its body reading)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"The request body is over the limit of {max_bytes} bytes.")
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 in the OpenAI error object."""
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 in the OpenAI error object.
+
+    Declared too large (``Content-Length``): refused unread. Sent in chunks: refused when the
+    count passes the limit, by raising ``BodyTooLarge`` from ``receive`` (any other exception
+    there would become FastAPI's 400).
+    """
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
@@ -475,13 +516,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = APIError(413, f"The request body is over the limit of {self.max_bytes} bytes.").response()
         for name, value in scope.get("headers", ()):
             if name.lower() == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await too_large(scope, receive, send)
+                await _too_large(BodyTooLarge(self.max_bytes))(scope, receive, send)
                 return
         seen = 0
-        started = False
 
         async def counted_receive():
             nonlocal seen
@@ -489,19 +528,14 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
-        async def watched_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        await self.app(scope, counted_receive, send)
 
-        try:
-            await self.app(scope, counted_receive, watched_send)
-        except _BodyTooLarge:
-            if not started:
-                await too_large(scope, receive, send)
+
+def _too_large(exc: BodyTooLarge) -> JSONResponse:
+    return APIError(413, str(exc.detail)).response()
 
 
 def make_fastapi_app(early_refusal: bool = True, trust_request_start: bool = True,
@@ -524,6 +558,10 @@ def make_fastapi_app(early_refusal: bool = True, trust_request_start: bool = Tru
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return exc.response()
+
+    @app.exception_handler(BodyTooLarge)
+    async def _body_too_large(request: Request, exc: BodyTooLarge):
+        return _too_large(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

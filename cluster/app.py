@@ -125,6 +125,9 @@ class ServeConfig:
     # API keys (clients send `Authorization: Bearer <key>`); also `fairbatching serve --api-key` and the
     # VLLM_API_KEY environment variable. Only their sha256 digests reach the ingress.
     api_keys: list[str] = field(default_factory=list)
+    # The same keys given as sha256 hex digests (`printf %s KEY | sha256sum`): for a config file that Ray
+    # keeps (`serve deploy`, KubeRay), so no key is stored in plain text.
+    api_key_sha256: list[str] = field(default_factory=list)
     max_body_bytes: int = 16 << 20  # a larger request body gets 413
 
     def __post_init__(self) -> None:
@@ -175,6 +178,10 @@ class ServeConfig:
                 fail("openai_server", f"unknown vLLM frontend option(s) {', '.join(unknown)}")
         if not isinstance(self.api_keys, list) or not all(isinstance(k, str) and k for k in self.api_keys):
             fail("api_keys", "must be a list of non-empty strings")
+        if not isinstance(self.api_key_sha256, list) or not all(
+                isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h.lower())
+                for h in self.api_key_sha256):
+            fail("api_key_sha256", "must be a list of sha256 hex digests (64 hex digits each)")
         if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
             fail("max_body_bytes", f"must be an integer >= 1024, got {self.max_body_bytes!r}")
 
@@ -307,7 +314,8 @@ def build_app(cfg: ServeConfig):
         "max_ongoing_requests": 4096,
         "ray_actor_options": {"num_cpus": cfg.ingress_num_cpus, "runtime_env": {"env_vars": engine_env(cfg)}},
     }, early_refusal=cfg.router == "pab" and cfg.admission_wait_s == 0, trust_request_start=cfg.trust_request_start,
-        api_key_sha256=key_digests(cfg.api_keys), max_body_bytes=cfg.max_body_bytes)
+        api_key_sha256=key_digests(cfg.api_keys) + [h.lower() for h in cfg.api_key_sha256],
+        max_body_bytes=cfg.max_body_bytes)
     return ingress_cls.bind(engine, {
         "model": cfg.model,
         "served_model_name": cfg.served_model_name,

@@ -44,6 +44,7 @@ hands to each replica.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -72,6 +73,8 @@ NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
 #: A report lists the requests received within this many seconds (many report intervals, so a
 #: router that misses a report still sees every request acknowledged).
 RECEIVED_WINDOW_S = 5.0
+#: Set by ``EngineReplica.generate`` for the vLLM call it makes: the engine sets it at the request's first output.
+FIRST_OUTPUT: contextvars.ContextVar[Optional[asyncio.Event]] = contextvars.ContextVar("first_output", default=None)
 #: The FairBatching scheduler that publishes its node stats to the replica (node.served_scheduler).
 FAIRBATCHING_SCHEDULER = "node.served_scheduler.ServedFairBatchingScheduler"
 
@@ -519,13 +522,14 @@ class EngineReplica:
         ``job`` (``cluster.api.Ingress.run``): ``request_id`` (ours), ``kind``
         (``"chat"`` or ``"completion"``), ``request`` (vLLM's request model, its
         ``vllm_xargs`` holding the SLOs and the ingress's arrival stamp, its prompt
-        as token ids). Yields first a dict with ``node`` and ``replica`` and one of
-        ``error`` (vLLM's error object, with its status in ``code``), ``body``
-        (the whole JSON response) or ``sse`` (the first server-sent event, after
-        the first token); then, when streaming, each further event as a string.
+        as token ids). Yields dicts with ``node`` and ``replica``: for a whole
+        response first ``started`` (at its first token, so the ingress's first-output
+        timeout bounds the time to the first token, not the generation), then
+        ``error`` (vLLM's error object, with its status in ``code``) or ``body``
+        (the JSON response); for a stream ``sse`` (the first server-sent event,
+        after the first token) or ``error``, then each further event as a string.
         """
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
         received_s = time.time()
         request = job["request"]
@@ -533,13 +537,21 @@ class EngineReplica:
         self.received.append((received_s, job["request_id"]))
         self.front_delay.observe(received_s, received_s - arrival_s)
         where = {"node": self.node_label, "replica": self.replica_key}
+        first_output = asyncio.Event()
+        token = FIRST_OUTPUT.set(first_output)  # the task below (and the engine calls in it) inherit it
         try:
-            if job["kind"] == "chat":
-                out = await self.api.openai_serving_chat.create_chat_completion(request, None)
-            else:
-                out = await self.api.openai_serving_completion.create_completion(request, None)
-        except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise (token id out of vocabulary, ...)
-            out = create_error_response(exc)  # vLLM's mapping: a client error is a 400, the rest a 500
+            task = asyncio.ensure_future(self._serve(job["kind"], request))
+        finally:
+            FIRST_OUTPUT.reset(token)
+        waiter = asyncio.ensure_future(first_output.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():  # a whole response on its way: its first token came, so say so now
+                yield {**where, "started": True}
+            out = await task
+        finally:
+            waiter.cancel()
+            task.cancel()  # (when the client left) vLLM aborts the engine request
         if isinstance(out, ErrorResponse):
             yield {**where, "error": out.model_dump()}
             return
@@ -559,6 +571,17 @@ class EngineReplica:
                     yield event
         finally:
             await out.aclose()  # the client left or the stream ended: vLLM aborts the engine request
+
+    async def _serve(self, kind: str, request):
+        """vLLM's answer to ``request``: an ``ErrorResponse``, a whole response, or an SSE generator."""
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        try:
+            if kind == "chat":
+                return await self.api.openai_serving_chat.create_chat_completion(request, None)
+            return await self.api.openai_serving_completion.create_completion(request, None)
+        except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise (token id out of vocabulary, ...)
+            return create_error_response(exc)  # vLLM's mapping: a client error is a 400, the rest a 500
 
     def track(self, request_id: str, prompt: Any, sp) -> list[str]:
         """Start tracking engine request ``request_id`` (one ``_Live`` per sample); returns their keys."""
@@ -664,8 +687,11 @@ def _tracked_engine_class():
             keys = self.replica.track(request_id, prompt, sampling_params)
             merged = None
             try:
+                first_output = FIRST_OUTPUT.get()
                 async for out in super().generate(prompt, sampling_params, request_id, **kwargs):
                     self.replica.on_output(request_id, out)
+                    if first_output is not None:
+                        first_output.set()
                     if not final_only:
                         yield out
                     elif merged is None:

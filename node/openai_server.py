@@ -14,7 +14,7 @@ chat template and parsers:
 * ``init_serving_state``: vLLM's ``init_app_state`` on an engine replica's
   ``AsyncLLM`` (``OpenAIServingChat``, ``OpenAIServingCompletion``, ...).
 
-``docs/vllm-integration-notes.md`` lists the vLLM internals this relies on.
+``docs/openai-layer.md`` lists the vLLM internals this relies on.
 """
 
 from __future__ import annotations

@@ -404,6 +404,28 @@ def test_api_keys_and_body_limit_middleware():
     big = {"prompt": "w1 " * 1000}
     r = client.post("/v1/completions", json=big, headers={"authorization": "Bearer k1"})
     assert r.status_code == 413 and r.json()["error"]["code"] == 413
+    # Sent in chunks, with no Content-Length: counted as it arrives, refused with 413 (not FastAPI's 400).
+    import json
+
+    def chunks():
+        data = json.dumps(big).encode()
+        for i in range(0, len(data), 512):
+            yield data[i:i + 512]
+
+    r = client.post("/v1/completions", content=chunks(),
+                    headers={"authorization": "Bearer k1", "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413, r.text
+
+
+def test_api_key_digests_in_the_config_are_checked():
+    from cluster.api import key_digests
+    from cluster.app import ConfigError, ServeConfig
+
+    (digest,) = key_digests(["k1"])
+    assert ServeConfig(api_key_sha256=[digest.upper()]).api_key_sha256 == [digest.upper()]
+    for bad in (["k1"], [digest[:-1]], [digest[:-1] + "g"], digest):
+        with pytest.raises(ConfigError, match="api_key_sha256"):
+            ServeConfig(api_key_sha256=bad)
 
 
 def test_capacity_ramp_runs_a_missed_rate_once_more_and_stops_at_a_second_miss(monkeypatch):
