@@ -2,7 +2,7 @@
 
 Starts the embedded default on a local Ray cluster with an admission cap of one token (every request
 is refused with a 429), sends ``--requests`` streamed ``/v1/completions`` requests at ``--rate`` req/s
-from a client in a child process (aiohttp, as ``cluster/loadgen.py``, then httpx), and prints the
+from a client in a child process (aiohttp, as ``cluster/workload/loadgen.py``, then httpx), and prints the
 CPU seconds each process group used, divided by the number of requests. Background work (the Serve
 controller, the registry, the engines' report loops) is spread over the requests too: compare the
 rows between clients, not as absolute costs. Results are recorded in ``bench/results/SERVE.md``.
@@ -102,7 +102,7 @@ def main() -> None:
 
     from cluster.app import ServeConfig, deploy, use_serve_env
     from cluster.net import free_port
-    from node.engine_setup import machine_name
+    from node.vllm.engine_setup import machine_name
 
     use_serve_env()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)

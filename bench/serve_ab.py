@@ -3,7 +3,7 @@
 Each arm starts its own local Ray cluster (``address="local"``), deploys the
 app with ``router`` = ``pab`` or ``serve-default`` (Serve's power-of-two
 choices on in-flight requests, no admission control), replays the same trace
-window with ``cluster.loadgen`` and records the report ``fairbatching sim run``
+window with ``cluster.workload.loadgen`` and records the report ``fairbatching sim run``
 writes. Both arms run the FairBatching node scheduler; only the router differs.
 
     .venv/bin/python bench/serve_ab.py --json bench/results/serve-ab-cpu.json
@@ -32,8 +32,8 @@ def run_arm(router: str, workload, args) -> dict:
     from ray import serve
 
     from cluster.app import ServeConfig, deploy, use_serve_env
-    from cluster.loadgen import live_report, replay
-    from node.request import SLO
+    from cluster.workload.loadgen import live_report, replay
+    from node.core.request import SLO
 
     use_serve_env()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ["RAY_AUTH_MODE"] = "disabled"
 
-    from cluster.workload import load_named, prepare
-    from node.engine_setup import machine_name
+    from cluster.workload.traces import load_named, prepare
+    from node.vllm.engine_setup import machine_name
 
     w = prepare(load_named(args.trace), start_s=args.start_s, duration_s=args.duration_s,
                 rate_scale=args.rate_scale, max_prompt_tokens=args.max_prompt_tokens)

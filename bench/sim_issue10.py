@@ -223,7 +223,7 @@ def headline(quick: bool) -> None:
 def model_error(quick: bool) -> None:
     import dataclasses
 
-    from node.profile import load_profile
+    from node.fit.profile import load_profile
 
     truth = load_profile("h100-llama3-8b")
     linear = dataclasses.replace(truth, extra={**truth.extra, "ground_truth": None}, name="h100-llama3-8b-linear-truth")

@@ -6,11 +6,11 @@ bad values are errors naming the key and the file). ``build_app`` turns it into
 a Ray Serve application::
 
     ingress (FastAPI, OpenAI API)  --handle-->  engine deployment
-                                                  router:   balancer.router.PABRequestRouter
+                                                  router:   balancer.serve.router.PABRequestRouter
                                                             (or Serve's default, for A/B runs)
-                                                  registry: balancer.pab_registry.PABRegistry
+                                                  registry: balancer.serve.pab_registry.PABRegistry
                                                             (deployment-scoped actor)
-                                                  replicas: node.engine_replica.EngineReplica
+                                                  replicas: node.serve.engine_replica.EngineReplica
 
 With no file the embedded default runs two engines with the tiny CPU model on
 one machine.
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from node.engine_replica import FAIRBATCHING_SCHEDULER, TINY_MODEL, EngineSpec
+from node.serve.engine_replica import FAIRBATCHING_SCHEDULER, TINY_MODEL, EngineSpec
 
 ENGINE_DEPLOYMENT = "engine"
 INGRESS_DEPLOYMENT = "ingress"
@@ -32,7 +32,7 @@ ROUTERS = ("pab", "serve-default")
 # fairbatching-async: the same policy on vLLM's AsyncScheduler (GPU default: overlapped steps).
 SCHEDULERS = {
     "fairbatching": FAIRBATCHING_SCHEDULER,
-    "fairbatching-async": "node.served_scheduler.ServedFairBatchingAsyncScheduler",
+    "fairbatching-async": "node.vllm.served_scheduler.ServedFairBatchingAsyncScheduler",
     "vllm": None,
 }
 
@@ -103,7 +103,7 @@ class ServeConfig:
     admission_wait_s: float = 0.0  # bounded wait at the ingress (asked again each view refresh) before a 429
     shed_after_fraction: Optional[float] = 0.5  # refuse a request that waited this share of its TTFT before admission
     registry_timeout_s: float = 0.5  # one background poll of the registry gives up after this long
-    feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.feedback.FeedbackConfig)
+    feedback: dict[str, Any] = field(default_factory=dict)  # closed loop knobs (node.core.feedback.FeedbackConfig)
     # PAB's horizon as a share of the TTFT SLO: the rest is for the way back to the client and the
     # tail (the closed loop steers the measured P90 to feedback.target_ratio, 0.7 by default).
     pab_horizon_fraction: float = 0.6
@@ -140,7 +140,7 @@ class ServeConfig:
             fail("scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.router not in ROUTERS:
             fail("router", f"must be one of {', '.join(ROUTERS)}, got {self.router!r}")
-        from balancer.registry import PLACEMENT_NAMES
+        from balancer.core.policies import PLACEMENT_NAMES
 
         if self.balancer not in PLACEMENT_NAMES:
             fail("balancer", f"must be one of {', '.join(PLACEMENT_NAMES)}, got {self.balancer!r}")
@@ -171,7 +171,7 @@ class ServeConfig:
             if not isinstance(getattr(self, key), dict):
                 fail(key, f"must be a mapping, got {getattr(self, key)!r}")
         if self.openai_server:
-            from node.openai_server import unknown_frontend_options
+            from node.vllm.openai_server import unknown_frontend_options
 
             unknown = unknown_frontend_options(self.openai_server)
             if unknown:
@@ -208,7 +208,7 @@ class ServeConfig:
 
     def balancer_settings(self):
         """The router's and the ingress's ``BalancerSettings`` (one per deployment, same in both)."""
-        from balancer.admission import BalancerSettings
+        from balancer.serve.admission import BalancerSettings
 
         return BalancerSettings(
             self.balancer, dict(self.balancer_knobs), admission_cap=self.admission_cap,
@@ -266,10 +266,10 @@ def build_app(cfg: ServeConfig):
     from ray import serve
     from ray.serve.config import DeploymentActorConfig, RequestRouterConfig
 
-    from balancer.pab_registry import REGISTRY_ACTOR_NAME, PABRegistry
-    from balancer.router import PABRequestRouter
-    from cluster.api import key_digests, make_ingress
-    from node.engine_replica import EngineReplica
+    from balancer.serve.pab_registry import REGISTRY_ACTOR_NAME, PABRegistry
+    from balancer.serve.router import PABRequestRouter
+    from cluster.http.api import key_digests, make_ingress
+    from node.serve.engine_replica import EngineReplica
 
     router_kwargs: dict[str, Any] = {
         "request_routing_stats_period_s": cfg.routing_stats_period_s,

@@ -7,9 +7,9 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from node.cost_model import StepTimeModel
-from node.plan import Limits
-from node.request import SLO, RequestState
+from node.core.step_time import StepTimeModel
+from node.core.plan import Limits
+from node.core.request import SLO, RequestState
 
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=60, deadline=None)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancer.placement import NodeView, idle_prefill_tokens, retry_after_s
-from balancer.registry import PLACEMENT_NAMES, make_placement
+from balancer.core.placement import NodeView, idle_prefill_tokens, retry_after_s
+from balancer.core.policies import PLACEMENT_NAMES, make_placement
 
 
 def views(policy, **pabs):

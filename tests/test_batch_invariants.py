@@ -3,10 +3,10 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.envelope import slack_s
-from node.fairbatching import FairBatchingPolicy
-from node.plan import Group, SkipReason
-from node.policies import POLICY_NAMES, make_policy
+from node.core.envelope import slack_s
+from node.core.fairbatching import FairBatchingPolicy
+from node.core.plan import Group, SkipReason
+from node.core.policies import POLICY_NAMES, make_policy
 
 from tests.conftest import NOW, limits_strategy, models, snapshots
 

@@ -14,12 +14,12 @@ class Blocker:
             raise ImportError(f'{name} is blocked in this test')
         return None
 sys.meta_path.insert(0, Blocker())
-import node.request, node.envelope, node.cost_model, node.profile, node.plan
-import node.fairbatching, node.baselines, node.policies, node.pab
-from node.policies import make_policy
-from node.cost_model import StepTimeModel
-from node.plan import Limits
-from node.request import SLO, RequestState
+import node.core.request, node.core.envelope, node.fit.step_time_fit, node.fit.profile, node.core.plan
+import node.core.fairbatching, node.core.baselines, node.core.policies, node.core.pab
+from node.core.policies import make_policy
+from node.core.step_time import StepTimeModel
+from node.core.plan import Limits
+from node.core.request import SLO, RequestState
 plan = make_policy('fairbatching', StepTimeModel(0.005, 2e-5, 0.0)).plan(
     [RequestState('r', 0.0, 10, SLO(1.0, 0.05))], Limits(), 0.1)
 assert plan.prefill_chunks == {'r': 10}, plan

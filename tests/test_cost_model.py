@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.cost_model import BatchKind, OnlineRefit, StepSample, StepTimeModel, evaluate, fit, lower_envelope, trimmed_fit
-from node.profile import Profile, ProfileError, load_profile, parse_profile, save_profile
+from node.core.step_time import StepTimeModel
+
+from node.fit.step_time_fit import BatchKind, OnlineRefit, StepSample, evaluate, fit, lower_envelope, trimmed_fit
+from node.fit.profile import Profile, ProfileError, load_profile, parse_profile, save_profile
 
 from tests.conftest import models
 

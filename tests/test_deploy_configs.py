@@ -260,20 +260,33 @@ def test_scrape_config_reads_rays_service_discovery_file():
 
 # -- metric names and the dashboard ---------------------------------------------------------
 
-def test_engine_replica_exports_the_listed_names():
-    """Every engine metric the dashboard reads is one the engine replica records, with its kind."""
-    from deploy.observability.metrics import ENGINE, METRICS
+def test_engine_replica_builds_every_listed_engine_metric(monkeypatch):
+    """The replica's instruments are the engine metrics of the one list: no more, no fewer."""
+    import node.serve.engine_replica as replica
+    from node.serve.metrics import ENGINE, METRICS
 
-    src = (ROOT / "node" / "engine_replica.py").read_text()
-    exported = dict((name, kind) for kind, name in re.findall(r'\b(gauge|counter|hist)\(\s*"([a-z0-9_:]+)"', src))
-    for m in METRICS:
-        if m.source == ENGINE:
-            assert m.name in exported, f"{m.name} is not recorded by node/engine_replica.py"
-            assert exported[m.name] == {"histogram": "hist"}.get(m.kind, m.kind), m.name
+    built = []
+    monkeypatch.setattr(replica, "instrument", lambda name, tags=None: built.append(name) or object())
+    replica._Metrics("n", "r")
+    assert sorted(built) == sorted(m.name for m in METRICS if m.source == ENGINE)
+
+
+def test_instrument_takes_kind_description_and_buckets_from_the_list():
+    from ray.util import metrics as ray_metrics
+
+    from node.serve.metrics import BY_NAME, LATENCY_BUCKETS_S, instrument
+
+    hist = instrument("fairbatching_ttft_s", {"node": "n", "replica": "r"})
+    assert isinstance(hist, ray_metrics.Histogram)
+    assert tuple(hist.boundaries) == LATENCY_BUCKETS_S
+    assert hist.info["description"] == BY_NAME["fairbatching_ttft_s"].description
+    assert isinstance(instrument("fairbatching_admission_rejections_total"), ray_metrics.Counter)
+    with pytest.raises(KeyError):
+        instrument("fairbatching_not_listed")
 
 
 def test_counter_names_follow_rays_export():
-    from deploy.observability.metrics import BY_NAME
+    from node.serve.metrics import BY_NAME
 
     assert BY_NAME["fairbatching_urgent_decodes_total"].prom == "ray_fairbatching_urgent_decodes_total"
     assert BY_NAME["vllm:generation_tokens"].prom == "ray_vllm_generation_tokens_total"
@@ -308,7 +321,7 @@ def test_event_counters_read_as_zero_before_their_first_event():
     import json
 
     from deploy.grafana.dashboard import DEFAULT_OUT
-    from deploy.observability.metrics import EVENT_ONLY, prom
+    from node.serve.metrics import EVENT_ONLY, prom
 
     exprs = [t["expr"] for p in json.loads(DEFAULT_OUT.read_text())["panels"] if p["type"] != "row"
              for t in p.get("targets", [])]

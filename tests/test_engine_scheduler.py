@@ -18,10 +18,10 @@ import pytest
 
 vllm = pytest.importorskip("vllm")
 
-from node.engine_setup import engine_scheduler, make_llm  # noqa: E402
-from node.node_config import NodeConfig  # noqa: E402
-from node.profile import Profile, save_profile  # noqa: E402
-from node.tiny_model import word_token_id, write_tiny_model  # noqa: E402
+from node.vllm.engine_setup import engine_scheduler, make_llm  # noqa: E402
+from node.vllm.node_config import NodeConfig  # noqa: E402
+from node.fit.profile import Profile, save_profile  # noqa: E402
+from node.vllm.tiny_model import word_token_id, write_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
@@ -97,7 +97,7 @@ def small_kv(workdir):
 @pytest.fixture(scope="module")
 def fb_async(workdir):
     llm = make_llm(workdir / "tiny", _node_config(workdir, "async.jsonl"), **ENGINE,
-                   scheduler_cls="node.vllm_scheduler.FairBatchingAsyncScheduler")
+                   scheduler_cls="node.vllm.scheduler.FairBatchingAsyncScheduler")
     yield llm
     _close(llm)
 

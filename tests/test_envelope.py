@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from node.envelope import Anchor, deadline_s, slack_s
-from node.request import SLO, RequestState
+from node.core.envelope import Anchor, deadline_s, slack_s
+from node.core.request import SLO, RequestState
 
 
 def decoding(first_token_s: float, output_tokens: int) -> RequestState:

@@ -2,10 +2,10 @@
 
 import pytest
 
-from node.envelope import Anchor
-from node.plan import Group, Limits, SkipReason
-from node.policies import make_policy
-from node.request import SLO, RequestState
+from node.core.envelope import Anchor
+from node.core.plan import Group, Limits, SkipReason
+from node.core.policies import make_policy
+from node.core.request import SLO, RequestState
 
 from tests.conftest import REF_MODEL
 

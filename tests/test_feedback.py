@@ -2,8 +2,8 @@
 
 import pytest
 
-from node.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
-from node.stats import percentile
+from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback
+from node.core.attainment import percentile
 
 
 def test_a_breach_shrinks_the_factor_by_the_gradient_at_most_halving_it():
@@ -98,7 +98,7 @@ def test_bad_knobs_are_refused():
 
 
 def test_the_prefill_rate_counts_only_while_prompts_waited():
-    from node.feedback import PrefillRate
+    from node.core.feedback import PrefillRate
 
     pr = PrefillRate(window_s=5.0, min_busy=0.8, min_prompts=4)
     for i in range(50):  # 5 s, a tick every 0.1 s, prompts always waiting; a 500-token prompt every 0.25 s
@@ -164,7 +164,7 @@ def test_a_waiting_request_past_the_target_holds_growth():
 
 
 def test_slow_start_doubles_on_good_news_halves_on_a_breach_and_ends_on_evidence():
-    from node.feedback import SlowStart
+    from node.core.feedback import SlowStart
 
     ss = SlowStart(400.0, interval_s=1.0)
     assert ss.update(0.0, None, 0.7) == 400.0  # no news: held

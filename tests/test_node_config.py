@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from node.cost_model import StepSample
-from node.node_config import ENV_VAR, NodeConfig
-from node.cost_model import robust_fit
+from node.fit.step_time_fit import StepSample
+from node.vllm.node_config import ENV_VAR, NodeConfig
+from node.fit.step_time_fit import robust_fit
 
 
 def test_the_config_round_trips_through_the_environment():

@@ -133,7 +133,7 @@ def test_prometheus_scrapes_the_app_and_every_panel_has_data(tmp_path):
 
 
 def _scenario(tmp_path: Path) -> None:
-    from deploy.observability.metrics import prom
+    from node.serve.metrics import prom
 
     saved_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
                                                 "RAY_metrics_report_interval_ms")}

@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cluster.cli import app
+from cluster.cli.main import app
 
 
 def test_overhead_benchmark_writes_one_row_per_policy_and_size(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.pab import estimate_pab, estimate_pab_edf
-from node.request import SLO, RequestState
+from node.core.pab import estimate_pab, estimate_pab_edf
+from node.core.request import SLO, RequestState
 
 from tests.conftest import NOW, REF_MODEL, models, snapshots
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.fairbatching import FairBatchingPolicy, Relegation
-from node.node_config import NodeConfig
-from node.plan import Group, Limits, SkipReason
-from node.policies import make_policy
-from node.request import SLO, RequestState
+from node.core.fairbatching import FairBatchingPolicy, Relegation
+from node.vllm.node_config import NodeConfig
+from node.core.plan import Group, Limits, SkipReason
+from node.core.policies import make_policy
+from node.core.request import SLO, RequestState
 
 from tests.conftest import NOW, REF_MODEL, limits_strategy, models, snapshots
 

@@ -87,7 +87,7 @@ def test_placement_follows_pab(cluster):
     """While one engine holds a long request its PAB is lower and the next request goes to the other;
     the ingress decides in its own process (its router's counters reach the registry's status)."""
     # The held decode lowers its node's budget by only tens of tokens under the slow profile, about
-    # what the front delay of the last seconds' requests (node.feedback.FrontDelay, a 3 s window)
+    # what the front delay of the last seconds' requests (node.core.feedback.FrontDelay, a 3 s window)
     # moves it: let the earlier tests' delays age out so only this test's requests count.
     time.sleep(3.5)
     hold = {"model": MODEL, "prompt": _ids(400, 1), "max_tokens": 400, "ignore_eos": True, "stream": True}
@@ -324,7 +324,7 @@ def test_per_request_slo_and_arrival_reach_the_scheduler(cluster):
 def test_status_command_prints_every_node(cluster):
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from cluster.cli.main import app
 
     snap = _status(cluster)
     result = CliRunner().invoke(app, ["status", "--url", str(cluster.base_url).rstrip("/"), "--api-key", API_KEY])
@@ -338,7 +338,7 @@ def test_status_command_prints_every_node(cluster):
 def test_load_command_replays_a_trace_and_reports_the_sim_fields(cluster, tmp_path):
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from cluster.cli.main import app
 
     out = tmp_path / "live.json"
     result = CliRunner().invoke(app, [
@@ -356,7 +356,7 @@ def test_load_command_replays_a_trace_and_reports_the_sim_fields(cluster, tmp_pa
 def test_overload_bench_against_a_url_writes_json_and_a_plot(cluster, tmp_path):
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from cluster.cli.main import app
 
     out = tmp_path / "overload.json"
     result = CliRunner().invoke(app, [
@@ -379,7 +379,7 @@ def test_vllm_benchmark_client_runs_against_the_endpoint(cluster, tmp_path):
     """vLLM's own client (vllm.benchmarks.serve, backend openai) streams from the cluster and counts every request."""
     from typer.testing import CliRunner
 
-    from cluster.cli import app
+    from cluster.cli.main import app
 
     out = tmp_path / "vllm-client.json"
     result = CliRunner().invoke(app, [
@@ -452,7 +452,7 @@ def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
 def test_registry_restart_is_survived(cluster):
     import ray
 
-    from balancer.pab_registry import find_registry
+    from balancer.serve.pab_registry import find_registry
 
     registry = find_registry("fairbatching", "engine")
     assert registry is not None

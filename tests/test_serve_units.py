@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from balancer.pab_registry import PABRegistry
-from cluster.loadgen import LiveRecord, live_report
-from node.request import SLO
+from balancer.serve.pab_registry import PABRegistry
+from cluster.workload.loadgen import LiveRecord, live_report
+from node.core.request import SLO
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(60)]
 
@@ -21,7 +21,7 @@ def _report(reg: PABRegistry, key: str, pab: float, **kw) -> None:
 
 def test_registry_serves_the_latest_report_of_each_live_node(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr("balancer.pab_registry.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("balancer.serve.pab_registry.time.monotonic", lambda: clock[0])
     reg = PABRegistry(stale_after_s=5.0)
     _report(reg, "a", 1000, received_ids=["r1"])
     _report(reg, "b", 3000)
@@ -43,7 +43,7 @@ def _model(b: float, refits: int) -> dict:
 
 def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr("balancer.pab_registry.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("balancer.serve.pab_registry.time.monotonic", lambda: clock[0])
     reg = PABRegistry(model_max_age_s=30.0)
     # Before any node refits, there is no deployment model (nodes use their own profile).
     assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(1e-5, 0)}) is None
@@ -78,7 +78,7 @@ class _Clock:
 
 
 def _balancer(name: str = "pab", clock=None, **kw):
-    from balancer.admission import BalancerSettings, LocalBalancer
+    from balancer.serve.admission import BalancerSettings, LocalBalancer
 
     return LocalBalancer(BalancerSettings(name, **kw), clock=clock or _Clock())
 
@@ -149,7 +149,7 @@ def test_a_registry_restart_never_opens_a_503_window():
     clock = _Clock()
     answers = [{"a": _view(5000, 1.0)}, RuntimeError("registry restarting"), RuntimeError("registry restarting"),
                {"a": _view(4000, 9.0)}]
-    from balancer.admission import BalancerSettings, LocalBalancer
+    from balancer.serve.admission import BalancerSettings, LocalBalancer
 
     lb = LocalBalancer(BalancerSettings("pab", stale_after_s=2.0), clock=clock)
 
@@ -220,7 +220,7 @@ def _pending(prompt_tokens: int, rid: str = "req-1"):
 
 
 def _router(lb, **state):
-    from balancer.router import PABRequestRouter
+    from balancer.serve.router import PABRequestRouter
 
     router = PABRequestRouter.__new__(PABRequestRouter)  # the hook alone, without Serve's plumbing
     router.initialize_state(**state)
@@ -330,7 +330,7 @@ def test_live_report_counts_429_as_rejected_and_broken_streams_as_dropped():
 
 
 def test_arrival_is_a_front_proxys_stamp_when_plausible():
-    from cluster.api import arrival_stamp
+    from cluster.http.api import arrival_stamp
 
     now = 1_800_000_000.0
     assert arrival_stamp({}, now) == now
@@ -346,8 +346,8 @@ def test_arrival_is_a_front_proxys_stamp_when_plausible():
 def test_an_overloaded_ingress_refuses_before_reading_the_body(monkeypatch):
     from fastapi.testclient import TestClient
 
-    from balancer import admission
-    from cluster.api import make_fastapi_app
+    from balancer.serve import admission
+    from cluster.http.api import make_fastapi_app
 
     lb = _balancer()
     lb.apply_views({"a": _view(-5000, 1.0, slots_free=3)})
@@ -381,7 +381,7 @@ def test_api_keys_and_body_limit_middleware():
     """API keys (only their digests held) guard /v1 and the tokenizer routes, not /health; bodies over the limit: 413."""
     from fastapi.testclient import TestClient
 
-    from cluster.api import key_digests, make_fastapi_app
+    from cluster.http.api import key_digests, make_fastapi_app
 
     app = make_fastapi_app(early_refusal=False, api_key_sha256=key_digests(["k1", "k2"]), max_body_bytes=2048)
 
@@ -418,7 +418,7 @@ def test_api_keys_and_body_limit_middleware():
 
 
 def test_api_key_digests_in_the_config_are_checked():
-    from cluster.api import key_digests
+    from cluster.http.api import key_digests
     from cluster.app import ConfigError, ServeConfig
 
     (digest,) = key_digests(["k1"])
@@ -430,7 +430,7 @@ def test_api_key_digests_in_the_config_are_checked():
 
 def test_capacity_ramp_runs_a_missed_rate_once_more_and_stops_at_a_second_miss(monkeypatch):
     """``measure_capacity`` with a scripted load run (a fake of ``run_rate``: attainment per call)."""
-    from cluster import overload
+    from cluster.bench import overload
 
     script = {2.0: [1.0], 4.0: [0.4, 0.95], 6.0: [0.5, 0.6], 8.0: [1.0]}
     calls: list[float] = []

@@ -11,10 +11,10 @@ import cluster.sim.simulator as simulator
 from cluster.sim.config import SimConfig
 from cluster.sim.legacy_pab import estimate_pab_prefill_only
 from cluster.sim.metrics import attains
-from cluster.sim.step_time import TrueStepTime
-from node.cost_model import StepTimeModel
-from node.pab import estimate_pab
-from node.request import SLO, RequestState
+from cluster.sim.true_step_time import TrueStepTime
+from node.core.step_time import StepTimeModel
+from node.core.pab import estimate_pab
+from node.core.request import SLO, RequestState
 
 from tests.test_sim_timeline import linear_profile, run
 

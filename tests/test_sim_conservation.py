@@ -8,12 +8,12 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from cluster.cli_sim import app
+from cluster.cli.sim import app
 from cluster.sim.capacity import find_capacity
 from cluster.sim.config import SimConfig
 from cluster.sim.simulator import simulate
-from cluster.workload import TraceRequest, Workload
-from node.profile import load_profile
+from cluster.workload.traces import TraceRequest, Workload
+from node.fit.profile import load_profile
 
 PROFILE = load_profile("ref-linear-h100")
 

@@ -7,13 +7,13 @@ import random
 import pytest
 
 from cluster.sim.config import SimConfig
-from cluster.sim.metrics import attains, mean_tpot_s, summarize
+from cluster.sim.metrics import attains, tpot_s, summarize
 from cluster.sim.node import SimRequest
 from cluster.sim.simulator import simulate
-from cluster.sim.step_time import TrueStepTime
-from cluster.workload import TraceRequest, Workload
-from node.profile import Profile
-from node.request import SLO
+from cluster.sim.true_step_time import TrueStepTime
+from cluster.workload.traces import TraceRequest, Workload
+from node.fit.profile import Profile
+from node.core.request import SLO
 
 
 def linear_profile(a=0.01, b=0.001, c=0.0, **kw) -> Profile:
@@ -39,7 +39,7 @@ def test_one_request_prefills_in_one_step_then_decodes_one_token_per_step():
     (req,) = res.requests
     assert req.first_token_s == pytest.approx(0.01 + 0.100)  # a + b * 100
     assert req.last_token_s == pytest.approx(0.110 + 2 * 0.011)  # two decode steps of a + b
-    assert mean_tpot_s(req) == pytest.approx(0.011)
+    assert tpot_s(req) == pytest.approx(0.011)
     assert res.report["attainment"] == 1.0 and res.report["steps"] == 3
 
 

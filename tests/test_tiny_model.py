@@ -1,4 +1,4 @@
-"""The offline tiny Llama model directory (node/tiny_model.py); no vLLM needed."""
+"""The offline tiny Llama model directory (node/vllm/tiny_model.py); no vLLM needed."""
 
 import json
 
@@ -10,7 +10,7 @@ tokenizers = pytest.importorskip(
     "(it comes with vLLM/transformers; run with the vLLM venv)",
 )
 
-from node.tiny_model import JSON_TOKENS, SPECIAL_TOKENS, word_token_id, write_tiny_model  # noqa: E402
+from node.vllm.tiny_model import JSON_TOKENS, SPECIAL_TOKENS, word_token_id, write_tiny_model  # noqa: E402
 
 
 def test_config_has_requested_sizes(tmp_path):

@@ -4,11 +4,13 @@ import math
 
 import pytest
 
-from node.cost_model import StepSample, StepTimeModel
-from node.pab import estimate_pab
-from node.plan import Limits
-from node.policies import make_policy
-from node.request import SLO, RequestState
+from node.core.step_time import StepTimeModel
+
+from node.fit.step_time_fit import StepSample
+from node.core.pab import estimate_pab
+from node.core.plan import Limits
+from node.core.policies import make_policy
+from node.core.request import SLO, RequestState
 
 from tests.conftest import REF_MODEL
 

@@ -1,4 +1,4 @@
-"""Tests for cluster.workload: loaders, transformations and error reporting."""
+"""Tests for cluster.workload.traces: loaders, transformations and error reporting."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.workload import (
+from cluster.workload.traces import (
     ColumnSpec,
     TraceError,
     TraceRequest,
@@ -469,7 +469,7 @@ def test_prepare_keeps_order_and_window_count(gaps, start, duration, rate_scale,
 
 @needs_azure
 def test_long_context_lengths_lie_in_range_and_keep_the_conv_arrivals_and_outputs():
-    from cluster.workload import LONG_CONTEXT_PROMPTS, load_long_context
+    from cluster.workload.traces import LONG_CONTEXT_PROMPTS, load_long_context
 
     conv = load_azure("conv")
     w = load_long_context()
@@ -488,7 +488,7 @@ def test_long_context_lengths_lie_in_range_and_keep_the_conv_arrivals_and_output
 
 @needs_azure
 def test_long_context_is_deterministic_by_seed_and_a_seed_permutes_the_pairs():
-    from cluster.workload import load_long_context
+    from cluster.workload.traces import load_long_context
 
     a, b = load_long_context(seed=3), load_named("long-context", seed=3)
     assert a.requests == b.requests

@@ -16,8 +16,8 @@ from typing import Callable
 
 from cluster.sim.config import SimConfig
 from cluster.sim.simulator import SimResult, load_workload, simulate
-from cluster.workload import Workload
-from node.profile import Profile, load_profile
+from cluster.workload.traces import Workload
+from node.fit.profile import Profile, load_profile
 
 
 @dataclass

@@ -17,7 +17,7 @@ from cluster.sim.capacity import CapacityResult, find_capacity
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import ttft_samples
 from cluster.sim.simulator import load_workload, simulate
-from node.profile import load_profile
+from node.fit.profile import load_profile
 
 BUDGET_CANDIDATES: dict[str, tuple[int | None, ...]] = {
     "vllm": (512, 1024, 2048, 4096, 8192),

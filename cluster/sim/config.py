@@ -1,7 +1,7 @@
 """``SimConfig``: every knob of a simulation run, as data; its fields also define the CLI options.
 
 Each field's metadata carries the option's help (and, where the flag is not
-the field name in kebab case, its flag). ``cluster.cli_sim`` turns the fields
+the field name in kebab case, its flag). ``cluster.cli.sim`` turns the fields
 into Typer options, so a knob is added in one place.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from balancer.registry import PLACEMENT_NAMES
-from node.policies import POLICY_NAMES
+from balancer.core.policies import PLACEMENT_NAMES
+from node.core.policies import POLICY_NAMES
 
 
 def _opt(default, help: str, flag: str | None = None):
@@ -19,7 +19,7 @@ def _opt(default, help: str, flag: str | None = None):
 
 @dataclass(frozen=True)
 class SimConfig:
-    # workload (flags shared with cluster.workload)
+    # workload (flags shared with cluster.workload.traces)
     trace: str = _opt("azure-conv", "Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma, long-context) or file.")
     columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT.")
     start_s: float = _opt(0.0, "Start of the trace window, in original trace seconds.")
@@ -62,7 +62,7 @@ class SimConfig:
     balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (FIFO, retried on each report) before rejecting it.")
     oracle_output_lengths: bool = _opt(False, "Let nodes know output lengths (PAB KV headroom and EDF departures).")
     expected_output_tokens: float | None = _opt(None, "A node's expected output length before any request finished on it (default: none, 0); afterwards the mean output of the last 512 requests it finished.")
-    feedback: bool = _opt(False, "Closed loop: each node corrects its PAB prefill rate by the measured TTFT and mean TPOT of its admitted requests against their SLOs (node.feedback.LatencyFeedback).")
+    feedback: bool = _opt(False, "Closed loop: each node corrects its PAB prefill rate by the measured TTFT and mean TPOT of its admitted requests against their SLOs (node.core.feedback.LatencyFeedback).")
     # run
     seed: int = _opt(0, "Seed of every random choice (noise, power-of-two, synthetic traces).")
     drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")

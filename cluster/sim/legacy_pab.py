@@ -1,6 +1,6 @@
 """The prefill-only closed-form PAB of before issue 10, kept for the simulator's ablation (``--pab-variant prefill-only``).
 
-``node.pab.estimate_pab`` budgets a request's whole life (its prefill, the
+``node.core.pab.estimate_pab`` budgets a request's whole life (its prefill, the
 decode load of every live request for the rest of its life, KV to the end,
 the engine's caps). Before issue 10 it budgeted only the prefill:
 
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from node.cost_model import StepTimeModel
-from node.envelope import Anchor, slack_s
-from node.pab import PABReport
-from node.request import RequestState
+from node.core.step_time import StepTimeModel
+from node.core.envelope import Anchor, slack_s
+from node.core.pab import PABReport
+from node.core.request import RequestState
 
 
 def estimate_pab_prefill_only(

@@ -24,29 +24,23 @@ import math
 from typing import Iterable, Sequence
 
 from cluster.sim.node import SimRequest
-from node.stats import percentile
-
-_EPS = 1e-9
+from node.core.attainment import mean_tpot_s, meets_slo, percentile
 
 
 def ttft_s(req: SimRequest) -> float | None:
     return None if req.first_token_s is None else req.first_token_s - req.arrival_s
 
 
-def mean_tpot_s(req: SimRequest) -> float | None:
-    if not req.finished or req.emitted < 2:
+def tpot_s(req: SimRequest) -> float | None:
+    """Mean TPOT of a finished request with at least two tokens, else None."""
+    if not req.finished:
         return None
-    return (req.last_token_s - req.first_token_s) / (req.emitted - 1)
+    return mean_tpot_s(req.first_token_s, req.last_token_s, req.emitted)
 
 
 def attains(req: SimRequest) -> bool:
-    """The per-request SLO test of DESIGN section 6."""
-    if not req.finished:
-        return False
-    if req.first_token_s - req.arrival_s > req.ttft_slo_s + _EPS:
-        return False
-    tpot = mean_tpot_s(req)
-    return tpot is None or tpot <= req.tpot_slo_s + _EPS
+    """The per-request SLO test of DESIGN section 6 (``node.core.attainment.meets_slo``) on a finished request."""
+    return req.finished and meets_slo(ttft_s(req), tpot_s(req), req.slo)
 
 
 def summarize(requests: Sequence[SimRequest], offered_span_s: float) -> dict:
@@ -59,7 +53,7 @@ def summarize(requests: Sequence[SimRequest], offered_span_s: float) -> dict:
     attained = sum(attains(r) for r in requests)
     admitted = n - rejected
     ttfts = [t for t in map(ttft_s, requests) if t is not None]
-    tpots = [t for t in map(mean_tpot_s, requests) if t is not None]
+    tpots = [t for t in map(tpot_s, requests) if t is not None]
     tokens_all = sum(r.output_tokens for r in requests)
     tokens_admitted = sum(r.output_tokens for r in requests if not r.rejected)
     on_arr = sum(r.on_time_arrival for r in requests)

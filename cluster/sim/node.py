@@ -42,27 +42,25 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-from balancer.placement import NodeView
+from balancer.core.placement import NodeView
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
-from cluster.sim.step_time import TrueStepTime
-from node.cost_model import OnlineRefit, StepSample
-from node.feedback import FrontDelay, LatencyFeedback
-from node.pab import PABReport
-from node.plan import BatchPlan, Limits, NodePolicy
-from node.request import SLO, RequestState
-
-_set = object.__setattr__  # in-place update of a host-owned snapshot (see module docstring)
-
+from cluster.sim.true_step_time import TrueStepTime
+from node.fit.step_time_fit import OnlineRefit, StepSample
+from node.core.feedback import FrontDelay, LatencyFeedback
+from node.core.pab import PABReport
+from node.core.plan import BatchPlan, Limits, NodePolicy
+from node.core.request import SLO, RequestState
+from node.core.envelope import Anchor, on_time, token_deadline_s
 
 class SimRequest:
     """One request's life in the simulator: trace facts, progress, and what the metrics need."""
 
     __slots__ = (
-        "rid", "key", "arrival_s", "prompt_tokens", "output_tokens", "ttft_slo_s", "tpot_slo_s",
+        "rid", "key", "arrival_s", "prompt_tokens", "output_tokens", "slo",
         "node_id", "state", "prefill_tokens", "computed", "emitted", "kv_tokens", "kv_blocks",
         "first_token_s", "last_token_s", "finish_s", "on_time_arrival", "on_time_first",
-        "preemptions", "rejected", "dropped", "first_deadline_s",
+        "preemptions", "rejected", "dropped",
     )
 
     def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int, slo: SLO) -> None:
@@ -71,9 +69,7 @@ class SimRequest:
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens  # tokens the request will emit in all
-        self.ttft_slo_s = slo.ttft_s
-        self.tpot_slo_s = slo.tpot_s
-        self.first_deadline_s = arrival_s + slo.ttft_s  # token j is due at this + tpot * j (arrival anchor)
+        self.slo = slo
         self.node_id: int | None = None
         self.state: RequestState | None = None
         self.prefill_tokens = prompt_tokens  # tokens to prefill (grows on recompute)
@@ -183,7 +179,7 @@ class SimNode:
             request_id=req.key,
             arrival_s=req.arrival_s,
             prompt_tokens=req.prefill_tokens,
-            slo=SLO(req.ttft_slo_s, req.tpot_slo_s),
+            slo=req.slo,
             max_output_tokens=req.output_tokens if self.oracle_output_lengths else None,
         )
         self.live[req.key] = req
@@ -278,7 +274,7 @@ class SimNode:
                 pool.take(blocks - req.kv_blocks)
                 req.kv_blocks = blocks
                 self.queued_prefill_tokens -= q
-                _set(req.state, "computed_tokens", req.computed)
+                req.state.computed_tokens = req.computed
                 if req.computed == req.prefill_tokens:
                     self.decoding += 1
                     self._emit(req, now_s, finished)
@@ -287,22 +283,11 @@ class SimNode:
                 if req.kv_tokens > req.kv_blocks * bs:
                     pool.take(1)
                     req.kv_blocks += 1
-                # _emit inlined for a decode (the hot path): token j >= 1.
-                j = req.emitted
-                tpot_j = req.tpot_slo_s * j - 1e-9
-                if now_s - tpot_j <= req.first_deadline_s:
-                    req.on_time_arrival += 1
-                if now_s - tpot_j <= req.first_token_s:
-                    req.on_time_first += 1
-                req.emitted = j = j + 1
-                req.last_token_s = now_s
-                _set(req.state, "output_tokens", j)
-                if j >= req.output_tokens:
-                    finished.append(req)
+                self._emit(req, now_s, finished)
             if req.preemptions:
                 # Only a recomputed request holds other than what RequestState derives.
-                _set(req.state, "kv_tokens", req.kv_tokens)
-                _set(req.state, "kv_blocks", req.kv_blocks)
+                req.state.kv_tokens = req.kv_tokens
+                req.state.kv_blocks = req.kv_blocks
         for req in finished:
             self._retire(req)
             req.finish_s = now_s
@@ -316,20 +301,16 @@ class SimNode:
         j = req.emitted
         if j == 0:
             req.first_token_s = now_s
-            _set(req.state, "first_token_s", now_s)
+            req.state.first_token_s = now_s
             if self.feedback is not None:
-                self.feedback.observe(now_s, req.arrival_s, (now_s - req.arrival_s) / req.ttft_slo_s)
-        deadline = req.arrival_s + req.ttft_slo_s + req.tpot_slo_s * j
-        if now_s <= deadline + 1e-9:
-            req.on_time_arrival += 1
-        if j == 0:
-            if now_s <= deadline + 1e-9:
-                req.on_time_first += 1
-        elif now_s <= req.first_token_s + req.tpot_slo_s * j + 1e-9:
-            req.on_time_first += 1
+                self.feedback.observe(now_s, req.arrival_s, (now_s - req.arrival_s) / req.slo.ttft_s)
+        slo = req.slo
+        req.on_time_arrival += on_time(now_s, token_deadline_s(req.arrival_s, slo.ttft_s, slo.tpot_s, j))
+        req.on_time_first += on_time(now_s, token_deadline_s(
+            req.arrival_s, slo.ttft_s, slo.tpot_s, j, req.first_token_s, Anchor.FIRST_TOKEN))
         req.emitted = j + 1
         req.last_token_s = now_s
-        _set(req.state, "output_tokens", j + 1)
+        req.state.output_tokens = j + 1
         if j + 1 >= req.output_tokens:
             finished.append(req)
 
@@ -341,7 +322,7 @@ class SimNode:
         self._outputs_sum += req.output_tokens
         if self.feedback is not None and req.emitted >= 2:
             mean_tpot = (now_s - req.first_token_s) / (req.emitted - 1)
-            self.feedback.observe(now_s, req.arrival_s, mean_tpot / req.tpot_slo_s, tpot=True)
+            self.feedback.observe(now_s, req.arrival_s, mean_tpot / req.slo.tpot_s, tpot=True)
 
     def expected_output_tokens(self) -> float | None:
         """What this node expects a request to emit: mean of its last finished ones, else the prior.
@@ -479,7 +460,7 @@ class SimNode:
             return
         self._last_publish_s = now_s
         if self.feedback is not None:
-            waiting = [(r.arrival_s, r.ttft_slo_s) for r in self.live.values() if r.first_token_s is None]
+            waiting = [(r.arrival_s, r.slo.ttft_s) for r in self.live.values() if r.first_token_s is None]
             self.correction = self.feedback.update(now_s, waiting=waiting)
         sample = now_s >= self._next_sample_s
         # A balancer that ignores PAB still gets it in the timeline samples, measured there only.

@@ -15,23 +15,23 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from balancer.placement import NodeView, PlacementPolicy, idle_prefill_tokens
-from balancer.registry import make_placement
+from balancer.core.placement import NodeView, PlacementPolicy, idle_prefill_tokens
+from balancer.core.policies import make_placement
 from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
 from cluster.sim.legacy_pab import estimate_pab_prefill_only
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimNode, SimRequest
-from cluster.sim.step_time import TrueStepTime
-from cluster.workload import Workload, load_named, prepare
-from node.envelope import Anchor
-from node.pab import estimate_pab, estimate_pab_edf
-from node.cost_model import OnlineRefit
-from node.feedback import FrontDelay, LatencyFeedback
-from node.policies import make_policy
-from node.profile import Profile, load_profile
-from node.request import SLO
+from cluster.sim.true_step_time import TrueStepTime
+from cluster.workload.traces import Workload, load_named, prepare
+from node.core.envelope import Anchor
+from node.core.pab import estimate_pab, estimate_pab_edf
+from node.fit.step_time_fit import OnlineRefit
+from node.core.feedback import FrontDelay, LatencyFeedback
+from node.core.policies import make_policy
+from node.fit.profile import Profile, load_profile
+from node.core.request import SLO
 
 
 def load_workload(cfg: SimConfig) -> Workload:

@@ -4,7 +4,7 @@
 
 writes the dashboard JSON that ``deploy/grafana/provisioning`` loads; the
 committed file must equal this generator's output (a test checks it). Series
-names come from ``deploy.observability.metrics``; the ``fairbatching:*`` series
+names come from ``node.serve.metrics``; the ``fairbatching:*`` series
 are the recording rules of ``deploy/prometheus/rules.yml``.
 
 Variables: ``datasource``, ``cluster`` (the label the scrape config adds),
@@ -29,7 +29,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as gcommon
 from grafana_foundation_sdk.models import dashboard as gm
 
-from deploy.observability.metrics import prom
+from node.serve.metrics import prom
 
 UID = "fairbatching"
 TITLE = "FairBatching: per-node PAB, step budget, SLOs"

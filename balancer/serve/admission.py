@@ -1,0 +1,362 @@
+"""Admission and placement in the caller's own process: the local balancer.
+
+``LocalBalancer`` holds the balancer's placement policy (``balancer.core.policies``,
+the code the simulator runs) over the engine replicas, with a view refreshed in
+the background: a thread polls the PAB registry's ``views()`` every
+``refresh_interval_s`` (the replicas' report interval). Admitting, placing,
+debiting and rejecting a request are local calls under a lock: no remote call
+sits on a request's path, so a refusal costs microseconds and a 429 comes back
+at once. One instance per engine deployment per process
+(``local_balancer(...)``): the ingress admits a request with it before calling
+the engine, and the router, in the same process, sends the call where it was
+placed.
+
+Accounting (``balancer.core.placement``): each placement's debit is keyed by
+request id and survives fresh reports until the replica lists the request as
+received; ``release(request_id)`` ends it on completion, error, cancel or client
+disconnect (the ingress calls it in a ``finally``; the router's
+``on_request_completed`` releases only what the router admitted itself, a
+direct call that did not pass the ingress). A request Serve retries (its
+replica died) keeps its admission and moves to another replica.
+When the registry is unreachable (restarting), the replicas' routing stats,
+which Serve polls in the background, keep the view fresh; a restarted registry
+is rebuilt by the next round of reports.
+
+The Serve request router (``balancer.serve.router``) is a thin hook over this
+module: Serve pickles a router's module by value, so anything shared between
+the router and the ingress must live here, imported by reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+from balancer.core.placement import Decision, PlacementPolicy, has_room, retry_after_s
+from balancer.serve.pab_registry import view_from_dict
+from balancer.core.policies import make_placement
+from node.core.attainment import percentile
+
+logger = logging.getLogger("ray.serve")
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    """How a deployment's requests are balanced: the placement policy, its caps and the refresh.
+
+    Plain JSON-able data (``to_dict`` / ``from_dict``): Serve passes it to the router as JSON.
+    """
+
+    balancer: str = "pab"
+    knobs: dict[str, Any] = field(default_factory=dict)  # the policy's own keyword arguments
+    admission_cap: Optional[int] = None  # naive cap on queued prompt tokens per node
+    max_in_flight: Optional[int] = None  # static cap on requests per node
+    refresh_interval_s: float = 0.1
+    stale_after_s: float = 2.0  # a node missing from the fetched views this long takes no new requests
+    registry_timeout_s: float = 2.0  # one poll of the registry gives up after this long
+    # Shed a request that has already waited this fraction of its TTFT SLO in front of admission
+    # (None: never): it can hardly meet its TTFT any more, and serving it delays those that can.
+    shed_after_fraction: Optional[float] = 0.5
+    default_ttft_slo_s: float = 2.0  # the TTFT SLO of a request that names none
+    # Refuse before reading a body when no node can take a prompt this small by recent traffic
+    # (this quantile of the last 256 prompts; None: only when not even one token fits).
+    early_refusal_quantile: Optional[float] = 0.05
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BalancerSettings":
+        return cls(**data)
+
+    def make_policy(self, node_ids: list[int]) -> PlacementPolicy:
+        return make_placement(self.balancer, node_ids, admission_cap=self.admission_cap,
+                              max_in_flight=self.max_in_flight, **self.knobs)
+
+
+class LocalBalancer:
+    """A placement policy over node keys (Serve replica ids) with a background-refreshed view."""
+
+    def __init__(self, settings: BalancerSettings, fetch_views: Optional[Callable[[dict], dict]] = None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        settings.make_policy([0])  # validate the settings now
+        self.settings = settings
+        self._fetch_views = fetch_views
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._policy: Optional[PlacementPolicy] = None
+        self._ids: dict[str, int] = {}  # node key -> policy node id, in order of first sight
+        self._keys: dict[int, str] = {}
+        self._seen_at: dict[str, float] = {}  # node key -> when its last report reached us
+        self.placed = 0
+        self.rejected = 0
+        self.refresh_failures = 0
+        self._fetched_at = -float("inf")  # when the registry last answered
+        self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
+        self._small: Optional[int] = None  # small_prompt_tokens() of _prompts, None once they change
+        self.key = f"{os.getpid()}:{id(self):x}"
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    # -- the view ---------------------------------------------------------------------
+
+    def apply_views(self, views: dict[str, dict[str, Any]]) -> None:
+        """Fresh reports by node key (``NodeView`` fields as plain data); unknown fields are ignored."""
+        now = self._clock()
+        with self._lock:
+            for key, data in views.items():
+                node_id = self._ids.get(key)
+                if node_id is None:
+                    node_id = self._ids[key] = len(self._ids)
+                    self._keys[node_id] = key
+                self._seen_at[key] = now
+                self._ensure_member(node_id)
+                self._policy.update(view_from_dict(node_id, data))
+            self._refresh_members(now)
+
+    def _ensure_member(self, node_id: int) -> None:
+        if self._policy is None:
+            self._policy = self.settings.make_policy([node_id])
+        elif node_id not in self._policy.node_ids:
+            self._policy.set_nodes(self._policy.node_ids + [node_id])
+
+    def _live(self, now: float) -> list[str]:
+        """Keys of the nodes seen within ``stale_after_s`` of ``now`` (caller holds the lock)."""
+        return [k for k, at in self._seen_at.items() if now - at <= self.settings.stale_after_s]
+
+    def _refresh_members(self, now: float) -> None:
+        live = [self._ids[k] for k in self._live(now)]
+        if self._policy is not None and live and sorted(live) != sorted(self._policy.node_ids):
+            self._policy.set_nodes(sorted(live))
+
+    @property
+    def registry_ok(self) -> bool:
+        """Whether the registry answered within ``stale_after_s`` (else the router's routing stats feed the view)."""
+        return self._clock() - self._fetched_at <= self.settings.stale_after_s
+
+    def live_keys(self) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            return sorted(self._live(now))
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def admit(self, request_id: str, prompt_tokens: int, candidates: Optional[Iterable[str]] = None,
+              *, record: bool = True) -> tuple[Optional[str], Decision]:
+        """Place ``request_id`` (``prompt_tokens`` >= 1) or refuse it: ``(node key or None, decision)``.
+
+        ``candidates`` (node keys) restricts where it may go (the replicas
+        Serve can reach now). No live node gives a rejection with reason
+        ``no-engine``. A request already placed keeps its placement (its key
+        is returned even when it is not among ``candidates``: ``move`` re-places
+        it). ``record=False`` for a request asked again: its prompt is not
+        counted twice in the recent traffic, nor its refusal in ``rejected``.
+        """
+        now = self._clock()
+        with self._lock:
+            if record:
+                self._prompts.append(prompt_tokens)
+                self._small = None
+            if self._policy is not None:
+                self._refresh_members(now)
+            live = set(self._live(now))
+            if candidates is not None:
+                live &= set(candidates)
+            held = self._policy.placements.get(request_id) if self._policy is not None else None
+            if held is not None:
+                return self._keys[held.node_id], Decision(held.node_id, "admitted")
+            if not live:
+                self.rejected += record
+                return None, Decision(None, "no-engine", 1.0)
+            members = sorted(self._ids[k] for k in live)
+            if members != sorted(self._policy.node_ids):
+                saved = list(self._policy.node_ids)
+                self._policy.set_nodes(members)
+                try:
+                    decision = self._policy.choose(request_id, prompt_tokens)
+                finally:
+                    self._policy.set_nodes(saved)
+            else:
+                decision = self._policy.choose(request_id, prompt_tokens)
+            if decision.rejected:
+                self.rejected += record
+                return None, decision
+            self.placed += 1
+            return self._keys[decision.node_id], decision
+
+    def too_late(self, waited_s: float, ttft_slo_s: Optional[float] = None) -> bool:
+        """Whether a request that has waited ``waited_s`` before admission is shed (see ``shed_after_fraction``)."""
+        frac = self.settings.shed_after_fraction
+        ttft = ttft_slo_s if ttft_slo_s is not None else self.settings.default_ttft_slo_s
+        if frac is None or waited_s <= frac * ttft:
+            return False
+        with self._lock:
+            self.rejected += 1
+        return True
+
+    def small_prompt_tokens(self) -> int:
+        """A small prompt by recent traffic: the ``early_refusal_quantile`` of the last prompts asked for (1 if none)."""
+        q = self.settings.early_refusal_quantile
+        with self._lock:
+            # Asked once per request under overload, while the prompts seen change only on parsed ones.
+            if self._small is None:
+                self._small = int(percentile(self._prompts, 100 * q, method="lower")) if self._prompts and q is not None else 1
+            return self._small
+
+    def refusal_before_parsing(self) -> Optional[float]:
+        """A Retry-After (s) when no live node can take a small request now, else None.
+
+        Lets the ingress refuse under overload before it reads and parses a
+        request body: "small" is ``small_prompt_tokens()``, so a request
+        smaller than nearly all recent ones may be refused early while it
+        would have fit (it gets its Retry-After like the others); with
+        ``early_refusal_quantile`` None, only when not even a one-token
+        request fits. Only on a fresh view (registry answering): without one
+        the router decides.
+        """
+        if not self.registry_ok:
+            return None
+        small = self.small_prompt_tokens()
+        now = self._clock()
+        with self._lock:
+            policy = self._policy
+            live = [self._ids[k] for k in self._live(now)]
+            if policy is None or not live or self.settings.balancer != "pab":
+                return None
+            views = [policy.views[n] for n in live]
+            if any(has_room(v, small) for v in views):
+                return None
+            self.rejected += 1
+            return retry_after_s(small, ((v.pab_tokens, v.recovery_tps,
+                                          v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+                                         for v in views))
+
+    def placement(self, request_id: str) -> Optional[str]:
+        with self._lock:
+            held = self._policy.placements.get(request_id) if self._policy is not None else None
+            return None if held is None else self._keys[held.node_id]
+
+    def move(self, request_id: str, candidates: Iterable[str]) -> Optional[str]:
+        """Re-place an admitted request among ``candidates`` (its replica is gone), keeping its admission."""
+        with self._lock:
+            if self._policy is None or request_id not in self._policy.placements:
+                return None
+            allowed = {self._ids[k] for k in candidates if k in self._ids}
+            exclude = [n for n in self._policy.node_ids if n not in allowed]
+            saved = list(self._policy.node_ids)
+            if not allowed:
+                return None
+            self._policy.set_nodes(sorted(set(saved) | allowed))
+            try:
+                target = self._policy.move(request_id, exclude=exclude)
+            finally:
+                self._policy.set_nodes(saved)
+            return None if target is None else self._keys[target]
+
+    def release(self, request_id: str) -> bool:
+        with self._lock:
+            return self._policy is not None and self._policy.release(request_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for status pages: decisions, requests held, debits in transit per node."""
+        with self._lock:
+            policy = self._policy
+            nodes = {}
+            if policy is not None:
+                for key, nid in self._ids.items():
+                    v = policy.view(nid)
+                    nodes[key] = {"pab_tokens_debited": v.pab_tokens, "in_flight": v.in_flight,
+                                  "in_transit": policy.in_transit(nid)}
+            return {"placed": self.placed, "rejected": self.rejected, "refresh_failures": self.refresh_failures,
+                    "nodes": nodes}
+
+    # -- background refresh -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling ``fetch_views`` every ``refresh_interval_s`` in a daemon thread (idempotent)."""
+        if self._thread is not None or self._fetch_views is None:
+            return
+        self._thread = threading.Thread(target=self._refresh_loop, name="pab-view-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.apply_views(self._fetch_views(self.stats()))
+                self._fetched_at = self._clock()
+            except Exception as exc:  # noqa: BLE001 - the registry restarts or is gone: keep the last view
+                self.refresh_failures += 1
+                if self.refresh_failures in (1, 10, 100) or self.refresh_failures % 1000 == 0:
+                    logger.warning("PAB view refresh failed (%s: %s); deciding on the last view and "
+                                   "the replicas' routing stats", type(exc).__name__, exc)
+            self._stop.wait(self.settings.refresh_interval_s)
+
+
+# ------------------------------------------------------------------------------ per process
+
+_BALANCERS: dict[tuple[str, str], LocalBalancer] = {}
+_BALANCERS_LOCK = threading.Lock()
+
+
+def registry_fetcher(app_name: str, engine_deployment: str, timeout_s: float = 2.0) -> Callable[[dict], dict]:
+    """A function that asks the deployment's PAB registry for its views (finding it again after a restart)."""
+    import ray
+
+    from balancer.serve.pab_registry import find_registry
+
+    state: dict[str, Any] = {"handle": None}
+    key = f"{os.getpid()}:{app_name}:{engine_deployment}"
+
+    def fetch(router_stats: dict) -> dict:
+        if state["handle"] is None:
+            state["handle"] = find_registry(app_name, engine_deployment)
+            if state["handle"] is None:
+                raise LookupError("no PAB registry yet")
+        try:
+            return ray.get(state["handle"].views.remote(key, router_stats), timeout=timeout_s)
+        except Exception:
+            state["handle"] = None
+            raise
+
+    return fetch
+
+
+def local_balancers() -> list[LocalBalancer]:
+    """Every balancer this process holds (an ingress process holds one per engine deployment)."""
+    with _BALANCERS_LOCK:
+        return list(_BALANCERS.values())
+
+
+def local_balancer(app_name: str, engine_deployment: str, settings: BalancerSettings) -> LocalBalancer:
+    """This process's balancer for ``engine_deployment`` of ``app_name``, created and started on first use."""
+    key = (app_name, engine_deployment)
+    with _BALANCERS_LOCK:
+        lb = _BALANCERS.get(key)
+        if lb is None:
+            fetch = registry_fetcher(app_name, engine_deployment, settings.registry_timeout_s)
+            lb = _BALANCERS[key] = LocalBalancer(settings, fetch)
+            lb.start()
+        return lb
+
+
+_rejections = None
+
+
+def count_rejection() -> None:
+    """Count one admission rejection (exported as ``ray_fairbatching_admission_rejections_total``)."""
+    global _rejections
+    try:
+        if _rejections is None:
+            from node.serve.metrics import instrument
+
+            _rejections = instrument("fairbatching_admission_rejections_total")
+        _rejections.inc()
+    except Exception:  # metrics must never fail a request
+        logger.exception("could not record an admission rejection")

@@ -1,0 +1,173 @@
+"""The PAB registry: every engine replica's latest report, and the deployment's step-time model.
+
+One registry serves the whole engine deployment (a Serve deployment-scoped
+actor). Engine replicas push their ``NodeView`` every ``report_interval_s``
+(``report``); every router polls ``views()`` in the background at the same
+interval and decides, debits and rejects in its own process
+(``balancer.serve.admission.LocalBalancer``). Nothing on a request's path calls the
+registry. A registry that restarts is rebuilt by the next round of reports
+(one report interval), and routers fall back to Serve's routing stats of the
+replicas while it is away.
+
+The class is plain Python: Ray runs it as an actor, tests use it directly.
+Node keys are Serve replica ids (strings).
+
+The registry also keeps the deployment's step-time model. A Serve deployment's
+replicas are identical (same model, same accelerator), so one step-time model
+describes them all (DESIGN section 2: one fit per deployment). Each node refits
+its own from the steps it ran, and a node's refit reflects how much traffic it
+got: a node that gets none keeps whatever its early steps said, and if those
+made it look slow its budget stays low, it gets no traffic, and it never learns
+otherwise (PAB placement herds onto the other nodes). So every report answers
+with ``deployment_model()``: the coefficient-wise median of the models the
+nodes refitted within ``model_max_age_s``, which the nodes compute their
+budgets with. Budgets then differ by load, not by each node's luck.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from dataclasses import fields
+from typing import Any
+
+from balancer.core.placement import NodeView
+
+#: Name of the deployment-scoped actor on the engine deployment.
+REGISTRY_ACTOR_NAME = "pab_registry"
+
+_MODEL_KEYS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor", "host_s")
+VIEW_FIELDS = tuple(f.name for f in fields(NodeView) if f.name != "node_id")
+
+
+def view_from_dict(node_id: int, data: dict[str, Any]) -> NodeView:
+    """A ``NodeView`` from the plain dict a replica reports (unknown keys ignored, ids as a frozenset)."""
+    values = {k: data[k] for k in VIEW_FIELDS if k in data}
+    if values.get("received_ids") is not None:
+        values["received_ids"] = frozenset(values["received_ids"])
+    return NodeView(node_id=node_id, **values)
+
+
+class PABRegistry:
+    """Latest report per engine replica, the deployment model, and what the routers decided."""
+
+    def __init__(self, *, stale_after_s: float = 3.0, model_max_age_s: float = 60.0, **_: Any) -> None:
+        self.stale_after_s = stale_after_s
+        self.model_max_age_s = model_max_age_s
+        self._views: dict[str, dict[str, Any]] = {}  # latest report per node key (NodeView fields)
+        self._extra: dict[str, dict] = {}  # what a node reported besides its view (for status)
+        self._received_at: dict[str, float] = {}  # registry clock at each node's last report
+        self._refits: dict[str, tuple[int, float, dict]] = {}  # node key -> (refit count, seen at, model)
+        self._routers: dict[str, dict[str, Any]] = {}  # router key -> its latest counters (for status)
+
+    # -- reports ----------------------------------------------------------------
+
+    def report(self, node_key: str, view: dict[str, Any], extra: dict[str, Any] | None = None) -> dict | None:
+        """A node's fresh report: ``view`` holds ``NodeView`` fields (``node_id`` excluded).
+
+        ``extra`` is shown by ``snapshot``; its ``own_model`` (the node's refitted
+        step-time model with its ``refits`` count) feeds ``deployment_model``,
+        which is returned.
+        """
+        self._views[node_key] = {k: view[k] for k in VIEW_FIELDS if k in view}
+        self._received_at[node_key] = time.monotonic()
+        if extra is not None:
+            self._extra[node_key] = extra
+            self._note_refit(node_key, extra.get("own_model"))
+        return self.deployment_model()
+
+    def _note_refit(self, node_key: str, model: Any) -> None:
+        """Remember a node's own model when its refit count moved (a model it actually refitted)."""
+        if not isinstance(model, dict) or not isinstance(model.get("refits"), int) or model["refits"] < 1:
+            return
+        try:
+            coeffs = {k: float(model.get(k, 0.0)) for k in _MODEL_KEYS}
+        except (TypeError, ValueError):
+            return
+        if not all(math.isfinite(v) and v >= 0 for v in coeffs.values()) or coeffs["b_s_per_token"] <= 0:
+            return
+        coeffs["safety_factor"] = max(coeffs["safety_factor"], 1.0)
+        held = self._refits.get(node_key)
+        if held is None or held[0] != model["refits"]:
+            self._refits[node_key] = (model["refits"], time.monotonic(), coeffs)
+
+    def deployment_model(self) -> dict[str, float] | None:
+        """Coefficient-wise median of the live nodes' refits of the last ``model_max_age_s``; None if none."""
+        now = time.monotonic()
+        live = set(self._live())
+        fresh = [m for k, (_, at, m) in self._refits.items() if k in live and now - at <= self.model_max_age_s]
+        if not fresh:
+            return None
+        return {k: statistics.median(m[k] for m in fresh) for k in _MODEL_KEYS} | {"nodes": len(fresh)}
+
+    def forget(self, node_key: str) -> None:
+        """Drop a node (it stopped)."""
+        for table in (self._views, self._extra, self._received_at, self._refits):
+            table.pop(node_key, None)
+
+    def _live(self) -> tuple[str, ...]:
+        now = time.monotonic()
+        return tuple(sorted(k for k, at in self._received_at.items() if now - at <= self.stale_after_s))
+
+    # -- what the routers poll ------------------------------------------------------
+
+    def views(self, router_key: str | None = None, router_stats: dict[str, Any] | None = None) -> dict[str, dict]:
+        """The latest report of every live node, by node key (``NodeView`` fields, ids as lists).
+
+        A router may pass its own counters (``router_stats``), kept for ``snapshot``.
+        """
+        if router_key is not None and router_stats is not None:
+            self._routers[router_key] = {**router_stats, "seen_at": time.monotonic()}
+        return {k: self._views[k] for k in self._live()}
+
+    # -- inspection -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every known node's last report, report age and extras; the routers' counters; the model."""
+        now = time.monotonic()
+        nodes = {}
+        for key, view in self._views.items():
+            row = {k: v for k, v in view.items() if k != "received_ids"}
+            row["report_age_s"] = now - self._received_at[key]
+            row["live"] = row["report_age_s"] <= self.stale_after_s
+            row.update(self._extra.get(key, {}))
+            nodes[key] = row
+        routers = {k: {**v, "age_s": now - v["seen_at"]} for k, v in self._routers.items()
+                   if now - v["seen_at"] <= self.stale_after_s}
+        decisions = {"placed": sum(r.get("placed", 0) for r in routers.values()),
+                     "rejected": sum(r.get("rejected", 0) for r in routers.values())}
+        return {"nodes": nodes, "routers": routers, "decisions": decisions,
+                "deployment_model": self.deployment_model()}
+
+    def ping(self) -> str:
+        return "ok"
+
+    def actor_name(self) -> str | None:
+        """The Ray actor name this registry runs under (routers look it up by name)."""
+        import ray
+
+        return ray.get_runtime_context().get_actor_name()
+
+
+def find_registry(app_name: str, engine_deployment: str):
+    """A handle to the registry of ``engine_deployment`` in Serve app ``app_name``, or None.
+
+    Serve names a deployment-scoped actor
+    ``SERVE_DEPLOYMENT_ACTOR::<app>::<deployment>::<code version>::<name>`` in the
+    ``serve`` namespace; callers outside the engine's replicas (the ingress, the
+    CLI) do not know the code version, so the name is looked up by prefix.
+    """
+    import ray
+
+    prefix = f"SERVE_DEPLOYMENT_ACTOR::{app_name}::{engine_deployment}::"
+    suffix = f"::{REGISTRY_ACTOR_NAME}"
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name, ns = entry["name"], entry["namespace"]
+        if ns == "serve" and name.startswith(prefix) and name.endswith(suffix):
+            try:
+                return ray.get_actor(name, namespace=ns)
+            except ValueError:
+                continue
+    return None

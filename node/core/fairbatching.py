@@ -1,0 +1,242 @@
+"""The FairBatching batch former (DESIGN section 2).
+
+Each step:
+
+1. slack of every request against its envelope deadline;
+2. time budget ``max(min decode slack, min decode TPOT)`` (the floor keeps a
+   step from shrinking to nothing when decodes are late);
+3. candidates in three groups, each in EDF order (slack ascending):
+   urgent decodes, then prefills, then decodes ahead of their envelope;
+4. greedy: urgent decodes enter whatever the budget (leaving one out makes it
+   late anyway), everything else only while the predicted step time stays
+   within the budget; a prefill gets the largest chunk that fits.
+
+Under overload every decode becomes urgent and the policy degrades to
+decode-first by itself, protecting admitted requests.
+
+**Relegation** (knob ``relegate``; ``none`` is the paper's policy). EDF on the
+envelope is optimal while every deadline can be met; past that point it
+serves the most overdue request first, which makes the next ones late in turn
+(the EDF *domino effect*): under overload every request ends a little late
+instead of a few very late, and per-request SLO attainment collapses. Niyama
+(Sarathi-serve, branch ``niyama_asplos2026``) answers with *eager relegation*:
+requests that will miss are moved to a lower-priority queue and served with
+what is left. Here, with ``relegate=lost``, a request is *lost* once its
+first-token deadline ``arr + ttft`` has passed without a first token (or its
+first token came after it): by the paper's per-request test (TTFT and mean
+TPOT within SLO) it can no longer attain, whatever the node does. Lost
+requests leave the three groups and form a fourth one, taken last: after the
+non-urgent decodes, lost decodes then lost prefills, each in EDF order, and
+only in what is left of the step: they never make it longer than the other
+requests need (or one TPOT when those need less), since a longer step would
+delay the prompts arriving during it. They do not set the budget and are
+never urgent. Nothing is dropped: a lost request still holds its KV, is
+finished with the step time the others leave, and is served at once when the
+node has slack. ``relegate=doomed`` relegates earlier, as Niyama does: also a prefill
+whose remaining prompt cannot be computed before its first-token deadline
+even alone on the node (predicted time of its remaining chunks, at most
+``max_num_batched_tokens`` each, exceeds its slack). Under light load no
+request is lost and both settings plan exactly as ``none``.
+
+**TPOT guard band** (knob ``tpot_margin``, default 0). Paced decodes are
+served just before their envelope deadline, so a step that runs longer than
+the model predicted makes the last token late and the mean TPOT miss by a
+hair. With ``tpot_margin = m`` decode deadlines are planned at
+``(1 - m) * tpot`` per token (budget floor and urgency alike); the last token
+of an ``n``-token output then has ``m * tpot * (n - 1)`` of the SLO to spare.
+A linear step model underpredicts long-prompt prefill chunks (attention grows
+with ``q * p``), which is where this matters.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from node.core.step_time import StepTimeModel
+from node.core.envelope import Anchor, deadline_s, on_time, token_deadline_s
+from node.core.plan import BatchBuilder, BatchPlan, Group, Limits
+from node.core.request import RequestState
+
+
+class Relegation(str, Enum):
+    """Which requests are served last (see the module docstring)."""
+
+    NONE = "none"  # the paper's policy: every request in its EDF group
+    LOST = "lost"  # requests whose first-token deadline passed before their first token
+    DOOMED = "doomed"  # lost, or prefills that cannot finish their prompt by that deadline even alone
+
+
+class Urgency(str, Enum):
+    """When a decode counts as urgent."""
+
+    # A decode skipped now waits this step and the next one: urgent if its
+    # slack is below budget + min TPOT. DESIGN section 2 measured the narrower
+    # rule 38 % worse on bursty short requests.
+    BUDGET_PLUS_TPOT = "budget+tpot"
+    TPOT = "tpot"  # the narrow rule: slack below the request's own TPOT
+
+
+@dataclass(frozen=True, slots=True)
+class FairBatchingConfig:
+    """Knobs of the FairBatching policy; defaults follow DESIGN section 2."""
+
+    anchor: Anchor = Anchor.ARRIVAL
+    urgency: Urgency = Urgency.BUDGET_PLUS_TPOT
+    min_chunk_tokens: int = 16
+    budget_floor: bool = True  # the max(., min TPOT) floor of the budget
+    max_budget_s: float | None = None  # optional cap on a step's time budget
+    # Seat pressure: once the node holds at least this fraction of max_num_seqs requests, every
+    # decode is served each step (decode-first). Pacing decodes to their envelope keeps them live
+    # longer; when sequence seats are what runs out, finishing them frees seats for prompts.
+    seat_pressure: float | None = None
+    # Serve requests that can no longer attain last instead of first (EDF domino effect; module docstring).
+    relegate: Relegation = Relegation.NONE
+    # Plan decode deadlines at (1 - tpot_margin) x the TPOT SLO: a guard band for steps that run longer
+    # than the model predicts (the last token of a paced request has tpot_margin x TPOT x (n - 1) to spare).
+    tpot_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anchor", Anchor(self.anchor))
+        object.__setattr__(self, "urgency", Urgency(self.urgency))
+        object.__setattr__(self, "relegate", Relegation(self.relegate))
+        if not isinstance(self.min_chunk_tokens, int) or self.min_chunk_tokens < 1:
+            raise ValueError(f"min_chunk_tokens must be an integer >= 1, got {self.min_chunk_tokens!r}")
+        if self.max_budget_s is not None and not (math.isfinite(self.max_budget_s) and self.max_budget_s > 0):
+            raise ValueError(f"max_budget_s must be > 0, got {self.max_budget_s!r}")
+        if not (isinstance(self.tpot_margin, (int, float)) and 0 <= self.tpot_margin < 1):
+            raise ValueError(f"tpot_margin must be in [0, 1), got {self.tpot_margin!r}")
+        if self.seat_pressure is not None and not (0 < self.seat_pressure <= 1):
+            raise ValueError(f"seat_pressure must be in (0, 1], got {self.seat_pressure!r}")
+
+
+class FairBatchingPolicy:
+    """Slack-driven, budgeted batch formation."""
+
+    name = "fairbatching"
+
+    def __init__(self, model: StepTimeModel, config: FairBatchingConfig | None = None) -> None:
+        self.model = model
+        self.config = config or FairBatchingConfig()
+
+    def time_budget_s(self, min_slack_s: float, floor_s: float) -> float:
+        """The step's time budget: the most pressed slack, floored (decode TPOT) and capped."""
+        budget = max(min_slack_s, floor_s)
+        if self.config.max_budget_s is not None:
+            budget = min(budget, self.config.max_budget_s)
+        return budget
+
+    def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be finite, got {now_s!r}")
+        cfg = self.config
+        anchor = cfg.anchor
+        decodes: list[tuple] = []  # EDF entries (slack, arrival, id, request)
+        prefills: list[tuple] = []
+        lost_decodes: list[tuple] = []  # relegated (cfg.relegate), served last
+        lost_prefills: list[tuple] = []
+        pace = 1.0 - cfg.tpot_margin  # decode deadlines are planned at this fraction of the TPOT SLO
+        relegate = cfg.relegate is not Relegation.NONE
+        doomed = cfg.relegate is Relegation.DOOMED
+        for req in requests:
+            slo = req.slo
+            # The next token's deadline, decodes planned at ``pace`` of their TPOT SLO.
+            slack = token_deadline_s(req.arrival_s, slo.ttft_s, slo.tpot_s * pace, req.output_tokens,
+                                     req.first_token_s, anchor) - now_s
+            # EDF entries sort as plain tuples (ids are unique, so the request is never compared).
+            entry = (slack, req.arrival_s, req.request_id, req)
+            is_prefill = req.computed_tokens < req.prompt_tokens
+            if relegate and self._is_relegated(req, now_s, is_prefill, limits, doomed):
+                (lost_prefills if is_prefill else lost_decodes).append(entry)
+            elif is_prefill:
+                prefills.append(entry)
+            else:
+                decodes.append(entry)
+        builder = BatchBuilder(self.model, limits)
+        if not decodes and not prefills:
+            if lost_decodes or lost_prefills:
+                return self._plan_relegated_only(builder, lost_decodes, lost_prefills)
+            return builder.finish(self.name, budget_s=None)
+
+        decodes.sort()
+        prefills.sort()
+        if decodes:
+            min_tpot = pace * min(d[-1].slo.tpot_s for d in decodes)
+            budget = self.time_budget_s(decodes[0][0], min_tpot if cfg.budget_floor else 0.0)
+        else:  # no decodes to protect: the most pressed prompt sets the pace
+            min_tpot = pace * min(p[-1].slo.tpot_s for p in prefills)
+            budget = self.time_budget_s(prefills[0][0], min_tpot)
+        builder.budget_s = budget
+
+        seats_short = cfg.seat_pressure is not None and len(requests) >= cfg.seat_pressure * limits.max_num_seqs
+        if seats_short:
+            urgent, relaxed = decodes, []
+        elif cfg.urgency is Urgency.BUDGET_PLUS_TPOT and decodes:
+            # Decodes are sorted by slack, so the urgent ones are a prefix.
+            threshold = budget + min_tpot
+            split = bisect_left(decodes, threshold, key=_slack_of)
+            urgent, relaxed = decodes[:split], decodes[split:]
+        else:
+            urgent = [d for d in decodes if d[0] < pace * d[-1].slo.tpot_s]
+            relaxed = [d for d in decodes if d[0] >= pace * d[-1].slo.tpot_s]
+
+        builder.add_decodes(urgent, Group.URGENT, within_budget=False)
+        for slack, _, _, req in prefills:
+            cap = self.model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            builder.add_prefill(req, slack, token_cap=cap, min_chunk=cfg.min_chunk_tokens)
+        builder.add_decodes(relaxed, Group.DECODE, within_budget=True)
+        if lost_decodes or lost_prefills:
+            # Lost work takes what is left without lengthening the step past what the others need
+            # (or one TPOT): a longer step would delay the requests arriving during it.
+            need = self.model.predict_s(builder.new_tokens, builder.context_tokens) if builder.items else 0.0
+            self._add_relegated(builder, min(budget, max(need, min_tpot)), lost_decodes, lost_prefills)
+            builder.budget_s = budget
+        return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
+
+    # -- relegation ------------------------------------------------------------------
+
+    def _is_relegated(self, req: RequestState, now_s: float, is_prefill: bool, limits: Limits, doomed: bool) -> bool:
+        """Lost: the first-token deadline passed without (or before) the first token. Doomed: see the docstring."""
+        first_deadline = deadline_s(req, 0)
+        if req.first_token_s is not None:
+            return not on_time(req.first_token_s, first_deadline)
+        if now_s > first_deadline:
+            return True
+        if doomed and is_prefill:
+            remaining = req.prompt_tokens - req.computed_tokens
+            chunks = -(-remaining // limits.max_num_batched_tokens)
+            model = self.model
+            alone_s = model.predict_s(remaining, req.computed_tokens + remaining) + (chunks - 1) * (
+                model.safety_factor * model.fixed_s)
+            return now_s + alone_s > first_deadline
+        return False
+
+    def _add_relegated(self, builder: BatchBuilder, budget: float, lost_decodes: list, lost_prefills: list) -> None:
+        """The fourth group: lost decodes, then lost prefills, EDF within each, only within ``budget``."""
+        builder.budget_s = budget
+        lost_decodes.sort()
+        lost_prefills.sort()
+        builder.add_decodes(lost_decodes, Group.DECODE, within_budget=True)
+        for slack, _, _, req in lost_prefills:
+            cap = self.model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            builder.add_prefill(req, slack, token_cap=cap, min_chunk=self.config.min_chunk_tokens)
+
+    def _plan_relegated_only(self, builder: BatchBuilder, lost_decodes: list, lost_prefills: list) -> BatchPlan:
+        """Every live request is lost: serve them at the pace of the smallest TPOT (no deadline to protect)."""
+        floor = (1.0 - self.config.tpot_margin) * min(e[-1].slo.tpot_s for e in lost_decodes + lost_prefills)
+        budget = self.time_budget_s(floor, floor)
+        builder.budget_s = budget
+        # With nothing else to serve, the step must carry at least one lost request.
+        lost_decodes.sort()
+        builder.add_decodes(lost_decodes[:1], Group.DECODE, within_budget=False)
+        self._add_relegated(builder, budget, lost_decodes[1:], lost_prefills)
+        return builder.finish(self.name, budget_s=budget)
+
+
+
+
+def _slack_of(entry: tuple) -> float:
+    return entry[0]

@@ -1,0 +1,242 @@
+"""What a node policy returns for one step, and the greedy builder every policy uses.
+
+A ``BatchPlan`` is plain data: which decodes run, which prefills get how many
+tokens, the time budget, the predicted step time, and why each left-out
+request was left out. ``BatchBuilder`` adds candidates one at a time with
+O(1) feasibility checks against the hard caps (sequences, batched tokens, KV
+blocks) and, when asked, the time budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple, Protocol, Sequence
+
+from node.core.step_time import StepTimeModel
+from node.core.request import RequestState
+
+
+class Group(str, Enum):
+    """The three candidate groups of FairBatching, in the order they are taken."""
+
+    URGENT = "urgent"  # decodes close to their envelope deadline
+    PREFILL = "prefill"  # new and partially prefilled requests
+    DECODE = "decode"  # decodes ahead of their envelope
+
+
+class SkipReason(str, Enum):
+    BUDGET = "budget"  # the step's predicted time would pass its time budget
+    TOKENS = "max-tokens"  # the step's batched-token cap is reached
+    SEQS = "max-seqs"  # the step's sequence cap is reached
+    KV = "kv-cache"  # not enough free KV blocks
+    MIN_CHUNK = "min-chunk"  # the chunk that fits is smaller than the minimum useful chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hard limits of one step.
+
+    ``max_num_seqs`` caps the requests scheduled in this step and
+    ``max_num_batched_tokens`` the new tokens; ``kv_blocks_free`` is what the
+    KV cache can still allocate, in blocks of ``block_size`` tokens.
+    """
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    kv_blocks_free: int = 1 << 40
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.kv_blocks_free, int) or self.kv_blocks_free < 0:
+            raise ValueError(f"kv_blocks_free must be an integer >= 0, got {self.kv_blocks_free!r}")
+
+
+class ScheduledItem(NamedTuple):
+    # NamedTuples: built once per scheduled request per step, so construction cost matters.
+    request_id: str
+    new_tokens: int
+    is_prefill: bool
+    group: Group
+    slack_s: float
+
+
+class Skipped(NamedTuple):
+    request_id: str
+    reason: SkipReason
+    group: Group
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """The policy's decision for one step."""
+
+    policy: str
+    items: tuple[ScheduledItem, ...]
+    skipped: tuple[Skipped, ...]
+    budget_s: float | None  # None for policies that budget tokens, not time
+    predicted_s: float
+    new_tokens: int
+    context_tokens: int
+    kv_blocks: int
+    urgent_decodes: int = 0
+
+    @property
+    def decode_ids(self) -> list[str]:
+        return [i.request_id for i in self.items if not i.is_prefill]
+
+    @property
+    def prefill_chunks(self) -> dict[str, int]:
+        return {i.request_id: i.new_tokens for i in self.items if i.is_prefill}
+
+    @property
+    def scheduled_ids(self) -> set[str]:
+        return {i.request_id for i in self.items}
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.items
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "budget_s": self.budget_s,
+            "predicted_s": self.predicted_s,
+            "new_tokens": self.new_tokens,
+            "context_tokens": self.context_tokens,
+            "kv_blocks": self.kv_blocks,
+            "urgent_decodes": self.urgent_decodes,
+            "items": [
+                {"id": i.request_id, "tokens": i.new_tokens, "prefill": i.is_prefill, "group": i.group.value}
+                for i in self.items
+            ],
+            "skipped": [{"id": s.request_id, "reason": s.reason.value, "group": s.group.value} for s in self.skipped],
+        }
+
+
+class NodePolicy(Protocol):
+    """A node's batch scheduler: a snapshot of requests in, a plan out. Pure."""
+
+    name: str
+    model: StepTimeModel
+
+    def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan: ...
+
+
+@dataclass
+class BatchBuilder:
+    """Greedy batch under construction; every check is O(1)."""
+
+    model: StepTimeModel
+    limits: Limits
+    budget_s: float = math.inf
+    items: list[ScheduledItem] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    new_tokens: int = 0
+    context_tokens: int = 0
+    kv_blocks: int = 0
+
+    def add_decode(self, req: RequestState, slack: float, group: Group, *, within_budget: bool) -> bool:
+        """Add one decode token of ``req`` if the caps (and the budget, if asked) allow."""
+        return self.add_decodes(((slack, req),), group, within_budget=within_budget) == 1
+
+    def add_decodes(
+        self, entries: Sequence[tuple], group: Group, *, within_budget: bool
+    ) -> int:
+        """Add one decode token for each ``(slack, ..., request)`` entry, in order, where it fits.
+
+        Each entry's first element is its slack and its last the request. The
+        loop keeps limits and model coefficients in locals: it runs once per
+        decoding request per step, the hottest path of the scheduler.
+        """
+        limits, model = self.limits, self.model
+        max_seqs, max_tokens = limits.max_num_seqs, limits.max_num_batched_tokens
+        kv_free, block_size = limits.kv_blocks_free, limits.block_size
+        sf, a, b, c = model.safety_factor, model.fixed_s, model.b_s_per_token, model.c_s_per_context_token
+        # predict(N + 1, C + ctx) <= budget  <=>  c * ctx <= budget / sf - a - b * (N + 1) - c * C
+        budget_raw = self.budget_s / sf if within_budget else math.inf
+        items, skipped = self.items, self.skipped
+        new_tokens, context_tokens, kv_blocks = self.new_tokens, self.context_tokens, self.kv_blocks
+        added = 0
+        for entry in entries:
+            slack, req = entry[0], entry[-1]
+            context = req.prompt_tokens + req.output_tokens  # req.decode_context_tokens, inlined
+            if req.kv_tokens is None and req.kv_blocks is None:
+                # Fast path of req.kv_blocks_needed(1): a new block exactly when the held ones are full.
+                held = context - 1 if req.output_tokens else context
+                blocks = 1 if held % block_size == 0 else 0
+            else:
+                blocks = req.kv_blocks_needed(1, block_size)
+            if len(items) >= max_seqs:
+                reason = SkipReason.SEQS
+            elif new_tokens >= max_tokens:
+                reason = SkipReason.TOKENS
+            elif kv_blocks + blocks > kv_free:
+                reason = SkipReason.KV
+            elif a + b * (new_tokens + 1) + c * (context_tokens + context) > budget_raw:
+                reason = SkipReason.BUDGET
+            else:
+                items.append(ScheduledItem(req.request_id, 1, False, group, slack))
+                new_tokens += 1
+                context_tokens += context
+                kv_blocks += blocks
+                added += 1
+                continue
+            skipped.append(Skipped(req.request_id, reason, group))
+        self.new_tokens, self.context_tokens, self.kv_blocks = new_tokens, context_tokens, kv_blocks
+        return added
+
+    def add_prefill(self, req: RequestState, slack: float, *, token_cap: int, min_chunk: int = 1) -> int:
+        """Add the largest chunk of ``req``'s remaining prompt that fits; return its size.
+
+        ``token_cap`` bounds the chunk beyond the step's hard caps (a policy's
+        time budget turned into tokens, or a token budget). A chunk smaller than
+        ``min_chunk`` is refused unless it finishes the prompt.
+        """
+        limits = self.limits
+        remaining = req.remaining_prompt_tokens
+        if len(self.items) >= limits.max_num_seqs:
+            return self._skip_prefill(req, SkipReason.SEQS)
+        tokens_left = limits.max_num_batched_tokens - self.new_tokens
+        if tokens_left <= 0:
+            return self._skip_prefill(req, SkipReason.TOKENS)
+        held = req.held_kv_tokens
+        allocated = req.kv_blocks if req.kv_blocks is not None else -(-held // limits.block_size)
+        kv_room = (limits.kv_blocks_free - self.kv_blocks + allocated) * limits.block_size - held
+        chunk = min(remaining, tokens_left, token_cap, kv_room)
+        if chunk <= 0 or chunk < min(min_chunk, remaining):
+            # Name the tightest bound; a budget that leaves a sliver is a min-chunk refusal.
+            bounds = ((tokens_left, SkipReason.TOKENS), (kv_room, SkipReason.KV), (token_cap, SkipReason.BUDGET))
+            reason = min(bounds, key=lambda bound: bound[0])[1]
+            if reason is SkipReason.BUDGET and chunk > 0:
+                reason = SkipReason.MIN_CHUNK
+            return self._skip_prefill(req, reason)
+        blocks = req.kv_blocks_needed(chunk, limits.block_size)
+        self.items.append(ScheduledItem(req.request_id, chunk, True, Group.PREFILL, slack))
+        self.new_tokens += chunk
+        self.context_tokens += req.computed_tokens + chunk
+        self.kv_blocks += blocks
+        return chunk
+
+    def _skip_prefill(self, req: RequestState, reason: SkipReason) -> int:
+        self.skipped.append(Skipped(req.request_id, reason, Group.PREFILL))
+        return 0
+
+    def finish(self, policy: str, *, budget_s: float | None, urgent_decodes: int = 0) -> BatchPlan:
+        predicted = self.model.predict_s(self.new_tokens, self.context_tokens) if self.items else 0.0
+        return BatchPlan(
+            policy=policy,
+            items=tuple(self.items),
+            skipped=tuple(self.skipped),
+            budget_s=budget_s,
+            predicted_s=predicted,
+            new_tokens=self.new_tokens,
+            context_tokens=self.context_tokens,
+            kv_blocks=self.kv_blocks,
+            urgent_decodes=urgent_decodes,
+        )

@@ -1,0 +1,89 @@
+"""Step-time model ``T = h + a + b * new_tokens + c * context`` (DESIGN section 2).
+
+``new_tokens`` counts every token a step processes (prefill chunk tokens plus
+one per decode); ``context`` sums, over the requests of the batch, the tokens
+already in the KV cache plus the new ones. ``a``, ``b``, ``c`` are fitted by
+least squares from measured forward passes of one deployment
+(``node.fit.step_time_fit``). ``h`` is the host's time per step that the
+forward pass does not cover (scheduling, sampling, detokenizing, output
+handling): the step *cadence*, start of one step to the start of the next,
+minus the forward time. A step's wall time, what a TPOT is made of, is the sum.
+Predictions are multiplied by an explicit safety factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeModel:
+    """Linear step-time model with a multiplicative safety factor.
+
+    ``a_s``, ``b_s_per_token`` and ``c_s_per_context_token`` describe the
+    forward pass; ``host_s`` is the per-step host time on top of it (0 when not
+    measured), so ``predict_s`` is a step's wall time (its cadence).
+    """
+
+    a_s: float
+    b_s_per_token: float
+    c_s_per_context_token: float
+    safety_factor: float = 1.0
+    host_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.b_s_per_token <= 0:
+            raise ValueError(f"b_s_per_token must be > 0, got {self.b_s_per_token!r}")
+        if not math.isfinite(self.safety_factor) or self.safety_factor < 1.0:
+            raise ValueError(f"safety_factor must be >= 1, got {self.safety_factor!r}")
+
+    @property
+    def fixed_s(self) -> float:
+        """Per-step cost whatever the batch: the forward pass's ``a`` plus the host's ``h``."""
+        return self.a_s + self.host_s
+
+    def predict_s(self, new_tokens: int, context_tokens: int) -> float:
+        """Predicted wall time of a step with these totals, safety factor included."""
+        raw = self.fixed_s + self.b_s_per_token * new_tokens + self.c_s_per_context_token * context_tokens
+        return self.safety_factor * raw
+
+    def forward_s(self, new_tokens: int, context_tokens: int) -> float:
+        """Predicted forward-pass time alone (no host time), safety factor included."""
+        return self.predict_s(new_tokens, context_tokens) - self.safety_factor * self.host_s
+
+    def largest_chunk(
+        self,
+        budget_s: float,
+        batch_new_tokens: int,
+        batch_context_tokens: int,
+        computed_tokens: int,
+    ) -> int:
+        """Largest prefill chunk ``q`` that keeps the step within ``budget_s``.
+
+        The batch already holds ``batch_new_tokens`` new tokens and
+        ``batch_context_tokens`` context; the prompt has ``computed_tokens``
+        tokens in cache, so a chunk of ``q`` adds ``q`` new tokens and
+        ``computed_tokens + q`` context. Closed form of
+        ``predict(N + q, C + p + q) <= budget``; returns 0 when nothing fits.
+        """
+        b, c = self.b_s_per_token, self.c_s_per_context_token
+        room = (
+            budget_s / self.safety_factor
+            - self.fixed_s
+            - b * batch_new_tokens
+            - c * (batch_context_tokens + computed_tokens)
+        )
+        if room <= 0:
+            return 0
+        q = math.floor(room / (b + c))
+        # Guard the floor against rounding: the closed form must never overshoot.
+        while q > 0 and self.predict_s(
+            batch_new_tokens + q, batch_context_tokens + computed_tokens + q
+        ) > budget_s * (1 + 1e-12):
+            q -= 1
+        return q

@@ -1,0 +1,162 @@
+"""Versioned step-time profile files: one per deployment (model x GPU x parallelism x dtype).
+
+A profile is JSON with at least ``version``, ``a_s``, ``b_s_per_token``,
+``c_s_per_context_token``, ``safety_factor``, ``mape``, ``p99_abs_error_s``,
+``hardware``, ``model`` and ``method``. ``host_s`` (optional, default 0) is the
+per-step host time measured beside the forward pass. Optional keys describe the deployment's
+limits (``kv_cache_tokens``, ``max_num_seqs``, ``max_num_batched_tokens``,
+``block_size``), a ``fit_report`` and, for the simulator, a ``ground_truth``
+step-time model richer than the linear one. Unknown keys are kept as-is.
+
+Profiles shipped with the project live in ``deploy/profiles/<name>.json`` and
+are selected by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.core.step_time import StepTimeModel
+
+from node.fit.step_time_fit import FitReport
+
+PROFILE_VERSION = 1
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "profiles"
+
+_REQUIRED_NUMBERS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor", "mape", "p99_abs_error_s")
+_REQUIRED_STRINGS = ("hardware", "model", "method")
+_OPTIONAL_INTS = ("kv_cache_tokens", "max_num_seqs", "max_num_batched_tokens", "block_size")
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, malformed or of an unsupported version."""
+
+
+@dataclass
+class Profile:
+    """A fitted step-time model and what it was fitted on."""
+
+    a_s: float
+    b_s_per_token: float
+    c_s_per_context_token: float
+    safety_factor: float
+    mape: float
+    p99_abs_error_s: float
+    hardware: str
+    model: str
+    method: str
+    name: str = ""
+    kv_cache_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
+    host_s: float = 0.0  # per-step host time on top of the forward pass (cadence minus forward)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step_model(self) -> StepTimeModel:
+        return StepTimeModel(self.a_s, self.b_s_per_token, self.c_s_per_context_token, self.safety_factor,
+                             self.host_s)
+
+    @classmethod
+    def from_fit(
+        cls, model: StepTimeModel, report: FitReport, *, hardware: str, model_name: str, method: str, **kw: Any
+    ) -> Profile:
+        extra = kw.pop("extra", {})
+        extra = {**extra, "fit_report": report.to_dict()}
+        return cls(
+            a_s=model.a_s,
+            b_s_per_token=model.b_s_per_token,
+            c_s_per_context_token=model.c_s_per_context_token,
+            safety_factor=model.safety_factor,
+            mape=report.overall.mape,
+            p99_abs_error_s=report.overall.p99_abs_error_s,
+            hardware=hardware,
+            model=model_name,
+            method=method,
+            extra=extra,
+            **kw,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": PROFILE_VERSION}
+        if self.name:
+            out["name"] = self.name
+        for key in _REQUIRED_NUMBERS + _REQUIRED_STRINGS + _OPTIONAL_INTS:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.host_s:
+            out["host_s"] = self.host_s
+        out.update(self.extra)
+        return out
+
+
+def parse_profile(data: Any, source: str = "<profile>") -> Profile:
+    """Validate a decoded profile document; raise ``ProfileError`` naming the bad key."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a JSON object, got {type(data).__name__}")
+    version = data.get("version")
+    if version != PROFILE_VERSION:
+        raise ProfileError(f"{source}: unsupported profile version {version!r} (expected {PROFILE_VERSION})")
+    values: dict[str, Any] = {}
+    for key in _REQUIRED_NUMBERS:
+        if key not in data:
+            raise ProfileError(f"{source}: missing required key {key!r}")
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProfileError(f"{source}: {key!r} must be a finite number, got {value!r}")
+        values[key] = float(value)
+    for key in _REQUIRED_STRINGS:
+        if not isinstance(data.get(key), str):
+            raise ProfileError(f"{source}: missing or non-string key {key!r}")
+        values[key] = data[key]
+    for key in _OPTIONAL_INTS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ProfileError(f"{source}: {key!r} must be a positive integer, got {value!r}")
+        values[key] = value
+    host = data.get("host_s", 0.0)
+    if isinstance(host, bool) or not isinstance(host, (int, float)) or not math.isfinite(host) or host < 0:
+        raise ProfileError(f"{source}: 'host_s' must be a finite number >= 0, got {host!r}")
+    values["host_s"] = float(host)
+    known = set(_REQUIRED_NUMBERS) | set(_REQUIRED_STRINGS) | set(_OPTIONAL_INTS) | {"version", "name", "host_s"}
+    profile = Profile(name=str(data.get("name", "")), extra={k: v for k, v in data.items() if k not in known}, **values)
+    try:
+        profile.step_model  # noqa: B018 - validates the coefficients
+    except ValueError as exc:
+        raise ProfileError(f"{source}: {exc}") from None
+    return profile
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load a profile by file path, or by name from ``deploy/profiles``."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = PROFILES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        known = ", ".join(available_profiles()) or "none"
+        raise ProfileError(f"no profile file {str(path)!r} (shipped profiles: {known})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}: not valid JSON: {exc}") from None
+    profile = parse_profile(data, str(path))
+    if not profile.name:
+        profile.name = path.stem
+    return profile
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+    return path
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))

@@ -1,0 +1,307 @@
+"""Fitting the step-time model (``node.core.step_time``) from measured steps (DESIGN section 2).
+
+Samples are measured steps (the engine's step log, a profiling run, the
+simulator's true step times); the model is fitted by least squares, robustly
+(the lower envelope of noisy samples), or online from a window of recent steps.
+
+The fit lives here as plain arithmetic on lists; it is not on the per-step
+path, so it may use NumPy (imported lazily to keep the planner import-light).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from itertools import combinations
+
+from node.core.attainment import percentile
+from node.core.step_time import StepTimeModel
+
+
+class BatchKind(str, Enum):
+    """What a measured step held; the fit's error is reported per kind."""
+
+    DECODE_ONLY = "decode-only"
+    PREFILL_ONLY = "prefill-only"
+    MIXED = "mixed"
+
+
+@dataclass(frozen=True, slots=True)
+class StepSample:
+    """One measured step: what it processed and how long it took."""
+
+    prefill_tokens: int
+    decode_tokens: int
+    context_tokens: int
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_tokens", "decode_tokens", "context_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.prefill_tokens + self.decode_tokens == 0:
+            raise ValueError("a step sample must process at least one token")
+        if not math.isfinite(self.duration_s) or self.duration_s <= 0:
+            raise ValueError(f"duration_s must be a finite number > 0, got {self.duration_s!r}")
+
+    @property
+    def new_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_tokens
+
+    @property
+    def kind(self) -> BatchKind:
+        if self.prefill_tokens == 0:
+            return BatchKind.DECODE_ONLY
+        if self.decode_tokens == 0:
+            return BatchKind.PREFILL_ONLY
+        return BatchKind.MIXED
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStats:
+    samples: int
+    mape: float
+    p99_abs_error_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FitReport:
+    """Prediction error of a model on a set of steps, overall and per batch kind."""
+
+    overall: ErrorStats
+    by_kind: dict[BatchKind, ErrorStats] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        def row(s: ErrorStats) -> dict:
+            return {"samples": s.samples, "mape": s.mape, "p99_abs_error_s": s.p99_abs_error_s}
+
+        return {
+            "overall": row(self.overall),
+            "by_kind": {str(k.value if isinstance(k, BatchKind) else k): row(v) for k, v in self.by_kind.items()},
+        }
+
+
+def evaluate(model: StepTimeModel, samples: list[StepSample]) -> FitReport:
+    """MAPE and P99 absolute error of ``model`` (without its safety factor)."""
+    raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token, 1.0)
+
+    def stats(group: list[StepSample]) -> ErrorStats:
+        if not group:
+            return ErrorStats(0, float("nan"), float("nan"))
+        errors = [abs(raw.predict_s(s.new_tokens, s.context_tokens) - s.duration_s) for s in group]
+        mape = sum(e / s.duration_s for e, s in zip(errors, group)) / len(group)
+        return ErrorStats(len(group), mape, percentile(errors, 99.0))
+
+    kinds = (BatchKind.DECODE_ONLY, BatchKind.PREFILL_ONLY, BatchKind.MIXED)
+    by_kind = {k: stats([s for s in samples if s.kind == k]) for k in kinds}
+    return FitReport(stats(samples), {k: v for k, v in by_kind.items() if v.samples})
+
+
+def fit(samples: list[StepSample], safety_factor: float = 1.0) -> tuple[StepTimeModel, FitReport]:
+    """Least-squares fit of ``a, b, c`` (all kept >= 0) and its error report.
+
+    Needs at least three samples. Coefficients that an unconstrained fit would
+    make negative are pinned at zero (an exact non-negative least squares for
+    three unknowns: try every subset of free coefficients, keep the best
+    feasible one).
+    """
+    import numpy as np
+
+    if len(samples) < 3:
+        raise ValueError(f"need at least 3 step samples to fit, got {len(samples)}")
+    X = np.array([[1.0, s.new_tokens, s.context_tokens] for s in samples])
+    y = np.array([s.duration_s for s in samples])
+    # Scale columns so the solver sees comparable magnitudes.
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
+    Xs = X / scale
+    best: tuple[float, np.ndarray] | None = None
+    for k in (3, 2, 1):
+        for cols in combinations(range(3), k):
+            if 1 not in cols:  # the per-token term is what makes the model useful
+                continue
+            coef_sub, *_ = np.linalg.lstsq(Xs[:, cols], y, rcond=None)
+            if np.any(coef_sub < 0):
+                continue
+            coef = np.zeros(3)
+            coef[list(cols)] = coef_sub
+            sse = float(np.sum((Xs @ coef - y) ** 2))
+            if best is None or sse < best[0]:
+                best = (sse, coef)
+    if best is None or best[1][1] <= 0:
+        raise ValueError("step samples do not determine a positive per-token cost")
+    a, b, c = (best[1] / scale).tolist()
+    model = StepTimeModel(a, b, c, safety_factor)
+    return model, evaluate(model, samples)
+
+
+def _log2_bin(x: int) -> int:
+    return x.bit_length()  # 0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3, ...
+
+
+def lower_envelope(samples: list[StepSample]) -> list[StepSample]:
+    """The fastest step of each batch shape (log2 bins of prefill, decode and context tokens).
+
+    Time taken from a step by other work on a shared host is only ever added,
+    so the fastest repeat of a shape is the best estimate of the step itself.
+    On a quiet GPU it biases the fit low by about the step-time jitter, which
+    the safety factor covers.
+    """
+    best: dict[tuple[int, int, int], StepSample] = {}
+    for s in samples:
+        key = (_log2_bin(s.prefill_tokens), _log2_bin(s.decode_tokens), _log2_bin(s.context_tokens))
+        if key not in best or s.duration_s < best[key].duration_s:
+            best[key] = s
+    return list(best.values())
+
+
+def robust_fit(
+    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0
+) -> tuple[StepTimeModel, FitReport, FitReport, int]:
+    """Fit the lower envelope of the steps, trimmed of slow outliers.
+
+    Returns (model, report on the steps kept, report on every step, steps dropped).
+    Trimming is one-sided: a step slower than the fit by more than
+    ``outlier_mads`` median absolute deviations was slowed by something else.
+    """
+    kept = lower_envelope(samples)
+    if len(kept) < 3:
+        kept = list(samples)
+    model, report = fit(kept, safety_factor)
+    raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token)
+    resid = [s.duration_s - raw.predict_s(s.new_tokens, s.context_tokens) for s in kept]
+    med = statistics.median(resid)
+    mad = statistics.median(abs(r - med) for r in resid) or 1e-9
+    trimmed = [s for s, r in zip(kept, resid) if r - med <= outlier_mads * mad]
+    if len(trimmed) >= max(3, len(kept) * 2 // 3):
+        kept = trimmed
+        model, report = fit(kept, safety_factor)
+    return model, report, evaluate(model, samples), len(samples) - len(kept)
+
+
+def trimmed_fit(
+    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0, rounds: int = 4
+) -> tuple[StepTimeModel, FitReport]:
+    """Least squares over every step, refitted after dropping steps far slower than the fit.
+
+    Each round drops the steps whose residual exceeds the median residual by
+    more than ``outlier_mads`` median absolute deviations (one-sided: other work
+    on the host only ever slows a step) and refits, until nothing more is
+    dropped or ``rounds`` are done. Unlike the lower envelope, what it estimates
+    does not depend on how often each batch shape was seen: the fastest of ten
+    repeats is faster than the fastest of two, so two identical nodes fitted by
+    their lower envelopes disagree in proportion to their traffic. The report
+    covers the steps kept.
+    """
+    model, report = fit(samples, safety_factor)
+    kept = list(samples)
+    for _ in range(rounds):
+        raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token)
+        resid = [s.duration_s - raw.predict_s(s.new_tokens, s.context_tokens) for s in samples]
+        med = statistics.median(resid)
+        mad = statistics.median(abs(r - med) for r in resid) or 1e-9
+        trimmed = [s for s, r in zip(samples, resid) if r - med <= outlier_mads * mad]
+        if len(trimmed) == len(kept) or len(trimmed) < 3:
+            break
+        kept = trimmed
+        model, report = fit(kept, safety_factor)
+    return model, report
+
+
+class OnlineRefit:
+    """Keeps a window of recent steps and refits the model from them periodically.
+
+    ``observe`` is O(1) except every ``refit_every`` samples, when the window
+    is refitted (a few hundred rows of least squares: well under a millisecond).
+    Until ``min_samples`` are seen, or when a fit fails, the prior model stays.
+    The window must also hold ``min_prefill_steps`` steps with prefill tokens:
+    decode steps process a few tokens each and cannot tell the per-token cost
+    from the fixed cost, yet the admission budget extrapolates the per-token
+    cost to whole prompts. With ``robust`` (the default) the window is fitted
+    by ``trimmed_fit``, so steps slowed by other work on the host do not drag
+    the model up, and a node's model does not depend on how much traffic it got
+    (which would make PAB placement favour the busiest node).
+    """
+
+    def __init__(
+        self,
+        prior: StepTimeModel,
+        *,
+        window: int = 512,
+        min_samples: int = 32,
+        refit_every: int = 64,
+        robust: bool = True,
+        min_prefill_steps: int = 16,
+        host_window: int = 64,
+    ) -> None:
+        if host_window < 1:
+            raise ValueError(f"host_window must be >= 1, got {host_window!r}")
+        if window < 3 or min_samples < 3 or refit_every < 1:
+            raise ValueError("window and min_samples must be >= 3, refit_every >= 1")
+        if not 0 <= min_prefill_steps <= window:
+            raise ValueError(f"min_prefill_steps must be in [0, window], got {min_prefill_steps!r}")
+        self.model = prior
+        self.report: FitReport | None = None
+        self._samples: deque[StepSample] = deque(maxlen=window)
+        self._min_samples = min_samples
+        self._min_prefill = min_prefill_steps
+        self._prefill_steps = 0  # steps with prefill tokens in the window
+        self._refit_every = refit_every
+        self._since_refit = 0
+        self._robust = robust
+        self.refits = 0
+        # Host time per step (cadence minus forward), a running median over the last host_window steps.
+        self._host: deque[float] = deque(maxlen=host_window)
+        self._host_every = max(1, host_window // 4)
+        self._since_host = 0
+
+    def observe_cadence(self, cadence_s: float, forward_s: float) -> StepTimeModel:
+        """A step's cadence (start of it to the start of the next, engine busy) beside its forward time.
+
+        ``cadence_s - forward_s`` is the step's host time; their running median
+        over the last ``host_window`` steps becomes the model's ``host_s``.
+        """
+        if math.isfinite(cadence_s) and cadence_s > 0 and math.isfinite(forward_s):
+            self._host.append(max(0.0, cadence_s - forward_s))
+            self._since_host += 1
+            if self._since_host >= self._host_every:
+                self._since_host = 0
+                host = statistics.median(self._host)
+                if host != self.model.host_s:
+                    self.model = replace(self.model, host_s=host)
+        return self.model
+
+    @property
+    def host_samples(self) -> int:
+        return len(self._host)
+
+    def observe(self, sample: StepSample) -> StepTimeModel:
+        """One measured forward pass; every ``refit_every`` of them the window is refitted."""
+        if len(self._samples) == self._samples.maxlen and self._samples[0].prefill_tokens:
+            self._prefill_steps -= 1
+        self._samples.append(sample)
+        self._prefill_steps += sample.prefill_tokens > 0
+        self._since_refit += 1
+        if (
+            len(self._samples) >= self._min_samples
+            and self._prefill_steps >= self._min_prefill
+            and self._since_refit >= self._refit_every
+        ):
+            self._since_refit = 0
+            try:
+                if self._robust:
+                    model, report = trimmed_fit(list(self._samples), safety_factor=self.model.safety_factor)
+                else:
+                    model, report = fit(list(self._samples), self.model.safety_factor)
+            except ValueError:
+                return self.model  # degenerate window (e.g. all steps alike): keep the last model
+            self.model, self.report = replace(model, host_s=self.model.host_s), report
+            self.refits += 1
+        return self.model
+
+    @property
+    def samples(self) -> list[StepSample]:
+        return list(self._samples)

@@ -1,0 +1,747 @@
+"""The engine deployment: one Serve replica per node, wrapping vLLM's ``AsyncLLM``.
+
+Each replica
+
+* runs vLLM's ``AsyncLLM`` (engine core in a child process, as AsyncLLM always
+  does) with ``scheduler_cls`` = the FairBatching scheduler when configured
+  (its node config travels in the ``FAIRBATCHING_NODE_CONFIG`` environment
+  variable, which the engine-core process inherits), or stock vLLM;
+* answers each request with vLLM's own OpenAI layer (``OpenAIServingChat``,
+  ``OpenAIServingCompletion``, built by ``node.vllm.openai_server``) on a subclass of
+  ``AsyncLLM`` that shows the replica every request's outputs (first token,
+  output count) for its bookkeeping;
+* keeps the state of its outstanding requests and computes its Prefill
+  Admission Budget from it with ``node.core.pab.estimate_pab`` (DESIGN section 3):
+  a request with no output yet counts as wholly unprefilled, so the queued
+  work ``W`` errs on the safe side;
+* computes that budget with the deployment's step-time model, which the PAB
+  registry pools from every node's online refit (``PABRegistry.deployment_model``);
+  until there is one, with its own scheduler's model (the profile until the
+  first refit). The FairBatching scheduler's own report (``node_stats``, once
+  per step through vLLM's scheduler stats) supplies that refit (host time per
+  step included) and the step metrics;
+* budgets a request's whole life (``node.core.pab``): the engine's caps
+  (``max_num_batched_tokens``, ``max_num_seqs``), the decode load and KV of
+  every request it holds, and a new request of the output length it has seen
+  (the mean output of its recently finished requests);
+* closes the loop (``node.core.feedback``): the TTFT of each request it serves, from
+  the ingress's arrival stamp to the first token, and its mean TPOT, against
+  its SLOs, steer a correction factor on the prefill rate; the delay from that
+  stamp to the request reaching this replica (proxy, ingress, router, the hop)
+  is taken off the budget's horizon;
+* pushes its ``NodeView`` to the PAB registry every ``report_interval_s``
+  (100 ms by default), with the ids of the requests it received in the last
+  ``RECEIVED_WINDOW_S`` (so routers drop their debits exactly when the report
+  counts the request), and exposes it through ``record_routing_stats`` for
+  routers whose registry is away;
+* exports metrics through ``ray.util.metrics`` with ``node`` and ``replica``
+  labels.
+
+``EngineSpec`` is the plain-data description of an engine the app builder
+hands to each replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from node.core.step_time import StepTimeModel
+from node.core.envelope import Anchor
+from starlette.datastructures import State
+
+from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
+from node.core.attainment import mean_tpot_s, meets_slo
+from node.serve.metrics import instrument
+from node.core.pab import PABReport, estimate_pab
+from node.vllm.openai_server import engine_args_from, init_serving_state, server_args
+from node.fit.profile import load_profile
+from node.core.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
+
+logger = logging.getLogger("ray.serve")
+
+#: ``model`` value that means: write the tiny random-weight Llama locally and serve it.
+TINY_MODEL = "tiny"
+#: Environment variable carrying the FairBatching scheduler's node config (JSON).
+NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
+#: A report lists the requests received within this many seconds (many report intervals, so a
+#: router that misses a report still sees every request acknowledged).
+RECEIVED_WINDOW_S = 5.0
+#: Set by ``EngineReplica.generate`` for the vLLM call it makes: the engine sets it at the request's first output.
+FIRST_OUTPUT: contextvars.ContextVar[Optional[asyncio.Event]] = contextvars.ContextVar("first_output", default=None)
+#: The FairBatching scheduler that publishes its node stats to the replica (node.vllm.served_scheduler).
+FAIRBATCHING_SCHEDULER = "node.vllm.served_scheduler.ServedFairBatchingScheduler"
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny model lives on this machine (written on first use)."""
+    from node.vllm.tiny_model import write_tiny_model
+
+    path = Path(os.environ.get("FAIRBATCHING_CACHE", Path.home() / ".cache" / "fairbatching")) / "tiny-llama-v2"
+    if not (path / "tokenizer.json").is_file():
+        write_tiny_model(path)
+    return path
+
+
+def resolve_model(model: str) -> str:
+    return str(tiny_model_dir()) if model == TINY_MODEL else model
+
+
+@dataclass
+class EngineSpec:
+    """Everything an engine replica needs; plain data so it crosses process boundaries."""
+
+    model: str = TINY_MODEL
+    served_model_name: str = "tiny-llama"
+    engine_args: dict[str, Any] = field(default_factory=dict)  # vLLM AsyncEngineArgs fields
+    scheduler_cls: Optional[str] = FAIRBATCHING_SCHEDULER  # dotted path; None = stock vLLM
+    node_config: Optional[dict[str, Any]] = None  # FAIRBATCHING_NODE_CONFIG contents
+    profile: str = "cpu-tiny-llama"  # step-time profile (name in deploy/profiles or path)
+    ttft_slo_s: float = 2.0  # deployment default SLOs; requests may override
+    tpot_slo_s: float = 0.25
+    anchor: str = "first-token"
+    report_interval_s: float = 0.1
+    feedback: dict[str, Any] = field(default_factory=dict)  # node.core.feedback.FeedbackConfig fields
+    pab_horizon_fraction: float = 0.6  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
+    openai_server: dict[str, Any] = field(default_factory=dict)  # vLLM BaseFrontendArgs fields (tools, template)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Live:
+    """One outstanding request as the replica tracks it."""
+
+    arrival_s: float  # the ingress's stamp, time.time() seconds
+    prompt_tokens: int
+    max_tokens: int
+    slo: SLO
+    output_tokens: int = 0
+    first_token_s: Optional[float] = None
+    last_token_s: Optional[float] = None
+    finished: bool = False
+
+    def state(self, rid: str) -> RequestState:
+        started = self.output_tokens > 0
+        return RequestState(
+            request_id=rid,
+            arrival_s=self.arrival_s,
+            prompt_tokens=self.prompt_tokens,
+            slo=self.slo,
+            computed_tokens=self.prompt_tokens if started else 0,
+            output_tokens=self.output_tokens,
+            first_token_s=self.first_token_s,
+            max_output_tokens=self.max_tokens,
+        )
+
+
+class _Metrics:
+    """The replica's ``ray.util.metrics`` instruments, labelled by node and replica."""
+
+    def __init__(self, node: str, replica: str) -> None:
+        self.default = {"node": node, "replica": replica}
+
+        def made(name: str):
+            return instrument(name, self.default)
+
+        self.pab = made("fairbatching_pab_tokens")
+        self.prefill_rate = made("fairbatching_pab_prefill_rate_tps")
+        self.queued = made("fairbatching_pab_queued_tokens")
+        self.kv_headroom = made("fairbatching_pab_kv_headroom_tokens")
+        self.budget = made("fairbatching_time_budget_s")
+        self.step_pred = made("fairbatching_step_time_predicted_s")
+        self.step_meas = made("fairbatching_step_time_measured_s")
+        self.urgent = made("fairbatching_urgent_decodes_total")
+        self.skipped = made("fairbatching_skipped_decodes_total")
+        self.divergences = made("fairbatching_plan_divergences_total")
+        self.in_flight = made("fairbatching_requests_in_flight")
+        self.kv_usage = made("fairbatching_kv_usage")
+        self.ttft = made("fairbatching_ttft_s")
+        self.tpot = made("fairbatching_tpot_s")
+        self.finished = made("fairbatching_requests_finished_total")
+        self.attained = made("fairbatching_requests_attained_total")
+        self.attainment = made("fairbatching_slo_attainment")
+        self.correction = made("fairbatching_pab_correction")
+        self.front_delay = made("fairbatching_front_delay_s")
+        self.host_time = made("fairbatching_step_host_time_s")
+
+
+class EngineReplica:
+    """A Serve replica holding one vLLM ``AsyncLLM``; see the module docstring."""
+
+    async def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = EngineSpec(**spec)
+        if self.spec.scheduler_cls:
+            from node.vllm.node_config import NodeConfig
+
+            overrides = dict(self.spec.node_config or {})
+            cfg = {"profile": self.spec.profile, "ttft_slo_s": self.spec.ttft_slo_s, "tpot_slo_s": self.spec.tpot_slo_s}
+            if overrides.get("policy", "fairbatching") == "fairbatching":  # the anchor joins the policy's knobs
+                overrides["knobs"] = {"anchor": self.spec.anchor, **overrides.get("knobs", {})}
+            cfg.update(overrides)
+            os.environ.update(NodeConfig.from_dict(cfg).to_env())
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        import ray
+        from ray import serve
+        ctx = serve.get_replica_context()
+        self.replica_key = ctx.replica_id.unique_id
+        node_id = ray.get_runtime_context().get_node_id()
+        self.node_label = f"{ray.util.get_node_ip_address()}:{node_id[:8]}"
+        self.own_model = load_profile(self.spec.profile).step_model  # the scheduler's, refitted online
+        self.own_refits = 0
+        self.shared_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
+        self.anchor = Anchor(self.spec.anchor)
+        self.default_slo = SLO(self.spec.ttft_slo_s, self.spec.tpot_slo_s)
+        self.live: dict[str, _Live] = {}
+        self.metrics = _Metrics(self.node_label, self.replica_key)
+        self.sched: dict[str, Any] = {}  # the FairBatching scheduler's own report, when it sends one
+        self.kv_usage = 0.0
+        self.steps = 0
+        # Ray stops exporting a gauge that is not set again within about two export intervals,
+        # so gauges set only when the engine steps are re-set on every report tick while it idles.
+        self._held_gauges: dict[Any, float] = {}
+        self._vllm_metrics: list = []  # vLLM's Ray stat logger instances (see _vllm_ray_metrics_logger)
+        self._gauges_refreshed_at = 0.0
+        self.last_step_s: Optional[float] = None
+        self._last_record: Optional[float] = None
+        self.finished = 0
+        self.attained = 0
+        self._registry = None
+        self._registry_name: Optional[str] = None
+        self._pab_parts: dict[str, Any] = {}
+        # One decrease per feedback delay: a first token comes up to a TTFT after admission.
+        self.feedback = LatencyFeedback(FeedbackConfig(**{"cooldown_s": self.spec.ttft_slo_s, **self.spec.feedback}))
+        self.front_delay = FrontDelay()
+        self.prefill_rate = PrefillRate()  # what this node prefilled per second while prompts waited
+        self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
+        self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
+        self.prompts_seen: deque[int] = deque(maxlen=256)  # prompt lengths of recently received requests
+        # SLOs and front delays of the last requests, as the engine sees them (SamplingParams.extra_args)
+        self.recent_slos: deque[dict[str, float]] = deque(maxlen=16)
+
+        args = dict(self.spec.engine_args)
+        args["disable_log_stats"] = True  # vLLM's default loggers would misread our stats channel
+        if self.spec.scheduler_cls:
+            args["scheduler_cls"] = self.spec.scheduler_cls
+        server = server_args(resolve_model(self.spec.model), self.spec.served_model_name, args,
+                             self.spec.openai_server)
+        self.engine = _tracked_engine_class().from_engine_args(
+            engine_args_from(server),
+            stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger(self._vllm_metrics)],
+        )
+        self.engine.replica = self
+        # vLLM's OpenAI layer on this engine: OpenAIServingChat, OpenAIServingCompletion (node.vllm.openai_server).
+        self.api = State()
+        await init_serving_state(self.engine, self.api, server)
+        cache = self.engine.vllm_config.cache_config
+        self.kv_capacity_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        sched = self.engine.vllm_config.scheduler_config
+        self.max_num_batched_tokens = int(sched.max_num_batched_tokens)
+        self.max_num_seqs = int(sched.max_num_seqs)
+        # Until this node has evidence of its speed, its budget starts at one step's tokens over the
+        # horizon and grows as the loop measures latencies within the target (node.core.feedback.SlowStart).
+        # A profile the scheduler does not refit is the operator's word on the node's speed: no slow start.
+        self.slow_start = SlowStart(self.max_num_batched_tokens / self.horizon_s)
+        if (self.spec.node_config or {}).get("refit") is False:
+            self.slow_start.end()
+        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        logger.info("engine replica %s on %s up: %d KV tokens", self.replica_key, self.node_label,
+                    self.kv_capacity_tokens)
+
+    # -- vLLM stats hook: called once per engine step that produced output -----------------
+
+
+    def _stat_logger_factory(self):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        replica = self
+
+        class _StepLogger(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                replica._on_step(scheduler_stats)
+
+            def log_engine_initialized(self):
+                pass
+
+        return _StepLogger
+
+    def _on_step(self, stats) -> None:
+        now = time.perf_counter()
+        if self._last_record is not None and self.live:
+            self.last_step_s = now - self._last_record
+            self._hold(self.metrics.step_meas, self.last_step_s)
+        self._last_record = now
+        self.steps += 1
+        if stats is None:
+            return
+        self.kv_usage = float(stats.kv_cache_usage)
+        extra = getattr(stats, "kv_connector_stats", None)
+        if isinstance(extra, dict) and isinstance(extra.get("fairbatching"), dict):
+            self._on_scheduler_report(extra["fairbatching"])
+
+    def _on_scheduler_report(self, rep: dict[str, Any]) -> None:
+        """The FairBatching scheduler's ``node_stats()``, once per engine step."""
+        prev, self.sched = self.sched, rep
+        coeffs = rep.get("model") or {}
+        model = _model_from(coeffs)
+        if model is not None:
+            self.own_model, self.own_refits = model, int(coeffs.get("refits") or 0)
+        step = rep.get("last_step") or {}
+        m = self.metrics
+        if isinstance(step.get("budget_s"), (int, float)):
+            self._hold(m.budget, float(step["budget_s"]))
+        if isinstance(step.get("predicted_s"), (int, float)):
+            self._hold(m.step_pred, float(step["predicted_s"]))
+        if step and step.get("step") != (prev.get("last_step") or {}).get("step"):
+            if step.get("urgent"):
+                m.urgent.inc(step["urgent"])
+            if step.get("skipped"):
+                m.skipped.inc(step["skipped"])
+        diverged = (rep.get("divergence") or {}).get("steps") or 0
+        before = (prev.get("divergence") or {}).get("steps") or 0
+        if diverged > before:
+            m.divergences.inc(diverged - before)
+
+    def _hold(self, gauge, value: float) -> None:
+        gauge.set(value)
+        self._held_gauges[gauge] = value
+
+    def _refresh_idle_gauges(self) -> None:
+        """Re-set the step gauges (ours and vLLM's) at most twice a second, so an idle engine keeps its series."""
+        now = time.monotonic()
+        if now - self._gauges_refreshed_at < 0.5:
+            return
+        self._gauges_refreshed_at = now
+        for gauge, value in self._held_gauges.items():
+            gauge.set(value)
+        for logger_ in self._vllm_metrics:
+            logger_.refresh_gauges()
+
+    # -- PAB ------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> StepTimeModel:
+        """The step-time model the budget is computed with: the deployment's, else this node's own."""
+        return self.shared_model or self.own_model
+
+    def expected_output_tokens(self) -> Optional[float]:
+        """Output length of a typical new request: the mean of recently finished ones, else of live ``max_tokens``."""
+        seen = self.outputs_seen or [lv.max_tokens for lv in self.live.values()]
+        return sum(seen) / len(seen) if seen else None
+
+    def typical_prompt_tokens(self) -> Optional[float]:
+        """Prompt length of a typical new request: the mean of recently received ones, else None."""
+        return sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None
+
+    @property
+    def horizon_s(self) -> float:
+        """PAB's horizon: ``pab_horizon_fraction`` of the default TTFT SLO, seconds."""
+        return self.spec.pab_horizon_fraction * self.default_slo.ttft_s
+
+    def measured_rate_tps(self) -> Optional[float]:
+        """What caps the model's prefill rate: the rate measured under a queue, and the slow start's cap."""
+        caps = [r for r in (self.prefill_rate.rate_tps(time.monotonic()), self.slow_start.rate_cap_tps)
+                if r is not None]
+        return min(caps) if caps else None
+
+    def compute_pab(self) -> PABReport:
+        now = time.time()
+        states = [lv.state(rid) for rid, lv in self.live.items()]
+        kv_free = max(0, int((1.0 - self.kv_usage) * self.kv_capacity_tokens))
+        return estimate_pab(
+            states, self.model, now,
+            horizon_s=self.horizon_s,
+            due_within_s=self.default_slo.ttft_s,
+            kv_free_tokens=kv_free,
+            default_tpot_s=self.default_slo.tpot_s,
+            anchor=self.anchor,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_seqs=self.max_num_seqs,
+            expected_output_tokens=self.expected_output_tokens(),
+            typical_prompt_tokens=self.typical_prompt_tokens(),
+            correction=self.feedback.factor,
+            front_delay_s=self.front_delay.value_s(now),
+            measured_prefill_rate_tps=self.measured_rate_tps(),
+        )
+
+    def received_ids(self) -> list[str]:
+        """Ids of the requests received within ``RECEIVED_WINDOW_S``."""
+        horizon = time.time() - RECEIVED_WINDOW_S
+        while self.received and self.received[0][0] < horizon:
+            self.received.popleft()
+        return [rid for _, rid in self.received]
+
+    def node_view(self) -> dict[str, Any]:
+        """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
+        waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
+        queued_prefill_tokens = sum(lv.prompt_tokens for lv in waiting)
+        # Saturated: more prompt tokens wait than one step prefills (a prompt queues behind another);
+        # a prompt merely being prefilled says nothing about what the node could do.
+        self.prefill_rate.tick(time.monotonic(), queued_prefill_tokens > self.max_num_batched_tokens)
+        rep = self.compute_pab()
+        starved = not self.live and (rep.pab_tokens < (self.typical_prompt_tokens() or 1.0) or rep.slots_free < 1)
+        now = time.time()  # the arrivals' clock
+        cap = self.slow_start.rate_cap_tps
+        if self.slow_start.active and (self.own_refits or self.shared_model is not None
+                                       or self.prefill_rate.rate_tps(time.monotonic()) is not None):
+            self.slow_start.end()  # the node has evidence of its own speed
+        self.slow_start.update(now, self.feedback.last_tail_ratio, self.feedback.config.target_ratio)
+        factor = self.feedback.update(now, starved=starved, waiting=[(lv.arrival_s, lv.slo.ttft_s) for lv in waiting])
+        if factor != rep.correction or self.slow_start.rate_cap_tps != cap:
+            rep = self.compute_pab()
+        view = {
+            "pab_tokens": rep.pab_tokens,
+            "in_flight": len(self.live),
+            "queued_prefill_tokens": queued_prefill_tokens,
+            "kv_usage": self.kv_usage,
+            "waiting": len(waiting),
+            "reported_at_s": time.time(),
+            "prefill_rate_tps": rep.prefill_rate_tps,
+            "kv_capacity_tokens": self.kv_capacity_tokens,
+            "recovery_tps": rep.recovery_tps,
+            "slots_free": rep.slots_free,
+            "slot_wait_s": rep.slot_wait_s,
+            "received_ids": self.received_ids(),
+        }
+        m = self.metrics
+        m.pab.set(rep.pab_tokens)
+        m.prefill_rate.set(rep.prefill_rate_tps)
+        m.queued.set(float(rep.queued_tokens))
+        m.kv_headroom.set(float(rep.kv_headroom_tokens))
+        m.in_flight.set(len(self.live))
+        m.kv_usage.set(self.kv_usage)
+        m.correction.set(rep.correction)
+        m.front_delay.set(rep.front_delay_s)
+        m.host_time.set(self.model.host_s)
+        self._refresh_idle_gauges()
+        self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.shared_model else "own"}
+        return view
+
+    def _extra(self) -> dict[str, Any]:
+        return {
+            "node": self.node_label,
+            "replica": self.replica_key,
+            "pab_model": self._pab_parts.get("model", "own"),
+            "queued_tokens": self._pab_parts.get("queued_tokens"),
+            "kv_headroom_tokens": self._pab_parts.get("kv_headroom_tokens"),
+            "binding": self._pab_parts.get("binding"),
+            "correction": self.feedback.factor,
+            "correction_decreases": self.feedback.decreases,
+            "latency_tail_ratio": self.feedback.last_tail_ratio,
+            "front_delay_s": self._pab_parts.get("front_delay_s"),
+            "measured_prefill_rate_tps": self.prefill_rate.rate_tps(time.monotonic()),
+            "slow_start_cap_tps": self.slow_start.rate_cap_tps,
+            "recent_slos": list(self.recent_slos),
+            "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
+            "model": asdict(self.model),
+            "own_model": {**asdict(self.own_model), "refits": self.own_refits},
+            "finished": self.finished,
+            "attained": self.attained,
+            "attainment": self.attained / self.finished if self.finished else None,
+            "steps": self.steps,
+            "scheduler_steps": self.sched.get("steps"),
+            "scheduler_policy": self.sched.get("policy"),
+            "last_step_s": self.last_step_s,
+        }
+
+    async def _registry_handle(self):
+        if self._registry is None:
+            from balancer.serve.pab_registry import REGISTRY_ACTOR_NAME
+            from ray import serve
+
+            try:
+                handle = serve.get_deployment_actor(REGISTRY_ACTOR_NAME)
+                self._registry_name = await asyncio.wait_for(handle.actor_name.remote(), 2.0)
+                self._registry = handle
+            except Exception:  # noqa: BLE001 - being (re)created: try again next tick
+                return None
+        return self._registry
+
+    async def _report_loop(self) -> None:
+        """Push this node's view to the registry every ``report_interval_s``."""
+        import ray
+
+        pending = None
+        while True:
+            try:
+                view = self.node_view()
+                registry = await self._registry_handle()
+                if registry is not None:
+                    if pending is not None:  # at most one report in flight; it answers the deployment model
+                        shared = await asyncio.wait_for(pending, 2.0)
+                        self.shared_model = _model_from(shared) if shared else None
+                    pending = registry.report.remote(self.replica_key, view, self._extra())
+            except (asyncio.TimeoutError, ray.exceptions.RayError):
+                self._registry, pending = None, None
+            except Exception:  # noqa: BLE001 - never let the reporter die
+                logger.exception("PAB report failed")
+            await asyncio.sleep(self.spec.report_interval_s)
+
+    # -- Serve hooks ----------------------------------------------------------------------
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """The router's fallback view (Serve polls this), plus the registry's actor name."""
+        await self._registry_handle()
+        return {**self.node_view(), "registry_actor": self._registry_name, "node": self.node_label}
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    async def node_stats(self) -> dict[str, Any]:
+        return {**self.node_view(), **self._extra(), "pab": self._pab_parts, "scheduler": self.sched}
+
+    async def generate(self, job: dict[str, Any]) -> AsyncIterator[Any]:
+        """Serve one request the ingress admitted and rendered, with vLLM's OpenAI layer.
+
+        ``job`` (``cluster.http.api.Ingress.run``): ``request_id`` (ours), ``kind``
+        (``"chat"`` or ``"completion"``), ``request`` (vLLM's request model, its
+        ``vllm_xargs`` holding the SLOs and the ingress's arrival stamp, its prompt
+        as token ids). Yields dicts with ``node`` and ``replica``: for a whole
+        response first ``started`` (at its first token, so the ingress's first-output
+        timeout bounds the time to the first token, not the generation), then
+        ``error`` (vLLM's error object, with its status in ``code``) or ``body``
+        (the JSON response); for a stream ``sse`` (the first server-sent event,
+        after the first token) or ``error``, then each further event as a string.
+        """
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        received_s = time.time()
+        request = job["request"]
+        arrival_s = float((request.vllm_xargs or {}).get(ARRIVAL_KEY) or received_s)
+        self.received.append((received_s, job["request_id"]))
+        self.front_delay.observe(received_s, received_s - arrival_s)
+        where = {"node": self.node_label, "replica": self.replica_key}
+        first_output = asyncio.Event()
+        token = FIRST_OUTPUT.set(first_output)  # the task below (and the engine calls in it) inherit it
+        try:
+            task = asyncio.ensure_future(self._serve(job["kind"], request))
+        finally:
+            FIRST_OUTPUT.reset(token)
+        waiter = asyncio.ensure_future(first_output.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():  # a whole response on its way: its first token came, so say so now
+                yield {**where, "started": True}
+            out = await task
+        finally:
+            waiter.cancel()
+            task.cancel()  # (when the client left) vLLM aborts the engine request
+        if isinstance(out, ErrorResponse):
+            yield {**where, "error": out.model_dump()}
+            return
+        if not hasattr(out, "__aiter__"):
+            yield {**where, "body": out.model_dump_json()}
+            return
+        try:
+            first = True
+            async for event in out:
+                if first:
+                    first = False
+                    failed = _sse_error(event)
+                    yield {**where, "error": failed} if failed else {**where, "sse": event}
+                    if failed:
+                        return
+                else:
+                    yield event
+        finally:
+            await out.aclose()  # the client left or the stream ended: vLLM aborts the engine request
+
+    async def _serve(self, kind: str, request):
+        """vLLM's answer to ``request``: an ``ErrorResponse``, a whole response, or an SSE generator."""
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        try:
+            if kind == "chat":
+                return await self.api.openai_serving_chat.create_chat_completion(request, None)
+            return await self.api.openai_serving_completion.create_completion(request, None)
+        except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise (token id out of vocabulary, ...)
+            return create_error_response(exc)  # vLLM's mapping: a client error is a 400, the rest a 500
+
+    def track(self, request_id: str, prompt: Any, sp) -> list[str]:
+        """Start tracking engine request ``request_id`` (one ``_Live`` per sample); returns their keys."""
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
+        prompt_tokens = len(ids) if ids is not None else 0
+        extra = sp.extra_args or {}
+        slo = SLO(float(extra.get(SLO_TTFT_KEY) or self.default_slo.ttft_s),
+                  float(extra.get(SLO_TPOT_KEY) or self.default_slo.tpot_s))
+        arrival_s = float(extra.get(ARRIVAL_KEY) or time.time())
+        self.recent_slos.append({"ttft_slo_s": slo.ttft_s, "tpot_slo_s": slo.tpot_s,
+                                 "front_delay_s": round(time.time() - arrival_s, 4)})
+        keys = [f"{request_id}/{i}" for i in range(max(1, int(sp.n or 1)))]
+        for key in keys:
+            self.prompts_seen.append(prompt_tokens)
+            self.live[key] = _Live(arrival_s=arrival_s, prompt_tokens=prompt_tokens,
+                                   max_tokens=int(sp.max_tokens or 1), slo=slo)
+        return keys
+
+    def on_output(self, request_id: str, out) -> None:
+        """Account one ``RequestOutput`` (``DELTA``: each completion holds its new tokens)."""
+        now = time.time()
+        for c in out.outputs:
+            live = self.live.get(f"{request_id}/{c.index}")
+            n = len(c.token_ids)
+            if live is None or not n:
+                continue
+            if live.first_token_s is None:
+                live.first_token_s = now
+                self.feedback.observe(now, live.arrival_s, (now - live.arrival_s) / live.slo.ttft_s)
+                self.prefill_rate.prefilled(time.monotonic(), live.prompt_tokens)
+            live.last_token_s = now
+            live.output_tokens += n
+            if c.finish_reason is not None:
+                live.finished = True
+
+    def untrack(self, keys: list[str]) -> None:
+        """Stop tracking; a sample that finished counts in attainment and the output lengths seen."""
+        for key in keys:
+            live = self.live.pop(key, None)
+            if live is not None and live.finished:
+                self._record_finished(live)
+
+    def _record_finished(self, lv: _Live) -> None:
+        m = self.metrics
+        self.finished += 1
+        self.outputs_seen.append(lv.output_tokens)
+        ttft = tpot = None
+        if lv.first_token_s is not None:
+            ttft = lv.first_token_s - lv.arrival_s
+            m.ttft.observe(ttft)
+            if lv.last_token_s is not None:
+                tpot = mean_tpot_s(lv.first_token_s, lv.last_token_s, lv.output_tokens)
+        if tpot is not None:
+            m.tpot.observe(tpot)
+            self.feedback.observe(time.time(), lv.arrival_s, tpot / lv.slo.tpot_s, tpot=True)
+        m.finished.inc()
+        if meets_slo(ttft, tpot, lv.slo):
+            self.attained += 1
+            m.attained.inc()
+        m.attainment.set(self.attained / self.finished)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+
+def _sse_error(event: str) -> Optional[dict]:
+    """vLLM's error object when a server-sent event carries one (a stream failed before any output), else None."""
+    if not event.startswith('data: {"error"'):
+        return None
+    try:
+        body = json.loads(event[len("data: "):])
+        int(body["error"]["code"])
+        return body
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _tracked_engine_class():
+    """vLLM's ``AsyncLLM`` with each request's outputs seen by the replica (``engine.replica``).
+
+    The replica's budget, closed loop and metrics need each request's first token
+    and output count. A non-streaming request arrives as ``FINAL_ONLY``, which
+    would hide its first token: it runs as ``DELTA`` here and its outputs are
+    merged back into one (``RequestOutput.add(..., aggregate=True)``) for vLLM's
+    serving code, which sees what ``FINAL_ONLY`` gives.
+    """
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    class TrackedAsyncLLM(AsyncLLM):
+        replica: Optional["EngineReplica"] = None
+
+        async def generate(self, prompt, sampling_params, request_id, **kwargs):
+            final_only = sampling_params.output_kind == RequestOutputKind.FINAL_ONLY
+            if final_only:
+                sampling_params = sampling_params.clone()  # shared by a completion's prompts
+                sampling_params.output_kind = RequestOutputKind.DELTA
+            keys = self.replica.track(request_id, prompt, sampling_params)
+            merged = None
+            try:
+                first_output = FIRST_OUTPUT.get()
+                async for out in super().generate(prompt, sampling_params, request_id, **kwargs):
+                    self.replica.on_output(request_id, out)
+                    if first_output is not None:
+                        first_output.set()
+                    if not final_only:
+                        yield out
+                    elif merged is None:
+                        merged = out
+                    else:
+                        merged.add(out, aggregate=True)
+                if merged is not None:
+                    merged.outputs.sort(key=lambda c: c.index)
+                    yield merged
+            finally:
+                self.replica.untrack(keys)
+
+    return TrackedAsyncLLM
+
+
+def _model_from(coeffs: Any) -> Optional[StepTimeModel]:
+    """A ``StepTimeModel`` from its coefficients as JSON carries them; None when they are not one."""
+    try:
+        return StepTimeModel(float(coeffs["a_s"]), float(coeffs["b_s_per_token"]),
+                             float(coeffs["c_s_per_context_token"]), float(coeffs.get("safety_factor", 1.0)),
+                             float(coeffs.get("host_s", 0.0)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _vllm_ray_metrics_logger(instances: list):
+    """vLLM's own engine metrics (``vllm:*``) exported through Ray, next to ours.
+
+    The FairBatching scheduler's report rides in ``SchedulerStats.kv_connector_stats``
+    (see ``node/vllm/served_scheduler.py``); vLLM's logger would read it as KV-connector
+    data, so it gets the stats without it. Each instance appends itself to
+    ``instances`` so the replica can call ``refresh_gauges`` while the engine
+    idles (vLLM sets its gauges only when a step produced output).
+    """
+    import dataclasses
+
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    class VllmRayMetrics(RayPrometheusStatLogger):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._last_gauges: dict[int, tuple[int, int, float]] = {}  # engine -> (running, waiting, kv usage)
+            instances.append(self)
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            if scheduler_stats is not None:
+                if scheduler_stats.kv_connector_stats is not None:
+                    scheduler_stats = dataclasses.replace(scheduler_stats, kv_connector_stats=None)
+                self._last_gauges[engine_idx] = (
+                    scheduler_stats.num_running_reqs,
+                    scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                    scheduler_stats.kv_cache_usage,
+                )
+            super().record(scheduler_stats, iteration_stats, mm_cache_stats=mm_cache_stats, engine_idx=engine_idx)
+
+        def refresh_gauges(self) -> None:
+            """Re-set the running / waiting / KV-usage gauges to their last values (vLLM 0.32 names)."""
+            for idx, (running, waiting, kv) in self._last_gauges.items():
+                try:
+                    self.gauge_scheduler_running[idx].set(running)
+                    self.gauge_scheduler_waiting[idx].set(waiting)
+                    self.gauge_kv_cache_usage[idx].set(kv)
+                except (AttributeError, KeyError, IndexError):  # another vLLM: nothing to refresh
+                    return
+
+    return VllmRayMetrics

@@ -1,0 +1,100 @@
+"""How one node's FairBatching scheduler is configured, and how that reaches vLLM's engine core.
+
+vLLM builds the scheduler itself (``scheduler_cls`` by dotted path), and with
+``AsyncLLM`` it does so in a child process, so the node's settings cannot be
+passed as constructor arguments. They travel in one environment variable,
+``FAIRBATCHING_NODE_CONFIG``, holding the JSON of a ``NodeConfig``; the child
+inherits the parent's environment. Set it before the engine starts::
+
+    os.environ.update(NodeConfig(policy="fairbatching", profile="cpu-tiny-llama").to_env())
+
+Fields (all optional in the JSON; missing ones take the defaults below):
+
+* ``policy`` -- ``fairbatching`` | ``vllm`` | ``sarathi`` (``node.core.policies``);
+* ``knobs`` -- keyword arguments of that policy's config dataclass, e.g.
+  ``{"anchor": "first-token", "relegate": "lost", "tpot_margin": 0.1}`` for
+  FairBatching (``node.core.fairbatching.FairBatchingConfig``);
+* ``profile`` -- step-time profile, a name in ``deploy/profiles`` or a path;
+* ``ttft_slo_s`` / ``tpot_slo_s`` -- deployment defaults for requests whose
+  ``SamplingParams.extra_args`` carry no ``ttft_slo_s`` / ``tpot_slo_s``;
+* ``pab_horizon_s`` -- PAB horizon; ``None`` means the default TTFT SLO;
+* ``apply_plan`` -- ``False`` leaves vLLM's own scheduling untouched and only
+  observes (plans, times steps, refits, computes PAB): the stock baseline of
+  an A/B run, measured by the same instrument;
+* ``refit`` / ``refit_window`` / ``refit_every`` / ``refit_min_samples`` /
+  ``refit_min_prefill_steps`` --
+  online refit of the step-time model (``node.fit.step_time_fit.OnlineRefit``);
+* ``step_log`` -- a path; when set, one JSON line per step is appended. A
+  ``{pid}`` in it becomes the engine process id (one file per engine when
+  several engines share a machine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ENV_VAR = "FAIRBATCHING_NODE_CONFIG"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    policy: str = "fairbatching"
+    knobs: dict[str, Any] = field(default_factory=dict)
+    profile: str = "cpu-tiny-llama"
+    ttft_slo_s: float = 1.0
+    tpot_slo_s: float = 0.05
+    pab_horizon_s: float | None = None
+    apply_plan: bool = True
+    refit: bool = True
+    refit_window: int = 512
+    refit_every: int = 64
+    refit_min_samples: int = 32
+    refit_min_prefill_steps: int = 16
+    step_log: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"NodeConfig.{name} must be a number of seconds > 0, got {value!r}")
+        if self.pab_horizon_s is not None and not (math.isfinite(self.pab_horizon_s) and self.pab_horizon_s > 0):
+            raise ValueError(f"NodeConfig.pab_horizon_s must be > 0, got {self.pab_horizon_s!r}")
+        if not isinstance(self.knobs, dict):
+            raise ValueError(f"NodeConfig.knobs must be an object, got {self.knobs!r}")
+
+    @property
+    def horizon_s(self) -> float:
+        return self.pab_horizon_s if self.pab_horizon_s is not None else self.ttft_slo_s
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment entry that carries this config into the engine core."""
+        return {ENV_VAR: self.to_json()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NodeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{ENV_VAR}: unknown key(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> NodeConfig:
+        """The config in ``FAIRBATCHING_NODE_CONFIG``, or the defaults when it is unset or empty."""
+        raw = (environ if environ is not None else os.environ).get(ENV_VAR, "").strip()
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{ENV_VAR} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{ENV_VAR} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)

@@ -1,0 +1,562 @@
+"""FairBatching inside vLLM's V1 engine: the policy plans each step, vLLM carries the plan out.
+
+``FairBatchingScheduler`` (on vLLM's ``Scheduler``) and ``FairBatchingAsyncScheduler``
+(on ``AsyncScheduler``, vLLM's default on GPU) share ``FairBatchingMixin``. Load
+either by dotted path: ``LLM(..., scheduler_cls="node.vllm.scheduler.FairBatchingScheduler")``.
+Settings come from ``FAIRBATCHING_NODE_CONFIG`` (``node.vllm.node_config``).
+
+Each step, before vLLM's own ``schedule()``:
+
+1. snapshot: every running and waiting ``Request`` becomes a ``RequestState``
+   (SLOs from ``SamplingParams.extra_args`` ``ttft_slo_s`` / ``tpot_slo_s``,
+   else the deployment defaults); the policy plans the step;
+2. apply: running requests the plan leaves out are hidden from
+   ``self.running`` for this call (they keep their KV blocks and runner slots);
+   the rest are ordered decodes first, then prefill chunks, each in plan order,
+   so the tail (vLLM's preemption victim) is the least pressed; planned waiting
+   requests move to the head of the FCFS queue in plan order;
+   ``max_num_active_reqs`` admits exactly the planned new requests and
+   ``max_num_scheduled_tokens`` is the planned total (at most the configured cap).
+   Urgent decodes the plan left out for want of KV blocks stay visible right
+   after the planned decodes (one token each added to the budget), so vLLM
+   preempts from the tail to fit them exactly as it would on its own;
+3. vLLM schedules as usual (KV allocation, prefix cache, preemption, chunking);
+   everything is restored in ``finally``;
+4. what vLLM scheduled is compared with the plan; a step where they differ is a
+   divergence, counted by reason.
+
+An empty plan while work exists (everything skipped, e.g. the KV cache is full)
+falls back to vLLM's own step, so vLLM can preempt and make progress.
+
+Measurement: the step time is the interval from the end of ``schedule()`` to
+the start of ``update_from_output()`` (model execution and sampling), on
+``time.perf_counter``. The step *cadence* is the time from the start of one
+``schedule()`` to the start of the next while requests remain (the engine
+did not idle between them); cadence minus step time is the host's per-step
+time (scheduling, output processing, IPC), whose running median is the
+model's ``host_s`` (``OnlineRefit.observe_cadence``), refit or not. Under async scheduling (overlapped steps) a step is
+timed from the later of its schedule end and the previous step's update, a
+close approximation of its own execution. Each measured step feeds
+``OnlineRefit``; the policy plans with the refitted model.
+
+Clocks: slack and deadlines use wall-clock ``time.time()`` seconds, because
+vLLM stamps ``Request.arrival_time`` with ``time.time()``; first-token times
+(seen in ``update_from_output``) use the same clock. Durations use
+``time.perf_counter``.
+
+Node state for the serving layer: ``node_stats()`` returns a small JSON-safe
+dict (PAB report, budget, last step predicted/measured, urgent/skipped counts,
+divergences, model coefficients, refit error). With ``step_log`` set, one JSON
+line per step is appended to that file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import RequestStatus
+
+from node.core.step_time import StepTimeModel
+
+from node.fit.step_time_fit import OnlineRefit, StepSample
+from node.core.envelope import Anchor, deadline_s
+from node.vllm.node_config import NodeConfig
+from node.core.pab import PABReport, estimate_pab
+from node.core.plan import BatchPlan, Group, Limits, SkipReason
+from node.core.policies import make_policy
+from node.fit.profile import load_profile
+from node.core.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
+
+logger = logging.getLogger(__name__)
+
+
+_ADMITTABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
+
+@dataclass
+class _PendingStep:
+    """What one ``schedule()`` call scheduled, waiting for its measured duration."""
+
+    step: int
+    sched_end: float  # perf_counter at the end of schedule()
+    prefill_tokens: int
+    decode_tokens: int
+    context_tokens: int
+    predicted_s: float  # the current model on what vLLM actually scheduled
+    record: dict[str, Any]  # the step-log line, completed in update_from_output
+
+
+def _positive_seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+class FairBatchingMixin:
+    """Host logic shared by the sync and async schedulers. Mix in before a vLLM ``Scheduler``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fb_config = cfg = NodeConfig.from_env()
+        self.fb_profile = profile = load_profile(cfg.profile)
+        prior = profile.step_model
+        self.fb_refit = OnlineRefit(
+            prior, window=cfg.refit_window, min_samples=cfg.refit_min_samples, refit_every=cfg.refit_every,
+            min_prefill_steps=cfg.refit_min_prefill_steps,
+        )
+        # Named fb_policy: vLLM's Scheduler already uses self.policy (FCFS / priority).
+        self.fb_policy = make_policy(cfg.policy, prior, **cfg.knobs)
+        self.fb_default_slo = SLO(cfg.ttft_slo_s, cfg.tpot_slo_s)
+        anchor = getattr(getattr(self.fb_policy, "config", None), "anchor", Anchor.ARRIVAL)
+        self.fb_anchor = Anchor(anchor)
+
+        self._fb_slos: dict[str, SLO] = {}
+        self._fb_first_token_s: dict[str, float] = {}
+        self._fb_pending: deque[_PendingStep] = deque()
+        self._fb_last_update = 0.0
+        # Step cadence (start to start while busy) for the host time of the step-time model.
+        self._fb_prev_start: float | None = None
+        self._fb_busy = False
+        self._fb_last_forward_s: float | None = None
+        self.fb_last_snapshot: list[RequestState] = []
+        self.fb_last_plan: BatchPlan | None = None
+        self.fb_last_pab: PABReport | None = None
+        self._fb_last_step: dict[str, Any] = {}
+
+        self.fb_steps = 0  # schedule() calls that had something to plan
+        self.fb_divergent_steps = 0
+        self.fb_divergence: Counter[str] = Counter()
+        self.fb_fallback_steps = 0
+        self.fb_invalid_slos = 0
+        self._fb_measured = 0
+        self._fb_ape_sum = 0.0  # absolute percentage error of the raw model, summed
+        self._fb_plan_s_sum = 0.0
+        self._fb_plan_s_max = 0.0
+
+        log_path = cfg.step_log.replace("{pid}", str(os.getpid())) if cfg.step_log else None
+        self._fb_log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
+        logger.info(
+            "FairBatching scheduler: policy=%s apply_plan=%s profile=%s (a=%.3g s, b=%.3g s/tok, c=%.3g s/ctx)",
+            cfg.policy, cfg.apply_plan, profile.name, prior.a_s, prior.b_s_per_token, prior.c_s_per_context_token,
+        )
+
+    # ------------------------------------------------------------------ snapshot
+
+    def _fb_slo_of(self, request: Any) -> SLO:
+        rid = request.request_id
+        slo = self._fb_slos.get(rid)
+        if slo is not None:
+            return slo
+        params = request.sampling_params
+        extra = (params.extra_args if params is not None else None) or {}
+        ttft = _positive_seconds(extra.get(SLO_TTFT_KEY, self.fb_default_slo.ttft_s))
+        tpot = _positive_seconds(extra.get(SLO_TPOT_KEY, self.fb_default_slo.tpot_s))
+        if ttft is None or tpot is None:
+            self.fb_invalid_slos += 1
+            logger.warning("request %s: invalid SLO in extra_args %r; using the deployment default", rid, extra)
+        slo = SLO(ttft or self.fb_default_slo.ttft_s, tpot or self.fb_default_slo.tpot_s)
+        self._fb_slos[rid] = slo
+        return slo
+
+    def _fb_arrival_of(self, request: Any) -> float:
+        """The ingress's arrival stamp when the request carries one (earlier than vLLM's), else vLLM's."""
+        params = request.sampling_params
+        stamp = ((params.extra_args if params is not None else None) or {}).get(ARRIVAL_KEY)
+        if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp):
+            return min(float(stamp), request.arrival_time)
+        return request.arrival_time
+
+    def _fb_state(self, request: Any) -> tuple[RequestState, bool] | None:
+        """The policy's view of one vLLM request, and whether it decodes; None if it needs no tokens now."""
+        computed = request.num_computed_tokens
+        placeholders = request.num_output_placeholders
+        needed = request.num_tokens + placeholders - computed  # what vLLM would schedule at most
+        if needed <= 0:
+            return None
+        outputs = request.num_output_tokens
+        prompt = request.num_prompt_tokens
+        common = dict(
+            request_id=request.request_id,
+            arrival_s=self._fb_arrival_of(request),
+            slo=self._fb_slo_of(request),
+            output_tokens=outputs,
+            first_token_s=self._fb_first_token_s.get(request.request_id),
+            max_output_tokens=request.max_tokens,
+        )
+        if needed == 1 and (outputs > 0 or placeholders > 0) and computed >= prompt:
+            return RequestState(prompt_tokens=prompt, computed_tokens=prompt, **common), True
+        # Prefilling. After a preemption the prompt and every generated token are
+        # recomputed, so the "prompt" to prefill is what vLLM will schedule in all.
+        return RequestState(prompt_tokens=computed + needed, computed_tokens=computed, **common), False
+
+    def _fb_snapshot(self) -> tuple[list[RequestState], dict[str, bool]]:
+        states: list[RequestState] = []
+        is_decode: dict[str, bool] = {}
+        bs = self.block_size
+        growth = 0  # blocks the running requests take if all of them run this step
+        for request in self.running:
+            got = self._fb_state(request)
+            if got is not None:
+                states.append(got[0])
+                is_decode[request.request_id] = got[1]
+                c, end = request.num_computed_tokens, request.num_tokens + request.num_output_placeholders
+                growth += max(0, -(-end // bs) - (-(-c // bs)))
+        # vLLM admits a waiting request only when its whole sequence fits in the
+        # free blocks (scheduler_reserve_full_isl, plus the watermark); a request
+        # that cannot be admitted is left out of the plan, in EDF order of next-token deadlines.
+        full_isl = getattr(self, "scheduler_reserve_full_isl", False)
+        room = self.kv_cache_manager.block_pool.get_num_free_blocks() - growth
+        room -= getattr(self.kv_cache_manager, "watermark_blocks", 0)
+        candidates = []
+        for request in self.waiting:
+            if request.status not in _ADMITTABLE:
+                continue  # blocked (grammar, remote KV, streaming input): vLLM handles it
+            got = self._fb_state(request)
+            if got is not None:
+                candidates.append(got)
+        # vLLM admits a waiting request only into a free seat: running requests,
+        # hidden ones included, count against max_num_running_reqs. Offer the
+        # planner no more waiting requests than there are seats, the most pressed first.
+        seats = self.max_num_running_reqs - len(self.running)
+        candidates.sort(key=lambda g: deadline_s(g[0], g[0].output_tokens))
+        for state, decoding in candidates:
+            if seats <= 0:
+                break
+            if full_isl and state.computed_tokens == 0:
+                need = -(-min(state.prompt_tokens, self.max_model_len) // bs)
+                if need > room:
+                    continue
+                room -= need
+            seats -= 1
+            states.append(state)
+            is_decode[state.request_id] = decoding
+        return states, is_decode
+
+    def _fb_limits(self, token_cap: int) -> Limits:
+        return Limits(
+            max_num_seqs=self.max_num_running_reqs,
+            max_num_batched_tokens=token_cap,
+            kv_blocks_free=self.kv_cache_manager.block_pool.get_num_free_blocks(),
+            block_size=self.block_size,
+        )
+
+    # ------------------------------------------------------------------ schedule
+
+    def schedule(self, *args: Any, **kwargs: Any):  # -> SchedulerOutput
+        t0 = time.perf_counter()
+        now_s = time.time()
+        cfg = self.fb_config
+        if self._fb_prev_start is not None and self._fb_busy and self._fb_last_forward_s is not None:
+            # Back to back with the previous step: its cadence is the time between the two starts.
+            self._fb_set_model(self.fb_refit.observe_cadence(t0 - self._fb_prev_start, self._fb_last_forward_s))
+        if self.current_step % 256 == 0:
+            self._fb_prune()
+        states, is_decode = self._fb_snapshot()
+        saved_tokens = self.max_num_scheduled_tokens
+        saved_active = self.max_num_active_reqs
+        plan = self.fb_policy.plan(states, self._fb_limits(saved_tokens), now_s) if states else None
+        t_plan = time.perf_counter() - t0
+        apply = cfg.apply_plan and plan is not None and not plan.is_empty
+        fallback = cfg.apply_plan and plan is not None and plan.is_empty
+        planned = {item.request_id: item for item in plan.items} if plan is not None else {}
+
+        hidden: list[Any] = []
+        try:
+            if apply:
+                hidden = self._fb_apply(plan, planned, is_decode, saved_tokens, saved_active)
+            out = super().schedule(*args, **kwargs)
+        finally:
+            if hidden:
+                self.running = self.running + hidden
+            self.max_num_scheduled_tokens = saved_tokens
+            self.max_num_active_reqs = saved_active
+
+        self._fb_prev_start = t0 if out.total_num_scheduled_tokens > 0 else None
+        if plan is None:
+            return out
+        self.fb_steps += 1
+        self._fb_plan_s_sum += t_plan
+        self._fb_plan_s_max = max(self._fb_plan_s_max, t_plan)
+        self.fb_last_snapshot, self.fb_last_plan = states, plan
+        self.fb_last_pab = estimate_pab(
+            states,
+            self.fb_refit.model,
+            now_s,
+            horizon_s=cfg.horizon_s,
+            kv_free_tokens=self.kv_cache_manager.block_pool.get_num_free_blocks() * self.block_size,
+            default_tpot_s=cfg.tpot_slo_s,
+            anchor=self.fb_anchor,
+        )
+        reasons = self._fb_divergence(out, plan, planned, fallback)
+        if reasons:
+            self.fb_divergent_steps += 1
+            self.fb_divergence.update(reasons)
+        if fallback:
+            self.fb_fallback_steps += 1
+        self._fb_record(out, plan, is_decode, hidden, reasons, now_s, t_plan)
+        return out
+
+    def _fb_apply(
+        self, plan: BatchPlan, planned: dict, is_decode: dict[str, bool], saved_tokens: int, saved_active: int
+    ) -> list[Any]:
+        """Shape vLLM's queues and limits so its scan carries out ``plan``; return the hidden requests."""
+        # Decodes first, then prefill chunks: vLLM gives each running request
+        # min(remaining, budget left), so a chunk ahead of a decode would eat its token.
+        # Urgent decodes the plan left out for want of KV blocks stay visible right
+        # after the planned decodes: vLLM then preempts from the tail to fit them,
+        # as it would without the plan.
+        kv_urgent = self._fb_kv_urgent(plan)
+        order = [i.request_id for i in plan.items if not i.is_prefill]
+        order += list(kv_urgent)
+        order += [i.request_id for i in plan.items if i.is_prefill]
+        rank = {rid: k for k, rid in enumerate(order)}
+        last = len(rank)
+        visible, hidden = [], []
+        for request in self.running:
+            rid = request.request_id
+            if rid in planned or rid in kv_urgent or rid not in is_decode:  # not in snapshot: needs no tokens
+                visible.append(request)
+            else:
+                hidden.append(request)
+        visible.sort(key=lambda r: rank.get(r.request_id, last))
+        self.running = visible
+
+        admit = 0
+        if isinstance(self.waiting, deque):  # FCFS queue; a priority heap keeps its own order
+            waiting = list(self.waiting)
+            head = [r for r in waiting if r.request_id in planned]
+            if head:
+                head.sort(key=lambda r: rank[r.request_id])
+                rest = [r for r in waiting if r.request_id not in planned]
+                self.waiting.clear()
+                self.waiting.extend(head + rest)
+                admit = len(head)
+        else:
+            admit = sum(1 for r in self.waiting if r.request_id in planned)
+        slots = len(visible) + self.num_waiting_for_streaming_input + admit
+        self.max_num_active_reqs = max(1, min(saved_active - len(hidden), slots))
+        self.max_num_scheduled_tokens = max(1, min(plan.new_tokens + len(kv_urgent), saved_tokens))
+        return hidden
+
+    @staticmethod
+    def _fb_kv_urgent(plan: BatchPlan) -> dict[str, None]:
+        return {
+            s.request_id: None for s in plan.skipped if s.reason is SkipReason.KV and s.group is Group.URGENT
+        }
+
+    def _fb_divergence(self, out: Any, plan: BatchPlan, planned: dict, fallback: bool) -> Counter[str]:
+        """Why what vLLM scheduled differs from the plan (empty when it does not)."""
+        reasons: Counter[str] = Counter()
+        if fallback:
+            reasons["empty-plan"] += 1
+            return reasons
+        scheduled = out.num_scheduled_tokens
+        if out.preempted_req_ids:
+            reasons["preempted"] += len(out.preempted_req_ids)
+        for rid, item in planned.items():
+            got = scheduled.get(rid, 0)
+            if got == item.new_tokens:
+                continue
+            if got == 0:
+                reasons["not-scheduled"] += 1
+            elif got < item.new_tokens:
+                request = self.requests.get(rid)
+                cached = getattr(request, "num_cached_tokens", 0) if request is not None else 0
+                reasons["prefix-cache" if item.is_prefill and cached and cached > 0 else "fewer-tokens"] += 1
+            else:
+                reasons["more-tokens"] += 1
+        kv_urgent = self._fb_kv_urgent(plan)
+        for rid in scheduled:
+            if rid not in planned:
+                reasons["kv-urgent" if rid in kv_urgent else "unplanned"] += 1
+        return reasons
+
+    def _fb_record(
+        self, out: Any, plan: BatchPlan, is_decode: dict[str, bool], hidden: list, reasons: Counter, now_s: float,
+        t_plan: float,
+    ) -> None:
+        scheduled = out.num_scheduled_tokens
+        prefill = decode = context = 0
+        for rid, n in scheduled.items():
+            request = self.requests.get(rid)
+            if request is None:
+                continue
+            context += request.num_computed_tokens  # advanced by vLLM at schedule time: cached + new
+            if is_decode.get(rid, n == 1 and request.num_output_tokens > 0):
+                decode += n
+            else:
+                prefill += n
+        model = self.fb_refit.model
+        predicted = model.predict_s(prefill + decode, context) if scheduled else 0.0
+        self._fb_last_step = {
+            "step": self.current_step,
+            "budget_s": plan.budget_s,
+            "plan_predicted_s": plan.predicted_s,
+            "predicted_s": predicted,
+            "urgent": plan.urgent_decodes,
+            "skipped": len(plan.skipped),
+            "hidden": len(hidden),
+            "planned_tokens": plan.new_tokens,
+            "scheduled_tokens": out.total_num_scheduled_tokens,
+        }
+        if out.total_num_scheduled_tokens <= 0:
+            return
+        record = None
+        if self._fb_log is not None:
+            record = {
+                "step": self.current_step,
+                "t": now_s,
+                "policy": plan.policy,
+                "applied": self.fb_config.apply_plan,
+                "budget_s": plan.budget_s,
+                "plan_predicted_s": plan.predicted_s,
+                "predicted_s": predicted,
+                "plan_tokens": plan.new_tokens,
+                "urgent": plan.urgent_decodes,
+                "skipped": dict(Counter(s.reason.value for s in plan.skipped)),
+                "hidden": [r.request_id for r in hidden],
+                "decoding": [rid for rid, d in is_decode.items() if d],
+                "tokens": dict(scheduled),
+                "prefill_tokens": prefill,
+                "decode_tokens": decode,
+                "context_tokens": context,
+                "preempted": sorted(out.preempted_req_ids),
+                "diverged": dict(reasons),
+                "plan_s": t_plan,
+                "pab_tokens": self.fb_last_pab.pab_tokens if self.fb_last_pab else None,
+            }
+        self._fb_pending.append(
+            _PendingStep(self.current_step, time.perf_counter(), prefill, decode, context, predicted, record)
+        )
+
+    # ------------------------------------------------------------------ outputs
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any):
+        t_update = time.perf_counter()
+        scheduled = scheduler_output.num_scheduled_tokens
+        first_unseen = [
+            (rid, self.requests.get(rid)) for rid in scheduled if rid not in self._fb_first_token_s
+        ]
+        result = super().update_from_output(scheduler_output, model_runner_output)
+        now_s = time.time()
+        for rid, request in first_unseen:
+            if request is not None and request.num_output_tokens > 0:
+                self._fb_first_token_s[rid] = now_s
+        for rid in scheduled:
+            request = self.requests.get(rid)
+            if request is None or request.is_finished():
+                self._fb_forget(rid)
+        if scheduler_output.total_num_scheduled_tokens > 0 and self._fb_pending:
+            self._fb_measure(self._fb_pending.popleft(), t_update)
+        self._fb_last_update = time.perf_counter()
+        self._fb_busy = self.has_unfinished_requests()
+        return result
+
+    def _fb_measure(self, pending: _PendingStep, t_update: float) -> None:
+        duration = t_update - max(pending.sched_end, self._fb_last_update)
+        if duration <= 0:
+            return
+        model = self.fb_refit.model
+        raw = pending.predicted_s / model.safety_factor
+        self._fb_measured += 1
+        self._fb_ape_sum += abs(raw - duration) / duration
+        self._fb_last_step["measured_s"] = duration
+        self._fb_last_step["step_predicted_s"] = pending.predicted_s
+        self._fb_last_forward_s = duration
+        if self.fb_config.refit:
+            sample = StepSample(pending.prefill_tokens, pending.decode_tokens, pending.context_tokens, duration)
+            self._fb_set_model(self.fb_refit.observe(sample))
+        if pending.record is not None and self._fb_log is not None:
+            pending.record["measured_s"] = duration
+            self._fb_log.write(json.dumps(pending.record) + "\n")
+
+    def _fb_set_model(self, model: StepTimeModel) -> None:
+        if model is not self.fb_policy.model:
+            self.fb_policy.model = model
+
+    def _fb_forget(self, rid: str) -> None:
+        self._fb_slos.pop(rid, None)
+        self._fb_first_token_s.pop(rid, None)
+
+    def _fb_prune(self) -> None:
+        """Drop per-request state of requests vLLM no longer holds (aborted between steps)."""
+        for table in (self._fb_slos, self._fb_first_token_s):
+            for rid in [rid for rid in table if rid not in self.requests]:
+                del table[rid]
+
+    # ------------------------------------------------------------------ node state
+
+    @property
+    def fb_model(self) -> StepTimeModel:
+        return self.fb_refit.model
+
+    def node_stats(self) -> dict[str, Any]:
+        """The node's state for balancers and dashboards: small, JSON-serialisable, O(1) to build."""
+        model = self.fb_refit.model
+        report = self.fb_refit.report
+        pab = self.fb_last_pab
+        return {
+            "policy": self.fb_config.policy,
+            "plan_applied": self.fb_config.apply_plan,
+            "profile": self.fb_profile.name,
+            "steps": self.fb_steps,
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "kv_free_blocks": self.kv_cache_manager.block_pool.get_num_free_blocks(),
+            "block_size": self.block_size,
+            "pab": pab.to_dict() if pab is not None else None,
+            "last_step": dict(self._fb_last_step),
+            "divergence": {
+                "steps": self.fb_divergent_steps,
+                "fallback_steps": self.fb_fallback_steps,
+                "by_reason": dict(self.fb_divergence),
+            },
+            "model": {
+                "a_s": model.a_s,
+                "b_s_per_token": model.b_s_per_token,
+                "c_s_per_context_token": model.c_s_per_context_token,
+                "safety_factor": model.safety_factor,
+                "host_s": model.host_s,
+                "host_samples": self.fb_refit.host_samples,
+                "refits": self.fb_refit.refits,
+                "refit_mape": report.overall.mape if report is not None else None,
+            },
+            "prediction": {
+                "measured_steps": self._fb_measured,
+                "mape": self._fb_ape_sum / self._fb_measured if self._fb_measured else None,
+            },
+            "plan_time_s": {
+                "mean": self._fb_plan_s_sum / self.fb_steps if self.fb_steps else None,
+                "max": self._fb_plan_s_max,
+            },
+            "invalid_slos": self.fb_invalid_slos,
+        }
+
+    def shutdown(self) -> None:
+        try:
+            super().shutdown()
+        finally:
+            if self._fb_log is not None:
+                self._fb_log.close()
+                self._fb_log = None
+
+
+class FairBatchingScheduler(FairBatchingMixin, Scheduler):
+    """vLLM V1 ``Scheduler`` whose steps are planned by the node policy (CPU, or GPU without async scheduling)."""
+
+
+class FairBatchingAsyncScheduler(FairBatchingMixin, AsyncScheduler):
+    """The same on vLLM's ``AsyncScheduler`` (GPU default: overlapped steps)."""
