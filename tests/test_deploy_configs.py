@@ -173,7 +173,7 @@ def _serve_apps(doc: dict):
 
 @pytest.mark.parametrize("name", ["serve.yaml", "serve-local.yaml"])
 def test_serve_config_passes_serve_schema_and_servecfg(name):
-    from cluster.app import config_from_dict
+    from cluster.config import config_from_dict
 
     (app,) = _serve_apps(yaml.safe_load((DEPLOY / name).read_text()))
     cfg = config_from_dict(app.args, name)  # unknown keys or bad values raise
@@ -182,14 +182,21 @@ def test_serve_config_passes_serve_schema_and_servecfg(name):
 
 
 def test_serve_local_yaml_is_what_fairbatching_serve_deploys():
-    from cluster.app import ServeConfig, config_from_dict
+    """The file `fairbatching serve --config` and `serve deploy` both take; no keys of its own."""
+    from cluster.config import ServeConfig, load_config
 
-    (app,) = _serve_apps(yaml.safe_load((DEPLOY / "serve-local.yaml").read_text()))
-    assert config_from_dict(app.args) == ServeConfig()
+    assert load_config(DEPLOY / "serve-local.yaml") == ServeConfig()
+
+
+def test_every_shipped_serve_config_loads_as_fairbatching_serve_reads_it():
+    from cluster.config import load_config
+
+    gpu = load_config(DEPLOY / "serve.yaml")
+    assert (gpu.host, gpu.port, gpu.app_name) == ("0.0.0.0", 8000, "fairbatching")
 
 
 def test_gpu_serve_config_puts_one_engine_per_gpu():
-    from cluster.app import config_from_dict
+    from cluster.config import config_from_dict
 
     (app,) = _serve_apps(yaml.safe_load((DEPLOY / "serve.yaml").read_text()))
     cfg = config_from_dict(app.args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import yaml
 from types import SimpleNamespace
 
 import pytest
@@ -216,7 +217,11 @@ def _pending(prompt_tokens: int, rid: str = "req-1"):
     from ray.serve.request_router import PendingRequest
 
     meta = SimpleNamespace(call_method="generate", internal_request_id=f"serve-{rid}", multiplexed_model_id="")
-    return PendingRequest(args=[{"request_id": rid, "prompt_tokens": prompt_tokens}], kwargs={}, metadata=meta)
+    from node.serve.messages import COMPLETION, EngineJob
+
+    job = EngineJob(request_id=rid, prompt_tokens=prompt_tokens, arrival_s=0.0, ttft_slo_s=1.0,
+                    kind=COMPLETION, request=None)
+    return PendingRequest(args=[job], kwargs={}, metadata=meta)
 
 
 def _router(lb, **state):
@@ -262,7 +267,7 @@ def test_router_releases_what_it_admitted_itself_and_keeps_one_id_per_call():
         router = _router(lb)
         a = _FakeReplica("a", {})
         pr = _pending(300)
-        pr.args[0].pop("request_id")  # a direct handle call: no ingress id
+        pr.args[0] = "a direct handle call"  # not an EngineJob: no ingress id, one prompt token charged
         assert await router.choose_replicas([a], pr) == [[a]]
         assert await router.choose_replicas([a], pr) == [[a]]  # asked again (backoff): no second debit
         assert lb.stats()["placed"] == 1 and lb.placement("serve-req-1") == "a"
@@ -301,19 +306,30 @@ def test_router_waits_with_backoff_before_rejecting_when_asked_to():
 
 
 def test_config_file_errors_name_the_key_and_the_file(tmp_path):
-    from cluster.app import ConfigError, load_config
+    from cluster.config import ConfigError, load_config
+
+    def serve_doc(args: dict, **http) -> dict:
+        return {"http_options": http, "applications": [
+            {"name": "fb", "route_prefix": "/", "import_path": "cluster.app:app_builder", "args": args}]}
 
     good = tmp_path / "c.yaml"
-    good.write_text("engines: 3\nrouter: serve-default\nport: 8111\n")
+    good.write_text(yaml.safe_dump(serve_doc({"engines": 3, "router": "serve-default"}, port=8111)))
     cfg = load_config(good)
-    assert (cfg.engines, cfg.router, cfg.url) == (3, "serve-default", "http://127.0.0.1:8111")
+    assert (cfg.engines, cfg.router, cfg.url, cfg.app_name) == (3, "serve-default", "http://127.0.0.1:8111", "fb")
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"engines": 2, "balancr": "pab"}))
+    bad.write_text(json.dumps(serve_doc({"engines": 2, "balancr": "pab"})))
     with pytest.raises(ConfigError, match=r"bad\.json.*balancr"):
         load_config(bad)
-    bad.write_text(json.dumps({"ttft_slo_s": -1}))
+    bad.write_text(json.dumps(serve_doc({"ttft_slo_s": -1})))
     with pytest.raises(ConfigError, match="ttft_slo_s"):
         load_config(bad)
+    bad.write_text(json.dumps(serve_doc({"port": 9000}, port=8111)))
+    with pytest.raises(ConfigError, match="port.*disagrees"):
+        load_config(bad)
+    flat = tmp_path / "flat.yaml"  # the keys without the Serve config around them
+    flat.write_text("engines: 3\n")
+    with pytest.raises(ConfigError, match=r"flat\.yaml: not a Ray Serve config.*applications\[\]\.args"):
+        load_config(flat)
 
 
 def test_live_report_counts_429_as_rejected_and_broken_streams_as_dropped():
@@ -419,7 +435,7 @@ def test_api_keys_and_body_limit_middleware():
 
 def test_api_key_digests_in_the_config_are_checked():
     from cluster.http.api import key_digests
-    from cluster.app import ConfigError, ServeConfig
+    from cluster.config import ConfigError, ServeConfig
 
     (digest,) = key_digests(["k1"])
     assert ServeConfig(api_key_sha256=[digest.upper()]).api_key_sha256 == [digest.upper()]

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 #: Bounds of the Retry-After a rejection suggests, seconds.
@@ -78,6 +78,41 @@ class NodeView:
     slot_wait_s: float = 0.0
     received_ids: frozenset[str] | None = None
 
+    def debited(self, prompt_tokens: int) -> NodeView:
+        """This view after one more request of ``prompt_tokens`` uncached prompt tokens is placed on the node.
+
+        PAB ``-= L``, queued prefill ``+= L``, waiting ``+= 1``, one slot fewer, KV usage
+        up by ``L`` over its capacity (capped at 1) when the capacity is known. The balancer
+        keeps such debited views between reports (DESIGN section 3: debits in transit).
+        """
+        kv_usage = self.kv_usage
+        if self.kv_capacity_tokens > 0:
+            kv_usage = min(1.0, kv_usage + prompt_tokens / self.kv_capacity_tokens)
+        return replace(
+            self,
+            pab_tokens=self.pab_tokens - prompt_tokens,
+            queued_prefill_tokens=self.queued_prefill_tokens + prompt_tokens,
+            waiting=self.waiting + 1,
+            slots_free=None if self.slots_free is None else self.slots_free - 1,
+            kv_usage=kv_usage,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    """A request as the balancer places it: its id, what admitting it charges, and its first deadline.
+
+    ``prompt_tokens`` is the prompt work it brings, tokens (every sample's prompt: ``n`` x
+    the rendered prompt); ``arrival_s`` its arrival stamp (``time.time()`` seconds) and
+    ``ttft_slo_s`` its TTFT SLO, seconds, by which a host may refuse a request that already
+    waited too long to be served in time.
+    """
+
+    request_id: str
+    prompt_tokens: int
+    arrival_s: float
+    ttft_slo_s: float
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -94,23 +129,6 @@ class Decision:
     @property
     def rejected(self) -> bool:
         return self.node_id is None
-
-
-@dataclass
-class _LocalView:
-    """The balancer's mutable copy of a node's view: the last report plus debits since."""
-
-    node_id: int
-    pab_tokens: float = 0.0
-    queued_prefill_tokens: int = 0
-    kv_usage: float = 0.0
-    waiting: int = 0
-    prefill_rate_tps: float = 0.0
-    kv_capacity_tokens: int = 0
-    recovery_tps: float = 0.0
-    slots_free: float | None = None
-    slot_wait_s: float = 0.0
-    reported_at_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -161,7 +179,8 @@ class PlacementPolicy:
         self.admission_cap_tokens = admission_cap_tokens
         self.max_in_flight = max_in_flight
         self.rng = rng if rng is not None else random.Random(0)
-        self.views: dict[int, _LocalView] = {n: _LocalView(n) for n in self.node_ids}
+        # The last report of each node with the debits it has not seen applied (in_flight: see below).
+        self.views: dict[int, NodeView] = {n: NodeView(n) for n in self.node_ids}
         self.in_flight: dict[int, int] = {n: 0 for n in self.node_ids}
         self.placements: dict[str, Placement] = {}
         self._in_transit: dict[int, dict[str, int]] = {n: {} for n in self.node_ids}  # unacknowledged debits
@@ -175,29 +194,20 @@ class PlacementPolicy:
         A report older than the one already held is ignored, so reports
         delivered out of order never roll a view back.
         """
-        local = self.views.get(view.node_id)
-        if local is None:
+        held = self.views.get(view.node_id)
+        if held is None:
             raise ValueError(f"unknown node {view.node_id!r}; nodes are {self.node_ids}")
-        if view.reported_at_s < local.reported_at_s:
+        if view.reported_at_s < held.reported_at_s:
             return
-        local.pab_tokens = view.pab_tokens
-        local.queued_prefill_tokens = view.queued_prefill_tokens
-        local.kv_usage = view.kv_usage
-        local.waiting = view.waiting
-        local.prefill_rate_tps = view.prefill_rate_tps
-        local.kv_capacity_tokens = view.kv_capacity_tokens
-        local.recovery_tps = view.recovery_tps
-        local.slots_free = view.slots_free
-        local.slot_wait_s = view.slot_wait_s
-        local.reported_at_s = view.reported_at_s
+        local = replace(view, received_ids=None)
         transit = self._in_transit[view.node_id]
         if view.received_ids is None:
             self._acknowledge(transit, list(transit))
-            return
-        if transit:
+        elif transit:
             self._acknowledge(transit, [rid for rid in view.received_ids if rid in transit])
             for prompt_tokens in transit.values():  # placements the report has not seen yet
-                self._debit_view(local, prompt_tokens)
+                local = local.debited(prompt_tokens)
+        self.views[view.node_id] = local
 
     def set_nodes(self, node_ids: Sequence[int]) -> None:
         """Change the nodes new requests may go to (nodes joined or left; at least one).
@@ -209,7 +219,7 @@ class PlacementPolicy:
             raise ValueError(f"node ids must be distinct and at least one, got {list(node_ids)}")
         for n in node_ids:
             if n not in self.views:
-                self.views[n] = _LocalView(n)
+                self.views[n] = NodeView(n)
                 self.in_flight[n] = 0
                 self._in_transit[n] = {}
         self.node_ids = list(node_ids)
@@ -249,21 +259,7 @@ class PlacementPolicy:
 
     def view(self, node_id: int) -> NodeView:
         """The balancer's current view of a node, debits included (read-only copy)."""
-        v = self.views[node_id]
-        return NodeView(
-            node_id=node_id,
-            pab_tokens=v.pab_tokens,
-            in_flight=self.in_flight[node_id],
-            queued_prefill_tokens=v.queued_prefill_tokens,
-            kv_usage=v.kv_usage,
-            waiting=v.waiting,
-            reported_at_s=v.reported_at_s,
-            prefill_rate_tps=v.prefill_rate_tps,
-            kv_capacity_tokens=v.kv_capacity_tokens,
-            recovery_tps=v.recovery_tps,
-            slots_free=v.slots_free,
-            slot_wait_s=v.slot_wait_s,
-        )
+        return replace(self.views[node_id], in_flight=self.in_flight[node_id])
 
     def in_transit(self, node_id: int) -> int:
         """Placements on ``node_id`` that no report of it has acknowledged yet."""
@@ -300,20 +296,10 @@ class PlacementPolicy:
         raise NotImplementedError
 
     def _debit(self, node: int, prompt_tokens: int, request_id: str) -> None:
-        self._debit_view(self.views[node], prompt_tokens)
+        self.views[node] = self.views[node].debited(prompt_tokens)
         self.in_flight[node] += 1
         self.placements[request_id] = Placement(node, prompt_tokens)
         self._in_transit[node][request_id] = prompt_tokens
-
-    @staticmethod
-    def _debit_view(v: _LocalView, prompt_tokens: int) -> None:
-        v.pab_tokens -= prompt_tokens
-        v.queued_prefill_tokens += prompt_tokens
-        v.waiting += 1
-        if v.slots_free is not None:
-            v.slots_free -= 1
-        if v.kv_capacity_tokens > 0:
-            v.kv_usage = min(1.0, v.kv_usage + prompt_tokens / v.kv_capacity_tokens)
 
     def _retry_after_s(self, prompt_tokens: int) -> float:
         """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
@@ -322,7 +308,7 @@ class PlacementPolicy:
             for v in self.views.values() if v.node_id in self.node_ids))
 
 
-def has_room(view: _LocalView | NodeView, prompt_tokens: int) -> bool:
+def has_room(view: NodeView, prompt_tokens: int) -> bool:
     """Whether a (debited) view covers a request: budget for its prompt and, where counted, a free slot."""
     return view.pab_tokens >= prompt_tokens and (view.slots_free is None or view.slots_free >= 1)
 

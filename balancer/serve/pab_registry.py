@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections import deque
 from dataclasses import fields
 from typing import Any
 

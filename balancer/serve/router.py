@@ -25,15 +25,16 @@ from typing import Any, List, Optional
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from balancer.core.placement import PlacementRequest
 from balancer.serve.admission import BalancerSettings, LocalBalancer, count_rejection, local_balancer
 
 #: Engine method whose calls are placed by budget.
 PLACED_METHOD = "generate"
 
 
-def request_of(pending_request) -> Optional[dict]:
-    """The ``generate`` call's request dict (``args[0]``, set by the ingress), or None."""
-    if pending_request.args and isinstance(pending_request.args[0], dict):
+def request_of(pending_request) -> Optional[PlacementRequest]:
+    """The ``generate`` call's ``PlacementRequest`` (``args[0]``, the ingress's ``EngineJob``), or None."""
+    if pending_request.args and isinstance(pending_request.args[0], PlacementRequest):
         return pending_request.args[0]
     return None
 
@@ -78,9 +79,9 @@ class PABRequestRouter(RequestRouter):
             or pending_request.metadata.call_method != PLACED_METHOD
         ):
             return [candidate_replicas]
-        req = request_of(pending_request) or {}
+        req = request_of(pending_request)
         # The ingress's request id, else Serve's id of this call: the same on every call for one request.
-        rid = str(req.get("request_id") or pending_request.metadata.internal_request_id)
+        rid = req.request_id if req is not None else str(pending_request.metadata.internal_request_id)
         by_key = {r.replica_id.unique_id: r for r in candidate_replicas}
         lb = self.balancer
         if not lb.registry_ok:
@@ -93,8 +94,8 @@ class PABRequestRouter(RequestRouter):
             # the request keeps its admission (its debit stays on the old node until released).
             return [candidate_replicas]
         if node is None:
-            n = req.get("prompt_tokens")
-            node, decision = lb.admit(rid, n if isinstance(n, int) and n > 0 else 1, candidates=by_key)
+            n = req.prompt_tokens if req is not None else 1
+            node, decision = lb.admit(rid, max(n, 1), candidates=by_key)
             if node is None:
                 if time.time() - pending_request.created_at < self.admission_wait_s:
                     pending_request.routing_context.should_backoff = True

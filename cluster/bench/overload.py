@@ -213,7 +213,7 @@ def run_local(arms: tuple[str, ...], cfg: OverloadConfig, *, capacity_rps: Optio
             raise RuntimeError(f"no ramp rate attained {cfg.capacity_attainment:.0%}; lower --ramp")
     if in_flight_cap is None:
         at_capacity = [r for r in result.capacity_ramp if r["rate_rps"] == result.capacity_rps]
-        from cluster.app import ServeConfig
+        from cluster.config import ServeConfig
 
         mean = at_capacity[-1]["mean_in_flight"] if at_capacity else result.capacity_rps * 2.0
         in_flight_cap = max(1, math.ceil(mean / ServeConfig().engines))

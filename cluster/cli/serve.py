@@ -28,7 +28,7 @@ def _table_console() -> Console:
 
 
 def serve(
-    config: Optional[Path] = typer.Option(None, "--config", help="Serve config, YAML or JSON (keys: ServeConfig fields)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Ray Serve config file, YAML or JSON, as `serve deploy` takes it: ServeConfig fields under the args of the cluster.app:app_builder application (deploy/serve-local.yaml)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (e.g. auto, or HOST:PORT) instead of starting a local one."),
     host: Optional[str] = typer.Option(None, help="HTTP host (overrides the config)."),
     port: Optional[int] = typer.Option(None, help="HTTP port (overrides the config)."),
@@ -45,7 +45,8 @@ def serve(
     """
     from dataclasses import replace
 
-    from cluster.app import ConfigError, ServeConfig, config_from_dict, deploy, load_config
+    from cluster.app import deploy
+    from cluster.config import ConfigError, ServeConfig, config_from_dict, load_config
 
     try:
         cfg = load_config(config) if config else ServeConfig()

@@ -41,13 +41,16 @@ import secrets
 import time
 import uuid
 from http import HTTPStatus
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from node.core.request import ARRIVAL_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
+from node.core.extra_args import SLOValueError, positive_seconds, slo_from_extra_args, to_extra_args
+from node.core.request import ARRIVAL_KEY, SLO, SLO_TTFT_KEY
+from node.serve.messages import CHAT, COMPLETION, EngineJob, EngineReply
 
 logger = logging.getLogger("ray.serve")
 
@@ -132,30 +135,19 @@ def request_slo(xargs: dict, headers, default_ttft_s: float, default_tpot_s: flo
     Raises ``APIError`` (400, ``param`` naming the header or key) for a value that
     is not a positive finite number.
     """
-    slo = {SLO_TTFT_KEY: default_ttft_s, SLO_TPOT_KEY: default_tpot_s}
-    for header, key in ((TTFT_HEADER, SLO_TTFT_KEY), (TPOT_HEADER, SLO_TPOT_KEY)):
+    targets = [default_ttft_s, default_tpot_s]
+    for i, header in enumerate((TTFT_HEADER, TPOT_HEADER)):
         raw = headers.get(header)
         if raw is not None:
-            value = _positive_seconds(raw, 1e-3)
+            value = positive_seconds(raw, 1e-3)
             if value is None:
                 raise invalid(header, f"header {header} must be a number of milliseconds > 0, got {raw!r}")
-            slo[key] = value
-    for key in (SLO_TTFT_KEY, SLO_TPOT_KEY):
-        if key in xargs:
-            value = xargs[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not (math.isfinite(value) and value > 0):
-                raise invalid(f"vllm_xargs.{key}", f"vllm_xargs.{key} must be a number of seconds > 0, got {value!r}")
-            slo[key] = float(value)
-    return slo[SLO_TTFT_KEY], slo[SLO_TPOT_KEY]
-
-
-def _positive_seconds(raw: str, scale: float) -> Optional[float]:
+            targets[i] = value
     try:
-        value = float(raw) * scale
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
+        slo = slo_from_extra_args(xargs, SLO(*targets))
+    except SLOValueError as exc:
+        raise invalid(f"vllm_xargs.{exc.key}", f"vllm_xargs.{exc}") from None
+    return slo.ttft_s, slo.tpot_s
 
 
 def _is_backpressure(exc: BaseException) -> Optional[float]:
@@ -174,18 +166,36 @@ def _is_engine_failure(exc: BaseException) -> bool:
     return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
 
 
-def _where(first: dict) -> dict[str, str]:
-    return {NODE_HEADER: first["node"], REPLICA_HEADER: first["replica"]}
+def _where(first: EngineReply) -> dict[str, str]:
+    return {NODE_HEADER: first.node, REPLICA_HEADER: first.replica}
 
 
 # ----------------------------------------------------------------------------- the ingress
 
 
+@dataclass(frozen=True)
+class IngressSettings:
+    """What an ingress replica needs, derived from the deployment's ``ServeConfig`` (``cluster.app``)."""
+
+    model: str  # as the engines load it (the ingress renders with the same tokenizer and template)
+    served_model_name: str
+    engine_args: dict[str, Any]  # the engines' vLLM arguments (context length, tokenizer options)
+    openai_server: dict[str, Any]  # vLLM's frontend options
+    default_slo: SLO  # for requests that name none
+    first_output_timeout_s: float
+    engine_deployment: str  # the Serve deployment of the engines (its PAB registry)
+    balancer_settings: Optional[Any]  # BalancerSettings when the router is ours (admission here), else None
+    admission_wait_s: float
+    trust_request_start: bool
+
+
 class Ingress:
     """Routing, SLOs and admission around vLLM's OpenAI layer (wrapped with ``serve.ingress`` by ``make_ingress``)."""
 
-    async def __init__(self, engine, settings: dict[str, Any], app: FastAPI) -> None:
+    async def __init__(self, engine, settings: IngressSettings, app: FastAPI) -> None:
         import os
+
+        from ray import serve
 
         from node.serve.engine_replica import resolve_model
         from node.vllm.openai_server import init_render_state, server_args
@@ -193,23 +203,24 @@ class Ingress:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.engine = engine.options(stream=True, method_name="generate")
         self.settings = settings
-        self.ttft_slo_s = float(settings["ttft_slo_s"])
-        self.tpot_slo_s = float(settings["tpot_slo_s"])
-        self.first_output_timeout_s = float(settings.get("first_output_timeout_s", 120.0))
-        args = server_args(resolve_model(settings["model"]), settings["served_model_name"],
-                           settings.get("engine_args") or {}, settings.get("openai_server") or {})
+        # The application's name as Serve runs it (``serve deploy`` names it in its file).
+        self.app_name = serve.get_replica_context().app_name
+        self.ttft_slo_s = settings.default_slo.ttft_s
+        self.tpot_slo_s = settings.default_slo.tpot_s
+        self.first_output_timeout_s = settings.first_output_timeout_s
+        args = server_args(resolve_model(settings.model), settings.served_model_name,
+                           settings.engine_args, settings.openai_server)
         await init_render_state(app.state, args)
         self.state = app.state
         self.render = app.state.serving_render
         self._registry = None
-        self.admission_wait_s = float(settings.get("admission_wait_s") or 0.0)
-        self.trust_request_start = bool(settings.get("trust_request_start", True))
+        self.admission_wait_s = settings.admission_wait_s
+        self.trust_request_start = settings.trust_request_start
         self.balancer = None  # our router: admit here; Serve's default router: no admission
-        if settings.get("balancer_settings") is not None:
+        if settings.balancer_settings is not None:
             from balancer.serve.admission import local_balancer
 
-            self.balancer = local_balancer(settings["app_name"], settings["engine_deployment"],
-                                           settings["balancer_settings"])
+            self.balancer = local_balancer(self.app_name, settings.engine_deployment, settings.balancer_settings)
         self._live_engines: tuple[float, Optional[int]] = (-math.inf, None)  # (checked at, count)
 
     # -- the registry (for health and status) ---------------------------------------------
@@ -219,7 +230,7 @@ class Ingress:
 
         for attempt in range(2):
             if self._registry is None:
-                self._registry = find_registry(self.settings["app_name"], self.settings["engine_deployment"])
+                self._registry = find_registry(self.app_name, self.settings.engine_deployment)
             if self._registry is None:
                 return None
             try:
@@ -241,7 +252,7 @@ class Ingress:
 
     # -- admission and the engine call -------------------------------------------------------
 
-    async def _admit(self, job: dict[str, Any]) -> None:
+    async def _admit(self, job: EngineJob) -> None:
         """Admit and place ``job`` in this process, or raise 429 (Retry-After) / 503; no remote call.
 
         With ``admission_wait_s`` a refused request is asked again at each view
@@ -255,13 +266,13 @@ class Ingress:
             return
         from balancer.serve.admission import count_rejection
 
-        if lb.too_late(time.time() - job["arrival_s"], job["ttft_slo_s"]):
+        if lb.too_late(time.time() - job.arrival_s, job.ttft_slo_s):
             count_rejection()
             raise rejected(1.0)
         deadline = time.monotonic() + self.admission_wait_s
         first_try = True
         while True:
-            node, decision = lb.admit(job["request_id"], job["prompt_tokens"], record=first_try)
+            node, decision = lb.admit(job.request_id, job.prompt_tokens, record=first_try)
             first_try = False
             if node is not None:
                 return
@@ -274,11 +285,11 @@ class Ingress:
                 raise rejected(decision.retry_after_s or 1.0)
             await asyncio.sleep(lb.settings.refresh_interval_s)
 
-    def _release(self, job: dict[str, Any]) -> None:
+    def _release(self, job: EngineJob) -> None:
         if self.balancer is not None:
-            self.balancer.release(job["request_id"])
+            self.balancer.release(job.request_id)
 
-    async def _start(self, job: dict[str, Any]):
+    async def _start(self, job: EngineJob):
         """Admit ``job``, send it to its engine and wait for its first output: ``(generator, first item)``.
 
         On any failure the placement is released before the error is raised.
@@ -290,7 +301,7 @@ class Ingress:
             self._release(job)
             raise
 
-    async def _send(self, job: dict[str, Any]):
+    async def _send(self, job: EngineJob):
         for attempt in range(2):
             gen = self.engine.remote(job)
             try:
@@ -310,7 +321,7 @@ class Ingress:
                     raise rejected(retry) from None
                 if _is_engine_failure(exc) and attempt == 0:
                     continue  # nothing reached the client yet: one more try on a live engine
-                logger.warning("request %s failed before its first token: %r", job["request_id"], exc)
+                logger.warning("request %s failed before its first token: %r", job.request_id, exc)
                 raise unavailable(f"The engine failed: {type(exc).__name__}.") from None
         raise AssertionError("unreachable")
 
@@ -324,18 +335,18 @@ class Ingress:
         arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
         xargs = dict(request.vllm_xargs or {})
         ttft, tpot = request_slo(xargs, headers, self.ttft_slo_s, self.tpot_slo_s)
-        request.vllm_xargs = {**xargs, SLO_TTFT_KEY: ttft, SLO_TPOT_KEY: tpot, ARRIVAL_KEY: arrival_s}
+        request.vllm_xargs = {**xargs, **to_extra_args(SLO(ttft, tpot), arrival_s)}
 
     async def run(self, kind: str, request, prompt_ids: list[list[int]]) -> Response:
         """Admit and serve one stamped (``stamp``) and rendered request; ``prompt_ids``: its prompts' token ids.
 
-        ``kind`` is ``"chat"`` or ``"completion"``. The request gets our id and its
+        ``kind`` is ``CHAT`` or ``COMPLETION`` (``node.serve.messages``). The request gets our id and its
         token ids, then goes to the engine it was placed on; the answer is vLLM's
         response, streamed or whole, with the node's and replica's headers.
         """
         rid = uuid.uuid4().hex
         request.request_id = rid
-        if kind == "chat":
+        if kind == CHAT:
             kv = dict(request.kv_transfer_params or {})
             kv["prompt_token_ids"] = prompt_ids[0]
             request.kv_transfer_params = kv
@@ -345,8 +356,9 @@ class Ingress:
             request.prompt = prompt_ids[0] if len(prompt_ids) == 1 else prompt_ids
         # n samples of each prompt: vLLM prefills the prompt once per sample (no prefix caching assumed).
         n = int(request.n or 1)
-        job = {"request_id": rid, "kind": kind, "request": request, "arrival_s": request.vllm_xargs[ARRIVAL_KEY],
-               "ttft_slo_s": request.vllm_xargs[SLO_TTFT_KEY], "prompt_tokens": n * sum(len(ids) for ids in prompt_ids)}
+        job = EngineJob(request_id=rid, prompt_tokens=n * sum(len(ids) for ids in prompt_ids),
+                        arrival_s=request.vllm_xargs[ARRIVAL_KEY], ttft_slo_s=request.vllm_xargs[SLO_TTFT_KEY],
+                        kind=kind, request=request)
         gen, first = await self._start(job)
         where = _where(first)
 
@@ -354,18 +366,18 @@ class Ingress:
             gen.cancel()
             self._release(job)
 
-        if "sse" not in first:
+        if first.sse is None:
             try:
-                if first.get("started"):  # a whole response after its first token: as long as generation takes
+                if first.started:  # a whole response after its first token: as long as generation takes
                     first = await self._next(gen, rid)
             finally:
                 close()
-            if "error" in first:
-                return _error_response(first["error"], where)
-            return Response(first["body"], media_type="application/json", headers=where)
+            if first.error is not None:
+                return _error_response(first.error, where)
+            return Response(first.body, media_type="application/json", headers=where)
 
         async def events():
-            yield first["sse"]
+            yield first.sse
             try:
                 async for item in gen:
                     yield item
@@ -378,7 +390,7 @@ class Ingress:
         return _ClosingStream(events(), close, media_type="text/event-stream", headers=where)
 
     @staticmethod
-    async def _next(gen, rid: str) -> dict[str, Any]:
+    async def _next(gen, rid: str) -> EngineReply:
         """The engine's next item; 503 when the engine failed on the way."""
         try:
             return await gen.__anext__()
@@ -441,7 +453,7 @@ class EarlyRefusal:
                 now = time.time()
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
                 waited = now - arrival_stamp(headers, now, self.trust_request_start)
-                ttft = _positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
+                ttft = positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
                 for lb in balancers:
                     wait = 1.0 if lb.too_late(waited, ttft) else lb.refusal_before_parsing()
                     if wait is not None:
@@ -626,7 +638,7 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
             rendered = await self.render.render_completion_request(request, raw_request)
             if isinstance(rendered, ErrorResponse):
                 return _error_response(rendered.model_dump())
-            return await self.run("completion", request, [r.token_ids for r in rendered])
+            return await self.run(COMPLETION, request, [r.token_ids for r in rendered])
 
         @app.post("/v1/chat/completions", dependencies=json_only)
         async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
@@ -634,6 +646,6 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
             rendered = await self.render.render_chat_request(request, raw_request)
             if isinstance(rendered, ErrorResponse):
                 return _error_response(rendered.model_dump())
-            return await self.run("chat", request, [rendered.token_ids])
+            return await self.run(CHAT, request, [rendered.token_ids])
 
     return OpenAIIngress

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.core.request import SLO
 from node.core.step_time import StepTimeModel
 
 from node.fit.step_time_fit import FitReport
@@ -30,6 +31,11 @@ PROFILES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "profiles"
 _REQUIRED_NUMBERS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor", "mape", "p99_abs_error_s")
 _REQUIRED_STRINGS = ("hardware", "model", "method")
 _OPTIONAL_INTS = ("kv_cache_tokens", "max_num_seqs", "max_num_batched_tokens", "block_size")
+_OPTIONAL_SECONDS = ("ttft_slo_s", "tpot_slo_s")
+
+#: The SLOs a deployment is held to when neither the request, the config nor its profile names
+#: one: the paper's evaluation targets for an 8B model (DESIGN section 6), 1 s TTFT and 50 ms TPOT.
+REFERENCE_SLO = SLO(ttft_s=1.0, tpot_s=0.05)
 
 
 class ProfileError(ValueError):
@@ -55,7 +61,16 @@ class Profile:
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
     host_s: float = 0.0  # per-step host time on top of the forward pass (cadence minus forward)
+    # The deployment's default SLOs on this hardware (None: REFERENCE_SLO's). Every config that runs
+    # on this profile (serve, engine, simulator) defaults to them, so their defaults agree.
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_slo(self) -> SLO:
+        """The SLO of a request that names none on this profile's deployment, seconds."""
+        return SLO(self.ttft_slo_s or REFERENCE_SLO.ttft_s, self.tpot_slo_s or REFERENCE_SLO.tpot_s)
 
     @property
     def step_model(self) -> StepTimeModel:
@@ -86,7 +101,7 @@ class Profile:
         out: dict[str, Any] = {"version": PROFILE_VERSION}
         if self.name:
             out["name"] = self.name
-        for key in _REQUIRED_NUMBERS + _REQUIRED_STRINGS + _OPTIONAL_INTS:
+        for key in _REQUIRED_NUMBERS + _REQUIRED_STRINGS + _OPTIONAL_INTS + _OPTIONAL_SECONDS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -120,11 +135,18 @@ def parse_profile(data: Any, source: str = "<profile>") -> Profile:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ProfileError(f"{source}: {key!r} must be a positive integer, got {value!r}")
         values[key] = value
+    for key in _OPTIONAL_SECONDS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ProfileError(f"{source}: {key!r} must be a number of seconds > 0, got {value!r}")
+        values[key] = None if value is None else float(value)
     host = data.get("host_s", 0.0)
     if isinstance(host, bool) or not isinstance(host, (int, float)) or not math.isfinite(host) or host < 0:
         raise ProfileError(f"{source}: 'host_s' must be a finite number >= 0, got {host!r}")
     values["host_s"] = float(host)
-    known = set(_REQUIRED_NUMBERS) | set(_REQUIRED_STRINGS) | set(_OPTIONAL_INTS) | {"version", "name", "host_s"}
+    known = (set(_REQUIRED_NUMBERS) | set(_REQUIRED_STRINGS) | set(_OPTIONAL_INTS) | set(_OPTIONAL_SECONDS)
+             | {"version", "name", "host_s"})
     profile = Profile(name=str(data.get("name", "")), extra={k: v for k, v in data.items() if k not in known}, **values)
     try:
         profile.step_model  # noqa: B018 - validates the coefficients

@@ -50,7 +50,7 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
@@ -60,16 +60,18 @@ from starlette.datastructures import State
 
 from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
 from node.core.attainment import mean_tpot_s, meets_slo
+from node.vllm.names import TINY_MODEL
+from node.serve.messages import CHAT, EngineJob, EngineReply
 from node.serve.metrics import instrument
 from node.core.pab import PABReport, estimate_pab
 from node.vllm.openai_server import engine_args_from, init_serving_state, server_args
 from node.fit.profile import load_profile
-from node.core.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
+from node.core.extra_args import SLOValueError, arrival_from_extra_args, slo_from_extra_args
+from node.core.request import SLO, RequestState
 
 logger = logging.getLogger("ray.serve")
 
 #: ``model`` value that means: write the tiny random-weight Llama locally and serve it.
-TINY_MODEL = "tiny"
 #: Environment variable carrying the FairBatching scheduler's node config (JSON).
 NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
 #: A report lists the requests received within this many seconds (many report intervals, so a
@@ -78,7 +80,6 @@ RECEIVED_WINDOW_S = 5.0
 #: Set by ``EngineReplica.generate`` for the vLLM call it makes: the engine sets it at the request's first output.
 FIRST_OUTPUT: contextvars.ContextVar[Optional[asyncio.Event]] = contextvars.ContextVar("first_output", default=None)
 #: The FairBatching scheduler that publishes its node stats to the replica (node.vllm.served_scheduler).
-FAIRBATCHING_SCHEDULER = "node.vllm.served_scheduler.ServedFairBatchingScheduler"
 
 
 def tiny_model_dir() -> Path:
@@ -95,26 +96,24 @@ def resolve_model(model: str) -> str:
     return str(tiny_model_dir()) if model == TINY_MODEL else model
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineSpec:
-    """Everything an engine replica needs; plain data so it crosses process boundaries."""
+    """Everything an engine replica needs, derived from the deployment's config
+    (``cluster.config.ServeConfig.engine_spec``, which owns the defaults); plain data for the Ray call."""
 
-    model: str = TINY_MODEL
-    served_model_name: str = "tiny-llama"
-    engine_args: dict[str, Any] = field(default_factory=dict)  # vLLM AsyncEngineArgs fields
-    scheduler_cls: Optional[str] = FAIRBATCHING_SCHEDULER  # dotted path; None = stock vLLM
-    node_config: Optional[dict[str, Any]] = None  # FAIRBATCHING_NODE_CONFIG contents
-    profile: str = "cpu-tiny-llama"  # step-time profile (name in deploy/profiles or path)
-    ttft_slo_s: float = 2.0  # deployment default SLOs; requests may override
-    tpot_slo_s: float = 0.25
-    anchor: str = "first-token"
-    report_interval_s: float = 0.1
-    feedback: dict[str, Any] = field(default_factory=dict)  # node.core.feedback.FeedbackConfig fields
-    pab_horizon_fraction: float = 0.6  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
-    openai_server: dict[str, Any] = field(default_factory=dict)  # vLLM BaseFrontendArgs fields (tools, template)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    model: str  # HF id or path; "tiny": the tiny random-weight Llama
+    served_model_name: str
+    engine_args: dict[str, Any]  # vLLM AsyncEngineArgs fields
+    scheduler_cls: Optional[str]  # dotted path (node.vllm.names); None = stock vLLM
+    node_config: Optional[dict[str, Any]]  # NodeConfig overrides (FAIRBATCHING_NODE_CONFIG)
+    profile: str  # step-time profile (name in deploy/profiles or path)
+    ttft_slo_s: float  # deployment default SLOs, seconds; requests may name their own
+    tpot_slo_s: float
+    anchor: str
+    report_interval_s: float
+    feedback: dict[str, Any]  # node.core.feedback.FeedbackConfig fields
+    pab_horizon_fraction: float  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
+    openai_server: dict[str, Any]  # vLLM BaseFrontendArgs fields (tools, template)
 
 
 @dataclass
@@ -178,8 +177,8 @@ class _Metrics:
 class EngineReplica:
     """A Serve replica holding one vLLM ``AsyncLLM``; see the module docstring."""
 
-    async def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = EngineSpec(**spec)
+    async def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
         if self.spec.scheduler_cls:
             from node.vllm.node_config import NodeConfig
 
@@ -502,47 +501,44 @@ class EngineReplica:
     async def node_stats(self) -> dict[str, Any]:
         return {**self.node_view(), **self._extra(), "pab": self._pab_parts, "scheduler": self.sched}
 
-    async def generate(self, job: dict[str, Any]) -> AsyncIterator[Any]:
-        """Serve one request the ingress admitted and rendered, with vLLM's OpenAI layer.
+    async def generate(self, job: EngineJob) -> AsyncIterator[EngineReply | str]:
+        """Serve one request the ingress admitted and rendered (``cluster.http.api.Ingress.run``),
+        with vLLM's OpenAI layer.
 
-        ``job`` (``cluster.http.api.Ingress.run``): ``request_id`` (ours), ``kind``
-        (``"chat"`` or ``"completion"``), ``request`` (vLLM's request model, its
-        ``vllm_xargs`` holding the SLOs and the ingress's arrival stamp, its prompt
-        as token ids). Yields dicts with ``node`` and ``replica``: for a whole
-        response first ``started`` (at its first token, so the ingress's first-output
-        timeout bounds the time to the first token, not the generation), then
-        ``error`` (vLLM's error object, with its status in ``code``) or ``body``
-        (the JSON response); for a stream ``sse`` (the first server-sent event,
-        after the first token) or ``error``, then each further event as a string.
+        Yields ``EngineReply`` items: for a whole response first ``started`` (at its first
+        token, so the ingress's first-output timeout bounds the time to the first token,
+        not the generation), then ``error`` or ``body``; for a stream ``sse`` (the first
+        server-sent event, after the first token) or ``error``, then each further event as
+        a string.
         """
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         received_s = time.time()
-        request = job["request"]
-        arrival_s = float((request.vllm_xargs or {}).get(ARRIVAL_KEY) or received_s)
-        self.received.append((received_s, job["request_id"]))
+        request = job.request
+        arrival_s = arrival_from_extra_args(request.vllm_xargs, received_s)
+        self.received.append((received_s, job.request_id))
         self.front_delay.observe(received_s, received_s - arrival_s)
         where = {"node": self.node_label, "replica": self.replica_key}
         first_output = asyncio.Event()
         token = FIRST_OUTPUT.set(first_output)  # the task below (and the engine calls in it) inherit it
         try:
-            task = asyncio.ensure_future(self._serve(job["kind"], request))
+            task = asyncio.ensure_future(self._serve(job.kind, request))
         finally:
             FIRST_OUTPUT.reset(token)
         waiter = asyncio.ensure_future(first_output.wait())
         try:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():  # a whole response on its way: its first token came, so say so now
-                yield {**where, "started": True}
+                yield EngineReply(**where, started=True)
             out = await task
         finally:
             waiter.cancel()
             task.cancel()  # (when the client left) vLLM aborts the engine request
         if isinstance(out, ErrorResponse):
-            yield {**where, "error": out.model_dump()}
+            yield EngineReply(**where, error=out.model_dump())
             return
         if not hasattr(out, "__aiter__"):
-            yield {**where, "body": out.model_dump_json()}
+            yield EngineReply(**where, body=out.model_dump_json())
             return
         try:
             first = True
@@ -550,7 +546,7 @@ class EngineReplica:
                 if first:
                     first = False
                     failed = _sse_error(event)
-                    yield {**where, "error": failed} if failed else {**where, "sse": event}
+                    yield EngineReply(**where, error=failed) if failed else EngineReply(**where, sse=event)
                     if failed:
                         return
                 else:
@@ -563,7 +559,7 @@ class EngineReplica:
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
         try:
-            if kind == "chat":
+            if kind == CHAT:
                 return await self.api.openai_serving_chat.create_chat_completion(request, None)
             return await self.api.openai_serving_completion.create_completion(request, None)
         except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise (token id out of vocabulary, ...)
@@ -573,10 +569,11 @@ class EngineReplica:
         """Start tracking engine request ``request_id`` (one ``_Live`` per sample); returns their keys."""
         ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
         prompt_tokens = len(ids) if ids is not None else 0
-        extra = sp.extra_args or {}
-        slo = SLO(float(extra.get(SLO_TTFT_KEY) or self.default_slo.ttft_s),
-                  float(extra.get(SLO_TPOT_KEY) or self.default_slo.tpot_s))
-        arrival_s = float(extra.get(ARRIVAL_KEY) or time.time())
+        try:
+            slo = slo_from_extra_args(sp.extra_args, self.default_slo)
+        except SLOValueError:  # not from our ingress (it answers 400); the scheduler uses the default too
+            slo = self.default_slo
+        arrival_s = arrival_from_extra_args(sp.extra_args, time.time())
         self.recent_slos.append({"ttft_slo_s": slo.ttft_s, "tpot_slo_s": slo.tpot_s,
                                  "front_delay_s": round(time.time() - arrival_s, 4)})
         keys = [f"{request_id}/{i}" for i in range(max(1, int(sp.n or 1)))]

@@ -17,10 +17,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from node.vllm.names import SCHEDULER
 from node.vllm.node_config import NodeConfig
 
-SCHEDULER_CLS = "node.vllm.scheduler.FairBatchingScheduler"
-ASYNC_SCHEDULER_CLS = "node.vllm.scheduler.FairBatchingAsyncScheduler"
 
 _CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -69,7 +68,7 @@ def make_llm(model_dir: str | Path, node_config: NodeConfig | None, **overrides:
     set_engine_env()
     if node_config is not None:
         os.environ.update(node_config.to_env())
-        overrides.setdefault("scheduler_cls", SCHEDULER_CLS)
+        overrides.setdefault("scheduler_cls", SCHEDULER)
     from vllm import LLM
 
     return LLM(**engine_kwargs(model_dir, **overrides))

@@ -16,8 +16,8 @@ Fields (all optional in the JSON; missing ones take the defaults below):
   FairBatching (``node.core.fairbatching.FairBatchingConfig``);
 * ``profile`` -- step-time profile, a name in ``deploy/profiles`` or a path;
 * ``ttft_slo_s`` / ``tpot_slo_s`` -- deployment defaults for requests whose
-  ``SamplingParams.extra_args`` carry no ``ttft_slo_s`` / ``tpot_slo_s``;
-* ``pab_horizon_s`` -- PAB horizon; ``None`` means the default TTFT SLO;
+  ``SamplingParams.extra_args`` carry no ``ttft_slo_s`` / ``tpot_slo_s``
+  (``None``: the profile's, ``node.fit.profile.Profile.default_slo``);
 * ``apply_plan`` -- ``False`` leaves vLLM's own scheduling untouched and only
   observes (plans, times steps, refits, computes PAB): the stock baseline of
   an A/B run, measured by the same instrument;
@@ -45,9 +45,8 @@ class NodeConfig:
     policy: str = "fairbatching"
     knobs: dict[str, Any] = field(default_factory=dict)
     profile: str = "cpu-tiny-llama"
-    ttft_slo_s: float = 1.0
-    tpot_slo_s: float = 0.05
-    pab_horizon_s: float | None = None
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
     apply_plan: bool = True
     refit: bool = True
     refit_window: int = 512
@@ -59,16 +58,12 @@ class NodeConfig:
     def __post_init__(self) -> None:
         for name in ("ttft_slo_s", "tpot_slo_s"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"NodeConfig.{name} must be a number of seconds > 0, got {value!r}")
-        if self.pab_horizon_s is not None and not (math.isfinite(self.pab_horizon_s) and self.pab_horizon_s > 0):
-            raise ValueError(f"NodeConfig.pab_horizon_s must be > 0, got {self.pab_horizon_s!r}")
+                raise ValueError(f"NodeConfig.{name} must be a number of seconds > 0 or null, got {value!r}")
         if not isinstance(self.knobs, dict):
             raise ValueError(f"NodeConfig.knobs must be an object, got {self.knobs!r}")
-
-    @property
-    def horizon_s(self) -> float:
-        return self.pab_horizon_s if self.pab_horizon_s is not None else self.ttft_slo_s
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

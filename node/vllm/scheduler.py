@@ -45,8 +45,10 @@ vLLM stamps ``Request.arrival_time`` with ``time.time()``; first-token times
 ``time.perf_counter``.
 
 Node state for the serving layer: ``node_stats()`` returns a small JSON-safe
-dict (PAB report, budget, last step predicted/measured, urgent/skipped counts,
-divergences, model coefficients, refit error). With ``step_log`` set, one JSON
+dict (budget, last step predicted/measured, urgent/skipped counts, divergences,
+model coefficients, refit error). The node's PAB is computed once, by the engine
+replica (``node.serve.engine_replica``), which holds the closed loop that
+corrects it; the scheduler supplies the step-time model it is computed with. With ``step_log`` set, one JSON
 line per step is appended to that file.
 """
 
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter, deque
@@ -70,11 +71,11 @@ from node.core.step_time import StepTimeModel
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.envelope import Anchor, deadline_s
 from node.vllm.node_config import NodeConfig
-from node.core.pab import PABReport, estimate_pab
 from node.core.plan import BatchPlan, Group, Limits, SkipReason
 from node.core.policies import make_policy
 from node.fit.profile import load_profile
-from node.core.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY, RequestState
+from node.core.extra_args import SLOValueError, arrival_from_extra_args, slo_from_extra_args
+from node.core.request import SLO, RequestState
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,6 @@ class _PendingStep:
     record: dict[str, Any]  # the step-log line, completed in update_from_output
 
 
-def _positive_seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
 class FairBatchingMixin:
     """Host logic shared by the sync and async schedulers. Mix in before a vLLM ``Scheduler``."""
 
@@ -119,7 +110,8 @@ class FairBatchingMixin:
         )
         # Named fb_policy: vLLM's Scheduler already uses self.policy (FCFS / priority).
         self.fb_policy = make_policy(cfg.policy, prior, **cfg.knobs)
-        self.fb_default_slo = SLO(cfg.ttft_slo_s, cfg.tpot_slo_s)
+        self.fb_default_slo = SLO(cfg.ttft_slo_s or profile.default_slo.ttft_s,
+                                  cfg.tpot_slo_s or profile.default_slo.tpot_s)
         anchor = getattr(getattr(self.fb_policy, "config", None), "anchor", Anchor.ARRIVAL)
         self.fb_anchor = Anchor(anchor)
 
@@ -133,7 +125,6 @@ class FairBatchingMixin:
         self._fb_last_forward_s: float | None = None
         self.fb_last_snapshot: list[RequestState] = []
         self.fb_last_plan: BatchPlan | None = None
-        self.fb_last_pab: PABReport | None = None
         self._fb_last_step: dict[str, Any] = {}
 
         self.fb_steps = 0  # schedule() calls that had something to plan
@@ -161,23 +152,21 @@ class FairBatchingMixin:
         if slo is not None:
             return slo
         params = request.sampling_params
-        extra = (params.extra_args if params is not None else None) or {}
-        ttft = _positive_seconds(extra.get(SLO_TTFT_KEY, self.fb_default_slo.ttft_s))
-        tpot = _positive_seconds(extra.get(SLO_TPOT_KEY, self.fb_default_slo.tpot_s))
-        if ttft is None or tpot is None:
+        extra = params.extra_args if params is not None else None
+        try:
+            slo = slo_from_extra_args(extra, self.fb_default_slo)
+        except SLOValueError as exc:
             self.fb_invalid_slos += 1
-            logger.warning("request %s: invalid SLO in extra_args %r; using the deployment default", rid, extra)
-        slo = SLO(ttft or self.fb_default_slo.ttft_s, tpot or self.fb_default_slo.tpot_s)
+            logger.warning("request %s: invalid SLO in extra_args (%s); using the deployment default", rid, exc)
+            slo = self.fb_default_slo
         self._fb_slos[rid] = slo
         return slo
 
     def _fb_arrival_of(self, request: Any) -> float:
         """The ingress's arrival stamp when the request carries one (earlier than vLLM's), else vLLM's."""
         params = request.sampling_params
-        stamp = ((params.extra_args if params is not None else None) or {}).get(ARRIVAL_KEY)
-        if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp):
-            return min(float(stamp), request.arrival_time)
-        return request.arrival_time
+        return min(arrival_from_extra_args(params.extra_args if params is not None else None, request.arrival_time),
+                   request.arrival_time)
 
     def _fb_state(self, request: Any) -> tuple[RequestState, bool] | None:
         """The policy's view of one vLLM request, and whether it decodes; None if it needs no tokens now."""
@@ -291,15 +280,6 @@ class FairBatchingMixin:
         self._fb_plan_s_sum += t_plan
         self._fb_plan_s_max = max(self._fb_plan_s_max, t_plan)
         self.fb_last_snapshot, self.fb_last_plan = states, plan
-        self.fb_last_pab = estimate_pab(
-            states,
-            self.fb_refit.model,
-            now_s,
-            horizon_s=cfg.horizon_s,
-            kv_free_tokens=self.kv_cache_manager.block_pool.get_num_free_blocks() * self.block_size,
-            default_tpot_s=cfg.tpot_slo_s,
-            anchor=self.fb_anchor,
-        )
         reasons = self._fb_divergence(out, plan, planned, fallback)
         if reasons:
             self.fb_divergent_steps += 1
@@ -436,7 +416,6 @@ class FairBatchingMixin:
                 "preempted": sorted(out.preempted_req_ids),
                 "diverged": dict(reasons),
                 "plan_s": t_plan,
-                "pab_tokens": self.fb_last_pab.pab_tokens if self.fb_last_pab else None,
             }
         self._fb_pending.append(
             _PendingStep(self.current_step, time.perf_counter(), prefill, decode, context, predicted, record)
@@ -507,7 +486,6 @@ class FairBatchingMixin:
         """The node's state for balancers and dashboards: small, JSON-serialisable, O(1) to build."""
         model = self.fb_refit.model
         report = self.fb_refit.report
-        pab = self.fb_last_pab
         return {
             "policy": self.fb_config.policy,
             "plan_applied": self.fb_config.apply_plan,
@@ -517,7 +495,6 @@ class FairBatchingMixin:
             "waiting": len(self.waiting),
             "kv_free_blocks": self.kv_cache_manager.block_pool.get_num_free_blocks(),
             "block_size": self.block_size,
-            "pab": pab.to_dict() if pab is not None else None,
             "last_step": dict(self._fb_last_step),
             "divergence": {
                 "steps": self.fb_divergent_steps,

@@ -1,0 +1,69 @@
+"""A request's SLO and arrival as they travel with it: one reader and one writer for every host.
+
+The ingress writes them into the OpenAI body's ``vllm_xargs``; vLLM copies that
+into ``SamplingParams.extra_args``, where the engine replica and the vLLM
+scheduler read them. Keys (``node.core.request``): ``ttft_slo_s`` and
+``tpot_slo_s`` (seconds, > 0) and ``arrival_s`` (``time.time()`` seconds of the
+ingress's arrival stamp: the envelope starts there, so slack counts the time the
+request spent in front of the engine).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from node.core.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY
+
+
+class SLOValueError(ValueError):
+    """A request's SLO value is not a positive, finite number of seconds; ``key`` names it."""
+
+    def __init__(self, key: str, value: Any) -> None:
+        super().__init__(f"{key} must be a number of seconds > 0, got {value!r}")
+        self.key = key
+        self.value = value
+
+
+def positive_seconds(value: Any, scale: float = 1.0) -> float | None:
+    """``value`` (a number, or a numeric string) times ``scale`` when that is a finite number > 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value) * scale
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def slo_from_extra_args(extra_args: Mapping[str, Any] | None, default: SLO) -> SLO:
+    """The SLO in ``extra_args``, each target it does not carry from ``default``.
+
+    Raises ``SLOValueError`` naming the key for a value that is not a number of seconds > 0
+    (strings are refused: JSON bodies carry numbers).
+    """
+    extra = extra_args or {}
+    targets = []
+    for key, fallback in ((SLO_TTFT_KEY, default.ttft_s), (SLO_TPOT_KEY, default.tpot_s)):
+        if key not in extra:
+            targets.append(fallback)
+            continue
+        value = extra[key]
+        seconds = None if isinstance(value, str) else positive_seconds(value)
+        if seconds is None:
+            raise SLOValueError(key, value)
+        targets.append(seconds)
+    return SLO(*targets)
+
+
+def arrival_from_extra_args(extra_args: Mapping[str, Any] | None, default_s: float) -> float:
+    """The arrival stamp in ``extra_args`` (``time.time()`` seconds), or ``default_s`` when absent or not finite."""
+    stamp = (extra_args or {}).get(ARRIVAL_KEY)
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp):
+        return float(stamp)
+    return default_s
+
+
+def to_extra_args(slo: SLO, arrival_s: float) -> dict[str, float]:
+    """The entries that carry ``slo`` and ``arrival_s`` in ``vllm_xargs`` / ``extra_args``."""
+    return {SLO_TTFT_KEY: slo.ttft_s, SLO_TPOT_KEY: slo.tpot_s, ARRIVAL_KEY: arrival_s}
