@@ -20,6 +20,7 @@ vllm = pytest.importorskip("vllm")
 
 from node.vllm.engine_setup import engine_scheduler, make_llm  # noqa: E402
 from node.vllm.node_config import NodeConfig  # noqa: E402
+from node.vllm.node_stats import NodeStats  # noqa: E402
 from node.fit.profile import Profile, save_profile  # noqa: E402
 from node.vllm.tiny_model import word_token_id, write_tiny_model  # noqa: E402
 
@@ -134,7 +135,7 @@ def test_per_request_slos_reach_the_policy(fb):
     assert (seen["slo-custom"].ttft_s, seen["slo-custom"].tpot_s) == (0.321, 0.0123)
     assert (seen["slo-default"].ttft_s, seen["slo-default"].tpot_s) == (DEFAULT_TTFT_S, DEFAULT_TPOT_S)
     assert seen["slo-bad"].tpot_s == DEFAULT_TPOT_S
-    assert sched.node_stats()["invalid_slos"] >= 1
+    assert sched.node_stats().invalid_slos >= 1
     while engine.has_unfinished_requests():
         engine.step()
 
@@ -223,9 +224,9 @@ def test_plan_divergence_stays_zero_in_steady_state(fb):
     fb.generate(prompts, _greedy(20), use_tqdm=False)
     assert sched.fb_divergent_steps == before_steps, (before, dict(sched.fb_divergence))
     stats = sched.node_stats()
-    json.dumps(stats)  # serialisable for the serving layer
-    assert stats["divergence"]["steps"] == before_steps
-    assert stats["model"]["b_s_per_token"] > 0
+    assert NodeStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats  # as it crosses to the replica
+    assert stats.divergent_steps == before_steps
+    assert stats.step_model.b_s_per_token > 0
 
 
 def test_a_small_kv_cache_forces_preemption_and_loses_nothing(stock, small_kv, workdir):
@@ -238,7 +239,7 @@ def test_a_small_kv_cache_forces_preemption_and_loses_nothing(stock, small_kv, w
     assert got == want
     preempted = [r for r in _log(workdir, "small-kv.jsonl") if r["preempted"]]
     assert preempted, "the small KV cache should have forced a preemption"
-    assert stats["divergence"]["by_reason"].get("preempted", 0) >= 1
+    assert stats.divergence_by_reason.get("preempted", 0) >= 1
 
 
 def test_the_async_scheduler_variant_gives_the_same_tokens(stock, fb_async):

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import yaml
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from balancer.serve.pab_registry import PABRegistry
+from balancer.core.placement import NodeView
+from balancer.serve.pab_registry import NodeReport, PABRegistry
+from node.core.step_time import StepTimeModel
 from cluster.workload.loadgen import LiveRecord, live_report
 from node.core.request import SLO
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(60)]
 
 
-def _report(reg: PABRegistry, key: str, pab: float, **kw) -> None:
-    reg.report(key, {"pab_tokens": pab, "prefill_rate_tps": 1000.0, "reported_at_s": kw.pop("at", 1.0), **kw})
+def _report(reg: PABRegistry, key: str, pab: float, at: float = 1.0, received_ids=None) -> None:
+    reg.report(key, NodeReport(NodeView(0, pab_tokens=pab, prefill_rate_tps=1000.0, reported_at_s=at,
+                                        received_ids=None if received_ids is None else frozenset(received_ids))))
 
 
 def test_registry_serves_the_latest_report_of_each_live_node(monkeypatch):
@@ -28,7 +32,7 @@ def test_registry_serves_the_latest_report_of_each_live_node(monkeypatch):
     _report(reg, "b", 3000)
     _report(reg, "a", 800, at=2.0, received_ids=["r1", "r2"])
     views = reg.views("router-1", {"placed": 3, "rejected": 1})
-    assert views["a"]["pab_tokens"] == 800 and views["a"]["received_ids"] == ["r1", "r2"]
+    assert views["a"].pab_tokens == 800 and views["a"].received_ids == {"r1", "r2"}
     assert set(views) == {"a", "b"}
     clock[0] += 4.0
     _report(reg, "b", 2000, at=3.0)
@@ -38,8 +42,8 @@ def test_registry_serves_the_latest_report_of_each_live_node(monkeypatch):
     assert snap["decisions"] == {"placed": 3, "rejected": 1} and not snap["nodes"]["a"]["live"]
 
 
-def _model(b: float, refits: int) -> dict:
-    return {"a_s": 0.01, "b_s_per_token": b, "c_s_per_context_token": 1e-7, "safety_factor": 1.0, "refits": refits}
+def _refit(b: float, refits: int) -> NodeReport:
+    return NodeReport(NodeView(0, pab_tokens=1.0), StepTimeModel(0.01, b, 1e-7), refits)
 
 
 def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkeypatch):
@@ -47,27 +51,25 @@ def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkey
     monkeypatch.setattr("balancer.serve.pab_registry.time.monotonic", lambda: clock[0])
     reg = PABRegistry(model_max_age_s=30.0)
     # Before any node refits, there is no deployment model (nodes use their own profile).
-    assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(1e-5, 0)}) is None
-    assert reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(2e-4, 1)})["b_s_per_token"] == 2e-4
-    reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(4e-5, 3)})
-    reg.report("c", {"pab_tokens": 1.0}, {"own_model": _model(6e-5, 2)})
-    shared = reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(4e-5, 3)})
-    assert shared["b_s_per_token"] == pytest.approx(6e-5) and shared["nodes"] == 3  # the median
-    assert reg.snapshot()["deployment_model"] == shared
+    assert reg.report("a", _refit(1e-5, 0)) is None
+    assert reg.report("a", _refit(2e-4, 1)).b_s_per_token == 2e-4
+    reg.report("b", _refit(4e-5, 3))
+    reg.report("c", _refit(6e-5, 2))
+    shared = reg.report("b", _refit(4e-5, 3))
+    assert shared.b_s_per_token == pytest.approx(6e-5)  # the median
+    assert reg.snapshot()["deployment_model"] == {**dataclasses.asdict(shared), "nodes": 3}
     # a stops refitting (no traffic): 31 s later only the nodes that still refit count. Reporting
     # the same refit again does not make it new.
     clock[0] += 31.0
-    reg.report("a", {"pab_tokens": 1.0}, {"own_model": _model(2e-4, 1)})
-    reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(5e-5, 4)})
-    reg.report("c", {"pab_tokens": 1.0}, {"own_model": _model(7e-5, 3)})
-    assert reg.deployment_model()["b_s_per_token"] == pytest.approx(6e-5)  # median of 5e-5 and 7e-5
+    reg.report("a", _refit(2e-4, 1))
+    reg.report("b", _refit(5e-5, 4))
+    reg.report("c", _refit(7e-5, 3))
+    assert reg.deployment_model().b_s_per_token == pytest.approx(6e-5)  # median of 5e-5 and 7e-5
     # A node that stops reporting leaves the pool with its report.
     clock[0] += reg.stale_after_s - 1
-    reg.report("b", {"pab_tokens": 1.0}, {"own_model": _model(5e-5, 5)})
+    reg.report("b", _refit(5e-5, 5))
     clock[0] += 2
-    assert reg.deployment_model()["b_s_per_token"] == pytest.approx(5e-5)
-    # Malformed models are ignored, never fatal.
-    assert reg.report("d", {"pab_tokens": 1.0}, {"own_model": {"refits": 9}}) is not None
+    assert reg.deployment_model().b_s_per_token == pytest.approx(5e-5)
 
 
 class _Clock:
@@ -84,8 +86,8 @@ def _balancer(name: str = "pab", clock=None, **kw):
     return LocalBalancer(BalancerSettings(name, **kw), clock=clock or _Clock())
 
 
-def _view(pab: float, at: float, ids=(), **kw) -> dict:
-    return {"pab_tokens": pab, "recovery_tps": 100.0, "reported_at_s": at, "received_ids": list(ids), **kw}
+def _view(pab: float, at: float, ids=(), **kw) -> NodeView:
+    return NodeView(0, pab_tokens=pab, recovery_tps=100.0, reported_at_s=at, received_ids=frozenset(ids), **kw)
 
 
 def test_local_balancer_places_debits_and_rejects_without_a_remote_call():
@@ -207,10 +209,17 @@ def test_a_node_that_stops_reporting_takes_no_new_requests():
     assert lb.live_keys() == ["a"] and lb.admit("r", 2000)[0] is None and lb.admit("s", 500)[0] == "a"
 
 
+def _routing_stats(view: NodeView) -> dict:
+    from node.serve.engine_replica import _view_json
+
+    return _view_json(view)
+
+
 class _FakeReplica:
     def __init__(self, key: str, stats: dict):
         self.replica_id = SimpleNamespace(unique_id=key)
-        self.routing_stats = stats
+        # Serve's routing stats: JSON, as EngineReplica.record_routing_stats returns them
+        self.routing_stats = _routing_stats(stats) if isinstance(stats, NodeView) else stats
 
 
 def _pending(prompt_tokens: int, rid: str = "req-1"):

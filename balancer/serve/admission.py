@@ -34,11 +34,10 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional
 
-from balancer.core.placement import Decision, PlacementPolicy, has_room, retry_after_s
-from balancer.serve.pab_registry import view_from_dict
+from balancer.core.placement import Decision, NodeView, PlacementPolicy, has_room, retry_after_s
 from balancer.core.policies import make_placement
 from node.core.attainment import percentile
 
@@ -104,18 +103,18 @@ class LocalBalancer:
 
     # -- the view ---------------------------------------------------------------------
 
-    def apply_views(self, views: dict[str, dict[str, Any]]) -> None:
-        """Fresh reports by node key (``NodeView`` fields as plain data); unknown fields are ignored."""
+    def apply_views(self, views: dict[str, NodeView]) -> None:
+        """Fresh views by node key (their ``node_id`` is replaced by this balancer's number of the node)."""
         now = self._clock()
         with self._lock:
-            for key, data in views.items():
+            for key, view in views.items():
                 node_id = self._ids.get(key)
                 if node_id is None:
                     node_id = self._ids[key] = len(self._ids)
                     self._keys[node_id] = key
                 self._seen_at[key] = now
                 self._ensure_member(node_id)
-                self._policy.update(view_from_dict(node_id, data))
+                self._policy.update(replace(view, node_id=node_id))
             self._refresh_members(now)
 
     def _ensure_member(self, node_id: int) -> None:

@@ -26,13 +26,13 @@ budgets with. Budgets then differ by load, not by each node's luck.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
-from dataclasses import fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
 
 from balancer.core.placement import NodeView
+from node.core.step_time import StepTimeModel
 
 #: Name of the deployment-scoped actor on the engine deployment.
 REGISTRY_ACTOR_NAME = "pab_registry"
@@ -41,8 +41,25 @@ _MODEL_KEYS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor",
 VIEW_FIELDS = tuple(f.name for f in fields(NodeView) if f.name != "node_id")
 
 
+@dataclass(frozen=True)
+class NodeReport:
+    """What an engine replica pushes to the registry every ``report_interval_s``.
+
+    ``view`` is its budget and load (its ``node_id`` is not used: each balancer numbers
+    the nodes it sees); ``refitted_model`` its own online refit of the step-time model
+    and ``refits`` how many refits made it (0: still the profile's, not pooled);
+    ``status`` what ``fairbatching status`` shows besides (display only, JSON-able).
+    """
+
+    view: NodeView
+    refitted_model: Optional[StepTimeModel] = None
+    refits: int = 0
+    status: dict[str, Any] = field(default_factory=dict)
+
+
 def view_from_dict(node_id: int, data: dict[str, Any]) -> NodeView:
-    """A ``NodeView`` from the plain dict a replica reports (unknown keys ignored, ids as a frozenset)."""
+    """A ``NodeView`` from the plain dict of Serve's routing stats (``EngineReplica.record_routing_stats``,
+    Serve's own channel, which carries JSON): unknown keys ignored, ids as a frozenset."""
     values = {k: data[k] for k in VIEW_FIELDS if k in data}
     if values.get("received_ids") is not None:
         values["received_ids"] = frozenset(values["received_ids"])
@@ -55,55 +72,38 @@ class PABRegistry:
     def __init__(self, *, stale_after_s: float = 3.0, model_max_age_s: float = 60.0, **_: Any) -> None:
         self.stale_after_s = stale_after_s
         self.model_max_age_s = model_max_age_s
-        self._views: dict[str, dict[str, Any]] = {}  # latest report per node key (NodeView fields)
-        self._extra: dict[str, dict] = {}  # what a node reported besides its view (for status)
+        self._reports: dict[str, NodeReport] = {}  # latest report per node key
         self._received_at: dict[str, float] = {}  # registry clock at each node's last report
-        self._refits: dict[str, tuple[int, float, dict]] = {}  # node key -> (refit count, seen at, model)
+        self._refits: dict[str, tuple[int, float, StepTimeModel]] = {}  # node key -> (refit count, seen at, model)
         self._routers: dict[str, dict[str, Any]] = {}  # router key -> its latest counters (for status)
 
     # -- reports ----------------------------------------------------------------
 
-    def report(self, node_key: str, view: dict[str, Any], extra: dict[str, Any] | None = None) -> dict | None:
-        """A node's fresh report: ``view`` holds ``NodeView`` fields (``node_id`` excluded).
-
-        ``extra`` is shown by ``snapshot``; its ``own_model`` (the node's refitted
-        step-time model with its ``refits`` count) feeds ``deployment_model``,
-        which is returned.
-        """
-        self._views[node_key] = {k: view[k] for k in VIEW_FIELDS if k in view}
+    def report(self, node_key: str, report: NodeReport) -> Optional[StepTimeModel]:
+        """A node's fresh report; returns the deployment's step-time model (``deployment_model``), or None."""
+        self._reports[node_key] = report
         self._received_at[node_key] = time.monotonic()
-        if extra is not None:
-            self._extra[node_key] = extra
-            self._note_refit(node_key, extra.get("own_model"))
+        if report.refitted_model is not None and report.refits >= 1:
+            held = self._refits.get(node_key)
+            if held is None or held[0] != report.refits:  # a model it actually refitted since
+                self._refits[node_key] = (report.refits, time.monotonic(), report.refitted_model)
         return self.deployment_model()
 
-    def _note_refit(self, node_key: str, model: Any) -> None:
-        """Remember a node's own model when its refit count moved (a model it actually refitted)."""
-        if not isinstance(model, dict) or not isinstance(model.get("refits"), int) or model["refits"] < 1:
-            return
-        try:
-            coeffs = {k: float(model.get(k, 0.0)) for k in _MODEL_KEYS}
-        except (TypeError, ValueError):
-            return
-        if not all(math.isfinite(v) and v >= 0 for v in coeffs.values()) or coeffs["b_s_per_token"] <= 0:
-            return
-        coeffs["safety_factor"] = max(coeffs["safety_factor"], 1.0)
-        held = self._refits.get(node_key)
-        if held is None or held[0] != model["refits"]:
-            self._refits[node_key] = (model["refits"], time.monotonic(), coeffs)
-
-    def deployment_model(self) -> dict[str, float] | None:
-        """Coefficient-wise median of the live nodes' refits of the last ``model_max_age_s``; None if none."""
+    def _fresh_refits(self) -> list[StepTimeModel]:
         now = time.monotonic()
         live = set(self._live())
-        fresh = [m for k, (_, at, m) in self._refits.items() if k in live and now - at <= self.model_max_age_s]
+        return [m for k, (_, at, m) in self._refits.items() if k in live and now - at <= self.model_max_age_s]
+
+    def deployment_model(self) -> Optional[StepTimeModel]:
+        """Coefficient-wise median of the live nodes' refits of the last ``model_max_age_s``; None if none."""
+        fresh = self._fresh_refits()
         if not fresh:
             return None
-        return {k: statistics.median(m[k] for m in fresh) for k in _MODEL_KEYS} | {"nodes": len(fresh)}
+        return StepTimeModel(**{k: statistics.median(getattr(m, k) for m in fresh) for k in _MODEL_KEYS})
 
     def forget(self, node_key: str) -> None:
         """Drop a node (it stopped)."""
-        for table in (self._views, self._extra, self._received_at, self._refits):
+        for table in (self._reports, self._received_at, self._refits):
             table.pop(node_key, None)
 
     def _live(self) -> tuple[str, ...]:
@@ -112,14 +112,14 @@ class PABRegistry:
 
     # -- what the routers poll ------------------------------------------------------
 
-    def views(self, router_key: str | None = None, router_stats: dict[str, Any] | None = None) -> dict[str, dict]:
-        """The latest report of every live node, by node key (``NodeView`` fields, ids as lists).
+    def views(self, router_key: str | None = None, router_stats: dict[str, Any] | None = None) -> dict[str, NodeView]:
+        """The latest view of every live node, by node key.
 
         A router may pass its own counters (``router_stats``), kept for ``snapshot``.
         """
         if router_key is not None and router_stats is not None:
             self._routers[router_key] = {**router_stats, "seen_at": time.monotonic()}
-        return {k: self._views[k] for k in self._live()}
+        return {k: self._reports[k].view for k in self._live()}
 
     # -- inspection -----------------------------------------------------------------
 
@@ -127,18 +127,20 @@ class PABRegistry:
         """Every known node's last report, report age and extras; the routers' counters; the model."""
         now = time.monotonic()
         nodes = {}
-        for key, view in self._views.items():
-            row = {k: v for k, v in view.items() if k != "received_ids"}
+        for key, rep in self._reports.items():
+            row = {k: getattr(rep.view, k) for k in VIEW_FIELDS if k != "received_ids"}
             row["report_age_s"] = now - self._received_at[key]
             row["live"] = row["report_age_s"] <= self.stale_after_s
-            row.update(self._extra.get(key, {}))
+            row["own_model"] = {**asdict(rep.refitted_model), "refits": rep.refits} if rep.refitted_model else None
+            row.update(rep.status)
             nodes[key] = row
         routers = {k: {**v, "age_s": now - v["seen_at"]} for k, v in self._routers.items()
                    if now - v["seen_at"] <= self.stale_after_s}
         decisions = {"placed": sum(r.get("placed", 0) for r in routers.values()),
                      "rejected": sum(r.get("rejected", 0) for r in routers.values())}
-        return {"nodes": nodes, "routers": routers, "decisions": decisions,
-                "deployment_model": self.deployment_model()}
+        model = self.deployment_model()
+        pooled = {**asdict(model), "nodes": len(self._fresh_refits())} if model is not None else None
+        return {"nodes": nodes, "routers": routers, "decisions": decisions, "deployment_model": pooled}
 
     def ping(self) -> str:
         return "ok"

@@ -26,6 +26,7 @@ from typing import Any, List, Optional
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from balancer.core.placement import PlacementRequest
+from balancer.serve.pab_registry import view_from_dict
 from balancer.serve.admission import BalancerSettings, LocalBalancer, count_rejection, local_balancer
 
 #: Engine method whose calls are placed by budget.
@@ -62,7 +63,7 @@ class PABRequestRouter(RequestRouter):
 
     def _feed_routing_stats(self, replicas: List[RunningReplica]) -> None:
         """Serve's polled routing stats: the view when the registry is away (older reports are ignored)."""
-        views = {r.replica_id.unique_id: r.routing_stats for r in replicas if r.routing_stats}
+        views = {r.replica_id.unique_id: view_from_dict(0, r.routing_stats) for r in replicas if r.routing_stats}
         if views:
             self.balancer.apply_views(views)
 

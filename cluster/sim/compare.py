@@ -100,7 +100,7 @@ def run_compare(
             "ttft_p99", "tpot_p50", "tpot_p99", "token_attainment_arrival", "token_attainment_first_token")}
     summary = {
         "trace": workload.name, "profile": profile.name, "nodes": cfg.nodes, "seed": cfg.seed,
-        "ttft_slo_s": cfg.ttft_slo_s, "tpot_slo_s": cfg.tpot_slo_s, "attainment_target": target,
+        "ttft_slo_s": cfg.slo.ttft_s, "tpot_slo_s": cfg.slo.tpot_s, "attainment_target": target,
         "common_rate_scale": common_scale,
         "common_rate_rps": next(iter(at_common.values()))["offered_rps"] if at_common else None,
         "arms": rows, "at_common_rate": at_common,

@@ -8,9 +8,18 @@ into Typer options, so a knob is added in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 
 from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
+from node.core.request import SLO
+
+
+@lru_cache(maxsize=32)
+def _profile_slo(profile: str) -> SLO:
+    from node.fit.profile import load_profile
+
+    return load_profile(profile).default_slo
 
 
 def _opt(default, help: str, flag: str | None = None):
@@ -47,8 +56,8 @@ class SimConfig:
     refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
     token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
     # SLOs
-    ttft_slo_s: float = _opt(1.0, "TTFT SLO in seconds.", "--ttft-slo")
-    tpot_slo_s: float = _opt(0.05, "TPOT SLO in seconds.", "--tpot-slo")
+    ttft_slo_s: float | None = _opt(None, "TTFT SLO in seconds (default: the profile's, 1 s on the shipped GPU profiles).", "--ttft-slo")
+    tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
     # balancer
     balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv.")
     admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
@@ -74,12 +83,13 @@ class SimConfig:
         if self.balancer not in PLACEMENT_NAMES:
             raise ValueError(f"unknown balancer {self.balancer!r}; choose one of {', '.join(PLACEMENT_NAMES)}")
         if self.anchor not in ("arrival", "first-token") or self.urgency not in ("budget+tpot", "tpot"):
-            raise ValueError(f"anchor must be arrival|first-token and urgency budget+tpot|tpot")
+            raise ValueError("anchor must be arrival|first-token and urgency budget+tpot|tpot")
         if self.pab_fit not in ("largest", "best"):
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {self.nodes}")
-        if self.ttft_slo_s <= 0 or self.tpot_slo_s <= 0:
+        if (self.ttft_slo_s is not None and not self.ttft_slo_s > 0) or (
+                self.tpot_slo_s is not None and not self.tpot_slo_s > 0):
             raise ValueError("SLOs must be > 0")
         if self.rate_scale <= 0:
             raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
@@ -95,6 +105,15 @@ class SimConfig:
             raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens!r}")
         if self.drain_s < 0 or self.timeline_interval_s <= 0:
             raise ValueError("drain_s must be >= 0 and timeline_interval_s > 0")
+
+    @property
+    def slo(self) -> SLO:
+        """Every request's SLO: the config's targets, else its profile's (``Profile.default_slo``)."""
+        return self.slo_on(_profile_slo(self.profile))
+
+    def slo_on(self, profile_slo: SLO) -> SLO:
+        """The config's targets, each one it leaves unset from ``profile_slo`` (a profile given as an object)."""
+        return SLO(self.ttft_slo_s or profile_slo.ttft_s, self.tpot_slo_s or profile_slo.tpot_s)
 
     def scheduler_knobs(self) -> dict:
         """The knobs of ``make_policy`` that apply to the chosen scheduler."""

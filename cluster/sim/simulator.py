@@ -31,7 +31,6 @@ from node.fit.step_time_fit import OnlineRefit
 from node.core.feedback import FrontDelay, LatencyFeedback
 from node.core.policies import make_policy
 from node.fit.profile import Profile, load_profile
-from node.core.request import SLO
 
 
 def load_workload(cfg: SimConfig) -> Workload:
@@ -66,7 +65,8 @@ def _binding_fractions(nodes: list[SimNode]) -> dict[str, float]:
 def build_placement(cfg: SimConfig, profile: Profile) -> PlacementPolicy:
     cap = None
     if cfg.admission_cap:
-        cap = cfg.admission_cap_tokens or idle_prefill_tokens(cfg.ttft_slo_s, profile.a_s, profile.b_s_per_token)
+        cap = cfg.admission_cap_tokens or idle_prefill_tokens(cfg.slo_on(profile.default_slo).ttft_s, profile.a_s,
+                                                               profile.b_s_per_token)
     knobs = {"fit": cfg.pab_fit, "reject": cfg.pab_reject} if cfg.balancer == "pab" else {}
     return make_placement(cfg.balancer, list(range(cfg.nodes)), admission_cap=cap, rng=random.Random(cfg.seed), **knobs)
 
@@ -85,7 +85,7 @@ def simulate(
     host_s = profile.host_s if cfg.host_s is None else cfg.host_s
     # The nodes plan (and budget) with the profile's model and the host time, as a cadence fit gives it.
     model = replace(profile.step_model, host_s=host_s if cfg.host_in_model else 0.0)
-    slo = SLO(cfg.ttft_slo_s, cfg.tpot_slo_s)
+    slo = cfg.slo_on(profile.default_slo)
     anchor = Anchor(cfg.anchor) if cfg.scheduler == "fairbatching" else Anchor.ARRIVAL
     pab_fn = {"closed": estimate_pab, "edf": estimate_pab_edf,
               "prefill-only": estimate_pab_prefill_only}[cfg.pab_variant]
@@ -130,7 +130,7 @@ def simulate(
         # The node's own knowledge (expected output, correction, front delay) beside the engine's caps.
         return pab_fn(
             states, model, now_s,
-            horizon_s=cfg.ttft_slo_s, kv_free_tokens=kv_free, default_tpot_s=cfg.tpot_slo_s, anchor=anchor,
+            horizon_s=slo.ttft_s, kv_free_tokens=kv_free, default_tpot_s=slo.tpot_s, anchor=anchor,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **node_knows,
         )
 
@@ -209,8 +209,8 @@ def simulate(
             "balancer": cfg.balancer,
             "nodes": cfg.nodes,
             "seed": cfg.seed,
-            "ttft_slo_s": cfg.ttft_slo_s,
-            "tpot_slo_s": cfg.tpot_slo_s,
+            "ttft_slo_s": slo.ttft_s,
+            "tpot_slo_s": slo.tpot_s,
             "sim_s": sim_s,
             "wall_s": wall_s,
             # Simulated seconds per wall second of the event loop (loading excluded).

@@ -61,6 +61,9 @@ from starlette.datastructures import State
 from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
 from node.core.attainment import mean_tpot_s, meets_slo
 from node.vllm.names import TINY_MODEL
+from node.vllm.node_stats import STATS_KEY, NodeStats
+from balancer.core.placement import NodeView
+from balancer.serve.pab_registry import NodeReport
 from node.serve.messages import CHAT, EngineJob, EngineReply
 from node.serve.metrics import instrument
 from node.core.pab import PABReport, estimate_pab
@@ -195,14 +198,14 @@ class EngineReplica:
         self.replica_key = ctx.replica_id.unique_id
         node_id = ray.get_runtime_context().get_node_id()
         self.node_label = f"{ray.util.get_node_ip_address()}:{node_id[:8]}"
-        self.own_model = load_profile(self.spec.profile).step_model  # the scheduler's, refitted online
+        self.own_step_model = load_profile(self.spec.profile).step_model  # the scheduler's, refitted online
         self.own_refits = 0
-        self.shared_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
+        self.deployment_step_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
         self.anchor = Anchor(self.spec.anchor)
         self.default_slo = SLO(self.spec.ttft_slo_s, self.spec.tpot_slo_s)
         self.live: dict[str, _Live] = {}
         self.metrics = _Metrics(self.node_label, self.replica_key)
-        self.sched: dict[str, Any] = {}  # the FairBatching scheduler's own report, when it sends one
+        self.sched: Optional[NodeStats] = None  # the FairBatching scheduler's own report, when it sends one
         self.kv_usage = 0.0
         self.steps = 0
         # Ray stops exporting a gauge that is not set again within about two export intervals,
@@ -287,31 +290,27 @@ class EngineReplica:
             return
         self.kv_usage = float(stats.kv_cache_usage)
         extra = getattr(stats, "kv_connector_stats", None)
-        if isinstance(extra, dict) and isinstance(extra.get("fairbatching"), dict):
-            self._on_scheduler_report(extra["fairbatching"])
+        if isinstance(extra, dict) and isinstance(extra.get(STATS_KEY), dict):
+            self._on_scheduler_report(NodeStats.from_dict(extra[STATS_KEY]))
 
-    def _on_scheduler_report(self, rep: dict[str, Any]) -> None:
+    def _on_scheduler_report(self, rep: NodeStats) -> None:
         """The FairBatching scheduler's ``node_stats()``, once per engine step."""
         prev, self.sched = self.sched, rep
-        coeffs = rep.get("model") or {}
-        model = _model_from(coeffs)
-        if model is not None:
-            self.own_model, self.own_refits = model, int(coeffs.get("refits") or 0)
-        step = rep.get("last_step") or {}
+        self.own_step_model, self.own_refits = rep.step_model, rep.refits
+        step = rep.last_step
         m = self.metrics
-        if isinstance(step.get("budget_s"), (int, float)):
-            self._hold(m.budget, float(step["budget_s"]))
-        if isinstance(step.get("predicted_s"), (int, float)):
-            self._hold(m.step_pred, float(step["predicted_s"]))
-        if step and step.get("step") != (prev.get("last_step") or {}).get("step"):
-            if step.get("urgent"):
-                m.urgent.inc(step["urgent"])
-            if step.get("skipped"):
-                m.skipped.inc(step["skipped"])
-        diverged = (rep.get("divergence") or {}).get("steps") or 0
-        before = (prev.get("divergence") or {}).get("steps") or 0
-        if diverged > before:
-            m.divergences.inc(diverged - before)
+        if step.budget_s is not None:
+            self._hold(m.budget, step.budget_s)
+        if step.predicted_s is not None:
+            self._hold(m.step_pred, step.predicted_s)
+        if prev is None or step.step != prev.last_step.step:
+            if step.urgent:
+                m.urgent.inc(step.urgent)
+            if step.skipped:
+                m.skipped.inc(step.skipped)
+        before = prev.divergent_steps if prev is not None else 0
+        if rep.divergent_steps > before:
+            m.divergences.inc(rep.divergent_steps - before)
 
     def _hold(self, gauge, value: float) -> None:
         gauge.set(value)
@@ -331,9 +330,9 @@ class EngineReplica:
     # -- PAB ------------------------------------------------------------------------------
 
     @property
-    def model(self) -> StepTimeModel:
+    def step_model(self) -> StepTimeModel:
         """The step-time model the budget is computed with: the deployment's, else this node's own."""
-        return self.shared_model or self.own_model
+        return self.deployment_step_model or self.own_step_model
 
     def expected_output_tokens(self) -> Optional[float]:
         """Output length of a typical new request: the mean of recently finished ones, else of live ``max_tokens``."""
@@ -360,7 +359,7 @@ class EngineReplica:
         states = [lv.state(rid) for rid, lv in self.live.items()]
         kv_free = max(0, int((1.0 - self.kv_usage) * self.kv_capacity_tokens))
         return estimate_pab(
-            states, self.model, now,
+            states, self.step_model, now,
             horizon_s=self.horizon_s,
             due_within_s=self.default_slo.ttft_s,
             kv_free_tokens=kv_free,
@@ -382,8 +381,8 @@ class EngineReplica:
             self.received.popleft()
         return [rid for _, rid in self.received]
 
-    def node_view(self) -> dict[str, Any]:
-        """This node's ``NodeView`` fields (``node_id`` aside); also sets the PAB gauges."""
+    def node_view(self) -> NodeView:
+        """This node's ``NodeView`` (its ``node_id`` is the balancer's to set); also sets the PAB gauges."""
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
         queued_prefill_tokens = sum(lv.prompt_tokens for lv in waiting)
         # Saturated: more prompt tokens wait than one step prefills (a prompt queues behind another);
@@ -393,27 +392,28 @@ class EngineReplica:
         starved = not self.live and (rep.pab_tokens < (self.typical_prompt_tokens() or 1.0) or rep.slots_free < 1)
         now = time.time()  # the arrivals' clock
         cap = self.slow_start.rate_cap_tps
-        if self.slow_start.active and (self.own_refits or self.shared_model is not None
+        if self.slow_start.active and (self.own_refits or self.deployment_step_model is not None
                                        or self.prefill_rate.rate_tps(time.monotonic()) is not None):
             self.slow_start.end()  # the node has evidence of its own speed
         self.slow_start.update(now, self.feedback.last_tail_ratio, self.feedback.config.target_ratio)
         factor = self.feedback.update(now, starved=starved, waiting=[(lv.arrival_s, lv.slo.ttft_s) for lv in waiting])
         if factor != rep.correction or self.slow_start.rate_cap_tps != cap:
             rep = self.compute_pab()
-        view = {
-            "pab_tokens": rep.pab_tokens,
-            "in_flight": len(self.live),
-            "queued_prefill_tokens": queued_prefill_tokens,
-            "kv_usage": self.kv_usage,
-            "waiting": len(waiting),
-            "reported_at_s": time.time(),
-            "prefill_rate_tps": rep.prefill_rate_tps,
-            "kv_capacity_tokens": self.kv_capacity_tokens,
-            "recovery_tps": rep.recovery_tps,
-            "slots_free": rep.slots_free,
-            "slot_wait_s": rep.slot_wait_s,
-            "received_ids": self.received_ids(),
-        }
+        view = NodeView(
+            node_id=0,
+            pab_tokens=rep.pab_tokens,
+            in_flight=len(self.live),
+            queued_prefill_tokens=queued_prefill_tokens,
+            kv_usage=self.kv_usage,
+            waiting=len(waiting),
+            reported_at_s=time.time(),
+            prefill_rate_tps=rep.prefill_rate_tps,
+            kv_capacity_tokens=self.kv_capacity_tokens,
+            recovery_tps=rep.recovery_tps,
+            slots_free=rep.slots_free,
+            slot_wait_s=rep.slot_wait_s,
+            received_ids=frozenset(self.received_ids()),
+        )
         m = self.metrics
         m.pab.set(rep.pab_tokens)
         m.prefill_rate.set(rep.prefill_rate_tps)
@@ -423,9 +423,9 @@ class EngineReplica:
         m.kv_usage.set(self.kv_usage)
         m.correction.set(rep.correction)
         m.front_delay.set(rep.front_delay_s)
-        m.host_time.set(self.model.host_s)
+        m.host_time.set(self.step_model.host_s)
         self._refresh_idle_gauges()
-        self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.shared_model else "own"}
+        self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.deployment_step_model else "own"}
         return view
 
     def _extra(self) -> dict[str, Any]:
@@ -444,14 +444,13 @@ class EngineReplica:
             "slow_start_cap_tps": self.slow_start.rate_cap_tps,
             "recent_slos": list(self.recent_slos),
             "expected_output_tokens": self._pab_parts.get("expected_output_tokens"),
-            "model": asdict(self.model),
-            "own_model": {**asdict(self.own_model), "refits": self.own_refits},
+            "model": asdict(self.step_model),
             "finished": self.finished,
             "attained": self.attained,
             "attainment": self.attained / self.finished if self.finished else None,
             "steps": self.steps,
-            "scheduler_steps": self.sched.get("steps"),
-            "scheduler_policy": self.sched.get("policy"),
+            "scheduler_steps": self.sched.steps if self.sched else None,
+            "scheduler_policy": self.sched.policy if self.sched else None,
             "last_step_s": self.last_step_s,
         }
 
@@ -475,13 +474,13 @@ class EngineReplica:
         pending = None
         while True:
             try:
-                view = self.node_view()
+                report = NodeReport(self.node_view(), self.own_step_model if self.own_refits else None,
+                                    self.own_refits, self._extra())
                 registry = await self._registry_handle()
                 if registry is not None:
                     if pending is not None:  # at most one report in flight; it answers the deployment model
-                        shared = await asyncio.wait_for(pending, 2.0)
-                        self.shared_model = _model_from(shared) if shared else None
-                    pending = registry.report.remote(self.replica_key, view, self._extra())
+                        self.deployment_step_model = await asyncio.wait_for(pending, 2.0)
+                    pending = registry.report.remote(self.replica_key, report)
             except (asyncio.TimeoutError, ray.exceptions.RayError):
                 self._registry, pending = None, None
             except Exception:  # noqa: BLE001 - never let the reporter die
@@ -493,13 +492,10 @@ class EngineReplica:
     async def record_routing_stats(self) -> dict[str, Any]:
         """The router's fallback view (Serve polls this), plus the registry's actor name."""
         await self._registry_handle()
-        return {**self.node_view(), "registry_actor": self._registry_name, "node": self.node_label}
+        return {**_view_json(self.node_view()), "registry_actor": self._registry_name, "node": self.node_label}
 
     async def check_health(self) -> None:
         await self.engine.check_health()
-
-    async def node_stats(self) -> dict[str, Any]:
-        return {**self.node_view(), **self._extra(), "pab": self._pab_parts, "scheduler": self.sched}
 
     async def generate(self, job: EngineJob) -> AsyncIterator[EngineReply | str]:
         """Serve one request the ingress admitted and rendered (``cluster.http.api.Ingress.run``),
@@ -691,14 +687,12 @@ def _tracked_engine_class():
     return TrackedAsyncLLM
 
 
-def _model_from(coeffs: Any) -> Optional[StepTimeModel]:
-    """A ``StepTimeModel`` from its coefficients as JSON carries them; None when they are not one."""
-    try:
-        return StepTimeModel(float(coeffs["a_s"]), float(coeffs["b_s_per_token"]),
-                             float(coeffs["c_s_per_context_token"]), float(coeffs.get("safety_factor", 1.0)),
-                             float(coeffs.get("host_s", 0.0)))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
+def _view_json(view: NodeView) -> dict[str, Any]:
+    """A view as JSON-able fields (``node_id`` aside), for Serve's routing stats and the status endpoint."""
+    data = asdict(view)
+    del data["node_id"]
+    data["received_ids"] = sorted(view.received_ids or ())
+    return data
 
 
 def _vllm_ray_metrics_logger(instances: list):

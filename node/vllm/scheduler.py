@@ -44,9 +44,9 @@ vLLM stamps ``Request.arrival_time`` with ``time.time()``; first-token times
 (seen in ``update_from_output``) use the same clock. Durations use
 ``time.perf_counter``.
 
-Node state for the serving layer: ``node_stats()`` returns a small JSON-safe
-dict (budget, last step predicted/measured, urgent/skipped counts, divergences,
-model coefficients, refit error). The node's PAB is computed once, by the engine
+Node state for the serving layer: ``node_stats()`` returns a ``NodeStats``
+(``node.vllm.node_stats``: budget, last step predicted/measured, urgent/skipped
+counts, divergences, model coefficients, refit error). The node's PAB is computed once, by the engine
 replica (``node.serve.engine_replica``), which holds the closed loop that
 corrects it; the scheduler supplies the step-time model it is computed with. With ``step_log`` set, one JSON
 line per step is appended to that file.
@@ -59,7 +59,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -71,6 +71,7 @@ from node.core.step_time import StepTimeModel
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.envelope import Anchor, deadline_s
 from node.vllm.node_config import NodeConfig
+from node.vllm.node_stats import NodeStats, StepSummary
 from node.core.plan import BatchPlan, Group, Limits, SkipReason
 from node.core.policies import make_policy
 from node.fit.profile import load_profile
@@ -125,7 +126,7 @@ class FairBatchingMixin:
         self._fb_last_forward_s: float | None = None
         self.fb_last_snapshot: list[RequestState] = []
         self.fb_last_plan: BatchPlan | None = None
-        self._fb_last_step: dict[str, Any] = {}
+        self._fb_last_step = StepSummary()
 
         self.fb_steps = 0  # schedule() calls that had something to plan
         self.fb_divergent_steps = 0
@@ -381,17 +382,17 @@ class FairBatchingMixin:
                 prefill += n
         model = self.fb_refit.model
         predicted = model.predict_s(prefill + decode, context) if scheduled else 0.0
-        self._fb_last_step = {
-            "step": self.current_step,
-            "budget_s": plan.budget_s,
-            "plan_predicted_s": plan.predicted_s,
-            "predicted_s": predicted,
-            "urgent": plan.urgent_decodes,
-            "skipped": len(plan.skipped),
-            "hidden": len(hidden),
-            "planned_tokens": plan.new_tokens,
-            "scheduled_tokens": out.total_num_scheduled_tokens,
-        }
+        self._fb_last_step = StepSummary(
+            step=self.current_step,
+            budget_s=plan.budget_s,
+            plan_predicted_s=plan.predicted_s,
+            predicted_s=predicted,
+            urgent=plan.urgent_decodes,
+            skipped=len(plan.skipped),
+            hidden=len(hidden),
+            planned_tokens=plan.new_tokens,
+            scheduled_tokens=out.total_num_scheduled_tokens,
+        )
         if out.total_num_scheduled_tokens <= 0:
             return
         record = None
@@ -452,8 +453,7 @@ class FairBatchingMixin:
         raw = pending.predicted_s / model.safety_factor
         self._fb_measured += 1
         self._fb_ape_sum += abs(raw - duration) / duration
-        self._fb_last_step["measured_s"] = duration
-        self._fb_last_step["step_predicted_s"] = pending.predicted_s
+        self._fb_last_step = replace(self._fb_last_step, measured_s=duration, step_predicted_s=pending.predicted_s)
         self._fb_last_forward_s = duration
         if self.fb_config.refit:
             sample = StepSample(pending.prefill_tokens, pending.decode_tokens, pending.context_tokens, duration)
@@ -482,45 +482,32 @@ class FairBatchingMixin:
     def fb_model(self) -> StepTimeModel:
         return self.fb_refit.model
 
-    def node_stats(self) -> dict[str, Any]:
-        """The node's state for balancers and dashboards: small, JSON-serialisable, O(1) to build."""
-        model = self.fb_refit.model
+    def node_stats(self) -> NodeStats:
+        """The node's state for the replica, dashboards and benches: small, O(1) to build."""
         report = self.fb_refit.report
-        return {
-            "policy": self.fb_config.policy,
-            "plan_applied": self.fb_config.apply_plan,
-            "profile": self.fb_profile.name,
-            "steps": self.fb_steps,
-            "running": len(self.running),
-            "waiting": len(self.waiting),
-            "kv_free_blocks": self.kv_cache_manager.block_pool.get_num_free_blocks(),
-            "block_size": self.block_size,
-            "last_step": dict(self._fb_last_step),
-            "divergence": {
-                "steps": self.fb_divergent_steps,
-                "fallback_steps": self.fb_fallback_steps,
-                "by_reason": dict(self.fb_divergence),
-            },
-            "model": {
-                "a_s": model.a_s,
-                "b_s_per_token": model.b_s_per_token,
-                "c_s_per_context_token": model.c_s_per_context_token,
-                "safety_factor": model.safety_factor,
-                "host_s": model.host_s,
-                "host_samples": self.fb_refit.host_samples,
-                "refits": self.fb_refit.refits,
-                "refit_mape": report.overall.mape if report is not None else None,
-            },
-            "prediction": {
-                "measured_steps": self._fb_measured,
-                "mape": self._fb_ape_sum / self._fb_measured if self._fb_measured else None,
-            },
-            "plan_time_s": {
-                "mean": self._fb_plan_s_sum / self.fb_steps if self.fb_steps else None,
-                "max": self._fb_plan_s_max,
-            },
-            "invalid_slos": self.fb_invalid_slos,
-        }
+        return NodeStats(
+            policy=self.fb_config.policy,
+            plan_applied=self.fb_config.apply_plan,
+            profile=self.fb_profile.name,
+            steps=self.fb_steps,
+            running=len(self.running),
+            waiting=len(self.waiting),
+            kv_free_blocks=self.kv_cache_manager.block_pool.get_num_free_blocks(),
+            block_size=self.block_size,
+            last_step=self._fb_last_step,
+            divergent_steps=self.fb_divergent_steps,
+            fallback_steps=self.fb_fallback_steps,
+            divergence_by_reason=dict(self.fb_divergence),
+            step_model=self.fb_refit.model,
+            refits=self.fb_refit.refits,
+            host_samples=self.fb_refit.host_samples,
+            refit_mape=report.overall.mape if report is not None else None,
+            measured_steps=self._fb_measured,
+            prediction_mape=self._fb_ape_sum / self._fb_measured if self._fb_measured else None,
+            plan_time_mean_s=self._fb_plan_s_sum / self.fb_steps if self.fb_steps else None,
+            plan_time_max_s=self._fb_plan_s_max,
+            invalid_slos=self.fb_invalid_slos,
+        )
 
     def shutdown(self) -> None:
         try:

@@ -4,7 +4,7 @@ With ``AsyncLLM`` the scheduler lives in the engine-core child process; the
 replica (parent) sees only what crosses the process boundary. vLLM ships a
 ``SchedulerStats`` with every step's outputs, and its ``kv_connector_stats``
 field is a free-form dict unused without a KV connector: these subclasses put
-``node_stats()`` there under ``"fairbatching"``. The replica disables vLLM's
+``node_stats()`` there under ``"fairbatching"`` (``NodeStats.to_dict``). The replica disables vLLM's
 default stat loggers (they would read that field as connector stats) and reads
 it in its own logger (``node.serve.engine_replica``).
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.vllm.node_stats import STATS_KEY
 from node.vllm.scheduler import FairBatchingAsyncScheduler, FairBatchingScheduler
 
-STATS_KEY = "fairbatching"
 
 
 class _PublishNodeStats:
@@ -26,7 +26,7 @@ class _PublishNodeStats:
         stats = super().make_stats(*args, **kwargs)
         if stats is not None:
             extra = dict(stats.kv_connector_stats or {})
-            extra[STATS_KEY] = self.node_stats()
+            extra[STATS_KEY] = self.node_stats().to_dict()  # msgpack carries plain data
             stats.kv_connector_stats = extra
         return stats
 
