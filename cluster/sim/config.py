@@ -2,13 +2,17 @@
 
 Each field's metadata carries the option's help (and, where the flag is not
 the field name in kebab case, its flag). ``cluster.cli.sim`` turns the fields
-into Typer options, so a knob is added in one place.
+into Typer options, so a knob is added in one place. A pydantic dataclass: field
+types are checked on construction (``ValueError`` naming the field), choices and
+bounds in ``__post_init__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from functools import lru_cache
+
+from pydantic.dataclasses import dataclass
 
 from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
