@@ -61,6 +61,9 @@ def test_the_baselines_never_let_a_decode_yield(baseline):
     plan = make_policy(baseline, REF_MODEL).plan(reqs, LIMITS, now)
     assert "ahead" in plan.decode_ids
     assert plan.items[0].request_id == "ahead"  # decode-first
+    # a baseline judges no decode by its slack: none is tagged urgent, and none counts as urgent
+    assert {i.group for i in plan.items if not i.is_prefill} == {Group.DECODE_FIRST}
+    assert plan.urgent_decodes == 0
 
 
 def test_under_overload_every_decode_is_urgent_and_fairbatching_degrades_to_decode_first():

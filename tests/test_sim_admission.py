@@ -5,6 +5,8 @@ Tiny hand-checkable cases on a linear truth (``tests.test_sim_timeline``).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import cluster.sim.simulator as simulator
@@ -104,3 +106,14 @@ def test_the_prefill_only_pab_ignores_what_the_whole_life_pab_reserves():
         SimConfig(pab_variant="whole")
     with pytest.raises(ValueError, match="relegate"):
         SimConfig(relegate="all")
+
+
+def test_the_prefill_only_pab_checks_its_inputs_as_the_whole_life_one_does():
+    model = StepTimeModel(0.006, 2.2e-5, 5e-8)
+    kw = dict(kv_free_tokens=10, default_tpot_s=0.05)
+    with pytest.raises(ValueError, match="horizon_s"):
+        estimate_pab_prefill_only([], model, 0.0, horizon_s=0.0, **kw)
+    with pytest.raises(ValueError, match="now_s"):
+        estimate_pab_prefill_only([], model, math.nan, horizon_s=1.0, **kw)
+    with pytest.raises(TypeError):
+        estimate_pab_prefill_only([], model, 0.0, horizon=1.0, **kw)  # a misspelt knob is an error

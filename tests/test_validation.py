@@ -11,6 +11,8 @@ from node.core.pab import estimate_pab
 from node.core.plan import Limits
 from node.core.policies import make_policy
 from node.core.request import SLO, RequestState
+from node.core.baselines import SarathiConfig, TokenBudgetConfig, VllmDefaultConfig
+from node.core.validation import check_at_least, check_finite, check_int, check_positive
 
 from tests.conftest import REF_MODEL
 
@@ -83,3 +85,33 @@ def test_bad_pab_inputs_are_named():
         estimate_pab([], REF_MODEL, 0.0, horizon_s=0.0, kv_free_tokens=10, default_tpot_s=0.05)
     with pytest.raises(ValueError, match="kv_free_tokens"):
         estimate_pab([], REF_MODEL, 0.0, horizon_s=1.0, kv_free_tokens=-1, default_tpot_s=0.05)
+
+
+def test_both_baselines_take_one_token_budget_knob():
+    assert VllmDefaultConfig is SarathiConfig is TokenBudgetConfig
+    assert TokenBudgetConfig().token_budget is None and TokenBudgetConfig(512).token_budget == 512
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="token_budget"):
+            TokenBudgetConfig(bad)
+        with pytest.raises(ValueError, match="token_budget"):
+            make_policy("sarathi", REF_MODEL, token_budget=bad)
+
+
+@pytest.mark.parametrize(
+    "check, value",
+    [(check_finite, math.nan), (check_finite, math.inf), (check_finite, "1.0"), (check_finite, True),
+     (check_positive, 0.0), (check_positive, -1), (check_positive, math.nan),
+     (lambda n, v: check_at_least(n, v, 1.0), 0.5), (lambda n, v: check_at_least(n, v, 0.0), -math.inf),
+     (lambda n, v: check_int(n, v, minimum=0), -1), (lambda n, v: check_int(n, v, minimum=0), 2.0),
+     (lambda n, v: check_int(n, v, minimum=1), False)],
+)
+def test_each_check_names_the_field(check, value):
+    with pytest.raises(ValueError, match="the_field"):
+        check("the_field", value)
+
+
+def test_checks_pass_good_values():
+    check_finite("x", -2.5)
+    check_positive("x", 1)
+    check_at_least("x", 1.0, 1.0)
+    check_int("x", 0, minimum=0)

@@ -15,55 +15,42 @@ the engine's caps). Before issue 10 it budgeted only the prefill:
 This is that function, unchanged except that ``a`` is the model's
 ``fixed_s`` (forward ``a`` plus host time, equal to ``a`` when there is no
 host time), so that the ablation isolates the whole-life accounting from the
-host time. It takes (and ignores) the new keyword arguments.
+host time. It is built from ``node.core.pab``'s parts: the running decodes'
+load, the queued work, the KV headroom (with no node-wide output expectation)
+and the report.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-from node.core.step_time import StepTimeModel
-from node.core.envelope import Anchor, slack_s
-from node.core.pab import PABReport
+from node.core.pab import (
+    PABInputs, PABReport, binding_of, budget_report, kv_headroom_tokens, queued_prompt_tokens, running_decodes,
+)
 from node.core.request import RequestState
+from node.core.step_time import StepTimeModel
 
 
 def estimate_pab_prefill_only(
-    requests: Sequence[RequestState],
-    model: StepTimeModel,
-    now_s: float,
-    *,
-    horizon_s: float,
-    kv_free_tokens: int,
-    default_tpot_s: float,
-    anchor: Anchor = Anchor.ARRIVAL,
-    **_: object,
+    requests: Sequence[RequestState], model: StepTimeModel, now_s: float, **knobs: Any,
 ) -> PABReport:
+    """The pre-issue-10 PAB, in prompt tokens, of a node holding ``requests`` (see the module docstring).
+
+    Takes ``estimate_pab``'s knobs (``node.core.pab.PABInputs``) and uses
+    ``horizon_s`` (H, seconds, also the queue's due time), ``kv_free_tokens``,
+    ``default_tpot_s`` and ``anchor``; the others (the whole-life inputs) are
+    accepted and ignored. Raises ``ValueError`` and ``TypeError`` as
+    ``estimate_pab`` does.
+    """
+    inputs = PABInputs(now_s, **knobs)
+    running = running_decodes(requests, model, inputs.default_tpot_s)
     sf = model.safety_factor
-    decodes = [r for r in requests if not r.is_prefill]
-    tau = min((r.slo.tpot_s for r in decodes), default=default_tpot_s)
-    n_d = len(decodes)
-    c_d = sum(r.decode_context_tokens for r in decodes)
-    t_dec = sf * (model.b_s_per_token * n_d + model.c_s_per_context_token * c_d)
-    rate = max(0.0, tau - sf * model.fixed_s - t_dec) / (tau * sf * model.b_s_per_token)
-    queued = sum(r.remaining_prompt_tokens for r in requests
-                 if r.is_prefill and slack_s(r, now_s, anchor) <= horizon_s)
-    time_limited = rate * horizon_s - queued
-    growth = 0
-    for r in requests:
-        growth += r.remaining_prompt_tokens
-        if r.max_output_tokens is not None:
-            growth += max(r.max_output_tokens - r.output_tokens, 0)
-    headroom = kv_free_tokens - growth
-    return PABReport(
-        pab_tokens=min(time_limited, float(headroom)),
-        prefill_rate_tps=rate,
-        queued_tokens=queued,
-        kv_headroom_tokens=headroom,
-        reference_step_s=tau,
-        decode_reservation_s=t_dec,
-        horizon_s=horizon_s,
-        time_limited_tokens=time_limited,
-        binding="time" if time_limited <= headroom else "kv",
-        recovery_tps=rate,
+    rate = max(0.0, running.tau_s - sf * model.fixed_s - running.reservation_s) / (
+        running.tau_s * sf * model.b_s_per_token)
+    queued = queued_prompt_tokens(requests, now_s, inputs.horizon_s, inputs.anchor)
+    headroom = kv_headroom_tokens(requests, inputs.kv_free_tokens)
+    limits = {"time": rate * inputs.horizon_s - queued, "kv": float(headroom)}
+    return budget_report(
+        limits, binding_of(limits), inputs, rate_tps=rate, recovery_tps=rate, queued=queued, headroom=headroom,
+        tau_s=running.tau_s, reservation_s=running.reservation_s,
     )

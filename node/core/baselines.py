@@ -1,12 +1,14 @@
 """Baseline node schedulers behind the same interface (DESIGN section 4).
 
-Both are decode-first: every running decode is scheduled before any prefill,
-so a decode never yields its step to a prefill however far ahead of its
-deadline it is. That is exactly the rigidity FairBatching removes.
+Both are decode-first: every running decode is scheduled whatever its slack
+(``Group.DECODE_FIRST``), so a decode never yields its step to a prefill
+however far ahead of its deadline it is. That is exactly the rigidity
+FairBatching removes. Both are chunked prefill under a token budget, one knob
+(``TokenBudgetConfig``) with a default of its own in each:
 
 * ``VllmDefaultPolicy``: vLLM V1's default. Running requests (decodes and
   partially prefilled prompts) in admission order, then waiting prompts FCFS,
-  all under one token budget ``max_num_batched_tokens`` (chunked prefill).
+  all under one token budget (default ``max_num_batched_tokens``).
 * ``SarathiPolicy``: Sarathi-Serve stall-free batching. Decodes first, then
   prefill chunks FCFS under a token budget chosen so the step fits the TPOT
   SLO: either a fixed ``token_budget`` or, by default, computed each step from
@@ -15,14 +17,13 @@ deadline it is. That is exactly the rigidity FairBatching removes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from node.core.step_time import StepTimeModel
 from node.core.envelope import Anchor, slack_s
-from node.core.plan import BatchBuilder, BatchPlan, Group, Limits
+from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits
 from node.core.request import RequestState
+from node.core.validation import check_finite, check_int
 
 
 def _fcfs_key(req: RequestState) -> tuple[float, str]:
@@ -30,26 +31,36 @@ def _fcfs_key(req: RequestState) -> tuple[float, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class VllmDefaultConfig:
-    token_budget: int | None = None  # None: the step's max_num_batched_tokens
+class TokenBudgetConfig:
+    """The knob of both baselines: the most new tokens a step may carry.
+
+    ``token_budget`` is a token count (an integer >= 1), or None for the
+    policy's default: ``max_num_batched_tokens`` for vLLM, a budget derived
+    each step from the TPOT SLO and the cost model for Sarathi. Raises
+    ``ValueError`` on anything else.
+    """
+
+    token_budget: int | None = None
 
     def __post_init__(self) -> None:
-        if self.token_budget is not None and (not isinstance(self.token_budget, int) or self.token_budget < 1):
-            raise ValueError(f"token_budget must be an integer >= 1, got {self.token_budget!r}")
+        if self.token_budget is not None:
+            check_int("token_budget", self.token_budget, minimum=1)
 
 
-class VllmDefaultPolicy:
+#: Each baseline's name for its config (the same knob).
+VllmDefaultConfig = TokenBudgetConfig
+SarathiConfig = TokenBudgetConfig
+
+
+class VllmDefaultPolicy(ConfiguredPolicy[TokenBudgetConfig]):
     """Decode-first, FCFS, fixed token budget (vLLM's default scheduler)."""
 
     name = "vllm"
-
-    def __init__(self, model: StepTimeModel, config: VllmDefaultConfig | None = None) -> None:
-        self.model = model
-        self.config = config or VllmDefaultConfig()
+    config_type = TokenBudgetConfig
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
-        if not math.isfinite(now_s):
-            raise ValueError(f"now_s must be finite, got {now_s!r}")
+        """One step's plan; raises ``ValueError`` unless ``now_s`` (seconds) is finite."""
+        check_finite("now_s", now_s)
         budget = min(self.config.token_budget or limits.max_num_batched_tokens, limits.max_num_batched_tokens)
         builder = BatchBuilder(self.model, replace(limits, max_num_batched_tokens=budget))
         # vLLM keeps started requests in `running` ahead of `waiting`.
@@ -60,31 +71,19 @@ class VllmDefaultPolicy:
             if req.is_prefill:
                 builder.add_prefill(req, slack, token_cap=budget)
             else:
-                builder.add_decode(req, slack, Group.URGENT, within_budget=False)
+                builder.add_decode(req, slack, Group.DECODE_FIRST, within_budget=False)
         return builder.finish(self.name, budget_s=None)
 
 
-@dataclass(frozen=True, slots=True)
-class SarathiConfig:
-    token_budget: int | None = None  # None: derived each step from the TPOT SLO and the cost model
-
-    def __post_init__(self) -> None:
-        if self.token_budget is not None and (not isinstance(self.token_budget, int) or self.token_budget < 1):
-            raise ValueError(f"token_budget must be an integer >= 1, got {self.token_budget!r}")
-
-
-class SarathiPolicy:
+class SarathiPolicy(ConfiguredPolicy[TokenBudgetConfig]):
     """Stall-free batching: all decodes, then prefill chunks that keep the step within TPOT."""
 
     name = "sarathi"
-
-    def __init__(self, model: StepTimeModel, config: SarathiConfig | None = None) -> None:
-        self.model = model
-        self.config = config or SarathiConfig()
+    config_type = TokenBudgetConfig
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
-        if not math.isfinite(now_s):
-            raise ValueError(f"now_s must be finite, got {now_s!r}")
+        """One step's plan; raises ``ValueError`` unless ``now_s`` (seconds) is finite."""
+        check_finite("now_s", now_s)
         builder = BatchBuilder(self.model, limits)
         if not requests:
             return builder.finish(self.name, budget_s=None)
@@ -92,7 +91,7 @@ class SarathiPolicy:
         prefills = sorted((r for r in requests if r.is_prefill), key=_fcfs_key)
         tpot_s = min(r.slo.tpot_s for r in (decodes or prefills))
         entries = [(slack_s(r, now_s, Anchor.ARRIVAL), r) for r in decodes]
-        builder.add_decodes(entries, Group.URGENT, within_budget=False)  # stall-free: every decode runs
+        builder.add_decodes(entries, Group.DECODE_FIRST, within_budget=False)  # stall-free: every decode runs
         static = self.config.token_budget
         for req in prefills:
             if static is not None:

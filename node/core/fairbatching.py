@@ -56,10 +56,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
-from node.core.step_time import StepTimeModel
 from node.core.envelope import Anchor, deadline_s, on_time, token_deadline_s
-from node.core.plan import BatchBuilder, BatchPlan, Group, Limits
+from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits
 from node.core.request import RequestState
+from node.core.validation import check_finite
 
 
 class Relegation(str, Enum):
@@ -113,14 +113,11 @@ class FairBatchingConfig:
             raise ValueError(f"seat_pressure must be in (0, 1], got {self.seat_pressure!r}")
 
 
-class FairBatchingPolicy:
+class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
     """Slack-driven, budgeted batch formation."""
 
     name = "fairbatching"
-
-    def __init__(self, model: StepTimeModel, config: FairBatchingConfig | None = None) -> None:
-        self.model = model
-        self.config = config or FairBatchingConfig()
+    config_type = FairBatchingConfig
 
     def time_budget_s(self, min_slack_s: float, floor_s: float) -> float:
         """The step's time budget: the most pressed slack, floored (decode TPOT) and capped."""
@@ -130,8 +127,8 @@ class FairBatchingPolicy:
         return budget
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
-        if not math.isfinite(now_s):
-            raise ValueError(f"now_s must be finite, got {now_s!r}")
+        """One step's plan; raises ``ValueError`` unless ``now_s`` (seconds) is finite."""
+        check_finite("now_s", now_s)
         cfg = self.config
         anchor = cfg.anchor
         decodes: list[tuple] = []  # EDF entries (slack, arrival, id, request)

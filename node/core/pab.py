@@ -41,7 +41,11 @@ prefill queue forward at the reference step, with decodes leaving as they
 finish and finished prefills joining as decodes, and returns what a new request
 (last in EDF order) could still prefill within the horizon.
 
-Everything is in tokens and seconds; both functions are pure. Expected outputs:
+Everything is in tokens and seconds; both functions are pure and take what
+the node knows beyond its requests as keywords, the fields of ``PABInputs``.
+The helpers they are built from (``running_decodes``, ``queued_prompt_tokens``,
+``kv_headroom_tokens``, ``budget_report``) also serve the simulator's
+prefill-only ablation (``cluster.sim.legacy_pab``). Expected outputs:
 a request's total output is ``min(max_output_tokens, expected_output_tokens)``
 where both are known, whichever is known otherwise, 0 when neither is.
 """
@@ -51,11 +55,12 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
-from node.core.step_time import StepTimeModel
 from node.core.envelope import Anchor, slack_s
 from node.core.request import RequestState
+from node.core.step_time import StepTimeModel
+from node.core.validation import check_at_least, check_finite, check_int, check_positive
 
 #: Names of the limits a PAB can be bound by (``PABReport.binding``).
 BINDINGS = ("time", "kv", "decode", "slots")
@@ -86,20 +91,123 @@ class PABReport:
         return asdict(self)
 
 
-def _check_inputs(now_s: float, horizon_s: float, kv_free_tokens: int, default_tpot_s: float,
-                  correction: float = 1.0, front_delay_s: float = 0.0) -> None:
-    if not math.isfinite(now_s):
-        raise ValueError(f"now_s must be finite, got {now_s!r}")
-    if not (math.isfinite(horizon_s) and horizon_s > 0):
-        raise ValueError(f"horizon_s must be > 0, got {horizon_s!r}")
-    if not (math.isfinite(default_tpot_s) and default_tpot_s > 0):
-        raise ValueError(f"default_tpot_s must be > 0, got {default_tpot_s!r}")
-    if not isinstance(kv_free_tokens, int) or kv_free_tokens < 0:
-        raise ValueError(f"kv_free_tokens must be an integer >= 0, got {kv_free_tokens!r}")
-    if not (math.isfinite(correction) and correction > 0):
-        raise ValueError(f"correction must be > 0, got {correction!r}")
-    if not (math.isfinite(front_delay_s) and front_delay_s >= 0):
-        raise ValueError(f"front_delay_s must be >= 0, got {front_delay_s!r}")
+@dataclass(frozen=True, slots=True)
+class PABInputs:
+    """What a node knows when it budgets, beyond its live requests and its step-time model.
+
+    ``estimate_pab`` and ``estimate_pab_edf`` take these as keywords (all but
+    ``now_s``, their third argument); a misspelt keyword is a ``TypeError``.
+
+    * ``now_s``: the clock, seconds; slack is measured from it.
+    * ``horizon_s`` (> 0): H, seconds within which an admitted prompt must be
+      prefilled (the TTFT SLO, or less to keep a margin).
+    * ``kv_free_tokens`` (integer >= 0): KV cache free now, tokens.
+    * ``default_tpot_s`` (> 0): the reference step when no live request sets one, seconds.
+    * ``anchor``: the envelope anchor slack is taken against.
+    * ``max_num_batched_tokens``, ``max_num_seqs``: the engine's caps (None: uncapped).
+    * ``expected_output_tokens``: E, the output length a request is expected to
+      reach (None: unknown; see ``expected_total_output``).
+    * ``typical_prompt_tokens``: the prompt a new request is assumed to have
+      when counting slots, tokens (None: the mean prompt of the live requests).
+    * ``correction`` (> 0): the closed loop's factor ``k`` (``node.core.feedback``).
+    * ``front_delay_s`` (>= 0): measured time in front of the engine, taken off H, seconds.
+    * ``measured_prefill_rate_tps``: the prompt tokens per second the node
+      prefilled while it had a queue; caps the modelled rate (None or < 0: no cap).
+    * ``due_within_s``: the queued prompts counted are those due (first token)
+      within this many seconds (None: ``horizon_s``).
+
+    Raises ``ValueError`` naming the field on a non-finite clock, a horizon or
+    TPOT <= 0, KV free that is not an integer >= 0, a correction <= 0 or a
+    negative front delay.
+    """
+
+    now_s: float
+    horizon_s: float
+    kv_free_tokens: int
+    default_tpot_s: float
+    anchor: Anchor = Anchor.ARRIVAL
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    expected_output_tokens: float | None = None
+    typical_prompt_tokens: float | None = None
+    correction: float = 1.0
+    front_delay_s: float = 0.0
+    measured_prefill_rate_tps: float | None = None
+    due_within_s: float | None = None
+
+    def __post_init__(self) -> None:
+        check_finite("now_s", self.now_s)
+        check_positive("horizon_s", self.horizon_s)
+        check_positive("default_tpot_s", self.default_tpot_s)
+        check_int("kv_free_tokens", self.kv_free_tokens, minimum=0)
+        check_positive("correction", self.correction)
+        check_at_least("front_delay_s", self.front_delay_s, 0.0)
+
+    @property
+    def effective_horizon_s(self) -> float:
+        """The horizon less the front delay (never below 0), seconds."""
+        return max(0.0, self.horizon_s - self.front_delay_s)
+
+    @property
+    def due_s(self) -> float:
+        """Seconds within which a queued prompt's first token is due for it to count as queued work."""
+        return self.horizon_s if self.due_within_s is None else self.due_within_s
+
+    def capped_by_measured(self, tokens: float, seconds: float = 1.0) -> float:
+        """``tokens`` (prefilled in ``seconds``) capped at the measured prefill rate over that time, when known."""
+        measured = self.measured_prefill_rate_tps
+        if measured is not None and measured >= 0:
+            return min(tokens, measured * seconds)
+        return tokens
+
+
+class RunningDecodes(NamedTuple):
+    """The requests decoding now and the step time their decodes take (``running_decodes``)."""
+
+    requests: list[RequestState]  # the live requests past their prefill, in input order
+    tau_s: float  # reference step: min TPOT over them (the default TPOT when there is none), seconds
+    context_tokens: int  # C_D: the context their decodes attend to, tokens
+    reservation_s: float  # T_dec = b * n_D + c * C_D with the safety factor, seconds per step
+
+
+def running_decodes(requests: Sequence[RequestState], model: StepTimeModel, default_tpot_s: float) -> RunningDecodes:
+    """The decodes running now, at their context now (queued prompts and future outputs not counted)."""
+    decodes = [r for r in requests if not r.is_prefill]
+    tau = min((r.slo.tpot_s for r in decodes), default=default_tpot_s)
+    context = sum(r.decode_context_tokens for r in decodes)
+    reservation = model.safety_factor * (model.b_s_per_token * len(decodes) + model.c_s_per_context_token * context)
+    return RunningDecodes(decodes, tau, context, reservation)
+
+
+def binding_of(limits: dict[str, float]) -> str:
+    """The name of the smallest limit (the first named of equal ones); ``limits`` maps ``BINDINGS`` names to tokens."""
+    return min(limits, key=limits.__getitem__)
+
+
+def budget_report(
+    limits: dict[str, float], binding: str, inputs: PABInputs, *,
+    rate_tps: float, recovery_tps: float, queued: int, headroom: int, tau_s: float, reservation_s: float,
+    **parts: float,
+) -> PABReport:
+    """The ``PABReport`` of a budget: ``limits[binding]`` tokens, bound by ``binding``.
+
+    ``limits`` holds at least ``time``; ``rate_tps`` and ``recovery_tps`` are
+    tokens/s, ``queued`` and ``headroom`` tokens, ``tau_s`` and
+    ``reservation_s`` seconds; ``parts`` are further ``PABReport`` fields.
+    """
+    return PABReport(
+        pab_tokens=limits[binding],
+        prefill_rate_tps=rate_tps,
+        queued_tokens=queued,
+        kv_headroom_tokens=headroom,
+        reference_step_s=tau_s,
+        decode_reservation_s=reservation_s,
+        horizon_s=inputs.horizon_s,
+        time_limited_tokens=limits["time"],
+        binding=binding,
+        recovery_tps=recovery_tps,
+        **parts,
+    )
 
 
 def expected_total_output(req: RequestState, expected_output_tokens: float | None) -> float:
@@ -126,11 +234,12 @@ def kv_headroom_tokens(
     return kv_free_tokens - math.ceil(growth)
 
 
-def _queued_within(requests: Sequence[RequestState], now_s: float, horizon_s: float, anchor: Anchor) -> int:
+def queued_prompt_tokens(requests: Sequence[RequestState], now_s: float, due_s: float, anchor: Anchor) -> int:
+    """Prompt tokens still to prefill of the queued requests whose first token is due within ``due_s`` seconds."""
     return sum(
         r.remaining_prompt_tokens
         for r in requests
-        if r.is_prefill and slack_s(r, now_s, anchor) <= horizon_s
+        if r.is_prefill and slack_s(r, now_s, anchor) <= due_s
     )
 
 
@@ -171,61 +280,39 @@ def prefill_chunk_per_step(
     return q, fixed + decode_reservation_s + per_token * q
 
 
-def estimate_pab(
-    requests: Sequence[RequestState],
-    model: StepTimeModel,
-    now_s: float,
-    *,
-    horizon_s: float,
-    kv_free_tokens: int,
-    default_tpot_s: float,
-    anchor: Anchor = Anchor.ARRIVAL,
-    max_num_batched_tokens: int | None = None,
-    max_num_seqs: int | None = None,
-    expected_output_tokens: float | None = None,
-    typical_prompt_tokens: float | None = None,
-    correction: float = 1.0,
-    front_delay_s: float = 0.0,
-    measured_prefill_rate_tps: float | None = None,
-    due_within_s: float | None = None,
-) -> PABReport:
+def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: float, **knobs: Any) -> PABReport:
     """The closed-form, whole-life PAB of a node holding ``requests`` (see the module docstring).
 
-    ``W`` counts the queued prompts due (first token) within ``due_within_s``
-    (default: the horizon): the ones EDF serves before a new request due then.
-    A host that keeps a margin by shortening ``horizon_s`` below the TTFT SLO
-    passes the SLO here, so a fresh queued prompt still counts.
+    ``knobs`` are the fields of ``PABInputs`` (``horizon_s``,
+    ``kv_free_tokens`` and ``default_tpot_s`` required), with their units and
+    defaults. ``W`` counts the queued prompts due (first token) within
+    ``due_within_s``: the ones EDF serves before a new request due then. A
+    host that keeps a margin by shortening ``horizon_s`` below the TTFT SLO
+    passes the SLO there, so a fresh queued prompt still counts.
 
-    ``measured_prefill_rate_tps``, when given, caps the modelled prefill rate:
-    the prompt tokens per second the node actually prefilled while it had a
-    queue (a model fitted on forward passes can promise more than the host
-    delivers; what it delivered under load it can deliver again).
-
-    ``correction`` (> 0) is the closed loop's measured factor ``k``: it
-    scales the prefill rate and the requests the node carries at once.
-    ``front_delay_s`` (>= 0) is taken off the horizon.
-    ``typical_prompt_tokens`` sizes a new request's decode for the slot count
-    (default: the mean prompt of ``requests``, 0 without any). Raises
-    ``ValueError`` on a non-finite clock, a horizon or TPOT <= 0, negative KV,
-    a correction <= 0 or a negative front delay.
+    ``measured_prefill_rate_tps`` caps the modelled prefill rate (a model
+    fitted on forward passes can promise more than the host delivers; what it
+    delivered under load it can deliver again). ``correction`` scales the
+    prefill rate and the requests the node carries at once; ``front_delay_s``
+    is taken off the horizon. ``typical_prompt_tokens`` sizes a new request's
+    decode for the slot count. Raises ``ValueError`` as ``PABInputs`` does,
+    ``TypeError`` on an unknown knob.
     """
-    _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s, correction, front_delay_s)
+    inputs = PABInputs(now_s, **knobs)
+    expected_output_tokens = inputs.expected_output_tokens
     sf = model.safety_factor
     fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
-    tau = _reference_step_s(requests, default_tpot_s)
+    tau = _reference_step_s(requests, inputs.default_tpot_s)
     n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens)
     t_dec = b * n + c * ctx
-    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, max_num_batched_tokens)
-    modelled = q / step_s if q > 0 else 0.0
-    if measured_prefill_rate_tps is not None and measured_prefill_rate_tps >= 0:
-        modelled = min(modelled, measured_prefill_rate_tps)
-    rate = correction * modelled
-    queued = _queued_within(requests, now_s, horizon_s if due_within_s is None else due_within_s, anchor)
-    effective_h = max(0.0, horizon_s - front_delay_s)
+    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, inputs.max_num_batched_tokens)
+    rate = inputs.correction * inputs.capped_by_measured(q / step_s if q > 0 else 0.0)
+    queued = queued_prompt_tokens(requests, now_s, inputs.due_s, inputs.anchor)
+    effective_h = inputs.effective_horizon_s
     time_limited = rate * effective_h - queued
 
     e_new = float(expected_output_tokens or 0.0)
-    headroom = kv_headroom_tokens(requests, kv_free_tokens, expected_output_tokens)
+    headroom = kv_headroom_tokens(requests, inputs.kv_free_tokens, expected_output_tokens)
     kv_limited = float(headroom) - e_new
     # A new request's decode, b + c * (L + E / 2), must fit a step beside every other decode:
     # in prompt tokens for one request (decode_limited), in requests of the typical prompt (slots).
@@ -235,109 +322,86 @@ def estimate_pab(
         decode_limited = decode_room / c
     else:
         decode_limited = math.inf if decode_room >= 0 else -1.0
+    typical_prompt_tokens = inputs.typical_prompt_tokens
     if typical_prompt_tokens is None:
         typical_prompt_tokens = sum(r.prompt_tokens for r in requests) / n if n else 0.0
     per_request_s = b + c * (typical_prompt_tokens + e_new / 2)
     # k times the requests a step could carry as decodes (decodes of the live ones at their own
     # contexts, the rest at the typical one), less the live ones.
     capacity = n + room / per_request_s if room > 0 else float(n)
-    slots = max(0.0, math.floor(correction * capacity - n))
-    seats_free = None if max_num_seqs is None else max_num_seqs - len(requests)
-    if seats_free is not None:
-        slots = min(slots, float(max(seats_free, 0)))
+    slots = max(0.0, math.floor(inputs.correction * capacity - n))
+    if inputs.max_num_seqs is not None:
+        slots = min(slots, float(max(inputs.max_num_seqs - len(requests), 0)))
     slots_limited = math.inf if slots >= 1 else 0.0
 
     limits = {"time": time_limited, "kv": kv_limited, "decode": decode_limited, "slots": slots_limited}
-    binding = min(limits, key=limits.__getitem__)
+    binding = binding_of(limits)
     # How fast the binding limit grows back with nothing new admitted: the queue drains at the
     # prefill rate; KV and decode time come back as live requests finish, spread here over their
     # mean remaining decode time at the reference step; a slot frees at the next departure.
     drain_s = mean_steps_left * tau
-    idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, max_num_batched_tokens)
+    idle_q, idle_step = prefill_chunk_per_step(model, tau, 0.0, 0, inputs.max_num_batched_tokens)
     if binding == "time" and rate > 0:
         recovery = rate
     elif binding == "kv":
-        freed = kv_free_tokens - headroom + sum(r.held_kv_tokens for r in requests)
+        freed = inputs.kv_free_tokens - headroom + sum(r.held_kv_tokens for r in requests)
         recovery = freed / drain_s if drain_s > 0 else 0.0
     else:  # decode time or slots (or a time limit with no prefill rate left): back to idle as decodes end
-        recovery = correction * (idle_q / idle_step) * effective_h / drain_s if drain_s > 0 else 0.0
-    return PABReport(
-        pab_tokens=limits[binding],
-        prefill_rate_tps=rate,
-        queued_tokens=queued,
-        kv_headroom_tokens=headroom,
-        reference_step_s=tau,
-        decode_reservation_s=t_dec,
-        horizon_s=horizon_s,
-        time_limited_tokens=time_limited,
+        recovery = inputs.correction * (idle_q / idle_step) * effective_h / drain_s if drain_s > 0 else 0.0
+    return budget_report(
+        limits, binding, inputs,
+        rate_tps=rate, recovery_tps=max(recovery, 0.0), queued=queued, headroom=headroom,
+        tau_s=tau, reservation_s=t_dec,
         decode_limited_tokens=decode_limited,
         slots_free=slots,
         slot_wait_s=drain_s / n if n else 0.0,
-        correction=correction,
-        front_delay_s=front_delay_s,
+        correction=inputs.correction,
+        front_delay_s=inputs.front_delay_s,
         expected_output_tokens=e_new,
-        binding=binding,
-        recovery_tps=max(recovery, 0.0),
     )
 
 
 def estimate_pab_edf(
-    requests: Sequence[RequestState],
-    model: StepTimeModel,
-    now_s: float,
-    *,
-    horizon_s: float,
-    kv_free_tokens: int,
-    default_tpot_s: float,
-    anchor: Anchor = Anchor.ARRIVAL,
-    max_num_batched_tokens: int | None = None,
-    max_num_seqs: int | None = None,
-    expected_output_tokens: float | None = None,
-    typical_prompt_tokens: float | None = None,
-    correction: float = 1.0,
-    front_delay_s: float = 0.0,
-    measured_prefill_rate_tps: float | None = None,
-    due_within_s: float | None = None,
-    max_steps: int = 10_000,
+    requests: Sequence[RequestState], model: StepTimeModel, now_s: float, *, max_steps: int = 10_000, **knobs: Any,
 ) -> PABReport:
     """PAB by stepping the node's EDF prefill queue forward (see module docstring).
 
-    Takes ``estimate_pab``'s arguments with their meanings. Each step of length
-    ``tau`` first carries every running decode, then gives the rest of the step
-    (at most ``max_num_batched_tokens`` tokens, decodes included) to queued
-    prefills in EDF order (largest chunk that fits, context term included). A
-    decode whose output length is known (``expected_total_output``) leaves when
-    it is done; a finished prefill joins the decodes. The queue is the prompts
-    due within ``due_within_s`` (default: the horizon). The budget is the
-    prompt tokens a new request could prefill before ``now + horizon -
-    front_delay_s`` after the queue, times ``correction``, at most
+    Takes ``estimate_pab``'s knobs (``PABInputs``) with their meanings, and
+    ``max_steps``, the most steps stepped. Each step of length ``tau`` (min TPOT
+    over the running decodes) first carries every running decode, then gives
+    the rest of the step (at most ``max_num_batched_tokens`` tokens, decodes
+    included) to queued prefills in EDF order (largest chunk that fits,
+    context term included). A decode whose output length is known
+    (``expected_total_output``) leaves when it is done; a finished prefill
+    joins the decodes. The queue is the prompts due within ``due_within_s``.
+    The budget is the prompt tokens a new request could prefill before ``now +
+    horizon - front_delay_s`` after the queue, times ``correction``, at most
     ``measured_prefill_rate_tps`` over that time; if the queue itself does not
     drain in time, it is minus the work left over. With ``max_num_seqs``
     requests already held there is no room (0). The KV headroom caps it.
     ``typical_prompt_tokens`` is not used (stepping sees every live request).
-    Raises ``ValueError`` as ``estimate_pab`` does.
+    Raises as ``estimate_pab`` does.
     """
-    del typical_prompt_tokens  # the closed form's slot estimate; stepping needs none
-    _check_inputs(now_s, horizon_s, kv_free_tokens, default_tpot_s, correction, front_delay_s)
-    decodes = [r for r in requests if not r.is_prefill]
-    tau = min((r.slo.tpot_s for r in decodes), default=default_tpot_s)
-    effective_h = max(0.0, horizon_s - front_delay_s)
+    inputs = PABInputs(now_s, **knobs)
+    expected_output_tokens = inputs.expected_output_tokens
+    running = running_decodes(requests, model, inputs.default_tpot_s)
+    tau = running.tau_s
+    effective_h = inputs.effective_horizon_s
     steps = min(max_steps, math.floor(effective_h / tau))
-    token_cap = math.inf if max_num_batched_tokens is None else max_num_batched_tokens
+    token_cap = math.inf if inputs.max_num_batched_tokens is None else inputs.max_num_batched_tokens
 
     # Running decodes as aggregates plus a heap of departure steps.
-    n_d = len(decodes)
-    c_d = sum(r.decode_context_tokens for r in decodes)
+    n_d, c_d = len(running.requests), running.context_tokens
     departures: list[tuple[int, int]] = []  # (step at which it leaves, its context then)
-    for r in decodes:
+    for r in running.requests:
         total = expected_total_output(r, expected_output_tokens)
         if total > 0:
             left = math.ceil(max(total - r.output_tokens, 0))
             heapq.heappush(departures, (left, r.decode_context_tokens + left))
 
+    due_s, anchor = inputs.due_s, inputs.anchor
     queue = sorted(
-        (r for r in requests if r.is_prefill
-         and slack_s(r, now_s, anchor) <= (horizon_s if due_within_s is None else due_within_s)),
+        (r for r in requests if r.is_prefill and slack_s(r, now_s, anchor) <= due_s),
         key=lambda r: (slack_s(r, now_s, anchor), r.arrival_s, r.request_id),
     )
     queued_total = sum(r.remaining_prompt_tokens for r in queue)
@@ -346,7 +410,6 @@ def estimate_pab_edf(
     head = 0
     spare = 0  # prompt tokens a new request could prefill within the horizon
     new_computed = 0
-    t_dec0 = model.safety_factor * (model.b_s_per_token * n_d + model.c_s_per_context_token * c_d)
     for step in range(steps):
         while departures and departures[0][0] <= step:
             _, ctx = heapq.heappop(departures)
@@ -379,23 +442,13 @@ def estimate_pab_edf(
         c_d += n_d  # every running decode grew by one token
 
     leftover = sum(remaining[head:])
-    offered = correction * spare
-    if measured_prefill_rate_tps is not None and measured_prefill_rate_tps >= 0:
-        offered = min(offered, measured_prefill_rate_tps * effective_h)
-    if max_num_seqs is not None and len(requests) >= max_num_seqs:
+    offered = inputs.capped_by_measured(inputs.correction * spare, effective_h)
+    if inputs.max_num_seqs is not None and len(requests) >= inputs.max_num_seqs:
         offered = 0.0
-    time_limited = float(offered if leftover == 0 else -leftover)
-    headroom = kv_headroom_tokens(requests, kv_free_tokens, expected_output_tokens)
-    binding = "time" if time_limited <= headroom else "kv"
-    return PABReport(
-        pab_tokens=min(time_limited, float(headroom)),
-        prefill_rate_tps=offered / effective_h if effective_h > 0 else 0.0,
-        queued_tokens=queued_total,
-        kv_headroom_tokens=headroom,
-        reference_step_s=tau,
-        decode_reservation_s=t_dec0,
-        horizon_s=horizon_s,
-        time_limited_tokens=time_limited,
-        binding=binding,
-        recovery_tps=offered / effective_h if effective_h > 0 else 0.0,
+    headroom = kv_headroom_tokens(requests, inputs.kv_free_tokens, expected_output_tokens)
+    limits = {"time": float(offered if leftover == 0 else -leftover), "kv": float(headroom)}
+    rate = offered / effective_h if effective_h > 0 else 0.0
+    return budget_report(
+        limits, binding_of(limits), inputs, rate_tps=rate, recovery_tps=rate, queued=queued_total,
+        headroom=headroom, tau_s=tau, reservation_s=running.reservation_s,
     )

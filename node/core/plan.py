@@ -12,18 +12,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple, Protocol, Sequence
+from typing import Generic, NamedTuple, Protocol, Sequence, TypeVar
 
 from node.core.step_time import StepTimeModel
 from node.core.request import RequestState
+from node.core.validation import check_int
 
 
 class Group(str, Enum):
-    """The three candidate groups of FairBatching, in the order they are taken."""
+    """Why a policy scheduled (or meant to schedule) a request where it did.
 
-    URGENT = "urgent"  # decodes close to their envelope deadline
+    FairBatching takes its three groups in this order: ``URGENT``, ``PREFILL``,
+    ``DECODE`` (relegated requests come last, as ``DECODE`` and ``PREFILL``).
+    The decode-first baselines (``node.core.baselines``) judge no decode by its
+    slack: each one is ``DECODE_FIRST``, their prompts ``PREFILL``.
+    """
+
+    URGENT = "urgent"  # FairBatching: decodes close to their envelope deadline, taken whatever the budget
     PREFILL = "prefill"  # new and partially prefilled requests
-    DECODE = "decode"  # decodes ahead of their envelope
+    DECODE = "decode"  # FairBatching: decodes ahead of their envelope (or relegated), within the budget
+    DECODE_FIRST = "decode-first"  # a decode-first baseline's decode: every running decode, whatever its slack
 
 
 class SkipReason(str, Enum):
@@ -40,7 +48,9 @@ class Limits:
 
     ``max_num_seqs`` caps the requests scheduled in this step and
     ``max_num_batched_tokens`` the new tokens; ``kv_blocks_free`` is what the
-    KV cache can still allocate, in blocks of ``block_size`` tokens.
+    KV cache can still allocate, in blocks of ``block_size`` tokens. Raises
+    ``ValueError`` naming the field unless each is an integer, ``>= 0`` for
+    ``kv_blocks_free`` and ``>= 1`` for the others.
     """
 
     max_num_seqs: int = 256
@@ -50,11 +60,8 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.kv_blocks_free, int) or self.kv_blocks_free < 0:
-            raise ValueError(f"kv_blocks_free must be an integer >= 0, got {self.kv_blocks_free!r}")
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("kv_blocks_free", self.kv_blocks_free, minimum=0)
 
 
 class ScheduledItem(NamedTuple):
@@ -126,6 +133,25 @@ class NodePolicy(Protocol):
     model: StepTimeModel
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan: ...
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+class ConfiguredPolicy(Generic[ConfigT]):
+    """What every node policy here shares: its cost model and its knobs.
+
+    A subclass names its config dataclass in ``config_type``; a policy built
+    without a config gets that dataclass's defaults. ``model`` may be
+    replaced between steps (an online refit).
+    """
+
+    name: str
+    config_type: type[ConfigT]
+
+    def __init__(self, model: StepTimeModel, config: ConfigT | None = None) -> None:
+        self.model = model
+        self.config: ConfigT = config if config is not None else self.config_type()
 
 
 @dataclass

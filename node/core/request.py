@@ -11,8 +11,9 @@ with the field named instead of producing a wrong plan.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from node.core.validation import check_finite, check_int, check_positive
 
 #: Keys of vLLM's ``SamplingParams.extra_args`` (an OpenAI body's ``vllm_xargs``) that carry a
 #: request's SLOs, seconds, and the ingress's arrival stamp, ``time.time()`` seconds (the envelope
@@ -24,14 +25,17 @@ ARRIVAL_KEY = "arrival_s"
 
 @dataclass(frozen=True, slots=True)
 class SLO:
-    """Latency targets of one request: time to first token and time per output token."""
+    """Latency targets of one request: time to first token and time per output token, seconds.
+
+    Raises ``ValueError`` naming the field unless both are finite and > 0.
+    """
 
     ttft_s: float
     tpot_s: float
 
     def __post_init__(self) -> None:
-        _check_positive("ttft_s", self.ttft_s)
-        _check_positive("tpot_s", self.tpot_s)
+        check_positive("ttft_s", self.ttft_s)
+        check_positive("tpot_s", self.tpot_s)
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +52,12 @@ class RequestState:
     cache now and ``kv_blocks`` how many blocks are allocated to it; the policy
     derives from them how many new blocks a step needs. Both default to what a
     request with no cache sharing would hold.
+
+    Times (``arrival_s``, ``first_token_s``) are seconds on the host's clock.
+    Raises ``ValueError`` naming the field on a non-finite time, a count that
+    is not an integer or is below its minimum (``prompt_tokens`` and
+    ``max_output_tokens`` >= 1, the others >= 0), or ``computed_tokens`` past
+    ``prompt_tokens``.
     """
 
     request_id: str
@@ -62,23 +72,23 @@ class RequestState:
     kv_blocks: int | None = None
 
     def __post_init__(self) -> None:
-        _check_finite("arrival_s", self.arrival_s)
-        _check_int("prompt_tokens", self.prompt_tokens, minimum=1)
-        _check_int("computed_tokens", self.computed_tokens, minimum=0)
-        _check_int("output_tokens", self.output_tokens, minimum=0)
+        check_finite("arrival_s", self.arrival_s)
+        check_int("prompt_tokens", self.prompt_tokens, minimum=1)
+        check_int("computed_tokens", self.computed_tokens, minimum=0)
+        check_int("output_tokens", self.output_tokens, minimum=0)
         if self.computed_tokens > self.prompt_tokens:
             raise ValueError(
                 f"request {self.request_id!r}: computed_tokens ({self.computed_tokens}) "
                 f"exceeds prompt_tokens ({self.prompt_tokens})"
             )
         if self.first_token_s is not None:
-            _check_finite("first_token_s", self.first_token_s)
+            check_finite("first_token_s", self.first_token_s)
         if self.max_output_tokens is not None:
-            _check_int("max_output_tokens", self.max_output_tokens, minimum=1)
+            check_int("max_output_tokens", self.max_output_tokens, minimum=1)
         if self.kv_tokens is not None:
-            _check_int("kv_tokens", self.kv_tokens, minimum=0)
+            check_int("kv_tokens", self.kv_tokens, minimum=0)
         if self.kv_blocks is not None:
-            _check_int("kv_blocks", self.kv_blocks, minimum=0)
+            check_int("kv_blocks", self.kv_blocks, minimum=0)
 
     @property
     def is_prefill(self) -> bool:
@@ -108,21 +118,3 @@ class RequestState:
         held = self.held_kv_tokens
         allocated = self.kv_blocks if self.kv_blocks is not None else -(-held // block_size)
         return max(0, -(-(held + new_tokens) // block_size) - allocated)
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    _check_finite(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def _check_int(name: str, value: int, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")

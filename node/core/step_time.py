@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from node.core.validation import check_at_least, check_positive
+
 
 @dataclass(frozen=True, slots=True)
 class StepTimeModel:
@@ -23,7 +25,11 @@ class StepTimeModel:
 
     ``a_s``, ``b_s_per_token`` and ``c_s_per_context_token`` describe the
     forward pass; ``host_s`` is the per-step host time on top of it (0 when not
-    measured), so ``predict_s`` is a step's wall time (its cadence).
+    measured), so ``predict_s`` is a step's wall time (its cadence). Units:
+    seconds, seconds per token, seconds per context token.
+
+    Raises ``ValueError`` naming the field unless every coefficient is a
+    finite number >= 0, ``b_s_per_token`` > 0 and ``safety_factor`` >= 1.
     """
 
     a_s: float
@@ -33,14 +39,10 @@ class StepTimeModel:
     host_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.b_s_per_token <= 0:
-            raise ValueError(f"b_s_per_token must be > 0, got {self.b_s_per_token!r}")
-        if not math.isfinite(self.safety_factor) or self.safety_factor < 1.0:
-            raise ValueError(f"safety_factor must be >= 1, got {self.safety_factor!r}")
+        for name in ("a_s", "c_s_per_context_token", "host_s"):
+            check_at_least(name, getattr(self, name), 0.0)
+        check_positive("b_s_per_token", self.b_s_per_token)
+        check_at_least("safety_factor", self.safety_factor, 1.0)
 
     @property
     def fixed_s(self) -> float:

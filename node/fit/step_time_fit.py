@@ -19,6 +19,7 @@ from itertools import combinations
 
 from node.core.attainment import percentile
 from node.core.step_time import StepTimeModel
+from node.core.validation import check_int, check_positive
 
 
 class BatchKind(str, Enum):
@@ -31,7 +32,11 @@ class BatchKind(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class StepSample:
-    """One measured step: what it processed and how long it took."""
+    """One measured step: what it processed (token counts) and how long it took (seconds).
+
+    Raises ``ValueError`` naming the field on a count that is not an integer
+    >= 0, a step of no token, or a duration that is not finite and > 0.
+    """
 
     prefill_tokens: int
     decode_tokens: int
@@ -40,13 +45,10 @@ class StepSample:
 
     def __post_init__(self) -> None:
         for name in ("prefill_tokens", "decode_tokens", "context_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            check_int(name, getattr(self, name), minimum=0)
         if self.prefill_tokens + self.decode_tokens == 0:
             raise ValueError("a step sample must process at least one token")
-        if not math.isfinite(self.duration_s) or self.duration_s <= 0:
-            raise ValueError(f"duration_s must be a finite number > 0, got {self.duration_s!r}")
+        check_positive("duration_s", self.duration_s)
 
     @property
     def new_tokens(self) -> int:
