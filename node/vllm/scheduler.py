@@ -334,8 +334,11 @@ class FairBatchingMixin:
 
     @staticmethod
     def _fb_kv_urgent(plan: BatchPlan) -> dict[str, None]:
+        """Decodes the plan must run (FairBatching's urgent ones, a baseline's decode-first ones) but skipped
+        for want of KV blocks: they stay visible so that vLLM preempts for them."""
         return {
-            s.request_id: None for s in plan.skipped if s.reason is SkipReason.KV and s.group is Group.URGENT
+            s.request_id: None for s in plan.skipped
+            if s.reason is SkipReason.KV and s.group in (Group.URGENT, Group.DECODE_FIRST)
         }
 
     def _fb_divergence(self, out: Any, plan: BatchPlan, planned: dict, fallback: bool) -> Counter[str]:
