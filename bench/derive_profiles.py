@@ -47,7 +47,6 @@ reproduces the committed JSON files.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
@@ -55,6 +54,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import typer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur_profiling"
@@ -328,32 +328,31 @@ def transfer_check(data: Path) -> list[tuple]:
     return out
 
 
+def error_row(name: str, cl: str, e: dict, *, signed: bool) -> str:
+    """One row of a fit-error table (``e`` from ``error_stats``); ``signed`` adds the mean signed error."""
+    row = (f"| {name} | {cl} | {e['n']} | {e['mape'] * 100:.1f} % | "
+           f"{e['p99_abs_error_s'] * 1e3:.2f} | {e['max_abs_error_s'] * 1e3:.2f} |")
+    return (row + f" {e['mean_signed_rel_error'] * 100:+.1f} % |") if signed else row
+
+
 def report(data: Path, profs: dict, dbg: dict) -> str:
+    derived = [name for name, p in profs.items() if p.get("ground_truth") is not None]
     L = []
     L.append("### Fit errors (linear fit vs ground truth)\n")
     L.append("| profile | class | n | MAPE | P99 abs err (ms) | max abs err (ms) | mean signed rel err |")
     L.append("|---|---|---|---|---|---|---|")
-    for name, p in profs.items():
-        if p.get("ground_truth") is None:
-            continue
-        rows = [("all", dbg[name]["overall"])] + list(p["errors_by_batch_class"].items())
-        for cl, e in rows:
-            L.append(f"| {name} | {cl} | {e['n']} | {e['mape'] * 100:.1f} % | "
-                     f"{e['p99_abs_error_s'] * 1e3:.2f} | {e['max_abs_error_s'] * 1e3:.2f} | "
-                     f"{e['mean_signed_rel_error'] * 100:+.1f} % |")
+    for name in derived:
+        rows = [("all", dbg[name]["overall"])] + list(profs[name]["errors_by_batch_class"].items())
+        L.extend(error_row(name, cl, e, signed=True) for cl, e in rows)
     L.append("\n### Same fits restricted to steps of at most 2048 new tokens (typical chunk budgets)\n")
     L.append("| profile | class | n | MAPE | P99 abs err (ms) | max abs err (ms) |")
     L.append("|---|---|---|---|---|---|")
-    for name, p in profs.items():
-        if p.get("ground_truth") is None:
-            continue
+    for name in derived:
         g, y, pr = dbg[name]["grid"], dbg[name]["y"], dbg[name]["pred"]
         small = g["new"] <= 2048
         for k, cl in [(-1, "all")] + list(enumerate(CLASSES)):
             s = small & ((g["cls"] == k) if k >= 0 else True)
-            e = error_stats(pr[s], y[s])
-            L.append(f"| {name} | {cl} | {e['n']} | {e['mape'] * 100:.1f} % | "
-                     f"{e['p99_abs_error_s'] * 1e3:.2f} | {e['max_abs_error_s'] * 1e3:.2f} |")
+            L.append(error_row(name, cl, error_stats(pr[s], y[s]), signed=False))
     L.append("\n### Fitted coefficients\n")
     L.append("| profile | a (ms) | b (us/token) | c (us/context token) | kv_cache_tokens |")
     L.append("|---|---|---|---|---|")
@@ -434,27 +433,29 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(text + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                    help="Vidur profiling directory (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    ap.add_argument("--report", action="store_true", help="print markdown tables")
-    args = ap.parse_args(argv)
-    if not (args.data / "compute").is_dir():
-        print(f"no Vidur profiling data under {args.data}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    data: Path = typer.Option(DEFAULT_DATA, help="Vidur profiling directory."),
+    out: Path = typer.Option(DEFAULT_OUT, help="Output directory."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip the PNG."),
+    report_tables: bool = typer.Option(False, "--report", help="Print markdown tables."),
+) -> None:
+    if not (data / "compute").is_dir():
+        print(f"no Vidur profiling data under {data}", file=sys.stderr)
+        raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
 
     profs, dbg = {}, {}
-    n_h, ops_h = h100_llama3_ops(args.data)
+    n_h, ops_h = h100_llama3_ops(data)
     profs["h100-llama3-8b"], dbg["h100-llama3-8b"] = derive(
         "h100-llama3-8b", "h100", n_h, ops_h,
         "derived: vidur H100 Llama-2-7b linear ops x per-op Llama-3-8B/Llama-2-7b shape ratio "
         "(>4096 tokens: A100 Llama-3-8B growth) + analytical attention + LM head/host overhead; "
         "relative least-squares fit")
-    n_a, ops_a = load_ops(args.data / "compute/a100/meta-llama/Meta-Llama-3-8B/mlp.csv")
+    n_a, ops_a = load_ops(data / "compute/a100/meta-llama/Meta-Llama-3-8B/mlp.csv")
     profs["a100-llama3-8b"], dbg["a100-llama3-8b"] = derive(
         "a100-llama3-8b", "a100", n_a, ops_a,
         "derived: vidur A100 Meta-Llama-3-8B linear ops + analytical attention + LM head/host "
@@ -462,19 +463,18 @@ def main(argv: list[str] | None = None) -> int:
     profs["ref-linear-h100"] = reference_profile()
 
     for name, p in profs.items():
-        write_json(args.out / f"{name}.json", p)
+        write_json(out / f"{name}.json", p)
         print(f"{name}: a={p['a_s'] * 1e3:.3f} ms b={p['b_s_per_token'] * 1e6:.2f} us/tok "
               f"c={p['c_s_per_context_token'] * 1e6:.4f} us/ctx mape={p['mape']:.3f} "
               f"p99={p['p99_abs_error_s'] * 1e3:.2f} ms kv={p['kv_cache_tokens']}")
-    if not args.no_plot:
+    if not no_plot:
         try:
-            plot(args.out / "fit_h100-llama3-8b.png", "h100-llama3-8b", dbg["h100-llama3-8b"])
+            plot(out / "fit_h100-llama3-8b.png", "h100-llama3-8b", dbg["h100-llama3-8b"])
         except ImportError:
             print("matplotlib not available: PNG skipped", file=sys.stderr)
-    if args.report:
-        print(report(args.data, profs, dbg))
-    return 0
+    if report_tables:
+        print(report(data, profs, dbg))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app()

@@ -13,19 +13,16 @@ placement imbalance can be read off and explained.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import typer
 
-from cluster.net import free_port  # noqa: E402
+from cluster.net import free_port
 
 
 def _clients(url: str, model: str, n: int, stop_at: float, placed: dict, lock: threading.Lock) -> list:
@@ -72,17 +69,19 @@ def _plot(rows: list[dict], out: Path, title: str) -> None:
     fig.savefig(out, dpi=110)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", type=Path, required=True, help="where to write the trace")
-    ap.add_argument("--png", type=Path, help="plot (default: next to --json)")
-    ap.add_argument("--clients", type=int, default=12, help="closed-loop clients (each sends its next request on reply)")
-    ap.add_argument("--seconds", type=float, default=25.0, help="how long the clients send")
-    ap.add_argument("--every", type=float, default=0.5, help="seconds between two polls of the status")
-    ap.add_argument("--router", default="pab", help="pab or serve-default")
-    ap.add_argument("--node-config", default="{}", help="NodeConfig overrides, JSON (e.g. a step_log)")
-    args = ap.parse_args()
+app = typer.Typer(add_completion=False)
 
+
+@app.command(help=__doc__.split("\n\n")[0])
+def main(
+    json_out: Path = typer.Option(..., "--json", help="Where to write the trace."),
+    png: Optional[Path] = typer.Option(None, help="Plot (default: next to --json)."),
+    clients: int = typer.Option(12, help="Closed-loop clients (each sends its next request on reply)."),
+    seconds: float = typer.Option(25.0, help="How long the clients send."),
+    every: float = typer.Option(0.5, help="Seconds between two polls of the status."),
+    router: str = typer.Option("pab", help="pab or serve-default."),
+    node_config: str = typer.Option("{}", help="NodeConfig overrides, JSON (e.g. a step_log)."),
+) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import httpx
     import ray
@@ -92,7 +91,7 @@ def main() -> None:
     use_serve_env()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = ServeConfig(port=free_port(), router=args.router, node_config=json.loads(args.node_config))
+        cfg = ServeConfig(port=free_port(), router=router, node_config=json.loads(node_config))
         url = deploy(cfg)
         for _ in range(3):
             httpx.post(f"{url}/v1/completions", json={"model": cfg.served_model_name, "prompt": "w1 w2",
@@ -101,8 +100,8 @@ def main() -> None:
         placed: dict[str, int] = {}
         lock = threading.Lock()
         t0 = time.monotonic()
-        threads = _clients(url, cfg.served_model_name, args.clients, t0 + args.seconds, placed, lock)
-        while time.monotonic() < t0 + args.seconds + 2:
+        threads = _clients(url, cfg.served_model_name, clients, t0 + seconds, placed, lock)
+        while time.monotonic() < t0 + seconds + 2:
             try:
                 snap = httpx.get(f"{url}/v1/fairbatching/status", timeout=5).json()
             except httpx.HTTPError:
@@ -114,18 +113,18 @@ def main() -> None:
                     "pab_tokens", "pab_tokens_debited", "pab_model", "own_model", "prefill_rate_tps", "queued_tokens",
                     "kv_headroom_tokens", "kv_usage", "in_flight", "waiting", "model", "finished",
                     "scheduler_steps", "report_age_s")}})
-            time.sleep(args.every)
+            time.sleep(every)
         for t in threads:
             t.join(timeout=60)
-        out = {"router": args.router, "clients": args.clients, "seconds": args.seconds,
+        out = {"router": router, "clients": clients, "seconds": seconds,
                "placed": placed, "decisions": snap.get("decisions"), "rows": rows}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
-        _plot(rows, args.png or args.json.with_suffix(".png"), f"router {args.router}, {args.clients} clients")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=1))
+        _plot(rows, png or json_out.with_suffix(".png"), f"router {router}, {clients} clients")
         print(json.dumps({"placed": placed, "decisions": out["decisions"]}))
     finally:
         ray.shutdown()
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -12,15 +12,13 @@ rows between clients, not as absolute costs. Results are recorded in ``bench/res
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import typer
 
 CLIENT = r'''
 import asyncio, json, os, sys
@@ -88,11 +86,14 @@ def cpu_by_group() -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--rate", type=float, default=40.0, help="req/s")
-    args = parser.parse_args()
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    requests: int = typer.Option(600, help="Streamed requests each client sends (every one is refused)."),
+    rate: float = typer.Option(40.0, help="Send rate, req/s."),
+) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import json
 
@@ -111,17 +112,17 @@ def main() -> None:
         url = deploy(cfg)
         while httpx.get(f"{url}/health", timeout=10).json().get("engines") != cfg.engines:
             time.sleep(1.0)
-        print(f"{machine_name()}: {args.requests} requests at {args.rate:g} req/s, every one refused; "
+        print(f"{machine_name()}: {requests} requests at {rate:g} req/s, every one refused; "
               "CPU ms per request")
         for kind in ("aiohttp", "httpx"):
             before = cpu_by_group()
-            res = subprocess.run([sys.executable, "-c", CLIENT, url, cfg.served_model_name, str(args.requests),
-                                  str(args.rate), kind], capture_output=True, text=True, check=True)
+            res = subprocess.run([sys.executable, "-c", CLIENT, url, cfg.served_model_name, str(requests),
+                                  str(rate), kind], capture_output=True, text=True, check=True)
             after = cpu_by_group()
             client = json.loads(res.stdout)
-            per = {k: (after.get(k, 0.0) - before.get(k, 0.0)) * 1e3 / args.requests for k in after}
+            per = {k: (after.get(k, 0.0) - before.get(k, 0.0)) * 1e3 / requests for k in after}
             print(f"client {kind}: statuses {client['codes']}")
-            print(f"  client {client['cpu_s'] * 1e3 / args.requests:.2f}; "
+            print(f"  client {client['cpu_s'] * 1e3 / requests:.2f}; "
                   + "; ".join(f"{k} {v:.2f}" for k, v in sorted(per.items())))
             time.sleep(2.0)
     finally:
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -11,23 +11,21 @@ writes. Both arms run the FairBatching node scheduler; only the router differs.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import typer
 
-from cluster.net import free_port  # noqa: E402
+from cluster.net import free_port
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "serve-ab-cpu.json"
 
 
-def run_arm(router: str, workload, args) -> dict:
+def run_arm(router: str, workload, *, ttft_slo: float, tpot_slo: float, scheduler: str, max_output_tokens: int,
+            seed: int) -> dict:
     import ray
     from ray import serve
 
@@ -38,8 +36,8 @@ def run_arm(router: str, workload, args) -> dict:
     use_serve_env()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = ServeConfig(port=free_port(), router=router, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
-                          scheduler=args.scheduler)
+        cfg = ServeConfig(port=free_port(), router=router, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo,
+                          scheduler=scheduler)
         t = time.perf_counter()
         url = deploy(cfg)
         started_s = time.perf_counter() - t
@@ -48,9 +46,9 @@ def run_arm(router: str, workload, args) -> dict:
         for _ in range(3):  # warm both engines
             httpx.post(f"{url}/v1/completions", json={"model": cfg.served_model_name, "prompt": "w1 w2", "max_tokens": 2},
                        timeout=120)
-        slo = SLO(args.ttft_slo, args.tpot_slo)
+        slo = SLO(ttft_slo, tpot_slo)
         records = asyncio.run(replay(url, workload, model=cfg.served_model_name, slo=slo,
-                                     max_output_tokens=args.max_output_tokens, seed=args.seed))
+                                     max_output_tokens=max_output_tokens, seed=seed))
         span = workload.requests[-1].arrival_s - workload.requests[0].arrival_s
         report = live_report(records, slo, span)
         report["deploy_s"] = started_s
@@ -62,57 +60,59 @@ def run_arm(router: str, workload, args) -> dict:
         ray.shutdown()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", default="azure-code", help="trace name or file (as fairbatching load)")
-    ap.add_argument("--start-s", type=float, default=0.0, help="start of the trace window, trace seconds")
-    ap.add_argument("--duration-s", type=float, default=60.0, help="length of the trace window, trace seconds")
-    ap.add_argument("--rate-scale", type=float, default=1.5, help="multiply the arrival rate by this")
-    ap.add_argument("--max-prompt-tokens", type=int, default=512, help="clip longer prompts")
-    ap.add_argument("--max-output-tokens", type=int, default=32, help="clip longer outputs")
-    ap.add_argument("--ttft-slo", type=float, default=2.0, help="TTFT SLO, seconds")
-    ap.add_argument("--tpot-slo", type=float, default=0.25, help="TPOT SLO, seconds")
-    ap.add_argument("--scheduler", default="fairbatching", help="node scheduler of both arms: fairbatching or vllm")
-    ap.add_argument("--arms", default="pab,serve-default,serve-default,pab",
-                    help="Routers in run order; the default ABBA order cancels a linear drift of machine load.")
-    ap.add_argument("--settle-s", type=float, default=15.0, help="Pause between arms (processes wind down).")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the prompt token ids")
-    ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serve-ab-cpu.json",
-                    help="where to write both arms' reports")
-    args = ap.parse_args(argv)
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    trace: str = typer.Option("azure-code", help="Trace name or file (as fairbatching load)."),
+    start_s: float = typer.Option(0.0, help="Start of the trace window, trace seconds."),
+    duration_s: float = typer.Option(60.0, help="Length of the trace window, trace seconds."),
+    rate_scale: float = typer.Option(1.5, help="Multiply the arrival rate by this."),
+    max_prompt_tokens: int = typer.Option(512, help="Clip longer prompts."),
+    max_output_tokens: int = typer.Option(32, help="Clip longer outputs."),
+    ttft_slo: float = typer.Option(2.0, help="TTFT SLO, seconds."),
+    tpot_slo: float = typer.Option(0.25, help="TPOT SLO, seconds."),
+    scheduler: str = typer.Option("fairbatching", help="Node scheduler of both arms: fairbatching or vllm."),
+    arms: str = typer.Option("pab,serve-default,serve-default,pab",
+                             help="Routers in run order; the default ABBA order cancels a linear drift of machine load."),
+    settle_s: float = typer.Option(15.0, help="Pause between arms (processes wind down)."),
+    seed: int = typer.Option(0, help="Seed of the prompt token ids."),
+    json_out: Path = typer.Option(DEFAULT_JSON, "--json", help="Where to write both arms' reports."),
+) -> None:
     os.environ["RAY_AUTH_MODE"] = "disabled"
 
     from cluster.workload.traces import load_named, prepare
     from node.vllm.engine_setup import machine_name
 
-    w = prepare(load_named(args.trace), start_s=args.start_s, duration_s=args.duration_s,
-                rate_scale=args.rate_scale, max_prompt_tokens=args.max_prompt_tokens)
+    w = prepare(load_named(trace), start_s=start_s, duration_s=duration_s,
+                rate_scale=rate_scale, max_prompt_tokens=max_prompt_tokens)
     result = {
         "machine": machine_name(),
         "what": "two CPU vLLM engines (tiny random-weight Llama, FairBatching scheduler) on one machine; "
                 "PAB router with admission vs Ray Serve's default router (power of two, no admission)",
-        "workload": {"trace": args.trace, "start_s": args.start_s, "duration_s": args.duration_s,
-                     "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt_tokens,
-                     "max_output_tokens": args.max_output_tokens, "requests": len(w), "offered_rps": w.rate_rps,
+        "workload": {"trace": trace, "start_s": start_s, "duration_s": duration_s,
+                     "rate_scale": rate_scale, "max_prompt_tokens": max_prompt_tokens,
+                     "max_output_tokens": max_output_tokens, "requests": len(w), "offered_rps": w.rate_rps,
                      "transforms": list(w.transforms)},
-        "slo": {"ttft_s": args.ttft_slo, "tpot_s": args.tpot_slo},
-        "scheduler": args.scheduler,
+        "slo": {"ttft_s": ttft_slo, "tpot_s": tpot_slo},
+        "scheduler": scheduler,
         "arms": {},
     }
     keys = ("requests", "attainment", "admitted_attainment", "rejected", "dropped", "ttft_p50", "ttft_p90",
             "ttft_p99", "tpot_p50", "tpot_p99", "goodput_rps")
-    for i, arm in enumerate(args.arms.split(",")):
+    for i, arm in enumerate(arms.split(",")):
         if i:
-            time.sleep(args.settle_s)
+            time.sleep(settle_s)
         load_before = os.getloadavg()
-        rep = run_arm(arm, w, args)
+        rep = run_arm(arm, w, ttft_slo=ttft_slo, tpot_slo=tpot_slo, scheduler=scheduler,
+                      max_output_tokens=max_output_tokens, seed=seed)
         rep["loadavg_before"], rep["loadavg_after"] = load_before, os.getloadavg()
         result["arms"][f"{arm}#{i + 1}"] = rep
         print(f"{arm}#{i + 1}", {k: rep.get(k) for k in keys}, "load", rep["loadavg_before"], flush=True)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    return 0
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/sim_experiments.py [--quick] [--only SECTION[,SECTION]]
 
-Sections (each writes bench/results/sim/<section>.json):
+Sections (each writes bench/results/sim/SECTION.json):
 
 * ``crosscheck-single``: DESIGN section 6's single-node figures with the
   ref-linear-h100 profile (first 600 s of Azure conv and code, SLOs 1 s / 50 ms,
@@ -21,19 +21,18 @@ script runs in a few minutes (smoke test of the pipeline, not results).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import typer
 
-from cluster.sim.capacity import find_capacity  # noqa: E402
-from cluster.sim.compare import tune_token_budget  # noqa: E402
-from cluster.sim.config import SimConfig  # noqa: E402
-from cluster.sim.simulator import load_workload, simulate  # noqa: E402
+from cluster.sim.capacity import find_capacity
+from cluster.sim.compare import tune_token_budget
+from cluster.sim.config import SimConfig
+from cluster.sim.simulator import load_workload, simulate
 
 OUT = Path(__file__).resolve().parent / "results" / "sim"
 KEEP = ("offered_rps", "attainment", "admitted_attainment", "rejected_fraction", "ttft_p50", "ttft_p90", "ttft_p99",
@@ -240,46 +239,53 @@ def cap_sensitivity(quick: bool) -> dict:
     return {"profile": "ref-linear-h100", "default_cap_tokens": default_cap, "rows": rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="crosscheck-single,crosscheck-cluster,single-h100,ablations-node,cluster-h100,ablations-pab")
-    ap.add_argument("--traces", default="azure-code,azure-conv", help="Traces of the 8-node sections.")
-    ap.add_argument("--vllm-budgets", default="", help="vLLM budgets per trace for the H100 cluster runs, "
-                    "TRACE=TOKENS,...; default: the tuning in single-h100.json, else 2048.")
-    args = ap.parse_args()
-    only = set(args.only.split(","))
-    suffix = "-quick" if args.quick else ""
-    budgets = {}
-    if "crosscheck-single" in only:
-        single = crosscheck_single(args.quick)
-        save("crosscheck-single" + suffix, single)
-        budgets = {t: v["vllm_best"] for t, v in single["tuning"].items()}
-    elif (OUT / "crosscheck-single.json").exists():
-        budgets = {t: v["vllm_best"] for t, v in json.loads((OUT / "crosscheck-single.json").read_text())["tuning"].items()}
-    if "crosscheck-cluster" in only:
-        save("crosscheck-cluster" + suffix, crosscheck_cluster(args.quick, budgets))
-    h100_budgets = {}
-    if "single-h100" in only:
-        single = single_h100(args.quick)
-        save("single-h100" + suffix, single)
-        h100_budgets = {t: v["vllm_best"] for t, v in single["tuning"].items()}
-    elif (OUT / "single-h100.json").exists():
-        h100_budgets = {t: v["vllm_best"] for t, v in json.loads((OUT / "single-h100.json").read_text())["tuning"].items()}
-    if args.vllm_budgets:  # e.g. azure-code=1024,azure-conv=1024 (from an earlier tuning run)
-        h100_budgets = {k: int(v) for k, v in (kv.split("=") for kv in args.vllm_budgets.split(","))}
-    traces = tuple(args.traces.split(","))
-    if "ablations-node" in only:
-        save("ablations-node" + suffix, ablations_node(args.quick))
-    if "cluster-h100" in only:
-        cluster_h100(args.quick, h100_budgets, traces)
-    if "ablations-pab" in only:
-        ablations_pab(args.quick, traces)
-    if "pab-delay" in only:
-        pab_delay(args.quick, traces)
-    if "cap-sensitivity" in only:
-        save("cap-sensitivity" + suffix, cap_sensitivity(args.quick))
+def tuned_budgets(section: str, run: Callable[[bool], dict], quick: bool, only: set[str]) -> dict[str, int]:
+    """vLLM's best token budget per trace from a tuning section: ``run`` it (and save it) when it is selected,
+    else read its saved full run; {} when neither."""
+    if section in only:
+        data = run(quick)
+        save(section + ("-quick" if quick else ""), data)
+    elif (OUT / f"{section}.json").exists():
+        data = json.loads((OUT / f"{section}.json").read_text())
+    else:
+        return {}
+    return {t: v["vllm_best"] for t, v in data["tuning"].items()}
+
+
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    quick: bool = typer.Option(False, "--quick", help="Shrink every trace window and loosen the bisection "
+                               "(a smoke test of the pipeline, not results)."),
+    only: str = typer.Option(
+        "crosscheck-single,crosscheck-cluster,single-h100,ablations-node,cluster-h100,ablations-pab",
+        help="Comma-separated sections to run (also: pab-delay, cap-sensitivity)."),
+    traces: str = typer.Option("azure-code,azure-conv", help="Traces of the 8-node sections."),
+    vllm_budgets: str = typer.Option("", help="vLLM budgets per trace for the H100 cluster runs, TRACE=TOKENS,...; "
+                                     "default: the tuning in single-h100.json, else 2048."),
+) -> None:
+    sections = set(only.split(","))
+    suffix = "-quick" if quick else ""
+    budgets = tuned_budgets("crosscheck-single", crosscheck_single, quick, sections)
+    if "crosscheck-cluster" in sections:
+        save("crosscheck-cluster" + suffix, crosscheck_cluster(quick, budgets))
+    h100_budgets = tuned_budgets("single-h100", single_h100, quick, sections)
+    if vllm_budgets:  # e.g. azure-code=1024,azure-conv=1024 (from an earlier tuning run)
+        h100_budgets = {k: int(v) for k, v in (kv.split("=") for kv in vllm_budgets.split(","))}
+    trace_list = tuple(traces.split(","))
+    if "ablations-node" in sections:
+        save("ablations-node" + suffix, ablations_node(quick))
+    if "cluster-h100" in sections:
+        cluster_h100(quick, h100_budgets, trace_list)
+    if "ablations-pab" in sections:
+        ablations_pab(quick, trace_list)
+    if "pab-delay" in sections:
+        pab_delay(quick, trace_list)
+    if "cap-sensitivity" in sections:
+        save("cap-sensitivity" + suffix, cap_sensitivity(quick))
 
 
 if __name__ == "__main__":
-    main()
+    app()

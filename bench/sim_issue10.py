@@ -10,7 +10,7 @@ Every section writes JSON under bench/results/sim/issue10/:
   knobs (whole-life PAB, ``--feedback``, ``--relegate lost``,
   ``--tpot-margin 0.1``). Per seed: capacity (attainment >= 90 %, bisection
   to 3 %), then runs at 1x, 1.5x, 2x and 3x the capacity rate.
-  ``reference-seed<k>.json``.
+  ``reference-seedK.json``.
 * ``ablations``: each knob of the reference switched on its own, and the
   pre-issue setting, on the first 1800 s of the trace (seed 0): capacity,
   then 1.5x and 2x that arm's own capacity. ``ablations.json``.
@@ -31,20 +31,18 @@ test of the pipeline, not results).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import typer
 
-from cluster.sim.capacity import find_capacity  # noqa: E402
-from cluster.sim.config import SimConfig  # noqa: E402
-from cluster.sim.simulator import load_workload, simulate  # noqa: E402
+from cluster.sim.capacity import find_capacity
+from cluster.sim.config import SimConfig
+from cluster.sim.simulator import load_workload, simulate
 
 OUT = Path(__file__).resolve().parent / "results" / "sim" / "issue10"
 KEEP = ("offered_rps", "requests", "attainment", "admitted_attainment", "rejected_fraction", "goodput_rps",
@@ -275,25 +273,30 @@ def plot() -> None:
     log(f"wrote {OUT / 'goodput_vs_load.png'}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="reference,ablations,headline,plot")
-    ap.add_argument("--seeds", default="0,1,2", help="Seeds of the reference section (long-context pairing).")
-    ap.add_argument("--arms", default="", help="Ablation arms by index (0-based, comma-separated); default all.")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    only = set(args.only.split(","))
-    if "reference" in only:
-        reference([int(s) for s in args.seeds.split(",")], args.quick)
-    if "ablations" in only:
-        ablations(args.quick, args.arms)
-    if "headline" in only:
-        headline(args.quick)
-    if "model-error" in only:
-        model_error(args.quick)
-    if "plot" in only:
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    only: str = typer.Option("reference,ablations,headline,plot",
+                             help="Comma-separated sections to run: reference, ablations, headline, model-error, plot."),
+    seeds: str = typer.Option("0,1,2", help="Seeds of the reference section (long-context pairing)."),
+    arms: str = typer.Option("", help="Ablation arms by index (0-based, comma-separated); default all."),
+    quick: bool = typer.Option(False, "--quick", help="Shorten every trace window and loosen the bisection "
+                               "(a smoke test of the pipeline, not results)."),
+) -> None:
+    sections = set(only.split(","))
+    if "reference" in sections:
+        reference([int(s) for s in seeds.split(",")], quick)
+    if "ablations" in sections:
+        ablations(quick, arms)
+    if "headline" in sections:
+        headline(quick)
+    if "model-error" in sections:
+        model_error(quick)
+    if "plot" in sections:
         plot()
 
 
 if __name__ == "__main__":
-    main()
+    app()

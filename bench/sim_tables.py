@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal, Optional
+
+import typer
 
 SIM = Path(__file__).resolve().parent / "results" / "sim"
 
@@ -40,6 +43,17 @@ def _multiples_cells(at: dict, keys=("1x", "1.5x", "2x", "3x")) -> str:
         cells.append(f"{fmt(a['offered_rps'], 1)} / {fmt(a['admitted_attainment'], 3)} / {fmt(a['rejected_fraction'], 2)} / "
                      f"**{fmt(a['goodput_rps'], 1)}**")
     return " | ".join(cells)
+
+
+def at_baseline_table(title: str, at: dict) -> None:
+    """Every arm at the best baseline's capacity rate (the ``at_baseline_capacity`` block of a result)."""
+    print(title)
+    print("| arm | offered req/s | attainment | rejected | TTFT P50 / P90 / P99 s | TPOT P99 ms |")
+    print("|---|---|---|---|---|---|")
+    for label, a in at["arms"].items():
+        print(f"| {label} | {fmt(a['offered_rps'])} | {fmt(a['attainment'], 3)} | {fmt(a['rejected_fraction'], 3)} | "
+              f"{fmt(a['ttft_p50'])} / {fmt(a.get('ttft_p90'))} / {fmt(a['ttft_p99'])} | "
+              f"{fmt(a['tpot_p99'] and a['tpot_p99'] * 1000, 1)} |")
 
 
 def issue10_tables() -> None:
@@ -91,19 +105,18 @@ def issue10_tables() -> None:
                   f"{fmt(a.get('tpot_p99') and a['tpot_p99'] * 1000, 1)} |")
         if "at_baseline_capacity" in data:
             at = data["at_baseline_capacity"]
-            print(f"\nEvery arm at {at['baseline']}'s capacity (rate scale {at['rate_scale']:.3g}):\n")
-            print("| arm | offered req/s | attainment | rejected | TTFT P50 / P90 / P99 s | TPOT P99 ms |")
-            print("|---|---|---|---|---|---|")
-            for label, a in at["arms"].items():
-                print(f"| {label} | {fmt(a['offered_rps'])} | {fmt(a['attainment'], 3)} | {fmt(a['rejected_fraction'], 3)} | "
-                      f"{fmt(a['ttft_p50'])} / {fmt(a['ttft_p90'])} / {fmt(a['ttft_p99'])} | "
-                      f"{fmt(a['tpot_p99'] and a['tpot_p99'] * 1000, 1)} |")
+            at_baseline_table(f"\nEvery arm at {at['baseline']}'s capacity (rate scale {at['rate_scale']:.3g}):\n", at)
 
 
-def main() -> None:
-    import sys
+app = typer.Typer(add_completion=False)
 
-    if sys.argv[1:] == ["issue10"]:
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    section: Optional[Literal["issue10"]] = typer.Argument(
+        None, help="issue10: only the issue-10 tables (bench/results/sim/issue10/); default: every table."),
+) -> None:
+    if section == "issue10":
         issue10_tables()
         return
     for path in sorted(SIM.glob("*.json")):
@@ -115,14 +128,10 @@ def main() -> None:
             print(f"\nvLLM budget tuning ({path.stem}): " + json.dumps(data["tuning"]))
         if "at_baseline_capacity" in data:
             at = data["at_baseline_capacity"]
-            print(f"\n**{path.stem}: every arm at {at['baseline']}'s capacity (rate scale {at['rate_scale']:.3g})**\n")
-            print("| arm | offered req/s | attainment | rejected | TTFT P50 / P90 / P99 s | TPOT P99 ms |")
-            print("|---|---|---|---|---|---|")
-            for label, a in at["arms"].items():
-                print(f"| {label} | {fmt(a['offered_rps'])} | {fmt(a['attainment'], 3)} | {fmt(a['rejected_fraction'], 3)} | "
-                      f"{fmt(a['ttft_p50'])} / {fmt(a.get('ttft_p90'))} / {fmt(a['ttft_p99'])} | {fmt(a['tpot_p99'] and a['tpot_p99'] * 1000, 1)} |")
+            at_baseline_table(f"\n**{path.stem}: every arm at {at['baseline']}'s capacity "
+                              f"(rate scale {at['rate_scale']:.3g})**\n", at)
     issue10_tables()
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -22,20 +22,47 @@ from the step log (predicted vs measured, per step).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+import typer
 
 from node.core.attainment import mean_tpot_s, meets_slo, percentile
 from node.core.request import SLO
 
-ARMS = ("fairbatching", "fairbatching-static", "vllm", "sarathi")
+Arm = Literal["fairbatching", "fairbatching-static", "vllm", "sarathi"]
+ARMS: tuple[str, ...] = get_args(Arm)
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One (arm, rate) of the A/B: what the child process runs."""
+
+    arm: Arm
+    rate: float
+    model: str
+    profile: str
+    trace: str = "azure-conv"
+    num_requests: int = 60
+    ttft_slo_s: float = 1.0
+    tpot_slo_s: float = 0.1
+    max_prompt_tokens: int = 1024
+    max_output_tokens: int = 128
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+
+    def argv(self) -> list[str]:
+        """The child's command line: ``--field value`` for every field, as ``main`` reads them."""
+        out = []
+        for name, value in asdict(self).items():
+            out += [f"--{name.replace('_', '-')}", str(value)]
+        return out
 
 
 @dataclass(frozen=True)
@@ -155,30 +182,30 @@ def step_log_errors(path: Path, skip: int = 5) -> dict[str, Any]:
     }
 
 
-def run_arm(args: argparse.Namespace) -> dict[str, Any]:
+def run_arm(run: ArmRun) -> dict[str, Any]:
     """Child-process body: one engine, one arm, one rate."""
     from node.vllm.engine_setup import engine_scheduler, make_llm
     from node.vllm.node_config import NodeConfig
 
-    requests = build_trace(args.trace, num_requests=args.num_requests, rate_rps=args.rate,
-                           max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens)
+    requests = build_trace(run.trace, num_requests=run.num_requests, rate_rps=run.rate,
+                           max_prompt_tokens=run.max_prompt_tokens, max_output_tokens=run.max_output_tokens)
     with tempfile.TemporaryDirectory(prefix="fb-bench-") as tmp:
         log = Path(tmp) / "steps.jsonl"
-        policy = args.arm.removesuffix("-static")
-        cfg = NodeConfig(policy=policy, apply_plan=args.arm != "vllm", refit=not args.arm.endswith("-static"),
-                         profile=args.profile,
-                         ttft_slo_s=args.ttft_slo_s, tpot_slo_s=args.tpot_slo_s, step_log=str(log))
-        llm = make_llm(args.model, cfg, max_num_seqs=args.max_num_seqs,
-                       max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=2048)
+        policy = run.arm.removesuffix("-static")
+        cfg = NodeConfig(policy=policy, apply_plan=run.arm != "vllm", refit=not run.arm.endswith("-static"),
+                         profile=run.profile,
+                         ttft_slo_s=run.ttft_slo_s, tpot_slo_s=run.tpot_slo_s, step_log=str(log))
+        llm = make_llm(run.model, cfg, max_num_seqs=run.max_num_seqs,
+                       max_num_batched_tokens=run.max_num_batched_tokens, max_model_len=2048)
         vocab = llm.llm_engine.model_config.get_vocab_size()
         from vllm import SamplingParams
 
         llm.generate([{"prompt_token_ids": list(range(3, 67))}] * 2,
                      SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
-        result = replay(llm, requests, ttft_slo_s=args.ttft_slo_s, tpot_slo_s=args.tpot_slo_s, vocab=vocab)
+        result = replay(llm, requests, ttft_slo_s=run.ttft_slo_s, tpot_slo_s=run.tpot_slo_s, vocab=vocab)
         stats = engine_scheduler(llm).node_stats()
         result["step_model"] = step_log_errors(log)
-    result.update(arm=args.arm, rate_rps=args.rate, divergence=stats["divergence"], model_after=stats["model"],
+    result.update(arm=run.arm, rate_rps=run.rate, divergence=stats["divergence"], model_after=stats["model"],
                   plan_time_s=stats["plan_time_s"])
     return result
 
@@ -193,21 +220,19 @@ def run_matrix(
 
     rows = []
     repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     for rate in rates:
         for arm in arms:
             if progress:
                 progress(f"{arm} at {rate:g} req/s")
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
                 out = Path(fh.name)
-            cmd = [sys.executable, "-m", "cluster.bench.engine", "--arm", arm, "--rate", str(rate),
-                   "--model", str(model), "--profile", profile, "--trace", trace,
-                   "--num-requests", str(num_requests), "--ttft-slo-s", str(ttft_slo_s),
-                   "--tpot-slo-s", str(tpot_slo_s), "--max-prompt-tokens", str(max_prompt_tokens),
-                   "--max-output-tokens", str(max_output_tokens), "--max-num-seqs", str(max_num_seqs),
-                   "--max-num-batched-tokens", str(max_num_batched_tokens), "--out", str(out)]
+            run = ArmRun(arm=arm, rate=rate, model=str(model), profile=profile, trace=trace, num_requests=num_requests,
+                         ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, max_prompt_tokens=max_prompt_tokens,
+                         max_output_tokens=max_output_tokens, max_num_seqs=max_num_seqs,
+                         max_num_batched_tokens=max_num_batched_tokens)
+            cmd = [sys.executable, "-m", "cluster.bench.engine", *run.argv(), "--out", str(out)]
             t0 = time.time()
-            proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+            proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{arm} at {rate} req/s failed:\n{proc.stderr[-4000:]}")
             row = json.loads(out.read_text())
@@ -218,25 +243,32 @@ def run_matrix(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="one arm of the live engine A/B (child process)")
-    ap.add_argument("--arm", choices=ARMS, required=True)
-    ap.add_argument("--rate", type=float, required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--profile", required=True)
-    ap.add_argument("--trace", default="azure-conv")
-    ap.add_argument("--num-requests", type=int, default=60)
-    ap.add_argument("--ttft-slo-s", type=float, default=1.0)
-    ap.add_argument("--tpot-slo-s", type=float, default=0.1)
-    ap.add_argument("--max-prompt-tokens", type=int, default=1024)
-    ap.add_argument("--max-output-tokens", type=int, default=128)
-    ap.add_argument("--max-num-seqs", type=int, default=32)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    Path(args.out).write_text(json.dumps(run_arm(args)))
-    return 0
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help="One arm of the live engine A/B (child process of run_matrix).")
+def main(
+    arm: Arm = typer.Option(..., help="Which scheduler arm runs."),
+    rate: float = typer.Option(..., help="Mean request rate (req/s) the trace is rescaled to."),
+    model: str = typer.Option(..., help="Model directory."),
+    profile: str = typer.Option(..., help="Step-time profile (name or path) the arm starts from."),
+    trace: str = typer.Option(ArmRun.trace, help="Trace name or file (cluster.workload.traces)."),
+    num_requests: int = typer.Option(ArmRun.num_requests, help="Requests replayed."),
+    ttft_slo_s: float = typer.Option(ArmRun.ttft_slo_s, help="TTFT SLO of every request (s)."),
+    tpot_slo_s: float = typer.Option(ArmRun.tpot_slo_s, help="TPOT SLO of every request (s)."),
+    max_prompt_tokens: int = typer.Option(ArmRun.max_prompt_tokens, help="Prompts are clipped to this length."),
+    max_output_tokens: int = typer.Option(ArmRun.max_output_tokens, help="Outputs are clipped to this length."),
+    max_num_seqs: int = typer.Option(ArmRun.max_num_seqs, help="The engine's max_num_seqs."),
+    max_num_batched_tokens: int = typer.Option(ArmRun.max_num_batched_tokens,
+                                               help="The engine's max_num_batched_tokens."),
+    out: Path = typer.Option(..., help="Where to write the arm's result JSON."),
+) -> None:
+    run = ArmRun(arm=arm, rate=rate, model=model, profile=profile, trace=trace, num_requests=num_requests,
+                 ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, max_prompt_tokens=max_prompt_tokens,
+                 max_output_tokens=max_output_tokens, max_num_seqs=max_num_seqs,
+                 max_num_batched_tokens=max_num_batched_tokens)
+    out.write_text(json.dumps(run_arm(run)))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()

@@ -221,15 +221,15 @@ def vllm_client(
     A 429 counts as a failed request in its report. The JSON it writes is vLLM's own,
     with the machine added.
     """
-    import argparse
-
     from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     from cluster.workload.loadgen import served_model
     from node.serve.engine_replica import tiny_model_dir
     from node.vllm.engine_setup import machine_name
 
-    parser = argparse.ArgumentParser()
+    # vLLM's benchmark takes its options as its own parser's namespace (``vllm bench serve`` builds it the same way).
+    parser = FlexibleArgumentParser()
     add_cli_args(parser)
     try:
         model = served_model(url, api_key=api_key)

@@ -15,11 +15,11 @@ them to the deployment's SLOs).
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
 from grafana_foundation_sdk.builders import common as gcb
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.builders import prometheus as gp
@@ -72,6 +72,16 @@ def _rate_by_node(metric: str) -> str:
             f" or 0 * sum by (node) ({prom('fairbatching_requests_in_flight')}{{{ENG}}})")
 
 
+def _per_node(*series: str | tuple[str, str], agg: str = "max", rate: bool = False) -> tuple[Q, ...]:
+    """One query per metric, per node (``agg`` of a gauge, or the rate of a counter), legend ``{{node}}``;
+    a ``(metric, label)`` pair names its line ``{{node}} label``."""
+    out = []
+    for one in series:
+        metric, label = (one, "") if isinstance(one, str) else one
+        out.append(Q(_rate_by_node(metric) if rate else _by_node(metric, agg), f"{{{{node}}}} {label}".rstrip()))
+    return tuple(out)
+
+
 def _quantiles(metric: str, sel: str, qs=(0.5, 0.9, 0.99)) -> tuple[Q, ...]:
     return tuple(
         Q(f"histogram_quantile({q}, sum by (le) (rate({prom(metric)}_bucket{{{sel}}}[{RATE}])))", f"p{round(q * 100)}")
@@ -85,34 +95,34 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   "their whole life within the SLOs (correction * R * (H - front delay) - W, capped by KV headroom, "
                   "the new request's decode and free seats). The router sends each request to the node with the "
                   "most budget and rejects it when no node has PAB >= its prompt.",
-                  (Q(_by_node("fairbatching_pab_tokens"), "{{node}}"),), unit="none", width=24),
+                  _per_node("fairbatching_pab_tokens"), unit="none", width=24),
         PanelSpec("PAB part R: prefill rate left", "Prefill tokens per second left after reserving the running decodes.",
-                  (Q(_by_node("fairbatching_pab_prefill_rate_tps"), "{{node}}"),), unit="none"),
+                  _per_node("fairbatching_pab_prefill_rate_tps"), unit="none"),
         PanelSpec("PAB parts W and KV headroom", "Queued prompt tokens (W) and free KV cache after what running "
                   "requests will still grow into, tokens.",
-                  (Q(_by_node("fairbatching_pab_queued_tokens"), "{{node}} queued W"),
-                   Q(_by_node("fairbatching_pab_kv_headroom_tokens"), "{{node}} KV headroom")), unit="none"),
+                  _per_node(("fairbatching_pab_queued_tokens", "queued W"),
+                            ("fairbatching_pab_kv_headroom_tokens", "KV headroom")), unit="none"),
         PanelSpec("Closed loop: correction factor", "Factor on the modelled prefill rate, steered by the measured "
                   "TTFT and TPOT tails of admitted requests against their SLOs (shrinks fast on a breach, recovers "
                   "slowly); 1 means the model holds.",
-                  (Q(_by_node("fairbatching_pab_correction", "min"), "{{node}}"),), unit="none", min=0),
+                  _per_node("fairbatching_pab_correction", agg="min"), unit="none", min=0),
         PanelSpec("Front delay and host time", "Time requests spend in front of the engine (proxy, ingress, router; "
                   "P90, taken off the budget's horizon) and the per-step host time of the step-time model.",
-                  (Q(_by_node("fairbatching_front_delay_s"), "{{node}} front delay"),
-                   Q(_by_node("fairbatching_step_host_time_s"), "{{node}} host time per step")), unit="s"),
+                  _per_node(("fairbatching_front_delay_s", "front delay"),
+                            ("fairbatching_step_host_time_s", "host time per step")), unit="s"),
     )),
     ("Step", (
         PanelSpec("Time budget per step", "max(min decode slack, min decode TPOT): the time the next step may take.",
-                  (Q(_by_node("fairbatching_time_budget_s"), "{{node}}"),), unit="s"),
+                  _per_node("fairbatching_time_budget_s"), unit="s"),
         PanelSpec("Step time: predicted vs measured", "The step-time model's prediction against the measured step; a "
                   "growing gap means the profile is stale.",
-                  (Q(_by_node("fairbatching_step_time_predicted_s"), "{{node}} predicted"),
-                   Q(_by_node("fairbatching_step_time_measured_s"), "{{node}} measured")), unit="s"),
+                  _per_node(("fairbatching_step_time_predicted_s", "predicted"),
+                            ("fairbatching_step_time_measured_s", "measured")), unit="s"),
         PanelSpec("Urgent and skipped decodes, plan divergences", "Per second: decodes scheduled as urgent, decodes "
                   "skipped while ahead of their envelope, steps where vLLM scheduled other than the plan.",
-                  (Q(_rate_by_node("fairbatching_urgent_decodes_total"), "{{node}} urgent"),
-                   Q(_rate_by_node("fairbatching_skipped_decodes_total"), "{{node}} skipped"),
-                   Q(_rate_by_node("fairbatching_plan_divergences_total"), "{{node}} divergences")), unit="ops",
+                  _per_node(("fairbatching_urgent_decodes_total", "urgent"),
+                            ("fairbatching_skipped_decodes_total", "skipped"),
+                            ("fairbatching_plan_divergences_total", "divergences"), rate=True), unit="ops",
                   width=24),
     )),
     ("Latency and SLOs", (
@@ -133,13 +143,13 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   (Q(f"fairbatching:admission_rejection:ratio1m{{{CL}}}", "{{cluster}}"),),
                   unit="percentunit", kind="stat", width=6, min=0, max=1),
         PanelSpec("Finished requests", "Requests finished per second, per node.",
-                  (Q(_rate_by_node("fairbatching_requests_finished_total"), "{{node}}"),), unit="reqps", width=18),
+                  _per_node("fairbatching_requests_finished_total", rate=True), unit="reqps", width=18),
     )),
     ("Queue and KV", (
         PanelSpec("Requests in flight per node", "Requests the engine holds (waiting, prefilling, decoding).",
-                  (Q(_by_node("fairbatching_requests_in_flight"), "{{node}}"),), unit="none"),
+                  _per_node("fairbatching_requests_in_flight"), unit="none"),
         PanelSpec("KV cache usage per node", "Fraction of the node's KV cache in use.",
-                  (Q(_by_node("fairbatching_kv_usage"), "{{node}}"),), unit="percentunit", min=0, max=1),
+                  _per_node("fairbatching_kv_usage"), unit="percentunit", min=0, max=1),
     )),
     ("vLLM engine", (
         PanelSpec("vLLM running and waiting requests", "vLLM's own scheduler queues, per replica.",
@@ -217,13 +227,14 @@ def render() -> str:
     return json.dumps(build(), indent=2, sort_keys=True) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the dashboard JSON")
-    args = parser.parse_args(argv)
-    args.out.write_text(render())
-    print(f"wrote {args.out}")
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(out: Path = typer.Option(DEFAULT_OUT, help="Where to write the dashboard JSON.")) -> None:
+    out.write_text(render())
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    app()
