@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args
 import typer
 
 from node.core.attainment import mean_tpot_s, meets_slo, percentile
-from node.core.request import SLO
+from node.core.request import SLO, SLO_TPOT_KEY, SLO_TTFT_KEY
 
 Arm = Literal["fairbatching", "fairbatching-static", "vllm", "sarathi"]
 ARMS: tuple[str, ...] = get_args(Arm)
@@ -119,7 +119,7 @@ def replay(llm, requests: list[BenchRequest], *, ttft_slo_s: float, tpot_slo_s: 
             engine.add_request(
                 r.request_id, TokensPrompt(prompt_token_ids=ids),
                 SamplingParams(temperature=0.0, max_tokens=r.output_tokens, ignore_eos=True,
-                               extra_args={"ttft_slo_s": ttft_slo_s, "tpot_slo_s": tpot_slo_s}),
+                               extra_args={SLO_TTFT_KEY: ttft_slo_s, SLO_TPOT_KEY: tpot_slo_s}),
             )
             arrived[r.request_id] = time.time()
             idx += 1
@@ -205,8 +205,13 @@ def run_arm(run: ArmRun) -> dict[str, Any]:
         result = replay(llm, requests, ttft_slo_s=run.ttft_slo_s, tpot_slo_s=run.tpot_slo_s, vocab=vocab)
         stats = engine_scheduler(llm).node_stats()
         result["step_model"] = step_log_errors(log)
-    result.update(arm=run.arm, rate_rps=run.rate, divergence=stats["divergence"], model_after=stats["model"],
-                  plan_time_s=stats["plan_time_s"])
+    # (the keys the recorded ENGINE.md tables were written with)
+    result.update(arm=run.arm, rate_rps=run.rate,
+                  divergence={"steps": stats.divergent_steps, "fallback_steps": stats.fallback_steps,
+                              "by_reason": stats.divergence_by_reason},
+                  model_after={**asdict(stats.step_model), "refits": stats.refits,
+                               "host_samples": stats.host_samples, "refit_mape": stats.refit_mape},
+                  plan_time_s={"mean": stats.plan_time_mean_s, "max": stats.plan_time_max_s})
     return result
 
 

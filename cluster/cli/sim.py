@@ -10,7 +10,6 @@ import functools
 import inspect
 import json
 import typing
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 

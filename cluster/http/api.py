@@ -337,6 +337,14 @@ class Ingress:
         ttft, tpot = request_slo(xargs, headers, self.ttft_slo_s, self.tpot_slo_s)
         request.vllm_xargs = {**xargs, **to_extra_args(SLO(ttft, tpot), arrival_s)}
 
+    async def run_rendered(self, kind: str, request, rendered, prompt_ids) -> Response:
+        """``run`` on what vLLM's render step gave: its error as the response, else ``prompt_ids()``."""
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        if isinstance(rendered, ErrorResponse):
+            return _error_response(rendered.model_dump())
+        return await self.run(kind, request, prompt_ids())
+
     async def run(self, kind: str, request, prompt_ids: list[list[int]]) -> Response:
         """Admit and serve one stamped (``stamp``) and rendered request; ``prompt_ids``: its prompts' token ids.
 
@@ -636,16 +644,12 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
         async def v1_completions(self, request: CompletionRequest, raw_request: Request):
             self.stamp(request, raw_request.headers)
             rendered = await self.render.render_completion_request(request, raw_request)
-            if isinstance(rendered, ErrorResponse):
-                return _error_response(rendered.model_dump())
-            return await self.run(COMPLETION, request, [r.token_ids for r in rendered])
+            return await self.run_rendered(COMPLETION, request, rendered, lambda: [r.token_ids for r in rendered])
 
         @app.post("/v1/chat/completions", dependencies=json_only)
         async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
             self.stamp(request, raw_request.headers)
             rendered = await self.render.render_chat_request(request, raw_request)
-            if isinstance(rendered, ErrorResponse):
-                return _error_response(rendered.model_dump())
-            return await self.run(CHAT, request, [rendered.token_ids])
+            return await self.run_rendered(CHAT, request, rendered, lambda: [rendered.token_ids])
 
     return OpenAIIngress

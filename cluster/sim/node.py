@@ -252,8 +252,8 @@ class SimNode:
                 model = self.refit.observe(sample)
             else:  # the older signature: observe(sample, cadence_s)
                 model = self.refit.observe(sample, duration_s)
-            if model is not self.policy.model:
-                self.policy.model = model
+            if model is not self.policy.step_model:
+                self.policy.step_model = model
         self.steps += 1
         self.busy_s += duration_s
         self.loop.at(now_s + duration_s, self._end_step, plan)

@@ -239,8 +239,8 @@ def simulate(
             "pab_binding_fraction": _binding_fractions(nodes),
             # The model each node planned with at the end (the profile's, unless refitted online).
             "planning_models": [
-                {"a_s": nd.policy.model.a_s, "b_s_per_token": nd.policy.model.b_s_per_token,
-                 "c_s_per_context_token": nd.policy.model.c_s_per_context_token, "host_s": nd.policy.model.host_s,
+                {"a_s": nd.policy.step_model.a_s, "b_s_per_token": nd.policy.step_model.b_s_per_token,
+                 "c_s_per_context_token": nd.policy.step_model.c_s_per_context_token, "host_s": nd.policy.step_model.host_s,
                  "refits": nd.refit.refits if nd.refit is not None else 0}
                 for nd in nodes
             ],

@@ -62,7 +62,7 @@ class VllmDefaultPolicy(ConfiguredPolicy[TokenBudgetConfig]):
         """One step's plan; raises ``ValueError`` unless ``now_s`` (seconds) is finite."""
         check_finite("now_s", now_s)
         budget = min(self.config.token_budget or limits.max_num_batched_tokens, limits.max_num_batched_tokens)
-        builder = BatchBuilder(self.model, replace(limits, max_num_batched_tokens=budget))
+        builder = BatchBuilder(self.step_model, replace(limits, max_num_batched_tokens=budget))
         # vLLM keeps started requests in `running` ahead of `waiting`.
         running = sorted((r for r in requests if r.output_tokens > 0 or r.computed_tokens > 0), key=_fcfs_key)
         waiting = sorted((r for r in requests if r.output_tokens == 0 and r.computed_tokens == 0), key=_fcfs_key)
@@ -84,7 +84,7 @@ class SarathiPolicy(ConfiguredPolicy[TokenBudgetConfig]):
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
         """One step's plan; raises ``ValueError`` unless ``now_s`` (seconds) is finite."""
         check_finite("now_s", now_s)
-        builder = BatchBuilder(self.model, limits)
+        builder = BatchBuilder(self.step_model, limits)
         if not requests:
             return builder.finish(self.name, budget_s=None)
         decodes = sorted((r for r in requests if not r.is_prefill), key=_fcfs_key)
@@ -97,6 +97,6 @@ class SarathiPolicy(ConfiguredPolicy[TokenBudgetConfig]):
             if static is not None:
                 cap = max(static - builder.new_tokens, 0)
             else:
-                cap = self.model.largest_chunk(tpot_s, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+                cap = self.step_model.largest_chunk(tpot_s, builder.new_tokens, builder.context_tokens, req.computed_tokens)
             builder.add_prefill(req, slack_s(req, now_s, Anchor.ARRIVAL), token_cap=cap)
         return builder.finish(self.name, budget_s=None if static is not None else tpot_s)

@@ -152,7 +152,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
                 prefills.append(entry)
             else:
                 decodes.append(entry)
-        builder = BatchBuilder(self.model, limits)
+        builder = BatchBuilder(self.step_model, limits)
         if not decodes and not prefills:
             if lost_decodes or lost_prefills:
                 return self._plan_relegated_only(builder, lost_decodes, lost_prefills)
@@ -182,13 +182,13 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
 
         builder.add_decodes(urgent, Group.URGENT, within_budget=False)
         for slack, _, _, req in prefills:
-            cap = self.model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
             builder.add_prefill(req, slack, token_cap=cap, min_chunk=cfg.min_chunk_tokens)
         builder.add_decodes(relaxed, Group.DECODE, within_budget=True)
         if lost_decodes or lost_prefills:
             # Lost work takes what is left without lengthening the step past what the others need
             # (or one TPOT): a longer step would delay the requests arriving during it.
-            need = self.model.predict_s(builder.new_tokens, builder.context_tokens) if builder.items else 0.0
+            need = self.step_model.predict_s(builder.new_tokens, builder.context_tokens) if builder.items else 0.0
             self._add_relegated(builder, min(budget, max(need, min_tpot)), lost_decodes, lost_prefills)
             builder.budget_s = budget
         return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
@@ -205,7 +205,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         if doomed and is_prefill:
             remaining = req.prompt_tokens - req.computed_tokens
             chunks = -(-remaining // limits.max_num_batched_tokens)
-            model = self.model
+            model = self.step_model
             alone_s = model.predict_s(remaining, req.computed_tokens + remaining) + (chunks - 1) * (
                 model.safety_factor * model.fixed_s)
             return now_s + alone_s > first_deadline
@@ -218,7 +218,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         lost_prefills.sort()
         builder.add_decodes(lost_decodes, Group.DECODE, within_budget=True)
         for slack, _, _, req in lost_prefills:
-            cap = self.model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
             builder.add_prefill(req, slack, token_cap=cap, min_chunk=self.config.min_chunk_tokens)
 
     def _plan_relegated_only(self, builder: BatchBuilder, lost_decodes: list, lost_prefills: list) -> BatchPlan:

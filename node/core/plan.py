@@ -130,7 +130,7 @@ class NodePolicy(Protocol):
     """A node's batch scheduler: a snapshot of requests in, a plan out. Pure."""
 
     name: str
-    model: StepTimeModel
+    step_model: StepTimeModel
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan: ...
 
@@ -139,18 +139,18 @@ ConfigT = TypeVar("ConfigT")
 
 
 class ConfiguredPolicy(Generic[ConfigT]):
-    """What every node policy here shares: its cost model and its knobs.
+    """What every node policy here shares: its step-time model and its knobs.
 
     A subclass names its config dataclass in ``config_type``; a policy built
-    without a config gets that dataclass's defaults. ``model`` may be
+    without a config gets that dataclass's defaults. ``step_model`` may be
     replaced between steps (an online refit).
     """
 
     name: str
     config_type: type[ConfigT]
 
-    def __init__(self, model: StepTimeModel, config: ConfigT | None = None) -> None:
-        self.model = model
+    def __init__(self, step_model: StepTimeModel, config: ConfigT | None = None) -> None:
+        self.step_model = step_model
         self.config: ConfigT = config if config is not None else self.config_type()
 
 
@@ -158,7 +158,7 @@ class ConfiguredPolicy(Generic[ConfigT]):
 class BatchBuilder:
     """Greedy batch under construction; every check is O(1)."""
 
-    model: StepTimeModel
+    step_model: StepTimeModel
     limits: Limits
     budget_s: float = math.inf
     items: list[ScheduledItem] = field(default_factory=list)
@@ -180,7 +180,7 @@ class BatchBuilder:
         loop keeps limits and model coefficients in locals: it runs once per
         decoding request per step, the hottest path of the scheduler.
         """
-        limits, model = self.limits, self.model
+        limits, model = self.limits, self.step_model
         max_seqs, max_tokens = limits.max_num_seqs, limits.max_num_batched_tokens
         kv_free, block_size = limits.kv_blocks_free, limits.block_size
         sf, a, b, c = model.safety_factor, model.fixed_s, model.b_s_per_token, model.c_s_per_context_token
@@ -254,7 +254,7 @@ class BatchBuilder:
         return 0
 
     def finish(self, policy: str, *, budget_s: float | None, urgent_decodes: int = 0) -> BatchPlan:
-        predicted = self.model.predict_s(self.new_tokens, self.context_tokens) if self.items else 0.0
+        predicted = self.step_model.predict_s(self.new_tokens, self.context_tokens) if self.items else 0.0
         return BatchPlan(
             policy=policy,
             items=tuple(self.items),

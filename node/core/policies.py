@@ -19,7 +19,7 @@ _REGISTRY: dict[str, tuple[Callable[..., NodePolicy], type]] = {
 POLICY_NAMES = tuple(_REGISTRY)
 
 
-def make_policy(name: str, model: StepTimeModel, **knobs: Any) -> NodePolicy:
+def make_policy(name: str, step_model: StepTimeModel, **knobs: Any) -> NodePolicy:
     """Build the policy called ``name`` with the cost model and the given knobs.
 
     Knobs are the fields of that policy's config dataclass; an unknown name or
@@ -35,4 +35,4 @@ def make_policy(name: str, model: StepTimeModel, **knobs: Any) -> NodePolicy:
         raise ValueError(
             f"scheduler {name!r} has no knob(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(accepted))}"
         )
-    return cls(model, config_cls(**knobs))
+    return cls(step_model, config_cls(**knobs))

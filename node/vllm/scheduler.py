@@ -466,8 +466,8 @@ class FairBatchingMixin:
             self._fb_log.write(json.dumps(pending.record) + "\n")
 
     def _fb_set_model(self, model: StepTimeModel) -> None:
-        if model is not self.fb_policy.model:
-            self.fb_policy.model = model
+        if model is not self.fb_policy.step_model:
+            self.fb_policy.step_model = model
 
     def _fb_forget(self, rid: str) -> None:
         self._fb_slos.pop(rid, None)
