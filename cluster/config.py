@@ -234,6 +234,12 @@ class ServeConfig(BaseModel):
         }
 
 
+def embedded_default_slo() -> SLO:
+    """The SLO ``fairbatching serve`` holds requests to with no config (its profile's, seconds): the
+    default of the client commands (``load``, ``bench overload``, ``bench vllm-client``)."""
+    return ServeConfig().slo
+
+
 def _describe(exc: ValidationError) -> str:
     """Pydantic's errors as ``key: message`` lines (the first names the key at fault)."""
     parts = []

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from cluster.workload.traces import TraceRequest, Workload
+from cluster.config import embedded_default_slo
 
 ARMS = ("pab", "serve-default", "inflight-cap")
 
@@ -41,8 +42,8 @@ class OverloadConfig:
 
     prompt_tokens: int = 512
     output_tokens: int = 32
-    ttft_slo_s: float = 2.0
-    tpot_slo_s: float = 0.25
+    ttft_slo_s: float = field(default_factory=lambda: embedded_default_slo().ttft_s)
+    tpot_slo_s: float = field(default_factory=lambda: embedded_default_slo().tpot_s)
     duration_s: float = 30.0  # seconds of arrivals per offered rate
     multiples: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     ramp_rps: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)

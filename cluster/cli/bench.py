@@ -14,6 +14,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cluster.cli.serve import CLIENT_API_KEY
+from cluster.config import embedded_default_slo
+
+_EMBEDDED = "(default: the embedded default's, the cpu-tiny-llama profile's)"
 
 app = typer.Typer(help="Benchmarks (planning overhead, live engine A/B, overload at the client).", no_args_is_help=True)
 
@@ -144,8 +147,8 @@ def overload(
     duration_s: float = typer.Option(30.0, min=1.0, help="Seconds of Poisson arrivals per offered rate."),
     prompt_tokens: int = typer.Option(512, min=1, help="Prompt length of every request, tokens."),
     output_tokens: int = typer.Option(32, min=1, help="Output length of every request, tokens."),
-    ttft_slo: float = typer.Option(2.0, "--ttft-slo", min=0.001, help="TTFT SLO, seconds."),
-    tpot_slo: float = typer.Option(0.25, "--tpot-slo", min=0.001, help="TPOT SLO, seconds."),
+    ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", min=0.001, help=f"TTFT SLO, seconds {_EMBEDDED}."),
+    tpot_slo: Optional[float] = typer.Option(None, "--tpot-slo", min=0.001, help=f"TPOT SLO, seconds {_EMBEDDED}."),
     in_flight_cap: int = typer.Option(None, min=1, help="Cap of the inflight-cap arm, requests per engine "
                                                         "(default: Little's law at capacity)."),
     seed: int = typer.Option(0, help="Seed of the arrivals and prompts."),
@@ -156,6 +159,8 @@ def overload(
     """Goodput and admitted attainment from 0.5x to 8x capacity, at the client: PAB vs Serve's router vs a cap."""
     from cluster.bench.overload import ARMS, OverloadConfig, plot, run_local, run_url
 
+    slo = embedded_default_slo()
+    ttft_slo, tpot_slo = ttft_slo or slo.ttft_s, tpot_slo or slo.tpot_s
     cfg = OverloadConfig(prompt_tokens=prompt_tokens, output_tokens=output_tokens, ttft_slo_s=ttft_slo,
                          tpot_slo_s=tpot_slo, duration_s=duration_s, multiples=_floats(multiples, "--multiples"),
                          ramp_rps=_floats(ramp, "--ramp"), seed=seed)
@@ -206,8 +211,10 @@ def vllm_client(
     num_prompts: int = typer.Option(300, min=1, help="Requests to send."),
     input_len: int = typer.Option(512, min=1, help="Prompt tokens of every request (random dataset)."),
     output_len: int = typer.Option(32, min=1, help="Output tokens of every request (EOS ignored)."),
-    ttft_slo: float = typer.Option(2.0, "--ttft-slo", min=0.001, help="TTFT SLO for vLLM's goodput, seconds."),
-    tpot_slo: float = typer.Option(0.25, "--tpot-slo", min=0.001, help="TPOT SLO for vLLM's goodput, seconds."),
+    ttft_slo: Optional[float] = typer.Option(None, "--ttft-slo", min=0.001,
+                                             help=f"TTFT SLO for vLLM's goodput, seconds {_EMBEDDED}."),
+    tpot_slo: Optional[float] = typer.Option(None, "--tpot-slo", min=0.001,
+                                             help=f"TPOT SLO for vLLM's goodput, seconds {_EMBEDDED}."),
     tokenizer: str = typer.Option(None, help="Tokenizer of the served model (default: the embedded tiny model's)."),
     seed: int = typer.Option(0, help="Seed of vLLM's random dataset and arrivals."),
     json_out: Path = typer.Option(Path("bench/results/vllm-client.json"), "--json",
@@ -221,6 +228,8 @@ def vllm_client(
     A 429 counts as a failed request in its report. The JSON it writes is vLLM's own,
     with the machine added.
     """
+    slo = embedded_default_slo()
+    ttft_slo, tpot_slo = ttft_slo or slo.ttft_s, tpot_slo or slo.tpot_s
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 

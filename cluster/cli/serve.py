@@ -43,8 +43,6 @@ def serve(
 
     With no --config: two engines with the tiny CPU model on this machine.
     """
-    from dataclasses import replace
-
     from cluster.app import deploy
     from cluster.config import ConfigError, ServeConfig, config_from_dict, load_config
 
@@ -156,8 +154,10 @@ def load(
     max_requests: Optional[int] = typer.Option(None, help="Send only the first N requests of the window."),
     sharegpt_rate_rps: float = typer.Option(10.0, help="Arrival rate of the synthetic ShareGPT traces."),
     num_requests: int = typer.Option(2000, help="Requests of the synthetic ShareGPT traces."),
-    ttft_slo: float = typer.Option(2.0, "--ttft-slo", help="TTFT SLO in seconds (sent as x-slo-ttft-ms)."),
-    tpot_slo: float = typer.Option(0.25, "--tpot-slo", help="TPOT SLO in seconds (sent as x-slo-tpot-ms)."),
+    ttft_slo: Optional[float] = typer.Option(
+        None, "--ttft-slo", help="TTFT SLO in seconds, sent as x-slo-ttft-ms (default: the embedded default's)."),
+    tpot_slo: Optional[float] = typer.Option(
+        None, "--tpot-slo", help="TPOT SLO in seconds, sent as x-slo-tpot-ms (default: the embedded default's)."),
     model: Optional[str] = typer.Option(None, help="Model name (default: the server's first model)."),
     timeout_s: float = typer.Option(300.0, help="Per-request timeout, seconds."),
     seed: int = typer.Option(0, help="Seed of the prompt token ids (and synthetic traces)."),
@@ -168,6 +168,7 @@ def load(
     import dataclasses
 
     from cluster.workload.loadgen import live_report, records_to_json, replay, served_model
+    from cluster.config import embedded_default_slo
     from cluster.workload.traces import TraceError, load_named, prepare
     from node.core.request import SLO
 
@@ -188,6 +189,8 @@ def load(
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
+    default = embedded_default_slo()
+    ttft_slo, tpot_slo = ttft_slo or default.ttft_s, tpot_slo or default.tpot_s
     slo = SLO(ttft_slo, tpot_slo)
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     console.print(f"replaying {len(w)} requests over {span:.1f} s ({w.rate_rps:.2f} req/s) against {base} ...")
