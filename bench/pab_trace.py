@@ -22,6 +22,7 @@ from typing import Optional
 
 import typer
 
+from cluster.http.headers import REPLICA_HEADER
 from cluster.net import free_port
 
 
@@ -36,7 +37,7 @@ def _clients(url: str, model: str, n: int, stop_at: float, placed: dict, lock: t
                 body = {"model": model, "prompt": words, "max_tokens": 16 + (k % 3) * 16}
                 r = c.post("/v1/completions", json=body)
                 with lock:
-                    key = r.headers.get("x-fairbatching-replica") or str(r.status_code)
+                    key = r.headers.get(REPLICA_HEADER) or str(r.status_code)
                     placed[key] = placed.get(key, 0) + 1
                 k += 1
 

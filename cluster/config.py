@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from node.core.request import SLO
 from node.vllm.names import SERVED_ASYNC_SCHEDULER, SERVED_SCHEDULER, TINY_MODEL
@@ -72,7 +72,7 @@ class ServeConfig(BaseModel):
     """Every knob of a deployment. The defaults are the embedded default: two engines of the tiny
     CPU Llama on this machine, the PAB router, FairBatching on every engine."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # model and engines
     model: str = TINY_MODEL  # HF id or path; "tiny" = the random-weight tiny Llama written locally
@@ -148,6 +148,14 @@ class ServeConfig(BaseModel):
             raise ValueError(f"must be one of {', '.join(PLACEMENT_NAMES)}, got {value!r}")
         return value
 
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        from node.fit.profile import load_profile
+
+        load_profile(value)  # ProfileError (a ValueError) names the file and the shipped profiles
+        return value
+
     @field_validator("openai_server")
     @classmethod
     def _known_frontend_options(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +197,47 @@ class ServeConfig(BaseModel):
         default = load_profile(self.profile).default_slo
         return SLO(self.ttft_slo_s or default.ttft_s, self.tpot_slo_s or default.tpot_s)
 
+    def node_config_for_engines(self):
+        """The engines' ``NodeConfig`` (None with stock vLLM): ``node_config`` over the deployment's
+        profile, SLOs and anchor. Raises ``ValueError`` for an unknown or malformed key."""
+        if SCHEDULERS[self.scheduler] is None:
+            return None
+        from node.vllm.node_config import NodeConfig
+
+        overrides = dict(self.node_config)
+        clash = sorted(set(overrides) & {"profile", "ttft_slo_s", "tpot_slo_s"})
+        if clash:
+            raise ValueError(f"sets {', '.join(clash)}: set them at the top level of the config, "
+                             f"so the ingress and the engines agree")
+        slo = self.slo
+        if overrides.get("policy", "fairbatching") == "fairbatching":  # the anchor joins the policy's knobs
+            overrides["knobs"] = {"anchor": self.anchor, **overrides.get("knobs", {})}
+        config = NodeConfig.from_dict(
+            {"profile": self.profile, "ttft_slo_s": slo.ttft_s, "tpot_slo_s": slo.tpot_s, **overrides})
+        from node.core.policies import make_policy
+        from node.core.step_time import StepTimeModel
+
+        make_policy(config.policy, StepTimeModel(0.0, 1.0, 0.0), **config.knobs)  # the knobs are the policy's
+        return config
+
+    def feedback_config(self):
+        """The closed loop's ``FeedbackConfig``: ``feedback`` over a cool-down of one TTFT SLO."""
+        from node.core.feedback import FeedbackConfig
+
+        return FeedbackConfig(**{"cooldown_s": self.slo.ttft_s, **self.feedback})
+
+    @model_validator(mode="after")
+    def _derived_configs_build(self) -> "ServeConfig":
+        """The engines', the loop's and the balancer's configs are built here, at the edge, so a bad
+        knob is refused when the file is read, not when every replica starts."""
+        for key, build in (("node_config", self.node_config_for_engines), ("feedback", self.feedback_config),
+                           ("balancer_knobs", lambda: self.balancer_settings().make_policy([0]))):
+            try:
+                build()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return self
+
     def engine_spec(self):
         """The engine replicas' ``EngineSpec``."""
         from node.serve.engine_replica import EngineSpec
@@ -199,13 +248,13 @@ class ServeConfig(BaseModel):
             served_model_name=self.served_model_name,
             engine_args=dict(self.engine_args),
             scheduler_cls=SCHEDULERS[self.scheduler],
-            node_config=dict(self.node_config) or None,
+            node_config=self.node_config_for_engines(),
             profile=self.profile,
             ttft_slo_s=slo.ttft_s,
             tpot_slo_s=slo.tpot_s,
             anchor=self.anchor,
             report_interval_s=self.report_interval_s,
-            feedback=dict(self.feedback),
+            feedback=self.feedback_config(),
             pab_horizon_fraction=self.pab_horizon_fraction,
             openai_server=dict(self.openai_server),
         )
@@ -244,12 +293,12 @@ def _describe(exc: ValidationError) -> str:
     """Pydantic's errors as ``key: message`` lines (the first names the key at fault)."""
     parts = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<config>"
+        key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key {key}; accepted: {', '.join(ServeConfig.model_fields)}")
         else:
             got = "" if err["type"] == "value_error" else f" (got {err.get('input')!r})"
-            parts.append(f"{key}: {err['msg'].removeprefix('Value error, ')}{got}")
+            parts.append(f"{key + ': ' if key else ''}{err['msg'].removeprefix('Value error, ')}{got}")
     return "; ".join(parts)
 
 

@@ -89,7 +89,7 @@ def test_online_refit_follows_a_changed_deployment():
     for s in synthetic_steps(slower, 400, seed=3, noise=0.01):
         refit.observe(s)
     assert refit.refits >= 3
-    assert refit.model.b_s_per_token == pytest.approx(30e-6, rel=0.05)
+    assert refit.step_model.b_s_per_token == pytest.approx(30e-6, rel=0.05)
     assert refit.report is not None and refit.report.overall.mape < 0.03
     assert len(refit.samples) == 200  # the window keeps only recent steps
 
@@ -98,7 +98,7 @@ def test_online_refit_keeps_prior_until_enough_samples():
     refit = OnlineRefit(TRUE, min_samples=32, refit_every=8)
     for s in synthetic_steps(StepTimeModel(0.1, 1e-3, 0.0), 20, seed=4):
         refit.observe(s)
-    assert refit.model == TRUE and refit.refits == 0
+    assert refit.step_model == TRUE and refit.refits == 0
 
 
 def test_profile_round_trip_and_fields(tmp_path):
@@ -160,9 +160,9 @@ def test_online_refit_sees_through_steps_slowed_by_other_work():
         robust.observe(s)
         plain.observe(s)
     assert robust.refits == plain.refits == 1
-    assert robust.model.b_s_per_token == pytest.approx(TRUE.b_s_per_token, rel=0.15)
-    assert robust.model.a_s < 2 * TRUE.a_s
-    assert plain.model.a_s > 2 * TRUE.a_s or plain.model.b_s_per_token > 1.5 * TRUE.b_s_per_token
+    assert robust.step_model.b_s_per_token == pytest.approx(TRUE.b_s_per_token, rel=0.15)
+    assert robust.step_model.a_s < 2 * TRUE.a_s
+    assert plain.step_model.a_s > 2 * TRUE.a_s or plain.step_model.b_s_per_token > 1.5 * TRUE.b_s_per_token
 
 
 def _skewed_repeats(model: StepTimeModel, repeats: int, seed: int) -> list[StepSample]:
@@ -196,13 +196,13 @@ def test_online_refit_waits_for_prefill_steps_before_trusting_the_per_token_cost
     decodes = [StepSample(0, d, 500 * d, slower.predict_s(d, 500 * d)) for d in range(1, 41)]
     for s in decodes:
         refit.observe(s)
-    assert refit.refits == 0 and refit.model == TRUE  # decode steps alone: the prior stays
+    assert refit.refits == 0 and refit.step_model == TRUE  # decode steps alone: the prior stays
     for p in (128, 256, 512, 1024):
         refit.observe(StepSample(p, 0, p, slower.predict_s(p, p)))
     for s in decodes[:4]:
         refit.observe(s)
     assert refit.refits >= 1
-    assert refit.model.b_s_per_token == pytest.approx(30e-6, rel=0.05)
+    assert refit.step_model.b_s_per_token == pytest.approx(30e-6, rel=0.05)
     # Once the prefills have left the window, no refit happens until new ones arrive.
     for s in decodes + decodes[:24]:  # 64 steps: the window holds decodes only
         refit.observe(s)

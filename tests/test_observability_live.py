@@ -210,8 +210,8 @@ def _scenario(tmp_path: Path) -> None:
         assert wanted <= up, targets
 
         board = json.loads((ROOT / "deploy" / "grafana" / "fairbatching.json").read_text())
-        variables = {"cluster": ".*", "node": ".*", "model": ".*", "datasource": "x", "ttft_slo": str(cfg.ttft_slo_s),
-                     "tpot_slo": str(cfg.tpot_slo_s)}
+        variables = {"cluster": ".*", "node": ".*", "model": ".*", "datasource": "x", "ttft_slo": str(cfg.slo.ttft_s),
+                     "tpot_slo": str(cfg.slo.tpot_s)}
         queries = [(p["title"], t["expr"]) for p in board["panels"] if p["type"] != "row" for t in p["targets"]]
 
         def result(expr: str) -> list:
@@ -238,7 +238,7 @@ def _scenario(tmp_path: Path) -> None:
                       start=load_start - 2, end=time.time(), step="1")["data"]["result"]
         assert len(series) == cfg.engines and all(len(s["values"]) >= LOAD_S / 2 for s in series)
         title = (f"Per-node PAB from Prometheus during a {LOAD_S:.0f} s closed-loop load (12 clients), "
-                 f"{cfg.engines} tiny CPU engines, TTFT SLO {cfg.ttft_slo_s} s, TPOT SLO {cfg.tpot_slo_s} s")
+                 f"{cfg.engines} tiny CPU engines, TTFT SLO {cfg.slo.ttft_s} s, TPOT SLO {cfg.slo.tpot_s} s")
         out = tmp_path / "pab_per_node.png"
         _plot_pab(series, out, title)
         assert out.stat().st_size > 10_000

@@ -470,3 +470,32 @@ def test_capacity_ramp_runs_a_missed_rate_once_more_and_stops_at_a_second_miss(m
     capacity, rows = overload.measure_capacity("http://x", "m", cfg, progress=lambda m: None)
     assert capacity == 4.0  # the transient miss at 4 req/s did not end the ramp; 6 missed twice
     assert calls == [2.0, 4.0, 4.0, 6.0, 6.0] and len(rows) == 5
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"node_config": {"refit_windw": 64}}, "node_config"),
+    ({"node_config": {"refit_window": "x"}}, "node_config"),
+    ({"node_config": {"knobs": {"tpot_margn": 0.1}}}, "node_config"),
+    ({"node_config": {"ttft_slo_s": 5.0}}, "node_config"),  # the ingress would hold requests to another SLO
+    ({"feedback": {"target_ratoi": 0.7}}, "feedback"),
+    ({"balancer_knobs": {"fitt": "best"}}, "balancer_knobs"),
+    ({"profile": "no-such-profile"}, "profile"),
+])
+def test_the_config_builds_what_the_engines_and_routers_get_when_it_is_read(bad, key):
+    """A knob the engines, the closed loop or the balancer would refuse fails when the file is read,
+    naming it, not when every replica starts."""
+    from cluster.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=rf"^f\.yaml: {key}: "):
+        config_from_dict(bad, "f.yaml")
+
+
+def test_the_engines_get_the_deployments_profile_slos_and_anchor():
+    from cluster.config import ServeConfig
+
+    spec = ServeConfig(ttft_slo_s=3.0, node_config={"knobs": {"tpot_margin": 0.1}}).engine_spec()
+    node = spec.node_config
+    assert (node.profile, node.ttft_slo_s, node.tpot_slo_s) == ("cpu-tiny-llama", 3.0, 0.25)  # TPOT: the profile's
+    assert node.knobs == {"anchor": "first-token", "tpot_margin": 0.1}
+    assert spec.feedback.cooldown_s == 3.0
+    assert ServeConfig(scheduler="vllm").engine_spec().node_config is None

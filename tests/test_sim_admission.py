@@ -11,7 +11,7 @@ import pytest
 
 import cluster.sim.simulator as simulator
 from cluster.sim.config import SimConfig
-from cluster.sim.legacy_pab import estimate_pab_prefill_only
+from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import attains
 from cluster.sim.true_step_time import TrueStepTime
 from node.core.step_time import StepTimeModel

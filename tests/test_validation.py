@@ -115,3 +115,18 @@ def test_checks_pass_good_values():
     check_positive("x", 1)
     check_at_least("x", 1.0, 1.0)
     check_int("x", 0, minimum=0)
+
+
+def test_an_engine_reads_each_slo_target_alone_and_the_ingress_refuses_a_bad_one():
+    from node.core.extra_args import SLOValueError, slo_from_extra_args, slo_or_default
+    from node.core.request import SLO
+
+    default = SLO(2.0, 0.25)
+    assert slo_or_default({"ttft_slo_s": 0.5, "tpot_slo_s": -1}, default) == (SLO(0.5, 0.25), ["tpot_slo_s"])
+    assert slo_or_default({"ttft_slo_s": "0.5"}, default) == (SLO(0.5, 0.25), [])  # a numeric string
+    assert slo_or_default(None, default) == (default, [])
+    assert slo_from_extra_args({"tpot_slo_s": 0.05}, default) == SLO(2.0, 0.05)
+    for bad in ({"ttft_slo_s": "0.5"}, {"tpot_slo_s": float("nan")}, {"ttft_slo_s": True}, {"ttft_slo_s": 0}):
+        with pytest.raises(SLOValueError) as err:
+            slo_from_extra_args(bad, default)
+        assert err.value.key in bad

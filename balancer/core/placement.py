@@ -303,14 +303,20 @@ class PlacementPolicy:
 
     def _retry_after_s(self, prompt_tokens: int) -> float:
         """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
-        return retry_after_s(prompt_tokens, (
-            (v.pab_tokens, v.recovery_tps, v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
-            for v in self.views.values() if v.node_id in self.node_ids))
+        return retry_after_of_views(prompt_tokens, (v for v in self.views.values() if v.node_id in self.node_ids))
 
 
 def has_room(view: NodeView, prompt_tokens: int) -> bool:
     """Whether a (debited) view covers a request: budget for its prompt and, where counted, a free slot."""
     return view.pab_tokens >= prompt_tokens and (view.slots_free is None or view.slots_free >= 1)
+
+
+def retry_after_of_views(prompt_tokens: int, views: Iterable[NodeView]) -> float:
+    """``retry_after_s`` over (debited) node views: each its budget, recovery rate and, when it has
+    no free slot, the wait for one."""
+    return retry_after_s(prompt_tokens, (
+        (v.pab_tokens, v.recovery_tps, v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+        for v in views))
 
 
 def retry_after_s(prompt_tokens: int, budgets: Iterable[tuple[float, float, float]]) -> float:

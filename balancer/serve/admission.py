@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional
 
-from balancer.core.placement import Decision, NodeView, PlacementPolicy, has_room, retry_after_s
+from balancer.core.placement import Decision, NodeView, PlacementPolicy, has_room, retry_after_of_views
 from balancer.core.policies import make_placement
 from node.core.attainment import percentile
 
@@ -230,9 +230,7 @@ class LocalBalancer:
             if any(has_room(v, small) for v in views):
                 return None
             self.rejected += 1
-            return retry_after_s(small, ((v.pab_tokens, v.recovery_tps,
-                                          v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
-                                         for v in views))
+            return retry_after_of_views(small, views)
 
     def placement(self, request_id: str) -> Optional[str]:
         with self._lock:

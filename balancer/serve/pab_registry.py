@@ -46,13 +46,13 @@ class NodeReport:
     """What an engine replica pushes to the registry every ``report_interval_s``.
 
     ``view`` is its budget and load (its ``node_id`` is not used: each balancer numbers
-    the nodes it sees); ``refitted_model`` its own online refit of the step-time model
-    and ``refits`` how many refits made it (0: still the profile's, not pooled);
+    the nodes it sees); ``step_model`` the node's own step-time model and ``refits`` how
+    many online refits made it (0: still its profile's, shown but not pooled);
     ``status`` what ``fairbatching status`` shows besides (display only, JSON-able).
     """
 
     view: NodeView
-    refitted_model: Optional[StepTimeModel] = None
+    step_model: Optional[StepTimeModel] = None
     refits: int = 0
     status: dict[str, Any] = field(default_factory=dict)
 
@@ -83,10 +83,10 @@ class PABRegistry:
         """A node's fresh report; returns the deployment's step-time model (``deployment_model``), or None."""
         self._reports[node_key] = report
         self._received_at[node_key] = time.monotonic()
-        if report.refitted_model is not None and report.refits >= 1:
+        if report.step_model is not None and report.refits >= 1:
             held = self._refits.get(node_key)
             if held is None or held[0] != report.refits:  # a model it actually refitted since
-                self._refits[node_key] = (report.refits, time.monotonic(), report.refitted_model)
+                self._refits[node_key] = (report.refits, time.monotonic(), report.step_model)
         return self.deployment_model()
 
     def _fresh_refits(self) -> list[StepTimeModel]:
@@ -131,7 +131,7 @@ class PABRegistry:
             row = {k: getattr(rep.view, k) for k in VIEW_FIELDS if k != "received_ids"}
             row["report_age_s"] = now - self._received_at[key]
             row["live"] = row["report_age_s"] <= self.stale_after_s
-            row["own_model"] = {**asdict(rep.refitted_model), "refits": rep.refits} if rep.refitted_model else None
+            row["own_model"] = {**asdict(rep.step_model), "refits": rep.refits} if rep.step_model else None
             row.update(rep.status)
             nodes[key] = row
         routers = {k: {**v, "age_s": now - v["seen_at"]} for k, v in self._routers.items()

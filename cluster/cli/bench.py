@@ -234,7 +234,7 @@ def vllm_client(
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     from cluster.workload.loadgen import served_model
-    from node.serve.engine_replica import tiny_model_dir
+    from node.vllm.tiny_model import tiny_model_dir
     from node.vllm.engine_setup import machine_name
 
     # vLLM's benchmark takes its options as its own parser's namespace (``vllm bench serve`` builds it the same way).

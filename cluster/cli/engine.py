@@ -72,7 +72,7 @@ def profile(
         )
     prof = to_profile(run, name=name or out.stem, hardware=hardware or machine_name(), model_name=model_name)
     save_profile(prof, out)
-    m, r = run.model, run.report
+    m, r = run.step_model, run.report
     console.print(
         f"fitted on {len(run.samples) - run.dropped} of {len(run.samples)} steps: "
         f"a={m.a_s * 1e3:.3f} ms, b={m.b_s_per_token * 1e6:.2f} us/token, c={m.c_s_per_context_token * 1e9:.2f} ns/ctx"

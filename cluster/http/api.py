@@ -48,20 +48,16 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from node.core.extra_args import SLOValueError, positive_seconds, slo_from_extra_args, to_extra_args
-from node.core.request import ARRIVAL_KEY, SLO, SLO_TTFT_KEY
+from node.core.extra_args import (
+    SLOValueError, arrival_from_extra_args, positive_seconds, slo_from_extra_args, to_extra_args,
+)
+from node.core.request import SLO
+from cluster.http.headers import NODE_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER
 from node.serve.messages import CHAT, COMPLETION, EngineJob, EngineReply
 
 logger = logging.getLogger("ray.serve")
 
-TTFT_HEADER, TPOT_HEADER = "x-slo-ttft-ms", "x-slo-tpot-ms"
-#: When a front proxy stamped the request (nginx: ``proxy_set_header X-Request-Start "t=${msec}"``, the
-#: convention of Heroku's router and APM agents), the arrival is that stamp: the time the request waited
-#: in front of the ingress then counts in its TTFT, its slack and the budget's front delay.
-REQUEST_START_HEADER = "x-request-start"
 _MAX_REQUEST_START_AGE_S = 600.0  # an older (or future) stamp is a clock problem: ignored
-NODE_HEADER = "x-fairbatching-node"  # the node (host:ray node id) that served the request
-REPLICA_HEADER = "x-fairbatching-replica"  # the engine replica (the registry's node key)
 #: Paths that need an API key when keys are configured (vLLM guards ``/v1``; its tokenizer routes too).
 GUARDED_PREFIXES = ("/v1", "/tokenize", "/detokenize")
 
@@ -197,7 +193,7 @@ class Ingress:
 
         from ray import serve
 
-        from node.serve.engine_replica import resolve_model
+        from node.vllm.tiny_model import resolve_model
         from node.vllm.openai_server import init_render_state, server_args
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -364,8 +360,10 @@ class Ingress:
             request.prompt = prompt_ids[0] if len(prompt_ids) == 1 else prompt_ids
         # n samples of each prompt: vLLM prefills the prompt once per sample (no prefix caching assumed).
         n = int(request.n or 1)
+        # (stamp() wrote both; read with the one reader)
+        slo = slo_from_extra_args(request.vllm_xargs, SLO(self.ttft_slo_s, self.tpot_slo_s))
         job = EngineJob(request_id=rid, prompt_tokens=n * sum(len(ids) for ids in prompt_ids),
-                        arrival_s=request.vllm_xargs[ARRIVAL_KEY], ttft_slo_s=request.vllm_xargs[SLO_TTFT_KEY],
+                        arrival_s=arrival_from_extra_args(request.vllm_xargs, time.time()), ttft_slo_s=slo.ttft_s,
                         kind=kind, request=request)
         gen, first = await self._start(job)
         where = _where(first)
@@ -609,7 +607,7 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
     @serve.deployment(**serve_deployment_options)
     @serve.ingress(app)
     class OpenAIIngress(Ingress):
-        async def __init__(self, engine, settings: dict[str, Any]) -> None:
+        async def __init__(self, engine, settings: IngressSettings) -> None:
             await super().__init__(engine, settings, app)
 
         @app.get("/health")

@@ -13,11 +13,10 @@ running requests are preempted by recompute (vLLM's default): their blocks are
 freed and they become prefills of prompt plus emitted tokens, keeping their
 emitted tokens and deadlines.
 
-Snapshots: ``RequestState`` is a frozen dataclass, and building a fresh one
-for every request every step (with its validation) costs more than the
-policy's whole plan. The node therefore keeps one snapshot per request and
-updates its changed fields in place between steps, while no policy call is
-running. This is sound because the policies are pure and keep no reference to
+Snapshots: building a fresh ``RequestState`` for every request every step
+(with its validation) costs more than the policy's whole plan. The node
+therefore keeps one snapshot per request and updates its changed fields in
+place between steps, while no policy call is running. This is sound because the policies are pure and keep no reference to
 a snapshot across ``plan`` calls.
 
 The node publishes a ``NodeView`` (PAB and load counters) after a step at most
@@ -51,6 +50,7 @@ from node.core.feedback import FrontDelay, LatencyFeedback
 from node.core.pab import PABReport
 from node.core.plan import BatchPlan, Limits, NodePolicy
 from node.core.request import SLO, RequestState
+from node.core.attainment import mean_tpot_s
 from node.core.envelope import Anchor, on_time, token_deadline_s
 
 class SimRequest:
@@ -303,7 +303,7 @@ class SimNode:
             req.first_token_s = now_s
             req.state.first_token_s = now_s
             if self.feedback is not None:
-                self.feedback.observe(now_s, req.arrival_s, (now_s - req.arrival_s) / req.slo.ttft_s)
+                self.feedback.observe_first_token(now_s, req.arrival_s, req.slo)
         slo = req.slo
         req.on_time_arrival += on_time(now_s, token_deadline_s(req.arrival_s, slo.ttft_s, slo.tpot_s, j))
         req.on_time_first += on_time(now_s, token_deadline_s(
@@ -320,9 +320,9 @@ class SimNode:
             self._outputs_sum -= self._outputs[0]
         self._outputs.append(req.output_tokens)
         self._outputs_sum += req.output_tokens
-        if self.feedback is not None and req.emitted >= 2:
-            mean_tpot = (now_s - req.first_token_s) / (req.emitted - 1)
-            self.feedback.observe(now_s, req.arrival_s, mean_tpot / req.slo.tpot_s, tpot=True)
+        tpot_s = mean_tpot_s(req.first_token_s, now_s, req.emitted)
+        if self.feedback is not None and tpot_s is not None:
+            self.feedback.observe_mean_tpot(now_s, req.arrival_s, tpot_s, req.slo)
 
     def expected_output_tokens(self) -> float | None:
         """What this node expects a request to emit: mean of its last finished ones, else the prior.

@@ -20,7 +20,7 @@ from balancer.core.policies import make_placement
 from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
-from cluster.sim.legacy_pab import estimate_pab_prefill_only
+from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimNode, SimRequest
 from cluster.sim.true_step_time import TrueStepTime

@@ -30,6 +30,7 @@ import random
 from bisect import bisect_left
 from typing import Any
 
+from node.core.step_time import StepTimeModel
 from node.fit.profile import Profile
 
 
@@ -48,9 +49,8 @@ class TrueStepTime:
         self.last_forward_s = 0.0
         truth: Any = profile.extra.get("ground_truth")
         self.uses_ground_truth = isinstance(truth, dict)
-        self.a_s = profile.a_s
-        self.b_s = profile.b_s_per_token
-        self.c_s = profile.c_s_per_context_token
+        # Without ground truth the truth is the profile's own linear model, safety factor and host time aside.
+        self._linear = StepTimeModel(profile.a_s, profile.b_s_per_token, profile.c_s_per_context_token)
         if self.uses_ground_truth:
             points = sorted((float(x), float(y) / 1000.0) for x, y in truth["linear_ops_ms"])
             if len(points) < 2:
@@ -94,7 +94,7 @@ class TrueStepTime:
                 + self.attn_prefill_s * prefill_attention_pairs
             )
         else:
-            t = self.a_s + self.b_s * new_tokens + self.c_s * (decode_context_tokens + prefill_context_tokens)
+            t = self._linear.forward_s(new_tokens, decode_context_tokens + prefill_context_tokens)
         if self.noise_sigma:
             s = self.noise_sigma
             t *= math.exp(self._rng.gauss(-0.5 * s * s, s))

@@ -32,6 +32,7 @@ from typing import Any, Optional
 import aiohttp
 import httpx
 
+from cluster.http.headers import REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimRequest
 from cluster.workload.traces import Workload
@@ -112,12 +113,12 @@ async def _one(client: aiohttp.ClientSession, endpoint: str, rec: LiveRecord, bo
                t0: float, timeout_s: float, stamp: bool) -> None:
     rec.sent_s = time.perf_counter() - t0
     if stamp:  # as a front proxy would: the server counts its own queueing in the request's time
-        headers = {**headers, "x-request-start": f"t={time.time() * 1e3:.3f}"}
+        headers = {**headers, REQUEST_START_HEADER: f"t={time.time() * 1e3:.3f}"}
     try:
         async with client.post(endpoint, data=body, headers=headers,
                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             rec.status = resp.status
-            rec.node = resp.headers.get("x-fairbatching-replica")
+            rec.node = resp.headers.get(REPLICA_HEADER)
             if resp.status != 200:
                 rec.retry_after = resp.headers.get("retry-after")
                 text = (await resp.read()).decode(errors="replace")
@@ -172,7 +173,7 @@ async def replay(
     as a front proxy would set it, so the server's arrival stamp is the client's.
     """
     rng = random.Random(seed)
-    headers = {"x-slo-ttft-ms": str(slo.ttft_s * 1e3), "x-slo-tpot-ms": str(slo.tpot_s * 1e3)} if slo_headers else {}
+    headers = {TTFT_HEADER: str(slo.ttft_s * 1e3), TPOT_HEADER: str(slo.tpot_s * 1e3)} if slo_headers else {}
     headers["content-type"] = "application/json"
     headers.update(auth_headers(api_key))
     records, bodies = [], []

@@ -29,6 +29,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as gcommon
 from grafana_foundation_sdk.models import dashboard as gm
 
+from cluster.config import embedded_default_slo
 from node.serve.metrics import prom
 
 UID = "fairbatching"
@@ -187,6 +188,13 @@ def _panel(spec: PanelSpec, panel_id: int):
     return builder
 
 
+def _slo_variable(name: str, label: str, default_s: float):
+    """A text box holding an SLO in seconds; its default is the embedded default deployment's."""
+    text = f"{default_s:g}"
+    return gd.TextBoxVariable(name).label(label).default_value(text).current(
+        gm.VariableOption(selected=True, text=text, value=text))
+
+
 def _query_variable(name: str, label: str, query: str) -> gd.QueryVariable:
     return (gd.QueryVariable(name).label(label).datasource(DATASOURCE).query(query)
             .refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(gm.VariableSort.ALPHABETICAL_ASC)
@@ -197,6 +205,7 @@ def _query_variable(name: str, label: str, query: str) -> gd.QueryVariable:
 def build() -> dict:
     """The dashboard as the JSON object Grafana loads."""
     pab = prom("fairbatching_pab_tokens")
+    slo = embedded_default_slo()  # the SLO lines default to what the embedded default deployment holds
     board = (
         gd.Dashboard(TITLE).uid(UID).tags(["fairbatching", "ray", "vllm"]).editable()
         .description("Per-node Prefill Admission Budget, FairBatching step budget and step-time model, TTFT/TPOT "
@@ -208,10 +217,8 @@ def build() -> dict:
         .with_variable(_query_variable("node", "Node", f'label_values({pab}{{cluster=~"$cluster"}}, node)'))
         .with_variable(_query_variable("model", "Model",
                                        f'label_values({prom("vllm:num_requests_running")}{{cluster=~"$cluster"}}, model_name)'))
-        .with_variable(gd.TextBoxVariable("ttft_slo").label("TTFT SLO (s)").default_value("2")
-                       .current(gm.VariableOption(selected=True, text="2", value="2")))
-        .with_variable(gd.TextBoxVariable("tpot_slo").label("TPOT SLO (s)").default_value("0.25")
-                       .current(gm.VariableOption(selected=True, text="0.25", value="0.25")))
+        .with_variable(_slo_variable("ttft_slo", "TTFT SLO (s)", slo.ttft_s))
+        .with_variable(_slo_variable("tpot_slo", "TPOT SLO (s)", slo.tpot_s))
     )
     panel_id = 0
     for title, panels in ROWS:

@@ -56,6 +56,25 @@ def slo_from_extra_args(extra_args: Mapping[str, Any] | None, default: SLO) -> S
     return SLO(*targets)
 
 
+def slo_or_default(extra_args: Mapping[str, Any] | None, default: SLO) -> tuple[SLO, list[str]]:
+    """The SLO in ``extra_args`` as an engine reads it: each target that is missing or unusable
+    (not a number of seconds > 0; numeric strings are taken) from ``default``.
+
+    Returns the SLO and the keys that were present but unusable (for a warning). The ingress
+    refuses such values with a 400 (``slo_from_extra_args``); this is for requests that reach an
+    engine some other way.
+    """
+    extra = extra_args or {}
+    targets, invalid = [], []
+    for key, fallback in ((SLO_TTFT_KEY, default.ttft_s), (SLO_TPOT_KEY, default.tpot_s)):
+        seconds = positive_seconds(extra[key]) if key in extra else fallback
+        if seconds is None:
+            invalid.append(key)
+            seconds = fallback
+        targets.append(seconds)
+    return SLO(*targets), invalid
+
+
 def arrival_from_extra_args(extra_args: Mapping[str, Any] | None, default_s: float) -> float:
     """The arrival stamp in ``extra_args`` (``time.time()`` seconds), or ``default_s`` when absent or not finite."""
     stamp = (extra_args or {}).get(ARRIVAL_KEY)

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from node.core.attainment import percentile
+from node.core.request import SLO
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,14 @@ class LatencyFeedback:
             ratio *= self.config.target_ratio / self.config.tpot_target_ratio
         if math.isfinite(ratio) and ratio >= 0:
             self._samples.append((now_s, arrival_s, ratio))
+
+    def observe_first_token(self, now_s: float, arrival_s: float, slo: SLO) -> None:
+        """A first token at ``now_s`` of a request that arrived at ``arrival_s`` (seconds, one clock)."""
+        self.observe(now_s, arrival_s, (now_s - arrival_s) / slo.ttft_s)
+
+    def observe_mean_tpot(self, now_s: float, arrival_s: float, mean_tpot_s: float, slo: SLO) -> None:
+        """A finished request's mean TPOT (seconds), seen at ``now_s``."""
+        self.observe(now_s, arrival_s, mean_tpot_s / slo.tpot_s, tpot=True)
 
     def update(self, now_s: float, *, starved: bool = False,
                waiting: Iterable[tuple[float, float]] = ()) -> float:

@@ -45,7 +45,7 @@ Everything is in tokens and seconds; both functions are pure and take what
 the node knows beyond its requests as keywords, the fields of ``PABInputs``.
 The helpers they are built from (``running_decodes``, ``queued_prompt_tokens``,
 ``kv_headroom_tokens``, ``budget_report``) also serve the simulator's
-prefill-only ablation (``cluster.sim.legacy_pab``). Expected outputs:
+prefill-only ablation (``node.core.pab_prefill_only``). Expected outputs:
 a request's total output is ``min(max_output_tokens, expected_output_tokens)``
 where both are known, whichever is known otherwise, 0 when neither is.
 """

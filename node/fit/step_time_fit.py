@@ -245,7 +245,7 @@ class OnlineRefit:
             raise ValueError("window and min_samples must be >= 3, refit_every >= 1")
         if not 0 <= min_prefill_steps <= window:
             raise ValueError(f"min_prefill_steps must be in [0, window], got {min_prefill_steps!r}")
-        self.model = prior
+        self.step_model = prior
         self.report: FitReport | None = None
         self._samples: deque[StepSample] = deque(maxlen=window)
         self._min_samples = min_samples
@@ -272,9 +272,9 @@ class OnlineRefit:
             if self._since_host >= self._host_every:
                 self._since_host = 0
                 host = statistics.median(self._host)
-                if host != self.model.host_s:
-                    self.model = replace(self.model, host_s=host)
-        return self.model
+                if host != self.step_model.host_s:
+                    self.step_model = replace(self.step_model, host_s=host)
+        return self.step_model
 
     @property
     def host_samples(self) -> int:
@@ -295,14 +295,14 @@ class OnlineRefit:
             self._since_refit = 0
             try:
                 if self._robust:
-                    model, report = trimmed_fit(list(self._samples), safety_factor=self.model.safety_factor)
+                    model, report = trimmed_fit(list(self._samples), safety_factor=self.step_model.safety_factor)
                 else:
-                    model, report = fit(list(self._samples), self.model.safety_factor)
+                    model, report = fit(list(self._samples), self.step_model.safety_factor)
             except ValueError:
-                return self.model  # degenerate window (e.g. all steps alike): keep the last model
-            self.model, self.report = replace(model, host_s=self.model.host_s), report
+                return self.step_model  # degenerate window (e.g. all steps alike): keep the last model
+            self.step_model, self.report = replace(model, host_s=self.step_model.host_s), report
             self.refits += 1
-        return self.model
+        return self.step_model
 
     @property
     def samples(self) -> list[StepSample]:

@@ -51,7 +51,6 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from node.core.step_time import StepTimeModel
@@ -60,7 +59,8 @@ from starlette.datastructures import State
 
 from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
 from node.core.attainment import mean_tpot_s, meets_slo
-from node.vllm.names import TINY_MODEL
+from node.vllm.tiny_model import resolve_model
+from node.vllm.node_config import NodeConfig
 from node.vllm.node_stats import STATS_KEY, NodeStats
 from balancer.core.placement import NodeView
 from balancer.serve.pab_registry import NodeReport
@@ -69,34 +69,16 @@ from node.serve.metrics import instrument
 from node.core.pab import PABReport, estimate_pab
 from node.vllm.openai_server import engine_args_from, init_serving_state, server_args
 from node.fit.profile import load_profile
-from node.core.extra_args import SLOValueError, arrival_from_extra_args, slo_from_extra_args
+from node.core.extra_args import arrival_from_extra_args, slo_or_default
 from node.core.request import SLO, RequestState
 
 logger = logging.getLogger("ray.serve")
 
-#: ``model`` value that means: write the tiny random-weight Llama locally and serve it.
-#: Environment variable carrying the FairBatching scheduler's node config (JSON).
-NODE_CONFIG_ENV = "FAIRBATCHING_NODE_CONFIG"
 #: A report lists the requests received within this many seconds (many report intervals, so a
 #: router that misses a report still sees every request acknowledged).
 RECEIVED_WINDOW_S = 5.0
 #: Set by ``EngineReplica.generate`` for the vLLM call it makes: the engine sets it at the request's first output.
 FIRST_OUTPUT: contextvars.ContextVar[Optional[asyncio.Event]] = contextvars.ContextVar("first_output", default=None)
-#: The FairBatching scheduler that publishes its node stats to the replica (node.vllm.served_scheduler).
-
-
-def tiny_model_dir() -> Path:
-    """Where the tiny model lives on this machine (written on first use)."""
-    from node.vllm.tiny_model import write_tiny_model
-
-    path = Path(os.environ.get("FAIRBATCHING_CACHE", Path.home() / ".cache" / "fairbatching")) / "tiny-llama-v2"
-    if not (path / "tokenizer.json").is_file():
-        write_tiny_model(path)
-    return path
-
-
-def resolve_model(model: str) -> str:
-    return str(tiny_model_dir()) if model == TINY_MODEL else model
 
 
 @dataclass(frozen=True)
@@ -108,13 +90,13 @@ class EngineSpec:
     served_model_name: str
     engine_args: dict[str, Any]  # vLLM AsyncEngineArgs fields
     scheduler_cls: Optional[str]  # dotted path (node.vllm.names); None = stock vLLM
-    node_config: Optional[dict[str, Any]]  # NodeConfig overrides (FAIRBATCHING_NODE_CONFIG)
+    node_config: Optional[NodeConfig]  # the scheduler's (FAIRBATCHING_NODE_CONFIG); None with stock vLLM
     profile: str  # step-time profile (name in deploy/profiles or path)
     ttft_slo_s: float  # deployment default SLOs, seconds; requests may name their own
     tpot_slo_s: float
     anchor: str
     report_interval_s: float
-    feedback: dict[str, Any]  # node.core.feedback.FeedbackConfig fields
+    feedback: FeedbackConfig  # PAB's closed loop
     pab_horizon_fraction: float  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
     openai_server: dict[str, Any]  # vLLM BaseFrontendArgs fields (tools, template)
 
@@ -182,15 +164,8 @@ class EngineReplica:
 
     async def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
-        if self.spec.scheduler_cls:
-            from node.vllm.node_config import NodeConfig
-
-            overrides = dict(self.spec.node_config or {})
-            cfg = {"profile": self.spec.profile, "ttft_slo_s": self.spec.ttft_slo_s, "tpot_slo_s": self.spec.tpot_slo_s}
-            if overrides.get("policy", "fairbatching") == "fairbatching":  # the anchor joins the policy's knobs
-                overrides["knobs"] = {"anchor": self.spec.anchor, **overrides.get("knobs", {})}
-            cfg.update(overrides)
-            os.environ.update(NodeConfig.from_dict(cfg).to_env())
+        if spec.node_config is not None:  # the engine-core process inherits it
+            os.environ.update(spec.node_config.to_env())
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         import ray
         from ray import serve
@@ -221,7 +196,7 @@ class EngineReplica:
         self._registry_name: Optional[str] = None
         self._pab_parts: dict[str, Any] = {}
         # One decrease per feedback delay: a first token comes up to a TTFT after admission.
-        self.feedback = LatencyFeedback(FeedbackConfig(**{"cooldown_s": self.spec.ttft_slo_s, **self.spec.feedback}))
+        self.feedback = LatencyFeedback(self.spec.feedback)
         self.front_delay = FrontDelay()
         self.prefill_rate = PrefillRate()  # what this node prefilled per second while prompts waited
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
@@ -474,8 +449,7 @@ class EngineReplica:
         pending = None
         while True:
             try:
-                report = NodeReport(self.node_view(), self.own_step_model if self.own_refits else None,
-                                    self.own_refits, self._extra())
+                report = NodeReport(self.node_view(), self.own_step_model, self.own_refits, self._extra())
                 registry = await self._registry_handle()
                 if registry is not None:
                     if pending is not None:  # at most one report in flight; it answers the deployment model
@@ -511,9 +485,8 @@ class EngineReplica:
 
         received_s = time.time()
         request = job.request
-        arrival_s = arrival_from_extra_args(request.vllm_xargs, received_s)
         self.received.append((received_s, job.request_id))
-        self.front_delay.observe(received_s, received_s - arrival_s)
+        self.front_delay.observe(received_s, received_s - job.arrival_s)
         where = {"node": self.node_label, "replica": self.replica_key}
         first_output = asyncio.Event()
         token = FIRST_OUTPUT.set(first_output)  # the task below (and the engine calls in it) inherit it
@@ -565,10 +538,7 @@ class EngineReplica:
         """Start tracking engine request ``request_id`` (one ``_Live`` per sample); returns their keys."""
         ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
         prompt_tokens = len(ids) if ids is not None else 0
-        try:
-            slo = slo_from_extra_args(sp.extra_args, self.default_slo)
-        except SLOValueError:  # not from our ingress (it answers 400); the scheduler uses the default too
-            slo = self.default_slo
+        slo, _ = slo_or_default(sp.extra_args, self.default_slo)  # as the scheduler reads it
         arrival_s = arrival_from_extra_args(sp.extra_args, time.time())
         self.recent_slos.append({"ttft_slo_s": slo.ttft_s, "tpot_slo_s": slo.tpot_s,
                                  "front_delay_s": round(time.time() - arrival_s, 4)})
@@ -589,7 +559,7 @@ class EngineReplica:
                 continue
             if live.first_token_s is None:
                 live.first_token_s = now
-                self.feedback.observe(now, live.arrival_s, (now - live.arrival_s) / live.slo.ttft_s)
+                self.feedback.observe_first_token(now, live.arrival_s, live.slo)
                 self.prefill_rate.prefilled(time.monotonic(), live.prompt_tokens)
             live.last_token_s = now
             live.output_tokens += n
@@ -615,7 +585,7 @@ class EngineReplica:
                 tpot = mean_tpot_s(lv.first_token_s, lv.last_token_s, lv.output_tokens)
         if tpot is not None:
             m.tpot.observe(tpot)
-            self.feedback.observe(time.time(), lv.arrival_s, tpot / lv.slo.tpot_s, tpot=True)
+            self.feedback.observe_mean_tpot(time.time(), lv.arrival_s, tpot, lv.slo)
         m.finished.inc()
         if meets_slo(ttft, tpot, lv.slo):
             self.attained += 1

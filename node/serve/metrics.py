@@ -94,7 +94,7 @@ BY_NAME = {m.name: m for m in METRICS}
 #: from its first increment (``inc(0)`` is refused), so on a healthy cluster these
 #: series are absent rather than zero; the dashboard's queries and the recording
 #: rules fall back to 0 for them (``... or 0 * <a series every engine exports>``):
-#: * admission rejections (``balancer/serve/router.py``), recorded on every HTTP 429;
+#: * admission rejections (``balancer/serve/admission.py``), recorded on every HTTP 429;
 #: * plan divergences (``node/serve/engine_replica.py``), zero in steady state;
 #: * urgent and skipped decodes, zero on a lightly loaded node.
 EVENT_ONLY = frozenset({"fairbatching_admission_rejections_total", "fairbatching_plan_divergences_total",

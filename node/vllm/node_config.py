@@ -34,14 +34,19 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from typing import Any
+
+from pydantic.dataclasses import dataclass
 
 ENV_VAR = "FAIRBATCHING_NODE_CONFIG"
 
 
 @dataclass(frozen=True)
 class NodeConfig:
+    """One node's scheduler settings (module docstring). A pydantic dataclass: a field of the wrong
+    type raises ``ValueError`` naming it; bounds are checked in ``__post_init__``."""
+
     policy: str = "fairbatching"
     knobs: dict[str, Any] = field(default_factory=dict)
     profile: str = "cpu-tiny-llama"

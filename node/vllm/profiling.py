@@ -52,7 +52,7 @@ class Grid:
 @dataclass
 class ProfileRun:
     samples: list[StepSample]
-    model: StepTimeModel
+    step_model: StepTimeModel
     report: FitReport  # on the kept samples
     report_all: FitReport  # on every measured sample
     dropped: int
@@ -201,7 +201,7 @@ def profile_engine(
 def to_profile(run: ProfileRun, *, name: str, hardware: str, model_name: str) -> Profile:
     args = run.engine_args
     return Profile.from_fit(
-        run.model,
+        run.step_model,
         run.report,
         hardware=hardware,
         model_name=model_name,

@@ -75,7 +75,7 @@ from node.vllm.node_stats import NodeStats, StepSummary
 from node.core.plan import BatchPlan, Group, Limits, SkipReason
 from node.core.policies import make_policy
 from node.fit.profile import load_profile
-from node.core.extra_args import SLOValueError, arrival_from_extra_args, slo_from_extra_args
+from node.core.extra_args import arrival_from_extra_args, slo_or_default
 from node.core.request import SLO, RequestState
 
 logger = logging.getLogger(__name__)
@@ -154,12 +154,11 @@ class FairBatchingMixin:
             return slo
         params = request.sampling_params
         extra = params.extra_args if params is not None else None
-        try:
-            slo = slo_from_extra_args(extra, self.fb_default_slo)
-        except SLOValueError as exc:
+        slo, invalid = slo_or_default(extra, self.fb_default_slo)
+        if invalid:
             self.fb_invalid_slos += 1
-            logger.warning("request %s: invalid SLO in extra_args (%s); using the deployment default", rid, exc)
-            slo = self.fb_default_slo
+            logger.warning("request %s: invalid %s in extra_args %r; using the deployment default",
+                           rid, " and ".join(invalid), extra)
         self._fb_slos[rid] = slo
         return slo
 
@@ -251,7 +250,7 @@ class FairBatchingMixin:
         cfg = self.fb_config
         if self._fb_prev_start is not None and self._fb_busy and self._fb_last_forward_s is not None:
             # Back to back with the previous step: its cadence is the time between the two starts.
-            self._fb_set_model(self.fb_refit.observe_cadence(t0 - self._fb_prev_start, self._fb_last_forward_s))
+            self._fb_set_step_model(self.fb_refit.observe_cadence(t0 - self._fb_prev_start, self._fb_last_forward_s))
         if self.current_step % 256 == 0:
             self._fb_prune()
         states, is_decode = self._fb_snapshot()
@@ -383,7 +382,7 @@ class FairBatchingMixin:
                 decode += n
             else:
                 prefill += n
-        model = self.fb_refit.model
+        model = self.fb_refit.step_model
         predicted = model.predict_s(prefill + decode, context) if scheduled else 0.0
         self._fb_last_step = StepSummary(
             step=self.current_step,
@@ -452,7 +451,7 @@ class FairBatchingMixin:
         duration = t_update - max(pending.sched_end, self._fb_last_update)
         if duration <= 0:
             return
-        model = self.fb_refit.model
+        model = self.fb_refit.step_model
         raw = pending.predicted_s / model.safety_factor
         self._fb_measured += 1
         self._fb_ape_sum += abs(raw - duration) / duration
@@ -460,12 +459,12 @@ class FairBatchingMixin:
         self._fb_last_forward_s = duration
         if self.fb_config.refit:
             sample = StepSample(pending.prefill_tokens, pending.decode_tokens, pending.context_tokens, duration)
-            self._fb_set_model(self.fb_refit.observe(sample))
+            self._fb_set_step_model(self.fb_refit.observe(sample))
         if pending.record is not None and self._fb_log is not None:
             pending.record["measured_s"] = duration
             self._fb_log.write(json.dumps(pending.record) + "\n")
 
-    def _fb_set_model(self, model: StepTimeModel) -> None:
+    def _fb_set_step_model(self, model: StepTimeModel) -> None:
         if model is not self.fb_policy.step_model:
             self.fb_policy.step_model = model
 
@@ -480,10 +479,6 @@ class FairBatchingMixin:
                 del table[rid]
 
     # ------------------------------------------------------------------ node state
-
-    @property
-    def fb_model(self) -> StepTimeModel:
-        return self.fb_refit.model
 
     def node_stats(self) -> NodeStats:
         """The node's state for the replica, dashboards and benches: small, O(1) to build."""
@@ -501,7 +496,7 @@ class FairBatchingMixin:
             divergent_steps=self.fb_divergent_steps,
             fallback_steps=self.fb_fallback_steps,
             divergence_by_reason=dict(self.fb_divergence),
-            step_model=self.fb_refit.model,
+            step_model=self.fb_refit.step_model,
             refits=self.fb_refit.refits,
             host_samples=self.fb_refit.host_samples,
             refit_mape=report.overall.mape if report is not None else None,

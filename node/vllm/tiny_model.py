@@ -29,9 +29,12 @@ used.  The ``tokenizers`` import is lazy so this module imports without it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-__all__ = ["write_tiny_model", "SPECIAL_TOKENS", "JSON_TOKENS", "word_token_id"]
+from node.vllm.names import TINY_MODEL
+
+__all__ = ["write_tiny_model", "tiny_model_dir", "resolve_model", "SPECIAL_TOKENS", "JSON_TOKENS", "word_token_id"]
 
 #: Special tokens, in vocabulary order (ids 0, 1, 2).
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
@@ -156,3 +159,17 @@ def write_tiny_model(
         json.dumps(special_map, indent=2)
     )
     return out_dir
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny model lives on this machine (``$FAIRBATCHING_CACHE``, else ``~/.cache/fairbatching``),
+    written on first use."""
+    path = Path(os.environ.get("FAIRBATCHING_CACHE", Path.home() / ".cache" / "fairbatching")) / "tiny-llama-v2"
+    if not (path / "tokenizer.json").is_file():
+        write_tiny_model(path)
+    return path
+
+
+def resolve_model(model: str) -> str:
+    """What vLLM loads for a config's ``model``: the tiny model's directory for ``TINY_MODEL``, else ``model``."""
+    return str(tiny_model_dir()) if model == TINY_MODEL else model

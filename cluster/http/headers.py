@@ -1,0 +1,11 @@
+"""The HTTP headers of the API beyond OpenAI's: what a client (or a front proxy) may send, and what
+every answer carries. Kept apart from the ingress so that clients import them without FastAPI."""
+
+#: A request's SLOs in milliseconds (a body's ``vllm_xargs`` seconds win over them).
+TTFT_HEADER, TPOT_HEADER = "x-slo-ttft-ms", "x-slo-tpot-ms"
+#: When a front proxy stamped the request (nginx: ``proxy_set_header X-Request-Start "t=${msec}"``, the
+#: convention of Heroku's router and APM agents), the arrival is that stamp: the time the request waited
+#: in front of the ingress then counts in its TTFT, its slack and the budget's front delay.
+REQUEST_START_HEADER = "x-request-start"
+NODE_HEADER = "x-fairbatching-node"  # the node (host:ray node id) that served the request
+REPLICA_HEADER = "x-fairbatching-replica"  # the engine replica (the registry's node key)
