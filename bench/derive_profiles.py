@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from node.core.attainment import percentile
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur_profiling"
 DEFAULT_OUT = REPO_ROOT / "deploy" / "profiles"
@@ -251,7 +253,7 @@ def fit_linear(grid: dict, y: np.ndarray) -> np.ndarray:
 def error_stats(pred: np.ndarray, y: np.ndarray) -> dict:
     abs_err = np.abs(pred - y)
     return {"n": int(y.size), "mape": float(f"{np.mean(abs_err / y):.4g}"),
-            "p99_abs_error_s": float(f"{np.percentile(abs_err, 99):.4g}"),
+            "p99_abs_error_s": float(f"{percentile(abs_err, 99):.4g}"),
             "max_abs_error_s": float(f"{abs_err.max():.4g}"),
             "mean_signed_rel_error": float(f"{np.mean((pred - y) / y):.4g}")}
 

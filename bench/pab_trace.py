@@ -87,7 +87,9 @@ def main(
     import httpx
     import ray
 
-    from cluster.app import ServeConfig, deploy, use_serve_env
+    from cluster.app import deploy, use_serve_env
+
+    from cluster.config import ServeConfig
 
     use_serve_env()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)

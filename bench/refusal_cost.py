@@ -101,7 +101,9 @@ def main(
     import ray
     from ray import serve
 
-    from cluster.app import ServeConfig, deploy, use_serve_env
+    from cluster.app import deploy, use_serve_env
+
+    from cluster.config import ServeConfig
     from cluster.net import free_port
     from node.vllm.engine_setup import machine_name
 

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -29,7 +30,9 @@ def run_arm(router: str, workload, *, ttft_slo: float, tpot_slo: float, schedule
     import ray
     from ray import serve
 
-    from cluster.app import ServeConfig, deploy, use_serve_env
+    from cluster.app import deploy, use_serve_env
+
+    from cluster.config import ServeConfig
     from cluster.workload.loadgen import live_report, replay
     from node.core.request import SLO
 
@@ -71,8 +74,8 @@ def main(
     rate_scale: float = typer.Option(1.5, help="Multiply the arrival rate by this."),
     max_prompt_tokens: int = typer.Option(512, help="Clip longer prompts."),
     max_output_tokens: int = typer.Option(32, help="Clip longer outputs."),
-    ttft_slo: float = typer.Option(2.0, help="TTFT SLO, seconds."),
-    tpot_slo: float = typer.Option(0.25, help="TPOT SLO, seconds."),
+    ttft_slo: Optional[float] = typer.Option(None, help="TTFT SLO, seconds (default: the embedded default's)."),
+    tpot_slo: Optional[float] = typer.Option(None, help="TPOT SLO, seconds (default: the embedded default's)."),
     scheduler: str = typer.Option("fairbatching", help="Node scheduler of both arms: fairbatching or vllm."),
     arms: str = typer.Option("pab,serve-default,serve-default,pab",
                              help="Routers in run order; the default ABBA order cancels a linear drift of machine load."),
@@ -82,9 +85,12 @@ def main(
 ) -> None:
     os.environ["RAY_AUTH_MODE"] = "disabled"
 
+    from cluster.config import embedded_default_slo
     from cluster.workload.traces import load_named, prepare
     from node.vllm.engine_setup import machine_name
 
+    slo = embedded_default_slo()
+    ttft_slo, tpot_slo = ttft_slo or slo.ttft_s, tpot_slo or slo.tpot_s
     w = prepare(load_named(trace), start_s=start_s, duration_s=duration_s,
                 rate_scale=rate_scale, max_prompt_tokens=max_prompt_tokens)
     result = {

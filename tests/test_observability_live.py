@@ -146,7 +146,9 @@ def _scenario(tmp_path: Path) -> None:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from cluster.app import ServeConfig, deploy
+    from cluster.app import deploy
+
+    from cluster.config import ServeConfig
 
     ray_tmp = tempfile.mkdtemp(prefix="fbobs-", dir="/tmp")  # short: Ray's socket paths live under it
     # ray.cluster_utils.Cluster writes the head's address into the *default* temp dir

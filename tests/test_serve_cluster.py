@@ -44,7 +44,9 @@ def cluster(tmp_path_factory):
     import ray
     from ray import serve
 
-    from cluster.app import SERVE_ENV, ServeConfig, deploy, use_serve_env
+    from cluster.app import SERVE_ENV, deploy, use_serve_env
+
+    from cluster.config import ServeConfig
 
     saved = {k: os.environ.get(k) for k in SERVE_ENV}
     use_serve_env()  # the mode fairbatching serve runs: HAProxy in front of the ingress

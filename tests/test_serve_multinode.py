@@ -26,7 +26,9 @@ def test_one_engine_per_gpu_node():
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from cluster.app import ServeConfig, deploy
+    from cluster.app import deploy
+
+    from cluster.config import ServeConfig
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:

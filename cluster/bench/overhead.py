@@ -9,10 +9,10 @@ prompts queued or partially prefilled.
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from dataclasses import dataclass
 
+from node.core.attainment import percentile
 from node.core.step_time import StepTimeModel
 from node.core.plan import Limits
 from node.core.policies import POLICY_NAMES, make_policy
@@ -77,6 +77,5 @@ def measure(
                 times.append((time.perf_counter() - start) * 1e3)
                 if progress is not None:
                     progress()
-            times.sort()
-            rows.append(OverheadRow(name, size, statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]))
+            rows.append(OverheadRow(name, size, percentile(times, 50), percentile(times, 99, method="higher")))
     return rows

@@ -124,7 +124,8 @@ def measure_capacity(url: str, model: str, cfg: OverloadConfig,
 def local_cluster(overrides: dict[str, Any], *, warmup: int = 4) -> Iterator[tuple[str, Any]]:
     """A fresh local Ray cluster serving the embedded default with ``overrides``: ``(url, ServeConfig)``."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from cluster.app import ServeConfig, deploy, use_serve_env
+    from cluster.app import deploy, use_serve_env
+    from cluster.config import ServeConfig
 
     use_serve_env()  # as fairbatching serve runs a local cluster
     import httpx

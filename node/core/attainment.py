@@ -54,18 +54,21 @@ def percentile(values: Iterable[float], q: float, *, method: str = "linear") -> 
     """The ``q``-th percentile (0..100) of ``values``; None when there are none.
 
     As NumPy's ``np.percentile`` with ``method="linear"`` (interpolates between the
-    closest ranks) or ``method="lower"`` (the nearest rank at or below: a value that
-    was seen). Raises ``ValueError`` for ``q`` outside [0, 100] or another method.
+    closest ranks), ``"lower"`` (the nearest rank at or below: a value that was seen)
+    or ``"higher"`` (the nearest rank at or above: a tail no sample beats). Raises
+    ``ValueError`` for ``q`` outside [0, 100] or another method.
     """
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be within [0, 100], got {q!r}")
-    if method not in ("linear", "lower"):
-        raise ValueError(f"percentile method must be 'linear' or 'lower', got {method!r}")
+    if method not in ("linear", "lower", "higher"):
+        raise ValueError(f"percentile method must be 'linear', 'lower' or 'higher', got {method!r}")
     ordered = sorted(float(v) for v in values)
     if not ordered:
         return None
     rank = (len(ordered) - 1) * q / 100.0
     low = math.floor(rank)
+    if method == "higher":
+        return ordered[math.ceil(rank)]
     if method == "lower" or low == len(ordered) - 1:
         return ordered[low]
     frac = rank - low
