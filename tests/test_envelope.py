@@ -1,8 +1,10 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from node.core.envelope import Anchor, deadline_s, slack_s
+from node.core.envelope import Anchor, deadline_s, slack_s, slacks_s, token_deadline_s
 from node.core.request import SLO, RequestState
 
 
@@ -46,3 +48,17 @@ def test_negative_token_index_is_rejected():
 def test_anchor_parses_from_its_command_line_name():
     assert Anchor("first-token") is Anchor.FIRST_TOKEN
     assert not math.isnan(slack_s(decoding(10.2, 1), 10.0, Anchor("arrival")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0.01, 5), st.floats(0.001, 0.5), st.integers(0, 500),
+                          st.one_of(st.none(), st.floats(0, 100))), min_size=1, max_size=20),
+       st.floats(0, 200), st.sampled_from(list(Anchor)), st.floats(0.5, 1.0))
+def test_the_planners_slacks_are_the_envelope(rows, now_s, anchor, tpot_scale):
+    """``slacks_s`` (one loop for the planner) equals ``token_deadline_s`` request by request."""
+    reqs = [RequestState(f"r{i}", arr, 10, SLO(ttft, tpot), computed_tokens=10, output_tokens=k,
+                         first_token_s=None if k == 0 else first)
+            for i, (arr, ttft, tpot, k, first) in enumerate(rows)]
+    want = [token_deadline_s(r.arrival_s, r.slo.ttft_s, r.slo.tpot_s * tpot_scale, r.output_tokens,
+                             r.first_token_s, anchor) - now_s for r in reqs]
+    assert slacks_s(reqs, now_s, anchor, tpot_scale) == pytest.approx(want, rel=1e-12, abs=1e-12)

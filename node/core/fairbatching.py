@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
-from node.core.envelope import Anchor, deadline_s, on_time, token_deadline_s
+from node.core.envelope import Anchor, deadline_s, on_time, slacks_s
 from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits
 from node.core.request import RequestState
 from node.core.validation import check_finite
@@ -138,11 +138,8 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         pace = 1.0 - cfg.tpot_margin  # decode deadlines are planned at this fraction of the TPOT SLO
         relegate = cfg.relegate is not Relegation.NONE
         doomed = cfg.relegate is Relegation.DOOMED
-        for req in requests:
-            slo = req.slo
-            # The next token's deadline, decodes planned at ``pace`` of their TPOT SLO.
-            slack = token_deadline_s(req.arrival_s, slo.ttft_s, slo.tpot_s * pace, req.output_tokens,
-                                     req.first_token_s, anchor) - now_s
+        # The next token's deadline, decodes planned at ``pace`` of their TPOT SLO.
+        for req, slack in zip(requests, slacks_s(requests, now_s, anchor, pace)):
             # EDF entries sort as plain tuples (ids are unique, so the request is never compared).
             entry = (slack, req.arrival_s, req.request_id, req)
             is_prefill = req.computed_tokens < req.prompt_tokens
