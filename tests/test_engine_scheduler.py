@@ -248,3 +248,30 @@ def test_the_async_scheduler_variant_gives_the_same_tokens(stock, fb_async):
     assert type(engine_scheduler(fb_async)).__name__ == "FairBatchingAsyncScheduler"
     got = _ids(fb_async.generate(prompts, _greedy(12), use_tqdm=False))
     assert got == want
+
+
+def test_the_start_up_check_finds_every_internal_on_the_pinned_vllm_and_names_a_missing_one(fb):
+    """The check runs in the scheduler's __init__ (the fixture's engine started, so it passed); on a
+    copy of the real scheduler without one attribute it names that attribute and the supported vLLM."""
+    import copy
+
+    from node.vllm.internals import SUPPORTED_VLLM, VllmInternalsError, check_internals, missing_internals
+
+    sched = engine_scheduler(fb)
+    assert missing_internals(sched) == []
+    gone = copy.copy(sched)
+    del gone.num_waiting_for_streaming_input  # as if a vLLM release renamed it
+    with pytest.raises(VllmInternalsError, match=rf"Scheduler\.num_waiting_for_streaming_input .*{SUPPORTED_VLLM}"):
+        check_internals(gone, plan_applied=True)
+
+
+def test_speculative_decoding_is_refused_while_the_plan_is_applied(fb):
+    import copy
+
+    from node.vllm.internals import VllmInternalsError, check_internals
+
+    spec = copy.copy(engine_scheduler(fb))
+    spec.num_spec_tokens = 3  # what vLLM sets from --speculative-config
+    with pytest.raises(VllmInternalsError, match="speculative decoding"):
+        check_internals(spec, plan_applied=True)
+    check_internals(spec, plan_applied=False)  # observe mode plans nothing: allowed

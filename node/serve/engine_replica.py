@@ -228,7 +228,7 @@ class EngineReplica:
         # horizon and grows as the loop measures latencies within the target (node.core.feedback.SlowStart).
         # A profile the scheduler does not refit is the operator's word on the node's speed: no slow start.
         self.slow_start = SlowStart(self.max_num_batched_tokens / self.horizon_s)
-        if (self.spec.node_config or {}).get("refit") is False:
+        if self.spec.node_config is not None and not self.spec.node_config.refit:
             self.slow_start.end()
         self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("engine replica %s on %s up: %d KV tokens", self.replica_key, self.node_label,

@@ -71,6 +71,7 @@ from node.core.step_time import StepTimeModel
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.envelope import Anchor, deadline_s
 from node.vllm.node_config import NodeConfig
+from node.vllm.internals import check_internals
 from node.vllm.node_stats import NodeStats, StepSummary
 from node.core.plan import BatchPlan, Group, Limits, SkipReason
 from node.core.policies import make_policy
@@ -103,6 +104,7 @@ class FairBatchingMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fb_config = cfg = NodeConfig.from_env()
+        check_internals(self, plan_applied=cfg.apply_plan)  # one clear error instead of a broken step
         self.fb_profile = profile = load_profile(cfg.profile)
         prior = profile.step_model
         self.fb_refit = OnlineRefit(
@@ -206,9 +208,9 @@ class FairBatchingMixin:
         # vLLM admits a waiting request only when its whole sequence fits in the
         # free blocks (scheduler_reserve_full_isl, plus the watermark); a request
         # that cannot be admitted is left out of the plan, in EDF order of next-token deadlines.
-        full_isl = getattr(self, "scheduler_reserve_full_isl", False)
+        full_isl = self.scheduler_reserve_full_isl
         room = self.kv_cache_manager.block_pool.get_num_free_blocks() - growth
-        room -= getattr(self.kv_cache_manager, "watermark_blocks", 0)
+        room -= self.kv_cache_manager.watermark_blocks
         candidates = []
         for request in self.waiting:
             if request.status not in _ADMITTABLE:
@@ -347,6 +349,7 @@ class FairBatchingMixin:
             reasons["empty-plan"] += 1
             return reasons
         scheduled = out.num_scheduled_tokens
+        computed_before = {s.request_id: s.computed_tokens for s in self.fb_last_snapshot}
         if out.preempted_req_ids:
             reasons["preempted"] += len(out.preempted_req_ids)
         for rid, item in planned.items():
@@ -356,9 +359,12 @@ class FairBatchingMixin:
             if got == 0:
                 reasons["not-scheduled"] += 1
             elif got < item.new_tokens:
+                # A prefix-cache hit moves the request's computed tokens past the snapshot's by more
+                # than vLLM scheduled (vLLM counts scheduled tokens as computed within schedule()).
                 request = self.requests.get(rid)
-                cached = getattr(request, "num_cached_tokens", 0) if request is not None else 0
-                reasons["prefix-cache" if item.is_prefill and cached and cached > 0 else "fewer-tokens"] += 1
+                hit = (request is not None and item.is_prefill
+                       and request.num_computed_tokens - got > computed_before.get(rid, request.num_computed_tokens))
+                reasons["prefix-cache" if hit else "fewer-tokens"] += 1
             else:
                 reasons["more-tokens"] += 1
         kv_urgent = self._fb_kv_urgent(plan)
