@@ -499,3 +499,15 @@ def test_the_engines_get_the_deployments_profile_slos_and_anchor():
     assert node.knobs == {"anchor": "first-token", "tpot_margin": 0.1}
     assert spec.feedback.cooldown_s == 3.0
     assert ServeConfig(scheduler="vllm").engine_spec().node_config is None
+
+
+def test_a_live_run_with_slo_tiers_scores_each_request_by_the_slo_it_was_sent_with():
+    interactive, batch = SLO(1.0, 0.05, tier="interactive"), SLO(30.0, 0.25, tier="batch", priority=1)
+    late = [1.5, 1.6, 1.7]  # a first token after 1.5 s: late for interactive, on time for batch
+    recs = [LiveRecord(0, 0.0, 10, 3, status=200, token_times=late, finish_reason="length", slo=interactive),
+            LiveRecord(1, 0.0, 10, 3, status=200, token_times=late, finish_reason="length", slo=batch),
+            LiveRecord(2, 0.1, 10, 3, status=429, slo=batch)]
+    rep = live_report(recs, SLO(2.0, 0.25), offered_span_s=0.1)
+    assert rep["attainment"] == pytest.approx(1 / 3)
+    assert rep["per_tier"]["interactive"]["attainment"] == 0.0
+    assert rep["per_tier"]["batch"]["attainment"] == 0.5 and rep["per_tier"]["batch"]["rejected"] == 1

@@ -158,6 +158,9 @@ def load(
         None, "--ttft-slo", help="TTFT SLO in seconds, sent as x-slo-ttft-ms (default: the embedded default's)."),
     tpot_slo: Optional[float] = typer.Option(
         None, "--tpot-slo", help="TPOT SLO in seconds, sent as x-slo-tpot-ms (default: the embedded default's)."),
+    slo_tier: Optional[list[str]] = typer.Option(
+        None, "--slo-tier", help="SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable: each request gets a tier by seed "
+                                 "and is sent with its SLOs; the report adds per_tier (as fairbatching sim)."),
     model: Optional[str] = typer.Option(None, help="Model name (default: the server's first model)."),
     timeout_s: float = typer.Option(300.0, help="Per-request timeout, seconds."),
     seed: int = typer.Option(0, help="Seed of the prompt token ids (and synthetic traces)."),
@@ -192,9 +195,17 @@ def load(
     default = embedded_default_slo()
     ttft_slo, tpot_slo = ttft_slo or default.ttft_s, tpot_slo or default.tpot_s
     slo = SLO(ttft_slo, tpot_slo)
+    slos: SLO | list[SLO] = slo
+    if slo_tier:
+        from cluster.workload.tiers import assign_tiers, parse_slo_tiers
+
+        try:
+            slos = [t.slo for t in assign_tiers(len(w.requests), parse_slo_tiers(slo_tier), seed)]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     console.print(f"replaying {len(w)} requests over {span:.1f} s ({w.rate_rps:.2f} req/s) against {base} ...")
-    records = asyncio.run(replay(base, w, model=model, slo=slo, max_output_tokens=max_output_tokens,
+    records = asyncio.run(replay(base, w, model=model, slo=slos, max_output_tokens=max_output_tokens,
                                  timeout_s=timeout_s, seed=seed, api_key=api_key))
     report = live_report(records, slo, span)
     report.update(url=base, trace=trace, rate_scale=rate_scale, transforms=list(w.transforms),

@@ -28,7 +28,9 @@ console = Console(stderr=True)
 
 
 def _option_type(hint: Any) -> Any:
-    """Typer-friendly annotation: ``X | None`` becomes ``Optional[X]``."""
+    """Typer-friendly annotation: ``X | None`` becomes ``Optional[X]``, ``tuple[X, ...]`` a repeatable ``list[X]``."""
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        return list[typing.get_args(hint)[0]]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if args and len(args) < len(typing.get_args(hint)):
         return Optional[args[0]]
@@ -45,7 +47,8 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         decls = [f"{flag}/--no-{flag[2:]}"] if hints[f.name] is bool else [flag]
         params.append(inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_type(hints[f.name]),
-            default=typer.Option(f.default, *decls, help=f.metadata["help"], rich_help_panel="Simulation"),
+            default=typer.Option(list(f.default) if isinstance(f.default, tuple) else f.default, *decls,
+                                 help=f.metadata["help"], rich_help_panel="Simulation"),
         ))
     names = {f.name for f in CONFIG_FIELDS}
 
@@ -112,9 +115,11 @@ def capacity(
     attainment: float = typer.Option(0.9, help="Attainment target."),
     rel_tol: float = typer.Option(0.02, help="Stop bisecting when hi/lo <= 1 + this."),
     seeds: int = typer.Option(1, help="Seeds averaged per probe."),
+    tightest_target: float = typer.Option(0.99, help="With --slo-tier: attainment target of the tightest tier alone."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write capacity_rps and the report at it here."),
 ) -> None:
-    """Highest rate with attainment >= the target, by bisection on the rate scale."""
+    """Highest rate with attainment >= the target, by bisection on the rate scale; with SLO tiers,
+    also the highest rate at which the tightest tier alone meets ``--tightest-target``."""
     from cluster.sim.capacity import find_capacity
 
     with _progress() as progress:
@@ -124,10 +129,20 @@ def capacity(
             progress.update(task, advance=1, description=f"x{p.rate_scale:.3g} {p.rate_rps:.2f} rps -> {p.attainment:.3f}")
 
         res = find_capacity(config, target=attainment, rel_tol=rel_tol, seeds=seeds, on_probe=on_probe)
+        tier_res = None
+        if config.slo_tier:  # also: the highest rate at which the tightest tier alone meets its target
+            from cluster.workload.tiers import parse_slo_tiers
+
+            tightest = min(parse_slo_tiers(config.slo_tier), key=lambda t: t.slo.priority).name
+            tier_res = find_capacity(config, target=tightest_target, rel_tol=rel_tol, seeds=seeds, on_probe=on_probe,
+                                     metric=f"per_tier.{tightest}.attainment")
     out = res.to_dict()
     console.print(f"capacity_rps={res.capacity_rps}  (rate scale {res.capacity_rate_scale}, {len(res.probes)} probes)")
     if out["report"]:
         console.print(_headline(out["report"]))
+    if tier_res is not None:
+        out["tightest_tier"] = {"tier": tightest, "target": tightest_target, **tier_res.to_dict()}
+        console.print(f"{tightest} alone meets {tightest_target:.0%} up to {tier_res.capacity_rps} req/s")
     _write_json(json_out, out)
 
 

@@ -55,6 +55,18 @@ class CapacityResult:
         }
 
 
+def report_metric(report: dict, metric: str) -> float:
+    """``report[metric]``, where ``metric`` may be a dotted path into the report
+    (``per_tier.interactive.attainment``); a missing or empty value counts as 0.
+    Raises ``KeyError`` naming the metric when the path is not in the report."""
+    value = report
+    for key in metric.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise KeyError(f"no metric {metric!r} in the run report")
+        value = value[key]
+    return float(value or 0.0)
+
+
 def find_capacity(
     cfg: SimConfig,
     *,
@@ -72,7 +84,7 @@ def find_capacity(
 
     Starts from ``cfg.rate_scale``. ``metric`` is a key of the run report
     (``attainment``, ``admitted_attainment``, ``token_attainment_arrival``,
-    ...). Returns the last passing probe as the capacity, with its full
+    ...) or a dotted path into it (``per_tier.interactive.attainment``). Returns the last passing probe as the capacity, with its full
     ``SimResult``. A metric that still passes after ``max_doublings``
     doublings of the rate is not bounded by load (e.g. first-token-anchored
     per-token attainment, where queueing delays only token 0): the result is
@@ -91,7 +103,7 @@ def find_capacity(
         values, first = [], None
         for k in range(seeds):
             res = simulate(replace(cfg, rate_scale=scale, seed=cfg.seed + k), workload=workload, profile=profile)
-            values.append(res.report[metric] or 0.0)
+            values.append(report_metric(res.report, metric))
             if first is None:
                 first = res
         p = Probe(scale, first.report["offered_rps"], sum(values) / len(values), first.report)

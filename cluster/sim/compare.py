@@ -21,6 +21,7 @@ from node.fit.profile import load_profile
 
 BUDGET_CANDIDATES: dict[str, tuple[int | None, ...]] = {
     "vllm": (512, 1024, 2048, 4096, 8192),
+    "vllm-priority": (512, 1024, 2048, 4096, 8192),  # tuned like vllm (issue 13)
     "sarathi": (None, 512, 1024, 2048),  # None: derived each step from the TPOT SLO
     "fairbatching": (None,),
 }

@@ -16,6 +16,7 @@ from pydantic.dataclasses import dataclass
 
 from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
+from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
 
 
@@ -61,6 +62,7 @@ class SimConfig:
     token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
     # SLOs
     ttft_slo_s: float | None = _opt(None, "TTFT SLO in seconds (default: the profile's, 1 s on the shipped GPU profiles).", "--ttft-slo")
+    slo_tier: tuple[str, ...] = _opt((), "SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable (e.g. --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25): each request gets a tier by seed and is held to its SLOs; the report adds per_tier.")
     tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
     # balancer
     balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv.")
@@ -95,6 +97,8 @@ class SimConfig:
         if (self.ttft_slo_s is not None and not self.ttft_slo_s > 0) or (
                 self.tpot_slo_s is not None and not self.tpot_slo_s > 0):
             raise ValueError("SLOs must be > 0")
+        if self.slo_tier:
+            parse_slo_tiers(self.slo_tier)  # ValueError naming a malformed tier
         if self.rate_scale <= 0:
             raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
         if self.pab_delay_s < 0 or self.pab_interval_s < 0:

@@ -44,7 +44,17 @@ def attains(req: SimRequest) -> bool:
 
 
 def summarize(requests: Sequence[SimRequest], offered_span_s: float) -> dict:
-    """The report of a run over ``requests`` (every request of the workload)."""
+    """The report of a run over ``requests`` (every request of the workload); with SLO tiers
+    (``SLO.tier``), ``per_tier`` holds the same report over each tier's requests."""
+    report = _summary(requests, offered_span_s)
+    tiers = sorted({r.slo.tier for r in requests if r.slo.tier}, key=lambda t: next(
+        r.slo.priority for r in requests if r.slo.tier == t))
+    if tiers:
+        report["per_tier"] = {t: _summary([r for r in requests if r.slo.tier == t], offered_span_s) for t in tiers}
+    return report
+
+
+def _summary(requests: Sequence[SimRequest], offered_span_s: float) -> dict:
     n = len(requests)
     rejected = sum(r.rejected for r in requests)
     dropped = sum(r.dropped for r in requests)

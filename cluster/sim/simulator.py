@@ -20,6 +20,7 @@ from balancer.core.policies import make_placement
 from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
+from cluster.workload.tiers import assign_tiers, parse_slo_tiers
 from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimNode, SimRequest
@@ -161,7 +162,12 @@ def simulate(
         node.publish_now(0.0)  # the balancer starts knowing the nodes are idle
 
     scale = cfg.rate_scale  # same arithmetic as workload.scale_rate: arrivals divided by the scale
-    requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, slo) for r in workload.requests]
+    if cfg.slo_tier:  # each request held to its tier's SLOs, drawn by seed
+        slos = [t.slo for t in assign_tiers(len(workload.requests), parse_slo_tiers(cfg.slo_tier), cfg.seed)]
+    else:
+        slos = [slo] * len(workload.requests)
+    requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s)
+                for r, s in zip(workload.requests, slos)]
     n = len(requests)
     last_arrival_s = requests[-1].arrival_s if n else 0.0
     every = max(1, n // 200)

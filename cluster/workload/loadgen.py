@@ -27,7 +27,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import aiohttp
 import httpx
@@ -56,6 +56,7 @@ class LiveRecord:
     node: Optional[str] = None
     retry_after: Optional[str] = None
     done_s: Optional[float] = None  # when the response ended (a refusal's body read, a stream's end)
+    slo: Optional[SLO] = None  # the SLO it was sent with (its tier's); None: the run's
 
     @property
     def completed(self) -> bool:
@@ -77,7 +78,9 @@ def served_model(url: str, timeout_s: float = 10.0, api_key: Optional[str] = Non
 
 
 def to_sim_request(rec: LiveRecord, slo: SLO) -> SimRequest:
-    """The simulator's view of a live request, so ``summarize`` scores both alike."""
+    """The simulator's view of a live request, so ``summarize`` scores both alike; held to the SLO it
+    was sent with, else ``slo``."""
+    slo = rec.slo or slo
     req = SimRequest(rec.rid, rec.arrival_s, rec.prompt_tokens, rec.output_tokens, slo)
     req.rejected = rec.status == 429
     req.dropped = not req.rejected and not rec.completed
@@ -157,7 +160,7 @@ async def replay(
     workload: Workload,
     *,
     model: str,
-    slo: SLO,
+    slo: SLO | Sequence[SLO],
     slo_headers: bool = True,
     token_id_range: tuple[int, int] = (3, 1000),
     max_output_tokens: Optional[int] = None,
@@ -169,17 +172,22 @@ async def replay(
 ) -> list[LiveRecord]:
     """Send every request of ``workload`` at its arrival time; return one record per request.
 
-    With ``request_start_header`` each request carries ``x-request-start`` (its send time, in ms),
-    as a front proxy would set it, so the server's arrival stamp is the client's.
+    ``slo`` is every request's SLO, or one per request (SLO tiers); with ``slo_headers`` each
+    request carries its own in the ``x-slo-*`` headers. With ``request_start_header`` each request
+    carries ``x-request-start`` (its send time, in ms), as a front proxy would set it, so the
+    server's arrival stamp is the client's.
     """
     rng = random.Random(seed)
-    headers = {TTFT_HEADER: str(slo.ttft_s * 1e3), TPOT_HEADER: str(slo.tpot_s * 1e3)} if slo_headers else {}
-    headers["content-type"] = "application/json"
-    headers.update(auth_headers(api_key))
-    records, bodies = [], []
-    for r in workload.requests:
+    slos = [slo] * len(workload.requests) if isinstance(slo, SLO) else list(slo)
+    if len(slos) != len(workload.requests):
+        raise ValueError(f"{len(slos)} SLOs for {len(workload.requests)} requests")
+    base = {"content-type": "application/json", **auth_headers(api_key)}
+    records, bodies, headers = [], [], []
+    for r, s in zip(workload.requests, slos):
         out = min(r.output_tokens, max_output_tokens) if max_output_tokens else r.output_tokens
-        records.append(LiveRecord(r.request_id, r.arrival_s, r.prompt_tokens, out))
+        records.append(LiveRecord(r.request_id, r.arrival_s, r.prompt_tokens, out, slo=s))
+        headers.append({**base, TTFT_HEADER: str(s.ttft_s * 1e3), TPOT_HEADER: str(s.tpot_s * 1e3)}
+                       if slo_headers else base)
         bodies.append(json.dumps({
             "model": model,
             "prompt": _prompt_ids(rng, r.prompt_tokens, *token_id_range),
@@ -194,11 +202,11 @@ async def replay(
     async with aiohttp.ClientSession(connector=connector) as client:
         t0 = time.perf_counter()
         tasks = []
-        for rec, body in zip(records, bodies):
+        for rec, body, hdrs in zip(records, bodies, headers):
             delay = t0 + rec.arrival_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(client, endpoint, rec, body, headers, t0, timeout_s, request_start_header))
+            task = asyncio.create_task(_one(client, endpoint, rec, body, hdrs, t0, timeout_s, request_start_header))
             if progress is not None:
                 task.add_done_callback(lambda _: progress())
             tasks.append(task)

@@ -30,6 +30,10 @@ def _fcfs_key(req: RequestState) -> tuple[float, str]:
     return (req.arrival_s, req.request_id)
 
 
+def _priority_key(req: RequestState) -> tuple[int, float, str]:
+    return (req.slo.priority, req.arrival_s, req.request_id)
+
+
 @dataclass(frozen=True, slots=True)
 class TokenBudgetConfig:
     """The knob of both baselines: the most new tokens a step may carry.
@@ -57,6 +61,7 @@ class VllmDefaultPolicy(ConfiguredPolicy[TokenBudgetConfig]):
 
     name = "vllm"
     config_type = TokenBudgetConfig
+    order = staticmethod(_fcfs_key)  # the order of the running and of the waiting requests
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan:
         """One step's plan; raises ``ValueError`` unless ``now_s`` (seconds) is finite."""
@@ -64,8 +69,8 @@ class VllmDefaultPolicy(ConfiguredPolicy[TokenBudgetConfig]):
         budget = min(self.config.token_budget or limits.max_num_batched_tokens, limits.max_num_batched_tokens)
         builder = BatchBuilder(self.step_model, replace(limits, max_num_batched_tokens=budget))
         # vLLM keeps started requests in `running` ahead of `waiting`.
-        running = sorted((r for r in requests if r.output_tokens > 0 or r.computed_tokens > 0), key=_fcfs_key)
-        waiting = sorted((r for r in requests if r.output_tokens == 0 and r.computed_tokens == 0), key=_fcfs_key)
+        running = sorted((r for r in requests if r.output_tokens > 0 or r.computed_tokens > 0), key=self.order)
+        waiting = sorted((r for r in requests if r.output_tokens == 0 and r.computed_tokens == 0), key=self.order)
         for req in running + waiting:
             slack = slack_s(req, now_s, Anchor.ARRIVAL)
             if req.is_prefill:
@@ -73,6 +78,14 @@ class VllmDefaultPolicy(ConfiguredPolicy[TokenBudgetConfig]):
             else:
                 builder.add_decode(req, slack, Group.DECODE_FIRST, within_budget=False)
         return builder.finish(self.name, budget_s=None)
+
+
+class VllmPriorityPolicy(VllmDefaultPolicy):
+    """vLLM's ``priority`` scheduling policy: as the default, with requests ordered by
+    ``(priority, arrival)`` (``SLO.priority``, lower first) instead of arrival alone."""
+
+    name = "vllm-priority"
+    order = staticmethod(_priority_key)
 
 
 class SarathiPolicy(ConfiguredPolicy[TokenBudgetConfig]):

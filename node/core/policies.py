@@ -1,11 +1,13 @@
-"""The registry of node schedulers, chosen by name: ``fairbatching``, ``vllm``, ``sarathi``."""
+"""The registry of node schedulers, chosen by name: ``fairbatching``, ``vllm``, ``vllm-priority``, ``sarathi``."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 from typing import Any, Callable
 
-from node.core.baselines import SarathiConfig, SarathiPolicy, VllmDefaultConfig, VllmDefaultPolicy
+from node.core.baselines import (
+    SarathiConfig, SarathiPolicy, VllmDefaultConfig, VllmDefaultPolicy, VllmPriorityPolicy,
+)
 from node.core.step_time import StepTimeModel
 from node.core.fairbatching import FairBatchingConfig, FairBatchingPolicy
 from node.core.plan import NodePolicy
@@ -13,6 +15,7 @@ from node.core.plan import NodePolicy
 _REGISTRY: dict[str, tuple[Callable[..., NodePolicy], type]] = {
     "fairbatching": (FairBatchingPolicy, FairBatchingConfig),
     "vllm": (VllmDefaultPolicy, VllmDefaultConfig),
+    "vllm-priority": (VllmPriorityPolicy, VllmDefaultConfig),
     "sarathi": (SarathiPolicy, SarathiConfig),
 }
 

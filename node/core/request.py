@@ -27,15 +27,22 @@ ARRIVAL_KEY = "arrival_s"
 class SLO:
     """Latency targets of one request: time to first token and time per output token, seconds.
 
-    Raises ``ValueError`` naming the field unless both are finite and > 0.
+    ``tier`` names the SLO class the targets come from (``""``: none named), and ``priority``
+    ranks it, lower first, as vLLM's ``priority`` scheduling policy reads a request's priority
+    (only the priority baseline uses it; FairBatching orders by deadline). Raises
+    ``ValueError`` naming the field unless both targets are finite and > 0 and the priority
+    is an integer.
     """
 
     ttft_s: float
     tpot_s: float
+    tier: str = ""
+    priority: int = 0
 
     def __post_init__(self) -> None:
         check_positive("ttft_s", self.ttft_s)
         check_positive("tpot_s", self.tpot_s)
+        check_int("priority", self.priority, minimum=-(1 << 31))
 
 
 @dataclass(slots=True, eq=False)

@@ -1,0 +1,71 @@
+"""SLO tiers for a workload: interactive and batch traffic on one cluster (``--slo-tier``).
+
+A tier is ``NAME=SHARE:TTFT_S:TPOT_S``, for example ``interactive=0.5:1:0.05`` and
+``batch=0.5:30:0.25``: that share of the requests (shares are weights, normalised over the
+tiers) is held to those SLOs. Each request of any trace gets a tier by seed, independently of
+its arrival and lengths, so a mix can be replayed exactly. Tiers are ranked by TTFT SLO, then
+TPOT SLO, tightest first: the rank is the ``priority`` vLLM's priority scheduling reads (lower
+first).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from node.core.request import SLO
+
+#: Separates a tier's assignment stream from the other random choices of a seed.
+_TIER_STREAM = 0x71E5
+
+
+@dataclass(frozen=True)
+class SLOTier:
+    """One SLO class: its name, its share of the requests (a weight), and its SLO (tier and priority set)."""
+
+    name: str
+    share: float
+    slo: SLO
+
+
+def parse_slo_tier(spec: str) -> SLOTier:
+    """``NAME=SHARE:TTFT_S:TPOT_S`` as a tier (priority 0 until ranked); ``ValueError`` naming the spec."""
+    name, sep, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not sep or not name.strip() or len(parts) != 3:
+        raise ValueError(f"SLO tier {spec!r}: expected NAME=SHARE:TTFT_S:TPOT_S, e.g. interactive=0.5:1:0.05")
+    try:
+        share, ttft, tpot = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"SLO tier {spec!r}: SHARE, TTFT_S and TPOT_S must be numbers") from None
+    if not (math.isfinite(share) and share > 0):
+        raise ValueError(f"SLO tier {spec!r}: SHARE must be > 0")
+    try:
+        slo = SLO(ttft, tpot, tier=name.strip())
+    except ValueError as exc:
+        raise ValueError(f"SLO tier {spec!r}: {exc}") from None
+    return SLOTier(name.strip(), share, slo)
+
+
+def parse_slo_tiers(specs: Sequence[str]) -> tuple[SLOTier, ...]:
+    """Every ``--slo-tier`` spec, ranked tightest first (their ``slo.priority`` is the rank).
+
+    Raises ``ValueError`` for a malformed spec or a name given twice.
+    """
+    tiers = [parse_slo_tier(s) for s in specs]
+    names = [t.name for t in tiers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"SLO tiers {names}: each name once")
+    ranked = sorted(tiers, key=lambda t: (t.slo.ttft_s, t.slo.tpot_s))
+    rank = {t.name: i for i, t in enumerate(ranked)}
+    return tuple(replace(t, slo=replace(t.slo, priority=rank[t.name])) for t in tiers)
+
+
+def assign_tiers(count: int, tiers: Sequence[SLOTier], seed: int) -> list[SLOTier]:
+    """A tier for each of ``count`` requests, drawn by share from a stream of ``seed``."""
+    if not tiers:
+        raise ValueError("assign_tiers needs at least one tier")
+    rng = random.Random(seed * 0x10001 + _TIER_STREAM)
+    return rng.choices(list(tiers), weights=[t.share for t in tiers], k=count)

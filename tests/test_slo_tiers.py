@@ -1,0 +1,58 @@
+"""SLO tiers in the simulator (issue 13): --slo-tier, per-tier reports, vLLM's priority policy."""
+
+import pytest
+
+from cluster.sim.config import SimConfig
+from cluster.sim.capacity import report_metric
+from cluster.workload.tiers import assign_tiers, parse_slo_tier, parse_slo_tiers
+from node.core.plan import Limits
+from node.core.policies import make_policy
+from node.core.request import SLO, RequestState
+from node.core.step_time import StepTimeModel
+from tests.test_sim_timeline import linear_profile, workload
+
+
+def test_tiers_parse_rank_tightest_first_and_refuse_malformed_specs():
+    batch, interactive = parse_slo_tiers(["batch=0.2:30:0.25", "interactive=0.8:1:0.05"])
+    assert (interactive.slo.priority, batch.slo.priority) == (0, 1)
+    assert interactive.slo == SLO(1.0, 0.05, tier="interactive", priority=0)
+    for bad in ("interactive", "x=0.5:1", "x=0:1:0.05", "x=0.5:-1:0.05", "x=a:1:0.05", "=0.5:1:0.05"):
+        with pytest.raises(ValueError, match="SLO tier"):
+            parse_slo_tier(bad)
+    with pytest.raises(ValueError, match="each name once"):
+        parse_slo_tiers(["a=1:1:0.05", "a=1:2:0.05"])
+    with pytest.raises(ValueError, match="SLO tier"):
+        SimConfig(slo_tier=("x=0.5:1",))
+
+
+def test_assignment_follows_the_shares_and_the_seed():
+    tiers = parse_slo_tiers(["interactive=0.8:1:0.05", "batch=0.2:30:0.25"])
+    a = assign_tiers(5000, tiers, seed=3)
+    assert a == assign_tiers(5000, tiers, seed=3) and a != assign_tiers(5000, tiers, seed=4)
+    assert sum(t.name == "interactive" for t in a) / 5000 == pytest.approx(0.8, abs=0.03)
+
+
+def test_a_tiered_run_holds_each_request_to_its_tier_and_reports_per_tier():
+    from cluster.sim.simulator import simulate
+
+    rows = [(0.01 * i, 200, 20) for i in range(200)]
+    cfg = SimConfig(slo_tier=("interactive=0.5:0.5:0.02", "batch=0.5:30:0.25"), seed=1)
+    res = simulate(cfg, workload=workload(*rows), profile=linear_profile())
+    per = res.report["per_tier"]
+    assert list(per) == ["interactive", "batch"]  # tightest first
+    assert per["interactive"]["requests"] + per["batch"]["requests"] == 200
+    assert {r.slo.tier for r in res.requests} == {"interactive", "batch"}
+    # batch's loose SLOs are met far more easily than interactive's on the same node
+    assert per["batch"]["attainment"] >= per["interactive"]["attainment"]
+    assert report_metric(res.report, "per_tier.batch.attainment") == per["batch"]["attainment"]
+    with pytest.raises(KeyError, match="per_tier.bulk"):
+        report_metric(res.report, "per_tier.bulk.attainment")
+
+
+def test_vllm_priority_admits_waiting_prompts_by_priority_then_arrival():
+    hi, lo = SLO(1.0, 0.05, tier="interactive", priority=0), SLO(30.0, 0.25, tier="batch", priority=1)
+    reqs = [RequestState("early-batch", 0.0, 100, lo), RequestState("late-interactive", 1.0, 100, hi)]
+    limits = Limits(max_num_batched_tokens=100)  # room for one prompt
+    model = StepTimeModel(0.005, 2e-5, 0.0)
+    assert make_policy("vllm", model).plan(reqs, limits, 2.0).prefill_chunks == {"early-batch": 100}
+    assert make_policy("vllm-priority", model).plan(reqs, limits, 2.0).prefill_chunks == {"late-interactive": 100}
