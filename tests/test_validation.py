@@ -61,7 +61,7 @@ def test_nan_clock_is_rejected_by_every_policy(name):
 
 
 def test_unknown_policy_and_knob_are_reported_with_the_choices():
-    with pytest.raises(ValueError, match="fairbatching, vllm, sarathi"):
+    with pytest.raises(ValueError, match="fairbatching, vllm, vllm-priority, sarathi"):
         make_policy("fifo", REF_MODEL)
     with pytest.raises(ValueError, match="min_chunk_tokens"):
         make_policy("fairbatching", REF_MODEL, min_chunk=3)
