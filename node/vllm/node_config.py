@@ -10,7 +10,7 @@ inherits the parent's environment. Set it before the engine starts::
 
 Fields (all optional in the JSON; missing ones take the defaults below):
 
-* ``policy`` -- ``fairbatching`` | ``vllm`` | ``sarathi`` (``node.core.policies``);
+* ``policy`` -- ``fairbatching`` | ``vllm`` | ``vllm-priority`` | ``sarathi`` (``node.core.policies``);
 * ``knobs`` -- keyword arguments of that policy's config dataclass, e.g.
   ``{"anchor": "first-token", "relegate": "lost", "tpot_margin": 0.1}`` for
   FairBatching (``node.core.fairbatching.FairBatchingConfig``);
