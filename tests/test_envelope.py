@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.core.envelope import Anchor, deadline_s, slack_s, slacks_s, token_deadline_s
+from node.core.envelope import Anchor, deadline_s, on_time, on_time_both, slack_s, slacks_s, token_deadline_s
 from node.core.request import SLO, RequestState
 
 
@@ -62,3 +62,14 @@ def test_the_planners_slacks_are_the_envelope(rows, now_s, anchor, tpot_scale):
     want = [token_deadline_s(r.arrival_s, r.slo.ttft_s, r.slo.tpot_s * tpot_scale, r.output_tokens,
                              r.first_token_s, anchor) - now_s for r in reqs]
     assert slacks_s(reqs, now_s, anchor, tpot_scale) == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 100), st.floats(0.01, 5), st.floats(0.001, 0.5), st.integers(0, 500),
+       st.one_of(st.none(), st.floats(0, 100)), st.floats(0, 400))
+def test_scoring_a_token_under_both_anchors_is_the_envelope(arrival, ttft, tpot, j, first, emitted):
+    """``on_time_both`` (one call per emitted token) equals ``on_time`` of ``token_deadline_s`` per anchor."""
+    slo = SLO(ttft, tpot)
+    want = tuple(on_time(emitted, token_deadline_s(arrival, ttft, tpot, j, first, anchor))
+                 for anchor in (Anchor.ARRIVAL, Anchor.FIRST_TOKEN))
+    assert on_time_both(emitted, arrival, slo, j, first) == want

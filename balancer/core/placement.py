@@ -199,7 +199,7 @@ class PlacementPolicy:
             raise ValueError(f"unknown node {view.node_id!r}; nodes are {self.node_ids}")
         if view.reported_at_s < held.reported_at_s:
             return
-        local = replace(view, received_ids=None)
+        local = view  # kept as reported (its received_ids are read here, once)
         transit = self._in_transit[view.node_id]
         if view.received_ids is None:
             self._acknowledge(transit, list(transit))

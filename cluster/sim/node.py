@@ -51,7 +51,7 @@ from node.core.pab import PABReport
 from node.core.plan import BatchPlan, Limits, NodePolicy
 from node.core.request import SLO, RequestState
 from node.core.attainment import mean_tpot_s
-from node.core.envelope import Anchor, on_time, token_deadline_s
+from node.core.envelope import on_time_both
 
 class SimRequest:
     """One request's life in the simulator: trace facts, progress, and what the metrics need."""
@@ -304,10 +304,9 @@ class SimNode:
             req.state.first_token_s = now_s
             if self.feedback is not None:
                 self.feedback.observe_first_token(now_s, req.arrival_s, req.slo)
-        slo = req.slo
-        req.on_time_arrival += on_time(now_s, token_deadline_s(req.arrival_s, slo.ttft_s, slo.tpot_s, j))
-        req.on_time_first += on_time(now_s, token_deadline_s(
-            req.arrival_s, slo.ttft_s, slo.tpot_s, j, req.first_token_s, Anchor.FIRST_TOKEN))
+        on_arrival, on_first = on_time_both(now_s, req.arrival_s, req.slo, j, req.first_token_s)
+        req.on_time_arrival += on_arrival
+        req.on_time_first += on_first
         req.emitted = j + 1
         req.last_token_s = now_s
         req.state.output_tokens = j + 1

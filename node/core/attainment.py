@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
-from node.core.envelope import ON_TIME_TOLERANCE_S, Anchor, on_time, token_deadline_s
+from node.core.envelope import ON_TIME_TOLERANCE_S, on_time_both
 from node.core.request import SLO
 
 
@@ -45,8 +45,9 @@ def tokens_on_time(arrival_s: float, token_times_s: Sequence[float], slo: SLO) -
     first = token_times_s[0]
     on_arrival = on_first = 0
     for j, t in enumerate(token_times_s):
-        on_arrival += on_time(t, token_deadline_s(arrival_s, slo.ttft_s, slo.tpot_s, j))
-        on_first += on_time(t, token_deadline_s(arrival_s, slo.ttft_s, slo.tpot_s, j, first, Anchor.FIRST_TOKEN))
+        a, f = on_time_both(t, arrival_s, slo, j, first)
+        on_arrival += a
+        on_first += f
     return on_arrival, on_first
 
 

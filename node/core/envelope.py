@@ -20,7 +20,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Sequence
 
-from node.core.request import RequestState
+from node.core.request import SLO, RequestState
 
 #: Tolerance of the on-time test, seconds: a token emitted at its deadline up to
 #: floating-point rounding is on time.
@@ -73,6 +73,19 @@ def slacks_s(
         else:
             out.append(req.first_token_s + slo.tpot_s * tpot_scale * k - now_s)
     return out
+
+
+def on_time_both(emitted_s: float, arrival_s: float, slo: SLO, token_index: int,
+                 first_token_s: float | None) -> tuple[bool, bool]:
+    """Whether token ``token_index``, emitted at ``emitted_s``, met its deadline under the ``arrival``
+    and under the ``first-token`` anchor, in that order (seconds, one clock). ``on_time`` of
+    ``token_deadline_s`` under each anchor, written out once for the hosts that score every token
+    (the simulator, the load generator); ``tests/test_envelope.py`` holds the two equal."""
+    tpot_j = slo.tpot_s * token_index
+    on_arrival = emitted_s <= arrival_s + slo.ttft_s + tpot_j + ON_TIME_TOLERANCE_S
+    if token_index == 0 or first_token_s is None:
+        return on_arrival, on_arrival
+    return on_arrival, emitted_s <= first_token_s + tpot_j + ON_TIME_TOLERANCE_S
 
 
 def on_time(emitted_s: float, due_s: float) -> bool:
