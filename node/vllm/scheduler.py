@@ -349,7 +349,7 @@ class FairBatchingMixin:
             reasons["empty-plan"] += 1
             return reasons
         scheduled = out.num_scheduled_tokens
-        computed_before = {s.request_id: s.computed_tokens for s in self.fb_last_snapshot}
+        computed_before: dict[str, int] | None = None  # built only when a prefill got fewer tokens
         if out.preempted_req_ids:
             reasons["preempted"] += len(out.preempted_req_ids)
         for rid, item in planned.items():
@@ -361,6 +361,8 @@ class FairBatchingMixin:
             elif got < item.new_tokens:
                 # A prefix-cache hit moves the request's computed tokens past the snapshot's by more
                 # than vLLM scheduled (vLLM counts scheduled tokens as computed within schedule()).
+                if computed_before is None:
+                    computed_before = {s.request_id: s.computed_tokens for s in self.fb_last_snapshot}
                 request = self.requests.get(rid)
                 hit = (request is not None and item.is_prefill
                        and request.num_computed_tokens - got > computed_before.get(rid, request.num_computed_tokens))
