@@ -151,9 +151,9 @@ class ServeConfig(BaseModel):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
-        from node.fit.profile import load_profile
+        from node.fit.profile import profile_default_slo
 
-        load_profile(value)  # ProfileError (a ValueError) names the file and the shipped profiles
+        profile_default_slo(value)  # ProfileError (a ValueError) names the file and the shipped profiles
         return value
 
     @field_validator("openai_server")
@@ -192,9 +192,9 @@ class ServeConfig(BaseModel):
         """The deployment's default SLO: the config's targets, else the profile's (``Profile.default_slo``)."""
         if self.ttft_slo_s is not None and self.tpot_slo_s is not None:
             return SLO(self.ttft_slo_s, self.tpot_slo_s)
-        from node.fit.profile import load_profile
+        from node.fit.profile import profile_default_slo
 
-        default = load_profile(self.profile).default_slo
+        default = profile_default_slo(self.profile)
         return SLO(self.ttft_slo_s or default.ttft_s, self.tpot_slo_s or default.tpot_s)
 
     def node_config_for_engines(self):

@@ -10,7 +10,6 @@ bounds in ``__post_init__``.
 from __future__ import annotations
 
 from dataclasses import field, fields
-from functools import lru_cache
 
 from pydantic.dataclasses import dataclass
 
@@ -18,13 +17,7 @@ from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
-
-
-@lru_cache(maxsize=32)
-def _profile_slo(profile: str) -> SLO:
-    from node.fit.profile import load_profile
-
-    return load_profile(profile).default_slo
+from node.fit.profile import profile_default_slo
 
 
 def _opt(default, help: str, flag: str | None = None):
@@ -117,7 +110,7 @@ class SimConfig:
     @property
     def slo(self) -> SLO:
         """Every request's SLO: the config's targets, else its profile's (``Profile.default_slo``)."""
-        return self.slo_on(_profile_slo(self.profile))
+        return self.slo_on(profile_default_slo(self.profile))
 
     def slo_on(self, profile_slo: SLO) -> SLO:
         """The config's targets, each one it leaves unset from ``profile_slo`` (a profile given as an object)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,10 @@ def save_profile(profile: Profile, path: str | Path) -> Path:
 
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+
+
+@lru_cache(maxsize=64)
+def profile_default_slo(name_or_path: str) -> SLO:
+    """``load_profile(name_or_path).default_slo``, read once per process (every config on a profile
+    asks for it; raises ``ProfileError`` as ``load_profile`` does)."""
+    return load_profile(name_or_path).default_slo
