@@ -200,3 +200,25 @@ def test_edf_variant_takes_the_closed_forms_knowledge_and_caps():
         estimate_pab_edf([], REF_MODEL, NOW, corection=0.5, **KW)  # a misspelt knob is an error, not ignored
     with pytest.raises(ValueError):
         estimate_pab_edf([], REF_MODEL, NOW, correction=0.0, **KW)
+
+
+def test_recent_mean_keeps_only_its_window():
+    from node.core.recent import RecentMean
+
+    m = RecentMean(3)
+    assert m.mean() is None
+    for v in (10, 20, 30, 40):
+        m.add(v)
+    assert len(m) == 3 and m.mean() == pytest.approx(30.0)
+    with pytest.raises(ValueError):
+        RecentMean(0)
+
+
+def test_a_short_queued_prompt_does_not_open_slots():
+    """The case that broke monotonicity: one long decode fills the step; a 1-token prompt must not make room."""
+    long = RequestState("r0", NOW - 1, 3483, SLO(ttft_s=0.2, tpot_s=0.02), computed_tokens=3483, output_tokens=2,
+                        first_token_s=NOW - 0.5)
+    model = replace(REF_MODEL, a_s=0.0137, b_s_per_token=2.53e-5, c_s_per_context_token=9.0e-7)
+    before = estimate_pab([long], model, NOW, **KW)
+    after = estimate_pab([long, queued(0, 1)], model, NOW, **KW)
+    assert after.pab_tokens <= before.pab_tokens

@@ -38,7 +38,6 @@ balancer), taken off the PAB horizon. The timeline samples
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable
 
 from balancer.core.placement import NodeView
@@ -48,6 +47,7 @@ from cluster.sim.true_step_time import TrueStepTime
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.feedback import FrontDelay, LatencyFeedback
 from node.core.pab import PABReport
+from node.core.recent import RecentMean
 from node.core.plan import BatchPlan, Limits, NodePolicy
 from node.core.request import SLO, RequestState
 from node.core.attainment import mean_tpot_s
@@ -139,8 +139,8 @@ class SimNode:
         self.front_delay = front_delay
         self.correction = 1.0
         self.expected_output_prior = expected_output_prior
-        self._outputs: deque[int] = deque(maxlen=output_window)  # output lengths of the last finished requests
-        self._outputs_sum = 0
+        self._outputs = RecentMean(output_window)  # output lengths of the last finished requests
+        self._prompts = RecentMean(output_window)  # prompt lengths of the last received requests
 
         self.live: dict[str, SimRequest] = {}  # insertion order = admission order
         self.states: dict[str, RequestState] = {}
@@ -167,6 +167,7 @@ class SimNode:
         """Take a request from the balancer; start stepping if idle."""
         req.node_id = self.node_id
         self.received += 1
+        self._prompts.add(req.prefill_tokens)
         if self.front_delay is not None:
             self.front_delay.observe(now_s, now_s - req.arrival_s)
         if self.acknowledge_received:
@@ -315,10 +316,7 @@ class SimNode:
 
     def _learn_from_finish(self, req: SimRequest, now_s: float) -> None:
         """A request finished: its output length feeds the node's estimate, its mean TPOT the closed loop."""
-        if len(self._outputs) == self._outputs.maxlen:
-            self._outputs_sum -= self._outputs[0]
-        self._outputs.append(req.output_tokens)
-        self._outputs_sum += req.output_tokens
+        self._outputs.add(req.output_tokens)
         tpot_s = mean_tpot_s(req.first_token_s, now_s, req.emitted)
         if self.feedback is not None and tpot_s is not None:
             self.feedback.observe_mean_tpot(now_s, req.arrival_s, tpot_s, req.slo)
@@ -331,9 +329,8 @@ class SimNode:
         """
         if self.oracle_output_lengths:
             return None
-        if self._outputs:
-            return self._outputs_sum / len(self._outputs)
-        return self.expected_output_prior
+        mean = self._outputs.mean()
+        return self.expected_output_prior if mean is None else mean
 
     def _retire(self, req: SimRequest) -> None:
         if req.preemptions:
@@ -426,6 +423,7 @@ class SimNode:
             self.last_pab = self.estimate_pab(
                 list(self.states.values()), now_s, self.pool.free_blocks * self.block_size,
                 expected_output_tokens=self.expected_output_tokens(),
+                typical_prompt_tokens=self._prompts.mean(),
                 correction=self.correction,
                 front_delay_s=self.front_delay.value_s(now_s) if self.front_delay is not None else 0.0,
             )

@@ -108,7 +108,11 @@ class PABInputs:
     * ``expected_output_tokens``: E, the output length a request is expected to
       reach (None: unknown; see ``expected_total_output``).
     * ``typical_prompt_tokens``: the prompt a new request is assumed to have
-      when counting slots, tokens (None: the mean prompt of the live requests).
+      when counting slots, tokens; a host passes the mean of the prompts it
+      received (``node.core.recent.RecentMean``). None: 0, the new request's
+      decode counted at its expected output alone. It is never taken from the
+      live requests: then a short queued prompt would lower it and raise the
+      budget, and more queued work must never raise PAB.
     * ``correction`` (> 0): the closed loop's factor ``k`` (``node.core.feedback``).
     * ``front_delay_s`` (>= 0): measured time in front of the engine, taken off H, seconds.
     * ``measured_prefill_rate_tps``: the prompt tokens per second the node
@@ -322,9 +326,8 @@ def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: 
         decode_limited = decode_room / c
     else:
         decode_limited = math.inf if decode_room >= 0 else -1.0
-    typical_prompt_tokens = inputs.typical_prompt_tokens
-    if typical_prompt_tokens is None:
-        typical_prompt_tokens = sum(r.prompt_tokens for r in requests) / n if n else 0.0
+    # Not the live requests' mean prompt: a short queued prompt would lower it and raise the budget.
+    typical_prompt_tokens = inputs.typical_prompt_tokens or 0.0
     per_request_s = b + c * (typical_prompt_tokens + e_new / 2)
     # k times the requests a step could carry as decodes (decodes of the live ones at their own
     # contexts, the rest at the typical one), less the live ones.

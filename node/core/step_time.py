@@ -83,9 +83,8 @@ class StepTimeModel:
         if room <= 0:
             return 0
         q = math.floor(room / (b + c))
-        # Guard the floor against rounding: the closed form must never overshoot.
-        while q > 0 and self.predict_s(
-            batch_new_tokens + q, batch_context_tokens + computed_tokens + q
-        ) > budget_s * (1 + 1e-12):
+        # Guard the floor against rounding, with the very comparison a caller makes: the chunk
+        # returned must fit by predict_s exactly, never by an ulp over.
+        while q > 0 and self.predict_s(batch_new_tokens + q, batch_context_tokens + computed_tokens + q) > budget_s:
             q -= 1
         return q

@@ -67,6 +67,7 @@ from balancer.serve.pab_registry import NodeReport
 from node.serve.messages import CHAT, EngineJob, EngineReply
 from node.serve.metrics import instrument
 from node.core.pab import PABReport, estimate_pab
+from node.core.recent import RecentMean
 from node.vllm.openai_server import engine_args_from, init_serving_state, server_args
 from node.fit.profile import load_profile
 from node.core.extra_args import arrival_from_extra_args, slo_or_default
@@ -200,8 +201,8 @@ class EngineReplica:
         self.front_delay = FrontDelay()
         self.prefill_rate = PrefillRate()  # what this node prefilled per second while prompts waited
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
-        self.outputs_seen: deque[int] = deque(maxlen=256)  # output lengths of recently finished requests
-        self.prompts_seen: deque[int] = deque(maxlen=256)  # prompt lengths of recently received requests
+        self.outputs_seen = RecentMean(256)  # output lengths of recently finished requests
+        self.prompts_seen = RecentMean(256)  # prompt lengths of recently received requests
         # SLOs and front delays of the last requests, as the engine sees them (SamplingParams.extra_args)
         self.recent_slos: deque[dict[str, float]] = deque(maxlen=16)
 
@@ -311,12 +312,14 @@ class EngineReplica:
 
     def expected_output_tokens(self) -> Optional[float]:
         """Output length of a typical new request: the mean of recently finished ones, else of live ``max_tokens``."""
-        seen = self.outputs_seen or [lv.max_tokens for lv in self.live.values()]
-        return sum(seen) / len(seen) if seen else None
+        mean = self.outputs_seen.mean()
+        if mean is None and self.live:
+            return sum(lv.max_tokens for lv in self.live.values()) / len(self.live)
+        return mean
 
     def typical_prompt_tokens(self) -> Optional[float]:
         """Prompt length of a typical new request: the mean of recently received ones, else None."""
-        return sum(self.prompts_seen) / len(self.prompts_seen) if self.prompts_seen else None
+        return self.prompts_seen.mean()
 
     @property
     def horizon_s(self) -> float:
@@ -544,7 +547,7 @@ class EngineReplica:
                                  "front_delay_s": round(time.time() - arrival_s, 4)})
         keys = [f"{request_id}/{i}" for i in range(max(1, int(sp.n or 1)))]
         for key in keys:
-            self.prompts_seen.append(prompt_tokens)
+            self.prompts_seen.add(prompt_tokens)
             self.live[key] = _Live(arrival_s=arrival_s, prompt_tokens=prompt_tokens,
                                    max_tokens=int(sp.max_tokens or 1), slo=slo)
         return keys
@@ -576,7 +579,7 @@ class EngineReplica:
     def _record_finished(self, lv: _Live) -> None:
         m = self.metrics
         self.finished += 1
-        self.outputs_seen.append(lv.output_tokens)
+        self.outputs_seen.add(lv.output_tokens)
         ttft = tpot = None
         if lv.first_token_s is not None:
             ttft = lv.first_token_s - lv.arrival_s
