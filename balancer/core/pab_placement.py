@@ -42,11 +42,11 @@ class PABPlacement(PlacementPolicy):
         self.reject = reject
         self._reject_reason = "no-budget"
 
-    def _pick(self, prompt_tokens: int) -> int | None:
+    def _pick(self, prompt_tokens: int, held_fraction: float) -> int | None:
         views = self.views
-        fitting = [n for n in self.node_ids if has_room(views[n], prompt_tokens)]
+        fitting = [n for n in self.node_ids if has_room(views[n], prompt_tokens, held_fraction)]
         if not fitting:
-            if self.reject:
+            if self.reject or held_fraction > 0:  # a held share is refused even by the never-reject variant
                 return None
             return max(self.node_ids, key=lambda n: (views[n].pab_tokens, -n))
         if self.fit == "best":

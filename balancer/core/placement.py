@@ -61,7 +61,9 @@ class NodeView:
     many more requests the node can carry (decode time, seats; ``None``: no
     such limit) and ``slot_wait_s`` how soon one frees. ``received_ids`` are
     the ids of requests the node received recently: at least every one since
-    its previous report (``None``: the node does not say).
+    its previous report (``None``: the node does not say). ``idle_pab_tokens``
+    is the budget the node would have idle (``node.core.pab.idle_pab_tokens``):
+    the scale of the share a tier's requests must leave (``has_room``).
     """
 
     node_id: int
@@ -77,6 +79,7 @@ class NodeView:
     slots_free: float | None = None
     slot_wait_s: float = 0.0
     received_ids: frozenset[str] | None = None
+    idle_pab_tokens: float = 0.0
 
     def debited(self, prompt_tokens: int) -> NodeView:
         """This view after one more request of ``prompt_tokens`` uncached prompt tokens is placed on the node.
@@ -267,23 +270,32 @@ class PlacementPolicy:
 
     # -- the decision ------------------------------------------------------------
 
-    def choose(self, request_id: str, prompt_tokens: int) -> Decision:
+    def choose(self, request_id: str, prompt_tokens: int, held_fraction: float = 0.0) -> Decision:
         """Place one request of ``prompt_tokens`` uncached prompt tokens, or reject it.
+
+        ``held_fraction`` (in [0, 1)) is the share of each node's idle budget
+        this request must leave untouched, held for a tighter SLO tier (the
+        host decides whose requests are held back: ``has_room``); policies
+        that do not budget ignore it. Its rejection's Retry-After counts the
+        held share too.
 
         On placement the chosen node's local view is debited at once: PAB
         ``-= L``, queued prefill ``+= L``, waiting and in-flight ``+= 1``, one
         slot, KV usage by ``L`` over its capacity. A request id already placed keeps
         its placement (a retry of an admitted request is never refused).
-        Raises ``ValueError`` for a prompt of fewer than one token.
+        Raises ``ValueError`` for a prompt of fewer than one token or a held fraction outside [0, 1).
         """
         if prompt_tokens < 1:
             raise ValueError(f"request {request_id!r}: prompt_tokens must be >= 1, got {prompt_tokens!r}")
+        if not 0.0 <= held_fraction < 1.0:
+            raise ValueError(f"request {request_id!r}: held_fraction must be in [0, 1), got {held_fraction!r}")
         held = self.placements.get(request_id)
         if held is not None:
             return Decision(held.node_id, self.name)
-        node = self._pick(prompt_tokens)
+        node = self._pick(prompt_tokens, held_fraction)
         if node is None:
-            return Decision(None, self._reject_reason, self._retry_after_s(prompt_tokens))
+            reason = self._reject_reason if held_fraction == 0 else self._reject_reason + "-held"
+            return Decision(None, reason, self._retry_after_s(prompt_tokens, held_fraction))
         cap = self.admission_cap_tokens
         if cap is not None and self.views[node].queued_prefill_tokens + prompt_tokens > cap:
             return Decision(None, "admission-cap", self._retry_after_s(prompt_tokens))
@@ -292,7 +304,7 @@ class PlacementPolicy:
         self._debit(node, prompt_tokens, request_id)
         return Decision(node, self.name)
 
-    def _pick(self, prompt_tokens: int) -> int | None:
+    def _pick(self, prompt_tokens: int, held_fraction: float) -> int | None:
         raise NotImplementedError
 
     def _debit(self, node: int, prompt_tokens: int, request_id: str) -> None:
@@ -301,21 +313,34 @@ class PlacementPolicy:
         self.placements[request_id] = Placement(node, prompt_tokens)
         self._in_transit[node][request_id] = prompt_tokens
 
-    def _retry_after_s(self, prompt_tokens: int) -> float:
+    def _retry_after_s(self, prompt_tokens: int, held_fraction: float = 0.0) -> float:
         """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
-        return retry_after_of_views(prompt_tokens, (v for v in self.views.values() if v.node_id in self.node_ids))
+        return retry_after_of_views(prompt_tokens, (v for v in self.views.values() if v.node_id in self.node_ids),
+                                    held_fraction)
 
 
-def has_room(view: NodeView, prompt_tokens: int) -> bool:
-    """Whether a (debited) view covers a request: budget for its prompt and, where counted, a free slot."""
-    return view.pab_tokens >= prompt_tokens and (view.slots_free is None or view.slots_free >= 1)
+def available_tokens(view: NodeView, held_fraction: float = 0.0) -> float:
+    """The budget a request may take on a (debited) view: PAB less ``held_fraction`` of the idle budget."""
+    return view.pab_tokens - held_fraction * view.idle_pab_tokens
 
 
-def retry_after_of_views(prompt_tokens: int, views: Iterable[NodeView]) -> float:
-    """``retry_after_s`` over (debited) node views: each its budget, recovery rate and, when it has
-    no free slot, the wait for one."""
+def has_room(view: NodeView, prompt_tokens: int, held_fraction: float = 0.0) -> bool:
+    """Whether a (debited) view covers a request: budget for its prompt and, where counted, a free slot.
+
+    With ``held_fraction`` the request must also leave that share of the node's idle budget
+    (``NodeView.idle_pab_tokens``) untouched: the budget held for a tighter SLO tier. Requests of
+    a looser tier are then refused while the node still admits the tighter one's
+    (issue: SLO tiers; ``cluster.config.ServeConfig.tier_hold_fraction``).
+    """
+    return available_tokens(view, held_fraction) >= prompt_tokens and (view.slots_free is None or view.slots_free >= 1)
+
+
+def retry_after_of_views(prompt_tokens: int, views: Iterable[NodeView], held_fraction: float = 0.0) -> float:
+    """``retry_after_s`` over (debited) node views: each its budget (less the held share), recovery
+    rate and, when it has no free slot, the wait for one."""
     return retry_after_s(prompt_tokens, (
-        (v.pab_tokens, v.recovery_tps, v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+        (available_tokens(v, held_fraction), v.recovery_tps,
+         v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
         for v in views))
 
 

@@ -56,6 +56,7 @@ class SimConfig:
     # SLOs
     ttft_slo_s: float | None = _opt(None, "TTFT SLO in seconds (default: the profile's, 1 s on the shipped GPU profiles).", "--ttft-slo")
     slo_tier: tuple[str, ...] = _opt((), "SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable (e.g. --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25): each request gets a tier by seed and is held to its SLOs; the report adds per_tier.")
+    tier_hold_fraction: float = _opt(0.0, "With --slo-tier: requests of every tier but the tightest must leave this share of a node's idle budget untouched (held for the tightest tier; PAB balancer only).")
     tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
     # balancer
     balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv.")
@@ -92,6 +93,8 @@ class SimConfig:
             raise ValueError("SLOs must be > 0")
         if self.slo_tier:
             parse_slo_tiers(self.slo_tier)  # ValueError naming a malformed tier
+        if not 0 <= self.tier_hold_fraction < 1:
+            raise ValueError(f"tier_hold_fraction must be in [0, 1), got {self.tier_hold_fraction}")
         if self.rate_scale <= 0:
             raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
         if self.pab_delay_s < 0 or self.pab_interval_s < 0:

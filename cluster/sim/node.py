@@ -439,6 +439,7 @@ class SimNode:
             prefill_rate_tps=report.prefill_rate_tps,
             kv_capacity_tokens=self.pool.total_blocks * self.block_size,
             recovery_tps=report.recovery_tps,
+            idle_pab_tokens=report.idle_pab_tokens,
             received_ids=self._take_received_ids(),
         )
 

@@ -87,6 +87,9 @@ def simulate(
     # The nodes plan (and budget) with the profile's model and the host time, as a cadence fit gives it.
     model = replace(profile.step_model, host_s=host_s if cfg.host_in_model else 0.0)
     slo = cfg.slo_on(profile.default_slo)
+    tiers = parse_slo_tiers(cfg.slo_tier) if cfg.slo_tier else ()
+    # PAB budgets for the tightest SLO a request may have: the default's, or the tightest tier's.
+    pab_slo = min((t.slo for t in tiers), key=lambda x: (x.ttft_s, x.tpot_s), default=slo)
     anchor = Anchor(cfg.anchor) if cfg.scheduler == "fairbatching" else Anchor.ARRIVAL
     pab_fn = {"closed": estimate_pab, "edf": estimate_pab_edf,
               "prefill-only": estimate_pab_prefill_only}[cfg.pab_variant]
@@ -98,6 +101,10 @@ def simulate(
     loop = EventLoop()
     balancer = build_placement(cfg, profile)
 
+    def held_fraction(req: SimRequest) -> float:
+        """The share of a node's idle budget ``req`` must leave: none for the tightest tier."""
+        return cfg.tier_hold_fraction if tiers and req.slo.priority > 0 else 0.0
+
     pending: deque[SimRequest] = deque()  # held at the balancer (balancer_queue_s > 0), FIFO
 
     def place_pending() -> None:
@@ -107,7 +114,7 @@ def simulate(
             if loop.now_s > req.arrival_s + cfg.balancer_queue_s:
                 pending.popleft().rejected = True
                 continue
-            decision = balancer.choose(req.key, req.prompt_tokens)
+            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req))
             if decision.node_id is None:
                 return
             pending.popleft()
@@ -131,7 +138,7 @@ def simulate(
         # The node's own knowledge (expected output, correction, front delay) beside the engine's caps.
         return pab_fn(
             states, model, now_s,
-            horizon_s=slo.ttft_s, kv_free_tokens=kv_free, default_tpot_s=slo.tpot_s, anchor=anchor,
+            horizon_s=pab_slo.ttft_s, kv_free_tokens=kv_free, default_tpot_s=pab_slo.tpot_s, anchor=anchor,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **node_knows,
         )
 
@@ -162,8 +169,8 @@ def simulate(
         node.publish_now(0.0)  # the balancer starts knowing the nodes are idle
 
     scale = cfg.rate_scale  # same arithmetic as workload.scale_rate: arrivals divided by the scale
-    if cfg.slo_tier:  # each request held to its tier's SLOs, drawn by seed
-        slos = [t.slo for t in assign_tiers(len(workload.requests), parse_slo_tiers(cfg.slo_tier), cfg.seed)]
+    if tiers:  # each request held to its tier's SLOs, drawn by seed
+        slos = [t.slo for t in assign_tiers(len(workload.requests), tiers, cfg.seed)]
     else:
         slos = [slo] * len(workload.requests)
     requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s)
@@ -178,7 +185,7 @@ def simulate(
             pending.append(req)
             place_pending()
         else:
-            decision = balancer.choose(req.key, req.prompt_tokens)
+            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req))
             if decision.node_id is not None:
                 nodes[decision.node_id].admit(req, loop.now_s)
             elif cfg.balancer_queue_s > 0:

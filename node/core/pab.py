@@ -86,6 +86,7 @@ class PABReport:
     expected_output_tokens: float = 0.0  # E: output length assumed for a new request
     binding: str = "time"  # which limit sets pab_tokens: time, kv, decode or slots
     recovery_tps: float = 0.0  # how fast the binding limit grows back with no new admission, tokens/s
+    idle_pab_tokens: float = 0.0  # the time-limited budget of this node were it idle (idle_pab_tokens())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,8 +189,22 @@ def binding_of(limits: dict[str, float]) -> str:
     return min(limits, key=limits.__getitem__)
 
 
+def idle_pab_tokens(model: StepTimeModel, inputs: PABInputs) -> float:
+    """The time-limited budget the node would have if it were idle now, prompt tokens.
+
+    Steps of the default TPOT carrying prefill chunks alone (capped by
+    ``max_num_batched_tokens``), at the corrected and measured-capped rate, over
+    the effective horizon: ``k * R_idle * (H - front delay)``. The scale of a
+    node's budget, against which a share can be held back for a tier
+    (``balancer.core.placement.has_room``).
+    """
+    q, step_s = prefill_chunk_per_step(model, inputs.default_tpot_s, 0.0, 0, inputs.max_num_batched_tokens)
+    rate = inputs.correction * inputs.capped_by_measured(q / step_s if q > 0 else 0.0)
+    return rate * inputs.effective_horizon_s
+
+
 def budget_report(
-    limits: dict[str, float], binding: str, inputs: PABInputs, *,
+    limits: dict[str, float], binding: str, inputs: PABInputs, model: StepTimeModel, *,
     rate_tps: float, recovery_tps: float, queued: int, headroom: int, tau_s: float, reservation_s: float,
     **parts: float,
 ) -> PABReport:
@@ -198,8 +213,10 @@ def budget_report(
     ``limits`` holds at least ``time``; ``rate_tps`` and ``recovery_tps`` are
     tokens/s, ``queued`` and ``headroom`` tokens, ``tau_s`` and
     ``reservation_s`` seconds; ``parts`` are further ``PABReport`` fields.
+    ``model`` gives the idle budget (``idle_pab_tokens``).
     """
     return PABReport(
+        idle_pab_tokens=idle_pab_tokens(model, inputs),
         pab_tokens=limits[binding],
         prefill_rate_tps=rate_tps,
         queued_tokens=queued,
@@ -352,7 +369,7 @@ def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: 
     else:  # decode time or slots (or a time limit with no prefill rate left): back to idle as decodes end
         recovery = inputs.correction * (idle_q / idle_step) * effective_h / drain_s if drain_s > 0 else 0.0
     return budget_report(
-        limits, binding, inputs,
+        limits, binding, inputs, model,
         rate_tps=rate, recovery_tps=max(recovery, 0.0), queued=queued, headroom=headroom,
         tau_s=tau, reservation_s=t_dec,
         decode_limited_tokens=decode_limited,
@@ -452,6 +469,6 @@ def estimate_pab_edf(
     limits = {"time": float(offered if leftover == 0 else -leftover), "kv": float(headroom)}
     rate = offered / effective_h if effective_h > 0 else 0.0
     return budget_report(
-        limits, binding_of(limits), inputs, rate_tps=rate, recovery_tps=rate, queued=queued_total,
+        limits, binding_of(limits), inputs, model, rate_tps=rate, recovery_tps=rate, queued=queued_total,
         headroom=headroom, tau_s=tau, reservation_s=running.reservation_s,
     )

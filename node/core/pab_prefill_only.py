@@ -51,6 +51,6 @@ def estimate_pab_prefill_only(
     headroom = kv_headroom_tokens(requests, inputs.kv_free_tokens)
     limits = {"time": rate * inputs.horizon_s - queued, "kv": float(headroom)}
     return budget_report(
-        limits, binding_of(limits), inputs, rate_tps=rate, recovery_tps=rate, queued=queued, headroom=headroom,
+        limits, binding_of(limits), inputs, model, rate_tps=rate, recovery_tps=rate, queued=queued, headroom=headroom,
         tau_s=running.tau_s, reservation_s=running.reservation_s,
     )

@@ -390,6 +390,7 @@ class EngineReplica:
             recovery_tps=rep.recovery_tps,
             slots_free=rep.slots_free,
             slot_wait_s=rep.slot_wait_s,
+            idle_pab_tokens=rep.idle_pab_tokens,
             received_ids=frozenset(self.received_ids()),
         )
         m = self.metrics
