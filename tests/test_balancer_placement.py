@@ -275,3 +275,47 @@ def test_in_flight_cap_refuses_past_the_limit():
     assert d.rejected and d.reason == "in-flight-cap"
     p2.release("a")
     assert not p2.choose("c", 10).rejected
+
+
+# -- SLO tiers: a budget per tier, a share held for the tightest ------------------------------------
+
+
+def test_a_looser_tier_is_placed_by_its_own_budget():
+    """A batch request may use its own (30 s) budget while the interactive one (1 s) is spent."""
+    from balancer.core.pab_placement import PABPlacement
+    from balancer.core.placement import NodeView
+
+    p = PABPlacement([0])
+    p.update(NodeView(0, pab_tokens=100, tier_pab_tokens={"batch": 5000}, idle_pab_tokens=1000, reported_at_s=1))
+    assert p.choose("i1", 500).rejected  # interactive: 100 < 500
+    assert not p.choose("b1", 500, tier="batch").rejected
+    # the debit reaches every tier's budget
+    assert p.view(0).pab_tokens == -400 and p.view(0).tier_pab_tokens == {"batch": 4500}
+
+
+def test_the_held_share_refuses_the_looser_tier_first():
+    from balancer.core.pab_placement import PABPlacement
+    from balancer.core.placement import NodeView
+
+    view = NodeView(0, pab_tokens=250, tier_pab_tokens={"batch": 5000}, idle_pab_tokens=1000, reported_at_s=1,
+                    slots_free=50, max_num_seqs=100)
+    p = PABPlacement([0])
+    p.update(view)
+    refused = p.choose("b1", 10, held_fraction=0.3, tier="batch")  # 250 < 0.3 * 1000 held
+    assert refused.rejected and refused.reason == "no-budget-held" and refused.retry_after_s >= 1.0
+    assert not p.choose("b2", 10, held_fraction=0.2, tier="batch").rejected  # 250 >= 200
+    assert not p.choose("i1", 10).rejected  # the tightest tier takes what is held
+
+    # seats: a held request must leave that share of max_num_seqs free
+    p = PABPlacement([0])
+    p.update(NodeView(0, pab_tokens=10_000, tier_pab_tokens={"batch": 10_000}, idle_pab_tokens=1000,
+                      reported_at_s=1, slots_free=20, max_num_seqs=100))
+    assert p.choose("b1", 10, held_fraction=0.3, tier="batch").rejected  # 20 < 1 + 30 seats
+    assert not p.choose("i1", 10).rejected
+
+
+def test_held_fraction_out_of_range_is_refused():
+    from balancer.core.pab_placement import PABPlacement
+
+    with pytest.raises(ValueError, match="held_fraction"):
+        PABPlacement([0]).choose("r", 10, held_fraction=1.0)

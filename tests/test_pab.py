@@ -222,3 +222,17 @@ def test_a_short_queued_prompt_does_not_open_slots():
     before = estimate_pab([long], model, NOW, **KW)
     after = estimate_pab([long, queued(0, 1)], model, NOW, **KW)
     assert after.pab_tokens <= before.pab_tokens
+
+
+def test_paced_decodes_reserve_their_share_of_steps():
+    """A decode paced to 250 ms beside a 50 ms one takes one step in five (paced_decodes), not every step."""
+    batch = SLO(ttft_s=30.0, tpot_s=0.25)
+    reqs = [decode(0)] + [RequestState(f"b{i}", NOW - 2, 1000, batch, computed_tokens=1000, output_tokens=1,
+                                       first_token_s=NOW - 1) for i in range(40)]
+    every = estimate_pab(reqs, REF_MODEL, NOW, **KW)
+    paced = estimate_pab(reqs, REF_MODEL, NOW, paced_decodes=True, **KW)
+    assert paced.decode_reservation_s == pytest.approx(every.decode_reservation_s * (1 + 40 * 0.2) / 41)
+    assert paced.pab_tokens > every.pab_tokens
+    # one SLO: pacing changes nothing
+    same = [decode(i) for i in range(10)]
+    assert estimate_pab(same, REF_MODEL, NOW, paced_decodes=True, **KW) == estimate_pab(same, REF_MODEL, NOW, **KW)

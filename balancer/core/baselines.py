@@ -9,8 +9,8 @@
   normalised across nodes) plus KV-cache usage; lowest score wins, ties broken
   at random.
 
-None of them rejects by itself or holds budget back for a tier (``held_fraction``
-is ignored); each takes the base class's optional
+None of them rejects by itself or budgets per SLO tier (``held_fraction`` and
+``tier`` are ignored); each takes the base class's optional
 admission cap.
 """
 
@@ -26,7 +26,7 @@ class RoundRobin(PlacementPolicy):
         super().__init__(*args, **kwargs)
         self._next = 0
 
-    def _pick(self, prompt_tokens: int, held_fraction: float) -> int:
+    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int:
         node = self.node_ids[self._next % len(self.node_ids)]  # the node set may have shrunk since
         self._next = (self._next + 1) % len(self.node_ids)
         return node
@@ -35,7 +35,7 @@ class RoundRobin(PlacementPolicy):
 class PowerOfTwo(PlacementPolicy):
     name = "power-of-two"
 
-    def _pick(self, prompt_tokens: int, held_fraction: float) -> int:
+    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int:
         if len(self.node_ids) == 1:
             return self.node_ids[0]
         first, second = self.rng.sample(self.node_ids, 2)
@@ -45,7 +45,7 @@ class PowerOfTwo(PlacementPolicy):
 class LeastPrefill(PlacementPolicy):
     name = "least-prefill"
 
-    def _pick(self, prompt_tokens: int, held_fraction: float) -> int:
+    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int:
         views, in_flight = self.views, self.in_flight
         return min(self.node_ids, key=lambda n: (views[n].queued_prefill_tokens, in_flight[n], n))
 
@@ -60,7 +60,7 @@ class QueueKV(PlacementPolicy):
         self.queue_weight = queue_weight
         self.kv_weight = kv_weight
 
-    def _pick(self, prompt_tokens: int, held_fraction: float) -> int:
+    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int:
         views = self.views
         waiting = [views[n].waiting for n in self.node_ids]
         lo, hi = min(waiting), max(waiting)

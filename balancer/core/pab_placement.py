@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from balancer.core.placement import PlacementPolicy, has_room
+from balancer.core.placement import PlacementPolicy, has_room, shortfall_tokens
 
 
 class PABPlacement(PlacementPolicy):
@@ -42,14 +42,18 @@ class PABPlacement(PlacementPolicy):
         self.reject = reject
         self._reject_reason = "no-budget"
 
-    def _pick(self, prompt_tokens: int, held_fraction: float) -> int | None:
+    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int | None:
         views = self.views
-        fitting = [n for n in self.node_ids if has_room(views[n], prompt_tokens, held_fraction)]
+
+        def budget(n: int) -> float:  # what the request may take there (less is short)
+            return -shortfall_tokens(views[n], prompt_tokens, held_fraction, tier)
+
+        fitting = [n for n in self.node_ids if has_room(views[n], prompt_tokens, held_fraction, tier)]
         if not fitting:
             if self.reject or held_fraction > 0:  # a held share is refused even by the never-reject variant
                 return None
-            return max(self.node_ids, key=lambda n: (views[n].pab_tokens, -n))
+            return max(self.node_ids, key=lambda n: (budget(n), -n))
         if self.fit == "best":
-            return min(fitting, key=lambda n: (views[n].pab_tokens, n))
+            return min(fitting, key=lambda n: (budget(n), n))
         # Ties go to the lowest node id: deterministic, and debits spread a burst anyway.
-        return max(fitting, key=lambda n: (views[n].pab_tokens, -n))
+        return max(fitting, key=lambda n: (budget(n), -n))

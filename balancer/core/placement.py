@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 #: Bounds of the Retry-After a rejection suggests, seconds.
 RETRY_AFTER_MIN_S = 1.0
@@ -64,6 +64,10 @@ class NodeView:
     its previous report (``None``: the node does not say). ``idle_pab_tokens``
     is the budget the node would have idle (``node.core.pab.idle_pab_tokens``):
     the scale of the share a tier's requests must leave (``has_room``).
+    ``tier_pab_tokens`` are the budgets of looser SLO tiers by tier name, each
+    over that tier's own TTFT (``pab_tokens`` is the tightest tier's; None: the
+    node budgets one SLO). ``max_num_seqs`` is the node's sequence seats (None:
+    unknown), of which a held share is kept free too.
     """
 
     node_id: int
@@ -80,20 +84,24 @@ class NodeView:
     slot_wait_s: float = 0.0
     received_ids: frozenset[str] | None = None
     idle_pab_tokens: float = 0.0
+    tier_pab_tokens: Mapping[str, float] | None = None
+    max_num_seqs: int | None = None
 
     def debited(self, prompt_tokens: int) -> NodeView:
         """This view after one more request of ``prompt_tokens`` uncached prompt tokens is placed on the node.
 
-        PAB ``-= L``, queued prefill ``+= L``, waiting ``+= 1``, one slot fewer, KV usage
+        PAB ``-= L`` (every tier's), queued prefill ``+= L``, waiting ``+= 1``, one slot fewer, KV usage
         up by ``L`` over its capacity (capped at 1) when the capacity is known. The balancer
         keeps such debited views between reports (DESIGN section 3: debits in transit).
         """
         kv_usage = self.kv_usage
         if self.kv_capacity_tokens > 0:
             kv_usage = min(1.0, kv_usage + prompt_tokens / self.kv_capacity_tokens)
+        tiers = self.tier_pab_tokens
         return replace(
             self,
             pab_tokens=self.pab_tokens - prompt_tokens,
+            tier_pab_tokens=None if tiers is None else {k: v - prompt_tokens for k, v in tiers.items()},
             queued_prefill_tokens=self.queued_prefill_tokens + prompt_tokens,
             waiting=self.waiting + 1,
             slots_free=None if self.slots_free is None else self.slots_free - 1,
@@ -270,14 +278,16 @@ class PlacementPolicy:
 
     # -- the decision ------------------------------------------------------------
 
-    def choose(self, request_id: str, prompt_tokens: int, held_fraction: float = 0.0) -> Decision:
+    def choose(self, request_id: str, prompt_tokens: int, held_fraction: float = 0.0,
+               tier: str | None = None) -> Decision:
         """Place one request of ``prompt_tokens`` uncached prompt tokens, or reject it.
 
+        ``tier`` names the request's SLO tier: a node's budget for it is that
+        tier's (``NodeView.tier_pab_tokens``), else its ``pab_tokens``.
         ``held_fraction`` (in [0, 1)) is the share of each node's idle budget
-        this request must leave untouched, held for a tighter SLO tier (the
-        host decides whose requests are held back: ``has_room``); policies
-        that do not budget ignore it. Its rejection's Retry-After counts the
-        held share too.
+        the request must leave to the tightest tier (the host decides whose
+        requests are held back; ``has_room``). Policies that do not budget
+        ignore both. The Retry-After of a rejection counts both.
 
         On placement the chosen node's local view is debited at once: PAB
         ``-= L``, queued prefill ``+= L``, waiting and in-flight ``+= 1``, one
@@ -292,10 +302,10 @@ class PlacementPolicy:
         held = self.placements.get(request_id)
         if held is not None:
             return Decision(held.node_id, self.name)
-        node = self._pick(prompt_tokens, held_fraction)
+        node = self._pick(prompt_tokens, held_fraction, tier)
         if node is None:
             reason = self._reject_reason if held_fraction == 0 else self._reject_reason + "-held"
-            return Decision(None, reason, self._retry_after_s(prompt_tokens, held_fraction))
+            return Decision(None, reason, self._retry_after_s(prompt_tokens, held_fraction, tier))
         cap = self.admission_cap_tokens
         if cap is not None and self.views[node].queued_prefill_tokens + prompt_tokens > cap:
             return Decision(None, "admission-cap", self._retry_after_s(prompt_tokens))
@@ -304,7 +314,7 @@ class PlacementPolicy:
         self._debit(node, prompt_tokens, request_id)
         return Decision(node, self.name)
 
-    def _pick(self, prompt_tokens: int, held_fraction: float) -> int | None:
+    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int | None:
         raise NotImplementedError
 
     def _debit(self, node: int, prompt_tokens: int, request_id: str) -> None:
@@ -313,34 +323,53 @@ class PlacementPolicy:
         self.placements[request_id] = Placement(node, prompt_tokens)
         self._in_transit[node][request_id] = prompt_tokens
 
-    def _retry_after_s(self, prompt_tokens: int, held_fraction: float = 0.0) -> float:
+    def _retry_after_s(self, prompt_tokens: int, held_fraction: float = 0.0, tier: str | None = None) -> float:
         """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
         return retry_after_of_views(prompt_tokens, (v for v in self.views.values() if v.node_id in self.node_ids),
-                                    held_fraction)
+                                    held_fraction, tier)
 
 
-def available_tokens(view: NodeView, held_fraction: float = 0.0) -> float:
-    """The budget a request may take on a (debited) view: PAB less ``held_fraction`` of the idle budget."""
-    return view.pab_tokens - held_fraction * view.idle_pab_tokens
+def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 0.0, tier: str | None = None) -> float:
+    """How many prompt tokens a (debited) view's budget lacks for a request (<= 0: it has room).
 
+    The request's budget is its tier's (``view.tier_pab_tokens[tier]``, over that tier's own
+    TTFT) when the node reports one, else ``pab_tokens``. With ``held_fraction`` it must leave
+    that share of the node's idle budget (``idle_pab_tokens``) to the tightest tier:
 
-def has_room(view: NodeView, prompt_tokens: int, held_fraction: float = 0.0) -> bool:
-    """Whether a (debited) view covers a request: budget for its prompt and, where counted, a free slot.
+    * with its own tier's budget: ``max(L - PAB_tier, h * idle - PAB)`` (its prompt is due late,
+      so it does not take the tightest tier's budget; the tightest budget must keep the share);
+    * else: ``L + h * idle - PAB`` (its prompt counts against the one budget).
 
-    With ``held_fraction`` the request must also leave that share of the node's idle budget
-    (``NodeView.idle_pab_tokens``) untouched: the budget held for a tighter SLO tier. Requests of
-    a looser tier are then refused while the node still admits the tighter one's
-    (issue: SLO tiers; ``cluster.config.ServeConfig.tier_hold_fraction``).
+    Requests of a looser tier are then refused while the node still admits the tightest
+    tier's (``cluster.config.ServeConfig.tier_hold_fraction``).
     """
-    return available_tokens(view, held_fraction) >= prompt_tokens and (view.slots_free is None or view.slots_free >= 1)
+    held = held_fraction * view.idle_pab_tokens
+    tiers = view.tier_pab_tokens
+    if tier is not None and tiers is not None and tier in tiers:
+        return max(prompt_tokens - tiers[tier], held - view.pab_tokens)
+    return prompt_tokens + held - view.pab_tokens
 
 
-def retry_after_of_views(prompt_tokens: int, views: Iterable[NodeView], held_fraction: float = 0.0) -> float:
-    """``retry_after_s`` over (debited) node views: each its budget (less the held share), recovery
-    rate and, when it has no free slot, the wait for one."""
+def slots_needed(view: NodeView, held_fraction: float = 0.0) -> float:
+    """Free slots a request needs on a view: one, and with ``held_fraction`` that share of the
+    node's seats (``max_num_seqs``) kept free for the tightest tier besides."""
+    return 1.0 + (held_fraction * view.max_num_seqs if view.max_num_seqs else 0.0)
+
+
+def has_room(view: NodeView, prompt_tokens: int, held_fraction: float = 0.0, tier: str | None = None) -> bool:
+    """Whether a (debited) view covers a request: budget for its prompt (``shortfall_tokens`` <= 0)
+    and, where counted, a free slot (``slots_needed``: more for a request held back)."""
+    return (shortfall_tokens(view, prompt_tokens, held_fraction, tier) <= 0
+            and (view.slots_free is None or view.slots_free >= slots_needed(view, held_fraction)))
+
+
+def retry_after_of_views(prompt_tokens: int, views: Iterable[NodeView], held_fraction: float = 0.0,
+                         tier: str | None = None) -> float:
+    """``retry_after_s`` over (debited) node views: each its shortfall (``shortfall_tokens``),
+    recovery rate and, when it has no free slot, the wait for one."""
     return retry_after_s(prompt_tokens, (
-        (available_tokens(v, held_fraction), v.recovery_tps,
-         v.slot_wait_s if v.slots_free is not None and v.slots_free < 1 else 0.0)
+        (prompt_tokens - shortfall_tokens(v, prompt_tokens, held_fraction, tier), v.recovery_tps,
+         v.slot_wait_s if v.slots_free is not None and v.slots_free < slots_needed(v, held_fraction) else 0.0)
         for v in views))
 
 

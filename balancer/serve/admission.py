@@ -227,7 +227,9 @@ class LocalBalancer:
             if policy is None or not live or self.settings.balancer != "pab":
                 return None
             views = [policy.views[n] for n in live]
-            if any(has_room(v, small) for v in views):
+            # (the tier is not known yet: room in any tier's budget lets the request be read)
+            if any(has_room(v, small) or any(has_room(v, small, tier=t) for t in v.tier_pab_tokens or ())
+                   for v in views):
                 return None
             self.rejected += 1
             return retry_after_of_views(small, views)

@@ -32,7 +32,9 @@ admitted request's TTFT over its TTFT SLO is observed at its first token
 (with its arrival time) and its mean TPOT over its TPOT SLO at its finish;
 the controller is updated each time the node publishes. ``FrontDelay`` sees
 how long each request spent before it reached the node (held at the
-balancer), taken off the PAB horizon. The timeline samples
+balancer), taken off the PAB horizon. With SLO tiers (``tier_slos``: the
+looser ones) the node also reports a budget per looser tier, over that
+tier's own TTFT (``NodeView.tier_pab_tokens``). The timeline samples
 ``(t, pab, budget, in_flight, kv_usage, correction, binding)``.
 """
 
@@ -117,6 +119,7 @@ class SimNode:
         front_delay: FrontDelay | None = None,
         expected_output_prior: float | None = None,
         output_window: int = 512,
+        tier_slos: dict[str, SLO] | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = loop
@@ -156,6 +159,9 @@ class SimNode:
         self.recomputing = 0  # live requests that were preempted at least once
         self.last_budget_s: float | None = None
         self.last_pab: PABReport | None = None
+        # Looser SLO tiers (name -> SLO): a budget over each one's own TTFT is reported beside the tightest's.
+        self.tier_slos = dict(tier_slos or {})
+        self.last_tier_pab: dict[str, float] | None = None
         self._last_publish_s = -float("inf")
         self._next_sample_s = 0.0
         # (t, pab, budget, in_flight, kv, correction, binding)
@@ -420,13 +426,18 @@ class SimNode:
     def view(self, now_s: float, *, measure_pab: bool = True) -> NodeView:
         """The load counters now, and PAB measured now (or the last measured one)."""
         if measure_pab or self.last_pab is None:
-            self.last_pab = self.estimate_pab(
-                list(self.states.values()), now_s, self.pool.free_blocks * self.block_size,
+            states = list(self.states.values())
+            knows = dict(
                 expected_output_tokens=self.expected_output_tokens(),
                 typical_prompt_tokens=self._prompts.mean(),
                 correction=self.correction,
                 front_delay_s=self.front_delay.value_s(now_s) if self.front_delay is not None else 0.0,
             )
+            kv_free = self.pool.free_blocks * self.block_size
+            self.last_pab = self.estimate_pab(states, now_s, kv_free, **knows)
+            if self.tier_slos:
+                self.last_tier_pab = {name: self.estimate_pab(states, now_s, kv_free, budget_slo=slo, **knows).pab_tokens
+                                      for name, slo in self.tier_slos.items()}
         report = self.last_pab
         return NodeView(
             node_id=self.node_id,
@@ -439,7 +450,11 @@ class SimNode:
             prefill_rate_tps=report.prefill_rate_tps,
             kv_capacity_tokens=self.pool.total_blocks * self.block_size,
             recovery_tps=report.recovery_tps,
+            slots_free=report.slots_free,
+            slot_wait_s=report.slot_wait_s,
             idle_pab_tokens=report.idle_pab_tokens,
+            tier_pab_tokens=self.last_tier_pab,
+            max_num_seqs=self.max_num_seqs,
             received_ids=self._take_received_ids(),
         )
 

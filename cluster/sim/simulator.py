@@ -105,6 +105,10 @@ def simulate(
         """The share of a node's idle budget ``req`` must leave: none for the tightest tier."""
         return cfg.tier_hold_fraction if tiers and req.slo.priority > 0 else 0.0
 
+    def tier_of(req: SimRequest) -> str | None:
+        """The request's tier when it is a looser one (the tightest is budgeted by pab_tokens)."""
+        return req.slo.tier if tiers and req.slo.priority > 0 else None
+
     pending: deque[SimRequest] = deque()  # held at the balancer (balancer_queue_s > 0), FIFO
 
     def place_pending() -> None:
@@ -114,7 +118,7 @@ def simulate(
             if loop.now_s > req.arrival_s + cfg.balancer_queue_s:
                 pending.popleft().rejected = True
                 continue
-            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req))
+            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req), tier_of(req))
             if decision.node_id is None:
                 return
             pending.popleft()
@@ -134,12 +138,14 @@ def simulate(
     def on_finish(req: SimRequest) -> None:
         balancer.release(req.key)
 
-    def node_pab(states, now_s, kv_free, **node_knows):
-        # The node's own knowledge (expected output, correction, front delay) beside the engine's caps.
+    def node_pab(states, now_s, kv_free, budget_slo=pab_slo, **node_knows):
+        # The node's own knowledge (expected output, correction, front delay) beside the engine's caps;
+        # budget_slo: the SLO whose TTFT is the horizon (a looser tier's for its own budget).
         return pab_fn(
             states, model, now_s,
-            horizon_s=pab_slo.ttft_s, kv_free_tokens=kv_free, default_tpot_s=pab_slo.tpot_s, anchor=anchor,
-            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **node_knows,
+            horizon_s=budget_slo.ttft_s, kv_free_tokens=kv_free, default_tpot_s=budget_slo.tpot_s, anchor=anchor,
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+            paced_decodes=cfg.scheduler == "fairbatching", **node_knows,
         )
 
     nodes = [
@@ -162,6 +168,7 @@ def simulate(
             feedback=LatencyFeedback() if cfg.feedback else None,
             front_delay=FrontDelay() if cfg.feedback else None,
             expected_output_prior=cfg.expected_output_tokens,
+            tier_slos={t.name: t.slo for t in tiers if t.slo.priority > 0} if cfg.balancer == "pab" else None,
         )
         for i in range(cfg.nodes)
     ]
@@ -185,7 +192,7 @@ def simulate(
             pending.append(req)
             place_pending()
         else:
-            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req))
+            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req), tier_of(req))
             if decision.node_id is not None:
                 nodes[decision.node_id].admit(req, loop.now_s)
             elif cfg.balancer_queue_s > 0:

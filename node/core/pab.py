@@ -8,7 +8,9 @@ all three, in prompt tokens of one more request of the typical output length:
 * **decode load of every step, whole life**: every live request, decoding now
   or queued for prefill, is counted as a decode at its average context over
   the rest of its life (context now plus half its expected remaining output):
-  ``T_dec = b * n + c * C``;
+  ``T_dec = b * n + c * C``; on a node that paces decodes to their own TPOT
+  (``paced_decodes``), a request counts ``tau / TPOT`` of a decode (a batch
+  decode at 250 ms beside interactive ones at 50 ms takes one step in five);
 * **prefill rate from the real service rate**: a step of ``tau`` carries the
   decodes and a prefill chunk ``q = (tau - h - a - T_dec) / (b + c)``, capped by
   ``max_num_batched_tokens`` minus the decodes; the step then lasts
@@ -120,6 +122,10 @@ class PABInputs:
       prefilled while it had a queue; caps the modelled rate (None or < 0: no cap).
     * ``due_within_s``: the queued prompts counted are those due (first token)
       within this many seconds (None: ``horizon_s``).
+    * ``paced_decodes``: the node paces each decode to its own TPOT (FairBatching):
+      a request of a looser TPOT than ``tau`` is reserved ``tau / TPOT`` of a
+      decode per step. False (decode-first schedulers): every decode every step.
+      The closed form only (``estimate_pab``).
 
     Raises ``ValueError`` naming the field on a non-finite clock, a horizon or
     TPOT <= 0, KV free that is not an integer >= 0, a correction <= 0 or a
@@ -139,6 +145,7 @@ class PABInputs:
     front_delay_s: float = 0.0
     measured_prefill_rate_tps: float | None = None
     due_within_s: float | None = None
+    paced_decodes: bool = False
 
     def __post_init__(self) -> None:
         check_finite("now_s", self.now_s)
@@ -269,16 +276,23 @@ def _reference_step_s(requests: Sequence[RequestState], default_tpot_s: float) -
 
 
 def _lifetime_decode_load(
-    requests: Sequence[RequestState], expected_output_tokens: float | None
-) -> tuple[int, float, float]:
-    """``(n, C, mean remaining decode steps)`` of every live request as a decode over the rest of its life."""
-    n, ctx, steps = 0, 0.0, 0.0
+    requests: Sequence[RequestState], expected_output_tokens: float | None, tau_s: float, paced: bool,
+) -> tuple[float, float, float]:
+    """``(n, C, mean remaining decode steps)`` of every live request as a decode over the rest of its life.
+
+    ``paced``: each request counts ``tau_s / its TPOT SLO`` of a decode per step of ``tau_s``
+    (a decode paced to a looser TPOT runs in that share of the steps), so ``n`` and ``C`` are
+    weighted sums; else every request decodes every step (weight 1).
+    """
+    n, ctx, steps = 0.0, 0.0, 0.0
     for r in requests:
         rem = _remaining_output(r, expected_output_tokens)
-        n += 1
-        ctx += r.prompt_tokens + r.output_tokens + rem / 2
+        w = min(1.0, tau_s / r.slo.tpot_s) if paced else 1.0
+        n += w
+        ctx += w * (r.prompt_tokens + r.output_tokens + rem / 2)
         steps += rem
-    return n, ctx, (steps / n if n else 0.0)
+    count = len(requests)
+    return n, ctx, (steps / count if count else 0.0)
 
 
 def prefill_chunk_per_step(
@@ -324,7 +338,7 @@ def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: 
     sf = model.safety_factor
     fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
     tau = _reference_step_s(requests, inputs.default_tpot_s)
-    n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens)
+    n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens, tau, inputs.paced_decodes)
     t_dec = b * n + c * ctx
     q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, inputs.max_num_batched_tokens)
     rate = inputs.correction * inputs.capped_by_measured(q / step_s if q > 0 else 0.0)
@@ -374,7 +388,7 @@ def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: 
         tau_s=tau, reservation_s=t_dec,
         decode_limited_tokens=decode_limited,
         slots_free=slots,
-        slot_wait_s=drain_s / n if n else 0.0,
+        slot_wait_s=drain_s / len(requests) if requests else 0.0,
         correction=inputs.correction,
         front_delay_s=inputs.front_delay_s,
         expected_output_tokens=e_new,

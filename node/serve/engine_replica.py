@@ -391,6 +391,7 @@ class EngineReplica:
             slots_free=rep.slots_free,
             slot_wait_s=rep.slot_wait_s,
             idle_pab_tokens=rep.idle_pab_tokens,
+            max_num_seqs=self.max_num_seqs,
             received_ids=frozenset(self.received_ids()),
         )
         m = self.metrics
