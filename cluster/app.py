@@ -111,6 +111,7 @@ def build_app(cfg: ServeConfig):
         engine_args=dict(cfg.engine_args),
         openai_server=dict(cfg.openai_server),
         default_slo=cfg.slo,
+        slo_classes=cfg.slo_classes(),
         first_output_timeout_s=cfg.first_output_timeout_s,
         engine_deployment=ENGINE_DEPLOYMENT,
         # The ingress admits with the router's balancer (same process) when the router is ours.

@@ -68,6 +68,32 @@ def _tiny_cpu_engine_args() -> dict[str, Any]:
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
+class TierConfig(BaseModel):
+    """One SLO class of a deployment (``ServeConfig.slo_tiers``): its targets, seconds, and how
+    much tighter a request of the class may ask to be held (``min_*``; None: not tighter than
+    the class's own targets). A request may always ask for looser targets."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ttft_slo_s: float = Field(gt=0, allow_inf_nan=False)
+    tpot_slo_s: float = Field(gt=0, allow_inf_nan=False)
+    min_ttft_slo_s: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    min_tpot_slo_s: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounds_below_targets(self) -> "TierConfig":
+        for key in ("ttft", "tpot"):
+            low, target = getattr(self, f"min_{key}_slo_s"), getattr(self, f"{key}_slo_s")
+            if low is not None and low > target:
+                raise ValueError(f"min_{key}_slo_s ({low}) is above {key}_slo_s ({target})")
+        return self
+
+    @property
+    def floor(self) -> SLO:
+        """The tightest targets a request of this class may ask for, seconds."""
+        return SLO(self.min_ttft_slo_s or self.ttft_slo_s, self.min_tpot_slo_s or self.tpot_slo_s)
+
+
 class ServeConfig(BaseModel):
     """Every knob of a deployment. The defaults are the embedded default: two engines of the tiny
     CPU Llama on this machine, the PAB router, FairBatching on every engine."""
@@ -92,6 +118,14 @@ class ServeConfig(BaseModel):
     # Deployment default SLOs, seconds (requests may name their own); None: the profile's.
     ttft_slo_s: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
     tpot_slo_s: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    # SLO classes (docs/tiers.md): {name: {ttft_slo_s, tpot_slo_s, min_ttft_slo_s?, min_tpot_slo_s?}}. A request
+    # names one with the x-slo-class header or vllm_xargs.slo_class; default_slo_tier's when it names none.
+    # With classes, ttft_slo_s and tpot_slo_s stay unset: the default class holds the deployment's default.
+    slo_tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    default_slo_tier: Optional[str] = None
+    # Share of each engine's idle budget and seats that requests of every class but the tightest must
+    # leave free: under overload they are refused (429) while the tightest class is still admitted.
+    tier_hold_fraction: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)
     anchor: Literal["arrival", "first-token"] = "first-token"  # decode deadlines from the first token (DESIGN 2)
     report_interval_s: float = Field(0.1, gt=0, allow_inf_nan=False)  # replicas report, routers poll (DESIGN 3)
     max_ongoing_requests: int = Field(256, ge=1)  # per engine; admission is PAB's job
@@ -138,6 +172,25 @@ class ServeConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
+
+    @model_validator(mode="after")
+    def _tiers_consistent(self) -> "ServeConfig":
+        if not self.slo_tiers:
+            if self.default_slo_tier is not None:
+                raise ValueError(f"default_slo_tier: {self.default_slo_tier!r} names no class; slo_tiers is empty")
+            return self
+        bad = [n for n in self.slo_tiers if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", n)]
+        if bad:
+            raise ValueError(f"slo_tiers: class names are 1-64 letters, digits, '_', '.' or '-', got {bad}")
+        if self.default_slo_tier is None:
+            raise ValueError(f"default_slo_tier: set it to one of {', '.join(self.slo_tiers)} (the class of a "
+                             f"request that names none)")
+        if self.default_slo_tier not in self.slo_tiers:
+            raise ValueError(f"default_slo_tier: {self.default_slo_tier!r} is not one of {', '.join(self.slo_tiers)}")
+        if self.ttft_slo_s is not None or self.tpot_slo_s is not None:
+            raise ValueError("ttft_slo_s/tpot_slo_s: with slo_tiers, the default class's targets are the "
+                             "deployment's default; leave these unset")
+        return self
 
     @field_validator("balancer")
     @classmethod
@@ -187,9 +240,26 @@ class ServeConfig(BaseModel):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def tier_slos(self) -> dict[str, SLO]:
+        """Each SLO class's targets as an ``SLO`` with its ``tier`` name and ``priority`` rank (0 the
+        tightest: by TTFT, then TPOT), in the config's order; empty without classes."""
+        ranked = sorted(self.slo_tiers, key=lambda n: (self.slo_tiers[n].ttft_slo_s, self.slo_tiers[n].tpot_slo_s))
+        return {name: SLO(t.ttft_slo_s, t.tpot_slo_s, tier=name, priority=ranked.index(name))
+                for name, t in self.slo_tiers.items()}
+
+    @property
+    def tightest_slo(self) -> SLO:
+        """The tightest SLO a request gets by default: the tightest class's, else the default SLO.
+        PAB's horizon and reference step (every engine budgets for it)."""
+        tiers = self.tier_slos()
+        return min(tiers.values(), key=lambda s: s.priority) if tiers else self.slo
+
     @property
     def slo(self) -> SLO:
-        """The deployment's default SLO: the config's targets, else the profile's (``Profile.default_slo``)."""
+        """The deployment's default SLO: the default class's, else the config's targets, else the
+        profile's (``Profile.default_slo``)."""
+        if self.slo_tiers:
+            return self.tier_slos()[self.default_slo_tier]
         if self.ttft_slo_s is not None and self.tpot_slo_s is not None:
             return SLO(self.ttft_slo_s, self.tpot_slo_s)
         from node.fit.profile import profile_default_slo
@@ -224,7 +294,7 @@ class ServeConfig(BaseModel):
         """The closed loop's ``FeedbackConfig``: ``feedback`` over a cool-down of one TTFT SLO."""
         from node.core.feedback import FeedbackConfig
 
-        return FeedbackConfig(**{"cooldown_s": self.slo.ttft_s, **self.feedback})
+        return FeedbackConfig(**{"cooldown_s": self.tightest_slo.ttft_s, **self.feedback})
 
     @model_validator(mode="after")
     def _derived_configs_build(self) -> "ServeConfig":
@@ -256,6 +326,8 @@ class ServeConfig(BaseModel):
             report_interval_s=self.report_interval_s,
             feedback=self.feedback_config(),
             pab_horizon_fraction=self.pab_horizon_fraction,
+            slo_tiers=self.tier_slos(),
+            tier_hold_fraction=self.tier_hold_fraction,
             openai_server=dict(self.openai_server),
         )
 
@@ -268,7 +340,17 @@ class ServeConfig(BaseModel):
             max_in_flight=self.max_in_flight, refresh_interval_s=self.report_interval_s,
             registry_timeout_s=self.registry_timeout_s, shed_after_fraction=self.shed_after_fraction,
             default_ttft_slo_s=self.slo.ttft_s,
+            class_ttft_slo_s={name: t.ttft_slo_s for name, t in self.slo_tiers.items()},
         )
+
+    def slo_classes(self):
+        """The ingress's ``SLOClasses`` (None without classes)."""
+        if not self.slo_tiers:
+            return None
+        from cluster.http.api import SLOClasses
+
+        return SLOClasses(tiers=self.tier_slos(), floors={n: t.floor for n, t in self.slo_tiers.items()},
+                          default=self.default_slo_tier, hold_fraction=self.tier_hold_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -511,3 +511,67 @@ def test_a_live_run_with_slo_tiers_scores_each_request_by_the_slo_it_was_sent_wi
     assert rep["attainment"] == pytest.approx(1 / 3)
     assert rep["per_tier"]["interactive"]["attainment"] == 0.0
     assert rep["per_tier"]["batch"]["attainment"] == 0.5 and rep["per_tier"]["batch"]["rejected"] == 1
+
+
+# -- SLO classes at the ingress ---------------------------------------------------------------------
+
+TIERED = dict(slo_tiers={"interactive": {"ttft_slo_s": 1.0, "tpot_slo_s": 0.05, "min_tpot_slo_s": 0.02},
+                         "batch": {"ttft_slo_s": 30.0, "tpot_slo_s": 0.25}},
+              default_slo_tier="batch", tier_hold_fraction=0.2)
+
+
+def test_a_request_gets_its_classs_slo_and_may_loosen_it_within_bounds():
+    from cluster.config import ServeConfig
+    from cluster.http.api import APIError, request_slo
+
+    cfg = ServeConfig(**TIERED)
+    classes, default = cfg.slo_classes(), cfg.slo
+    assert default == SLO(30.0, 0.25, tier="batch", priority=1)  # the default class's
+    assert cfg.tightest_slo == SLO(1.0, 0.05, tier="interactive", priority=0)
+    assert request_slo({}, {}, default, classes) == default
+    assert request_slo({}, {"x-slo-class": "interactive"}, default, classes) == cfg.tier_slos()["interactive"]
+    # the body's class wins over the header's; targets override within the class's bounds
+    slo = request_slo({"slo_class": "interactive", "tpot_slo_s": 0.03}, {"x-slo-class": "batch",
+                                                                        "x-slo-ttft-ms": "1500"}, default, classes)
+    assert slo == SLO(1.5, 0.03, tier="interactive", priority=0)
+    assert classes.held_fraction(slo) == 0.0 and classes.budget_tier(slo) is None
+    batch = request_slo({}, {}, default, classes)
+    assert classes.held_fraction(batch) == 0.2 and classes.budget_tier(batch) == "batch"
+    for xargs, headers, param, words in [
+        ({}, {"x-slo-class": "gold"}, "x-slo-class", "unknown SLO class 'gold'; this deployment has: interactive, batch"),
+        ({"slo_class": "gold"}, {}, "vllm_xargs.slo_class", "'gold'"),
+        ({"slo_class": 3}, {}, "vllm_xargs.slo_class", "must be a string"),
+        ({}, {"x-slo-ttft-ms": "500"}, "x-slo-ttft-ms", "allows no less than 30 s"),  # batch may not ask 0.5 s
+        ({"slo_class": "interactive", "tpot_slo_s": 0.01}, {}, "vllm_xargs.tpot_slo_s", "no less than 0.02 s"),
+    ]:
+        with pytest.raises(APIError) as err:
+            request_slo(xargs, headers, default, classes)
+        assert err.value.status == 400 and err.value.param == param and words in err.value.message, err.value.message
+    # without classes, naming one is a 400 too
+    with pytest.raises(APIError, match="no SLO classes"):
+        request_slo({}, {"x-slo-class": "batch"}, SLO(2.0, 0.25), None)
+
+
+@pytest.mark.parametrize("bad,words", [
+    (dict(TIERED, default_slo_tier=None), "default_slo_tier: set it"),
+    (dict(TIERED, default_slo_tier="gold"), "'gold' is not one of"),
+    (dict(TIERED, ttft_slo_s=2.0), "leave these unset"),
+    (dict(slo_tiers={"a b": {"ttft_slo_s": 1.0, "tpot_slo_s": 0.1}}, default_slo_tier="a b"), "class names"),
+    (dict(slo_tiers={"a": {"ttft_slo_s": 1.0, "tpot_slo_s": 0.1, "min_ttft_slo_s": 2.0}}, default_slo_tier="a"),
+     "min_ttft_slo_s (2.0) is above"),
+    (dict(TIERED, tier_hold_fraction=1.0), "tier_hold_fraction"),
+])
+def test_a_malformed_tier_config_is_refused_naming_the_key(bad, words):
+    from cluster.config import ConfigError, ServeConfig
+
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        ServeConfig(**bad)
+
+
+def test_engines_budget_for_the_tightest_class():
+    from cluster.config import ServeConfig
+
+    spec = ServeConfig(**TIERED).engine_spec()
+    assert (spec.ttft_slo_s, spec.tpot_slo_s) == (30.0, 0.25)  # a request without SLO in extra_args: the default
+    assert spec.slo_tiers["interactive"].priority == 0 and spec.tier_hold_fraction == 0.2
+    assert ServeConfig(**TIERED).feedback_config().cooldown_s == 1.0  # the tightest TTFT

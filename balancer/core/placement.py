@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 #: Bounds of the Retry-After a rejection suggests, seconds.
@@ -116,13 +116,18 @@ class PlacementRequest:
     ``prompt_tokens`` is the prompt work it brings, tokens (every sample's prompt: ``n`` x
     the rendered prompt); ``arrival_s`` its arrival stamp (``time.time()`` seconds) and
     ``ttft_slo_s`` its TTFT SLO, seconds, by which a host may refuse a request that already
-    waited too long to be served in time.
+    waited too long to be served in time. With SLO classes: ``slo_class`` names its class,
+    ``tier`` the looser class whose budget places it (None: the node's PAB, the tightest
+    class's) and ``held_fraction`` the share it must leave free (``PlacementPolicy.choose``).
     """
 
     request_id: str
     prompt_tokens: int
     arrival_s: float
     ttft_slo_s: float
+    slo_class: str = field(default="", kw_only=True)
+    tier: str | None = field(default=None, kw_only=True)
+    held_fraction: float = field(default=0.0, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

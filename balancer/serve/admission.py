@@ -61,6 +61,7 @@ class BalancerSettings:
     # (None: never): it can hardly meet its TTFT any more, and serving it delays those that can.
     shed_after_fraction: Optional[float] = 0.5
     default_ttft_slo_s: float = 2.0  # the TTFT SLO of a request that names none
+    class_ttft_slo_s: dict[str, float] = field(default_factory=dict)  # the TTFT SLO of each SLO class
     # Refuse before reading a body when no node can take a prompt this small by recent traffic
     # (this quantile of the last 256 prompts; None: only when not even one token fits).
     early_refusal_quantile: Optional[float] = 0.05
@@ -145,8 +146,11 @@ class LocalBalancer:
     # -- decisions ----------------------------------------------------------------------
 
     def admit(self, request_id: str, prompt_tokens: int, candidates: Optional[Iterable[str]] = None,
-              *, record: bool = True) -> tuple[Optional[str], Decision]:
+              *, record: bool = True, held_fraction: float = 0.0,
+              tier: Optional[str] = None) -> tuple[Optional[str], Decision]:
         """Place ``request_id`` (``prompt_tokens`` >= 1) or refuse it: ``(node key or None, decision)``.
+
+        ``held_fraction`` and ``tier`` are the request's SLO class's (``PlacementPolicy.choose``).
 
         ``candidates`` (node keys) restricts where it may go (the replicas
         Serve can reach now). No live node gives a rejection with reason
@@ -176,11 +180,11 @@ class LocalBalancer:
                 saved = list(self._policy.node_ids)
                 self._policy.set_nodes(members)
                 try:
-                    decision = self._policy.choose(request_id, prompt_tokens)
+                    decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier)
                 finally:
                     self._policy.set_nodes(saved)
             else:
-                decision = self._policy.choose(request_id, prompt_tokens)
+                decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier)
             if decision.rejected:
                 self.rejected += record
                 return None, decision
@@ -348,14 +352,15 @@ def local_balancer(app_name: str, engine_deployment: str, settings: BalancerSett
 _rejections = None
 
 
-def count_rejection() -> None:
-    """Count one admission rejection (exported as ``ray_fairbatching_admission_rejections_total``)."""
+def count_rejection(slo_class: str = "") -> None:
+    """Count one admission rejection of a request of ``slo_class`` ("" before its class is known, or
+    without classes), exported as ``ray_fairbatching_admission_rejections_total``."""
     global _rejections
     try:
         if _rejections is None:
             from node.serve.metrics import instrument
 
             _rejections = instrument("fairbatching_admission_rejections_total")
-        _rejections.inc()
+        _rejections.inc(tags={"slo_class": slo_class})
     except Exception:  # metrics must never fail a request
         logger.exception("could not record an admission rejection")

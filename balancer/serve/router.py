@@ -96,14 +96,16 @@ class PABRequestRouter(RequestRouter):
             return [candidate_replicas]
         if node is None:
             n = req.prompt_tokens if req is not None else 1
-            node, decision = lb.admit(rid, max(n, 1), candidates=by_key)
+            node, decision = lb.admit(rid, max(n, 1), candidates=by_key,
+                                      held_fraction=req.held_fraction if req is not None else 0.0,
+                                      tier=req.tier if req is not None else None)
             if node is None:
                 if time.time() - pending_request.created_at < self.admission_wait_s:
                     pending_request.routing_context.should_backoff = True
                     return []
                 from ray.serve.exceptions import BackPressureError
 
-                count_rejection()
+                count_rejection(req.slo_class if req is not None else "")
                 pending_request.future.set_exception(BackPressureError(
                     num_queued_requests=0, max_queued_requests=0, status_code=429,
                     retry_after_s=decision.retry_after_s or 1.0))

@@ -41,7 +41,7 @@ import secrets
 import time
 import uuid
 from http import HTTPStatus
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -51,8 +51,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from node.core.extra_args import (
     SLOValueError, arrival_from_extra_args, positive_seconds, slo_from_extra_args, to_extra_args,
 )
-from node.core.request import SLO
-from cluster.http.headers import NODE_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER
+from node.core.request import SLO, SLO_CLASS_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
+from cluster.http.headers import (
+    CLASS_HEADER, NODE_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER,
+)
 from node.serve.messages import CHAT, COMPLETION, EngineJob, EngineReply
 
 logger = logging.getLogger("ray.serve")
@@ -125,13 +127,64 @@ def arrival_stamp(headers, now_s: float, trusted: bool = True) -> float:
     return now_s
 
 
-def request_slo(xargs: dict, headers, default_ttft_s: float, default_tpot_s: float) -> tuple[float, float]:
-    """The request's ``(ttft_slo_s, tpot_slo_s)``: ``vllm_xargs`` over headers over the defaults.
+@dataclass(frozen=True)
+class SLOClasses:
+    """A deployment's SLO classes as the ingress applies them (``ServeConfig.slo_tiers``).
 
-    Raises ``APIError`` (400, ``param`` naming the header or key) for a value that
-    is not a positive finite number.
+    ``tiers``: each class's targets (``SLO`` with its name and priority rank, 0 the
+    tightest); ``floors``: the tightest targets a request of each class may ask for;
+    ``default``: the class of a request that names none; ``hold_fraction``: the share of
+    an engine's idle budget and seats a request of any class but the tightest must leave.
     """
-    targets = [default_ttft_s, default_tpot_s]
+
+    tiers: dict[str, SLO]
+    floors: dict[str, SLO]
+    default: str
+    hold_fraction: float
+
+    def held_fraction(self, slo: SLO) -> float:
+        """What a request of ``slo``'s class must leave free: nothing for the tightest class."""
+        return self.hold_fraction if slo.priority > 0 else 0.0
+
+    def budget_tier(self, slo: SLO) -> Optional[str]:
+        """The engine budget a request of ``slo``'s class is placed by: its own class's when it is
+        looser than the tightest (``NodeView.tier_pab_tokens``), else the engine's PAB (None)."""
+        return slo.tier if slo.priority > 0 else None
+
+
+def request_class(xargs: dict, headers, classes: Optional[SLOClasses]) -> Optional[str]:
+    """The SLO class a request names (``vllm_xargs.slo_class`` over ``x-slo-class``), the default
+    class when it names none, None when the deployment has no classes.
+
+    Raises ``APIError`` (400, ``param`` naming the key or header) for a class the deployment
+    does not have, or one that is not a string.
+    """
+    param, name = f"vllm_xargs.{SLO_CLASS_KEY}", xargs.get(SLO_CLASS_KEY)
+    if name is None:
+        param, name = CLASS_HEADER, headers.get(CLASS_HEADER)
+    if name is None:
+        return classes.default if classes is not None else None
+    if not isinstance(name, str):
+        raise invalid(param, f"{param} must be a string naming an SLO class, got {name!r}")
+    if classes is None:
+        raise invalid(param, f"unknown SLO class {name!r}: this deployment has no SLO classes (slo_tiers)")
+    if name not in classes.tiers:
+        raise invalid(param, f"unknown SLO class {name!r}; this deployment has: {', '.join(classes.tiers)}")
+    return name
+
+
+def request_slo(xargs: dict, headers, default: SLO, classes: Optional[SLOClasses] = None) -> SLO:
+    """The request's SLO: its class's targets (``request_class``) or ``default``, each overridden by
+    the ``x-slo-*-ms`` headers, those by ``vllm_xargs``; with the class's name and priority.
+
+    Raises ``APIError`` (400, ``param`` naming the header or key) for an unknown class, a value
+    that is not a positive finite number, or a target tighter than the class allows
+    (``TierConfig.min_ttft_slo_s`` / ``min_tpot_slo_s``).
+    """
+    name = request_class(xargs, headers, classes)
+    if name is not None:
+        default = classes.tiers[name]
+    targets = [default.ttft_s, default.tpot_s]
     for i, header in enumerate((TTFT_HEADER, TPOT_HEADER)):
         raw = headers.get(header)
         if raw is not None:
@@ -140,10 +193,17 @@ def request_slo(xargs: dict, headers, default_ttft_s: float, default_tpot_s: flo
                 raise invalid(header, f"header {header} must be a number of milliseconds > 0, got {raw!r}")
             targets[i] = value
     try:
-        slo = slo_from_extra_args(xargs, SLO(*targets))
+        slo = slo_from_extra_args(xargs, replace(default, ttft_s=targets[0], tpot_s=targets[1]))
     except SLOValueError as exc:
         raise invalid(f"vllm_xargs.{exc.key}", f"vllm_xargs.{exc}") from None
-    return slo.ttft_s, slo.tpot_s
+    if name is not None:
+        floor = classes.floors[name]
+        for key, header, asked, low in ((SLO_TTFT_KEY, TTFT_HEADER, slo.ttft_s, floor.ttft_s),
+                                        (SLO_TPOT_KEY, TPOT_HEADER, slo.tpot_s, floor.tpot_s)):
+            if asked < low:
+                param = f"vllm_xargs.{key}" if key in xargs else header
+                raise invalid(param, f"{param} asks for {asked:g} s; SLO class {name!r} allows no less than {low:g} s")
+    return slo
 
 
 def _is_backpressure(exc: BaseException) -> Optional[float]:
@@ -177,7 +237,8 @@ class IngressSettings:
     served_model_name: str
     engine_args: dict[str, Any]  # the engines' vLLM arguments (context length, tokenizer options)
     openai_server: dict[str, Any]  # vLLM's frontend options
-    default_slo: SLO  # for requests that name none
+    default_slo: SLO  # for requests that name none (the default class's with classes)
+    slo_classes: Optional[SLOClasses]  # the deployment's SLO classes, None without
     first_output_timeout_s: float
     engine_deployment: str  # the Serve deployment of the engines (its PAB registry)
     balancer_settings: Optional[Any]  # BalancerSettings when the router is ours (admission here), else None
@@ -201,8 +262,8 @@ class Ingress:
         self.settings = settings
         # The application's name as Serve runs it (``serve deploy`` names it in its file).
         self.app_name = serve.get_replica_context().app_name
-        self.ttft_slo_s = settings.default_slo.ttft_s
-        self.tpot_slo_s = settings.default_slo.tpot_s
+        self.default_slo = settings.default_slo
+        self.slo_classes = settings.slo_classes
         self.first_output_timeout_s = settings.first_output_timeout_s
         args = server_args(resolve_model(settings.model), settings.served_model_name,
                            settings.engine_args, settings.openai_server)
@@ -263,12 +324,13 @@ class Ingress:
         from balancer.serve.admission import count_rejection
 
         if lb.too_late(time.time() - job.arrival_s, job.ttft_slo_s):
-            count_rejection()
+            count_rejection(job.slo_class)
             raise rejected(1.0)
         deadline = time.monotonic() + self.admission_wait_s
         first_try = True
         while True:
-            node, decision = lb.admit(job.request_id, job.prompt_tokens, record=first_try)
+            node, decision = lb.admit(job.request_id, job.prompt_tokens, record=first_try,
+                                      held_fraction=job.held_fraction, tier=job.tier)
             first_try = False
             if node is not None:
                 return
@@ -277,7 +339,7 @@ class Ingress:
                     raise unavailable("No engine is up.")
                 return  # the registry is away: the router decides from the replicas' routing stats
             if time.monotonic() >= deadline:
-                count_rejection()
+                count_rejection(job.slo_class)
                 raise rejected(decision.retry_after_s or 1.0)
             await asyncio.sleep(lb.settings.refresh_interval_s)
 
@@ -330,8 +392,8 @@ class Ingress:
         """
         arrival_s = arrival_stamp(headers, time.time(), self.trust_request_start)
         xargs = dict(request.vllm_xargs or {})
-        ttft, tpot = request_slo(xargs, headers, self.ttft_slo_s, self.tpot_slo_s)
-        request.vllm_xargs = {**xargs, **to_extra_args(SLO(ttft, tpot), arrival_s)}
+        slo = request_slo(xargs, headers, self.default_slo, self.slo_classes)
+        request.vllm_xargs = {**xargs, **to_extra_args(slo, arrival_s)}
 
     async def run_rendered(self, kind: str, request, rendered, prompt_ids) -> Response:
         """``run`` on what vLLM's render step gave: its error as the response, else ``prompt_ids()``."""
@@ -361,9 +423,12 @@ class Ingress:
         # n samples of each prompt: vLLM prefills the prompt once per sample (no prefix caching assumed).
         n = int(request.n or 1)
         # (stamp() wrote both; read with the one reader)
-        slo = slo_from_extra_args(request.vllm_xargs, SLO(self.ttft_slo_s, self.tpot_slo_s))
+        classes, name = self.slo_classes, request.vllm_xargs.get(SLO_CLASS_KEY)
+        slo = slo_from_extra_args(request.vllm_xargs, classes.tiers[name] if classes is not None else self.default_slo)
         job = EngineJob(request_id=rid, prompt_tokens=n * sum(len(ids) for ids in prompt_ids),
                         arrival_s=arrival_from_extra_args(request.vllm_xargs, time.time()), ttft_slo_s=slo.ttft_s,
+                        slo_class=slo.tier, tier=classes.budget_tier(slo) if classes is not None else None,
+                        held_fraction=classes.held_fraction(slo) if classes is not None else 0.0,
                         kind=kind, request=request)
         gen, first = await self._start(job)
         where = _where(first)
@@ -460,10 +525,12 @@ class EarlyRefusal:
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
                 waited = now - arrival_stamp(headers, now, self.trust_request_start)
                 ttft = positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
+                slo_class = headers.get(CLASS_HEADER, "")
                 for lb in balancers:
-                    wait = 1.0 if lb.too_late(waited, ttft) else lb.refusal_before_parsing()
+                    wait = 1.0 if lb.too_late(waited, ttft or lb.settings.class_ttft_slo_s.get(slo_class)) \
+                        else lb.refusal_before_parsing()
                     if wait is not None:
-                        count_rejection()
+                        count_rejection(slo_class if slo_class in lb.settings.class_ttft_slo_s else "")
                         await rejected(wait).response()(scope, receive, send)
                         return
         await self.app(scope, receive, send)

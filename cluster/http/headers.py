@@ -3,6 +3,8 @@ every answer carries. Kept apart from the ingress so that clients import them wi
 
 #: A request's SLOs in milliseconds (a body's ``vllm_xargs`` seconds win over them).
 TTFT_HEADER, TPOT_HEADER = "x-slo-ttft-ms", "x-slo-tpot-ms"
+#: A request's SLO class, one of the deployment's ``slo_tiers`` (a body's ``vllm_xargs.slo_class`` wins).
+CLASS_HEADER = "x-slo-class"
 #: When a front proxy stamped the request (nginx: ``proxy_set_header X-Request-Start "t=${msec}"``, the
 #: convention of Heroku's router and APM agents), the arrival is that stamp: the time the request waited
 #: in front of the ingress then counts in its TTFT, its slack and the budget's front delay.

@@ -3,7 +3,8 @@
 The ingress writes them into the OpenAI body's ``vllm_xargs``; vLLM copies that
 into ``SamplingParams.extra_args``, where the engine replica and the vLLM
 scheduler read them. Keys (``node.core.request``): ``ttft_slo_s`` and
-``tpot_slo_s`` (seconds, > 0) and ``arrival_s`` (``time.time()`` seconds of the
+``tpot_slo_s`` (seconds, > 0), ``slo_class`` (the SLO class's name, when the
+deployment has classes) and ``arrival_s`` (``time.time()`` seconds of the
 ingress's arrival stamp: the envelope starts there, so slack counts the time the
 request spent in front of the engine).
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from node.core.request import ARRIVAL_KEY, SLO, SLO_TPOT_KEY, SLO_TTFT_KEY
+from dataclasses import replace
+
+from node.core.request import ARRIVAL_KEY, SLO, SLO_CLASS_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
 
 
 class SLOValueError(ValueError):
@@ -37,7 +40,8 @@ def positive_seconds(value: Any, scale: float = 1.0) -> float | None:
 
 
 def slo_from_extra_args(extra_args: Mapping[str, Any] | None, default: SLO) -> SLO:
-    """The SLO in ``extra_args``, each target it does not carry from ``default``.
+    """The SLO in ``extra_args``, each target it does not carry from ``default`` (and its class
+    and priority: the ingress resolves a request's class before, ``cluster.http.api.request_slo``).
 
     Raises ``SLOValueError`` naming the key for a value that is not a number of seconds > 0
     (strings are refused: JSON bodies carry numbers).
@@ -53,13 +57,14 @@ def slo_from_extra_args(extra_args: Mapping[str, Any] | None, default: SLO) -> S
         if seconds is None:
             raise SLOValueError(key, value)
         targets.append(seconds)
-    return SLO(*targets)
+    return replace(default, ttft_s=targets[0], tpot_s=targets[1])
 
 
 def slo_or_default(extra_args: Mapping[str, Any] | None, default: SLO) -> tuple[SLO, list[str]]:
     """The SLO in ``extra_args`` as an engine reads it: each target that is missing or unusable
     (not a number of seconds > 0; numeric strings are taken) from ``default``.
 
+    The class name comes from ``slo_class`` when it is a string, else from ``default``.
     Returns the SLO and the keys that were present but unusable (for a warning). The ingress
     refuses such values with a 400 (``slo_from_extra_args``); this is for requests that reach an
     engine some other way.
@@ -72,7 +77,8 @@ def slo_or_default(extra_args: Mapping[str, Any] | None, default: SLO) -> tuple[
             invalid.append(key)
             seconds = fallback
         targets.append(seconds)
-    return SLO(*targets), invalid
+    tier = extra.get(SLO_CLASS_KEY)
+    return SLO(targets[0], targets[1], tier=tier if isinstance(tier, str) else default.tier), invalid
 
 
 def arrival_from_extra_args(extra_args: Mapping[str, Any] | None, default_s: float) -> float:
@@ -83,6 +89,9 @@ def arrival_from_extra_args(extra_args: Mapping[str, Any] | None, default_s: flo
     return default_s
 
 
-def to_extra_args(slo: SLO, arrival_s: float) -> dict[str, float]:
-    """The entries that carry ``slo`` and ``arrival_s`` in ``vllm_xargs`` / ``extra_args``."""
-    return {SLO_TTFT_KEY: slo.ttft_s, SLO_TPOT_KEY: slo.tpot_s, ARRIVAL_KEY: arrival_s}
+def to_extra_args(slo: SLO, arrival_s: float) -> dict[str, float | str]:
+    """The entries that carry ``slo`` (its class when named) and ``arrival_s`` in ``vllm_xargs`` / ``extra_args``."""
+    entries: dict[str, float | str] = {SLO_TTFT_KEY: slo.ttft_s, SLO_TPOT_KEY: slo.tpot_s, ARRIVAL_KEY: arrival_s}
+    if slo.tier:
+        entries[SLO_CLASS_KEY] = slo.tier
+    return entries

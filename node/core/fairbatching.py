@@ -14,6 +14,16 @@ Each step:
 Under overload every decode becomes urgent and the policy degrades to
 decode-first by itself, protecting admitted requests.
 
+**Mixed SLO classes.** Every request is on its own envelope, so slack,
+EDF order and a decode's urgency follow its own TPOT. The floor of the budget
+and the ``budget + min TPOT`` urgency threshold bound the *step* (the next
+token of the tightest decode must not wait longer), so they come from the
+tightest TPOT among the decodes: a batch decode at 250 ms never sets them
+while an interactive one at 50 ms runs, and is urgent only when its own slack
+is short (tests/test_tier_policy.py). With no tight decode in the node the
+step may run to the loose TPOT, which lets a waiting interactive prompt take
+a large chunk.
+
 **Relegation** (knob ``relegate``; ``none`` is the paper's policy). EDF on the
 envelope is optimal while every deadline can be met; past that point it
 serves the most overdue request first, which makes the next ones late in turn

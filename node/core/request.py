@@ -21,6 +21,8 @@ from node.core.validation import check_finite, check_int, check_positive
 SLO_TTFT_KEY = "ttft_slo_s"
 SLO_TPOT_KEY = "tpot_slo_s"
 ARRIVAL_KEY = "arrival_s"
+#: The request's SLO class (a deployment's ``slo_tiers`` name), a string.
+SLO_CLASS_KEY = "slo_class"
 
 
 @dataclass(frozen=True, slots=True)

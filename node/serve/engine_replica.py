@@ -99,6 +99,8 @@ class EngineSpec:
     report_interval_s: float
     feedback: FeedbackConfig  # PAB's closed loop
     pab_horizon_fraction: float  # PAB's horizon: this share of the TTFT SLO (the rest: the way back, the tail)
+    slo_tiers: dict[str, SLO]  # the deployment's SLO classes (SLO with name and rank, 0 the tightest); {}: none
+    tier_hold_fraction: float  # share of the idle budget the looser classes leave (shown as the held budget)
     openai_server: dict[str, Any]  # vLLM BaseFrontendArgs fields (tools, template)
 
 
@@ -142,6 +144,10 @@ class _Metrics:
         self.prefill_rate = made("fairbatching_pab_prefill_rate_tps")
         self.queued = made("fairbatching_pab_queued_tokens")
         self.kv_headroom = made("fairbatching_pab_kv_headroom_tokens")
+        self.tier_pab = made("fairbatching_pab_tier_tokens")
+        self.held = made("fairbatching_pab_held_tokens")
+        self.ttft_slo = made("fairbatching_ttft_slo_s")
+        self.tpot_slo = made("fairbatching_tpot_slo_s")
         self.budget = made("fairbatching_time_budget_s")
         self.step_pred = made("fairbatching_step_time_predicted_s")
         self.step_meas = made("fairbatching_step_time_measured_s")
@@ -179,8 +185,16 @@ class EngineReplica:
         self.deployment_step_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
         self.anchor = Anchor(self.spec.anchor)
         self.default_slo = SLO(self.spec.ttft_slo_s, self.spec.tpot_slo_s)
+        # PAB budgets for the tightest class (or the one SLO), and each looser class over its own TTFT.
+        tiers = sorted(self.spec.slo_tiers.values(), key=lambda t: t.priority)
+        self.pab_slo = tiers[0] if tiers else self.default_slo
+        self.looser_tiers = tiers[1:]
         self.live: dict[str, _Live] = {}
         self.metrics = _Metrics(self.node_label, self.replica_key)
+        for slo in self.spec.slo_tiers.values() or [self.default_slo]:  # what the dashboard holds each class to
+            self.metrics.ttft_slo.set(slo.ttft_s, tags={"slo_class": slo.tier})
+            self.metrics.tpot_slo.set(slo.tpot_s, tags={"slo_class": slo.tier})
+        self.finished_by_class: dict[str, list[int]] = {}  # class -> [finished, attained] (status)
         self.sched: Optional[NodeStats] = None  # the FairBatching scheduler's own report, when it sends one
         self.kv_usage = 0.0
         self.steps = 0
@@ -323,8 +337,8 @@ class EngineReplica:
 
     @property
     def horizon_s(self) -> float:
-        """PAB's horizon: ``pab_horizon_fraction`` of the default TTFT SLO, seconds."""
-        return self.spec.pab_horizon_fraction * self.default_slo.ttft_s
+        """PAB's horizon: ``pab_horizon_fraction`` of the tightest class's (or the default) TTFT SLO, seconds."""
+        return self.spec.pab_horizon_fraction * self.pab_slo.ttft_s
 
     def measured_rate_tps(self) -> Optional[float]:
         """What caps the model's prefill rate: the rate measured under a queue, and the slow start's cap."""
@@ -332,16 +346,19 @@ class EngineReplica:
                 if r is not None]
         return min(caps) if caps else None
 
-    def compute_pab(self) -> PABReport:
+    def compute_pab(self, budget_slo: Optional[SLO] = None) -> PABReport:
+        """This node's PAB for requests of ``budget_slo`` (None: the tightest class's, ``pab_slo``)."""
+        slo = budget_slo or self.pab_slo
         now = time.time()
         states = [lv.state(rid) for rid, lv in self.live.items()]
         kv_free = max(0, int((1.0 - self.kv_usage) * self.kv_capacity_tokens))
         return estimate_pab(
             states, self.step_model, now,
-            horizon_s=self.horizon_s,
-            due_within_s=self.default_slo.ttft_s,
+            horizon_s=self.spec.pab_horizon_fraction * slo.ttft_s,
+            due_within_s=slo.ttft_s,
             kv_free_tokens=kv_free,
-            default_tpot_s=self.default_slo.tpot_s,
+            default_tpot_s=slo.tpot_s,
+            paced_decodes=self.spec.scheduler_cls is not None,  # FairBatching paces each decode to its TPOT
             anchor=self.anchor,
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_num_seqs=self.max_num_seqs,
@@ -377,6 +394,7 @@ class EngineReplica:
         factor = self.feedback.update(now, starved=starved, waiting=[(lv.arrival_s, lv.slo.ttft_s) for lv in waiting])
         if factor != rep.correction or self.slow_start.rate_cap_tps != cap:
             rep = self.compute_pab()
+        tier_budgets = {t.tier: self.compute_pab(t).pab_tokens for t in self.looser_tiers} or None
         view = NodeView(
             node_id=0,
             pab_tokens=rep.pab_tokens,
@@ -391,11 +409,16 @@ class EngineReplica:
             slots_free=rep.slots_free,
             slot_wait_s=rep.slot_wait_s,
             idle_pab_tokens=rep.idle_pab_tokens,
+            tier_pab_tokens=tier_budgets,
             max_num_seqs=self.max_num_seqs,
             received_ids=frozenset(self.received_ids()),
         )
         m = self.metrics
         m.pab.set(rep.pab_tokens)
+        for name, tokens in (tier_budgets or {}).items():
+            m.tier_pab.set(tokens, tags={"slo_class": name})
+        if self.looser_tiers:
+            m.held.set(self.spec.tier_hold_fraction * rep.idle_pab_tokens)
         m.prefill_rate.set(rep.prefill_rate_tps)
         m.queued.set(float(rep.queued_tokens))
         m.kv_headroom.set(float(rep.kv_headroom_tokens))
@@ -428,6 +451,9 @@ class EngineReplica:
             "finished": self.finished,
             "attained": self.attained,
             "attainment": self.attained / self.finished if self.finished else None,
+            # per SLO class: finished, attained, attainment ("" without classes)
+            "by_class": {name: {"finished": f, "attained": a, "attainment": a / f if f else None}
+                         for name, (f, a) in sorted(self.finished_by_class.items())},
             "steps": self.steps,
             "scheduler_steps": self.sched.steps if self.sched else None,
             "scheduler_policy": self.sched.policy if self.sched else None,
@@ -583,18 +609,22 @@ class EngineReplica:
         self.finished += 1
         self.outputs_seen.add(lv.output_tokens)
         ttft = tpot = None
+        tags = {"slo_class": lv.slo.tier}
         if lv.first_token_s is not None:
             ttft = lv.first_token_s - lv.arrival_s
-            m.ttft.observe(ttft)
+            m.ttft.observe(ttft, tags=tags)
             if lv.last_token_s is not None:
                 tpot = mean_tpot_s(lv.first_token_s, lv.last_token_s, lv.output_tokens)
         if tpot is not None:
-            m.tpot.observe(tpot)
+            m.tpot.observe(tpot, tags=tags)
             self.feedback.observe_mean_tpot(time.time(), lv.arrival_s, tpot, lv.slo)
-        m.finished.inc()
+        m.finished.inc(tags=tags)
+        counts = self.finished_by_class.setdefault(lv.slo.tier, [0, 0])
+        counts[0] += 1
         if meets_slo(ttft, tpot, lv.slo):
             self.attained += 1
-            m.attained.inc()
+            counts[1] += 1
+            m.attained.inc(tags=tags)
         m.attainment.set(self.attained / self.finished)
 
     def __del__(self) -> None:

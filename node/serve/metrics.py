@@ -47,6 +47,7 @@ class MetricSpec:
 
 
 _NR = ("node", "replica")
+_NRC = ("node", "replica", "slo_class")  # per SLO class ("" without classes)
 _VLLM = ("model_name", "engine", "ReplicaId")
 
 METRICS: tuple[MetricSpec, ...] = (
@@ -55,6 +56,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("fairbatching_pab_prefill_rate_tps", "gauge", _NR, "PAB part R: prefill tokens/s left", ENGINE),
     MetricSpec("fairbatching_pab_queued_tokens", "gauge", _NR, "PAB part W: queued prompt tokens", ENGINE),
     MetricSpec("fairbatching_pab_kv_headroom_tokens", "gauge", _NR, "PAB KV headroom, tokens", ENGINE),
+    MetricSpec("fairbatching_pab_tier_tokens", "gauge", ("slo_class",) + _NR,
+               "PAB of a looser SLO class, over its own TTFT, tokens", ENGINE),
+    MetricSpec("fairbatching_pab_held_tokens", "gauge", _NR,
+               "Budget held for the tightest SLO class (tier_hold_fraction x the idle budget), tokens", ENGINE),
     # the closed loop (node.core.feedback): measured latency corrects the budget
     MetricSpec("fairbatching_pab_correction", "gauge", _NR, "Closed-loop factor on the prefill rate (1 = as modelled)", ENGINE),
     MetricSpec("fairbatching_front_delay_s", "gauge", _NR, "Time in front of the engine (P90), taken off the PAB horizon, s", ENGINE),
@@ -70,14 +75,18 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("fairbatching_requests_in_flight", "gauge", _NR, "Requests held by the engine", ENGINE),
     MetricSpec("fairbatching_kv_usage", "gauge", _NR, "KV cache usage fraction", ENGINE),
     # latency and SLO attainment
-    MetricSpec("fairbatching_ttft_s", "histogram", _NR, "Time to first token per request, s", ENGINE, LATENCY_BUCKETS_S),
-    MetricSpec("fairbatching_tpot_s", "histogram", _NR, "Mean time per output token per request, s", ENGINE,
+    MetricSpec("fairbatching_ttft_s", "histogram", _NRC, "Time to first token per request, s", ENGINE, LATENCY_BUCKETS_S),
+    MetricSpec("fairbatching_tpot_s", "histogram", _NRC, "Mean time per output token per request, s", ENGINE,
                LATENCY_BUCKETS_S),
-    MetricSpec("fairbatching_requests_finished_total", "counter", _NR, "Requests finished", ENGINE),
-    MetricSpec("fairbatching_requests_attained_total", "counter", _NR, "Requests that met both SLOs", ENGINE),
+    MetricSpec("fairbatching_requests_finished_total", "counter", _NRC, "Requests finished", ENGINE),
+    MetricSpec("fairbatching_requests_attained_total", "counter", _NRC, "Requests that met both SLOs", ENGINE),
+    MetricSpec("fairbatching_ttft_slo_s", "gauge", ("slo_class",) + _NR, "TTFT SLO of each SLO class, s", ENGINE),
+    MetricSpec("fairbatching_tpot_slo_s", "gauge", ("slo_class",) + _NR, "TPOT SLO of each SLO class, s", ENGINE),
     MetricSpec("fairbatching_slo_attainment", "gauge", _NR, "Fraction of finished requests that met both SLOs", ENGINE),
     # admission (the router fails a request with 429 when no node has PAB >= its prompt)
-    MetricSpec("fairbatching_admission_rejections_total", "counter", (), "Requests rejected at admission (HTTP 429)", ROUTER),
+    MetricSpec("fairbatching_admission_rejections_total", "counter", ("slo_class",),
+               "Requests rejected at admission (HTTP 429), by SLO class (empty: refused before its class was read)",
+               ROUTER),
     # vLLM's own engine metrics, exported through Ray by vLLM's RayPrometheusStatLogger
     MetricSpec("vllm:num_requests_running", "gauge", _VLLM, "Requests in the engine's running batch", VLLM),
     MetricSpec("vllm:num_requests_waiting", "gauge", _VLLM, "Requests waiting in the engine", VLLM),
