@@ -168,7 +168,11 @@ def _scenario(tmp_path: Path) -> None:
         for port in ports[1:]:
             cluster.add_node(num_cpus=1, num_gpus=1, metrics_export_port=port)
         ray.init(address=cluster.address, log_to_driver=False)
-        cfg = ServeConfig(port=free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True)
+        # With two SLO classes (the dashboard's by-class panels; the load sends the default class).
+        cfg = ServeConfig(port=free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True,
+                          slo_tiers={"interactive": {"ttft_slo_s": 2.0, "tpot_slo_s": 0.25},
+                                     "batch": {"ttft_slo_s": 30.0, "tpot_slo_s": 1.0}},
+                          default_slo_tier="interactive")
         url = deploy(cfg)
 
         # Ray's discovery file lists every node's metrics export address.

@@ -38,6 +38,10 @@ SLOW_PROFILE = {
 }
 
 
+TIERS = {"interactive": {"ttft_slo_s": 2.0, "tpot_slo_s": 0.25, "min_ttft_slo_s": 0.5, "min_tpot_slo_s": 0.05},
+         "batch": {"ttft_slo_s": 30.0, "tpot_slo_s": 1.0}}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -59,7 +63,8 @@ def cluster(tmp_path_factory):
     try:
         profile = tmp_path_factory.mktemp("profile") / "test-slow.json"
         profile.write_text(json.dumps(SLOW_PROFILE))
-        cfg = ServeConfig(port=free_port(), ttft_slo_s=2.0, tpot_slo_s=0.25, profile=str(profile),
+        # Two SLO classes; requests that name none are interactive (2 s / 250 ms, as the profile budgets for).
+        cfg = ServeConfig(port=free_port(), slo_tiers=TIERS, default_slo_tier="interactive", profile=str(profile),
                           node_config={"refit": False}, api_keys=["another-key", API_KEY],
                           openai_server={"enable_auto_tool_choice": True, "tool_call_parser": "pythonic"},
                           max_body_bytes=1 << 20)
@@ -321,6 +326,41 @@ def test_per_request_slo_and_arrival_reach_the_scheduler(cluster):
     assert any(s["ttft_slo_s"] == 7.5 for s in seen), seen
     assert any(s["ttft_slo_s"] == 6.5 and s["tpot_slo_s"] == pytest.approx(0.09) for s in seen), seen
     assert all(0 <= s["front_delay_s"] < 30 for s in seen), seen  # the ingress's stamp, not the engine's
+
+
+@pytest.mark.timeout(300)
+def test_slo_classes_from_the_header_or_the_body_reach_the_engine_and_the_status(cluster):
+    """A request picks its SLO class by header or body; an unknown class or a target tighter than its class
+    allows is a 400 naming the parameter; engines report the batch class's own budget and count by class."""
+    import openai
+    from typer.testing import CliRunner
+
+    from cluster.cli.main import app
+
+    client = _openai(cluster)
+    out = client.completions.create(model=MODEL, prompt="w1", max_tokens=2, extra_headers={"x-slo-class": "batch"})
+    assert out.choices[0].finish_reason is not None
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w1"}], max_tokens=2,
+                                          extra_body={"vllm_xargs": {"slo_class": "batch", "ttft_slo_s": 45.0}})
+    assert chat.choices[0].finish_reason is not None
+    for kwargs, param, words in [
+        (dict(extra_headers={"x-slo-class": "gold"}), "x-slo-class", "unknown SLO class 'gold'"),
+        (dict(extra_body={"vllm_xargs": {"slo_class": "gold"}}), "vllm_xargs.slo_class", "interactive, batch"),
+        (dict(extra_headers={"x-slo-class": "batch", "x-slo-ttft-ms": "1000"}), "x-slo-ttft-ms", "no less than 30 s"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=MODEL, prompt="w1", max_tokens=2, **kwargs)
+        assert err.value.body["param"] == param and words in err.value.body["message"], err.value.body
+    time.sleep(0.5)  # a few reports reach the registry
+    nodes = _status(cluster)["nodes"].values()
+    seen = [slo for n in nodes for slo in n["recent_slos"]]
+    assert any(s["ttft_slo_s"] == 30.0 and s["tpot_slo_s"] == 1.0 for s in seen), seen
+    assert any(s["ttft_slo_s"] == 45.0 for s in seen), seen
+    # every engine budgets the batch class over its own 30 s TTFT (more than the interactive 2 s budget when idle)
+    assert all(set(n["tier_pab_tokens"]) == {"batch"} and n["pab_held_tokens"] > 0 for n in nodes), list(nodes)
+    assert sum(n["by_class"].get("batch", {}).get("finished", 0) for n in nodes) == 2
+    result = CliRunner().invoke(app, ["status", "--url", str(cluster.base_url).rstrip("/"), "--api-key", API_KEY])
+    assert result.exit_code == 0 and "by SLO class" in result.output and "batch" in result.output, result.output
 
 
 def test_status_command_prints_every_node(cluster):

@@ -140,6 +140,29 @@ def status(
                       str(n.get("finished", "-")), fmt(n.get("attainment"), "{:.1%}"),
                       fmt(n.get("report_age_s"), "{:.2f} s"))
     _table_console().print(table)
+    classes = _class_rows(snap["nodes"])
+    if classes:
+        by_class = Table(title="by SLO class (budget: the class's own over its TTFT; the tightest class's is PAB)")
+        for col in ("node", "class", "budget", "held for the tightest", "finished", "attained", "attainment"):
+            by_class.add_column(col, justify="right")
+        for row in classes:
+            by_class.add_row(row[0], row[1], fmt(row[2]), fmt(row[3]), str(row[4]), str(row[5]), fmt(row[6], "{:.1%}"))
+        _table_console().print(by_class)
+
+
+def _class_rows(nodes: dict) -> list[tuple]:
+    """``(node, class, budget, held, finished, attained, attainment)`` per node and SLO class seen
+    (the status of a deployment with ``slo_tiers``); empty without classes."""
+    rows = []
+    for _, n in sorted(nodes.items(), key=lambda kv: str(kv[1].get("node"))):
+        tiers = n.get("tier_pab_tokens") or {}
+        counts = {k: v for k, v in (n.get("by_class") or {}).items() if k}
+        for name in sorted(set(tiers) | set(counts)):
+            c = counts.get(name, {})
+            rows.append((str(n.get("node")), name, tiers.get(name, n.get("pab_tokens")),
+                         n.get("pab_held_tokens") if name in tiers else None,
+                         c.get("finished", 0), c.get("attained", 0), c.get("attainment")))
+    return rows
 
 
 def load(
@@ -161,6 +184,9 @@ def load(
     slo_tier: Optional[list[str]] = typer.Option(
         None, "--slo-tier", help="SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable: each request gets a tier by seed "
                                  "and is sent with its SLOs; the report adds per_tier (as fairbatching sim)."),
+    send_class: bool = typer.Option(
+        False, "--send-class", help="With --slo-tier: also send each request's tier name as x-slo-class (a server "
+                                    "with SLO classes of those names admits and holds each class by its own)."),
     model: Optional[str] = typer.Option(None, help="Model name (default: the server's first model)."),
     timeout_s: float = typer.Option(300.0, help="Per-request timeout, seconds."),
     seed: int = typer.Option(0, help="Seed of the prompt token ids (and synthetic traces)."),
@@ -206,7 +232,7 @@ def load(
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     console.print(f"replaying {len(w)} requests over {span:.1f} s ({w.rate_rps:.2f} req/s) against {base} ...")
     records = asyncio.run(replay(base, w, model=model, slo=slos, max_output_tokens=max_output_tokens,
-                                 timeout_s=timeout_s, seed=seed, api_key=api_key))
+                                 timeout_s=timeout_s, seed=seed, api_key=api_key, slo_class_header=send_class))
     report = live_report(records, slo, span)
     report.update(url=base, trace=trace, rate_scale=rate_scale, transforms=list(w.transforms),
                   ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, max_output_tokens=max_output_tokens)

@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 import aiohttp
 import httpx
 
-from cluster.http.headers import REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER
+from cluster.http.headers import CLASS_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimRequest
 from cluster.workload.traces import Workload
@@ -162,6 +162,7 @@ async def replay(
     model: str,
     slo: SLO | Sequence[SLO],
     slo_headers: bool = True,
+    slo_class_header: bool = False,
     token_id_range: tuple[int, int] = (3, 1000),
     max_output_tokens: Optional[int] = None,
     timeout_s: float = 300.0,
@@ -173,7 +174,8 @@ async def replay(
     """Send every request of ``workload`` at its arrival time; return one record per request.
 
     ``slo`` is every request's SLO, or one per request (SLO tiers); with ``slo_headers`` each
-    request carries its own in the ``x-slo-*`` headers. With ``request_start_header`` each request
+    request carries its own in the ``x-slo-*`` headers, and with ``slo_class_header`` its tier's
+    name in ``x-slo-class`` (the server's SLO class of that name). With ``request_start_header`` each request
     carries ``x-request-start`` (its send time, in ms), as a front proxy would set it, so the
     server's arrival stamp is the client's.
     """
@@ -186,8 +188,10 @@ async def replay(
     for r, s in zip(workload.requests, slos):
         out = min(r.output_tokens, max_output_tokens) if max_output_tokens else r.output_tokens
         records.append(LiveRecord(r.request_id, r.arrival_s, r.prompt_tokens, out, slo=s))
-        headers.append({**base, TTFT_HEADER: str(s.ttft_s * 1e3), TPOT_HEADER: str(s.tpot_s * 1e3)}
-                       if slo_headers else base)
+        h = {**base, TTFT_HEADER: str(s.ttft_s * 1e3), TPOT_HEADER: str(s.tpot_s * 1e3)} if slo_headers else dict(base)
+        if slo_class_header and s.tier:
+            h[CLASS_HEADER] = s.tier
+        headers.append(h)
         bodies.append(json.dumps({
             "model": model,
             "prompt": _prompt_ids(rng, r.prompt_tokens, *token_id_range),

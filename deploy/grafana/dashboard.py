@@ -83,6 +83,10 @@ def _per_node(*series: str | tuple[str, str], agg: str = "max", rate: bool = Fal
     return tuple(out)
 
 
+def _by_class(metric: str) -> str:
+    return f"max by (slo_class) ({prom(metric)}{{{ENG}}})"
+
+
 def _quantiles(metric: str, sel: str, qs=(0.5, 0.9, 0.99)) -> tuple[Q, ...]:
     return tuple(
         Q(f"histogram_quantile({q}, sum by (le) (rate({prom(metric)}_bucket{{{sel}}}[{RATE}])))", f"p{round(q * 100)}")
@@ -145,6 +149,33 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   unit="percentunit", kind="stat", width=6, min=0, max=1),
         PanelSpec("Finished requests", "Requests finished per second, per node.",
                   _per_node("fairbatching_requests_finished_total", rate=True), unit="reqps", width=18),
+    )),
+    ("SLO classes", (
+        PanelSpec("SLO attainment by class", "Share of finished requests of each SLO class that met both of its "
+                  "SLOs (a deployment's slo_tiers; one unnamed class without them).",
+                  (Q(f"sum by (slo_class) (rate({prom('fairbatching_requests_attained_total')}{{{ENG}}}[{RATE}]))"
+                     f" / sum by (slo_class) (rate({prom('fairbatching_requests_finished_total')}{{{ENG}}}[{RATE}]))",
+                     "{{slo_class}}"),), unit="percentunit", min=0, max=1),
+        PanelSpec("Admission rejections by class", "Requests of each class refused at admission (429) per second; "
+                  "under overload the looser classes are refused first (tier_hold_fraction). Unnamed: refused "
+                  "before the body was read.",
+                  (Q(f"sum by (slo_class) (rate({prom('fairbatching_admission_rejections_total')}{{{CL}}}[{RATE}]))"
+                     f" or 0 * sum by (slo_class) (rate({prom('fairbatching_requests_finished_total')}{{{ENG}}}"
+                     f"[{RATE}]))", "{{slo_class}}"),), unit="reqps"),
+        PanelSpec("TTFT p99 by class vs its SLO", "Time to first token (p99) of each class beside the class's SLO.",
+                  (Q(f"histogram_quantile(0.99, sum by (le, slo_class) "
+                     f"(rate({prom('fairbatching_ttft_s')}_bucket{{{ENG}}}[{RATE}])))", "{{slo_class}} p99"),
+                   Q(_by_class("fairbatching_ttft_slo_s"), "{{slo_class}} SLO")), unit="s"),
+        PanelSpec("TPOT p99 by class vs its SLO", "Mean time per output token (p99) of each class beside its SLO.",
+                  (Q(f"histogram_quantile(0.99, sum by (le, slo_class) "
+                     f"(rate({prom('fairbatching_tpot_s')}_bucket{{{ENG}}}[{RATE}])))", "{{slo_class}} p99"),
+                   Q(_by_class("fairbatching_tpot_slo_s"), "{{slo_class}} SLO")), unit="s"),
+        PanelSpec("Budget per class and the share held", "Per node: PAB (the tightest class's), each looser "
+                  "class's budget over its own TTFT, and the budget held for the tightest class; a looser class "
+                  "is admitted while its budget covers the prompt and PAB stays above what is held.",
+                  _per_node(("fairbatching_pab_tokens", "PAB (tightest)"), ("fairbatching_pab_held_tokens", "held"))
+                  + (Q(f"max by (node, slo_class) ({prom('fairbatching_pab_tier_tokens')}{{{ENG}}})",
+                       "{{node}} {{slo_class}}"),), unit="none", width=24),
     )),
     ("Queue and KV", (
         PanelSpec("Requests in flight per node", "Requests the engine holds (waiting, prefilling, decoding).",

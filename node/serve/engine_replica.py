@@ -439,6 +439,8 @@ class EngineReplica:
             "queued_tokens": self._pab_parts.get("queued_tokens"),
             "kv_headroom_tokens": self._pab_parts.get("kv_headroom_tokens"),
             "binding": self._pab_parts.get("binding"),
+            "pab_held_tokens": (self.spec.tier_hold_fraction * self._pab_parts["idle_pab_tokens"]
+                                if self.looser_tiers and "idle_pab_tokens" in self._pab_parts else None),
             "correction": self.feedback.factor,
             "correction_decreases": self.feedback.decreases,
             "latency_tail_ratio": self.feedback.last_tail_ratio,
