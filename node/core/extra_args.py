@@ -12,9 +12,8 @@ request spent in front of the engine).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
-
 from dataclasses import replace
+from typing import Any, Mapping
 
 from node.core.request import ARRIVAL_KEY, SLO, SLO_CLASS_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
 

@@ -191,9 +191,6 @@ class EngineReplica:
         self.looser_tiers = tiers[1:]
         self.live: dict[str, _Live] = {}
         self.metrics = _Metrics(self.node_label, self.replica_key)
-        for slo in self.spec.slo_tiers.values() or [self.default_slo]:  # what the dashboard holds each class to
-            self.metrics.ttft_slo.set(slo.ttft_s, tags={"slo_class": slo.tier})
-            self.metrics.tpot_slo.set(slo.tpot_s, tags={"slo_class": slo.tier})
         self.finished_by_class: dict[str, list[int]] = {}  # class -> [finished, attained] (status)
         self.sched: Optional[NodeStats] = None  # the FairBatching scheduler's own report, when it sends one
         self.kv_usage = 0.0
@@ -415,6 +412,9 @@ class EngineReplica:
         )
         m = self.metrics
         m.pab.set(rep.pab_tokens)
+        for slo in self.spec.slo_tiers.values() or [self.default_slo]:  # what the dashboard holds each class to
+            m.ttft_slo.set(slo.ttft_s, tags={"slo_class": slo.tier})
+            m.tpot_slo.set(slo.tpot_s, tags={"slo_class": slo.tier})
         for name, tokens in (tier_budgets or {}).items():
             m.tier_pab.set(tokens, tags={"slo_class": name})
         if self.looser_tiers:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Two SLO classes live on the embedded default (two tiny CPU engines): deploy/serve-tiers.yaml
+# (interactive 2 s / 250 ms, batch 30 s / 1 s, tier_hold_fraction HOLD), Azure code clipped to
+# 512 / 32 tokens, a 50/50 mix sent with x-slo-class by `fairbatching load`, at RATE_SCALE
+# (19 = ~48 req/s, 4x the 12 req/s capacity measured in SERVE.md).
+#   bash bench/tiers_live.sh HOLD RATE_SCALE OUT.json
+set -euo pipefail
+hold=$1; rs=$2; out=$3
+cfg=$(mktemp --suffix=.yaml)
+sed "s/tier_hold_fraction: .*/tier_hold_fraction: $hold/" deploy/serve-tiers.yaml > "$cfg"
+ray stop --force >/dev/null 2>&1 || true
+RAY_AUTH_MODE=disabled fairbatching serve --config "$cfg" > /tmp/tiers-serve.log 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; ray stop --force >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 240); do
+  curl -sf http://127.0.0.1:8000/health 2>/dev/null | grep -q '"engines": *2' && break
+  sleep 1
+done
+curl -sf http://127.0.0.1:8000/health
+# warm-up: the first requests of a fresh engine are slow (slow start); then the measured run
+fairbatching load --trace azure-code --duration-s 60 --max-prompt-tokens 512 --max-output-tokens 32 \
+  --rate-scale 2 --slo-tier interactive=0.5:2:0.25 --slo-tier batch=0.5:30:1 --send-class >/dev/null
+fairbatching load --trace azure-code --duration-s 600 --max-prompt-tokens 512 --max-output-tokens 32 \
+  --rate-scale "$rs" --slo-tier interactive=0.5:2:0.25 --slo-tier batch=0.5:30:1 --send-class --json "$out"
