@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SLO classes behind admission, single simulated H100 node, Azure conv, 50/50 interactive (1 s / 50 ms)
-# and batch (30 s / 250 ms), 900 s trace window, seeds 0-2, at 1.5x and 2x the round-robin capacity
+# and batch (30 s / 250 ms), 900 s trace window, seeds 0-2, at about 1.3x and 2x the round-robin capacity
 # of FairBatching (17.26 req/s, bench/results/TIERS.md). Writes one JSON per run and prints a table.
 #   bash bench/tiers_admission.sh [OUT_DIR]
 set -euo pipefail
@@ -16,7 +16,7 @@ declare -A arms=(
   [vllm-priority-rr]="--scheduler vllm-priority --token-budget 1024 --balancer round-robin"
   [vllm-priority-pab]="--scheduler vllm-priority --token-budget 1024 --balancer pab --tier-hold-fraction 0.1"
 )
-for rs in 4.5 6; do
+for rs in 4.5 7; do
   for arm in "${!arms[@]}"; do
     for seed in 0 1 2; do
       f="$out/$arm-rs$rs-seed$seed.json"

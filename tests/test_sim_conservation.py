@@ -170,3 +170,15 @@ def test_online_refit_replans_with_the_true_step_times():
     assert models[0]["b_s_per_token"] < 1.4 * truth.b_s_per_token
     fixed = simulate(dc_replace(cfg, refit=False), workload=bursty(), profile=slow).report["planning_models"]
     assert fixed[0]["refits"] == 0 and fixed[0]["b_s_per_token"] == slow.b_s_per_token
+
+
+def test_capacity_says_why_when_no_rate_meets_the_target():
+    """Prompts that cannot be prefilled within the TTFT SLO even alone, and arrivals sharing a timestamp."""
+    rows = [TraceRequest(i, float(i // 10), 20_000 if i % 2 else 100, 10) for i in range(60)]  # 10 per second
+    res = find_capacity(SimConfig(trace="ties", profile="ref-linear-h100", balancer="round-robin", ttft_slo_s=0.2),
+                        target=0.9, rel_tol=0.5, max_probes=4, workload=Workload(rows, name="ties"), profile=PROFILE)
+    assert res.capacity_rps is None
+    text = " ".join(res.why)
+    assert "30 of 60 prompts (50.0%) take longer than their TTFT SLO" in text and "at most 50.0%" in text, res.why
+    assert "share a timestamp" in text and "up to 10 at once" in text, res.why
+    assert res.to_dict()["why_no_capacity"] == res.why

@@ -138,6 +138,8 @@ def capacity(
                                      metric=f"per_tier.{tightest}.attainment")
     out = res.to_dict()
     console.print(f"capacity_rps={res.capacity_rps}  (rate scale {res.capacity_rate_scale}, {len(res.probes)} probes)")
+    for reason in res.why:  # no rate met the target
+        console.print(f"[yellow]why: {reason}[/yellow]")
     if out["report"]:
         console.print(_headline(out["report"]))
     if tier_res is not None:

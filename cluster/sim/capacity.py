@@ -36,6 +36,7 @@ class CapacityResult:
     probes: list[Probe]
     result_at_capacity: SimResult | None = field(default=None, repr=False)
     lower_bound: bool = False  # the metric never failed: capacity is at least this
+    why: list[str] = field(default_factory=list)  # when no rate met the target: what the lowest probe shows
 
 
     def to_dict(self) -> dict:
@@ -44,6 +45,7 @@ class CapacityResult:
             "capacity_rps": self.capacity_rps,
             "capacity_rate_scale": self.capacity_rate_scale,
             "capacity_is_lower_bound": self.lower_bound,
+            "why_no_capacity": self.why,
             "attainment_target": self.target,
             "report": at,
             "probes": [
@@ -139,6 +141,56 @@ def find_capacity(
             else:
                 hi = mid
     if lo is None:
-        return CapacityResult(None, None, target, probes)
+        lowest = min(probes, key=lambda p: p.rate_scale)
+        return CapacityResult(None, None, target, probes, why=why_no_rate_meets(cfg, workload, profile, lowest, target))
     best = results[lo]
     return CapacityResult(best.report["offered_rps"], lo, target, probes, best, lower_bound=hi is None)
+
+
+def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowest: Probe, target: float) -> list[str]:
+    """Reasons no probed rate met ``target``, each one sentence, most decisive first.
+
+    Looks at what no scheduler can help at vanishing load: prompts whose prefill alone, on an
+    idle node with the profile's step model (chunks of at most ``max_num_batched_tokens``),
+    takes longer than their TTFT SLO; a TPOT SLO below one decode step; arrivals that share
+    one timestamp (a trace of coarse resolution: ``--spread-ties`` is the cure the issue asks
+    for). Then the lowest probe's own figures: its TTFT and TPOT P99 against the SLO.
+    """
+    from cluster.workload.tiers import assign_tiers, parse_slo_tiers
+
+    model = profile.step_model
+    cap = profile.max_num_batched_tokens or 8192
+    default = cfg.slo_on(profile.default_slo)
+    reqs = workload.requests
+    slos = ([t.slo for t in assign_tiers(len(reqs), parse_slo_tiers(cfg.slo_tier), cfg.seed)]
+            if cfg.slo_tier else [default] * len(reqs))
+    why = []
+    too_long = 0
+    for r, slo in zip(reqs, slos):
+        chunks = -(-r.prompt_tokens // cap)
+        alone_s = model.predict_s(r.prompt_tokens, r.prompt_tokens) + (chunks - 1) * model.predict_s(0, 0)
+        too_long += alone_s > slo.ttft_s
+    if reqs and too_long:
+        best = 1 - too_long / len(reqs)
+        why.append(f"{too_long} of {len(reqs)} prompts ({too_long / len(reqs):.1%}) take longer than their TTFT SLO "
+                   f"to prefill alone on an idle node, so attainment can be at most {best:.1%}"
+                   + (f", below the target {target:.0%}" if best < target else ""))
+    one_step_s = model.predict_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)))
+    tight = min((s.tpot_s for s in slos), default=default.tpot_s)
+    if one_step_s > tight:
+        why.append(f"one decode step of a typical request takes {one_step_s * 1e3:.1f} ms by the profile, more than "
+                   f"the TPOT SLO of {tight * 1e3:.1f} ms")
+    arrivals = [r.arrival_s for r in reqs]
+    ties = sum(1 for a, b in zip(arrivals, arrivals[1:]) if a == b)
+    if reqs and ties / len(reqs) > 0.05:
+        group, run = 1, 1
+        for a, b in zip(arrivals, arrivals[1:]):
+            run = run + 1 if a == b else 1
+            group = max(group, run)
+        why.append(f"{ties / len(reqs):.0%} of arrivals share a timestamp with the previous one (up to {group} at "
+                   f"once): the trace's time resolution turns them into bursts")
+    rep = lowest.report
+    why.append(f"at the lowest rate probed ({lowest.rate_rps:.3g} req/s) attainment was {lowest.attainment:.3f}; "
+               f"TTFT P99 {rep.get('ttft_p99')} s against {default.ttft_s:g} s, TPOT P99 {rep.get('tpot_p99')} s "
+               f"against {default.tpot_s:g} s")
+    return why
