@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,9 +225,9 @@ def test_parse_columns():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("t,p", "three comma-separated"),
-        ("t,p,o,x", "three comma-separated"),
-        ("t,,o", "three comma-separated"),
+        ("t", "expected comma-separated column names"),
+        ("t,p,o,x", "expected comma-separated column names"),
+        ("t,,o", "expected comma-separated column names"),
         ("t:min,p,o", "unknown time unit 'min'"),
         (":ms,p,o", "arrival column name is empty"),
         ("t,p:ms,o", "only the arrival column"),
@@ -495,3 +497,74 @@ def test_long_context_is_deterministic_by_seed_and_a_seed_permutes_the_pairs():
     assert pairs(other) != pairs(base) and sorted(pairs(other)) == sorted(pairs(base))
     with pytest.raises(TraceError, match="prompt_range"):
         load_long_context(prompt_range=(100, 50))
+
+
+# --------------------------------------------------------------------------
+# Coarse timestamps and files of lengths only (issue: a simulator without favours)
+# --------------------------------------------------------------------------
+
+
+def _write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_spread_ties_spreads_each_group_over_the_resolution_and_prepare_warns(tmp_path):
+    from cluster.workload.traces import TieWarning, prepare, spread_ties, tie_fraction
+
+    rows = "t,p,o\n" + "".join(f"{t},{10 + i},5\n" for i, t in enumerate([0, 0, 0, 0, 1, 2, 2]))
+    w = load_trace(_write(tmp_path, "coarse.csv", rows), "t,p,o")
+    assert tie_fraction(w) == pytest.approx(4 / 7)
+    spread = spread_ties(w)
+    assert [r.arrival_s for r in spread.requests] == pytest.approx([0, 0.25, 0.5, 0.75, 1, 2, 2.5])
+    assert [r.prompt_tokens for r in spread.requests] == [10, 11, 12, 13, 14, 15, 16]  # file order kept
+    with pytest.warns(TieWarning, match="57% of arrivals share a timestamp.*--spread-ties"):
+        prepare(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tie_fraction(prepare(w, spread=True)) == 0.0
+
+
+@pytest.mark.parametrize("arrivals,cv", [("poisson", 1.0), ("gamma:3", 3.0)])
+def test_a_file_of_lengths_only_gets_seeded_synthetic_arrivals(tmp_path, arrivals, cv):
+    path = _write(tmp_path, "lengths.csv", "in,out\n" + "".join(f"{100 + i},{1 + i % 7}\n" for i in range(4000)))
+    w = load_trace(path, "in,out", arrivals=arrivals, arrival_rate_rps=20.0, seed=3)
+    again = load_trace(path, "in,out", arrivals=arrivals, arrival_rate_rps=20.0, seed=3)
+    assert [r.arrival_s for r in w.requests] == [r.arrival_s for r in again.requests]
+    assert [r.prompt_tokens for r in w.requests] == list(range(100, 4100))  # file order, every row
+    gaps = np.diff(w.arrivals())
+    assert gaps.mean() == pytest.approx(1 / 20.0, rel=0.1) and gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.15)
+    first = load_trace(path, "in,out", arrivals=arrivals, arrival_rate_rps=20.0, num_requests=10)
+    assert len(first) == 10 and first.requests[-1].prompt_tokens == 109
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(columns="in,out"), "--arrivals poisson|gamma:CV and --arrival-rate-rps"),
+    (dict(columns="in,out", arrivals="weibull", arrival_rate_rps=1.0), "expected poisson or gamma:CV"),
+    (dict(columns="in,out", arrivals="gamma:0", arrival_rate_rps=1.0), "CV must be a positive"),
+    (dict(columns="in,out", arrivals="poisson", arrival_rate_rps=-1.0), "arrival_rate_rps must be a positive"),
+    (dict(columns="t,in,out", arrivals="poisson", arrival_rate_rps=1.0), "has an arrival column"),
+    (dict(columns="in,out", arrivals="poisson", arrival_rate_rps=1.0, num_requests=0), "num_requests"),
+    (dict(columns="in:ms,out", arrivals="poisson", arrival_rate_rps=1.0), "only an arrival column takes a unit"),
+])
+def test_synthetic_arrival_mistakes_are_named(tmp_path, kwargs, words):
+    path = _write(tmp_path, "l.csv", "t,in,out\n0,5,5\n1,6,6\n")
+    columns = kwargs.pop("columns")
+    with pytest.raises(TraceError, match=re.escape(words)):
+        load_trace(path, columns, **kwargs)
+
+
+def test_sim_runs_a_lengths_only_file_with_synthetic_arrivals(tmp_path):
+    from typer.testing import CliRunner
+
+    from cluster.cli.sim import app
+
+    path = _write(tmp_path, "lengths.csv", "in,out\n" + "".join(f"{50 + i % 300},{1 + i % 20}\n" for i in range(400)))
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["run", "--trace", str(path), "--columns", "in,out", "--arrivals", "gamma:2",
+                                      "--arrival-rate-rps", "5", "--num-requests", "120", "--profile",
+                                      "ref-linear-h100", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["requests"] == 120 and report["offered_rps"] == pytest.approx(5.0, rel=0.4)

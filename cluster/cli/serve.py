@@ -168,7 +168,8 @@ def _class_rows(nodes: dict) -> list[tuple]:
 def load(
     url: str = typer.Option("http://127.0.0.1:8000", help="The cluster's HTTP endpoint."),
     trace: str = typer.Option("azure-conv", help="Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma) or file."),
-    columns: Optional[str] = typer.Option(None, help="Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT."),
+    columns: Optional[str] = typer.Option(
+        None, help="Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT, or PROMPT,OUTPUT with --arrivals."),
     start_s: float = typer.Option(0.0, help="Start of the trace window, in original trace seconds."),
     duration_s: Optional[float] = typer.Option(None, help="Length of the trace window in original trace seconds."),
     rate_scale: float = typer.Option(1.0, help="Multiply the arrival rate by this."),
@@ -176,7 +177,13 @@ def load(
     max_output_tokens: Optional[int] = typer.Option(None, help="Clip longer outputs to this many tokens."),
     max_requests: Optional[int] = typer.Option(None, help="Send only the first N requests of the window."),
     sharegpt_rate_rps: float = typer.Option(10.0, help="Arrival rate of the synthetic ShareGPT traces."),
-    num_requests: int = typer.Option(2000, help="Requests of the synthetic ShareGPT traces."),
+    num_requests: Optional[int] = typer.Option(
+        None, help="Requests of the synthetic ShareGPT traces (default 2000); the first N rows of a trace file."),
+    arrivals: Optional[str] = typer.Option(
+        None, help="Synthetic arrivals for a trace file of lengths only (--columns PROMPT,OUTPUT): poisson or gamma:CV."),
+    arrival_rate_rps: Optional[float] = typer.Option(None, help="With --arrivals: their mean rate, requests/s."),
+    spread_ties: bool = typer.Option(
+        False, "--spread-ties", help="Spread arrivals sharing one timestamp evenly over the trace's time resolution."),
     ttft_slo: Optional[float] = typer.Option(
         None, "--ttft-slo", help="TTFT SLO in seconds, sent as x-slo-ttft-ms (default: the embedded default's)."),
     tpot_slo: Optional[float] = typer.Option(
@@ -202,9 +209,10 @@ def load(
     from node.core.request import SLO
 
     try:
-        w = load_named(trace, columns=columns, rate_rps=sharegpt_rate_rps, num_requests=num_requests, seed=seed)
+        w = load_named(trace, columns=columns, rate_rps=sharegpt_rate_rps, num_requests=num_requests, seed=seed,
+                       arrivals=arrivals, arrival_rate_rps=arrival_rate_rps)
         w = prepare(w, start_s=start_s, duration_s=duration_s, rate_scale=rate_scale,
-                    max_prompt_tokens=max_prompt_tokens)
+                    max_prompt_tokens=max_prompt_tokens, spread=spread_ties)
     except TraceError as exc:
         raise typer.BadParameter(str(exc)) from None
     if max_requests is not None:

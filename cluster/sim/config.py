@@ -28,13 +28,16 @@ def _opt(default, help: str, flag: str | None = None):
 class SimConfig:
     # workload (flags shared with cluster.workload.traces)
     trace: str = _opt("azure-conv", "Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma, long-context) or file.")
-    columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT.")
+    columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT, or PROMPT,OUTPUT with --arrivals.")
     start_s: float = _opt(0.0, "Start of the trace window, in original trace seconds.")
     duration_s: float | None = _opt(None, "Length of the trace window in original trace seconds (default: to the end).")
     rate_scale: float = _opt(1.0, "Multiply the arrival rate by this (inter-arrival times divided by it).")
     max_prompt_tokens: int | None = _opt(None, "Clip longer prompts to this many tokens.")
     sharegpt_rate_rps: float = _opt(10.0, "Arrival rate of the synthetic ShareGPT traces, before --rate-scale.")
-    num_requests: int = _opt(2000, "Number of requests of the synthetic ShareGPT traces.")
+    num_requests: int | None = _opt(None, "Requests of the synthetic ShareGPT traces (default 2000); the first N rows of a trace file.")
+    arrivals: str | None = _opt(None, "Synthetic arrivals for a trace file of lengths only (--columns PROMPT,OUTPUT): poisson or gamma:CV.")
+    arrival_rate_rps: float | None = _opt(None, "With --arrivals: their mean rate, requests per second (before --rate-scale).")
+    spread_ties: bool = _opt(False, "Spread each group of arrivals that share one timestamp evenly over the trace's time resolution (traces with coarse timestamps).")
     # deployment
     profile: str = _opt("h100-llama3-8b", "Cost profile name (deploy/profiles) or file.")
     nodes: int = _opt(1, "Number of nodes.")

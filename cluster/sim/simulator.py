@@ -42,8 +42,11 @@ def load_workload(cfg: SimConfig) -> Workload:
         rate_rps=cfg.sharegpt_rate_rps,
         num_requests=cfg.num_requests,
         seed=cfg.seed,
+        arrivals=cfg.arrivals,
+        arrival_rate_rps=cfg.arrival_rate_rps,
     )
-    return prepare(w, start_s=cfg.start_s, duration_s=cfg.duration_s, max_prompt_tokens=cfg.max_prompt_tokens)
+    return prepare(w, start_s=cfg.start_s, duration_s=cfg.duration_s, max_prompt_tokens=cfg.max_prompt_tokens,
+                   spread=cfg.spread_ties)
 
 
 @dataclass

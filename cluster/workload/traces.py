@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +67,10 @@ __all__ = [
     "scale_rate",
     "clip_prompts",
     "prepare",
+    "spread_ties",
+    "tie_fraction",
+    "parse_arrivals",
+    "synthetic_arrivals",
     "NAMED_TRACES",
 ]
 
@@ -78,6 +83,7 @@ AZURE_FILES = {
 }
 AZURE_COLUMNS = "TIMESTAMP,ContextTokens,GeneratedTokens"
 SHAREGPT_FILE = "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
+SHAREGPT_DEFAULT_REQUESTS = 2000  # requests of a synthetic ShareGPT trace when none are asked for
 SHAREGPT_PROMPT, SHAREGPT_OUTPUT = "num_prefill_tokens", "num_decode_tokens"
 
 #: Headers recognised by ``load_named`` when a file is given without --columns.
@@ -171,31 +177,40 @@ def _renumbered(
 
 
 class ColumnSpec(NamedTuple):
-    """Parsed ``ARRIVAL[:unit],PROMPT,OUTPUT``; ``unit`` is None when omitted."""
+    """Parsed ``[ARRIVAL[:unit],]PROMPT,OUTPUT``; ``unit`` is None when omitted, ``arrival`` None
+    for a file of lengths only (its arrivals are synthetic: ``synthetic_arrivals``)."""
 
-    arrival: str
+    arrival: str | None
     unit: str | None
     prompt: str
     output: str
 
     @property
-    def names(self) -> tuple[str, str, str]:
-        return (self.arrival, self.prompt, self.output)
+    def names(self) -> tuple[str, ...]:
+        lengths = (self.prompt, self.output)
+        return lengths if self.arrival is None else (self.arrival, *lengths)
 
 
 def parse_columns(spec: str) -> ColumnSpec:
-    """Parse ``"ARRIVAL[:s|ms],PROMPT,OUTPUT"`` (e.g. ``"ts:ms,in_len,out_len"``).
+    """Parse ``"ARRIVAL[:s|ms],PROMPT,OUTPUT"`` (e.g. ``"ts:ms,in_len,out_len"``), or
+    ``"PROMPT,OUTPUT"`` for a file of lengths only.
 
     Names are stripped of surrounding whitespace. Raises TraceError if there are
-    not exactly three non-empty names, or the unit is not ``s`` or ``ms``.
+    not two or three non-empty names, or the unit is not ``s`` or ``ms``.
     Only the arrival column may carry a unit.
     """
     parts = [p.strip() for p in spec.split(",")]
-    if len(parts) != 3 or not all(parts):
+    if len(parts) not in (2, 3) or not all(parts):
         raise TraceError(
-            f"--columns {spec!r}: expected three comma-separated column names "
-            "ARRIVAL[:s|ms],PROMPT,OUTPUT, e.g. 'timestamp:ms,input_length,output_length'"
+            f"--columns {spec!r}: expected comma-separated column names "
+            "ARRIVAL[:s|ms],PROMPT,OUTPUT (e.g. 'timestamp:ms,input_length,output_length'), "
+            "or PROMPT,OUTPUT for a file of lengths only (with --arrivals)"
         )
+    if len(parts) == 2:
+        for name in parts:
+            if ":" in name:
+                raise TraceError(f"--columns {spec!r}: only an arrival column takes a unit, not {name!r}")
+        return ColumnSpec(None, None, parts[0], parts[1])
     arrival, unit = parts[0], None
     if ":" in arrival:
         arrival, unit = (x.strip() for x in arrival.rsplit(":", 1))
@@ -510,7 +525,16 @@ def _find(data_dir: Path, subdir: str, filename: str) -> Path:
     return nested if nested.exists() else data_dir / filename
 
 
-def load_trace(path: str | Path, columns: str | ColumnSpec, *, name: str | None = None) -> Workload:
+def load_trace(
+    path: str | Path,
+    columns: str | ColumnSpec,
+    *,
+    name: str | None = None,
+    arrivals: str | None = None,
+    arrival_rate_rps: float | None = None,
+    num_requests: int | None = None,
+    seed: int = 0,
+) -> Workload:
     """Load a CSV or JSON-lines trace with one request per row.
 
     ``columns`` is ``"ARRIVAL[:s|ms],PROMPT,OUTPUT"``. The arrival column holds
@@ -520,16 +544,45 @@ def load_trace(path: str | Path, columns: str | ColumnSpec, *, name: str | None 
     stably by arrival, ids 0..n-1, prompts >= 1, and outputs >= 1 (zeros
     clamped and counted in ``clamped_outputs``). Raises TraceError, naming the
     file, line and column, on any malformed input.
+
+    A file of lengths only (``columns`` ``"PROMPT,OUTPUT"``) gets synthetic arrivals in
+    file order: ``arrivals`` (``poisson`` or ``gamma:CV``) at ``arrival_rate_rps``
+    (``synthetic_arrivals``, seeded by ``seed``); both are required then and refused
+    otherwise. ``num_requests`` keeps the first N rows of the file (any file).
     """
     path = Path(path)
     spec = columns if isinstance(columns, ColumnSpec) else parse_columns(columns)
-    arrivals = _Arrivals(path, spec.arrival, spec.unit)
+    if num_requests is not None and (isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer))
+                                     or num_requests < 1):
+        raise TraceError(f"num_requests must be an integer >= 1, got {num_requests!r}")
+    if spec.arrival is None and (arrivals is None or arrival_rate_rps is None):
+        raise TraceError(f"{path}: --columns names no arrival column; give synthetic arrivals with "
+                         "--arrivals poisson|gamma:CV and --arrival-rate-rps R")
+    if spec.arrival is not None and arrivals is not None:
+        raise TraceError(f"{path}: --arrivals makes synthetic arrivals for a file of lengths only; "
+                         f"this one has an arrival column ({spec.arrival!r})")
+    stamps = _Arrivals(path, spec.arrival, spec.unit) if spec.arrival is not None else None
     lengths = _Lengths(path, spec.prompt, spec.output)
-    for line, (a, p, o) in _iter_rows(path, spec.names):
-        arrivals.add(a, line)
-        lengths.add(p, o, line)
+    for line, row in _iter_rows(path, spec.names):
+        if num_requests is not None and len(lengths.prompts) >= num_requests:
+            break
+        if stamps is not None:
+            stamps.add(row[0], line)
+        lengths.add(row[-2], row[-1], line)
+    if not lengths.prompts:
+        raise TraceError(f"{path}: no requests")
 
-    t = arrivals.relative_seconds()
+    if stamps is None:
+        process, cv = parse_arrivals(arrivals)
+        rate = _check_positive(arrival_rate_rps, "arrival_rate_rps")
+        t = synthetic_arrivals(len(lengths.prompts), process, rate, np.random.default_rng(seed), cv)
+        return Workload(
+            requests=_renumbered(t.tolist(), lengths.prompts, lengths.outputs),
+            name=name or path.stem,
+            source=f"{path} lengths, {arrivals} arrivals at {rate:g}/s seed={seed}",
+            clamped_outputs=lengths.clamped,
+        )
+    t = stamps.relative_seconds()
     order = np.argsort(t, kind="stable")  # stable: ties keep file order
     return Workload(
         requests=_renumbered(
@@ -567,6 +620,31 @@ def _check_positive(value: float, what: str) -> float:
     return number
 
 
+def parse_arrivals(spec: str) -> tuple[str, float]:
+    """``--arrivals`` as ``(process, cv)``: ``poisson`` (cv 1) or ``gamma:CV`` (CV > 0, the
+    coefficient of variation of the gaps; above 1 is burstier than Poisson). TraceError otherwise."""
+    process, _, cv = spec.strip().partition(":")
+    if process == "poisson" and not cv:
+        return "poisson", 1.0
+    if process == "gamma" and cv:
+        return "gamma", _check_positive(cv, f"--arrivals {spec!r}: CV")
+    raise TraceError(f"--arrivals {spec!r}: expected poisson or gamma:CV (e.g. gamma:2)")
+
+
+def synthetic_arrivals(n: int, process: str, rate_rps: float, rng: np.random.Generator, cv: float = 1.0) -> np.ndarray:
+    """``n`` arrival times, seconds, the first at 0, with mean rate ``rate_rps``: exponential gaps
+    (``poisson``) or Gamma gaps with coefficient of variation ``cv`` (shape ``1 / cv^2``, scale so
+    the mean gap is ``1 / rate_rps``), the ``n - 1`` gaps drawn from ``rng``."""
+    if process == "poisson":
+        gaps = rng.exponential(1.0 / rate_rps, size=n - 1)
+    elif process == "gamma":
+        shape = 1.0 / cv**2
+        gaps = rng.gamma(shape, 1.0 / (rate_rps * shape), size=n - 1)
+    else:
+        raise TraceError(f"unknown arrival process {process!r}; use 'poisson' or 'gamma'")
+    return np.concatenate(([0.0], np.cumsum(gaps)))
+
+
 def load_sharegpt(
     arrival: Literal["poisson", "gamma"],
     rate_rps: float,
@@ -601,14 +679,8 @@ def load_sharegpt(
     # Draw lengths first, then gaps, so the lengths for a seed do not depend on
     # the arrival process chosen.
     picks = rng.integers(0, len(lengths.prompts), size=int(num_requests))
-    if arrival == "poisson":
-        gaps = rng.exponential(1.0 / rate, size=int(num_requests) - 1)
-        desc = f"poisson rate={rate:g}/s"
-    else:
-        shape = 1.0 / cv**2
-        gaps = rng.gamma(shape, 1.0 / (rate * shape), size=int(num_requests) - 1)
-        desc = f"gamma rate={rate:g}/s cv={cv:g}"
-    t = np.concatenate(([0.0], np.cumsum(gaps)))
+    t = synthetic_arrivals(int(num_requests), arrival, rate, rng, cv)
+    desc = f"poisson rate={rate:g}/s" if arrival == "poisson" else f"gamma rate={rate:g}/s cv={cv:g}"
     return Workload(
         requests=_renumbered(
             t.tolist(),
@@ -693,8 +765,14 @@ def load_named(
     seed: int = 0,
     cv: float = 2.0,
     sharegpt_path: Path | str | None = None,
+    arrivals: str | None = None,
+    arrival_rate_rps: float | None = None,
 ) -> Workload:
     """Load a workload by name or file path (``--trace NAME_OR_FILE``).
+
+    A file's ``columns`` may be ``PROMPT,OUTPUT`` (lengths only): then ``arrivals`` and
+    ``arrival_rate_rps`` make its arrivals (``load_trace``); ``num_requests`` keeps a file's
+    first N rows.
 
     Names: "azure-conv", "azure-code", "long-context" (use ``data_dir``; the
     last also ``seed``), "sharegpt-poisson",
@@ -709,10 +787,11 @@ def load_named(
     if name == "long-context":
         return load_long_context(seed, data_dir)
     if name in ("sharegpt-poisson", "sharegpt-gamma"):
-        if rate_rps is None or num_requests is None:
-            raise TraceError(f"trace {name!r} needs a request rate and a number of requests")
+        if rate_rps is None:
+            raise TraceError(f"trace {name!r} needs a request rate")
         return load_sharegpt(
-            name.split("-", 1)[1], rate_rps, num_requests, seed, cv, sharegpt_path  # type: ignore[arg-type]
+            name.split("-", 1)[1], rate_rps, num_requests or SHAREGPT_DEFAULT_REQUESTS, seed, cv,  # type: ignore[arg-type]
+            sharegpt_path,
         )
     path = Path(name)
     if not path.is_file():
@@ -726,7 +805,8 @@ def load_named(
             raise TraceError(
                 f"{path}: unrecognised trace format; pass --columns ARRIVAL[:s|ms],PROMPT,OUTPUT"
             )
-    return load_trace(path, columns)
+    return load_trace(path, columns, arrivals=arrivals, arrival_rate_rps=arrival_rate_rps,
+                      num_requests=num_requests, seed=seed)
 
 
 # --------------------------------------------------------------------------
@@ -799,6 +879,44 @@ def clip_prompts(w: Workload, max_prompt_tokens: int) -> Workload:
     )
 
 
+def tie_fraction(w: Workload) -> float:
+    """Share of requests arriving at exactly the same time as the one before (0 for < 2 requests)."""
+    t = w.arrivals()
+    return float(np.count_nonzero(np.diff(t) == 0) / len(t)) if len(t) > 1 else 0.0
+
+
+def time_resolution_s(w: Workload) -> float:
+    """The trace's time resolution: the smallest positive gap between two arrivals, seconds
+    (1.0 when every request arrives at once)."""
+    gaps = np.diff(np.unique(w.arrivals()))
+    return float(gaps.min()) if len(gaps) else 1.0
+
+
+def spread_ties(w: Workload, resolution_s: float | None = None) -> Workload:
+    """Spread each group of requests sharing one arrival time evenly over the trace's resolution:
+    the ``k`` requests at ``t`` arrive at ``t + i * resolution / k``, ``i = 0..k-1``, in file
+    order (``resolution_s`` None: ``time_resolution_s``). For traces whose timestamps are too
+    coarse (seconds), where a tie is an artifact of the recording, not a burst."""
+    res = time_resolution_s(w) if resolution_s is None else _check_positive(resolution_s, "resolution_s")
+    out, i, reqs = [], 0, w.requests
+    while i < len(reqs):
+        j = i
+        while j < len(reqs) and reqs[j].arrival_s == reqs[i].arrival_s:
+            j += 1
+        k = j - i
+        out.extend(dataclasses.replace(r, arrival_s=r.arrival_s + n * res / k) for n, r in enumerate(reqs[i:j]))
+        i = j
+    return _rebuilt(w, out, f"spread ties over {res:g}s")
+
+
+#: Above this share of tied arrivals ``prepare`` warns (``TieWarning``) unless asked to spread them.
+TIE_WARNING_FRACTION = 0.05
+
+
+class TieWarning(UserWarning):
+    """Many arrivals share a timestamp: the trace's resolution makes bursts (``--spread-ties``)."""
+
+
 def prepare(
     w: Workload,
     *,
@@ -806,14 +924,24 @@ def prepare(
     duration_s: float | None = None,
     rate_scale: float = 1.0,
     max_prompt_tokens: int | None = None,
+    spread: bool = False,
 ) -> Workload:
-    """Slice, then rescale, then clip (in that order), each only if requested.
+    """Spread tied arrivals (``spread``), slice, then rescale, then clip (in that order), each
+    only if requested.
 
     ``start_s`` / ``duration_s`` are in the *original* trace's time, before the
     rate scaling; so ``duration_s=600, rate_scale=2`` replays 10 minutes of the
-    trace in 5. Request ids are 0..n-1 in arrival order.
+    trace in 5. Request ids are 0..n-1 in arrival order. Warns (``TieWarning``) when more
+    than ``TIE_WARNING_FRACTION`` of the arrivals tie and ``spread`` is off.
     """
     out = w
+    ties = tie_fraction(w)
+    if spread:
+        out = spread_ties(out)
+    elif ties > TIE_WARNING_FRACTION:
+        warnings.warn(TieWarning(
+            f"{w.name}: {ties:.0%} of arrivals share a timestamp with the one before (resolution "
+            f"{time_resolution_s(w):g} s); --spread-ties spreads each group over the resolution"), stacklevel=2)
     if start_s != 0 or duration_s is not None:
         out = slice_window(out, start_s, duration_s)
     if rate_scale != 1.0:
