@@ -280,17 +280,19 @@ def test_in_flight_cap_refuses_past_the_limit():
 # -- SLO tiers: a budget per tier, a share held for the tightest ------------------------------------
 
 
-def test_a_looser_tier_is_placed_by_its_own_budget():
-    """A batch request may use its own (30 s) budget while the interactive one (1 s) is spent."""
+def test_a_looser_tier_needs_its_own_budget_and_the_tightest_ones():
+    """A batch request is placed where its own (30 s) budget and the interactive (1 s) one both cover it."""
     from balancer.core.pab_placement import PABPlacement
     from balancer.core.placement import NodeView
 
-    p = PABPlacement([0])
-    p.update(NodeView(0, pab_tokens=100, tier_pab_tokens={"batch": 5000}, idle_pab_tokens=1000, reported_at_s=1))
-    assert p.choose("i1", 500).rejected  # interactive: 100 < 500
-    assert not p.choose("b1", 500, tier="batch").rejected
+    p = PABPlacement([0, 1])
+    p.update(NodeView(0, pab_tokens=2000, tier_pab_tokens={"batch": 300}, idle_pab_tokens=1000, reported_at_s=1))
+    p.update(NodeView(1, pab_tokens=600, tier_pab_tokens={"batch": 5000}, idle_pab_tokens=1000, reported_at_s=1))
+    assert p.choose("b1", 500, tier="batch").node_id == 1  # node 0's batch queue is full (300 < 500)
+    assert p.choose("b2", 500, tier="batch").rejected  # node 1's interactive budget is spent now (100 < 500)
+    assert p.choose("i1", 500).node_id == 0  # the interactive request still fits node 0
     # the debit reaches every tier's budget
-    assert p.view(0).pab_tokens == -400 and p.view(0).tier_pab_tokens == {"batch": 4500}
+    assert p.view(1).pab_tokens == 100 and p.view(1).tier_pab_tokens == {"batch": 4500}
 
 
 def test_the_held_share_refuses_the_looser_tier_first():
@@ -301,10 +303,10 @@ def test_the_held_share_refuses_the_looser_tier_first():
                     slots_free=50, max_num_seqs=100)
     p = PABPlacement([0])
     p.update(view)
-    refused = p.choose("b1", 10, held_fraction=0.3, tier="batch")  # 250 < 0.3 * 1000 held
+    refused = p.choose("b1", 10, held_fraction=0.3, tier="batch")  # 250 < 10 + 0.3 * 1000 held
     assert refused.rejected and refused.reason == "no-budget-held" and refused.retry_after_s >= 1.0
-    assert not p.choose("b2", 10, held_fraction=0.2, tier="batch").rejected  # 250 >= 200
-    assert not p.choose("i1", 10).rejected  # the tightest tier takes what is held
+    assert not p.choose("b2", 10, held_fraction=0.2, tier="batch").rejected  # 250 >= 10 + 200
+    assert not p.choose("i1", 200).rejected  # the tightest tier takes what is held (240 >= 200)
 
     # seats: a held request must leave that share of max_num_seqs free
     p = PABPlacement([0])

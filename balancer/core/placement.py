@@ -337,22 +337,22 @@ class PlacementPolicy:
 def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 0.0, tier: str | None = None) -> float:
     """How many prompt tokens a (debited) view's budget lacks for a request (<= 0: it has room).
 
-    The request's budget is its tier's (``view.tier_pab_tokens[tier]``, over that tier's own
-    TTFT) when the node reports one, else ``pab_tokens``. With ``held_fraction`` it must leave
-    that share of the node's idle budget (``idle_pab_tokens``) to the tightest tier:
+    Every request's prompt counts against ``pab_tokens`` (the tightest tier's budget: a prompt
+    due later still takes prefill time from the node). A request of a looser tier must also
+    leave ``held_fraction`` of the node's idle budget (``idle_pab_tokens``) in it, and fit its
+    own tier's budget (``view.tier_pab_tokens[tier]``, over that tier's own TTFT) when the node
+    reports one: ``max(L + h * idle - PAB, L - PAB_tier)``.
 
-    * with its own tier's budget: ``max(L - PAB_tier, h * idle - PAB)`` (its prompt is due late,
-      so it does not take the tightest tier's budget; the tightest budget must keep the share);
-    * else: ``L + h * idle - PAB`` (its prompt counts against the one budget).
-
-    Requests of a looser tier are then refused while the node still admits the tightest
-    tier's (``cluster.config.ServeConfig.tier_hold_fraction``).
+    So when a request of the tightest tier with a prompt of ``L_i`` is refused (``PAB < L_i``),
+    every looser request with ``L + h * idle >= L_i`` is refused too: with a held share above
+    the largest prompts, the looser tiers are shed entirely before the tightest one loses a
+    request (``cluster.config.ServeConfig.tier_hold_fraction``).
     """
-    held = held_fraction * view.idle_pab_tokens
+    short = prompt_tokens + held_fraction * view.idle_pab_tokens - view.pab_tokens
     tiers = view.tier_pab_tokens
     if tier is not None and tiers is not None and tier in tiers:
-        return max(prompt_tokens - tiers[tier], held - view.pab_tokens)
-    return prompt_tokens + held - view.pab_tokens
+        short = max(short, prompt_tokens - tiers[tier])
+    return short
 
 
 def slots_needed(view: NodeView, held_fraction: float = 0.0) -> float:

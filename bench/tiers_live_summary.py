@@ -1,0 +1,28 @@
+"""Summarise live two-class runs (bench/tiers_live.sh): per class, admitted attainment and refusals, and
+whether any interactive request was refused while batch requests were still being admitted.
+
+    python bench/tiers_live_summary.py RUN.json [RUN.json ...]
+"""
+
+import json
+import sys
+
+
+def summarise(path: str) -> dict:
+    report = json.load(open(path))
+    records = report["records"]
+    tiers = {name: {k: t.get(k) for k in ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p99",
+                                          "tpot_p99")}
+             for name, t in report.get("per_tier", {}).items()}
+    refused_i = [r["sent_s"] for r in records if r["slo"]["tier"] == "interactive" and r["status"] == 429]
+    admitted_b = sorted(r["sent_s"] for r in records if r["slo"]["tier"] == "batch" and r["status"] == 200)
+    # an interactive refusal with a batch request admitted within 1 s of it: batch was not fully shed
+    overlap = sum(1 for t in refused_i if any(abs(t - b) <= 1.0 for b in admitted_b))
+    return {"file": path, "offered_rps": report.get("offered_rps"), "goodput_rps": report.get("goodput_rps"),
+            "admitted_attainment": report.get("admitted_attainment"), "per_tier": tiers,
+            "interactive_refused": len(refused_i), "interactive_refused_while_batch_admitted_1s": overlap}
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        print(json.dumps(summarise(p), indent=1))
