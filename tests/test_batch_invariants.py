@@ -16,6 +16,9 @@ fairbatching_knobs = st.fixed_dictionaries(
         "urgency": st.sampled_from(["budget+tpot", "tpot"]),
         "min_chunk_tokens": st.integers(1, 256),
         "budget_floor": st.booleans(),
+        "lend": st.sampled_from(["always", "at-risk"]),
+        "relegate": st.sampled_from(["none", "lost"]),
+        "seat_pressure": st.sampled_from([None, 0.5]),
     }
 )
 

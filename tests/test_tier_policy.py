@@ -53,3 +53,21 @@ def test_with_only_batch_decodes_an_interactive_prompt_gets_the_loose_step():
     assert plan.budget_s == 0.25
     tight = fb().plan([decode("i", INTERACTIVE, 0.04), RequestState("p", NOW - 0.1, 6000, INTERACTIVE)], LIMITS, NOW)
     assert plan.prefill_chunks["p"] > tight.prefill_chunks.get("p", 0)
+
+
+def test_at_risk_lending_runs_decodes_before_a_prompt_whose_deadline_is_far():
+    """lend=at-risk: a batch prompt due in 30 s waits behind the decodes ahead of their envelope;
+    an interactive prompt due soon still goes first. The paper's order puts every prompt first."""
+    # one decode due in 60 ms (urgent, it sets the 60 ms budget), twenty due in 300 ms (ahead of their envelope)
+    relaxed = [decode("u", INTERACTIVE, 0.06)] + [decode(f"d{i}", INTERACTIVE, 0.3) for i in range(20)]
+    batch_prompt = RequestState("b", NOW - 0.1, 8000, BATCH)
+    tight_prompt = RequestState("i", NOW - 0.95, 8000, INTERACTIVE)  # 50 ms of slack left
+    paper = fb().plan(relaxed + [batch_prompt], LIMITS, NOW)
+    lending = make_policy("fairbatching", REF_MODEL, anchor="first-token", lend="at-risk")
+    lent = lending.plan(relaxed + [batch_prompt], LIMITS, NOW)
+    assert len(lent.decode_ids) > len(paper.decode_ids)  # the decodes ran instead of yielding
+    order = [i.request_id for i in lent.items]
+    assert order.index("b") > max(order.index(f"d{i}") for i in range(20) if f"d{i}" in order)
+    urgent_first = lending.plan(relaxed + [tight_prompt], LIMITS, NOW)
+    order = [i.request_id for i in urgent_first.items]
+    assert order[:2] == ["u", "i"]  # the urgent decode, then the prompt at risk, before the decodes ahead

@@ -53,6 +53,7 @@ class SimConfig:
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
     seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
     tpot_margin: float = _opt(0.0, "FairBatching: plan decode deadlines at (1 - this) x the TPOT SLO, a guard band against steps longer than predicted.")
+    lend: str = _opt("always", "FairBatching: which prefills a decode ahead of its envelope yields to: always (every prefill, the paper's order) or at-risk (only prefills whose deadline is at risk).")
     relegate: str = _opt("none", "FairBatching: serve requests that can no longer attain last: none, lost (first-token deadline passed), doomed (also prefills that cannot make it even alone).")
     refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
     token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
@@ -104,6 +105,8 @@ class SimConfig:
             raise ValueError("pab_delay_s and pab_interval_s must be >= 0")
         if self.pab_variant not in ("closed", "edf", "prefill-only"):
             raise ValueError(f"pab_variant must be closed, edf or prefill-only, got {self.pab_variant!r}")
+        if self.lend not in ("always", "at-risk"):
+            raise ValueError(f"lend must be always or at-risk, got {self.lend!r}")
         if self.relegate not in ("none", "lost", "doomed"):
             raise ValueError(f"relegate must be none, lost or doomed, got {self.relegate!r}")
         if self.host_s is not None and not self.host_s >= 0:
@@ -133,6 +136,7 @@ class SimConfig:
                 "seat_pressure": self.seat_pressure,
                 "relegate": self.relegate,
                 "tpot_margin": self.tpot_margin,
+                "lend": self.lend,
             }
         return {"token_budget": self.token_budget}
 

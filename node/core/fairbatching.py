@@ -48,6 +48,18 @@ even alone on the node (predicted time of its remaining chunks, at most
 ``max_num_batched_tokens`` each, exceeds its slack). Under light load no
 request is lost and both settings plan exactly as ``none``.
 
+**Lending** (knob ``lend``; ``always`` is the paper's order). In the paper's
+order every prefill goes before the decodes that are ahead of their envelope,
+so a decode yields its slack to any prompt, even one whose deadline is far
+off; paced decodes then stay live longer and hold seats and KV (Little's law),
+which is what runs out under load. With ``lend=at-risk`` a decode lends its
+slack only to prefills that need it: a prefill is *at risk* when its slack is
+below the time to compute its remaining prompt alone on the node plus one
+budget (the step it would otherwise wait). The prefills up to the last one at
+risk in EDF order go before the non-urgent decodes, the others after them. With one
+SLO class under load most prompts are at risk and both orders plan alike; a
+batch prompt with a 30 s TTFT beside interactive decodes is not, until late.
+
 **TPOT guard band** (knob ``tpot_margin``, default 0). Paced decodes are
 served just before their envelope deadline, so a step that runs longer than
 the model predicted makes the last token late and the mean TPOT miss by a
@@ -80,6 +92,13 @@ class Relegation(str, Enum):
     DOOMED = "doomed"  # lost, or prefills that cannot finish their prompt by that deadline even alone
 
 
+class Lending(str, Enum):
+    """Which prefills go before the decodes that are ahead of their envelope (module docstring)."""
+
+    ALWAYS = "always"  # the paper's order: every prefill before the non-urgent decodes
+    AT_RISK = "at-risk"  # only prefills whose deadline is at risk; the others after the decodes
+
+
 class Urgency(str, Enum):
     """When a decode counts as urgent."""
 
@@ -108,9 +127,12 @@ class FairBatchingConfig:
     # Plan decode deadlines at (1 - tpot_margin) x the TPOT SLO: a guard band for steps that run longer
     # than the model predicts (the last token of a paced request has tpot_margin x TPOT x (n - 1) to spare).
     tpot_margin: float = 0.0
+    # Which prefills a decode ahead of its envelope yields to (module docstring, "Lending").
+    lend: Lending = Lending.ALWAYS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "anchor", Anchor(self.anchor))
+        object.__setattr__(self, "lend", Lending(self.lend))
         object.__setattr__(self, "urgency", Urgency(self.urgency))
         object.__setattr__(self, "relegate", Relegation(self.relegate))
         if not isinstance(self.min_chunk_tokens, int) or self.min_chunk_tokens < 1:
@@ -188,10 +210,18 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
             relaxed = [d for d in decodes if d[0] >= pace * d[-1].slo.tpot_s]
 
         builder.add_decodes(urgent, Group.URGENT, within_budget=False)
-        for slack, _, _, req in prefills:
-            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
-            builder.add_prefill(req, slack, token_cap=cap, min_chunk=cfg.min_chunk_tokens)
-        builder.add_decodes(relaxed, Group.DECODE, within_budget=True)
+        if cfg.lend is Lending.AT_RISK and relaxed:
+            # Decodes ahead of their envelope lend their slack only to prefills that need it.
+            # The EDF prefix up to the last prefill at risk (EDF order holds across the two runs).
+            risky = [k for k, p in enumerate(prefills) if p[0] < self._alone_s(p[-1], limits) + budget]
+            split = risky[-1] + 1 if risky else 0
+            at_risk, later = prefills[:split], prefills[split:]
+            self._add_prefills(builder, at_risk, budget)
+            builder.add_decodes(relaxed, Group.DECODE, within_budget=True)
+            self._add_prefills(builder, later, budget)
+        else:
+            self._add_prefills(builder, prefills, budget)
+            builder.add_decodes(relaxed, Group.DECODE, within_budget=True)
         if lost_decodes or lost_prefills:
             # Lost work takes what is left without lengthening the step past what the others need
             # (or one TPOT): a longer step would delay the requests arriving during it.
@@ -199,6 +229,21 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
             self._add_relegated(builder, min(budget, max(need, min_tpot)), lost_decodes, lost_prefills)
             builder.budget_s = budget
         return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
+
+    def _add_prefills(self, builder: BatchBuilder, prefills: list, budget: float) -> None:
+        """Each prefill in EDF order, the largest chunk that keeps the step within ``budget``."""
+        for slack, _, _, req in prefills:
+            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            builder.add_prefill(req, slack, token_cap=cap, min_chunk=self.config.min_chunk_tokens)
+
+    def _alone_s(self, req: RequestState, limits: Limits) -> float:
+        """Predicted time to compute ``req``'s remaining prompt alone on the node, in chunks of at
+        most ``max_num_batched_tokens`` (each chunk pays the fixed cost), seconds."""
+        remaining = req.prompt_tokens - req.computed_tokens
+        chunks = -(-remaining // limits.max_num_batched_tokens)
+        model = self.step_model
+        return model.predict_s(remaining, req.computed_tokens + remaining) + (chunks - 1) * (
+            model.safety_factor * model.fixed_s)
 
     # -- relegation ------------------------------------------------------------------
 
@@ -210,12 +255,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         if now_s > first_deadline:
             return True
         if doomed and is_prefill:
-            remaining = req.prompt_tokens - req.computed_tokens
-            chunks = -(-remaining // limits.max_num_batched_tokens)
-            model = self.step_model
-            alone_s = model.predict_s(remaining, req.computed_tokens + remaining) + (chunks - 1) * (
-                model.safety_factor * model.fixed_s)
-            return now_s + alone_s > first_deadline
+            return now_s + self._alone_s(req, limits) > first_deadline
         return False
 
     def _add_relegated(self, builder: BatchBuilder, budget: float, lost_decodes: list, lost_prefills: list) -> None:
@@ -224,9 +264,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         lost_decodes.sort()
         lost_prefills.sort()
         builder.add_decodes(lost_decodes, Group.DECODE, within_budget=True)
-        for slack, _, _, req in lost_prefills:
-            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
-            builder.add_prefill(req, slack, token_cap=cap, min_chunk=self.config.min_chunk_tokens)
+        self._add_prefills(builder, lost_prefills, budget)
 
     def _plan_relegated_only(self, builder: BatchBuilder, lost_decodes: list, lost_prefills: list) -> BatchPlan:
         """Every live request is lost: serve them at the pace of the smallest TPOT (no deadline to protect)."""
