@@ -11,6 +11,7 @@ common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900
 fb=(--scheduler fairbatching --anchor first-token --tpot-margin 0.2 --seat-pressure 0.8)
 declare -A arms=(
   [fb-pab-hold0.1]="${fb[*]} --balancer pab --tier-hold-fraction 0.1"
+  [fb-pab-hold0.1-lend-at-risk]="${fb[*]} --balancer pab --tier-hold-fraction 0.1 --lend at-risk"
   [fb-pab-hold0]="${fb[*]} --balancer pab --tier-hold-fraction 0"
   [fb-rr]="${fb[*]} --balancer round-robin"
   [vllm-priority-rr]="--scheduler vllm-priority --token-budget 1024 --balancer round-robin"

@@ -22,3 +22,4 @@ fairbatching load --trace azure-code --duration-s 60 --max-prompt-tokens 512 --m
   --rate-scale 2 --slo-tier interactive=0.5:2:0.25 --slo-tier batch=0.5:30:1 --send-class >/dev/null
 fairbatching load --trace azure-code --duration-s 600 --max-prompt-tokens 512 --max-output-tokens 32 \
   --rate-scale "$rs" --slo-tier interactive=0.5:2:0.25 --slo-tier batch=0.5:30:1 --send-class --json "$out"
+fairbatching status --json > "${out%.json}.status.json"  # each engine's budgets, held share and counts by class
