@@ -236,3 +236,15 @@ def test_paced_decodes_reserve_their_share_of_steps():
     # one SLO: pacing changes nothing
     same = [decode(i) for i in range(10)]
     assert estimate_pab(same, REF_MODEL, NOW, paced_decodes=True, **KW) == estimate_pab(same, REF_MODEL, NOW, **KW)
+
+
+def test_the_idle_budget_is_the_scale_of_an_idle_node_whatever_the_front_delay():
+    """The share held for a tier is of what an idle node takes over the whole horizon: a front delay that
+    eats the horizon under overload shrinks PAB, not what is held back (live: it held nothing)."""
+    idle = estimate_pab([], REF_MODEL, NOW, **KW)
+    delayed = estimate_pab([], REF_MODEL, NOW, front_delay_s=0.9, **KW)
+    assert idle.idle_pab_tokens > 0 and idle.idle_pab_tokens == pytest.approx(idle.pab_tokens)
+    assert delayed.idle_pab_tokens == pytest.approx(idle.idle_pab_tokens)
+    assert delayed.pab_tokens < 0.2 * idle.pab_tokens
+    slow = estimate_pab([], REF_MODEL, NOW, measured_prefill_rate_tps=1000.0, correction=0.5, **KW)
+    assert slow.idle_pab_tokens == pytest.approx(0.5 * 1000.0 * KW["horizon_s"])

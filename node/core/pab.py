@@ -201,13 +201,14 @@ def idle_pab_tokens(model: StepTimeModel, inputs: PABInputs) -> float:
 
     Steps of the default TPOT carrying prefill chunks alone (capped by
     ``max_num_batched_tokens``), at the corrected and measured-capped rate, over
-    the effective horizon: ``k * R_idle * (H - front delay)``. The scale of a
-    node's budget, against which a share can be held back for a tier
-    (``balancer.core.placement.has_room``).
+    the whole horizon: ``k * R_idle * H``. The scale of a node's budget, against
+    which a share can be held back for a tier (``balancer.core.placement.has_room``).
+    The front delay is not taken off: it shrinks PAB under overload, and the share
+    held must not shrink with it (live, a front delay near the horizon held nothing).
     """
     q, step_s = prefill_chunk_per_step(model, inputs.default_tpot_s, 0.0, 0, inputs.max_num_batched_tokens)
     rate = inputs.correction * inputs.capped_by_measured(q / step_s if q > 0 else 0.0)
-    return rate * inputs.effective_horizon_s
+    return rate * inputs.horizon_s
 
 
 def budget_report(
