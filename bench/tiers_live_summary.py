@@ -18,9 +18,21 @@ def summarise(path: str) -> dict:
     admitted_b = sorted(r["sent_s"] for r in records if r["slo"]["tier"] == "batch" and r["status"] == 200)
     # an interactive refusal with a batch request admitted within 1 s of it: batch was not fully shed
     overlap = sum(1 for t in refused_i if any(abs(t - b) <= 1.0 for b in admitted_b))
+    # what the engines measured (from the arrival stamp to the first token they emitted), warm-up included
+    server: dict = {}
+    try:
+        status = json.load(open(path.removesuffix(".json") + ".status.json"))
+        for node in status["nodes"].values():
+            for name, c in (node.get("by_class") or {}).items():
+                agg = server.setdefault(name, {"finished": 0, "attained": 0})
+                agg["finished"] += c["finished"]
+                agg["attained"] += c["attained"]
+    except FileNotFoundError:
+        pass
     return {"file": path, "offered_rps": report.get("offered_rps"), "goodput_rps": report.get("goodput_rps"),
             "admitted_attainment": report.get("admitted_attainment"), "per_tier": tiers,
-            "interactive_refused": len(refused_i), "interactive_refused_while_batch_admitted_1s": overlap}
+            "interactive_refused": len(refused_i), "interactive_refused_while_batch_admitted_1s": overlap,
+            "engine_side_by_class": server}
 
 
 if __name__ == "__main__":
