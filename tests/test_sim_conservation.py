@@ -182,3 +182,24 @@ def test_capacity_says_why_when_no_rate_meets_the_target():
     assert "30 of 60 prompts (50.0%) take longer than their TTFT SLO" in text and "at most 50.0%" in text, res.why
     assert "share a timestamp" in text and "up to 10 at once" in text, res.why
     assert res.to_dict()["why_no_capacity"] == res.why
+
+
+def test_seats_as_vllm_start_no_request_beyond_max_num_seqs():
+    """vLLM starts a waiting request only into a free seat, paced decodes holding theirs; without the option
+    the simulator's only seat limit is the plan's per-step cap, and FairBatching's paced decodes leave seats
+    to more requests than the node has (the favour issue 12 names)."""
+    import dataclasses
+
+    profile = dataclasses.replace(PROFILE, max_num_seqs=2)
+    rows = [TraceRequest(i, 0.001 * i, 200, 40) for i in range(3)]
+    # (decodes ahead of their envelope are skipped: first-token anchor, urgent only below their own TPOT)
+    cfg = SimConfig(trace="three", profile="ref-linear-h100", balancer="round-robin", ttft_slo_s=30.0,
+                    tpot_slo_s=1.0, anchor="first-token", urgency="tpot")
+
+    def third_starts_before_a_finish(**kw) -> bool:
+        res = simulate(dataclasses.replace(cfg, **kw), workload=Workload(rows, name="three"), profile=profile)
+        by_id = {r.rid: r for r in res.requests}
+        return by_id[2].first_token_s < min(by_id[0].finish_s, by_id[1].finish_s)
+
+    assert third_starts_before_a_finish()  # the favour: three requests live on two seats
+    assert not third_starts_before_a_finish(seats_as_vllm=True)

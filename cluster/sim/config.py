@@ -45,6 +45,7 @@ class SimConfig:
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
+    seats_as_vllm: bool = _opt(False, "Count sequence seats as vLLM does: a waiting request starts only into a free seat, every running request (paced decodes included) holding one. Off: only the plan's per-step cap (the recorded results).")
     # node scheduler
     scheduler: str = _opt("fairbatching", "Node scheduler: fairbatching, vllm, sarathi.")
     anchor: str = _opt("arrival", "FairBatching envelope anchor: arrival or first-token (also used by PAB).")

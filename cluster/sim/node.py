@@ -53,7 +53,7 @@ from node.core.recent import RecentMean
 from node.core.plan import BatchPlan, Limits, NodePolicy
 from node.core.request import SLO, RequestState
 from node.core.attainment import mean_tpot_s
-from node.core.envelope import on_time_both
+from node.core.envelope import deadline_s, on_time_both
 
 class SimRequest:
     """One request's life in the simulator: trace facts, progress, and what the metrics need."""
@@ -120,6 +120,7 @@ class SimNode:
         expected_output_prior: float | None = None,
         output_window: int = 512,
         tier_slos: dict[str, SLO] | None = None,
+        seats_as_vllm: bool = False,
     ) -> None:
         self.node_id = node_id
         self.loop = loop
@@ -161,6 +162,9 @@ class SimNode:
         self.last_pab: PABReport | None = None
         # Looser SLO tiers (name -> SLO): a budget over each one's own TTFT is reported beside the tightest's.
         self.tier_slos = dict(tier_slos or {})
+        # vLLM admits a waiting request only into a free seat, counting every running request
+        # (paced decodes included); off: the plan's per-step cap is the only seat limit.
+        self.seats_as_vllm = seats_as_vllm
         self.last_tier_pab: dict[str, float] | None = None
         self._last_publish_s = -float("inf")
         self._next_sample_s = 0.0
@@ -207,7 +211,7 @@ class SimNode:
         if self.decoding > self.pool.free_blocks:
             self._make_room_for_decodes()
         plan = self.policy.plan(
-            list(self.states.values()),
+            self._plannable(),
             Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size),
             now_s,
         )
@@ -219,7 +223,7 @@ class SimNode:
                 self.busy = False
                 return
             plan = self.policy.plan(
-                list(self.states.values()),
+                self._plannable(),
                 Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size),
                 now_s,
             )
@@ -408,6 +412,22 @@ class SimNode:
             kv_blocks=0,
         )
         self.states[req.key] = req.state
+
+    def _plannable(self) -> list[RequestState]:
+        """The requests the planner may schedule this step. With ``seats_as_vllm`` (as vLLM, and
+        ``node.vllm.scheduler``'s snapshot): every started request (holding KV), and waiting ones
+        only into the seats they leave of ``max_num_seqs``, the earliest deadline first."""
+        states = list(self.states.values())
+        if not self.seats_as_vllm:
+            return states
+        live = self.live
+        started = [st for st in states if live[st.request_id].kv_blocks > 0]
+        seats = self.max_num_seqs - len(started)
+        if seats >= len(states) - len(started):
+            return states
+        waiting = [st for st in states if live[st.request_id].kv_blocks == 0]
+        waiting.sort(key=lambda st: deadline_s(st, st.output_tokens))
+        return started + waiting[:max(seats, 0)]
 
     def _drop_oldest_waiting(self) -> bool:
         """Last resort when nothing can be scheduled and nothing can be preempted: drop

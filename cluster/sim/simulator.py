@@ -172,6 +172,7 @@ def simulate(
             front_delay=FrontDelay() if cfg.feedback else None,
             expected_output_prior=cfg.expected_output_tokens,
             tier_slos={t.name: t.slo for t in tiers if t.slo.priority > 0} if cfg.balancer == "pab" else None,
+            seats_as_vllm=cfg.seats_as_vllm,
         )
         for i in range(cfg.nodes)
     ]
