@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# How much counting seats as vLLM does changes single-node capacity (issue 12 item 4): FairBatching
+# (first-token anchor) and vLLM's scheduler at its best budget on conv (SIMULATION.md), with and
+# without --seats-as-vllm; H100 profile, first 600 s, 2 % bisection, seed 0.
+#   bash bench/seats_as_vllm.sh [OUT_DIR]
+set -euo pipefail
+out=${1:-bench/results/sim/seats}
+mkdir -p "$out"
+common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 600 --balancer round-robin
+        --rate-scale 2 --rel-tol 0.02)
+for seats in off on; do
+  flag=(); [ "$seats" = on ] && flag=(--seats-as-vllm)
+  f="$out/fairbatching-seats-$seats.json"
+  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler fairbatching --anchor first-token \
+    --json "$f"
+  f="$out/vllm-1024-seats-$seats.json"
+  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler vllm --token-budget 1024 \
+    --json "$f"
+done
