@@ -243,9 +243,9 @@ class ServeConfig(BaseModel):
     def tier_slos(self) -> dict[str, SLO]:
         """Each SLO class's targets as an ``SLO`` with its ``tier`` name and ``priority`` rank (0 the
         tightest: by TTFT, then TPOT), in the config's order; empty without classes."""
-        ranked = sorted(self.slo_tiers, key=lambda n: (self.slo_tiers[n].ttft_slo_s, self.slo_tiers[n].tpot_slo_s))
-        return {name: SLO(t.ttft_slo_s, t.tpot_slo_s, tier=name, priority=ranked.index(name))
-                for name, t in self.slo_tiers.items()}
+        from cluster.workload.tiers import ranked_slos
+
+        return ranked_slos({name: SLO(t.ttft_slo_s, t.tpot_slo_s) for name, t in self.slo_tiers.items()})
 
     @property
     def tightest_slo(self) -> SLO:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from node.core.request import SLO
 
@@ -49,6 +49,14 @@ def parse_slo_tier(spec: str) -> SLOTier:
     return SLOTier(name.strip(), share, slo)
 
 
+def ranked_slos(slos: Mapping[str, SLO]) -> dict[str, SLO]:
+    """Each named SLO with its ``tier`` name and its ``priority`` rank, 0 the tightest (by TTFT,
+    then TPOT; ties in the given order), in the given order. The one ranking of SLO classes: the
+    simulator's ``--slo-tier`` and the serve config's ``slo_tiers``."""
+    order = sorted(slos, key=lambda n: (slos[n].ttft_s, slos[n].tpot_s))
+    return {name: replace(slo, tier=name, priority=order.index(name)) for name, slo in slos.items()}
+
+
 def parse_slo_tiers(specs: Sequence[str]) -> tuple[SLOTier, ...]:
     """Every ``--slo-tier`` spec, ranked tightest first (their ``slo.priority`` is the rank).
 
@@ -58,9 +66,8 @@ def parse_slo_tiers(specs: Sequence[str]) -> tuple[SLOTier, ...]:
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
         raise ValueError(f"SLO tiers {names}: each name once")
-    ranked = sorted(tiers, key=lambda t: (t.slo.ttft_s, t.slo.tpot_s))
-    rank = {t.name: i for i, t in enumerate(ranked)}
-    return tuple(replace(t, slo=replace(t.slo, priority=rank[t.name])) for t in tiers)
+    slos = ranked_slos({t.name: t.slo for t in tiers})
+    return tuple(replace(t, slo=slos[t.name]) for t in tiers)
 
 
 def assign_tiers(count: int, tiers: Sequence[SLOTier], seed: int) -> list[SLOTier]:
