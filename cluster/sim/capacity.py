@@ -157,6 +157,7 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     for). Then the lowest probe's own figures: its TTFT and TPOT P99 against the SLO.
     """
     from cluster.workload.tiers import assign_tiers, parse_slo_tiers
+    from cluster.workload.traces import TIE_WARNING_FRACTION, tie_fraction
 
     model = profile.step_model
     cap = profile.max_num_batched_tokens or 8192
@@ -167,9 +168,7 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     why = []
     too_long = 0
     for r, slo in zip(reqs, slos):
-        chunks = -(-r.prompt_tokens // cap)
-        alone_s = model.predict_s(r.prompt_tokens, r.prompt_tokens) + (chunks - 1) * model.predict_s(0, 0)
-        too_long += alone_s > slo.ttft_s
+        too_long += model.prefill_alone_s(r.prompt_tokens, 0, cap) > slo.ttft_s
     if reqs and too_long:
         best = 1 - too_long / len(reqs)
         why.append(f"{too_long} of {len(reqs)} prompts ({too_long / len(reqs):.1%}) take longer than their TTFT SLO "
@@ -180,14 +179,14 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     if one_step_s > tight:
         why.append(f"one decode step of a typical request takes {one_step_s * 1e3:.1f} ms by the profile, more than "
                    f"the TPOT SLO of {tight * 1e3:.1f} ms")
-    arrivals = [r.arrival_s for r in reqs]
-    ties = sum(1 for a, b in zip(arrivals, arrivals[1:]) if a == b)
-    if reqs and ties / len(reqs) > 0.05:
+    ties = tie_fraction(workload)
+    if ties > TIE_WARNING_FRACTION:
+        arrivals = [r.arrival_s for r in reqs]
         group, run = 1, 1
         for a, b in zip(arrivals, arrivals[1:]):
             run = run + 1 if a == b else 1
             group = max(group, run)
-        why.append(f"{ties / len(reqs):.0%} of arrivals share a timestamp with the previous one (up to {group} at "
+        why.append(f"{ties:.0%} of arrivals share a timestamp with the previous one (up to {group} at "
                    f"once): the trace's time resolution turns them into bursts")
     rep = lowest.report
     why.append(f"at the lowest rate probed ({lowest.rate_rps:.3g} req/s) attainment was {lowest.attainment:.3f}; "

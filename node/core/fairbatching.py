@@ -239,11 +239,8 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
     def _alone_s(self, req: RequestState, limits: Limits) -> float:
         """Predicted time to compute ``req``'s remaining prompt alone on the node, in chunks of at
         most ``max_num_batched_tokens`` (each chunk pays the fixed cost), seconds."""
-        remaining = req.prompt_tokens - req.computed_tokens
-        chunks = -(-remaining // limits.max_num_batched_tokens)
-        model = self.step_model
-        return model.predict_s(remaining, req.computed_tokens + remaining) + (chunks - 1) * (
-            model.safety_factor * model.fixed_s)
+        return self.step_model.prefill_alone_s(req.prompt_tokens - req.computed_tokens, req.computed_tokens,
+                                               limits.max_num_batched_tokens)
 
     # -- relegation ------------------------------------------------------------------
 

@@ -58,6 +58,14 @@ class StepTimeModel:
         """Predicted forward-pass time alone (no host time), safety factor included."""
         return self.predict_s(new_tokens, context_tokens) - self.safety_factor * self.host_s
 
+    def prefill_alone_s(self, remaining_tokens: int, computed_tokens: int, max_chunk_tokens: int) -> float:
+        """Predicted time to compute a prompt's ``remaining_tokens`` alone on an idle node, seconds:
+        one step for all of them at context ``computed + remaining``, plus the fixed cost of each
+        further chunk of at most ``max_chunk_tokens`` (safety factor included)."""
+        chunks = -(-remaining_tokens // max_chunk_tokens)
+        return (self.predict_s(remaining_tokens, computed_tokens + remaining_tokens)
+                + (chunks - 1) * self.safety_factor * self.fixed_s)
+
     def largest_chunk(
         self,
         budget_s: float,
