@@ -251,8 +251,8 @@ class ServeConfig(BaseModel):
     def tightest_slo(self) -> SLO:
         """The tightest SLO a request gets by default: the tightest class's, else the default SLO.
         PAB's horizon and reference step (every engine budgets for it)."""
-        tiers = self.tier_slos()
-        return min(tiers.values(), key=lambda s: s.priority) if tiers else self.slo
+        classes = self.slo_classes()
+        return classes.tightest if classes is not None else self.slo
 
     @property
     def slo(self) -> SLO:
@@ -347,7 +347,7 @@ class ServeConfig(BaseModel):
         """The ingress's ``SLOClasses`` (None without classes)."""
         if not self.slo_tiers:
             return None
-        from cluster.http.api import SLOClasses
+        from cluster.workload.tiers import SLOClasses
 
         return SLOClasses(tiers=self.tier_slos(), floors={n: t.floor for n, t in self.slo_tiers.items()},
                           default=self.default_slo_tier, hold_fraction=self.tier_hold_fraction)

@@ -52,6 +52,7 @@ from node.core.extra_args import (
     SLOValueError, arrival_from_extra_args, positive_seconds, slo_from_extra_args, to_extra_args,
 )
 from node.core.request import SLO, SLO_CLASS_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
+from cluster.workload.tiers import SLOClasses
 from cluster.http.headers import (
     CLASS_HEADER, NODE_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER,
 )
@@ -125,31 +126,6 @@ def arrival_stamp(headers, now_s: float, trusted: bool = True) -> float:
         if 0 <= now_s - stamp <= _MAX_REQUEST_START_AGE_S:
             return stamp
     return now_s
-
-
-@dataclass(frozen=True)
-class SLOClasses:
-    """A deployment's SLO classes as the ingress applies them (``ServeConfig.slo_tiers``).
-
-    ``tiers``: each class's targets (``SLO`` with its name and priority rank, 0 the
-    tightest); ``floors``: the tightest targets a request of each class may ask for;
-    ``default``: the class of a request that names none; ``hold_fraction``: the share of
-    an engine's idle budget and seats a request of any class but the tightest must leave.
-    """
-
-    tiers: dict[str, SLO]
-    floors: dict[str, SLO]
-    default: str
-    hold_fraction: float
-
-    def held_fraction(self, slo: SLO) -> float:
-        """What a request of ``slo``'s class must leave free: nothing for the tightest class."""
-        return self.hold_fraction if slo.priority > 0 else 0.0
-
-    def budget_tier(self, slo: SLO) -> Optional[str]:
-        """The engine budget a request of ``slo``'s class is placed by: its own class's when it is
-        looser than the tightest (``NodeView.tier_pab_tokens``), else the engine's PAB (None)."""
-        return slo.tier if slo.priority > 0 else None
 
 
 def request_class(xargs: dict, headers, classes: Optional[SLOClasses]) -> Optional[str]:

@@ -20,7 +20,7 @@ from balancer.core.policies import make_placement
 from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
-from cluster.workload.tiers import assign_tiers, parse_slo_tiers
+from cluster.workload.tiers import SLOClasses, assign_tiers, parse_slo_tiers
 from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimNode, SimRequest
@@ -91,8 +91,11 @@ def simulate(
     model = replace(profile.step_model, host_s=host_s if cfg.host_in_model else 0.0)
     slo = cfg.slo_on(profile.default_slo)
     tiers = parse_slo_tiers(cfg.slo_tier) if cfg.slo_tier else ()
+    # Admission by tier as the ingress applies it (no bounds on the targets: the trace sets them).
+    classes = SLOClasses(tiers={t.name: t.slo for t in tiers}, floors={t.name: t.slo for t in tiers},
+                         default=tiers[0].name, hold_fraction=cfg.tier_hold_fraction) if tiers else None
     # PAB budgets for the tightest SLO a request may have: the default's, or the tightest tier's.
-    pab_slo = min((t.slo for t in tiers), key=lambda x: (x.ttft_s, x.tpot_s), default=slo)
+    pab_slo = classes.tightest if classes is not None else slo
     anchor = Anchor(cfg.anchor) if cfg.scheduler == "fairbatching" else Anchor.ARRIVAL
     pab_fn = {"closed": estimate_pab, "edf": estimate_pab_edf,
               "prefill-only": estimate_pab_prefill_only}[cfg.pab_variant]
@@ -105,12 +108,10 @@ def simulate(
     balancer = build_placement(cfg, profile)
 
     def held_fraction(req: SimRequest) -> float:
-        """The share of a node's idle budget ``req`` must leave: none for the tightest tier."""
-        return cfg.tier_hold_fraction if tiers and req.slo.priority > 0 else 0.0
+        return classes.held_fraction(req.slo) if classes is not None else 0.0
 
     def tier_of(req: SimRequest) -> str | None:
-        """The request's tier when it is a looser one (the tightest is budgeted by pab_tokens)."""
-        return req.slo.tier if tiers and req.slo.priority > 0 else None
+        return classes.budget_tier(req.slo) if classes is not None else None
 
     pending: deque[SimRequest] = deque()  # held at the balancer (balancer_queue_s > 0), FIFO
 

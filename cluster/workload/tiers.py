@@ -76,3 +76,34 @@ def assign_tiers(count: int, tiers: Sequence[SLOTier], seed: int) -> list[SLOTie
         raise ValueError("assign_tiers needs at least one tier")
     rng = random.Random(seed * 0x10001 + _TIER_STREAM)
     return rng.choices(list(tiers), weights=[t.share for t in tiers], k=count)
+
+
+@dataclass(frozen=True)
+class SLOClasses:
+    """A deployment's SLO classes as the ingress applies them (``ServeConfig.slo_tiers``).
+
+    The ingress (``cluster.http.api``) and the simulator apply the same rules.
+    ``tiers``: each class's targets (``SLO`` with its name and priority rank, 0 the
+    tightest); ``floors``: the tightest targets a request of each class may ask for;
+    ``default``: the class of a request that names none; ``hold_fraction``: the share of
+    an engine's idle budget and seats a request of any class but the tightest must leave.
+    """
+
+    tiers: dict[str, SLO]
+    floors: dict[str, SLO]
+    default: str
+    hold_fraction: float
+
+    @property
+    def tightest(self) -> SLO:
+        """The tightest class's SLO (rank 0): what every node's PAB is computed for."""
+        return min(self.tiers.values(), key=lambda s: s.priority)
+
+    def held_fraction(self, slo: SLO) -> float:
+        """What a request of ``slo``'s class must leave free: nothing for the tightest class."""
+        return self.hold_fraction if slo.priority > 0 else 0.0
+
+    def budget_tier(self, slo: SLO) -> str | None:
+        """The engine budget a request of ``slo``'s class is placed by: its own class's when it is
+        looser than the tightest (``NodeView.tier_pab_tokens``), else the engine's PAB (None)."""
+        return slo.tier if slo.priority > 0 else None
