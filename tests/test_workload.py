@@ -226,7 +226,8 @@ def test_parse_columns():
     "spec, message",
     [
         ("t", "expected comma-separated column names"),
-        ("t,p,o,x", "expected comma-separated column names"),
+        ("t,p,o,h,x", "expected comma-separated column names"),
+        ("t,p,o,h:ms", "only the arrival column takes a unit"),
         ("t,,o", "expected comma-separated column names"),
         ("t:min,p,o", "unknown time unit 'min'"),
         (":ms,p,o", "arrival column name is empty"),

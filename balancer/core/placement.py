@@ -29,6 +29,14 @@ view. ``release(request_id)`` ends a placement (completion, error, cancel,
 client disconnect); ``move`` re-places one whose node failed, keeping its
 admission.
 
+Prefix cache (``balancer.core.prefix``): given a ``PrefixIndex`` and a request's
+block hashes, a node's charge for the request is the prompt tokens it must
+actually compute, ``prompt_tokens - prefix_index.cached_tokens(node, ...)``:
+budgets are compared net of each node's estimated cache hit, the admission cap
+and the debit use the chosen node's charge, and the prompt's blocks are
+recorded on that node. Without an index or hashes every node is charged the
+whole prompt.
+
 Retry-After (``Decision.retry_after_s``): the predicted time until the best
 node's budget covers the request, ``(L - PAB) / recovery_tps`` from each node's
 report, clamped to [``RETRY_AFTER_MIN_S``, ``RETRY_AFTER_MAX_S``].
@@ -40,6 +48,8 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
+
+from balancer.core.prefix import PrefixIndex
 
 #: Bounds of the Retry-After a rejection suggests, seconds.
 RETRY_AFTER_MIN_S = 1.0
@@ -135,12 +145,15 @@ class Decision:
     """Where a request goes: ``node_id``, or ``None`` for a rejection (HTTP 429).
 
     ``reason`` names why (the policy, or what made it reject); ``retry_after_s``
-    is a hint for the client on rejection.
+    is a hint for the client on rejection. ``charged_tokens`` is what the chosen
+    node's budget was debited, prompt tokens net of its estimated prefix-cache
+    hit (the whole prompt without a ``PrefixIndex``); None on rejection.
     """
 
     node_id: int | None
     reason: str
     retry_after_s: float | None = None
+    charged_tokens: int | None = None
 
     @property
     def rejected(self) -> bool:
@@ -149,11 +162,15 @@ class Decision:
 
 @dataclass(slots=True)
 class Placement:
-    """One placed request: where it went, its prompt, and whether its node has acknowledged it."""
+    """One placed request: where it went, what it was charged there (``prompt_tokens``: its prompt
+    net of the node's estimated cache hit), whether its node has acknowledged it, and its whole
+    prompt and block hashes (to charge it again on another node, ``move``)."""
 
     node_id: int
     prompt_tokens: int
     acknowledged: bool = False
+    request_prompt_tokens: int = 0
+    block_hashes: tuple[int, ...] = ()
 
 
 def idle_prefill_tokens(ttft_slo_s: float, a_s: float, b_s_per_token: float) -> int:
@@ -166,11 +183,13 @@ def idle_prefill_tokens(ttft_slo_s: float, a_s: float, b_s_per_token: float) -> 
 class PlacementPolicy:
     """Base of every placement policy.
 
-    Subclasses implement ``_pick(prompt_tokens)`` returning a node id (or
-    ``None`` to reject with their own reason). The base keeps the views, the
-    placements by request id (the balancer sees every dispatch and release, so
-    in-flight counts need no report), the debits in transit and the admission
-    caps.
+    Subclasses implement ``_pick(charges, held_fraction, tier)`` returning a node
+    id (or ``None`` to reject with their own reason); ``charges`` maps each node
+    to the prompt tokens the request would cost it (net of its estimated prefix
+    cache). The base keeps the views, the placements by request id (the balancer
+    sees every dispatch and release, so in-flight counts need no report), the
+    debits in transit, the admission caps and the optional ``prefix_index``
+    (``balancer.core.prefix.PrefixIndex``: what each node is estimated to cache).
     """
 
     name = "placement"
@@ -182,6 +201,7 @@ class PlacementPolicy:
         admission_cap_tokens: int | None = None,
         max_in_flight: int | None = None,
         rng: random.Random | None = None,
+        prefix_index: PrefixIndex | None = None,
     ) -> None:
         if not node_ids:
             raise ValueError("a balancer needs at least one node")
@@ -195,6 +215,7 @@ class PlacementPolicy:
         self.admission_cap_tokens = admission_cap_tokens
         self.max_in_flight = max_in_flight
         self.rng = rng if rng is not None else random.Random(0)
+        self.prefix_index = prefix_index
         # The last report of each node with the debits it has not seen applied (in_flight: see below).
         self.views: dict[int, NodeView] = {n: NodeView(n) for n in self.node_ids}
         self.in_flight: dict[int, int] = {n: 0 for n in self.node_ids}
@@ -259,9 +280,11 @@ class PlacementPolicy:
     def move(self, request_id: str, exclude: Iterable[int] = ()) -> int | None:
         """Re-place an admitted request whose node failed, keeping its admission (no budget check).
 
-        Goes to the node the policy would pick among the others (the largest
-        budget for PAB), or ``None`` when no other node exists; the debit moves
-        with it. Raises ``KeyError`` for a request that is not placed.
+        Goes to the node with the largest budget among the others, or ``None``
+        when no other node exists; the debit moves with it, charged again on the
+        new node net of its estimated prefix cache when the request came with
+        block hashes (and its blocks are recorded there). Raises ``KeyError``
+        for a request that is not placed.
         """
         placed = self.placements[request_id]
         banned = set(exclude) | {placed.node_id}
@@ -270,7 +293,11 @@ class PlacementPolicy:
             return None
         target = max(others, key=lambda n: (self.views[n].pab_tokens, -self.in_flight[n], -n))
         self.release(request_id)
-        self._debit(target, placed.prompt_tokens, request_id)
+        charge = placed.prompt_tokens
+        if self.prefix_index is not None and placed.block_hashes:
+            charge = self._charge(target, placed.request_prompt_tokens, placed.block_hashes)
+            self.prefix_index.insert(target, placed.block_hashes)
+        self._debit(target, charge, request_id, placed.request_prompt_tokens, placed.block_hashes)
         return target
 
     def view(self, node_id: int) -> NodeView:
@@ -283,9 +310,28 @@ class PlacementPolicy:
 
     # -- the decision ------------------------------------------------------------
 
+    def charges(self, prompt_tokens: int, block_hashes: Sequence[int] = ()) -> dict[int, int]:
+        """What a request of ``prompt_tokens`` prompt tokens would cost each node, prompt tokens:
+        the whole prompt less the node's estimated cache hit (``PrefixIndex.cached_tokens``);
+        the whole prompt on every node without an index or hashes."""
+        if self.prefix_index is None or not block_hashes:
+            return {n: prompt_tokens for n in self.node_ids}
+        return {n: self._charge(n, prompt_tokens, block_hashes) for n in self.node_ids}
+
+    def _charge(self, node: int, prompt_tokens: int, block_hashes: Sequence[int]) -> int:
+        return prompt_tokens - self.prefix_index.cached_tokens(node, block_hashes, prompt_tokens)
+
     def choose(self, request_id: str, prompt_tokens: int, held_fraction: float = 0.0,
-               tier: str | None = None) -> Decision:
-        """Place one request of ``prompt_tokens`` uncached prompt tokens, or reject it.
+               tier: str | None = None, *, block_hashes: Sequence[int] = ()) -> Decision:
+        """Place one request of ``prompt_tokens`` prompt tokens, or reject it.
+
+        ``block_hashes`` are the chained hashes of the prompt's full KV blocks
+        (``balancer.core.prefix.prompt_block_hashes``, or a trace's ``hash_ids``).
+        With a ``prefix_index`` and hashes, each node is charged only the tokens it
+        must compute, ``prompt_tokens - prefix_index.cached_tokens(node, ...)``
+        (``charges``): the budget checks, the pick, the admission cap and the
+        debit use that charge, and on placement the hashes are recorded for the
+        chosen node. Without either, every node is charged the whole prompt.
 
         ``tier`` names the request's SLO tier: a node's budget for it is that
         tier's (``NodeView.tier_pab_tokens``), else its ``pab_tokens``.
@@ -294,9 +340,10 @@ class PlacementPolicy:
         requests are held back; ``has_room``). Policies that do not budget
         ignore both. The Retry-After of a rejection counts both.
 
-        On placement the chosen node's local view is debited at once: PAB
-        ``-= L``, queued prefill ``+= L``, waiting and in-flight ``+= 1``, one
-        slot, KV usage by ``L`` over its capacity. A request id already placed keeps
+        On placement the chosen node's local view is debited at once by the
+        charge ``C``: PAB ``-= C``, queued prefill ``+= C``, waiting and in-flight
+        ``+= 1``, one slot, KV usage by ``C`` over its capacity
+        (``Decision.charged_tokens`` is ``C``). A request id already placed keeps
         its placement (a retry of an admitted request is never refused).
         Raises ``ValueError`` for a prompt of fewer than one token or a held fraction outside [0, 1).
         """
@@ -306,32 +353,40 @@ class PlacementPolicy:
             raise ValueError(f"request {request_id!r}: held_fraction must be in [0, 1), got {held_fraction!r}")
         held = self.placements.get(request_id)
         if held is not None:
-            return Decision(held.node_id, self.name)
-        node = self._pick(prompt_tokens, held_fraction, tier)
+            return Decision(held.node_id, self.name, charged_tokens=held.prompt_tokens)
+        charges = self.charges(prompt_tokens, block_hashes)
+        node = self._pick(charges, held_fraction, tier)
         if node is None:
             reason = self._reject_reason if held_fraction == 0 else self._reject_reason + "-held"
-            return Decision(None, reason, self._retry_after_s(prompt_tokens, held_fraction, tier))
+            return Decision(None, reason, self._retry_after_s(charges, held_fraction, tier))
+        charge = charges[node]
         cap = self.admission_cap_tokens
-        if cap is not None and self.views[node].queued_prefill_tokens + prompt_tokens > cap:
-            return Decision(None, "admission-cap", self._retry_after_s(prompt_tokens))
+        if cap is not None and self.views[node].queued_prefill_tokens + charge > cap:
+            return Decision(None, "admission-cap", self._retry_after_s(charges))
         if self.max_in_flight is not None and self.in_flight[node] >= self.max_in_flight:
-            return Decision(None, "in-flight-cap", self._retry_after_s(prompt_tokens))
-        self._debit(node, prompt_tokens, request_id)
-        return Decision(node, self.name)
+            return Decision(None, "in-flight-cap", self._retry_after_s(charges))
+        if self.prefix_index is not None and block_hashes:
+            self.prefix_index.insert(node, block_hashes)
+        self._debit(node, charge, request_id, prompt_tokens, tuple(block_hashes))
+        return Decision(node, self.name, charged_tokens=charge)
 
-    def _pick(self, prompt_tokens: int, held_fraction: float, tier: str | None) -> int | None:
+    def _pick(self, charges: Mapping[int, int], held_fraction: float, tier: str | None) -> int | None:
+        """The node for a request that would cost node ``n`` ``charges[n]`` prompt tokens, or None to reject."""
         raise NotImplementedError
 
-    def _debit(self, node: int, prompt_tokens: int, request_id: str) -> None:
+    def _debit(self, node: int, prompt_tokens: int, request_id: str, request_prompt_tokens: int = 0,
+               block_hashes: tuple[int, ...] = ()) -> None:
         self.views[node] = self.views[node].debited(prompt_tokens)
         self.in_flight[node] += 1
-        self.placements[request_id] = Placement(node, prompt_tokens)
+        self.placements[request_id] = Placement(node, prompt_tokens, False, request_prompt_tokens or prompt_tokens,
+                                                block_hashes)
         self._in_transit[node][request_id] = prompt_tokens
 
-    def _retry_after_s(self, prompt_tokens: int, held_fraction: float = 0.0, tier: str | None = None) -> float:
-        """Seconds until some node's budget covers the request at its recovery rate, in [1, 30]."""
-        return retry_after_of_views(prompt_tokens, (v for v in self.views.values() if v.node_id in self.node_ids),
-                                    held_fraction, tier)
+    def _retry_after_s(self, charges: Mapping[int, int], held_fraction: float = 0.0, tier: str | None = None) -> float:
+        """Seconds until some node's budget covers the request (its charge there) at its recovery rate, in [1, 30]."""
+        return min(
+            retry_after_of_views(charges[n], (self.views[n],), held_fraction, tier) for n in self.node_ids
+        )
 
 
 def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 0.0, tier: str | None = None) -> float:

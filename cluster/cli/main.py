@@ -8,6 +8,7 @@ from cluster.cli.bench import app as bench_app
 from cluster.cli.engine import profile, tiny_model
 from cluster.cli.serve import load, serve, status
 from cluster.cli.sim import app as sim_app
+from cluster.cli.trace import app as trace_app
 
 app = typer.Typer(
     help="FairBatching: fair batch scheduling and Prefill-Admission-Budget routing for LLM serving.",
@@ -18,6 +19,7 @@ app.add_typer(bench_app, name="bench")
 app.command("profile")(profile)
 app.command("tiny-model")(tiny_model)
 app.add_typer(sim_app, name="sim")
+app.add_typer(trace_app, name="trace")
 app.command("serve")(serve)
 app.command("status")(status)
 app.command("load")(load)

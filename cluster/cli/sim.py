@@ -85,7 +85,7 @@ def _write_json(path: Optional[Path], data: dict) -> None:
 
 _HEADLINE = ("requests", "offered_rps", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p99",
              "tpot_p50", "tpot_p99", "token_attainment_arrival", "token_attainment_first_token", "goodput_rps",
-             "preemptions", "sim_speedup")
+             "preemptions", "prefix_cache_hit_rate", "sim_speedup")
 
 
 def _headline(report: dict) -> str:

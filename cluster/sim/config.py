@@ -28,7 +28,7 @@ def _opt(default, help: str, flag: str | None = None):
 class SimConfig:
     # workload (flags shared with cluster.workload.traces)
     trace: str = _opt("azure-conv", "Trace name (azure-conv, azure-code, sharegpt-poisson, sharegpt-gamma, long-context) or file.")
-    columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT, or PROMPT,OUTPUT with --arrivals.")
+    columns: str | None = _opt(None, "Columns of a trace file: ARRIVAL[:s|ms],PROMPT,OUTPUT[,HASHES] (HASHES: a JSON list of the prompt's block hashes per row, which turns the nodes' prefix caches on), or PROMPT,OUTPUT with --arrivals.")
     start_s: float = _opt(0.0, "Start of the trace window, in original trace seconds.")
     duration_s: float | None = _opt(None, "Length of the trace window in original trace seconds (default: to the end).")
     rate_scale: float = _opt(1.0, "Multiply the arrival rate by this (inter-arrival times divided by it).")
@@ -45,6 +45,8 @@ class SimConfig:
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
+    prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
+    pab_tokens: str = _opt("uncached", "With a prefix cache (a trace with block hashes): what PAB's queued work and the balancer's debit count of a prompt: uncached (the tokens the node must compute; the balancer estimates each node's cache with a PrefixIndex) or all (every prompt token, cache-blind, for comparison).")
     seats_as_vllm: bool = _opt(False, "Count sequence seats as vLLM does: a waiting request starts only into a free seat, every running request (paced decodes included) holding one. Off: only the plan's per-step cap (the recorded results).")
     # node scheduler
     scheduler: str = _opt("fairbatching", "Node scheduler: fairbatching, vllm, sarathi.")
@@ -64,7 +66,7 @@ class SimConfig:
     tier_hold_fraction: float = _opt(0.0, "With --slo-tier: requests of every tier but the tightest must leave this share of a node's idle budget untouched (held for the tightest tier; PAB balancer only).")
     tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
     # balancer
-    balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv.")
+    balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv, prefix-affinity (longest estimated cached prefix unless the load is unbalanced).")
     admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
     admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO, (ttft - a) / b).")
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
@@ -106,6 +108,10 @@ class SimConfig:
             raise ValueError("pab_delay_s and pab_interval_s must be >= 0")
         if self.pab_variant not in ("closed", "edf", "prefill-only"):
             raise ValueError(f"pab_variant must be closed, edf or prefill-only, got {self.pab_variant!r}")
+        if self.pab_tokens not in ("uncached", "all"):
+            raise ValueError(f"pab_tokens must be uncached or all, got {self.pab_tokens!r}")
+        if self.prefix_block_tokens < 1:
+            raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
         if self.lend not in ("always", "at-risk"):
             raise ValueError(f"lend must be always or at-risk, got {self.lend!r}")
         if self.relegate not in ("none", "lost", "doomed"):

@@ -42,9 +42,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from dataclasses import replace
+
 from balancer.core.placement import NodeView
+from balancer.core.prefix import cache_hit_tokens
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
+from cluster.sim.prefix_cache import NodePrefixCache
 from cluster.sim.true_step_time import TrueStepTime
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.feedback import FrontDelay, LatencyFeedback
@@ -62,10 +66,11 @@ class SimRequest:
         "rid", "key", "arrival_s", "prompt_tokens", "output_tokens", "slo",
         "node_id", "state", "prefill_tokens", "computed", "emitted", "kv_tokens", "kv_blocks",
         "first_token_s", "last_token_s", "finish_s", "on_time_arrival", "on_time_first",
-        "preemptions", "rejected", "dropped",
+        "preemptions", "rejected", "dropped", "hash_ids", "cached_tokens", "held_hashes", "shared_kv_blocks",
     )
 
-    def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int, slo: SLO) -> None:
+    def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int, slo: SLO,
+                 hash_ids: tuple[int, ...] = ()) -> None:
         self.rid = rid
         self.key = str(rid)
         self.arrival_s = arrival_s
@@ -87,6 +92,15 @@ class SimRequest:
         self.preemptions = 0
         self.rejected = False
         self.dropped = False
+        self.hash_ids = hash_ids  # block hashes of the prompt's full prefix blocks (empty: none known)
+        self.cached_tokens = 0  # prompt tokens its node's prefix cache held when it arrived (computed from the start)
+        self.held_hashes: tuple[int, ...] = ()  # prefix blocks it holds in its node's cache (hit, then registered)
+        self.shared_kv_blocks = 0  # KV blocks of its context that the node's prefix cache holds, not the request
+
+    @property
+    def started(self) -> bool:
+        """Whether it has run a prefill chunk (or finished its prefill) since it last started from its cache hit."""
+        return self.computed > self.cached_tokens or self.computed == self.prefill_tokens
 
     @property
     def finished(self) -> bool:
@@ -121,6 +135,8 @@ class SimNode:
         output_window: int = 512,
         tier_slos: dict[str, SLO] | None = None,
         seats_as_vllm: bool = False,
+        prefix_cache: NodePrefixCache | None = None,
+        pab_counts_cached: bool = False,
     ) -> None:
         self.node_id = node_id
         self.loop = loop
@@ -165,6 +181,10 @@ class SimNode:
         # vLLM admits a waiting request only into a free seat, counting every running request
         # (paced decodes included); off: the plan's per-step cap is the only seat limit.
         self.seats_as_vllm = seats_as_vllm
+        # Prefix caching (None: none): hits count as computed. pab_counts_cached: PAB and the
+        # reported queued prefill count every prompt token, cached or not (the comparison arm).
+        self.prefix_cache = prefix_cache
+        self.pab_counts_cached = pab_counts_cached
         self.last_tier_pab: dict[str, float] | None = None
         self._last_publish_s = -float("inf")
         self._next_sample_s = 0.0
@@ -186,19 +206,46 @@ class SimNode:
             req.dropped = True  # can never fit this node's KV cache
             self.on_finish(req)
             return
+        cache = self.prefix_cache
+        if cache is not None:
+            self._take_cache_hit(req, cache)
         req.state = RequestState(
             request_id=req.key,
             arrival_s=req.arrival_s,
             prompt_tokens=req.prefill_tokens,
             slo=req.slo,
+            computed_tokens=req.computed,
             max_output_tokens=req.output_tokens if self.oracle_output_lengths else None,
         )
         self.live[req.key] = req
         self.states[req.key] = req.state
-        self.queued_prefill_tokens += req.prefill_tokens
+        self.queued_prefill_tokens += req.prefill_tokens - req.computed
         self.waiting += 1
         if not self.busy:
             self._start_step(now_s)
+
+    def _take_cache_hit(self, req: SimRequest, cache: NodePrefixCache) -> None:
+        """The leading blocks of the prompt the node holds count as computed (at most the prompt less one
+        token, whole blocks): the request holds them and neither prefills nor allocates them."""
+        hit = 0
+        if req.hash_ids:
+            hit = cache_hit_tokens(cache.lookup(req.hash_ids), req.prompt_tokens, cache.block_tokens)
+            if hit:
+                held = req.hash_ids[:hit // cache.block_tokens]
+                cache.acquire(held)
+                req.held_hashes = held
+                req.shared_kv_blocks = len(held) * cache.kv_blocks_per_block
+                req.cached_tokens = req.computed = req.kv_tokens = hit
+                req.kv_blocks = hit // self.block_size
+        cache.count_hit(req.prompt_tokens, hit)
+
+    def _release_cache(self, req: SimRequest) -> None:
+        """Return the request's own KV blocks to the pool and let go of the prefix blocks it held."""
+        self.pool.give_back(req.kv_blocks - req.shared_kv_blocks)
+        if req.held_hashes:
+            self.prefix_cache.release(req.held_hashes)
+            req.held_hashes = ()
+        req.shared_kv_blocks = 0
 
     # -- one step ------------------------------------------------------------------
 
@@ -277,7 +324,7 @@ class SimNode:
             req = live[item.request_id]
             if item.is_prefill:
                 q = item.new_tokens
-                if req.computed == 0:
+                if req.computed == req.cached_tokens:
                     self.waiting -= 1
                 req.computed += q
                 req.kv_tokens += q
@@ -288,6 +335,8 @@ class SimNode:
                 req.state.computed_tokens = req.computed
                 if req.computed == req.prefill_tokens:
                     self.decoding += 1
+                    if req.hash_ids and self.prefix_cache is not None:
+                        self._register_prompt(req)
                     self._emit(req, now_s, finished)
             else:
                 req.kv_tokens += 1
@@ -299,6 +348,8 @@ class SimNode:
                 # Only a recomputed request holds other than what RequestState derives.
                 req.state.kv_tokens = req.kv_tokens
                 req.state.kv_blocks = req.kv_blocks
+        if self.prefix_cache is not None:
+            self.prefix_cache.fit()  # the steps' new blocks came out of the free KV the cache lives in
         for req in finished:
             self._retire(req)
             req.finish_s = now_s
@@ -306,6 +357,14 @@ class SimNode:
             self.on_finish(req)
         self._maybe_publish(now_s)
         self._start_step(now_s)
+
+    def _register_prompt(self, req: SimRequest) -> None:
+        """The prompt's full blocks the request computed become the node's cached blocks, held by it."""
+        cache = self.prefix_cache
+        registered = cache.register(req.hash_ids[len(req.held_hashes):])
+        if registered:
+            req.held_hashes = req.held_hashes + tuple(registered)
+            req.shared_kv_blocks += len(registered) * cache.kv_blocks_per_block
 
     def _emit(self, req: SimRequest, now_s: float, finished: list[SimRequest]) -> None:
         """Token ``req.emitted`` (0-based) comes out at ``now_s``; score it against both envelopes."""
@@ -347,11 +406,14 @@ class SimNode:
             self.recomputing -= 1
         del self.live[req.key]
         del self.states[req.key]
-        self.pool.give_back(req.kv_blocks)
+        if self.prefix_cache is None:
+            self.pool.give_back(req.kv_blocks)
+        else:
+            self._release_cache(req)
         req.kv_blocks = 0
         if req.computed < req.prefill_tokens:
             self.queued_prefill_tokens -= req.prefill_tokens - req.computed
-            if req.computed == 0:
+            if req.computed == req.cached_tokens:
                 self.waiting -= 1
         else:
             self.decoding -= 1
@@ -385,14 +447,19 @@ class SimNode:
 
     def _preempt(self, req: SimRequest) -> None:
         """Free the request's blocks; it will recompute its prompt and emitted tokens as a prefill."""
-        self.pool.give_back(req.kv_blocks)
+        started = req.started  # else it is already counted waiting (it held only its cache hit)
+        if self.prefix_cache is None:
+            self.pool.give_back(req.kv_blocks)
+        else:
+            self._release_cache(req)
         if req.computed == req.prefill_tokens:
             self.decoding -= 1
         self.queued_prefill_tokens -= req.prefill_tokens - req.computed
         req.prefill_tokens = req.prompt_tokens + req.emitted
         self.queued_prefill_tokens += req.prefill_tokens
-        self.waiting += 1  # a holder has computed > 0; it restarts from nothing
-        req.computed = req.kv_tokens = req.kv_blocks = 0
+        if started:
+            self.waiting += 1  # it restarts from nothing
+        req.computed = req.kv_tokens = req.kv_blocks = req.cached_tokens = 0
         if req.preemptions == 0:
             self.recomputing += 1
         req.preemptions += 1
@@ -421,11 +488,11 @@ class SimNode:
         if not self.seats_as_vllm:
             return states
         live = self.live
-        started = [st for st in states if live[st.request_id].kv_blocks > 0]
+        started = [st for st in states if live[st.request_id].started]
         seats = self.max_num_seqs - len(started)
         if seats >= len(states) - len(started):
             return states
-        waiting = [st for st in states if live[st.request_id].kv_blocks == 0]
+        waiting = [st for st in states if not live[st.request_id].started]
         waiting.sort(key=lambda st: deadline_s(st, st.output_tokens))
         return started + waiting[:max(seats, 0)]
 
@@ -434,7 +501,7 @@ class SimNode:
         (and report as dropped) the oldest request holding no KV. Never seen in practice;
         every test asserts it stays at zero."""
         for req in self.live.values():
-            if req.kv_blocks == 0:
+            if req.kv_blocks == req.shared_kv_blocks and not req.started:
                 self._retire(req)
                 req.dropped = True
                 self.on_finish(req)
@@ -454,16 +521,21 @@ class SimNode:
                 front_delay_s=self.front_delay.value_s(now_s) if self.front_delay is not None else 0.0,
             )
             kv_free = self.pool.free_blocks * self.block_size
+            if self.pab_counts_cached:
+                states = self._states_counting_cached(states)
             self.last_pab = self.estimate_pab(states, now_s, kv_free, **knows)
             if self.tier_slos:
                 self.last_tier_pab = {name: self.estimate_pab(states, now_s, kv_free, budget_slo=slo, **knows).pab_tokens
                                       for name, slo in self.tier_slos.items()}
         report = self.last_pab
+        queued = self.queued_prefill_tokens
+        if self.pab_counts_cached:
+            queued += sum(r.cached_tokens for r in self.live.values() if r.computed < r.prefill_tokens)
         return NodeView(
             node_id=self.node_id,
             pab_tokens=report.pab_tokens,
             in_flight=len(self.live),
-            queued_prefill_tokens=self.queued_prefill_tokens,
+            queued_prefill_tokens=queued,
             kv_usage=self.pool.used_fraction,
             waiting=self.waiting,
             reported_at_s=now_s,
@@ -477,6 +549,17 @@ class SimNode:
             max_num_seqs=self.max_num_seqs,
             received_ids=self._take_received_ids(),
         )
+
+    def _states_counting_cached(self, states: list[RequestState]) -> list[RequestState]:
+        """The snapshots as a cache-blind budget sees them: a prefill's cache hit is still to compute."""
+        live = self.live
+        out = []
+        for st in states:
+            cached = live[st.request_id].cached_tokens
+            if cached and st.is_prefill:
+                st = replace(st, computed_tokens=st.computed_tokens - cached)
+            out.append(st)
+        return out
 
     def _take_received_ids(self) -> frozenset[str] | None:
         if not self.acknowledge_received:

@@ -17,9 +17,11 @@ from typing import Callable
 
 from balancer.core.placement import NodeView, PlacementPolicy, idle_prefill_tokens
 from balancer.core.policies import make_placement
+from balancer.core.prefix import PrefixIndex
 from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
+from cluster.sim.prefix_cache import NodePrefixCache
 from cluster.workload.tiers import SLOClasses, assign_tiers, parse_slo_tiers
 from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import summarize
@@ -66,13 +68,14 @@ def _binding_fractions(nodes: list[SimNode]) -> dict[str, float]:
     return {k: v / total for k, v in sorted(counts.items())} if total else {}
 
 
-def build_placement(cfg: SimConfig, profile: Profile) -> PlacementPolicy:
+def build_placement(cfg: SimConfig, profile: Profile, prefix_index: PrefixIndex | None = None) -> PlacementPolicy:
     cap = None
     if cfg.admission_cap:
         cap = cfg.admission_cap_tokens or idle_prefill_tokens(cfg.slo_on(profile.default_slo).ttft_s, profile.a_s,
                                                                profile.b_s_per_token)
     knobs = {"fit": cfg.pab_fit, "reject": cfg.pab_reject} if cfg.balancer == "pab" else {}
-    return make_placement(cfg.balancer, list(range(cfg.nodes)), admission_cap=cap, rng=random.Random(cfg.seed), **knobs)
+    return make_placement(cfg.balancer, list(range(cfg.nodes)), admission_cap=cap, rng=random.Random(cfg.seed),
+                          prefix_index=prefix_index, **knobs)
 
 
 def simulate(
@@ -104,8 +107,27 @@ def simulate(
     max_num_seqs = profile.max_num_seqs or 256
     max_num_batched_tokens = profile.max_num_batched_tokens or 8192
 
+    # Prefix caching, when the trace names its prompts' blocks: a cache per node, and the balancer's
+    # estimate of them (a PrefixIndex of what it placed where) unless it is to charge every token.
+    prefix_block = cfg.prefix_block_tokens
+    prefix_caching = any(r.hash_ids for r in workload.requests)
+    if prefix_caching and prefix_block % block_size:
+        raise ValueError(f"--prefix-block-tokens {prefix_block} must be a multiple of the KV block size ({block_size})")
+    prefix_index = None
+    if prefix_caching and (cfg.pab_tokens == "uncached" or cfg.balancer == "prefix-affinity"):
+        prefix_index = PrefixIndex(prefix_block, capacity_blocks=kv_tokens // prefix_block)
+    estimated_hit_tokens = 0  # what the balancer expected the chosen nodes to hold, over placed requests
+
     loop = EventLoop()
-    balancer = build_placement(cfg, profile)
+    balancer = build_placement(cfg, profile, prefix_index)
+
+    def place(req: SimRequest):
+        nonlocal estimated_hit_tokens
+        decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req), tier_of(req),
+                                   block_hashes=req.hash_ids)
+        if decision.node_id is not None and prefix_caching:
+            estimated_hit_tokens += req.prompt_tokens - decision.charged_tokens
+        return decision
 
     def held_fraction(req: SimRequest) -> float:
         return classes.held_fraction(req.slo) if classes is not None else 0.0
@@ -122,7 +144,7 @@ def simulate(
             if loop.now_s > req.arrival_s + cfg.balancer_queue_s:
                 pending.popleft().rejected = True
                 continue
-            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req), tier_of(req))
+            decision = place(req)
             if decision.node_id is None:
                 return
             pending.popleft()
@@ -157,7 +179,7 @@ def simulate(
             i, loop,
             make_policy(cfg.scheduler, model, **cfg.scheduler_knobs()),
             TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i), host_s=host_s),
-            BlockPool(kv_tokens, block_size),
+            pool,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             estimate_pab=node_pab,
@@ -174,8 +196,10 @@ def simulate(
             expected_output_prior=cfg.expected_output_tokens,
             tier_slos={t.name: t.slo for t in tiers if t.slo.priority > 0} if cfg.balancer == "pab" else None,
             seats_as_vllm=cfg.seats_as_vllm,
+            prefix_cache=NodePrefixCache(pool, prefix_block) if prefix_caching else None,
+            pab_counts_cached=prefix_caching and cfg.pab_tokens == "all",
         )
-        for i in range(cfg.nodes)
+        for i, pool in enumerate(BlockPool(kv_tokens, block_size) for _ in range(cfg.nodes))
     ]
     for node in nodes:
         node.publish_now(0.0)  # the balancer starts knowing the nodes are idle
@@ -185,7 +209,9 @@ def simulate(
         slos = [t.slo for t in assign_tiers(len(workload.requests), tiers, cfg.seed)]
     else:
         slos = [slo] * len(workload.requests)
-    requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s)
+    # Only the prompt's full prefix blocks are named (a clipped prompt loses the blocks past its end).
+    requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s,
+                           r.hash_ids[:r.prompt_tokens // prefix_block] if prefix_caching else ())
                 for r, s in zip(workload.requests, slos)]
     n = len(requests)
     last_arrival_s = requests[-1].arrival_s if n else 0.0
@@ -197,7 +223,7 @@ def simulate(
             pending.append(req)
             place_pending()
         else:
-            decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req), tier_of(req))
+            decision = place(req)
             if decision.node_id is not None:
                 nodes[decision.node_id].admit(req, loop.now_s)
             elif cfg.balancer_queue_s > 0:
@@ -272,5 +298,20 @@ def simulate(
             "config": cfg.to_dict(),
         }
     )
+    if prefix_caching:
+        prompt_tokens = sum(nd.prefix_cache.prompt_tokens for nd in nodes)
+        hit_tokens = sum(nd.prefix_cache.hit_tokens for nd in nodes)
+        report.update({
+            # Prompt tokens of the requests that reached a node, and the share its prefix cache held.
+            "prefix_cache_hit_rate": hit_tokens / prompt_tokens if prompt_tokens else 0.0,
+            "prefix_cache_hit_tokens": hit_tokens,
+            "prefix_cache_prompt_tokens": prompt_tokens,
+            # The hit the balancer's PrefixIndex expected over the same requests (None: it kept none).
+            "prefix_estimated_hit_rate": (estimated_hit_tokens / prompt_tokens if prompt_tokens else 0.0)
+            if prefix_index is not None else None,
+            "prefix_cache_evictions": sum(nd.prefix_cache.evictions for nd in nodes),
+            "prefix_block_tokens": prefix_block,
+            "pab_tokens": cfg.pab_tokens,
+        })
     timelines = {nd.node_id: nd.timeline for nd in nodes}
     return SimResult(cfg, report, requests, timelines)

@@ -14,8 +14,11 @@ Sources
   * ``load_long_context(seed)``: the Azure conv trace's arrivals and output
     lengths with its prompt lengths mapped affinely onto 8k-16k tokens (a
     long-context conversation workload; see the function's docstring).
-  * ``load_trace(path, "ARRIVAL[:s|ms],PROMPT,OUTPUT")``: any CSV or JSON-lines
-    file with one request per row.
+  * ``load_trace(path, "ARRIVAL[:s|ms],PROMPT,OUTPUT[,HASHES]")``: any CSV or JSON-lines
+    file with one request per row; the optional fourth column holds the
+    prompt's KV block hashes (a JSON list of ints, one per block of the
+    simulator's ``--prefix-block-tokens`` tokens, chained: equal hashes mean equal
+    prefixes), as the multi-turn generator writes them (``cluster.workload.multiturn``).
   * ``load_named(name_or_path, ...)``: the entry point used by command lines.
 
 Transformations (``slice_window``, ``scale_rate``, ``clip_prompts`` and
@@ -123,6 +126,7 @@ class TraceRequest:
     arrival_s: float  # seconds since the start of the (sliced) trace, non-decreasing
     prompt_tokens: int  # >= 1
     output_tokens: int  # >= 1
+    hash_ids: tuple[int, ...] = ()  # the prompt's KV block hashes in order (empty: none known)
 
 
 @dataclass
@@ -162,12 +166,17 @@ class Workload:
 
 
 def _renumbered(
-    arrivals: list[float], prompts: list[int], outputs: list[int]
+    arrivals: list[float], prompts: list[int], outputs: list[int], hashes: list[tuple[int, ...]] | None = None,
 ) -> list[TraceRequest]:
     """Build requests numbered 0..n-1; inputs must already be in arrival order."""
+    if hashes is None:
+        return [
+            TraceRequest(i, float(a), int(p), int(o))
+            for i, (a, p, o) in enumerate(zip(arrivals, prompts, outputs))
+        ]
     return [
-        TraceRequest(i, float(a), int(p), int(o))
-        for i, (a, p, o) in enumerate(zip(arrivals, prompts, outputs))
+        TraceRequest(i, float(a), int(p), int(o), h)
+        for i, (a, p, o, h) in enumerate(zip(arrivals, prompts, outputs, hashes))
     ]
 
 
@@ -177,35 +186,45 @@ def _renumbered(
 
 
 class ColumnSpec(NamedTuple):
-    """Parsed ``[ARRIVAL[:unit],]PROMPT,OUTPUT``; ``unit`` is None when omitted, ``arrival`` None
-    for a file of lengths only (its arrivals are synthetic: ``synthetic_arrivals``)."""
+    """Parsed ``[ARRIVAL[:unit],]PROMPT,OUTPUT[,HASHES]``; ``unit`` is None when omitted, ``arrival``
+    None for a file of lengths only (its arrivals are synthetic: ``synthetic_arrivals``), ``hashes``
+    None without a block-hash column."""
 
     arrival: str | None
     unit: str | None
     prompt: str
     output: str
+    hashes: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         lengths = (self.prompt, self.output)
-        return lengths if self.arrival is None else (self.arrival, *lengths)
+        names = lengths if self.arrival is None else (self.arrival, *lengths)
+        return names if self.hashes is None else (*names, self.hashes)
 
 
 def parse_columns(spec: str) -> ColumnSpec:
-    """Parse ``"ARRIVAL[:s|ms],PROMPT,OUTPUT"`` (e.g. ``"ts:ms,in_len,out_len"``), or
-    ``"PROMPT,OUTPUT"`` for a file of lengths only.
+    """Parse ``"ARRIVAL[:s|ms],PROMPT,OUTPUT"`` (e.g. ``"ts:ms,in_len,out_len"``), the same with a
+    fourth column of block hashes (``"ts:ms,in_len,out_len,hash_ids"``), or ``"PROMPT,OUTPUT"``
+    for a file of lengths only.
 
     Names are stripped of surrounding whitespace. Raises TraceError if there are
-    not two or three non-empty names, or the unit is not ``s`` or ``ms``.
+    not two to four non-empty names, or the unit is not ``s`` or ``ms``.
     Only the arrival column may carry a unit.
     """
     parts = [p.strip() for p in spec.split(",")]
-    if len(parts) not in (2, 3) or not all(parts):
+    if len(parts) not in (2, 3, 4) or not all(parts):
         raise TraceError(
             f"--columns {spec!r}: expected comma-separated column names "
-            "ARRIVAL[:s|ms],PROMPT,OUTPUT (e.g. 'timestamp:ms,input_length,output_length'), "
+            "ARRIVAL[:s|ms],PROMPT,OUTPUT[,HASHES] (e.g. 'timestamp:ms,input_length,output_length' "
+            "or 'timestamp:ms,input_length,output_length,hash_ids'), "
             "or PROMPT,OUTPUT for a file of lengths only (with --arrivals)"
         )
+    hashes = None
+    if len(parts) == 4:
+        hashes = parts.pop()
+        if ":" in hashes:
+            raise TraceError(f"--columns {spec!r}: only the arrival column takes a unit, not {hashes!r}")
     if len(parts) == 2:
         for name in parts:
             if ":" in name:
@@ -226,7 +245,7 @@ def parse_columns(spec: str) -> ColumnSpec:
             raise TraceError(
                 f"--columns {spec!r}: only the arrival column takes a unit, not {name!r}"
             )
-    return ColumnSpec(arrival, unit, parts[1], parts[2])
+    return ColumnSpec(arrival, unit, parts[1], parts[2], hashes)
 
 
 # --------------------------------------------------------------------------
@@ -506,6 +525,21 @@ class _Lengths:
         self.outputs.append(o)
 
 
+def _parse_hash_ids(value: Any, path: Path, line: int, column: str) -> tuple[int, ...]:
+    """A prompt's block hashes: a JSON list of integers (a list already, from JSON-lines)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return ()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _fail(path, line, column, f"expected a JSON list of integer block hashes: {e.msg}") from None
+    if not isinstance(value, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+        raise _fail(path, line, column, f"expected a JSON list of integer block hashes, got {str(value)[:60]!r}")
+    return tuple(value)
+
+
 # --------------------------------------------------------------------------
 # Loaders
 # --------------------------------------------------------------------------
@@ -537,7 +571,7 @@ def load_trace(
 ) -> Workload:
     """Load a CSV or JSON-lines trace with one request per row.
 
-    ``columns`` is ``"ARRIVAL[:s|ms],PROMPT,OUTPUT"``. The arrival column holds
+    ``columns`` is ``"ARRIVAL[:s|ms],PROMPT,OUTPUT[,HASHES]"``. The arrival column holds
     either numbers (seconds, or milliseconds with ``:ms``) or ISO-8601
     timestamps (then no unit suffix is allowed: TraceError). The result has
     arrivals relative to the earliest one (so the first is 0.0), rows sorted
@@ -548,7 +582,8 @@ def load_trace(
     A file of lengths only (``columns`` ``"PROMPT,OUTPUT"``) gets synthetic arrivals in
     file order: ``arrivals`` (``poisson`` or ``gamma:CV``) at ``arrival_rate_rps``
     (``synthetic_arrivals``, seeded by ``seed``); both are required then and refused
-    otherwise. ``num_requests`` keeps the first N rows of the file (any file).
+    otherwise. ``num_requests`` keeps the first N rows of the file (any file). A HASHES
+    column holds each prompt's block hashes as a JSON list of ints (``TraceRequest.hash_ids``).
     """
     path = Path(path)
     spec = columns if isinstance(columns, ColumnSpec) else parse_columns(columns)
@@ -563,12 +598,16 @@ def load_trace(
                          f"this one has an arrival column ({spec.arrival!r})")
     stamps = _Arrivals(path, spec.arrival, spec.unit) if spec.arrival is not None else None
     lengths = _Lengths(path, spec.prompt, spec.output)
+    hashes: list[tuple[int, ...]] | None = None if spec.hashes is None else []
+    first_length = 0 if spec.arrival is None else 1
     for line, row in _iter_rows(path, spec.names):
         if num_requests is not None and len(lengths.prompts) >= num_requests:
             break
         if stamps is not None:
             stamps.add(row[0], line)
-        lengths.add(row[-2], row[-1], line)
+        lengths.add(row[first_length], row[first_length + 1], line)
+        if hashes is not None:
+            hashes.append(_parse_hash_ids(row[first_length + 2], path, line, spec.hashes))
     if not lengths.prompts:
         raise TraceError(f"{path}: no requests")
 
@@ -577,7 +616,7 @@ def load_trace(
         rate = _check_positive(arrival_rate_rps, "arrival_rate_rps")
         t = synthetic_arrivals(len(lengths.prompts), process, rate, np.random.default_rng(seed), cv)
         return Workload(
-            requests=_renumbered(t.tolist(), lengths.prompts, lengths.outputs),
+            requests=_renumbered(t.tolist(), lengths.prompts, lengths.outputs, hashes),
             name=name or path.stem,
             source=f"{path} lengths, {arrivals} arrivals at {rate:g}/s seed={seed}",
             clamped_outputs=lengths.clamped,
@@ -589,6 +628,7 @@ def load_trace(
             t[order].tolist(),
             [lengths.prompts[i] for i in order],
             [lengths.outputs[i] for i in order],
+            None if hashes is None else [hashes[i] for i in order],
         ),
         name=name or path.stem,
         source=str(path),

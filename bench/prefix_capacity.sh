@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prefix caching (issue: "uncached tokens everywhere"): capacity of 8 FairBatching nodes on the multi-turn
+# conversation workload, PAB charging uncached tokens (with the balancer's PrefixIndex) vs every token
+# (--pab-tokens all) vs the prefix-affinity balancer with the admission cap; H100 profile, SLOs 1 s / 50 ms,
+# attainment 90 %, 4 % bisection, 3 seeds (each seed its own trace and simulator seed).
+#   bash bench/prefix_capacity.sh [OUT_DIR]      then: python bench/prefix_summary.py [OUT_DIR]
+# Files already written are kept (delete them to re-run).
+set -euo pipefail
+out=${1:-bench/results/prefix}
+fb=${FAIRBATCHING:-fairbatching}
+mkdir -p "$out"
+for seed in 0 1 2; do
+  trace="$out/multiturn-seed$seed.csv"
+  [ -s "$trace" ] || $fb trace multiturn --out "$trace" --conversations 1000 --conversation-rate-rps 4 --seed "$seed"
+  common=(--trace "$trace" --columns timestamp:ms,input_length,output_length,hash_ids --prefix-block-tokens 16
+          --profile h100-llama3-8b --nodes 8 --scheduler fairbatching --seed "$seed" --drain-s 120
+          --attainment 0.9 --rel-tol 0.04)
+  f="$out/pab-uncached-seed$seed.json"
+  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens uncached --json "$f"
+  f="$out/pab-all-seed$seed.json"
+  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens all --json "$f"
+  f="$out/prefix-affinity-cap-seed$seed.json"
+  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer prefix-affinity --admission-cap --json "$f"
+done
