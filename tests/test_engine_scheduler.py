@@ -26,8 +26,10 @@ from node.vllm.tiny_model import word_token_id, write_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
-# Small token budget so prompts are chunked and bursts take several steps.
-ENGINE = dict(max_num_seqs=16, max_num_batched_tokens=128)
+# Small token budget so prompts are chunked and bursts take several steps. Prefix caching is on,
+# as deploy/serve.yaml has it: the same prompts run on one engine in several tests, and every
+# test holds with cache hits (the scheduler plans a hit as computed).
+ENGINE = dict(max_num_seqs=16, max_num_batched_tokens=128, enable_prefix_caching=True)
 DEFAULT_TTFT_S, DEFAULT_TPOT_S = 1.0, 0.05
 
 
@@ -227,6 +229,33 @@ def test_plan_divergence_stays_zero_in_steady_state(fb):
     assert NodeStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats  # as it crosses to the replica
     assert stats.divergent_steps == before_steps
     assert stats.step_model.b_s_per_token > 0
+
+
+def test_a_prefix_cache_hit_is_planned_for_its_uncached_tokens_only(fb):
+    """A prompt sharing three KV blocks with a finished one is planned from its hit: the plan
+    charges only the uncached tail, vLLM schedules exactly that, and no 'prefix-cache'
+    divergence is counted (before the scheduler counted the hit, the plan charged the whole
+    prompt and vLLM scheduled fewer tokens)."""
+    from vllm.inputs import TokensPrompt
+
+    engine, sched = fb.llm_engine, engine_scheduler(fb)
+    assert sched.kv_cache_manager.enable_caching
+    shared = _prompt(90, 3 * sched.block_size)
+    engine.add_request("pc-first", TokensPrompt(prompt_token_ids=shared + _prompt(91, 20)), _greedy(2))
+    while engine.has_unfinished_requests():
+        engine.step()
+    divergent, by_reason = sched.fb_divergent_steps, dict(sched.fb_divergence)
+    second = shared + _prompt(92, 40)
+    engine.add_request("pc-second", TokensPrompt(prompt_token_ids=second), _greedy(2))
+    engine.step()
+    (state,) = sched.fb_last_snapshot
+    assert (state.computed_tokens, state.prompt_tokens) == (len(shared), len(second))
+    (item,) = sched.fb_last_plan.items
+    assert item.new_tokens == 40
+    assert sched.requests[item.request_id].num_computed_tokens == len(second)  # hit + 40 scheduled
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert (sched.fb_divergent_steps, dict(sched.fb_divergence)) == (divergent, by_reason)
 
 
 def test_a_small_kv_cache_forces_preemption_and_loses_nothing(stock, small_kv, workdir):

@@ -52,6 +52,9 @@ def engine_kwargs(model_dir: str | Path, **overrides: Any) -> dict[str, Any]:
         max_num_seqs=32,
         max_num_batched_tokens=512,
         enable_chunked_prefill=True,
+        # Off here: the profiler (node/vllm/profiling.py) fits step times to the prompt tokens it
+        # sends, and a cache hit would shorten those steps. The engine tests turn it on, as
+        # deploy/serve.yaml does.
         enable_prefix_caching=False,
         seed=0,
     )

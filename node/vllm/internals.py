@@ -38,8 +38,8 @@ class Internal:
     used_for: str
 
 
-#: Attributes of a running ``vllm.v1.core.sched.scheduler.Scheduler`` (set in its ``__init__``), and of
-#: its ``kv_cache_manager``.
+#: Attributes of a running ``vllm.v1.core.sched.scheduler.Scheduler`` (set in its ``__init__``), of
+#: its ``kv_cache_manager`` and of that manager's ``coordinator``.
 SCHEDULER: tuple[Internal, ...] = (
     Internal("Scheduler", "running", "the running requests; hidden decodes are taken out for one schedule() call"),
     Internal("Scheduler", "waiting", "the waiting queue; planned prompts go to its head"),
@@ -54,8 +54,14 @@ SCHEDULER: tuple[Internal, ...] = (
     Internal("Scheduler", "current_step", "the step counter of the step log"),
     Internal("Scheduler", "num_spec_tokens", "refusing speculative decoding (see the module docstring)"),
     Internal("Scheduler", "scheduler_reserve_full_isl", "whether vLLM reserves a prompt's whole KV on admission"),
+    Internal("Scheduler", "prefix_replay_tokens", "the window of a prefix-cache hit vLLM recomputes (taken off the hit)"),
     Internal("KVCacheManager", "block_pool", "free KV blocks (get_num_free_blocks)"),
     Internal("KVCacheManager", "watermark_blocks", "blocks vLLM keeps free when it admits a prompt"),
+    Internal("KVCacheManager", "coordinator", "the prefix-cache lookup without side effects (find_longest_cache_hit)"),
+    Internal("KVCacheManager", "prefix_cache_lookup_enabled",
+             "whether a request may read the prefix cache (caching on, not skip_reading_prefix_cache)"),
+    Internal("KVCacheCoordinator", "find_longest_cache_hit",
+             "a waiting request's prefix-cache hit (tokens, blocks), read-only: no stats, no ref_cnt or LRU change"),
 )
 #: Members of ``vllm.v1.request.Request`` (attributes set in ``__init__``, or properties).
 REQUEST: tuple[Internal, ...] = (
@@ -65,6 +71,7 @@ REQUEST: tuple[Internal, ...] = (
     Internal("Request", "num_tokens", "prompt plus output: what a recomputed request prefills"),
     Internal("Request", "num_output_tokens", "tokens emitted, the envelope's index"),
     Internal("Request", "num_output_placeholders", "tokens in flight under the async scheduler"),
+    Internal("Request", "block_hashes", "the prompt's block hashes, for the prefix-cache lookup"),
     Internal("Request", "sampling_params", "extra_args: the request's SLO and arrival; max_tokens"),
     Internal("Request", "arrival_time", "vLLM's arrival stamp when the ingress sent none"),
     Internal("Request", "status", "admittable waiting requests (RequestStatus.WAITING, PREEMPTED)"),
@@ -102,8 +109,8 @@ def missing_internals(scheduler: Any) -> list[Internal]:
     members = {"Request": _class_members(Request), "SchedulerOutput": _class_members(SchedulerOutput),
                "SchedulerStats": _class_members(SchedulerStats)}
     kv = getattr(scheduler, "kv_cache_manager", None)
-    missing = [i for i in SCHEDULER
-               if not hasattr(kv if i.owner == "KVCacheManager" else scheduler, i.name)]
+    owners = {"Scheduler": scheduler, "KVCacheManager": kv, "KVCacheCoordinator": getattr(kv, "coordinator", None)}
+    missing = [i for i in SCHEDULER if not hasattr(owners[i.owner], i.name)]
     missing += [i for i in REQUEST + OUTPUTS if i.name not in members[i.owner]]
     return missing
 

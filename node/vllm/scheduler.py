@@ -9,7 +9,8 @@ Each step, before vLLM's own ``schedule()``:
 
 1. snapshot: every running and waiting ``Request`` becomes a ``RequestState``
    (SLOs from ``SamplingParams.extra_args`` ``ttft_slo_s`` / ``tpot_slo_s``,
-   else the deployment defaults); the policy plans the step;
+   else the deployment defaults; a waiting request starts at its prefix-cache
+   hit); the policy plans the step;
 2. apply: running requests the plan leaves out are hidden from
    ``self.running`` for this call (they keep their KV blocks and runner slots);
    the rest are ordered decodes first, then prefill chunks, each in plan order,
@@ -170,15 +171,48 @@ class FairBatchingMixin:
         return min(arrival_from_extra_args(params.extra_args if params is not None else None, request.arrival_time),
                    request.arrival_time)
 
+    def _fb_prefix_hit(self, request: Any) -> tuple[int, int]:
+        """The prefix-cache hit vLLM would give ``request`` if it admitted it now: (tokens, evictable blocks).
+
+        Only a request that has computed nothing (new, or preempted) gets a hit, only when prefix
+        caching is on and the request may read the cache (``prefix_cache_lookup_enabled``), and at
+        most ``num_tokens - 1`` tokens (the last prompt token is recomputed for its logits), as in
+        ``KVCacheManager.get_computed_blocks``. The lookup is the coordinator's
+        ``find_longest_cache_hit``, which only reads the block-hash table: unlike
+        ``get_computed_blocks`` plus the scheduler's admission, it records no prefix-cache stats,
+        emits no KV events and touches no block (reference counts and the free queue's LRU order
+        are unchanged). A window vLLM replays (``prefix_replay_tokens``) is recomputed, so it is
+        taken off the hit. External (KV connector) hits are not counted.
+
+        Evictable blocks are hit blocks with no owner (``ref_cnt == 0``): they sit in the free
+        queue, so they are counted free now and stop being free when the request adopts them.
+        """
+        kv = self.kv_cache_manager
+        if request.num_computed_tokens or not kv.prefix_cache_lookup_enabled(request):
+            return 0, 0
+        groups, hit, _ = kv.coordinator.find_longest_cache_hit(request.block_hashes, request.num_tokens - 1)
+        replay = self.prefix_replay_tokens
+        if replay:
+            hit = hit - replay if hit > replay else 0
+        if hit <= 0:
+            return 0, 0
+        evictable = sum(1 for blocks in groups for b in blocks if b.ref_cnt == 0 and not b.is_null)
+        return hit, evictable
+
     def _fb_state(self, request: Any) -> tuple[RequestState, bool] | None:
-        """The policy's view of one vLLM request, and whether it decodes; None if it needs no tokens now."""
+        """The policy's view of one vLLM request, and whether it decodes; None if it needs no tokens now.
+
+        Token counts are vLLM's. A waiting request that has computed nothing starts at
+        its prefix-cache hit (``_fb_prefix_hit``): only the uncached tokens are planned, and its
+        ``kv_blocks`` make the planner count only the blocks it must take from the free pool.
+        """
         computed = request.num_computed_tokens
         placeholders = request.num_output_placeholders
+        prompt = request.num_prompt_tokens
         needed = request.num_tokens + placeholders - computed  # what vLLM would schedule at most
         if needed <= 0:
             return None
         outputs = request.num_output_tokens
-        prompt = request.num_prompt_tokens
         common = dict(
             request_id=request.request_id,
             arrival_s=self._fb_arrival_of(request),
@@ -191,7 +225,13 @@ class FairBatchingMixin:
             return RequestState(prompt_tokens=prompt, computed_tokens=prompt, **common), True
         # Prefilling. After a preemption the prompt and every generated token are
         # recomputed, so the "prompt" to prefill is what vLLM will schedule in all.
-        return RequestState(prompt_tokens=computed + needed, computed_tokens=computed, **common), False
+        total = computed + needed
+        hit, evictable = self._fb_prefix_hit(request)
+        if hit:
+            # The hit's blocks count as held; the evictable ones are taken from the free pool.
+            held_blocks = max(0, -(-hit // self.block_size) - evictable)
+            return RequestState(prompt_tokens=total, computed_tokens=hit, kv_blocks=held_blocks, **common), False
+        return RequestState(prompt_tokens=total, computed_tokens=computed, **common), False
 
     def _fb_snapshot(self) -> tuple[list[RequestState], dict[str, bool]]:
         states: list[RequestState] = []
@@ -217,17 +257,20 @@ class FairBatchingMixin:
                 continue  # blocked (grammar, remote KV, streaming input): vLLM handles it
             got = self._fb_state(request)
             if got is not None:
-                candidates.append(got)
+                candidates.append((*got, request.num_computed_tokens == 0))
         # vLLM admits a waiting request only into a free seat: running requests,
         # hidden ones included, count against max_num_running_reqs. Offer the
         # planner no more waiting requests than there are seats, the most pressed first.
         seats = self.max_num_running_reqs - len(self.running)
         candidates.sort(key=lambda g: deadline_s(g[0], g[0].output_tokens))
-        for state, decoding in candidates:
+        for state, decoding, fresh in candidates:
             if seats <= 0:
                 break
-            if full_isl and state.computed_tokens == 0:
-                need = -(-min(state.prompt_tokens, self.max_model_len) // bs)
+            if full_isl and fresh:
+                # Blocks the whole sequence takes from the free pool: a prefix-cache hit's
+                # blocks are already there (evictable ones excepted, see _fb_prefix_hit).
+                uncached = max(0, min(state.prompt_tokens, self.max_model_len) - state.computed_tokens)
+                need = state.kv_blocks_needed(uncached, bs)
                 if need > room:
                     continue
                 room -= need

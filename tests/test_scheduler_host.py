@@ -1,0 +1,163 @@
+"""The FairBatching scheduler built directly on vLLM's scheduler classes, without an engine.
+
+As vLLM's own scheduler unit tests do: a ``VllmConfig`` for the tiny CPU model, a
+``KVCacheConfig`` with one full-attention group, ``Request`` objects built by hand,
+``schedule()`` called and each step's ``ModelRunnerOutput`` built by hand and fed to
+``update_from_output()``. No model runs, so each test takes well under a second after
+the import, and the order of calls is the test's to choose: the async scheduler's order
+(step N+1 scheduled before step N's output arrives) runs here on CPU, where the engine
+would run it synchronously.
+
+The schedulers plan with a fixed synthetic profile (2 ms a step plus 100 us a token) and
+no online refit, as the engine tests do.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+import torch  # noqa: E402
+from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig  # noqa: E402
+from vllm.sampling_params import SamplingParams, StructuredOutputsParams  # noqa: E402
+from vllm.utils.hashing import sha256  # noqa: E402
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec  # noqa: E402
+from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
+from vllm.v1.request import Request, RequestStatus  # noqa: E402
+from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
+
+from node.fit.profile import Profile, save_profile  # noqa: E402
+from node.vllm.node_config import NodeConfig  # noqa: E402
+from node.vllm.scheduler import FairBatchingAsyncScheduler, FairBatchingScheduler  # noqa: E402
+from node.vllm.tiny_model import word_token_id, write_tiny_model  # noqa: E402
+
+BLOCK = 16  # KV block size, tokens
+MAX_LEN = 2048  # max_model_len, tokens
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sched")
+    write_tiny_model(root / "tiny")
+    save_profile(
+        Profile(a_s=0.002, b_s_per_token=1e-4, c_s_per_context_token=0.0, safety_factor=1.0, mape=0.0,
+                p99_abs_error_s=0.0, hardware="test", model="tiny", method="synthetic (tests)"),
+        root / "test-profile.json",
+    )
+    init_none_hash(sha256)
+    return root
+
+
+def _scheduler(workdir: Path, monkeypatch, cls=FairBatchingScheduler, *, num_blocks: int = 256,
+               budget: int = 128, prefix_caching: bool = False, tokenizer: bool = False):
+    """A FairBatching scheduler of class ``cls`` over ``num_blocks`` KV blocks (one of them vLLM's null
+    block) and a token budget of ``budget`` tokens a step."""
+    node = NodeConfig(profile=str(workdir / "test-profile.json"), ttft_slo_s=1.0, tpot_slo_s=0.05, refit=False)
+    monkeypatch.setenv(*next(iter(node.to_env().items())))
+    model = ModelConfig(model=str(workdir / "tiny"), dtype="float32", seed=0, max_model_len=MAX_LEN,
+                        skip_tokenizer_init=not tokenizer)
+    sched_config = SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=budget, max_model_len=MAX_LEN,
+                                   enable_chunked_prefill=True, async_scheduling=issubclass(cls, AsyncScheduler),
+                                   is_encoder_decoder=False)
+    cache = CacheConfig(block_size=BLOCK, enable_prefix_caching=prefix_caching)
+    config = VllmConfig(model_config=model, scheduler_config=sched_config, cache_config=cache)
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=1, dtype=torch.float32)
+    kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
+    cache.num_gpu_blocks = num_blocks
+    return cls(vllm_config=config, kv_cache_config=kv, structured_output_manager=StructuredOutputManager(config),
+               block_size=BLOCK, log_stats=True)
+
+
+def _request(rid: str, prompt: int, *, seed: int = 0, max_tokens: int = 64, ttft_s: float = 1.0,
+             tpot_s: float = 0.05, age_s: float = 0.0, shared: int = 0, structured: bool = False) -> Request:
+    """A request with a ``prompt``-token prompt; its first ``shared`` tokens are the same for every request."""
+    tokens = [word_token_id(i % 1000) for i in range(shared)]
+    tokens += [word_token_id((seed * 131 + i * 17) % 1000) for i in range(prompt - shared)]
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
+                            extra_args={"ttft_slo_s": ttft_s, "tpot_slo_s": tpot_s},
+                            structured_outputs=StructuredOutputsParams(regex="[a-z]+") if structured else None)
+    if structured:
+        params.structured_outputs._backend = "xgrammar"  # what vLLM's input processor sets
+    return Request(rid, tokens, params, None, arrival_time=time.time() - age_s,
+                   block_hasher=get_request_block_hasher(BLOCK, sha256))
+
+
+def _output(sched, out, token: int = 7) -> ModelRunnerOutput:
+    """What the model runner returns for ``out``: one sampled token for each request this step takes
+    past its prompt (vLLM's ``is_prefill_chunk``, set when it scheduled), none for a prompt chunk that
+    leaves more to prefill. Built right after ``schedule()``, before a later step moves the requests."""
+    ids = list(out.num_scheduled_tokens)
+    sampled = [[] if sched.requests[rid].is_prefill_chunk else [token] for rid in ids]
+    return ModelRunnerOutput(req_ids=ids, req_id_to_index={rid: i for i, rid in enumerate(ids)},
+                             sampled_token_ids=sampled)
+
+
+def _step(sched):
+    """One synchronous step: schedule, then feed its output back. Returns the ``SchedulerOutput``."""
+    out = sched.schedule()
+    sched.update_from_output(out, _output(sched, out))
+    return out
+
+
+def _state(sched, rid: str):
+    """``rid``'s ``RequestState`` in the last step's snapshot."""
+    states = {s.request_id: s for s in sched.fb_last_snapshot}
+    assert rid in states, f"{rid} is not in the snapshot"
+    return states[rid]
+
+
+# ---------------------------------------------------------------- prefix cache
+
+
+def test_a_prefix_cache_hit_is_planned_as_computed_and_found_without_side_effects(workdir, monkeypatch):
+    """A waiting request that shares 96 tokens (6 blocks) with a finished one starts at its hit:
+    the plan charges only its 24 uncached tokens, vLLM schedules exactly those, and the lookup
+    records no prefix-cache stats and moves no block (reference counts, free-queue order)."""
+    sched = _scheduler(workdir, monkeypatch, prefix_caching=True, num_blocks=64)
+    sched.add_request(_request("first", 100, seed=1, shared=96, max_tokens=1))
+    while sched.has_unfinished_requests():
+        _step(sched)
+    second = _request("second", 120, seed=2, shared=96, max_tokens=1)
+    sched.add_request(second)
+
+    kv = sched.kv_cache_manager
+    pool = kv.block_pool
+    stats = (kv.prefix_cache_stats.requests, kv.prefix_cache_stats.queries, kv.prefix_cache_stats.hits)
+    free_order = [b.block_id for b in pool.free_block_queue.get_all_free_blocks()]
+    ref_cnts = [b.ref_cnt for b in pool.blocks]
+    states, decoding = sched._fb_snapshot()
+    (state,) = states
+    assert (state.computed_tokens, state.prompt_tokens, decoding["second"]) == (96, 120, False)
+    # The 6 hit blocks have no owner: they are free now and leave the free pool when adopted.
+    assert state.kv_blocks_needed(24, BLOCK) == 6 + 2
+    assert (kv.prefix_cache_stats.requests, kv.prefix_cache_stats.queries, kv.prefix_cache_stats.hits) == stats
+    assert [b.block_id for b in pool.free_block_queue.get_all_free_blocks()] == free_order
+    assert [b.ref_cnt for b in pool.blocks] == ref_cnts
+    assert second.num_computed_tokens == 0 and second.status == RequestStatus.WAITING
+
+    out = _step(sched)
+    (item,) = sched.fb_last_plan.items
+    assert (item.request_id, item.new_tokens) == ("second", 24)
+    assert out.num_scheduled_tokens == {"second": 24}
+    assert not sched.fb_divergence, dict(sched.fb_divergence)
+
+
+def test_the_kv_room_check_counts_only_the_blocks_a_hit_does_not_cover(workdir, monkeypatch):
+    """vLLM admits a prompt only when its whole sequence fits (``scheduler_reserve_full_isl``), counting
+    the blocks its prefix-cache hit shares with a running request as already there. A 112-token prompt
+    that shares 96 tokens (6 blocks) with a running request needs one new block; with two blocks of
+    room it is planned (counting all 7 blocks, the snapshot would leave it out)."""
+    sched = _scheduler(workdir, monkeypatch, prefix_caching=True, num_blocks=1 + 9)
+    sched.add_request(_request("running", 96, seed=1, shared=96, max_tokens=100))
+    _step(sched)  # its prompt: 6 blocks held, 3 free; its next token needs a 7th block
+    sched.add_request(_request("sharing", 112, seed=2, shared=96, max_tokens=1))
+    out = _step(sched)
+    assert _state(sched, "sharing").computed_tokens == 96
+    assert out.num_scheduled_tokens == {"running": 1, "sharing": 16}
+    assert not sched.fb_divergence, dict(sched.fb_divergence)
