@@ -161,3 +161,39 @@ def test_the_kv_room_check_counts_only_the_blocks_a_hit_does_not_cover(workdir, 
     assert _state(sched, "sharing").computed_tokens == 96
     assert out.num_scheduled_tokens == {"running": 1, "sharing": 16}
     assert not sched.fb_divergence, dict(sched.fb_divergence)
+
+
+# ---------------------------------------------------------------- async scheduler
+
+
+def test_the_async_scheduler_plans_the_token_in_flight(workdir, monkeypatch):
+    """Driven in the async order (step N+1 scheduled before step N's output is fed back), a
+    decode whose previous token is still in flight is planned as a decode of one token, for the
+    envelope index of the token it schedules (emitted + in flight), and is not planned once its
+    last token is in flight. A plain ``Scheduler`` would schedule nothing before the output came
+    back; ignoring the placeholders would plan each token against the previous one's deadline."""
+    sched = _scheduler(workdir, monkeypatch, FairBatchingAsyncScheduler)
+    assert isinstance(sched, AsyncScheduler)
+    req = _request("a", 20, max_tokens=4)
+    sched.add_request(req)
+
+    pending = []  # (SchedulerOutput, ModelRunnerOutput) in flight, oldest first
+    planned_index = []  # output_tokens of "a" in each step's snapshot
+    scheduled = []
+    for _ in range(8):
+        out = sched.schedule()
+        scheduled.append(out.num_scheduled_tokens.get("a", 0))
+        if out.total_num_scheduled_tokens:
+            planned_index.append(_state(sched, "a").output_tokens)
+            if pending:  # a token in flight: planned as a decode of one token
+                assert [(i.new_tokens, i.is_prefill) for i in sched.fb_last_plan.items] == [(1, False)]
+            pending.append((out, _output(sched, out)))
+        if len(pending) == 2 or (pending and not out.total_num_scheduled_tokens):
+            sched.update_from_output(*pending.pop(0))  # the output of the step before this one
+        if not sched.has_unfinished_requests():
+            break
+    # The prompt, then tokens 1, 2, 3, each scheduled while the one before it is in flight.
+    assert scheduled[:4] == [20, 1, 1, 1], scheduled
+    assert planned_index == [0, 1, 2, 3]
+    assert req.num_output_tokens == 4 and req.is_finished()
+    assert not sched.fb_divergence, dict(sched.fb_divergence)

@@ -10,7 +10,8 @@ Each step, before vLLM's own ``schedule()``:
 1. snapshot: every running and waiting ``Request`` becomes a ``RequestState``
    (SLOs from ``SamplingParams.extra_args`` ``ttft_slo_s`` / ``tpot_slo_s``,
    else the deployment defaults; a waiting request starts at its prefix-cache
-   hit); the policy plans the step;
+   hit; a token in flight under async scheduling counts as emitted); the policy
+   plans the step;
 2. apply: running requests the plan leaves out are hidden from
    ``self.running`` for this call (they keep their KV blocks and runner slots);
    the rest are ordered decodes first, then prefill chunks, each in plan order,
@@ -202,17 +203,23 @@ class FairBatchingMixin:
     def _fb_state(self, request: Any) -> tuple[RequestState, bool] | None:
         """The policy's view of one vLLM request, and whether it decodes; None if it needs no tokens now.
 
-        Token counts are vLLM's. A waiting request that has computed nothing starts at
+        Token counts are vLLM's. Under the async scheduler a scheduled token is in flight until
+        ``update_from_output`` (``num_output_placeholders``): it counts as emitted here, so
+        ``output_tokens`` is the index of the token this step would compute and its deadline is the
+        one the envelope gives that token. A decode whose last token (``max_tokens``) is in flight
+        needs nothing more (vLLM skips it). A waiting request that has computed nothing starts at
         its prefix-cache hit (``_fb_prefix_hit``): only the uncached tokens are planned, and its
         ``kv_blocks`` make the planner count only the blocks it must take from the free pool.
         """
         computed = request.num_computed_tokens
         placeholders = request.num_output_placeholders
         prompt = request.num_prompt_tokens
+        if placeholders and computed + 2 - placeholders >= prompt + request.max_tokens:
+            return None  # async: the request's last token is in flight (vLLM's own test)
         needed = request.num_tokens + placeholders - computed  # what vLLM would schedule at most
         if needed <= 0:
             return None
-        outputs = request.num_output_tokens
+        outputs = request.num_output_tokens + placeholders
         common = dict(
             request_id=request.request_id,
             arrival_s=self._fb_arrival_of(request),
@@ -221,7 +228,7 @@ class FairBatchingMixin:
             first_token_s=self._fb_first_token_s.get(request.request_id),
             max_output_tokens=request.max_tokens,
         )
-        if needed == 1 and (outputs > 0 or placeholders > 0) and computed >= prompt:
+        if needed == 1 and outputs > 0 and computed >= prompt:
             return RequestState(prompt_tokens=prompt, computed_tokens=prompt, **common), True
         # Prefilling. After a preemption the prompt and every generated token are
         # recomputed, so the "prompt" to prefill is what vLLM will schedule in all.
