@@ -197,3 +197,35 @@ def test_the_async_scheduler_plans_the_token_in_flight(workdir, monkeypatch):
     assert planned_index == [0, 1, 2, 3]
     assert req.num_output_tokens == 4 and req.is_finished()
     assert not sched.fb_divergence, dict(sched.fb_divergence)
+
+
+# ---------------------------------------------------------------- structured outputs
+
+
+def test_a_request_whose_grammar_is_ready_is_planned_behind_a_full_budget(workdir, monkeypatch):
+    """A request waiting for its grammar (a real xgrammar regex, compiled by vLLM's manager) arrives
+    first; long prompts that arrive after it keep the planned token budget full. Once the grammar
+    is compiled the request is planned within two steps: vLLM's waiting scan would stop at the
+    planned budget before reaching it, and its status would never leave
+    WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR."""
+    sched = _scheduler(workdir, monkeypatch, tokenizer=True)
+    grammar = _request("g", 600, seed=3, structured=True, age_s=0.2)
+    assert grammar.status == RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+    sched.structured_output_manager.grammar_init(grammar)
+    sched.add_request(grammar)
+    for k in range(4):
+        sched.add_request(_request(f"p{k}", 1500, seed=10 + k, age_s=0.1))
+    deadline = time.time() + 60
+    while not grammar.structured_output_request.is_grammar_ready:
+        assert time.time() < deadline, "the grammar did not compile"
+        time.sleep(0.01)
+
+    steps = []
+    for _ in range(4):
+        out = _step(sched)  # the prompts' chunks fill each step's budget (no token is sampled yet)
+        steps.append(dict(out.num_scheduled_tokens))
+        assert sum(i.new_tokens for i in sched.fb_last_plan.items) == out.total_num_scheduled_tokens
+        if "g" in out.num_scheduled_tokens:
+            break
+    assert "g" in steps[-1] and len(steps) <= 2, steps
+    assert grammar.status == RequestStatus.RUNNING

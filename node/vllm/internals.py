@@ -74,9 +74,11 @@ REQUEST: tuple[Internal, ...] = (
              "tokens in flight under the async scheduler: counted as emitted (the envelope's index)"),
     Internal("Request", "max_tokens", "the output cap: a decode whose last token is in flight needs nothing more"),
     Internal("Request", "block_hashes", "the prompt's block hashes, for the prefix-cache lookup"),
+    Internal("Request", "structured_output_request", "whether a request waiting for its grammar has it (grammar)"),
     Internal("Request", "sampling_params", "extra_args: the request's SLO and arrival; max_tokens"),
     Internal("Request", "arrival_time", "vLLM's arrival stamp when the ingress sent none"),
-    Internal("Request", "status", "admittable waiting requests (RequestStatus.WAITING, PREEMPTED)"),
+    Internal("Request", "status",
+             "admittable waiting requests (WAITING, PREEMPTED, WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR when compiled)"),
     Internal("Request", "is_finished", "skipping finished requests"),
 )
 #: Fields of ``vllm.v1.core.sched.output.SchedulerOutput`` and ``vllm.v1.metrics.stats.SchedulerStats``.

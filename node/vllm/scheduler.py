@@ -10,7 +10,8 @@ Each step, before vLLM's own ``schedule()``:
 1. snapshot: every running and waiting ``Request`` becomes a ``RequestState``
    (SLOs from ``SamplingParams.extra_args`` ``ttft_slo_s`` / ``tpot_slo_s``,
    else the deployment defaults; a waiting request starts at its prefix-cache
-   hit; a token in flight under async scheduling counts as emitted); the policy
+   hit; a token in flight under async scheduling counts as emitted; a request
+   whose structured-output grammar has compiled is admittable); the policy
    plans the step;
 2. apply: running requests the plan leaves out are hidden from
    ``self.running`` for this call (they keep their KV blocks and runner slots);
@@ -240,6 +241,21 @@ class FairBatchingMixin:
             return RequestState(prompt_tokens=total, computed_tokens=hit, kv_blocks=held_blocks, **common), False
         return RequestState(prompt_tokens=total, computed_tokens=computed, **common), False
 
+    @staticmethod
+    def _fb_grammar_ready(request: Any) -> bool:
+        """Whether ``request`` waits only for a structured-output grammar that is now compiled.
+
+        vLLM flips such a request to WAITING only when its waiting scan reaches it, and the scan
+        stops when the step's token budget runs out; a budget the plan fills would keep the scan
+        from ever reaching it. It is admittable: the plan may schedule it, and vLLM flips its status
+        when the plan puts it at the head of the queue. A grammar that failed to compile is not.
+        """
+        if request.status != RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR:
+            return False
+        so = request.structured_output_request
+        grammar = so.grammar if so is not None else None
+        return grammar is not None and not isinstance(grammar, Exception)
+
     def _fb_snapshot(self) -> tuple[list[RequestState], dict[str, bool]]:
         states: list[RequestState] = []
         is_decode: dict[str, bool] = {}
@@ -260,8 +276,8 @@ class FairBatchingMixin:
         room -= self.kv_cache_manager.watermark_blocks
         candidates = []
         for request in self.waiting:
-            if request.status not in _ADMITTABLE:
-                continue  # blocked (grammar, remote KV, streaming input): vLLM handles it
+            if request.status not in _ADMITTABLE and not self._fb_grammar_ready(request):
+                continue  # blocked (grammar compiling, remote KV, streaming input): vLLM handles it
             got = self._fb_state(request)
             if got is not None:
                 candidates.append((*got, request.num_computed_tokens == 0))
