@@ -331,6 +331,20 @@ class ServeConfig(BaseModel):
             openai_server=dict(self.openai_server),
         )
 
+    @property
+    def prefix_block_tokens(self) -> Optional[int]:
+        """The engines' KV block size, tokens, when they cache prefixes (None when ``engine_args`` turns
+        ``enable_prefix_caching`` off; vLLM turns it on by default). The ingress hashes prompts in blocks
+        of this size to estimate each node's cache hits (``balancer.core.prefix``). Without an explicit
+        ``block_size`` it is vLLM 0.32's default: 16 (``CacheConfig.DEFAULT_BLOCK_SIZE``) on GPU engines,
+        128 on CPU engines (``vllm.platforms.cpu``); each engine replica checks its own at start-up."""
+        if self.engine_args.get("enable_prefix_caching") is False:
+            return None
+        size = self.engine_args.get("block_size")
+        if size is not None:
+            return int(size)
+        return 16 if self.engine_num_gpus > 0 else 128
+
     def balancer_settings(self):
         """The router's and the ingress's ``BalancerSettings`` (one per deployment, same in both)."""
         from balancer.serve.admission import BalancerSettings
@@ -341,6 +355,7 @@ class ServeConfig(BaseModel):
             registry_timeout_s=self.registry_timeout_s, shed_after_fraction=self.shed_after_fraction,
             default_ttft_slo_s=self.slo.ttft_s,
             class_ttft_slo_s={name: t.ttft_slo_s for name, t in self.slo_tiers.items()},
+            prefix_block_tokens=self.prefix_block_tokens,
         )
 
     def slo_classes(self):

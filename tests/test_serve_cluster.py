@@ -67,7 +67,9 @@ def cluster(tmp_path_factory):
         cfg = ServeConfig(port=free_port(), slo_tiers=TIERS, default_slo_tier="interactive", profile=str(profile),
                           node_config={"refit": False}, api_keys=["another-key", API_KEY],
                           openai_server={"enable_auto_tool_choice": True, "tool_call_parser": "pythonic"},
-                          max_body_bytes=1 << 20)
+                          max_body_bytes=1 << 20,
+                          # prefix caching on, as on GPU (deploy/serve.yaml): the uncached charge is under test
+                          engine_args={**ServeConfig().engine_args, "enable_prefix_caching": True})
         url = deploy(cfg)
         client = httpx.Client(base_url=url, timeout=120, headers=AUTH)
         deadline = time.monotonic() + 60
@@ -432,6 +434,40 @@ def test_vllm_benchmark_client_runs_against_the_endpoint(cluster, tmp_path):
     assert report["completed"] + report.get("failed", 0) == 4 and report["completed"] >= 1, report
     assert report["total_output_tokens"] == 4 * report["completed"] and report["machine"]
     assert "p99_ttft_ms" in report and "request_goodput" in report
+
+
+@pytest.mark.timeout(300)
+def test_multi_turn_conversation_is_charged_its_uncached_tokens_and_stays_on_its_node(cluster):
+    """Prefix caching on (as on GPU): each turn resends the conversation so far (the previous prompt, its
+    reply, a new question). The engine that holds it is charged only the tokens it has not cached, within
+    5 % of vLLM's own count, the router sends every turn back to it, and charges it less than every token."""
+    def counts() -> tuple[dict, dict]:
+        snap = _status(cluster)
+        (router,) = snap["routers"].values()
+        return {k: (n["prompt_tokens_charged"], n["prompt_tokens_computed"]) for k, n in snap["nodes"].items()}, router
+
+    time.sleep(0.5)
+    nodes_before, router_before = counts()
+    assert all(n["prefix_caching"] for n in _status(cluster)["nodes"].values())
+    prompt, served, sent = _ids(300, 11), set(), 0
+    for turn in range(5):
+        r = cluster.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 40,
+                                                   "ignore_eos": True, "return_token_ids": True})
+        assert r.status_code == 200, r.text
+        served.add(r.headers["x-fairbatching-replica"])
+        sent += len(prompt)
+        prompt = prompt + r.json()["choices"][0]["token_ids"] + _ids(60, 20 + turn)  # the reply, the next question
+    time.sleep(0.5)  # a few reports reach the registry
+    nodes_after, router_after = counts()
+    assert len(served) == 1, served  # the router follows the cache (both nodes idle: budgets tie but for it)
+    (node,) = served
+    charged = nodes_after[node][0] - nodes_before[node][0]
+    computed = nodes_after[node][1] - nodes_before[node][1]
+    assert computed < 0.6 * sent, (computed, sent)  # most of each turn was a cache hit in vLLM
+    assert abs(charged - computed) <= 0.05 * computed, (charged, computed)
+    router_charged = router_after["prompt_tokens_charged"] - router_before["prompt_tokens_charged"]
+    assert router_after["prompt_tokens_placed"] - router_before["prompt_tokens_placed"] == sent
+    assert router_charged < 0.8 * sent, (router_charged, sent)  # the router's own estimate (prompts only)
 
 
 async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:

@@ -125,6 +125,43 @@ def test_a_debit_survives_fresh_reports_until_the_replica_lists_the_request():
     assert lb.admit("r2", 400)[0] == "a"
 
 
+def test_with_prefix_caching_a_turn_goes_back_to_its_node_and_is_charged_its_new_tokens():
+    """The engines cache prefixes (block of 16): the balancer hashes each prompt, sends the next turn of a
+    conversation to the node holding its head while budgets allow, and debits only the rest there; the
+    node's KV capacity bounds what the estimate keeps."""
+    lb = _balancer(prefix_block_tokens=16)
+    lb.apply_views({"a": _view(3000, 1.0, kv_capacity_tokens=1 << 20), "b": _view(3000, 1.0, kv_capacity_tokens=64)})
+    first = list(range(100))
+    hashes = lb.block_hashes(first)
+    assert len(hashes) == 6 and lb.block_hashes(first[:40]) == hashes[:2]
+    node, _ = lb.admit("t1", len(first), block_hashes=hashes)
+    second = first + list(range(500, 600))
+    other = "b" if node == "a" else "a"
+    lb.apply_views({node: _view(2950, 2.0, ids=["t1"], kv_capacity_tokens=1 << 20),  # less budget, less charge
+                    other: _view(3000, 2.0, kv_capacity_tokens=1 << 20)})
+    where, decision = lb.admit("t2", len(second), block_hashes=lb.block_hashes(second))
+    assert where == node and decision.charged_tokens == 200 - 96  # six cached blocks of 16
+    stats = lb.stats()
+    assert stats["prompt_tokens_placed"] == 300 and stats["prompt_tokens_charged"] == 100 + 104
+    assert _balancer().block_hashes(first) == ()  # engines without prefix caching: every token is charged
+    # a node's KV capacity (tokens) bounds the blocks the estimate keeps for it
+    small = _balancer(prefix_block_tokens=16)
+    small.apply_views({"b": _view(3000, 1.0, kv_capacity_tokens=64)})
+    small.admit("t1", len(first), block_hashes=small.block_hashes(first))
+    assert small._policy.prefix_index.blocks_held(0) == 4
+
+
+def test_serve_config_gives_the_engines_block_size_when_they_cache_prefixes():
+    from cluster.config import ServeConfig
+
+    assert ServeConfig().prefix_block_tokens is None  # the embedded default turns prefix caching off
+    on = {**ServeConfig().engine_args, "enable_prefix_caching": True}
+    assert ServeConfig(engine_args=on).prefix_block_tokens == 32
+    assert ServeConfig(engine_args=on).balancer_settings().prefix_block_tokens == 32
+    assert ServeConfig(engine_args={"max_model_len": 2048}).prefix_block_tokens == 128  # vLLM's CPU default
+    assert ServeConfig(engine_args={}, engine_num_gpus=1.0).prefix_block_tokens == 16  # vLLM's GPU default
+
+
 def test_released_on_disconnect_before_and_after_the_first_token():
     lb = _balancer()
     lb.apply_views({"a": _view(1000, 1.0)})

@@ -129,6 +129,8 @@ class PlacementRequest:
     waited too long to be served in time. With SLO classes: ``slo_class`` names its class,
     ``tier`` the looser class whose budget places it (None: the node's PAB, the tightest
     class's) and ``held_fraction`` the share it must leave free (``PlacementPolicy.choose``).
+    ``block_hashes`` are the chained hashes of its prompt's full KV blocks
+    (``balancer.core.prefix.prompt_block_hashes``; ``()``: charge every prompt token).
     """
 
     request_id: str
@@ -138,6 +140,7 @@ class PlacementRequest:
     slo_class: str = field(default="", kw_only=True)
     tier: str | None = field(default=None, kw_only=True)
     held_fraction: float = field(default=0.0, kw_only=True)
+    block_hashes: tuple[int, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

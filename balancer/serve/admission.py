@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from balancer.core.placement import Decision, NodeView, PlacementPolicy, has_room, retry_after_of_views
 from balancer.core.policies import make_placement
+from balancer.core.prefix import PrefixIndex, prompt_block_hashes
 from node.core.attainment import percentile
 
 logger = logging.getLogger("ray.serve")
@@ -65,6 +66,9 @@ class BalancerSettings:
     # Refuse before reading a body when no node can take a prompt this small by recent traffic
     # (this quantile of the last 256 prompts; None: only when not even one token fits).
     early_refusal_quantile: Optional[float] = 0.05
+    # The engines' KV block size when they cache prefixes (None: they do not). The balancer then keeps an
+    # estimate of each node's cache (balancer.core.prefix) and charges a request its uncached tokens there.
+    prefix_block_tokens: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,8 +78,11 @@ class BalancerSettings:
         return cls(**data)
 
     def make_policy(self, node_ids: list[int]) -> PlacementPolicy:
+        knobs = dict(self.knobs)
+        if self.prefix_block_tokens:
+            knobs["prefix_index"] = PrefixIndex(self.prefix_block_tokens)
         return make_placement(self.balancer, node_ids, admission_cap=self.admission_cap,
-                              max_in_flight=self.max_in_flight, **self.knobs)
+                              max_in_flight=self.max_in_flight, **knobs)
 
 
 class LocalBalancer:
@@ -94,6 +101,8 @@ class LocalBalancer:
         self._seen_at: dict[str, float] = {}  # node key -> when its last report reached us
         self.placed = 0
         self.rejected = 0
+        self.prompt_tokens_placed = 0  # prompt tokens of the requests placed, and what they were charged
+        self.prompt_tokens_charged = 0
         self.refresh_failures = 0
         self._fetched_at = -float("inf")  # when the registry last answered
         self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
@@ -116,6 +125,9 @@ class LocalBalancer:
                 self._seen_at[key] = now
                 self._ensure_member(node_id)
                 self._policy.update(replace(view, node_id=node_id))
+                index = self._policy.prefix_index
+                if index is not None and view.kv_capacity_tokens > 0:
+                    index.set_capacity(node_id, view.kv_capacity_tokens // index.block_tokens)
             self._refresh_members(now)
 
     def _ensure_member(self, node_id: int) -> None:
@@ -146,11 +158,13 @@ class LocalBalancer:
     # -- decisions ----------------------------------------------------------------------
 
     def admit(self, request_id: str, prompt_tokens: int, candidates: Optional[Iterable[str]] = None,
-              *, record: bool = True, held_fraction: float = 0.0,
-              tier: Optional[str] = None) -> tuple[Optional[str], Decision]:
+              *, record: bool = True, held_fraction: float = 0.0, tier: Optional[str] = None,
+              block_hashes: tuple[int, ...] = ()) -> tuple[Optional[str], Decision]:
         """Place ``request_id`` (``prompt_tokens`` >= 1) or refuse it: ``(node key or None, decision)``.
 
-        ``held_fraction`` and ``tier`` are the request's SLO class's (``PlacementPolicy.choose``).
+        ``held_fraction`` and ``tier`` are the request's SLO class's (``PlacementPolicy.choose``);
+        ``block_hashes`` its prompt's (``block_hashes``), by which each node is charged only the
+        tokens it has not cached (``Decision.charged_tokens``).
 
         ``candidates`` (node keys) restricts where it may go (the replicas
         Serve can reach now). No live node gives a rejection with reason
@@ -180,16 +194,26 @@ class LocalBalancer:
                 saved = list(self._policy.node_ids)
                 self._policy.set_nodes(members)
                 try:
-                    decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier)
+                    decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier,
+                                                   block_hashes=block_hashes)
                 finally:
                     self._policy.set_nodes(saved)
             else:
-                decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier)
+                decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier,
+                                               block_hashes=block_hashes)
             if decision.rejected:
                 self.rejected += record
                 return None, decision
             self.placed += 1
+            self.prompt_tokens_placed += prompt_tokens
+            self.prompt_tokens_charged += prompt_tokens if decision.charged_tokens is None else decision.charged_tokens
             return self._keys[decision.node_id], decision
+
+    def block_hashes(self, prompt_ids: list[int]) -> tuple[int, ...]:
+        """The chained block hashes of a prompt's token ids in the engines' KV blocks (``()`` when the
+        engines do not cache prefixes): what ``admit`` matches against each node's cache."""
+        size = self.settings.prefix_block_tokens
+        return prompt_block_hashes(prompt_ids, size) if size else ()
 
     def too_late(self, waited_s: float, ttft_slo_s: Optional[float] = None) -> bool:
         """Whether a request that has waited ``waited_s`` before admission is shed (see ``shed_after_fraction``)."""
@@ -275,7 +299,8 @@ class LocalBalancer:
                     nodes[key] = {"pab_tokens_debited": v.pab_tokens, "in_flight": v.in_flight,
                                   "in_transit": policy.in_transit(nid)}
             return {"placed": self.placed, "rejected": self.rejected, "refresh_failures": self.refresh_failures,
-                    "nodes": nodes}
+                    "prompt_tokens_placed": self.prompt_tokens_placed,
+                    "prompt_tokens_charged": self.prompt_tokens_charged, "nodes": nodes}
 
     # -- background refresh -------------------------------------------------------------
 

@@ -98,7 +98,8 @@ class PABRequestRouter(RequestRouter):
             n = req.prompt_tokens if req is not None else 1
             node, decision = lb.admit(rid, max(n, 1), candidates=by_key,
                                       held_fraction=req.held_fraction if req is not None else 0.0,
-                                      tier=req.tier if req is not None else None)
+                                      tier=req.tier if req is not None else None,
+                                      block_hashes=req.block_hashes if req is not None else ())
             if node is None:
                 if time.time() - pending_request.created_at < self.admission_wait_s:
                     pending_request.routing_context.should_backoff = True

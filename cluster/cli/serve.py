@@ -148,6 +148,30 @@ def status(
         for row in classes:
             by_class.add_row(row[0], row[1], fmt(row[2]), fmt(row[3]), str(row[4]), str(row[5]), fmt(row[6], "{:.1%}"))
         _table_console().print(by_class)
+    cache = _prefix_rows(snap["nodes"], routers)
+    if cache:
+        by_node = Table(title="prefix cache: prompt tokens charged by the budget against those vLLM computed "
+                              "(requests past their first token)")
+        for col in ("node", "charged", "computed by vLLM", "charged / computed"):
+            by_node.add_column(col, justify="right")
+        for row in cache:
+            by_node.add_row(row[0], str(row[1]), str(row[2]), fmt(row[3], "{:.3f}"))
+        _table_console().print(by_node)
+
+
+def _prefix_rows(nodes: dict, routers: dict) -> list[tuple]:
+    """``(node, charged, computed, ratio)`` per node that caches prefixes, then the routers' total
+    (``charged`` against every prompt token they placed); empty when no node caches prefixes."""
+    rows = []
+    for _, n in sorted(nodes.items(), key=lambda kv: str(kv[1].get("node"))):
+        if n.get("prefix_caching"):
+            charged, computed = n.get("prompt_tokens_charged", 0), n.get("prompt_tokens_computed", 0)
+            rows.append((str(n.get("node")), charged, computed, charged / computed if computed else None))
+    if rows and routers:
+        charged = sum(r.get("prompt_tokens_charged", 0) for r in routers.values())
+        placed = sum(r.get("prompt_tokens_placed", 0) for r in routers.values())
+        rows.append(("routers (of every prompt token placed)", charged, placed, charged / placed if placed else None))
+    return rows
 
 
 def _class_rows(nodes: dict) -> list[tuple]:

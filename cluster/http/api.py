@@ -306,7 +306,7 @@ class Ingress:
         first_try = True
         while True:
             node, decision = lb.admit(job.request_id, job.prompt_tokens, record=first_try,
-                                      held_fraction=job.held_fraction, tier=job.tier)
+                                      held_fraction=job.held_fraction, tier=job.tier, block_hashes=job.block_hashes)
             first_try = False
             if node is not None:
                 return
@@ -401,7 +401,10 @@ class Ingress:
         # (stamp() wrote both; read with the one reader)
         classes, name = self.slo_classes, request.vllm_xargs.get(SLO_CLASS_KEY)
         slo = slo_from_extra_args(request.vllm_xargs, classes.tiers[name] if classes is not None else self.default_slo)
-        job = EngineJob(request_id=rid, prompt_tokens=n * sum(len(ids) for ids in prompt_ids),
+        # One prompt, one sample: the nodes' prefix caches may hold part of it (hashed for the balancer).
+        hashes = self.balancer.block_hashes(prompt_ids[0]) if self.balancer is not None and n == 1 and len(
+            prompt_ids) == 1 else ()
+        job = EngineJob(request_id=rid, prompt_tokens=n * sum(len(ids) for ids in prompt_ids), block_hashes=hashes,
                         arrival_s=arrival_from_extra_args(request.vllm_xargs, time.time()), ttft_slo_s=slo.ttft_s,
                         slo_class=slo.tier, tier=classes.budget_tier(slo) if classes is not None else None,
                         held_fraction=classes.held_fraction(slo) if classes is not None else 0.0,

@@ -182,6 +182,13 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   _per_node("fairbatching_requests_in_flight"), unit="none"),
         PanelSpec("KV cache usage per node", "Fraction of the node's KV cache in use.",
                   _per_node("fairbatching_kv_usage"), unit="percentunit", min=0, max=1),
+        PanelSpec("Prompt tokens: charged vs computed", "Per second, per node: the prompt tokens the budget "
+                  "charged (the uncached part by the node's estimate of its prefix cache) and those vLLM computed "
+                  "(the prompt less its own prefix-cache hit). Charged above computed: the estimate misses hits "
+                  "and the budget is conservative; below: it counts hits vLLM no longer has.",
+                  _per_node(("fairbatching_prompt_tokens_charged_total", "charged"),
+                            ("fairbatching_prompt_tokens_computed_total", "computed"), rate=True), unit="none",
+                  width=24),
     )),
     ("vLLM engine", (
         PanelSpec("vLLM running and waiting requests", "vLLM's own scheduler queues, per replica.",

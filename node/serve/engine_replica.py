@@ -12,8 +12,12 @@ Each replica
   output count) for its bookkeeping;
 * keeps the state of its outstanding requests and computes its Prefill
   Admission Budget from it with ``node.core.pab.estimate_pab`` (DESIGN section 3):
-  a request with no output yet counts as wholly unprefilled, so the queued
-  work ``W`` errs on the safe side;
+  a request with no output yet counts as wholly unprefilled but for the head
+  of its prompt this node's prefix cache holds (estimated from the prompts the
+  node received, ``balancer.core.prefix.PrefixIndex``), so the queued work ``W``
+  is what the engine must compute; at each first token the charge is counted
+  beside vLLM's own (``fairbatching_prompt_tokens_charged_total`` and
+  ``..._computed_total``);
 * computes that budget with the deployment's step-time model, which the PAB
   registry pools from every node's online refit (``PABRegistry.deployment_model``);
   until there is one, with its own scheduler's model (the profile until the
@@ -63,6 +67,7 @@ from node.vllm.tiny_model import resolve_model
 from node.vllm.node_config import NodeConfig
 from node.vllm.node_stats import STATS_KEY, NodeStats
 from balancer.core.placement import NodeView
+from balancer.core.prefix import PrefixIndex, prompt_block_hashes
 from balancer.serve.pab_registry import NodeReport
 from node.serve.messages import CHAT, EngineJob, EngineReply
 from node.serve.metrics import instrument
@@ -116,6 +121,13 @@ class _Live:
     first_token_s: Optional[float] = None
     last_token_s: Optional[float] = None
     finished: bool = False
+    cached_tokens: int = 0  # of the prompt, this node's prefix cache holds (estimated; counted as computed)
+    token_ids: Optional[list[int]] = None  # prompt and output ids, kept while the node caches prefixes
+
+    @property
+    def uncached_tokens(self) -> int:
+        """The prompt tokens the engine must compute: what the budget charges for this prompt."""
+        return self.prompt_tokens - self.cached_tokens
 
     def state(self, rid: str) -> RequestState:
         started = self.output_tokens > 0
@@ -124,7 +136,7 @@ class _Live:
             arrival_s=self.arrival_s,
             prompt_tokens=self.prompt_tokens,
             slo=self.slo,
-            computed_tokens=self.prompt_tokens if started else 0,
+            computed_tokens=self.prompt_tokens if started else self.cached_tokens,
             output_tokens=self.output_tokens,
             first_token_s=self.first_token_s,
             max_output_tokens=self.max_tokens,
@@ -164,6 +176,8 @@ class _Metrics:
         self.correction = made("fairbatching_pab_correction")
         self.front_delay = made("fairbatching_front_delay_s")
         self.host_time = made("fairbatching_step_host_time_s")
+        self.prompt_charged = made("fairbatching_prompt_tokens_charged_total")
+        self.prompt_computed = made("fairbatching_prompt_tokens_computed_total")
 
 
 class EngineReplica:
@@ -233,6 +247,12 @@ class EngineReplica:
         await init_serving_state(self.engine, self.api, server)
         cache = self.engine.vllm_config.cache_config
         self.kv_capacity_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        # What this node's prefix cache holds, estimated from the prompts it received (balancer.core.prefix):
+        # a prompt's cached head counts as computed, so the budget charges only what the engine computes.
+        self.prefix_index = (PrefixIndex(cache.block_size, capacity_blocks=int(cache.num_gpu_blocks or 0))
+                             if cache.enable_prefix_caching else None)
+        self.prompt_tokens_charged = 0  # of the requests past their first token: charged, and computed by vLLM
+        self.prompt_tokens_computed = 0
         sched = self.engine.vllm_config.scheduler_config
         self.max_num_batched_tokens = int(sched.max_num_batched_tokens)
         self.max_num_seqs = int(sched.max_num_seqs)
@@ -376,7 +396,7 @@ class EngineReplica:
     def node_view(self) -> NodeView:
         """This node's ``NodeView`` (its ``node_id`` is the balancer's to set); also sets the PAB gauges."""
         waiting = [lv for lv in self.live.values() if lv.output_tokens == 0]
-        queued_prefill_tokens = sum(lv.prompt_tokens for lv in waiting)
+        queued_prefill_tokens = sum(lv.uncached_tokens for lv in waiting)
         # Saturated: more prompt tokens wait than one step prefills (a prompt queues behind another);
         # a prompt merely being prefilled says nothing about what the node could do.
         self.prefill_rate.tick(time.monotonic(), queued_prefill_tokens > self.max_num_batched_tokens)
@@ -456,6 +476,9 @@ class EngineReplica:
             # per SLO class: finished, attained, attainment ("" without classes)
             "by_class": {name: {"finished": f, "attained": a, "attainment": a / f if f else None}
                          for name, (f, a) in sorted(self.finished_by_class.items())},
+            "prefix_caching": self.prefix_index is not None,
+            "prompt_tokens_charged": self.prompt_tokens_charged,
+            "prompt_tokens_computed": self.prompt_tokens_computed,
             "steps": self.steps,
             "scheduler_steps": self.sched.steps if self.sched else None,
             "scheduler_policy": self.sched.policy if self.sched else None,
@@ -571,6 +594,12 @@ class EngineReplica:
         """Start tracking engine request ``request_id`` (one ``_Live`` per sample); returns their keys."""
         ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
         prompt_tokens = len(ids) if ids is not None else 0
+        cached = 0
+        index = self.prefix_index
+        if index is not None and ids:
+            hashes = prompt_block_hashes(ids, index.block_tokens)
+            cached = index.cached_tokens(0, hashes, prompt_tokens)
+            index.insert(0, hashes)  # (the prompt's blocks are cached once it is prefilled; its output's: untrack)
         slo, _ = slo_or_default(sp.extra_args, self.default_slo)  # as the scheduler reads it
         arrival_s = arrival_from_extra_args(sp.extra_args, time.time())
         self.recent_slos.append({"ttft_slo_s": slo.ttft_s, "tpot_slo_s": slo.tpot_s,
@@ -579,7 +608,8 @@ class EngineReplica:
         for key in keys:
             self.prompts_seen.add(prompt_tokens)
             self.live[key] = _Live(arrival_s=arrival_s, prompt_tokens=prompt_tokens,
-                                   max_tokens=int(sp.max_tokens or 1), slo=slo)
+                                   max_tokens=int(sp.max_tokens or 1), slo=slo, cached_tokens=cached,
+                                   token_ids=list(ids) if index is not None and ids else None)
         return keys
 
     def on_output(self, request_id: str, out) -> None:
@@ -593,16 +623,34 @@ class EngineReplica:
             if live.first_token_s is None:
                 live.first_token_s = now
                 self.feedback.observe_first_token(now, live.arrival_s, live.slo)
-                self.prefill_rate.prefilled(time.monotonic(), live.prompt_tokens)
+                self.prefill_rate.prefilled(time.monotonic(), live.uncached_tokens)
+                self._count_prompt(live, out.num_cached_tokens)
             live.last_token_s = now
             live.output_tokens += n
+            if live.token_ids is not None:
+                live.token_ids.extend(c.token_ids)
             if c.finish_reason is not None:
                 live.finished = True
+
+    def _count_prompt(self, live: _Live, vllm_cached_tokens: Optional[int]) -> None:
+        """At a request's first token: the prompt tokens the budget charged it (uncached by this node's
+        estimate) beside those vLLM computed (its prompt less vLLM's own prefix-cache hit)."""
+        computed = live.prompt_tokens - (vllm_cached_tokens or 0)
+        self.prompt_tokens_charged += live.uncached_tokens
+        self.prompt_tokens_computed += computed
+        if live.uncached_tokens > 0:
+            self.metrics.prompt_charged.inc(live.uncached_tokens)
+        if computed > 0:
+            self.metrics.prompt_computed.inc(computed)
 
     def untrack(self, keys: list[str]) -> None:
         """Stop tracking; a sample that finished counts in attainment and the output lengths seen."""
         for key in keys:
             live = self.live.pop(key, None)
+            if live is not None and live.token_ids is not None and self.prefix_index is not None:
+                # vLLM caches every full block of the sequence but the last token's (never computed):
+                # a conversation's next turn, which resends this reply, hits them too.
+                self.prefix_index.insert(0, prompt_block_hashes(live.token_ids[:-1], self.prefix_index.block_tokens))
             if live is not None and live.finished:
                 self._record_finished(live)
 

@@ -71,6 +71,11 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("fairbatching_urgent_decodes_total", "counter", _NR, "Urgent decodes scheduled", ENGINE),
     MetricSpec("fairbatching_skipped_decodes_total", "counter", _NR, "Decodes skipped (ahead of envelope)", ENGINE),
     MetricSpec("fairbatching_plan_divergences_total", "counter", _NR, "Steps where vLLM diverged from the plan", ENGINE),
+    # prompt work charged by the budget (uncached by the node's prefix-cache estimate) and computed by vLLM
+    MetricSpec("fairbatching_prompt_tokens_charged_total", "counter", _NR,
+               "Prompt tokens the budget charged requests past their first token (uncached, estimated)", ENGINE),
+    MetricSpec("fairbatching_prompt_tokens_computed_total", "counter", _NR,
+               "Prompt tokens vLLM computed for those requests (prompt less its prefix-cache hit)", ENGINE),
     # queue and KV
     MetricSpec("fairbatching_requests_in_flight", "gauge", _NR, "Requests held by the engine", ENGINE),
     MetricSpec("fairbatching_kv_usage", "gauge", _NR, "KV cache usage fraction", ENGINE),
