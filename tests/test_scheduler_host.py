@@ -229,3 +229,36 @@ def test_a_request_whose_grammar_is_ready_is_planned_behind_a_full_budget(workdi
             break
     assert "g" in steps[-1] and len(steps) <= 2, steps
     assert grammar.status == RequestStatus.RUNNING
+
+
+# ---------------------------------------------------------------- preemption
+
+
+def test_an_urgent_decode_short_of_kv_preempts_the_most_relaxed_hidden_decode(workdir, monkeypatch):
+    """Four decodes fill the KV cache (8 blocks of 16 tokens, 2 each). The urgent one (late on its
+    envelope) needs a new block for its next token; the two relaxed ones (TPOT 100 s and 1000 s)
+    need one too, so the plan leaves them out (hidden); the fourth has room in its last block and is
+    planned. vLLM must preempt to fit the urgent decode: the victim is the most relaxed decode,
+    not the urgent decode itself, and the other relaxed decode gets no token."""
+    sched = _scheduler(workdir, monkeypatch, num_blocks=1 + 8)  # vLLM keeps one null block
+    # Running order (admission order) puts the less relaxed decode last: preempting the tail as it
+    # stands would take the wrong one.
+    sched.add_request(_request("relaxed-1000", 32, seed=1, tpot_s=1000.0))
+    urgent = _request("urgent", 32, seed=2, tpot_s=0.01)
+    sched.add_request(urgent)
+    sched.add_request(_request("relaxed-100", 32, seed=3, tpot_s=100.0))
+    sched.add_request(_request("roomy", 20, seed=4, tpot_s=0.05))
+    out = _step(sched)  # the four prompts in one step; each samples its first token
+    assert out.total_num_scheduled_tokens == 3 * 32 + 20
+    assert all(r.num_output_tokens == 1 for r in sched.requests.values())
+    assert sched.kv_cache_manager.block_pool.get_num_free_blocks() == 0
+    urgent.arrival_time -= 10.0  # its envelope falls 10 s behind (a stall): its next token is late
+
+    out = sched.schedule()
+    plan = sched.fb_last_plan
+    assert [(i.request_id, i.new_tokens) for i in plan.items] == [("roomy", 1)]
+    assert {s.request_id for s in plan.skipped} == {"urgent", "relaxed-100", "relaxed-1000"}
+    assert out.preempted_req_ids == {"relaxed-1000"}
+    assert out.num_scheduled_tokens == {"roomy": 1, "urgent": 1}
+    assert sched.requests["relaxed-100"].status == RequestStatus.RUNNING
+    assert sched.requests["relaxed-100"] in sched.running

@@ -41,7 +41,8 @@ class Internal:
 #: Attributes of a running ``vllm.v1.core.sched.scheduler.Scheduler`` (set in its ``__init__``), of
 #: its ``kv_cache_manager`` and of that manager's ``coordinator``.
 SCHEDULER: tuple[Internal, ...] = (
-    Internal("Scheduler", "running", "the running requests; hidden decodes are taken out for one schedule() call"),
+    Internal("Scheduler", "running", "the running requests; hidden decodes are taken out for one schedule() call "
+                                    "(moved to its tail when an urgent decode needs KV blocks)"),
     Internal("Scheduler", "waiting", "the waiting queue; planned prompts go to its head"),
     Internal("Scheduler", "requests", "every live request by id (pruning our per-request state)"),
     Internal("Scheduler", "kv_cache_manager", "free KV blocks (block_pool.get_num_free_blocks)"),

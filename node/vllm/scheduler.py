@@ -22,7 +22,9 @@ Each step, before vLLM's own ``schedule()``:
    ``max_num_scheduled_tokens`` is the planned total (at most the configured cap).
    Urgent decodes the plan left out for want of KV blocks stay visible right
    after the planned decodes (one token each added to the budget), so vLLM
-   preempts from the tail to fit them exactly as it would on its own;
+   preempts from the tail to fit them exactly as it would on its own; the
+   hidden decodes then stay at the tail, the most relaxed last, so they are
+   preempted first;
 3. vLLM schedules as usual (KV allocation, prefix cache, preemption, chunking);
    everything is restored in ``finally``;
 4. what vLLM scheduled is compared with the plan; a step where they differ is a
@@ -331,13 +333,14 @@ class FairBatchingMixin:
         planned = {item.request_id: item for item in plan.items} if plan is not None else {}
 
         hidden: list[Any] = []
+        removed: list[Any] = []
         try:
             if apply:
-                hidden = self._fb_apply(plan, planned, is_decode, saved_tokens, saved_active)
+                hidden, removed = self._fb_apply(plan, planned, is_decode, saved_tokens, saved_active, states)
             out = super().schedule(*args, **kwargs)
         finally:
-            if hidden:
-                self.running = self.running + hidden
+            if removed:
+                self.running = self.running + removed
             self.max_num_scheduled_tokens = saved_tokens
             self.max_num_active_reqs = saved_active
 
@@ -358,14 +361,18 @@ class FairBatchingMixin:
         return out
 
     def _fb_apply(
-        self, plan: BatchPlan, planned: dict, is_decode: dict[str, bool], saved_tokens: int, saved_active: int
-    ) -> list[Any]:
-        """Shape vLLM's queues and limits so its scan carries out ``plan``; return the hidden requests."""
+        self, plan: BatchPlan, planned: dict, is_decode: dict[str, bool], saved_tokens: int, saved_active: int,
+        states: list[RequestState],
+    ) -> tuple[list[Any], list[Any]]:
+        """Shape vLLM's queues and limits so its scan carries out ``plan``.
+
+        Returns ``(hidden, removed)``: the running requests the plan gives no tokens, and those of
+        them taken out of ``self.running`` for this call (the caller puts them back).
+        """
         # Decodes first, then prefill chunks: vLLM gives each running request
         # min(remaining, budget left), so a chunk ahead of a decode would eat its token.
         # Urgent decodes the plan left out for want of KV blocks stay visible right
-        # after the planned decodes: vLLM then preempts from the tail to fit them,
-        # as it would without the plan.
+        # after the planned decodes: vLLM then preempts from the tail to fit them.
         kv_urgent = self._fb_kv_urgent(plan)
         order = [i.request_id for i in plan.items if not i.is_prefill]
         order += list(kv_urgent)
@@ -380,6 +387,18 @@ class FairBatchingMixin:
             else:
                 hidden.append(request)
         visible.sort(key=lambda r: rank.get(r.request_id, last))
+        removed = hidden
+        if kv_urgent and hidden:
+            # An urgent decode short of KV blocks makes vLLM preempt: from the tail of
+            # running under FCFS (the largest (priority, arrival) under the priority policy).
+            # The hidden decodes are the most relaxed requests, so they go to the tail, the
+            # latest next-token deadline last, and are preempted before any planned prefill
+            # or the urgent decode itself. They get no tokens: the budget below is spent
+            # before vLLM's scan reaches them.
+            due = {s.request_id: deadline_s(s, s.output_tokens, self.fb_anchor) for s in states}
+            hidden.sort(key=lambda r: due.get(r.request_id, float("inf")))
+            visible += hidden
+            removed = []
         self.running = visible
 
         admit = 0
@@ -395,9 +414,9 @@ class FairBatchingMixin:
         else:
             admit = sum(1 for r in self.waiting if r.request_id in planned)
         slots = len(visible) + self.num_waiting_for_streaming_input + admit
-        self.max_num_active_reqs = max(1, min(saved_active - len(hidden), slots))
+        self.max_num_active_reqs = max(1, min(saved_active - len(removed), slots))
         self.max_num_scheduled_tokens = max(1, min(plan.new_tokens + len(kv_urgent), saved_tokens))
-        return hidden
+        return hidden, removed
 
     @staticmethod
     def _fb_kv_urgent(plan: BatchPlan) -> dict[str, None]:
