@@ -62,6 +62,14 @@ def test_error_report_matches_hand_computation():
     assert report.overall.mape == pytest.approx(0.1)
 
 
+@given(model=models, within=st.floats(0.0, 3.0), chunk=st.integers(1, 2048), limit=st.integers(0, 3000))
+def test_largest_prompt_alone_is_the_last_prompt_that_fits(model, within, chunk, limit):
+    """The slow start's first admission: the longest prompt an idle node prefills alone in time."""
+    longest = model.largest_prompt_alone(within, chunk, limit)
+    fits = [n for n in range(1, limit + 1) if model.prefill_alone_s(n, 0, chunk) <= within]
+    assert longest == (max(fits) if fits else 0)
+
+
 @given(
     model=models,
     budget=st.floats(0.0, 0.5),

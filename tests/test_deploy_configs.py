@@ -171,7 +171,7 @@ def _serve_apps(doc: dict):
     return ServeDeploySchema.model_validate(doc).applications
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve-local.yaml", "serve-tiers.yaml"])
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-local.yaml", "serve-tiers.yaml", "serve-prefix.yaml"])
 def test_serve_config_passes_serve_schema_and_servecfg(name):
     from cluster.config import config_from_dict
 
@@ -189,12 +189,15 @@ def test_serve_local_yaml_is_what_fairbatching_serve_deploys():
 
 
 def test_every_shipped_serve_config_loads_as_fairbatching_serve_reads_it():
-    from cluster.config import load_config
+    from cluster.config import ServeConfig, load_config
 
     gpu = load_config(DEPLOY / "serve.yaml")
     assert (gpu.host, gpu.port, gpu.app_name) == ("0.0.0.0", 8000, "fairbatching")
     tiers = load_config(DEPLOY / "serve-tiers.yaml")
     assert tiers.slo.tier == "interactive" and set(tiers.tier_slos()) == {"interactive", "batch"}
+    prefix = load_config(DEPLOY / "serve-prefix.yaml")  # the embedded default but for prefix caching
+    assert prefix.engine_args == {**ServeConfig().engine_args, "enable_prefix_caching": True}
+    assert prefix.prefix_block_tokens == 32 and gpu.prefix_block_tokens is not None
 
 
 def test_gpu_serve_config_puts_one_engine_per_gpu():
@@ -206,7 +209,7 @@ def test_gpu_serve_config_puts_one_engine_per_gpu():
     assert (DEPLOY / "profiles" / f"{cfg.profile}.json").is_file()
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve-local.yaml", "serve-tiers.yaml"])
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-local.yaml", "serve-tiers.yaml", "serve-prefix.yaml"])
 def test_serve_import_path_builds_the_app(name):
     """``serve deploy`` imports ``import_path`` and calls it with ``args``: that must build an Application."""
     from importlib import import_module

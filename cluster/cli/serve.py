@@ -221,13 +221,17 @@ def load(
     model: Optional[str] = typer.Option(None, help="Model name (default: the server's first model)."),
     timeout_s: float = typer.Option(300.0, help="Per-request timeout, seconds."),
     seed: int = typer.Option(0, help="Seed of the prompt token ids (and synthetic traces)."),
+    prefix_block_tokens: int = typer.Option(
+        16, min=1, help="Tokens per block hash of a trace's HASHES column (--columns ...,hash_ids): requests naming "
+                        "the same leading blocks get the same leading tokens."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report (and per-request records) here."),
     api_key: Optional[str] = CLIENT_API_KEY,
 ) -> None:
     """Replay a trace against a live endpoint; report the fields of ``fairbatching sim run``."""
     import dataclasses
 
-    from cluster.workload.loadgen import live_report, records_to_json, replay, served_model
+    from cluster.workload.loadgen import (live_report, prompt_token_counts, prompt_token_report, records_to_json,
+                                          replay, served_model)
     from cluster.config import embedded_default_slo
     from cluster.workload.traces import TraceError, load_named, prepare
     from node.core.request import SLO
@@ -263,11 +267,14 @@ def load(
             raise typer.BadParameter(str(exc)) from None
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     console.print(f"replaying {len(w)} requests over {span:.1f} s ({w.rate_rps:.2f} req/s) against {base} ...")
+    counts_before = prompt_token_counts(base, api_key)
     records = asyncio.run(replay(base, w, model=model, slo=slos, max_output_tokens=max_output_tokens,
-                                 timeout_s=timeout_s, seed=seed, api_key=api_key, slo_class_header=send_class))
+                                 timeout_s=timeout_s, seed=seed, api_key=api_key, slo_class_header=send_class,
+                                 prefix_block_tokens=prefix_block_tokens))
     report = live_report(records, slo, span)
     report.update(url=base, trace=trace, rate_scale=rate_scale, transforms=list(w.transforms),
-                  ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, max_output_tokens=max_output_tokens)
+                  ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, max_output_tokens=max_output_tokens,
+                  prompt_tokens=prompt_token_report(counts_before, prompt_token_counts(base, api_key)))
     keys = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
             "tpot_p50", "tpot_p99", "goodput_rps")
     table = Table(title=f"live run: {trace} x{rate_scale:g} at {base}")
@@ -276,6 +283,11 @@ def load(
     table.add_row(*("-" if report[k] is None else f"{report[k]:.3g}" if isinstance(report[k], float)
                     else str(report[k]) for k in keys))
     _table_console().print(table)
+    tokens = report["prompt_tokens"]
+    if tokens and tokens["computed"]:
+        console.print(f"prompt tokens this run: charged by the nodes' budgets {tokens['charged']}, computed by vLLM "
+                      f"{tokens['computed']} (ratio {tokens['charged_over_computed']:.3f}); the routers charged "
+                      f"{tokens['router_charged']} of {tokens['router_placed']} placed")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({**report, "records": records_to_json(records)}, indent=1) + "\n")

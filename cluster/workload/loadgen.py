@@ -112,6 +112,23 @@ def _prompt_ids(rng: random.Random, n: int, lo: int, hi: int) -> list[int]:
     return [rng.randrange(lo, hi) for _ in range(n)]
 
 
+def prompt_from_blocks(hash_ids: Sequence[int], prompt_tokens: int, block_tokens: int, rng: random.Random,
+                       lo: int, hi: int, salt: int = 0) -> list[int]:
+    """Token ids of a prompt whose leading full blocks are named by a trace's ``hash_ids``.
+
+    Block ``h`` is ``block_tokens`` ids drawn from a generator seeded by ``(salt, h)``, so
+    prompts that share leading hash ids share those tokens (and an engine's prefix cache
+    hits them); the tokens past the named blocks come from ``rng``. Hash ids past the prompt
+    (a clipped prompt) are ignored. Ids are in ``[lo, hi)``.
+    """
+    ids: list[int] = []
+    for h in hash_ids[: prompt_tokens // block_tokens]:
+        block = random.Random(f"{salt}:{h}")
+        ids.extend(block.randrange(lo, hi) for _ in range(block_tokens))
+    ids.extend(rng.randrange(lo, hi) for _ in range(prompt_tokens - len(ids)))
+    return ids
+
+
 async def _one(client: aiohttp.ClientSession, endpoint: str, rec: LiveRecord, body: bytes, headers: dict,
                t0: float, timeout_s: float, stamp: bool) -> None:
     rec.sent_s = time.perf_counter() - t0
@@ -170,6 +187,7 @@ async def replay(
     progress=None,
     request_start_header: bool = True,
     api_key: Optional[str] = None,
+    prefix_block_tokens: int = 16,
 ) -> list[LiveRecord]:
     """Send every request of ``workload`` at its arrival time; return one record per request.
 
@@ -177,7 +195,10 @@ async def replay(
     request carries its own in the ``x-slo-*`` headers, and with ``slo_class_header`` its tier's
     name in ``x-slo-class`` (the server's SLO class of that name). With ``request_start_header`` each request
     carries ``x-request-start`` (its send time, in ms), as a front proxy would set it, so the
-    server's arrival stamp is the client's.
+    server's arrival stamp is the client's. A request with block hashes (``TraceRequest.hash_ids``,
+    one per ``prefix_block_tokens`` tokens) gets a prompt that shares its named blocks' tokens with
+    every other request naming them (``prompt_from_blocks``), so the server's prefix caches see the
+    trace's sharing; the rest of every prompt is random ids, seeded by ``seed``.
     """
     rng = random.Random(seed)
     slos = [slo] * len(workload.requests) if isinstance(slo, SLO) else list(slo)
@@ -194,7 +215,8 @@ async def replay(
         headers.append(h)
         bodies.append(json.dumps({
             "model": model,
-            "prompt": _prompt_ids(rng, r.prompt_tokens, *token_id_range),
+            "prompt": (prompt_from_blocks(r.hash_ids, r.prompt_tokens, prefix_block_tokens, rng, *token_id_range,
+                                          salt=seed) if r.hash_ids else _prompt_ids(rng, r.prompt_tokens, *token_id_range)),
             "max_tokens": out,
             "ignore_eos": True,
             "temperature": 0.0,
@@ -216,6 +238,33 @@ async def replay(
             tasks.append(task)
         await asyncio.gather(*tasks)
     return records
+
+
+def prompt_token_counts(url: str, api_key: Optional[str] = None, timeout_s: float = 10.0) -> Optional[dict[str, int]]:
+    """The server's prompt-token counters, summed over its nodes and routers (``None`` when its status
+    cannot be read): ``charged`` (by the nodes' budgets), ``computed`` (by vLLM), ``router_charged`` and
+    ``router_placed`` (every prompt token the routers placed); each since the server started."""
+    try:
+        snap = httpx.get(f"{url.rstrip('/')}/v1/fairbatching/status", timeout=timeout_s,
+                         headers=auth_headers(api_key)).json()
+        nodes, routers = snap["nodes"].values(), (snap.get("routers") or {}).values()
+        return {"charged": sum(n.get("prompt_tokens_charged", 0) for n in nodes),
+                "computed": sum(n.get("prompt_tokens_computed", 0) for n in nodes),
+                "router_charged": sum(r.get("prompt_tokens_charged", 0) for r in routers),
+                "router_placed": sum(r.get("prompt_tokens_placed", 0) for r in routers)}
+    except (httpx.HTTPError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def prompt_token_report(before: Optional[dict[str, int]], after: Optional[dict[str, int]]) -> Optional[dict]:
+    """What a run added to ``prompt_token_counts``, with ``charged / computed`` (None when either is unknown).
+
+    Counts every request the server finished prefilling in between, this run's and any other client's."""
+    if before is None or after is None:
+        return None
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    delta["charged_over_computed"] = delta["charged"] / delta["computed"] if delta["computed"] else None
+    return delta
 
 
 def records_to_json(records: list[LiveRecord]) -> list[dict]:

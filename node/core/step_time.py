@@ -66,6 +66,20 @@ class StepTimeModel:
         return (self.predict_s(remaining_tokens, computed_tokens + remaining_tokens)
                 + (chunks - 1) * self.safety_factor * self.fixed_s)
 
+    def largest_prompt_alone(self, within_s: float, max_chunk_tokens: int, limit_tokens: int) -> int:
+        """Longest prompt (at most ``limit_tokens``) an idle node prefills alone within ``within_s`` seconds
+        (``prefill_alone_s``, which grows with the prompt); 0 when not even one token fits. Bisection."""
+        if limit_tokens < 1 or self.prefill_alone_s(1, 0, max_chunk_tokens) > within_s:
+            return 0
+        lo, hi = 1, limit_tokens  # prefill_alone_s(lo) fits; find the last that does
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.prefill_alone_s(mid, 0, max_chunk_tokens) <= within_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def largest_chunk(
         self,
         budget_s: float,

@@ -256,6 +256,7 @@ class EngineReplica:
         sched = self.engine.vllm_config.scheduler_config
         self.max_num_batched_tokens = int(sched.max_num_batched_tokens)
         self.max_num_seqs = int(sched.max_num_seqs)
+        self.max_model_len = int(self.engine.vllm_config.model_config.max_model_len)
         # Until this node has evidence of its speed, its budget starts at one step's tokens over the
         # horizon and grows as the loop measures latencies within the target (node.core.feedback.SlowStart).
         # A profile the scheduler does not refit is the operator's word on the node's speed: no slow start.
@@ -412,9 +413,17 @@ class EngineReplica:
         if factor != rep.correction or self.slow_start.rate_cap_tps != cap:
             rep = self.compute_pab()
         tier_budgets = {t.tier: self.compute_pab(t).pab_tokens for t in self.looser_tiers} or None
+        pab_tokens = rep.pab_tokens
+        if not self.live and self.slow_start.active:
+            # The slow start learns from latencies, so it must let a first request in: an idle node takes
+            # one prompt as long as its model says it prefills alone within the horizon (the router's debit
+            # closes the door behind it until the next report). Else traffic of prompts longer than the
+            # starting cap would be refused for ever.
+            pab_tokens = max(pab_tokens, float(self.step_model.largest_prompt_alone(
+                self.horizon_s, self.max_num_batched_tokens, self.max_model_len)))
         view = NodeView(
             node_id=0,
-            pab_tokens=rep.pab_tokens,
+            pab_tokens=pab_tokens,
             in_flight=len(self.live),
             queued_prefill_tokens=queued_prefill_tokens,
             kv_usage=self.kv_usage,
@@ -431,7 +440,7 @@ class EngineReplica:
             received_ids=frozenset(self.received_ids()),
         )
         m = self.metrics
-        m.pab.set(rep.pab_tokens)
+        m.pab.set(pab_tokens)
         for slo in self.spec.slo_tiers.values() or [self.default_slo]:  # what the dashboard holds each class to
             m.ttft_slo.set(slo.ttft_s, tags={"slo_class": slo.tier})
             m.tpot_slo.set(slo.tpot_s, tags={"slo_class": slo.tier})
@@ -449,6 +458,8 @@ class EngineReplica:
         m.host_time.set(self.step_model.host_s)
         self._refresh_idle_gauges()
         self._pab_parts = {**rep.to_dict(), "model": "deployment" if self.deployment_step_model else "own"}
+        if pab_tokens > rep.pab_tokens:
+            self._pab_parts["binding"] = "slow-start probe"
         return view
 
     def _extra(self) -> dict[str, Any]:
