@@ -280,3 +280,30 @@ def test_multiturn_prompts_grow_and_resend_their_prefix(tmp_path):
     assert [r.hash_ids for r in loaded.requests] == [t.hash_ids for t in rows]
     assert [r.prompt_tokens for r in loaded.requests] == [t.prompt_tokens for t in rows]
     assert json.loads(path.read_text().splitlines()[1].split('"')[1]) == list(rows[0].hash_ids)
+
+
+def test_trace_multiturn_command_writes_a_trace_sim_reads(tmp_path):
+    from typer.testing import CliRunner
+
+    from cluster.cli.main import app
+
+    out = tmp_path / "mt.csv"
+    res = CliRunner().invoke(app, ["trace", "multiturn", "--out", str(out), "--conversations", "6", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    w = load_trace(out, MULTITURN_COLUMNS)
+    assert len(w) >= 6 and all(r.hash_ids for r in w.requests)
+    bad = CliRunner().invoke(app, ["trace", "multiturn", "--out", str(out), "--conversations", "0"])
+    assert bad.exit_code == 2
+
+
+def test_pab_cache_affinity_weighs_cached_tokens_beyond_the_budget_they_save():
+    pab, index = pab_with_index()
+    pab.update(NodeView(0, pab_tokens=10_100, reported_at_s=1.0))  # 100 tokens more budget on node 0 ...
+    index.insert(1, [1, 2, 3, 4])  # ... node 1 caches 64 tokens of the prompt
+    assert pab.choose("plain", 200, block_hashes=[1, 2, 3, 4, 5]).node_id == 0  # 9900 left vs 9864
+    leaning, index2 = pab_with_index(cache_affinity=1.0)
+    leaning.update(NodeView(0, pab_tokens=10_100, reported_at_s=1.0))
+    index2.insert(1, [1, 2, 3, 4])
+    assert leaning.choose("leaning", 200, block_hashes=[1, 2, 3, 4, 5]).node_id == 1  # 10100 - 400 < 10000 - 272
+    with pytest.raises(ValueError):
+        make_placement("pab", [0], cache_affinity=-1.0)

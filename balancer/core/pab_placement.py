@@ -14,7 +14,11 @@ Variants, as knobs:
 * ``fit="best"``: the node with the *smallest* PAB that still covers ``L``
   (best-fit), keeping large budgets free for large prompts;
 * ``reject=False``: never reject; place on the largest budget even when it is
-  short (PAB as a pure load signal, "PAB without rejection").
+  short (PAB as a pure load signal, "PAB without rejection");
+* ``cache_affinity=w`` (>= 0): among the nodes with room, rank by
+  ``PAB_n - (1 + w) * L_n`` instead: each token a node is estimated to cache
+  counts ``w`` more than the budget it saves (``w = 0``: the largest budget
+  left; a very large ``w``: the node computing the least, budgets breaking ties).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class PABPlacement(PlacementPolicy):
         *,
         fit: str = "largest",
         reject: bool = True,
+        cache_affinity: float = 0.0,
         admission_cap_tokens: int | None = None,
         max_in_flight: int | None = None,
         rng: random.Random | None = None,
@@ -43,8 +48,11 @@ class PABPlacement(PlacementPolicy):
                          **base)
         if fit not in ("largest", "best"):
             raise ValueError(f"fit must be 'largest' or 'best', got {fit!r}")
+        if not cache_affinity >= 0:
+            raise ValueError(f"cache_affinity must be >= 0, got {cache_affinity!r}")
         self.fit = fit
         self.reject = reject
+        self.cache_affinity = cache_affinity
         self._reject_reason = "no-budget"
 
     def _pick(self, charges: Mapping[int, int], held_fraction: float, tier: str | None) -> int | None:
@@ -62,4 +70,7 @@ class PABPlacement(PlacementPolicy):
             return min(fitting, key=lambda n: (budget(n), charges[n], n))
         # Equal budgets: the node caching more of the prompt, then the lowest node id (deterministic,
         # and debits spread a burst anyway).
+        w = self.cache_affinity
+        if w:
+            return max(fitting, key=lambda n: (budget(n) - w * charges[n], -charges[n], -n))
         return max(fitting, key=lambda n: (budget(n), -charges[n], -n))

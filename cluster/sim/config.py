@@ -72,6 +72,7 @@ class SimConfig:
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
+    pab_cache_affinity: float = _opt(0.0, "PAB placement: among nodes with room, rank by PAB - (1 + this) x the request's uncached tokens there (0: the largest budget left; larger: prefer the node caching more of the prompt).")
     pab_delay_s: float = _opt(0.0, "Delay from a node's report to the balancer, seconds (staleness).")
     report_acks: bool = _opt(True, "Reports carry the ids of the requests the node received, so the balancer keeps debits a stale report has not seen (off: a report replaces the view).")
     pab_interval_s: float = _opt(0.0, "Minimum time between two reports of a node (0: after every step).")
@@ -108,6 +109,8 @@ class SimConfig:
             raise ValueError("pab_delay_s and pab_interval_s must be >= 0")
         if self.pab_variant not in ("closed", "edf", "prefill-only"):
             raise ValueError(f"pab_variant must be closed, edf or prefill-only, got {self.pab_variant!r}")
+        if not self.pab_cache_affinity >= 0:
+            raise ValueError(f"pab_cache_affinity must be >= 0, got {self.pab_cache_affinity!r}")
         if self.pab_tokens not in ("uncached", "all"):
             raise ValueError(f"pab_tokens must be uncached or all, got {self.pab_tokens!r}")
         if self.prefix_block_tokens < 1:
