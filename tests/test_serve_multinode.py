@@ -47,6 +47,11 @@ def test_one_engine_per_gpu_node():
             engine_nodes = {n["node"].split(":")[-1] for n in nodes.values()}
             assert len(engine_nodes) == 2, nodes  # one engine per node
             assert engine_nodes == {nid[:8] for nid in gpu_nodes}, (engine_nodes, gpu_nodes)
+            # A fresh node learns its speed from the latencies it serves (its slow start caps its budget at
+            # one step's tokens until then), so it must let a first prompt longer than that in.
+            first = client.post("/v1/completions", json={"model": "tiny-llama", "prompt": [3 + i % 997 for i in range(1500)],
+                                                          "max_tokens": 2})
+            assert first.status_code == 200, first.text
             served = set()
             for i in range(6):
                 r = client.post("/v1/completions", json={"model": "tiny-llama", "prompt": f"w{i} w{i + 1}", "max_tokens": 2})
