@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prefix caching (issue: "uncached tokens everywhere"): capacity of 8 FairBatching nodes on the multi-turn
-# conversation workload, PAB charging uncached tokens (with the balancer's PrefixIndex) vs every token
+# conversation workload, PAB charging uncached tokens (with the balancer's PrefixIndex; placement: the default
+# locality rule, and the largest-budget rule before it) vs every token
 # (--pab-tokens all) vs the prefix-affinity balancer with the admission cap; H100 profile, SLOs 1 s / 50 ms,
 # attainment 90 %, 4 % bisection, 3 seeds (each seed its own trace and simulator seed).
 #   bash bench/prefix_capacity.sh [OUT_DIR]      then: python bench/prefix_summary.py [OUT_DIR]
@@ -17,6 +18,9 @@ for seed in 0 1 2; do
           --attainment 0.9 --rel-tol 0.04)
   f="$out/pab-uncached-seed$seed.json"
   [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens uncached --json "$f"
+  f="$out/pab-uncached-budget-seed$seed.json"  # the placement rule before the locality rule (largest budget left)
+  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens uncached --pab-affinity-slack -1 \
+    --pab-fresh-share 0 --json "$f"
   f="$out/pab-all-seed$seed.json"
   [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens all --json "$f"
   f="$out/prefix-affinity-cap-seed$seed.json"

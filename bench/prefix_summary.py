@@ -10,7 +10,8 @@ import statistics
 import sys
 from pathlib import Path
 
-ARMS = (("pab-uncached", "FairBatching + PAB, uncached tokens (PrefixIndex)"),
+ARMS = (("pab-uncached", "FairBatching + PAB, uncached tokens (PrefixIndex), locality placement (default)"),
+        ("pab-uncached-budget", "FairBatching + PAB, uncached tokens (PrefixIndex), largest-budget placement"),
         ("pab-all", "FairBatching + PAB, every prompt token"),
         ("prefix-affinity-cap", "FairBatching + prefix-affinity + admission cap"))
 

@@ -297,13 +297,67 @@ def test_trace_multiturn_command_writes_a_trace_sim_reads(tmp_path):
 
 
 def test_pab_cache_affinity_weighs_cached_tokens_beyond_the_budget_they_save():
-    pab, index = pab_with_index()
+    pab, index = pab_with_index(affinity_slack=None, fresh_share=0)  # the budget rule
     pab.update(NodeView(0, pab_tokens=10_100, reported_at_s=1.0))  # 100 tokens more budget on node 0 ...
     index.insert(1, [1, 2, 3, 4])  # ... node 1 caches 64 tokens of the prompt
     assert pab.choose("plain", 200, block_hashes=[1, 2, 3, 4, 5]).node_id == 0  # 9900 left vs 9864
-    leaning, index2 = pab_with_index(cache_affinity=1.0)
+    leaning, index2 = pab_with_index(cache_affinity=1.0, affinity_slack=None, fresh_share=0)
     leaning.update(NodeView(0, pab_tokens=10_100, reported_at_s=1.0))
     index2.insert(1, [1, 2, 3, 4])
     assert leaning.choose("leaning", 200, block_hashes=[1, 2, 3, 4, 5]).node_id == 1  # 10100 - 400 < 10000 - 272
     with pytest.raises(ValueError):
         make_placement("pab", [0], cache_affinity=-1.0)
+
+
+def test_pab_locality_prefers_the_cached_node_with_room_over_a_larger_budget():
+    pab, index = pab_with_index()  # defaults: affinity_slack=64, fresh_share=0.3
+    pab.update(NodeView(0, pab_tokens=12_000, reported_at_s=1.0))  # node 0: 2000 tokens more budget ...
+    index.insert(1, [1, 2, 3, 4])  # ... node 1 caches 64 of the 100 tokens
+    assert pab.choose("turn-2", 100, block_hashes=[1, 2, 3, 4, 5, 6]).node_id == 1
+    budget_rule, index2 = pab_with_index(affinity_slack=None, fresh_share=0)
+    budget_rule.update(NodeView(0, pab_tokens=12_000, reported_at_s=1.0))
+    index2.insert(1, [1, 2, 3, 4])
+    assert budget_rule.choose("turn-2", 100, block_hashes=[1, 2, 3, 4, 5, 6]).node_id == 0
+    # Without block hashes (or without an index) the budget rule places: no change there.
+    assert pab.choose("plain", 100).node_id == 0
+    no_index = make_placement("pab", [0, 1])
+    for n, budget in ((0, 12_000), (1, 10_000)):
+        no_index.update(NodeView(n, pab_tokens=budget, prefill_rate_tps=1000.0))
+    assert no_index.choose("hashed", 100, block_hashes=[1, 2, 3, 4, 5, 6]).node_id == 0
+
+
+def test_pab_locality_gives_way_when_the_cached_node_holds_more_than_the_slack_in_flight():
+    pab, index = pab_with_index(affinity_slack=1)
+    index.insert(1, [1, 2, 3, 4])
+    for i in range(2):  # two unrelated requests of node 1's cached conversation pile on node 1
+        assert pab.choose(f"r{i}", 100, block_hashes=[1, 2, 3, 4, 5 + i]).node_id == 1
+    assert pab.in_flight == {0: 0, 1: 2}
+    assert pab.choose("turn-3", 100, block_hashes=[1, 2, 3, 4, 9]).node_id == 0  # 2 > 0 + 1 in flight
+    pab.release("r0")
+    pab.release("r1")
+    assert pab.choose("turn-4", 100, block_hashes=[1, 2, 3, 4, 10]).node_id == 1
+
+
+def test_pab_fresh_prompt_goes_to_the_node_caching_the_fewest_blocks_and_room_still_rules():
+    pab, index = pab_with_index()
+    pab.update(NodeView(0, pab_tokens=12_000, reported_at_s=1.0))  # node 0 has more budget but ...
+    index.insert(0, [101, 102, 103, 104, 105, 106])  # ... holds more conversations than node 1
+    index.insert(1, [201])
+    # Node 0 caches 16 of 160 tokens (10 % < 30 %): a fresh prompt goes where the fewest blocks live.
+    assert pab.choose("new", 160, block_hashes=[101, 7, 8, 9, 10, 11, 12, 13, 14, 15]).node_id == 1
+    off, index2 = pab_with_index(fresh_share=0)
+    off.update(NodeView(0, pab_tokens=12_000, reported_at_s=1.0))
+    index2.insert(0, [101, 102, 103, 104, 105, 106])
+    index2.insert(1, [201])
+    assert off.choose("new", 160, block_hashes=[101, 7, 8, 9, 10, 11, 12, 13, 14, 15]).node_id == 0
+    # Admission is PAB's: a node without room is never chosen, and none with room means a refusal.
+    short, index3 = pab_with_index()
+    short.update(NodeView(1, pab_tokens=50, reported_at_s=1.0))
+    index3.insert(1, [1, 2, 3, 4])  # node 1 caches 64 of 200 tokens but has room for 50
+    assert short.choose("r", 200, block_hashes=[1, 2, 3, 4, 5]).node_id == 0
+    short.update(NodeView(0, pab_tokens=50, reported_at_s=2.0))
+    assert short.choose("r2", 200, block_hashes=[1, 2, 3, 4, 5]).rejected
+    with pytest.raises(ValueError):
+        make_placement("pab", [0], affinity_slack=-1)
+    with pytest.raises(ValueError):
+        make_placement("pab", [0], fresh_share=1.5)

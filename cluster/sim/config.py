@@ -73,6 +73,8 @@ class SimConfig:
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
     pab_cache_affinity: float = _opt(0.0, "PAB placement: among nodes with room, rank by PAB - (1 + this) x the request's uncached tokens there (0: the largest budget left; larger: prefer the node caching more of the prompt).")
+    pab_affinity_slack: int = _opt(64, "PAB placement, requests with block hashes: among nodes with room, those with at most this many more requests in flight than the least loaded of them; of these, the node computing the least of the prompt (then fewer in flight, larger budget). Negative: off (rank by budget, --pab-cache-affinity).")
+    pab_fresh_share: float = _opt(0.3, "PAB placement, requests with block hashes: a prompt of which no node with room is estimated to cache at least this share (a new conversation) goes to the node with room whose estimated cache holds the fewest blocks (0: off).")
     pab_delay_s: float = _opt(0.0, "Delay from a node's report to the balancer, seconds (staleness).")
     report_acks: bool = _opt(True, "Reports carry the ids of the requests the node received, so the balancer keeps debits a stale report has not seen (off: a report replaces the view).")
     pab_interval_s: float = _opt(0.0, "Minimum time between two reports of a node (0: after every step).")
@@ -109,6 +111,8 @@ class SimConfig:
             raise ValueError("pab_delay_s and pab_interval_s must be >= 0")
         if self.pab_variant not in ("closed", "edf", "prefill-only"):
             raise ValueError(f"pab_variant must be closed, edf or prefill-only, got {self.pab_variant!r}")
+        if not 0.0 <= self.pab_fresh_share <= 1.0:
+            raise ValueError(f"pab_fresh_share must be in [0, 1], got {self.pab_fresh_share!r}")
         if not self.pab_cache_affinity >= 0:
             raise ValueError(f"pab_cache_affinity must be >= 0, got {self.pab_cache_affinity!r}")
         if self.pab_tokens not in ("uncached", "all"):

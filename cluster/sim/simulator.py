@@ -73,7 +73,8 @@ def build_placement(cfg: SimConfig, profile: Profile, prefix_index: PrefixIndex 
     if cfg.admission_cap:
         cap = cfg.admission_cap_tokens or idle_prefill_tokens(cfg.slo_on(profile.default_slo).ttft_s, profile.a_s,
                                                                profile.b_s_per_token)
-    knobs = ({"fit": cfg.pab_fit, "reject": cfg.pab_reject, "cache_affinity": cfg.pab_cache_affinity}
+    knobs = ({"fit": cfg.pab_fit, "reject": cfg.pab_reject, "cache_affinity": cfg.pab_cache_affinity,
+              "affinity_slack": cfg.pab_affinity_slack if cfg.pab_affinity_slack >= 0 else None, "fresh_share": cfg.pab_fresh_share}
              if cfg.balancer == "pab" else {})
     return make_placement(cfg.balancer, list(range(cfg.nodes)), admission_cap=cap, rng=random.Random(cfg.seed),
                           prefix_index=prefix_index, **knobs)
