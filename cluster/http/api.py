@@ -355,7 +355,8 @@ class Ingress:
                     raise rejected(retry) from None
                 if _is_engine_failure(exc) and attempt == 0:
                     continue  # nothing reached the client yet: one more try on a live engine
-                logger.warning("request %s failed before its first token: %r", job.request_id, exc)
+                # with its traceback: an engine failure is a defect to find (a client mistake is a 400 earlier)
+                logger.exception("request %s failed before its first token: %r", job.request_id, exc)
                 raise unavailable(f"The engine failed: {type(exc).__name__}.") from None
         raise AssertionError("unreachable")
 
