@@ -126,6 +126,9 @@ class ServeConfig(BaseModel):
     # Share of each engine's idle budget and seats that requests of every class but the tightest must
     # leave free: under overload they are refused (429) while the tightest class is still admitted.
     tier_hold_fraction: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)
+    # After a request of the tightest class is refused, requests of every other class are refused for this
+    # long, seconds (None: the tightest class's TTFT SLO; 0: never): batch is shed before interactive misses.
+    tier_shed_s: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     anchor: Literal["arrival", "first-token"] = "first-token"  # decode deadlines from the first token (DESIGN 2)
     report_interval_s: float = Field(0.1, gt=0, allow_inf_nan=False)  # replicas report, routers poll (DESIGN 3)
     max_ongoing_requests: int = Field(256, ge=1)  # per engine; admission is PAB's job
@@ -356,7 +359,17 @@ class ServeConfig(BaseModel):
             default_ttft_slo_s=self.slo.ttft_s,
             class_ttft_slo_s={name: t.ttft_slo_s for name, t in self.slo_tiers.items()},
             prefix_block_tokens=self.prefix_block_tokens,
+            tier_shed_s=self.resolved_tier_shed_s,
         )
+
+    @property
+    def resolved_tier_shed_s(self) -> Optional[float]:
+        """``tier_shed_s``, its default resolved: the tightest class's TTFT SLO (None without classes)."""
+        if not self.slo_tiers:
+            return None
+        if self.tier_shed_s is not None:
+            return self.tier_shed_s or None
+        return self.slo_classes().tightest.ttft_s
 
     def slo_classes(self):
         """The ingress's ``SLOClasses`` (None without classes)."""

@@ -316,6 +316,29 @@ def test_the_held_share_refuses_the_looser_tier_first():
     assert not p.choose("i1", 10).rejected
 
 
+@pytest.mark.parametrize("name", PLACEMENT_NAMES)
+def test_after_a_tightest_class_refusal_looser_classes_are_shed_for_tier_shed_s(name):
+    """Batch is shed before interactive is refused again: a refusal of the tightest class (tier None)
+    refuses every looser request for tier_shed_s seconds of the caller's clock, however small its
+    prompt; then they are admitted again. Without now_s, or with tier_shed_s None, nothing changes."""
+    p = make_placement(name, [0], admission_cap=1000, tier_shed_s=2.0)
+    p.update(NodeView(0, pab_tokens=1000, tier_pab_tokens={"batch": 10_000}, idle_pab_tokens=1000, reported_at_s=1))
+    assert not p.choose("b0", 10, 0.0, "batch", now_s=9.0).rejected  # no refusal yet
+    assert p.choose("i1", 5000, now_s=10.0).rejected  # the tightest class refused (over the cap)
+    shed = p.choose("b1", 10, 0.0, "batch", now_s=11.0)
+    assert shed.rejected and shed.reason == "shed-looser-tier" and shed.retry_after_s >= 1.0
+    assert not p.choose("i2", 10, now_s=11.0).rejected  # the tightest class itself is not shed
+    assert not p.choose("b2", 10, 0.0, "batch", now_s=12.5).rejected  # the window is over
+    assert not p.choose("b3", 10, 0.0, "batch").rejected  # no clock: no shedding
+
+    off = make_placement(name, [0], admission_cap=1000)
+    off.update(NodeView(0, pab_tokens=1000, idle_pab_tokens=1000, reported_at_s=1))
+    assert off.choose("i1", 5000, now_s=10.0).rejected
+    assert not off.choose("b1", 10, 0.0, "batch", now_s=10.5).rejected
+    with pytest.raises(ValueError, match="tier_shed_s"):
+        make_placement(name, [0], tier_shed_s=-1.0)
+
+
 def test_held_fraction_out_of_range_is_refused():
     from balancer.core.pab_placement import PABPlacement
 

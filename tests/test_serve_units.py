@@ -597,6 +597,7 @@ def test_a_request_gets_its_classs_slo_and_may_loosen_it_within_bounds():
     (dict(slo_tiers={"a": {"ttft_slo_s": 1.0, "tpot_slo_s": 0.1, "min_ttft_slo_s": 2.0}}, default_slo_tier="a"),
      "min_ttft_slo_s (2.0) is above"),
     (dict(TIERED, tier_hold_fraction=1.0), "tier_hold_fraction"),
+    (dict(TIERED, tier_shed_s=-1.0), "tier_shed_s"),
 ])
 def test_a_malformed_tier_config_is_refused_naming_the_key(bad, words):
     from cluster.config import ConfigError, ServeConfig
@@ -612,3 +613,14 @@ def test_engines_budget_for_the_tightest_class():
     assert (spec.ttft_slo_s, spec.tpot_slo_s) == (30.0, 0.25)  # a request without SLO in extra_args: the default
     assert spec.slo_tiers["interactive"].priority == 0 and spec.tier_hold_fraction == 0.2
     assert ServeConfig(**TIERED).feedback_config().cooldown_s == 1.0  # the tightest TTFT
+
+
+def test_looser_classes_are_shed_for_the_tightest_ttft_after_its_refusal_by_default():
+    from cluster.config import ServeConfig
+
+    assert ServeConfig(**TIERED).balancer_settings().tier_shed_s == 1.0  # the tightest class's TTFT
+    assert ServeConfig(**TIERED, tier_shed_s=5).balancer_settings().tier_shed_s == 5
+    assert ServeConfig(**TIERED, tier_shed_s=0).balancer_settings().tier_shed_s is None  # off
+    assert ServeConfig().balancer_settings().tier_shed_s is None  # no classes: nothing to shed
+    policy = ServeConfig(**TIERED).balancer_settings().make_policy([0])
+    assert policy.tier_shed_s == 1.0

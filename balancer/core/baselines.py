@@ -110,9 +110,9 @@ class PrefixAffinity(PlacementPolicy):
         self.balance_rel_threshold = balance_rel_threshold
         self._prompt_tokens = 0
 
-    def choose(self, request_id, prompt_tokens, held_fraction=0.0, tier=None, *, block_hashes=()):
+    def choose(self, request_id, prompt_tokens, held_fraction=0.0, tier=None, *, block_hashes=(), now_s=None):
         self._prompt_tokens = prompt_tokens  # the match rate's denominator
-        return super().choose(request_id, prompt_tokens, held_fraction, tier, block_hashes=block_hashes)
+        return super().choose(request_id, prompt_tokens, held_fraction, tier, block_hashes=block_hashes, now_s=now_s)
 
     def _pick(self, charges: Mapping[int, int], held_fraction: float, tier: str | None) -> int:
         load = self.in_flight

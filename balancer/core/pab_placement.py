@@ -95,10 +95,10 @@ class PABPlacement(PlacementPolicy):
         self._cache_aware = False  # whether the request being placed is charged net of a prefix index
         self._reject_reason = "no-budget"
 
-    def choose(self, request_id, prompt_tokens, held_fraction=0.0, tier=None, *, block_hashes=()):
+    def choose(self, request_id, prompt_tokens, held_fraction=0.0, tier=None, *, block_hashes=(), now_s=None):
         self._cache_aware = self.prefix_index is not None and bool(block_hashes)
         self._prompt_tokens = prompt_tokens
-        return super().choose(request_id, prompt_tokens, held_fraction, tier, block_hashes=block_hashes)
+        return super().choose(request_id, prompt_tokens, held_fraction, tier, block_hashes=block_hashes, now_s=now_s)
 
     def _pick(self, charges: Mapping[int, int], held_fraction: float, tier: str | None) -> int | None:
         views = self.views

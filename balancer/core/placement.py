@@ -37,6 +37,15 @@ and the debit use the chosen node's charge, and the prompt's blocks are
 recorded on that node. Without an index or hashes every node is charged the
 whole prompt.
 
+Shedding looser SLO classes (``tier_shed_s``): once a request of the tightest
+class (``tier`` None) is refused, every request of a looser class (``tier`` set)
+is refused for ``tier_shed_s`` seconds of the caller's clock (``choose(now_s=)``),
+whatever budget it would find: under overload batch traffic is shed before an
+interactive request is refused again, and it comes back only after the tightest
+class has gone ``tier_shed_s`` without a refusal. The held share
+(``has_room``'s ``held_fraction``) keeps room for interactive prompts as large as
+the share; this rule covers the rest, whatever the prompts' sizes.
+
 Retry-After (``Decision.retry_after_s``): the predicted time until the best
 node's budget covers the request, ``(L - PAB) / recovery_tps`` from each node's
 report, clamped to [``RETRY_AFTER_MIN_S``, ``RETRY_AFTER_MAX_S``].
@@ -205,6 +214,7 @@ class PlacementPolicy:
         max_in_flight: int | None = None,
         rng: random.Random | None = None,
         prefix_index: PrefixIndex | None = None,
+        tier_shed_s: float | None = None,
     ) -> None:
         if not node_ids:
             raise ValueError("a balancer needs at least one node")
@@ -214,6 +224,10 @@ class PlacementPolicy:
             raise ValueError(f"admission_cap_tokens must be >= 0, got {admission_cap_tokens!r}")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        if tier_shed_s is not None and not (math.isfinite(tier_shed_s) and tier_shed_s >= 0):
+            raise ValueError(f"tier_shed_s must be a finite number >= 0 or None, got {tier_shed_s!r}")
+        self.tier_shed_s = tier_shed_s or None
+        self.tightest_refused_s: float | None = None  # when a request of the tightest class was last refused
         self.node_ids = list(node_ids)
         self.admission_cap_tokens = admission_cap_tokens
         self.max_in_flight = max_in_flight
@@ -325,7 +339,7 @@ class PlacementPolicy:
         return prompt_tokens - self.prefix_index.cached_tokens(node, block_hashes, prompt_tokens)
 
     def choose(self, request_id: str, prompt_tokens: int, held_fraction: float = 0.0,
-               tier: str | None = None, *, block_hashes: Sequence[int] = ()) -> Decision:
+               tier: str | None = None, *, block_hashes: Sequence[int] = (), now_s: float | None = None) -> Decision:
         """Place one request of ``prompt_tokens`` prompt tokens, or reject it.
 
         ``block_hashes`` are the chained hashes of the prompt's full KV blocks
@@ -343,6 +357,12 @@ class PlacementPolicy:
         requests are held back; ``has_room``). Policies that do not budget
         ignore both. The Retry-After of a rejection counts both.
 
+        ``now_s`` (seconds, any monotonic clock of the caller's) dates the
+        decision for ``tier_shed_s``: a request with a ``tier`` within
+        ``tier_shed_s`` of the last refusal of one without is refused with
+        reason ``shed-looser-tier`` and a Retry-After of at least the rest of
+        that window. Without ``now_s`` the rule is off.
+
         On placement the chosen node's local view is debited at once by the
         charge ``C``: PAB ``-= C``, queued prefill ``+= C``, waiting and in-flight
         ``+= 1``, one slot, KV usage by ``C`` over its capacity
@@ -358,6 +378,23 @@ class PlacementPolicy:
         if held is not None:
             return Decision(held.node_id, self.name, charged_tokens=held.prompt_tokens)
         charges = self.charges(prompt_tokens, block_hashes)
+        shed_left_s = self._shed_left_s(tier, now_s)
+        if shed_left_s > 0:
+            retry = max(self._retry_after_s(charges, held_fraction, tier), min(shed_left_s, RETRY_AFTER_MAX_S))
+            return Decision(None, "shed-looser-tier", retry)
+        decision = self._place(charges, request_id, prompt_tokens, held_fraction, tier, tuple(block_hashes))
+        if decision.rejected and tier is None and now_s is not None:
+            self.tightest_refused_s = now_s
+        return decision
+
+    def _shed_left_s(self, tier: str | None, now_s: float | None) -> float:
+        """Seconds left of the window in which a request of a looser class (``tier`` set) is shed."""
+        if tier is None or now_s is None or self.tier_shed_s is None or self.tightest_refused_s is None:
+            return 0.0
+        return self.tightest_refused_s + self.tier_shed_s - now_s
+
+    def _place(self, charges: Mapping[int, int], request_id: str, prompt_tokens: int, held_fraction: float,
+               tier: str | None, block_hashes: tuple[int, ...]) -> Decision:
         node = self._pick(charges, held_fraction, tier)
         if node is None:
             reason = self._reject_reason if held_fraction == 0 else self._reject_reason + "-held"
@@ -370,7 +407,7 @@ class PlacementPolicy:
             return Decision(None, "in-flight-cap", self._retry_after_s(charges))
         if self.prefix_index is not None and block_hashes:
             self.prefix_index.insert(node, block_hashes)
-        self._debit(node, charge, request_id, prompt_tokens, tuple(block_hashes))
+        self._debit(node, charge, request_id, prompt_tokens, block_hashes)
         return Decision(node, self.name, charged_tokens=charge)
 
     def _pick(self, charges: Mapping[int, int], held_fraction: float, tier: str | None) -> int | None:

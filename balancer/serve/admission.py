@@ -69,6 +69,9 @@ class BalancerSettings:
     # The engines' KV block size when they cache prefixes (None: they do not). The balancer then keeps an
     # estimate of each node's cache (balancer.core.prefix) and charges a request its uncached tokens there.
     prefix_block_tokens: Optional[int] = None
+    # After a request of the tightest SLO class is refused, refuse every request of a looser class for
+    # this long, seconds (None or 0: never; PlacementPolicy.choose).
+    tier_shed_s: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +85,7 @@ class BalancerSettings:
         if self.prefix_block_tokens:
             knobs["prefix_index"] = PrefixIndex(self.prefix_block_tokens)
         return make_placement(self.balancer, node_ids, admission_cap=self.admission_cap,
-                              max_in_flight=self.max_in_flight, **knobs)
+                              max_in_flight=self.max_in_flight, tier_shed_s=self.tier_shed_s, **knobs)
 
 
 class LocalBalancer:
@@ -195,12 +198,12 @@ class LocalBalancer:
                 self._policy.set_nodes(members)
                 try:
                     decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier,
-                                                   block_hashes=block_hashes)
+                                                   block_hashes=block_hashes, now_s=now)
                 finally:
                     self._policy.set_nodes(saved)
             else:
                 decision = self._policy.choose(request_id, prompt_tokens, held_fraction, tier,
-                                               block_hashes=block_hashes)
+                                               block_hashes=block_hashes, now_s=now)
             if decision.rejected:
                 self.rejected += record
                 return None, decision
