@@ -159,7 +159,7 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     from cluster.workload.tiers import assign_tiers, parse_slo_tiers
     from cluster.workload.traces import TIE_WARNING_FRACTION, tie_fraction
 
-    model = profile.step_model
+    model = profile.step_model_as(cfg.step_model)
     cap = profile.max_num_batched_tokens or 8192
     default = cfg.slo_on(profile.default_slo)
     reqs = workload.requests

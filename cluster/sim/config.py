@@ -17,7 +17,7 @@ from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
-from node.fit.profile import profile_default_slo
+from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo
 
 
 def _opt(default, help: str, flag: str | None = None):
@@ -45,6 +45,7 @@ class SimConfig:
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
+    step_model: str = _opt("quadratic", "Step-time model the nodes plan and budget with: quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one; the h100/a100 profiles do) or linear (the paper's a + b * new + c * context: the profile's best linear fit, bench/results/STEPTIME.md). A profile without the term gives the same model both ways. The simulated truth does not change.")
     prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
     pab_tokens: str = _opt("uncached", "With a prefix cache (a trace with block hashes): what PAB's queued work and the balancer's debit count of a prompt: uncached (the tokens the node must compute; the balancer estimates each node's cache with a PrefixIndex) or all (every prompt token, cache-blind, for comparison).")
     seats_as_vllm: bool = _opt(False, "Count sequence seats as vLLM does: a waiting request starts only into a free seat, every running request (paced decodes included) holding one. Off: only the plan's per-step cap (the recorded results).")
@@ -119,6 +120,8 @@ class SimConfig:
             raise ValueError(f"pab_tokens must be uncached or all, got {self.pab_tokens!r}")
         if self.prefix_block_tokens < 1:
             raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
+        if self.step_model not in STEP_MODEL_FORMS:
+            raise ValueError(f"step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if self.lend not in ("always", "at-risk"):
             raise ValueError(f"lend must be always or at-risk, got {self.lend!r}")
         if self.relegate not in ("none", "lost", "doomed"):

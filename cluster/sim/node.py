@@ -56,6 +56,7 @@ from node.core.pab import PABReport
 from node.core.recent import RecentMean
 from node.core.plan import BatchPlan, Limits, NodePolicy
 from node.core.request import SLO, RequestState
+from node.core.step_time import prefill_attention_pairs
 from node.core.attainment import mean_tpot_s
 from node.core.envelope import deadline_s, on_time_both
 
@@ -286,7 +287,7 @@ class SimNode:
                 if item.is_prefill:
                     q, p = item.new_tokens, req.computed
                     prefill_ctx += p + q
-                    pairs += q * (p + 0.5 * q)
+                    pairs += prefill_attention_pairs(q, p)
                 else:
                     decode_ctx += req.kv_tokens + 1
         else:
@@ -296,14 +297,14 @@ class SimNode:
                     q = item.new_tokens
                     p = live[item.request_id].computed
                     prefill_ctx += p + q
-                    pairs += q * (p + 0.5 * q)
+                    pairs += prefill_attention_pairs(q, p)
             decode_ctx = plan.context_tokens - prefill_ctx
         duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs)
         if self.refit is not None:
             # The forward pass is fitted by least squares; the host time (cadence minus forward) apart.
             prefill = sum(item.new_tokens for item in plan.items if item.is_prefill)
             forward_s = self.step_time.last_forward_s
-            sample = StepSample(prefill, plan.new_tokens - prefill, plan.context_tokens, forward_s)
+            sample = StepSample(prefill, plan.new_tokens - prefill, plan.context_tokens, forward_s, pairs)
             observe_cadence = getattr(self.refit, "observe_cadence", None)
             if observe_cadence is not None:
                 observe_cadence(duration_s, forward_s)

@@ -93,7 +93,7 @@ def simulate(
     workload = workload if workload is not None else load_workload(cfg)
     host_s = profile.host_s if cfg.host_s is None else cfg.host_s
     # The nodes plan (and budget) with the profile's model and the host time, as a cadence fit gives it.
-    model = replace(profile.step_model, host_s=host_s if cfg.host_in_model else 0.0)
+    model = replace(profile.step_model_as(cfg.step_model), host_s=host_s if cfg.host_in_model else 0.0)
     slo = cfg.slo_on(profile.default_slo)
     tiers = parse_slo_tiers(cfg.slo_tier) if cfg.slo_tier else ()
     # Admission by tier as the ingress applies it (no bounds on the targets: the trace sets them).
@@ -294,6 +294,7 @@ def simulate(
             "planning_models": [
                 {"a_s": nd.policy.step_model.a_s, "b_s_per_token": nd.policy.step_model.b_s_per_token,
                  "c_s_per_context_token": nd.policy.step_model.c_s_per_context_token, "host_s": nd.policy.step_model.host_s,
+                 "attn_prefill_s_per_token_sq": nd.policy.step_model.attn_prefill_s_per_token_sq,
                  "refits": nd.refit.refits if nd.refit is not None else 0}
                 for nd in nodes
             ],

@@ -8,9 +8,11 @@ deploy/profiles/DERIVATION.md):
         + attn_prefill_s_per_token_sq * sum over prefill chunks of q * (p + q / 2)
 
 (``interp`` piecewise linear, linearly extrapolated past the last point).
-Without one (``ground_truth`` null) the profile's own linear model is the
-truth: ``a + b * new_tokens + c * context``, context counting decodes'
-``kv_tokens + 1`` and prefills' ``p + q``. Optional multiplicative lognormal
+Without one (``ground_truth`` null) the profile's own model is the truth:
+``a + b * new_tokens + c * context + e * pairs``, context counting decodes'
+``kv_tokens + 1`` and prefills' ``p + q``, ``pairs`` the prefill chunks'
+``q * (p + q / 2)`` (``e`` is the profile's ``attn_prefill_s_per_token_sq``, 0
+on a linear profile). Optional multiplicative lognormal
 noise with mean 1 models run-to-run jitter.
 
 **Host time.** A step's wall time is its forward pass plus the host's work
@@ -28,9 +30,9 @@ from __future__ import annotations
 import math
 import random
 from bisect import bisect_left
+from dataclasses import replace
 from typing import Any
 
-from node.core.step_time import StepTimeModel
 from node.fit.profile import Profile
 
 
@@ -49,8 +51,8 @@ class TrueStepTime:
         self.last_forward_s = 0.0
         truth: Any = profile.extra.get("ground_truth")
         self.uses_ground_truth = isinstance(truth, dict)
-        # Without ground truth the truth is the profile's own linear model, safety factor and host time aside.
-        self._linear = StepTimeModel(profile.a_s, profile.b_s_per_token, profile.c_s_per_context_token)
+        # Without ground truth the truth is the profile's own model, safety factor and host time aside.
+        self._own = replace(profile.step_model, safety_factor=1.0, host_s=0.0)
         if self.uses_ground_truth:
             points = sorted((float(x), float(y) / 1000.0) for x, y in truth["linear_ops_ms"])
             if len(points) < 2:
@@ -94,7 +96,8 @@ class TrueStepTime:
                 + self.attn_prefill_s * prefill_attention_pairs
             )
         else:
-            t = self._linear.forward_s(new_tokens, decode_context_tokens + prefill_context_tokens)
+            t = self._own.forward_s(new_tokens, decode_context_tokens + prefill_context_tokens,
+                                    prefill_attention_pairs)
         if self.noise_sigma:
             s = self.noise_sigma
             t *= math.exp(self._rng.gauss(-0.5 * s * s, s))

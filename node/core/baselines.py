@@ -110,6 +110,7 @@ class SarathiPolicy(ConfiguredPolicy[TokenBudgetConfig]):
             if static is not None:
                 cap = max(static - builder.new_tokens, 0)
             else:
-                cap = self.step_model.largest_chunk(tpot_s, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+                cap = self.step_model.largest_chunk(tpot_s, builder.new_tokens, builder.context_tokens,
+                                                    req.computed_tokens, builder.attention_pairs)
             builder.add_prefill(req, slack_s(req, now_s, Anchor.ARRIVAL), token_cap=cap)
         return builder.finish(self.name, budget_s=None if static is not None else tpot_s)

@@ -225,7 +225,8 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         if lost_decodes or lost_prefills:
             # Lost work takes what is left without lengthening the step past what the others need
             # (or one TPOT): a longer step would delay the requests arriving during it.
-            need = self.step_model.predict_s(builder.new_tokens, builder.context_tokens) if builder.items else 0.0
+            need = (self.step_model.predict_s(builder.new_tokens, builder.context_tokens, builder.attention_pairs)
+                    if builder.items else 0.0)
             self._add_relegated(builder, min(budget, max(need, min_tpot)), lost_decodes, lost_prefills)
             builder.budget_s = budget
         return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
@@ -233,7 +234,8 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
     def _add_prefills(self, builder: BatchBuilder, prefills: list, budget: float) -> None:
         """Each prefill in EDF order, the largest chunk that keeps the step within ``budget``."""
         for slack, _, _, req in prefills:
-            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens)
+            cap = self.step_model.largest_chunk(budget, builder.new_tokens, builder.context_tokens, req.computed_tokens,
+                                                builder.attention_pairs)
             builder.add_prefill(req, slack, token_cap=cap, min_chunk=self.config.min_chunk_tokens)
 
     def _alone_s(self, req: RequestState, limits: Limits) -> float:

@@ -15,7 +15,9 @@ all three, in prompt tokens of one more request of the typical output length:
   decodes and a prefill chunk ``q = (tau - h - a - T_dec) / (b + c)``, capped by
   ``max_num_batched_tokens`` minus the decodes; the step then lasts
   ``h + a + T_dec + (b + c) * q`` (``h``: per-step host time, so this is the
-  step cadence), and ``R = q / step``, never more than the prefill rate the
+  step cadence; with a prefill-attention coefficient ``e`` the chunk also pays
+  its own attention, ``e * q**2 / 2``, and ``q`` is the quadratic's root,
+  ``prefill_chunk_per_step``), and ``R = q / step``, never more than the prefill rate the
   node was measured to deliver while it had a queue (when the host knows it);
 * the node's measured ``correction`` ``k`` (closed loop, ``node.core.feedback``)
   scales what the node may take on: its prefill rate, ``k * R``, and the
@@ -61,7 +63,7 @@ from typing import Any, NamedTuple, Sequence
 
 from node.core.envelope import Anchor, slack_s
 from node.core.request import RequestState
-from node.core.step_time import StepTimeModel
+from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.validation import check_at_least, check_finite, check_int, check_positive
 
 #: Names of the limits a PAB can be bound by (``PABReport.binding``).
@@ -303,17 +305,22 @@ def prefill_chunk_per_step(
     """``(q, step_s)``: the prefill tokens a step of ``tau_s`` carries beside its decodes, and that step's wall time.
 
     ``q`` fills what the step has left after the fixed cost and the decodes
-    (at ``b + c`` per token), at most ``max_num_batched_tokens - decodes``; a
-    capped step is shorter than ``tau_s``. ``q`` is 0 when the decodes alone
-    fill the step.
+    (at ``b + c`` per token, plus the chunk's own causal attention,
+    ``e * q**2 / 2``, as a chunk with no computed prefix: ``StepTimeModel.chunk_for_room``),
+    at most ``max_num_batched_tokens - decodes``; a capped step is shorter
+    than ``tau_s``. ``q`` is 0 when the decodes alone fill the step. With a
+    linear model (``e`` 0) ``q = (tau - fixed - T_dec) / (b + c)``.
     """
     sf = model.safety_factor
     fixed = sf * model.fixed_s
     per_token = sf * (model.b_s_per_token + model.c_s_per_context_token)
-    q = max(0.0, (tau_s - fixed - decode_reservation_s) / per_token)
+    if model.is_linear:
+        q = max(0.0, (tau_s - fixed - decode_reservation_s) / per_token)
+    else:
+        q = model.chunk_for_room((tau_s - fixed - decode_reservation_s) / sf, 0)
     if max_num_batched_tokens is not None:
         q = min(q, float(max(max_num_batched_tokens - decodes, 0)))
-    return q, fixed + decode_reservation_s + per_token * q
+    return q, fixed + decode_reservation_s + per_token * q + sf * model.attn_prefill_s_per_token_sq * 0.5 * q * q
 
 
 def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: float, **knobs: Any) -> PABReport:
@@ -450,14 +457,15 @@ def estimate_pab_edf(
             _, ctx = heapq.heappop(departures)
             n_d -= 1
             c_d -= ctx
-        batch_new, batch_ctx = n_d, c_d
+        batch_new, batch_ctx, batch_pairs = n_d, c_d, 0.0
         while head < len(queue):
-            q = model.largest_chunk(tau, batch_new, batch_ctx, computed[head])
+            q = model.largest_chunk(tau, batch_new, batch_ctx, computed[head], batch_pairs)
             q = int(min(q, remaining[head], token_cap - batch_new))
             if q <= 0:
                 break
             batch_new += q
             batch_ctx += computed[head] + q
+            batch_pairs += prefill_attention_pairs(q, computed[head])
             computed[head] += q
             remaining[head] -= q
             if remaining[head] == 0:
@@ -470,7 +478,8 @@ def estimate_pab_edf(
                     heapq.heappush(departures, (step + out, req.prompt_tokens + out))
                 head += 1
         if head == len(queue):
-            q = int(min(model.largest_chunk(tau, batch_new, batch_ctx, new_computed), token_cap - batch_new))
+            q = int(min(model.largest_chunk(tau, batch_new, batch_ctx, new_computed, batch_pairs),
+                        token_cap - batch_new))
             q = max(q, 0)
             spare += q
             new_computed += q

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, Protocol, Sequence, TypeVar
 
-from node.core.step_time import StepTimeModel
+from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.request import RequestState
 from node.core.validation import check_int
 
@@ -92,6 +92,7 @@ class BatchPlan:
     context_tokens: int
     kv_blocks: int
     urgent_decodes: int = 0
+    attention_pairs: float = 0.0  # sum of q * (p + q / 2) over the prefill chunks (``prefill_attention_pairs``)
 
     @property
     def decode_ids(self) -> list[str]:
@@ -117,6 +118,7 @@ class BatchPlan:
             "new_tokens": self.new_tokens,
             "context_tokens": self.context_tokens,
             "kv_blocks": self.kv_blocks,
+            "attention_pairs": self.attention_pairs,
             "urgent_decodes": self.urgent_decodes,
             "items": [
                 {"id": i.request_id, "tokens": i.new_tokens, "prefill": i.is_prefill, "group": i.group.value}
@@ -156,7 +158,11 @@ class ConfiguredPolicy(Generic[ConfigT]):
 
 @dataclass
 class BatchBuilder:
-    """Greedy batch under construction; every check is O(1)."""
+    """Greedy batch under construction; every check is O(1).
+
+    ``new_tokens``, ``context_tokens`` and ``attention_pairs`` are the totals
+    the step-time model takes (``StepTimeModel.predict_s``) of what was added.
+    """
 
     step_model: StepTimeModel
     limits: Limits
@@ -166,6 +172,7 @@ class BatchBuilder:
     new_tokens: int = 0
     context_tokens: int = 0
     kv_blocks: int = 0
+    attention_pairs: float = 0.0
 
     def add_decode(self, req: RequestState, slack: float, group: Group, *, within_budget: bool) -> bool:
         """Add one decode token of ``req`` if the caps (and the budget, if asked) allow."""
@@ -184,7 +191,10 @@ class BatchBuilder:
         max_seqs, max_tokens = limits.max_num_seqs, limits.max_num_batched_tokens
         kv_free, block_size = limits.kv_blocks_free, limits.block_size
         sf, a, b, c = model.safety_factor, model.fixed_s, model.b_s_per_token, model.c_s_per_context_token
-        # predict(N + 1, C + ctx) <= budget  <=>  c * ctx <= budget / sf - a - b * (N + 1) - c * C
+        # A decode adds no prefill attention: the batch's pairs cost e * P whatever decodes join
+        # (a + 0.0 is a exactly when e is 0, so a linear model checks as before).
+        a += model.attn_prefill_s_per_token_sq * self.attention_pairs
+        # predict(N + 1, C + ctx, P) <= budget  <=>  c * ctx <= budget / sf - a - e * P - b * (N + 1) - c * C
         budget_raw = self.budget_s / sf if within_budget else math.inf
         items, skipped = self.items, self.skipped
         new_tokens, context_tokens, kv_blocks = self.new_tokens, self.context_tokens, self.kv_blocks
@@ -246,6 +256,7 @@ class BatchBuilder:
         self.items.append(ScheduledItem(req.request_id, chunk, True, Group.PREFILL, slack))
         self.new_tokens += chunk
         self.context_tokens += req.computed_tokens + chunk
+        self.attention_pairs += prefill_attention_pairs(chunk, req.computed_tokens)
         self.kv_blocks += blocks
         return chunk
 
@@ -254,7 +265,8 @@ class BatchBuilder:
         return 0
 
     def finish(self, policy: str, *, budget_s: float | None, urgent_decodes: int = 0) -> BatchPlan:
-        predicted = self.step_model.predict_s(self.new_tokens, self.context_tokens) if self.items else 0.0
+        predicted = (self.step_model.predict_s(self.new_tokens, self.context_tokens, self.attention_pairs)
+                     if self.items else 0.0)
         return BatchPlan(
             policy=policy,
             items=tuple(self.items),
@@ -265,4 +277,5 @@ class BatchBuilder:
             context_tokens=self.context_tokens,
             kv_blocks=self.kv_blocks,
             urgent_decodes=urgent_decodes,
+            attention_pairs=self.attention_pairs,
         )

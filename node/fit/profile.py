@@ -3,7 +3,13 @@
 A profile is JSON with at least ``version``, ``a_s``, ``b_s_per_token``,
 ``c_s_per_context_token``, ``safety_factor``, ``mape``, ``p99_abs_error_s``,
 ``hardware``, ``model`` and ``method``. ``host_s`` (optional, default 0) is the
-per-step host time measured beside the forward pass. Optional keys describe the deployment's
+per-step host time measured beside the forward pass. ``attn_prefill_s_per_token_sq``
+(optional, default 0: the linear model) is the prefill-attention coefficient of
+the step-time model (seconds per query-key pair, ``node.core.step_time``); a
+profile that has one may keep the best *linear* fit of the same steps in
+``linear_fit`` (``a_s``, ``b_s_per_token``, ``c_s_per_context_token`` and its
+errors), which ``Profile.step_model_as("linear")`` gives for comparison.
+Optional keys describe the deployment's
 limits (``kv_cache_tokens``, ``max_num_seqs``, ``max_num_batched_tokens``,
 ``block_size``), a ``fit_report`` and, for the simulator, a ``ground_truth``
 step-time model richer than the linear one. Unknown keys are kept as-is.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,11 @@ _REQUIRED_NUMBERS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_fa
 _REQUIRED_STRINGS = ("hardware", "model", "method")
 _OPTIONAL_INTS = ("kv_cache_tokens", "max_num_seqs", "max_num_batched_tokens", "block_size")
 _OPTIONAL_SECONDS = ("ttft_slo_s", "tpot_slo_s")
+
+#: The forms of step-time model a profile gives (``Profile.step_model_as``): its own (with the
+#: prefill-attention term when it has one) and the linear model of the paper.
+STEP_MODEL_FORMS = ("quadratic", "linear")
+_LINEAR_FIT_NUMBERS = ("a_s", "b_s_per_token", "c_s_per_context_token")
 
 #: The SLOs a deployment is held to when neither the request, the config nor its profile names
 #: one: the paper's evaluation targets for an 8B model (DESIGN section 6), 1 s TTFT and 50 ms TPOT.
@@ -62,6 +73,7 @@ class Profile:
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
     host_s: float = 0.0  # per-step host time on top of the forward pass (cadence minus forward)
+    attn_prefill_s_per_token_sq: float = 0.0  # seconds per query-key pair of prefill attention (0: linear)
     # The deployment's default SLOs on this hardware (None: REFERENCE_SLO's). Every config that runs
     # on this profile (serve, engine, simulator) defaults to them, so their defaults agree.
     ttft_slo_s: float | None = None
@@ -75,8 +87,28 @@ class Profile:
 
     @property
     def step_model(self) -> StepTimeModel:
+        """The profile's step-time model: its coefficients, safety factor and host time."""
         return StepTimeModel(self.a_s, self.b_s_per_token, self.c_s_per_context_token, self.safety_factor,
-                             self.host_s)
+                             self.host_s, self.attn_prefill_s_per_token_sq)
+
+    def step_model_as(self, form: str) -> StepTimeModel:
+        """The step-time model of ``form`` (``STEP_MODEL_FORMS``), safety factor and host time the profile's.
+
+        ``quadratic``: ``step_model``, the profile's own (linear when it has no
+        prefill-attention coefficient). ``linear``: the paper's linear model:
+        the profile's own when it is linear, else its ``linear_fit`` (the best
+        linear fit of the same steps), else its own with the coefficient zeroed.
+        Raises ``ValueError`` on another form.
+        """
+        if form not in STEP_MODEL_FORMS:
+            raise ValueError(f"unknown step model {form!r}; choose one of {', '.join(STEP_MODEL_FORMS)}")
+        own = self.step_model
+        if form == "quadratic" or own.is_linear:
+            return own
+        lin = self.extra.get("linear_fit")
+        if isinstance(lin, dict):
+            return StepTimeModel(*(float(lin[k]) for k in _LINEAR_FIT_NUMBERS), self.safety_factor, self.host_s)
+        return replace(own, attn_prefill_s_per_token_sq=0.0)
 
     @classmethod
     def from_fit(
@@ -85,6 +117,7 @@ class Profile:
         extra = kw.pop("extra", {})
         extra = {**extra, "fit_report": report.to_dict()}
         return cls(
+            attn_prefill_s_per_token_sq=model.attn_prefill_s_per_token_sq,
             a_s=model.a_s,
             b_s_per_token=model.b_s_per_token,
             c_s_per_context_token=model.c_s_per_context_token,
@@ -108,6 +141,8 @@ class Profile:
                 out[key] = value
         if self.host_s:
             out["host_s"] = self.host_s
+        if self.attn_prefill_s_per_token_sq:
+            out["attn_prefill_s_per_token_sq"] = self.attn_prefill_s_per_token_sq
         out.update(self.extra)
         return out
 
@@ -146,11 +181,24 @@ def parse_profile(data: Any, source: str = "<profile>") -> Profile:
     if isinstance(host, bool) or not isinstance(host, (int, float)) or not math.isfinite(host) or host < 0:
         raise ProfileError(f"{source}: 'host_s' must be a finite number >= 0, got {host!r}")
     values["host_s"] = float(host)
+    attn = data.get("attn_prefill_s_per_token_sq", 0.0)
+    if isinstance(attn, bool) or not isinstance(attn, (int, float)) or not math.isfinite(attn) or attn < 0:
+        raise ProfileError(f"{source}: 'attn_prefill_s_per_token_sq' must be a finite number >= 0, got {attn!r}")
+    values["attn_prefill_s_per_token_sq"] = float(attn)
+    lin = data.get("linear_fit")
+    if lin is not None:
+        if not isinstance(lin, dict):
+            raise ProfileError(f"{source}: 'linear_fit' must be an object, got {lin!r}")
+        for key in _LINEAR_FIT_NUMBERS:
+            value = lin.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ProfileError(f"{source}: 'linear_fit.{key}' must be a finite number, got {value!r}")
     known = (set(_REQUIRED_NUMBERS) | set(_REQUIRED_STRINGS) | set(_OPTIONAL_INTS) | set(_OPTIONAL_SECONDS)
-             | {"version", "name", "host_s"})
+             | {"version", "name", "host_s", "attn_prefill_s_per_token_sq"})
     profile = Profile(name=str(data.get("name", "")), extra={k: v for k, v in data.items() if k not in known}, **values)
     try:
         profile.step_model  # noqa: B018 - validates the coefficients
+        profile.step_model_as("linear")  # and those of its linear fit
     except ValueError as exc:
         raise ProfileError(f"{source}: {exc}") from None
     return profile

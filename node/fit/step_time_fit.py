@@ -3,6 +3,10 @@
 Samples are measured steps (the engine's step log, a profiling run, the
 simulator's true step times); the model is fitted by least squares, robustly
 (the lower envelope of noisy samples), or online from a window of recent steps.
+A sample that records its prefill chunks' causal attention pairs
+(``StepSample.prefill_attention_pairs``, the sum of ``q * (p + q / 2)``) lets
+the fit find the prefill-attention coefficient ``e`` of the model as well;
+samples without it (older step logs) fit the linear model.
 
 The fit lives here as plain arithmetic on lists; it is not on the per-step
 path, so it may use NumPy (imported lazily to keep the planner import-light).
@@ -19,7 +23,7 @@ from itertools import combinations
 
 from node.core.attainment import percentile
 from node.core.step_time import StepTimeModel
-from node.core.validation import check_int, check_positive
+from node.core.validation import check_at_least, check_int, check_positive
 
 
 class BatchKind(str, Enum):
@@ -34,14 +38,21 @@ class BatchKind(str, Enum):
 class StepSample:
     """One measured step: what it processed (token counts) and how long it took (seconds).
 
+    ``context_tokens`` sums every request's context (cached plus new tokens);
+    ``prefill_attention_pairs`` sums ``q * (p + q / 2)`` over the step's
+    prefill chunks (``node.core.step_time.prefill_attention_pairs``; 0 when
+    the step had none or its record does not say).
+
     Raises ``ValueError`` naming the field on a count that is not an integer
-    >= 0, a step of no token, or a duration that is not finite and > 0.
+    >= 0, a step of no token, a duration that is not finite and > 0, or pairs
+    that are not a finite number >= 0.
     """
 
     prefill_tokens: int
     decode_tokens: int
     context_tokens: int
     duration_s: float
+    prefill_attention_pairs: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("prefill_tokens", "decode_tokens", "context_tokens"):
@@ -49,6 +60,7 @@ class StepSample:
         if self.prefill_tokens + self.decode_tokens == 0:
             raise ValueError("a step sample must process at least one token")
         check_positive("duration_s", self.duration_s)
+        check_at_least("prefill_attention_pairs", self.prefill_attention_pairs, 0.0)
 
     @property
     def new_tokens(self) -> int:
@@ -65,9 +77,15 @@ class StepSample:
 
 @dataclass(frozen=True, slots=True)
 class ErrorStats:
+    """Prediction error on a group of steps: mean absolute % error and P99 absolute error (fractions, seconds).
+
+    ``p99_ape`` is the 99th percentile of the absolute relative error (a fraction, 0.05 = 5 %).
+    """
+
     samples: int
     mape: float
     p99_abs_error_s: float
+    p99_ape: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +97,7 @@ class FitReport:
 
     def to_dict(self) -> dict:
         def row(s: ErrorStats) -> dict:
-            return {"samples": s.samples, "mape": s.mape, "p99_abs_error_s": s.p99_abs_error_s}
+            return {"samples": s.samples, "mape": s.mape, "p99_abs_error_s": s.p99_abs_error_s, "p99_ape": s.p99_ape}
 
         return {
             "overall": row(self.overall),
@@ -87,56 +105,107 @@ class FitReport:
         }
 
 
+def _forward_only(model: StepTimeModel) -> StepTimeModel:
+    """``model``'s forward pass: no safety factor, no host time."""
+    return replace(model, safety_factor=1.0, host_s=0.0)
+
+
+def predicted_forward_s(model: StepTimeModel, sample: StepSample) -> float:
+    """What ``model`` (safety factor and host time aside) predicts for the step ``sample`` measured, seconds."""
+    return _forward_only(model).predict_s(sample.new_tokens, sample.context_tokens, sample.prefill_attention_pairs)
+
+
 def evaluate(model: StepTimeModel, samples: list[StepSample]) -> FitReport:
-    """MAPE and P99 absolute error of ``model`` (without its safety factor)."""
-    raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token, 1.0)
+    """MAPE, P99 absolute error and P99 absolute % error of ``model`` (without its safety factor
+    and host time), over every step and per batch kind (kinds without a step left out)."""
+    raw = _forward_only(model)
 
     def stats(group: list[StepSample]) -> ErrorStats:
         if not group:
             return ErrorStats(0, float("nan"), float("nan"))
-        errors = [abs(raw.predict_s(s.new_tokens, s.context_tokens) - s.duration_s) for s in group]
-        mape = sum(e / s.duration_s for e, s in zip(errors, group)) / len(group)
-        return ErrorStats(len(group), mape, percentile(errors, 99.0))
+        errors = [abs(raw.predict_s(s.new_tokens, s.context_tokens, s.prefill_attention_pairs) - s.duration_s)
+                  for s in group]
+        rel = [e / s.duration_s for e, s in zip(errors, group)]
+        return ErrorStats(len(group), sum(rel) / len(group), percentile(errors, 99.0), percentile(rel, 99.0))
 
     kinds = (BatchKind.DECODE_ONLY, BatchKind.PREFILL_ONLY, BatchKind.MIXED)
     by_kind = {k: stats([s for s in samples if s.kind == k]) for k in kinds}
     return FitReport(stats(samples), {k: v for k, v in by_kind.items() if v.samples})
 
 
-def fit(samples: list[StepSample], safety_factor: float = 1.0) -> tuple[StepTimeModel, FitReport]:
-    """Least-squares fit of ``a, b, c`` (all kept >= 0) and its error report.
+class Weighting(str, Enum):
+    """What the least squares of ``fit`` minimises."""
 
-    Needs at least three samples. Coefficients that an unconstrained fit would
-    make negative are pinned at zero (an exact non-negative least squares for
-    three unknowns: try every subset of free coefficients, keep the best
-    feasible one).
+    ABSOLUTE = "absolute"  # squared error in seconds: long steps weigh most
+    # Squared relative error (rows weighted by 1 / duration), each batch kind given equal total
+    # weight (its rows by 1 / sqrt(its count)): the profiles' fit (deploy/profiles/DERIVATION.md s. 3).
+    RELATIVE = "relative"
+
+
+def carries_attention_pairs(samples: list[StepSample]) -> bool:
+    """True when some sample records prefill attention pairs (so ``e`` can be fitted)."""
+    return any(s.prefill_attention_pairs > 0 for s in samples)
+
+
+def fit(
+    samples: list[StepSample], safety_factor: float = 1.0, *, prefill_attention: bool | None = None,
+    weighting: Weighting | str = Weighting.ABSOLUTE,
+) -> tuple[StepTimeModel, FitReport]:
+    """Least-squares fit of ``a, b, c`` and ``e`` (all kept >= 0) and its error report.
+
+    ``prefill_attention``: fit the prefill-attention coefficient ``e``
+    (``StepTimeModel.attn_prefill_s_per_token_sq``) on the samples'
+    ``prefill_attention_pairs``; False: the linear model (``e = 0``); None (the
+    default): when the samples carry pairs (``carries_attention_pairs``).
+    ``weighting``: ``Weighting`` (or its value).
+
+    Needs at least three samples (``ValueError``). Coefficients that an
+    unconstrained fit would make negative are pinned at zero (an exact
+    non-negative least squares for three or four unknowns: try every subset of
+    free coefficients that keeps ``b``, keep the best feasible one). Raises
+    ``ValueError`` when no fit gives a positive per-token cost ``b``.
     """
     import numpy as np
 
     if len(samples) < 3:
         raise ValueError(f"need at least 3 step samples to fit, got {len(samples)}")
-    X = np.array([[1.0, s.new_tokens, s.context_tokens] for s in samples])
+    weighting = Weighting(weighting)
+    if prefill_attention is None:
+        prefill_attention = carries_attention_pairs(samples)
+    if prefill_attention:
+        X = np.array([[1.0, s.new_tokens, s.context_tokens, s.prefill_attention_pairs] for s in samples])
+    else:
+        X = np.array([[1.0, s.new_tokens, s.context_tokens] for s in samples])
     y = np.array([s.duration_s for s in samples])
+    if weighting is Weighting.RELATIVE:
+        w = 1.0 / y
+        kinds = np.array([s.kind.value for s in samples])
+        for kind in set(kinds.tolist()):
+            sel = kinds == kind
+            w[sel] /= np.sqrt(sel.sum())
+        X, y = X * w[:, None], y * w
+    terms = X.shape[1]
     # Scale columns so the solver sees comparable magnitudes.
     scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
     Xs = X / scale
     best: tuple[float, np.ndarray] | None = None
-    for k in (3, 2, 1):
-        for cols in combinations(range(3), k):
+    for k in range(terms, 0, -1):
+        for cols in combinations(range(terms), k):
             if 1 not in cols:  # the per-token term is what makes the model useful
                 continue
             coef_sub, *_ = np.linalg.lstsq(Xs[:, cols], y, rcond=None)
             if np.any(coef_sub < 0):
                 continue
-            coef = np.zeros(3)
+            coef = np.zeros(terms)
             coef[list(cols)] = coef_sub
             sse = float(np.sum((Xs @ coef - y) ** 2))
             if best is None or sse < best[0]:
                 best = (sse, coef)
     if best is None or best[1][1] <= 0:
         raise ValueError("step samples do not determine a positive per-token cost")
-    a, b, c = (best[1] / scale).tolist()
-    model = StepTimeModel(a, b, c, safety_factor)
+    coefs = (best[1] / scale).tolist()
+    a, b, c = coefs[:3]
+    model = StepTimeModel(a, b, c, safety_factor, attn_prefill_s_per_token_sq=coefs[3] if prefill_attention else 0.0)
     return model, evaluate(model, samples)
 
 
@@ -161,31 +230,35 @@ def lower_envelope(samples: list[StepSample]) -> list[StepSample]:
 
 
 def robust_fit(
-    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0
+    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0,
+    prefill_attention: bool | None = None,
 ) -> tuple[StepTimeModel, FitReport, FitReport, int]:
     """Fit the lower envelope of the steps, trimmed of slow outliers.
 
     Returns (model, report on the steps kept, report on every step, steps dropped).
     Trimming is one-sided: a step slower than the fit by more than
     ``outlier_mads`` median absolute deviations was slowed by something else.
+    ``prefill_attention`` as ``fit``'s (None: decided on every step given).
     """
+    if prefill_attention is None:
+        prefill_attention = carries_attention_pairs(samples)
     kept = lower_envelope(samples)
     if len(kept) < 3:
         kept = list(samples)
-    model, report = fit(kept, safety_factor)
-    raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token)
-    resid = [s.duration_s - raw.predict_s(s.new_tokens, s.context_tokens) for s in kept]
+    model, report = fit(kept, safety_factor, prefill_attention=prefill_attention)
+    resid = [s.duration_s - predicted_forward_s(model, s) for s in kept]
     med = statistics.median(resid)
     mad = statistics.median(abs(r - med) for r in resid) or 1e-9
     trimmed = [s for s, r in zip(kept, resid) if r - med <= outlier_mads * mad]
     if len(trimmed) >= max(3, len(kept) * 2 // 3):
         kept = trimmed
-        model, report = fit(kept, safety_factor)
+        model, report = fit(kept, safety_factor, prefill_attention=prefill_attention)
     return model, report, evaluate(model, samples), len(samples) - len(kept)
 
 
 def trimmed_fit(
-    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0, rounds: int = 4
+    samples: list[StepSample], *, safety_factor: float = 1.0, outlier_mads: float = 3.0, rounds: int = 4,
+    prefill_attention: bool | None = None,
 ) -> tuple[StepTimeModel, FitReport]:
     """Least squares over every step, refitted after dropping steps far slower than the fit.
 
@@ -196,20 +269,22 @@ def trimmed_fit(
     does not depend on how often each batch shape was seen: the fastest of ten
     repeats is faster than the fastest of two, so two identical nodes fitted by
     their lower envelopes disagree in proportion to their traffic. The report
-    covers the steps kept.
+    covers the steps kept. ``prefill_attention`` as ``fit``'s (None: decided
+    on every step given).
     """
-    model, report = fit(samples, safety_factor)
+    if prefill_attention is None:
+        prefill_attention = carries_attention_pairs(samples)
+    model, report = fit(samples, safety_factor, prefill_attention=prefill_attention)
     kept = list(samples)
     for _ in range(rounds):
-        raw = StepTimeModel(model.a_s, model.b_s_per_token, model.c_s_per_context_token)
-        resid = [s.duration_s - raw.predict_s(s.new_tokens, s.context_tokens) for s in samples]
+        resid = [s.duration_s - predicted_forward_s(model, s) for s in samples]
         med = statistics.median(resid)
         mad = statistics.median(abs(r - med) for r in resid) or 1e-9
         trimmed = [s for s, r in zip(samples, resid) if r - med <= outlier_mads * mad]
         if len(trimmed) == len(kept) or len(trimmed) < 3:
             break
         kept = trimmed
-        model, report = fit(kept, safety_factor)
+        model, report = fit(kept, safety_factor, prefill_attention=prefill_attention)
     return model, report
 
 
@@ -226,6 +301,9 @@ class OnlineRefit:
     by ``trimmed_fit``, so steps slowed by other work on the host do not drag
     the model up, and a node's model does not depend on how much traffic it got
     (which would make PAB placement favour the busiest node).
+    ``prefill_attention``: whether the refit fits the prefill-attention
+    coefficient (``fit``'s); None (the default): when the prior has one, so a
+    linear prior stays linear.
     """
 
     def __init__(
@@ -238,6 +316,7 @@ class OnlineRefit:
         robust: bool = True,
         min_prefill_steps: int = 16,
         host_window: int = 64,
+        prefill_attention: bool | None = None,
     ) -> None:
         if host_window < 1:
             raise ValueError(f"host_window must be >= 1, got {host_window!r}")
@@ -254,6 +333,7 @@ class OnlineRefit:
         self._refit_every = refit_every
         self._since_refit = 0
         self._robust = robust
+        self._prefill_attention = (not prior.is_linear) if prefill_attention is None else prefill_attention
         self.refits = 0
         # Host time per step (cadence minus forward), a running median over the last host_window steps.
         self._host: deque[float] = deque(maxlen=host_window)
@@ -295,9 +375,11 @@ class OnlineRefit:
             self._since_refit = 0
             try:
                 if self._robust:
-                    model, report = trimmed_fit(list(self._samples), safety_factor=self.step_model.safety_factor)
+                    model, report = trimmed_fit(list(self._samples), safety_factor=self.step_model.safety_factor,
+                                                prefill_attention=self._prefill_attention)
                 else:
-                    model, report = fit(list(self._samples), self.step_model.safety_factor)
+                    model, report = fit(list(self._samples), self.step_model.safety_factor,
+                                        prefill_attention=self._prefill_attention)
             except ValueError:
                 return self.step_model  # degenerate window (e.g. all steps alike): keep the last model
             self.step_model, self.report = replace(model, host_s=self.step_model.host_s), report

@@ -72,7 +72,9 @@ def samples_from_log(records: list[dict], *, after_step: int = 0) -> list[StepSa
             continue
         if r["prefill_tokens"] + r["decode_tokens"] <= 0 or r["measured_s"] <= 0:
             continue
-        out.append(StepSample(r["prefill_tokens"], r["decode_tokens"], r["context_tokens"], r["measured_s"]))
+        # Step logs before the prefill-attention term have no pairs: those fit the linear model.
+        out.append(StepSample(r["prefill_tokens"], r["decode_tokens"], r["context_tokens"], r["measured_s"],
+                              float(r.get("prefill_attention_pairs", 0.0))))
     return out
 
 

@@ -71,7 +71,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from node.core.step_time import StepTimeModel
+from node.core.step_time import StepTimeModel, prefill_attention_pairs
 
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.envelope import Anchor, deadline_s
@@ -101,6 +101,7 @@ class _PendingStep:
     context_tokens: int
     predicted_s: float  # the current model on what vLLM actually scheduled
     record: dict[str, Any]  # the step-log line, completed in update_from_output
+    prefill_attention_pairs: float = 0.0  # sum of q * (p + q / 2) over the prefill chunks
 
 
 class FairBatchingMixin:
@@ -148,8 +149,9 @@ class FairBatchingMixin:
         log_path = cfg.step_log.replace("{pid}", str(os.getpid())) if cfg.step_log else None
         self._fb_log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
         logger.info(
-            "FairBatching scheduler: policy=%s apply_plan=%s profile=%s (a=%.3g s, b=%.3g s/tok, c=%.3g s/ctx)",
-            cfg.policy, cfg.apply_plan, profile.name, prior.a_s, prior.b_s_per_token, prior.c_s_per_context_token,
+            "FairBatching scheduler: policy=%s apply_plan=%s profile=%s (a=%.3g s, b=%.3g s/tok, c=%.3g s/ctx, "
+            "e=%.3g s/pair)", cfg.policy, cfg.apply_plan, profile.name, prior.a_s, prior.b_s_per_token,
+            prior.c_s_per_context_token, prior.attn_prefill_s_per_token_sq,
         )
 
     # ------------------------------------------------------------------ snapshot
@@ -466,6 +468,7 @@ class FairBatchingMixin:
     ) -> None:
         scheduled = out.num_scheduled_tokens
         prefill = decode = context = 0
+        pairs = 0.0
         for rid, n in scheduled.items():
             request = self.requests.get(rid)
             if request is None:
@@ -475,8 +478,9 @@ class FairBatchingMixin:
                 decode += n
             else:
                 prefill += n
+                pairs += prefill_attention_pairs(n, max(request.num_computed_tokens - n, 0))
         model = self.fb_refit.step_model
-        predicted = model.predict_s(prefill + decode, context) if scheduled else 0.0
+        predicted = model.predict_s(prefill + decode, context, pairs) if scheduled else 0.0
         self._fb_last_step = StepSummary(
             step=self.current_step,
             budget_s=plan.budget_s,
@@ -509,12 +513,13 @@ class FairBatchingMixin:
                 "prefill_tokens": prefill,
                 "decode_tokens": decode,
                 "context_tokens": context,
+                "prefill_attention_pairs": pairs,
                 "preempted": sorted(out.preempted_req_ids),
                 "diverged": dict(reasons),
                 "plan_s": t_plan,
             }
         self._fb_pending.append(
-            _PendingStep(self.current_step, time.perf_counter(), prefill, decode, context, predicted, record)
+            _PendingStep(self.current_step, time.perf_counter(), prefill, decode, context, predicted, record, pairs)
         )
 
     # ------------------------------------------------------------------ outputs
@@ -551,7 +556,8 @@ class FairBatchingMixin:
         self._fb_last_step = replace(self._fb_last_step, measured_s=duration, step_predicted_s=pending.predicted_s)
         self._fb_last_forward_s = duration
         if self.fb_config.refit:
-            sample = StepSample(pending.prefill_tokens, pending.decode_tokens, pending.context_tokens, duration)
+            sample = StepSample(pending.prefill_tokens, pending.decode_tokens, pending.context_tokens, duration,
+                                pending.prefill_attention_pairs)
             self._fb_set_step_model(self.fb_refit.observe(sample))
         if pending.record is not None and self._fb_log is not None:
             pending.record["measured_s"] = duration
