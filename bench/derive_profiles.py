@@ -9,14 +9,20 @@ What it writes (one JSON per profile, ``<out>/<name>.json``):
   (a = 5.6 ms, b = 21 us/token, c = 0.05 us/context token; no ground truth).
 
 For the two derived profiles the script builds a *ground-truth* (nonlinear) step-time
-model and then fits the scheduler's linear model to it:
+model and then fits the scheduler's model to it, with and without its prefill-attention
+term:
 
     T_true = fixed_overhead_s
            + interp(linear_ops_ms, total_new_tokens) / 1000
            + attn_decode_s_per_context_token * sum_{decodes} (kv_tokens + 1)
            + attn_prefill_s_per_token_sq     * sum_{prefill chunks} q * (p + q / 2)
 
-    T_lin  = a + b * total_new_tokens + c * sum_{requests} (kv_tokens + new_tokens)
+    T_quad = a + b * total_new_tokens + c * sum_{requests} (kv_tokens + new_tokens)
+           + e * sum_{prefill chunks} q * (p + q / 2)
+    T_lin  = T_quad with e = 0, a, b, c fitted again
+
+The profile's model is the quadratic fit (``attn_prefill_s_per_token_sq`` = e at the top
+level); the linear fit is kept under ``linear_fit`` (``fairbatching sim --step-model linear``).
 
 * ``linear_ops_ms``: whole-model non-attention GPU time against the number of tokens in
   the batch: Vidur's per-layer operator medians (TP=1) summed over the nine per-layer
@@ -32,9 +38,10 @@ model and then fits the scheduler's linear model to it:
 * fixed overhead: LM-head weight read (not in Vidur's per-layer operators) plus a
   per-step host/launch overhead (an assumption; see DERIVATION.md).
 
-a, b, c are fitted by least squares on relative error (rows weighted by 1 / T_true,
-each batch class given equal total weight) over a grid of decode-only, prefill-only
-and mixed batches; MAPE and P99 absolute error are reported overall and per class.
+Both fits are ``node.fit.step_time_fit.fit`` (non-negative least squares) on relative
+error (rows weighted by 1 / T_true, each batch class given equal total weight) over a
+grid of decode-only, prefill-only and mixed batches; MAPE and P99 absolute error are
+reported overall and per class.
 
 Usage (from the repository root)::
 
@@ -57,6 +64,7 @@ import numpy as np
 import typer
 
 from node.core.attainment import percentile
+from node.fit.step_time_fit import StepSample, Weighting, fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur_profiling"
@@ -211,18 +219,18 @@ MIX_CTX = [256, 1024, 4096, 8192]
 
 
 def build_grid() -> dict[str, np.ndarray]:
-    """Rows: (class, new_tokens, context_sum, decode_ctx_sum, prefill q*(p+q/2) sum).
+    """Rows: (class, new_tokens, context_sum, decode_ctx_sum, prefill q*(p+q/2) sum,
+    prefill tokens, decodes); one column per key of the dict returned.
 
-    Decode batches use one context for all requests plus a heterogeneous variant
-    (contexts spread evenly from 128 to 2x the nominal value, same mean).
+    Decode batches hold ``b`` requests all at one context.
     """
     rows = []
     for b in DEC_BATCH:
         for ctx in DEC_CTX:
-            rows.append((0, b, b * (ctx + 1), b * (ctx + 1), 0.0))
+            rows.append((0, b, b * (ctx + 1), b * (ctx + 1), 0.0, 0, b))
     for q in PRE_CHUNK:
         for p in PRE_PREFIX:
-            rows.append((1, q, p + q, 0, q * (p + q / 2)))
+            rows.append((1, q, p + q, 0, q * (p + q / 2), q, 0))
     for q in MIX_CHUNK:
         for p in MIX_PREFIX:
             for b in MIX_BATCH:
@@ -230,29 +238,40 @@ def build_grid() -> dict[str, np.ndarray]:
                     continue
                 for ctx in MIX_CTX:
                     dec = b * (ctx + 1)
-                    rows.append((2, q + b, p + q + dec, dec, q * (p + q / 2)))
+                    rows.append((2, q + b, p + q + dec, dec, q * (p + q / 2), q, b))
     arr = np.array(rows, dtype=float)
     return {"cls": arr[:, 0].astype(int), "new": arr[:, 1], "ctx": arr[:, 2],
-            "dec": arr[:, 3], "pre": arr[:, 4]}
+            "dec": arr[:, 3], "pre": arr[:, 4], "prefill": arr[:, 5].astype(int),
+            "decodes": arr[:, 6].astype(int)}
 
 
 CLASSES = ["decode_only", "prefill_only", "mixed"]
 
 
-def fit_linear(grid: dict, y: np.ndarray) -> np.ndarray:
-    """Least squares on relative error, each batch class with equal total weight."""
-    X = np.column_stack([np.ones_like(y), grid["new"], grid["ctx"]])
-    w = 1.0 / y
-    for k in range(len(CLASSES)):
-        sel = grid["cls"] == k
-        w[sel] /= np.sqrt(sel.sum())
-    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
-    return coef
+def grid_samples(grid: dict, y: np.ndarray) -> list[StepSample]:
+    """The grid's batches as measured steps of ``y`` seconds (the fit's and the report's input)."""
+    return [StepSample(int(q), int(d), int(c), float(t), float(pairs))
+            for q, d, c, t, pairs in zip(grid["prefill"], grid["decodes"], grid["ctx"], y, grid["pre"])]
+
+
+def fit_model(grid: dict, y: np.ndarray, *, quadratic: bool) -> tuple[float, float, float, float]:
+    """``(a, b, c, e)`` fitted on relative error, each batch class with equal total weight
+    (``node.fit.step_time_fit.fit``, ``Weighting.RELATIVE``), rounded to 6 significant digits;
+    ``e`` is 0 unless ``quadratic``."""
+    model, _ = fit(grid_samples(grid, y), prefill_attention=quadratic, weighting=Weighting.RELATIVE)
+    coefs = (model.a_s, model.b_s_per_token, model.c_s_per_context_token, model.attn_prefill_s_per_token_sq)
+    return tuple(float(f"{v:.6g}") for v in coefs)
+
+
+def predict(coefs: tuple[float, float, float, float], grid: dict) -> np.ndarray:
+    a, b, c, e = coefs
+    return a + b * grid["new"] + c * grid["ctx"] + e * grid["pre"]
 
 
 def error_stats(pred: np.ndarray, y: np.ndarray) -> dict:
     abs_err = np.abs(pred - y)
     return {"n": int(y.size), "mape": float(f"{np.mean(abs_err / y):.4g}"),
+            "p99_ape": float(f"{percentile(abs_err / y, 99):.4g}"),
             "p99_abs_error_s": float(f"{percentile(abs_err, 99):.4g}"),
             "max_abs_error_s": float(f"{abs_err.max():.4g}"),
             "mean_signed_rel_error": float(f"{np.mean((pred - y) / y):.4g}")}
@@ -275,29 +294,37 @@ def derive(name: str, hw_key: str, n_tok: np.ndarray, ops: dict, method: str) ->
     gt = build_ground_truth(n_tok, lin, hw, LLAMA3_8B)
     grid = build_grid()
     y = t_true(gt, grid["new"], grid["dec"], grid["pre"])
-    a, b, c = fit_linear(grid, y)
-    a, b, c = float(f"{a:.6g}"), float(f"{b:.6g}"), float(f"{c:.6g}")
-    pred = a + b * grid["new"] + c * grid["ctx"]
-    overall = error_stats(pred, y)
-    by_class = {cl: error_stats(pred[grid["cls"] == k], y[grid["cls"] == k])
-                for k, cl in enumerate(CLASSES)}
+    fits = {"quadratic": fit_model(grid, y, quadratic=True), "linear": fit_model(grid, y, quadratic=False)}
+    preds = {form: predict(coefs, grid) for form, coefs in fits.items()}
+    overall = {form: error_stats(pred, y) for form, pred in preds.items()}
+    by_class = {form: {cl: error_stats(pred[grid["cls"] == k], y[grid["cls"] == k]) for k, cl in enumerate(CLASSES)}
+                for form, pred in preds.items()}
+    a, b, c, e = fits["quadratic"]
+    la, lb, lc, _ = fits["linear"]
     kv, _ = kv_cache_tokens(hw, LLAMA3_8B)
     prof = {
         "version": 1, "name": name,
         "a_s": a, "b_s_per_token": b, "c_s_per_context_token": c,
+        "attn_prefill_s_per_token_sq": e,
         "safety_factor": 1.0,
-        "mape": overall["mape"], "p99_abs_error_s": overall["p99_abs_error_s"],
+        "mape": overall["quadratic"]["mape"], "p99_abs_error_s": overall["quadratic"]["p99_abs_error_s"],
         "hardware": hw["name"],
         "model": "Llama-3-8B class (32 layers, d 4096, 32 q / 8 kv heads, ffn 14336, "
                  "vocab 128256, bf16, TP=1)",
         "method": method,
         "kv_cache_tokens": kv, "max_num_seqs": MAX_NUM_SEQS,
         "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS, "block_size": BLOCK_SIZE,
-        "errors_by_batch_class": by_class,
+        "errors_by_batch_class": by_class["quadratic"],
+        "linear_fit": {
+            "a_s": la, "b_s_per_token": lb, "c_s_per_context_token": lc,
+            "mape": overall["linear"]["mape"], "p99_abs_error_s": overall["linear"]["p99_abs_error_s"],
+            "errors_by_batch_class": by_class["linear"],
+            "note": "best linear fit (e = 0) of the same grid: fairbatching sim --step-model linear",
+        },
         "source": VIDUR_SOURCE,
         "ground_truth": gt,
     }
-    debug = {"grid": grid, "y": y, "pred": pred, "overall": overall}
+    debug = {"grid": grid, "y": y, "preds": preds, "overall": overall, "by_class": by_class}
     return prof, debug
 
 
@@ -330,63 +357,79 @@ def transfer_check(data: Path) -> list[tuple]:
     return out
 
 
-def error_row(name: str, cl: str, e: dict, *, signed: bool) -> str:
+def error_row(name: str, form: str, cl: str, e: dict, *, signed: bool) -> str:
     """One row of a fit-error table (``e`` from ``error_stats``); ``signed`` adds the mean signed error."""
-    row = (f"| {name} | {cl} | {e['n']} | {e['mape'] * 100:.1f} % | "
+    row = (f"| {name} | {form} | {cl} | {e['n']} | {e['mape'] * 100:.1f} % | {e['p99_ape'] * 100:.1f} % | "
            f"{e['p99_abs_error_s'] * 1e3:.2f} | {e['max_abs_error_s'] * 1e3:.2f} |")
     return (row + f" {e['mean_signed_rel_error'] * 100:+.1f} % |") if signed else row
+
+
+FORMS = ("linear", "quadratic")
 
 
 def report(data: Path, profs: dict, dbg: dict) -> str:
     derived = [name for name, p in profs.items() if p.get("ground_truth") is not None]
     L = []
-    L.append("### Fit errors (linear fit vs ground truth)\n")
-    L.append("| profile | class | n | MAPE | P99 abs err (ms) | max abs err (ms) | mean signed rel err |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("### Fit errors (linear and quadratic fits vs ground truth)\n")
+    L.append("| profile | model | class | n | MAPE | P99 abs % err | P99 abs err (ms) | max abs err (ms) "
+             "| mean signed rel err |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for name in derived:
-        rows = [("all", dbg[name]["overall"])] + list(profs[name]["errors_by_batch_class"].items())
-        L.extend(error_row(name, cl, e, signed=True) for cl, e in rows)
+        for form in FORMS:
+            rows = [("all", dbg[name]["overall"][form])] + list(dbg[name]["by_class"][form].items())
+            L.extend(error_row(name, form, cl, e, signed=True) for cl, e in rows)
     L.append("\n### Same fits restricted to steps of at most 2048 new tokens (typical chunk budgets)\n")
-    L.append("| profile | class | n | MAPE | P99 abs err (ms) | max abs err (ms) |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("| profile | model | class | n | MAPE | P99 abs % err | P99 abs err (ms) | max abs err (ms) |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for name in derived:
-        g, y, pr = dbg[name]["grid"], dbg[name]["y"], dbg[name]["pred"]
+        g, y = dbg[name]["grid"], dbg[name]["y"]
         small = g["new"] <= 2048
-        for k, cl in [(-1, "all")] + list(enumerate(CLASSES)):
-            s = small & ((g["cls"] == k) if k >= 0 else True)
-            L.append(error_row(name, cl, error_stats(pr[s], y[s]), signed=False))
+        for form in FORMS:
+            pr = dbg[name]["preds"][form]
+            for k, cl in [(-1, "all")] + list(enumerate(CLASSES)):
+                s = small & ((g["cls"] == k) if k >= 0 else True)
+                L.append(error_row(name, form, cl, error_stats(pr[s], y[s]), signed=False))
     L.append("\n### Fitted coefficients\n")
-    L.append("| profile | a (ms) | b (us/token) | c (us/context token) | kv_cache_tokens |")
-    L.append("|---|---|---|---|---|")
+    L.append("| profile | model | a (ms) | b (us/token) | c (us/context token) | e (ns/pair) | kv_cache_tokens |")
+    L.append("|---|---|---|---|---|---|---|")
     for name, p in profs.items():
-        L.append(f"| {name} | {p['a_s'] * 1e3:.3f} | {p['b_s_per_token'] * 1e6:.2f} | "
-                 f"{p['c_s_per_context_token'] * 1e6:.4f} | {p['kv_cache_tokens']} |")
+        lin = p.get("linear_fit")
+        if lin is not None:
+            L.append(f"| {name} | linear | {lin['a_s'] * 1e3:.3f} | {lin['b_s_per_token'] * 1e6:.2f} | "
+                     f"{lin['c_s_per_context_token'] * 1e6:.4f} | 0 | {p['kv_cache_tokens']} |")
+        e = p.get("attn_prefill_s_per_token_sq", 0.0)
+        L.append(f"| {name} | {'quadratic' if e else 'linear'} | {p['a_s'] * 1e3:.3f} | "
+                 f"{p['b_s_per_token'] * 1e6:.2f} | {p['c_s_per_context_token'] * 1e6:.4f} | "
+                 f"{e * 1e9:.4g} | {p['kv_cache_tokens']} |")
 
     h = profs["h100-llama3-8b"]
     gt = h["ground_truth"]
-    lin = lambda n, ctx: h["a_s"] + h["b_s_per_token"] * n + h["c_s_per_context_token"] * ctx  # noqa
+    hl = h["linear_fit"]
+    lin = lambda n, ctx: hl["a_s"] + hl["b_s_per_token"] * n + hl["c_s_per_context_token"] * ctx  # noqa
+    quad = lambda n, ctx, pairs: (h["a_s"] + h["b_s_per_token"] * n + h["c_s_per_context_token"] * ctx  # noqa
+                                  + h["attn_prefill_s_per_token_sq"] * pairs)
     tab = np.asarray(gt["linear_ops_ms"], dtype=float)
     L.append("\n### Cross-check against published fits (H100)\n")
-    L.append("| quantity | published | this work | ratio |")
+    L.append("| quantity | published | this work: linear fit / quadratic fit / truth | ratios |")
     L.append("|---|---|---|---|")
     for n in [512, 2048]:
         pub = 5.75e-3 + 17.25e-6 * n
-        ours = lin(n, n)
+        ours, ours_q = lin(n, n), quad(n, n, n * n / 2)
         tru = float(t_true(gt, n, 0, n * n / 2))
         L.append(f"| prefill-only step, {n} tokens, no prefix (vLLM 0.8.4 fit 5.75 ms + "
-                 f"17.25 us/tok) | {pub * 1e3:.2f} ms | fit {ours * 1e3:.2f} ms / truth "
-                 f"{tru * 1e3:.2f} ms | {ours / pub:.2f} / {tru / pub:.2f} |")
+                 f"17.25 us/tok) | {pub * 1e3:.2f} ms | {ours * 1e3:.2f} / {ours_q * 1e3:.2f} / "
+                 f"{tru * 1e3:.2f} ms | {ours / pub:.2f} / {ours_q / pub:.2f} / {tru / pub:.2f} |")
     for ctx in [512, 2048]:
         pub = 5.75e-3 + 6.0e-6 * 256
-        ours = lin(256, 256 * (ctx + 1))
+        ours, ours_q = lin(256, 256 * (ctx + 1)), quad(256, 256 * (ctx + 1), 0)
         tru = float(t_true(gt, 256, 256 * (ctx + 1), 0))
         L.append(f"| decode-only step, 256 decodes at context {ctx} (fit 5.75 ms + 6.00 us/decode)"
-                 f" | {pub * 1e3:.2f} ms | fit {ours * 1e3:.2f} ms / truth {tru * 1e3:.2f} ms | "
-                 f"{ours / pub:.2f} / {tru / pub:.2f} |")
+                 f" | {pub * 1e3:.2f} ms | {ours * 1e3:.2f} / {ours_q * 1e3:.2f} / {tru * 1e3:.2f} ms | "
+                 f"{ours / pub:.2f} / {ours_q / pub:.2f} / {tru / pub:.2f} |")
     pub_slope = 17.25e-6
-    L.append(f"| marginal prefill cost per token (no prefix) | 17.25 us | fit "
-             f"{(h['b_s_per_token'] + h['c_s_per_context_token']) * 1e6:.2f} us | "
-             f"{(h['b_s_per_token'] + h['c_s_per_context_token']) / pub_slope:.2f} |")
+    slope, slope_q = hl["b_s_per_token"] + hl["c_s_per_context_token"], h["b_s_per_token"] + h["c_s_per_context_token"]
+    L.append(f"| marginal prefill cost per token (no prefix, first token) | 17.25 us | "
+             f"{slope * 1e6:.2f} / {slope_q * 1e6:.2f} us | {slope / pub_slope:.2f} / {slope_q / pub_slope:.2f} |")
     n2, o2 = load_ops(data / "compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv")
     l2 = whole_model_ms(o2, 32, emb_once=False) - o2["emb"] * 32  # SOURCE.md convention
     for n, pub in [(1, 5.6), (512, 12.0), (2048, 40.3)]:
@@ -407,19 +450,23 @@ def plot(path: Path, name: str, d: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    g, y, p = d["grid"], d["y"] * 1e3, d["pred"] * 1e3
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    g, y = d["grid"], d["y"] * 1e3
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for k, cl in enumerate(CLASSES):
         s = g["cls"] == k
+        p = d["preds"]["quadratic"] * 1e3
         axes[0].scatter(y[s], p[s], s=9, alpha=0.7, label=cl)
-        axes[1].scatter(y[s], (p[s] - y[s]) / y[s] * 100, s=9, alpha=0.7, label=cl)
+        for ax, form in zip(axes[1:], FORMS):
+            p = d["preds"][form] * 1e3
+            ax.scatter(y[s], (p[s] - y[s]) / y[s] * 100, s=9, alpha=0.7, label=cl)
     lim = [0.9 * y.min(), 1.1 * y.max()]
     axes[0].plot(lim, lim, "k--", lw=0.8)
     axes[0].set(xscale="log", yscale="log", xlabel="ground-truth step time (ms)",
-                ylabel="linear-model prediction (ms)", title=f"{name}: prediction vs truth")
-    axes[1].axhline(0, color="k", lw=0.8)
-    axes[1].set(xscale="log", xlabel="ground-truth step time (ms)", ylabel="relative error (%)",
-                title="relative error of the linear fit")
+                ylabel="quadratic-model prediction (ms)", title=f"{name}: prediction vs truth")
+    for ax, form in zip(axes[1:], FORMS):
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xscale="log", xlabel="ground-truth step time (ms)", ylabel="relative error (%)",
+               title=f"relative error of the {form} fit", ylim=(-40, 40))
     axes[0].legend()
     fig.suptitle("profile derived from Vidur op medians + analytical attention "
                  "(bench/derive_profiles.py)", fontsize=9)
@@ -456,18 +503,19 @@ def main(
         "h100-llama3-8b", "h100", n_h, ops_h,
         "derived: vidur H100 Llama-2-7b linear ops x per-op Llama-3-8B/Llama-2-7b shape ratio "
         "(>4096 tokens: A100 Llama-3-8B growth) + analytical attention + LM head/host overhead; "
-        "relative least-squares fit")
+        "relative least-squares fit, with the prefill-attention term (linear fit in linear_fit)")
     n_a, ops_a = load_ops(data / "compute/a100/meta-llama/Meta-Llama-3-8B/mlp.csv")
     profs["a100-llama3-8b"], dbg["a100-llama3-8b"] = derive(
         "a100-llama3-8b", "a100", n_a, ops_a,
         "derived: vidur A100 Meta-Llama-3-8B linear ops + analytical attention + LM head/host "
-        "overhead; relative least-squares fit")
+        "overhead; relative least-squares fit, with the prefill-attention term (linear fit in linear_fit)")
     profs["ref-linear-h100"] = reference_profile()
 
     for name, p in profs.items():
         write_json(out / f"{name}.json", p)
         print(f"{name}: a={p['a_s'] * 1e3:.3f} ms b={p['b_s_per_token'] * 1e6:.2f} us/tok "
-              f"c={p['c_s_per_context_token'] * 1e6:.4f} us/ctx mape={p['mape']:.3f} "
+              f"c={p['c_s_per_context_token'] * 1e6:.4f} us/ctx "
+              f"e={p.get('attn_prefill_s_per_token_sq', 0.0) * 1e9:.4g} ns/pair mape={p['mape']:.3f} "
               f"p99={p['p99_abs_error_s'] * 1e3:.2f} ms kv={p['kv_cache_tokens']}")
     if not no_plot:
         try:

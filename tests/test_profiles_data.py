@@ -84,13 +84,34 @@ def test_reference_profile_exact():
     assert p["ground_truth"] is None
 
 
+@pytest.mark.parametrize("form", ["quadratic", "linear"])
 @pytest.mark.parametrize("tokens", [512, 2048])
-def test_h100_fit_near_published(tokens):
+def test_h100_fit_near_published(tokens, form):
     p = _profiles()["h100-llama3-8b"]
-    # prefill-only step of `tokens` new tokens with no prefix: context = tokens
-    ours = p["a_s"] + p["b_s_per_token"] * tokens + p["c_s_per_context_token"] * tokens
+    fit = p if form == "quadratic" else p["linear_fit"]
+    # prefill-only step of `tokens` new tokens with no prefix: context = tokens, attention pairs tokens^2 / 2
+    ours = (fit["a_s"] + fit["b_s_per_token"] * tokens + fit["c_s_per_context_token"] * tokens
+            + fit.get("attn_prefill_s_per_token_sq", 0.0) * tokens * tokens / 2)
     published = 5.75e-3 + 17.25e-6 * tokens
     assert abs(ours / published - 1) <= 0.30, (tokens, ours, published)
+
+
+@pytest.mark.parametrize("name", ["h100-llama3-8b", "a100-llama3-8b"])
+def test_derived_profiles_carry_both_fits_and_the_quadratic_predicts_better(name):
+    """The profile's model has the prefill-attention term; its linear fit is kept for comparison."""
+    from node.fit.profile import load_profile
+
+    p = _profiles()[name]
+    assert p["attn_prefill_s_per_token_sq"] > 0
+    lin = p["linear_fit"]
+    assert p["mape"] < lin["mape"] and p["p99_abs_error_s"] < lin["p99_abs_error_s"]
+    for kind, errors in p["errors_by_batch_class"].items():
+        assert errors["mape"] < lin["errors_by_batch_class"][kind]["mape"], kind
+    profile = load_profile(name)
+    assert profile.step_model_as("quadratic").attn_prefill_s_per_token_sq == p["attn_prefill_s_per_token_sq"]
+    linear = profile.step_model_as("linear")
+    assert linear.is_linear and (linear.a_s, linear.b_s_per_token, linear.c_s_per_context_token) == (
+        lin["a_s"], lin["b_s_per_token"], lin["c_s_per_context_token"])
 
 
 def _close(a, b, path="$"):
