@@ -36,7 +36,8 @@ def test_a_tiered_run_holds_each_request_to_its_tier_and_reports_per_tier():
     from cluster.sim.simulator import simulate
 
     rows = [(0.01 * i, 200, 20) for i in range(200)]
-    cfg = SimConfig(slo_tier=("interactive=0.5:0.5:0.02", "batch=0.5:30:0.25"), seed=1)
+    # (no shedding: this overload would refuse nearly every batch request after the interactive refusals)
+    cfg = SimConfig(slo_tier=("interactive=0.5:0.5:0.02", "batch=0.5:30:0.25"), seed=1, tier_shed_s=0)
     res = simulate(cfg, workload=workload(*rows), profile=linear_profile())
     per = res.report["per_tier"]
     assert list(per) == ["interactive", "batch"]  # tightest first
@@ -56,3 +57,26 @@ def test_vllm_priority_admits_waiting_prompts_by_priority_then_arrival():
     model = StepTimeModel(0.005, 2e-5, 0.0)
     assert make_policy("vllm", model).plan(reqs, limits, 2.0).prefill_chunks == {"early-batch": 100}
     assert make_policy("vllm-priority", model).plan(reqs, limits, 2.0).prefill_chunks == {"late-interactive": 100}
+
+
+def test_overloaded_pab_sheds_batch_after_each_interactive_refusal():
+    """A single PAB node at several times its capacity: with tier_shed_s no batch request is admitted
+    within tier_shed_s after an interactive refusal (batch is shed first); with 0, many are."""
+    import bisect
+
+    from cluster.sim.simulator import simulate
+
+    rows = [(0.004 * i, 400 if i % 3 else 120, 20) for i in range(1500)]
+
+    def batch_admitted_after_refusals(shed_s):
+        cfg = SimConfig(slo_tier=("interactive=0.5:0.5:0.05", "batch=0.5:30:0.25"), seed=3, tier_shed_s=shed_s)
+        res = simulate(cfg, workload=workload(*rows), profile=linear_profile())
+        reqs = sorted(res.requests, key=lambda r: r.arrival_s)
+        refused_i = [r.arrival_s for r in reqs if r.slo.tier == "interactive" and r.rejected]
+        assert refused_i, "the run must overload the node"
+        # batch requests admitted less than 0.5 s after an interactive refusal
+        return sum(1 for r in reqs if r.slo.tier == "batch" and not r.rejected
+                   and (i := bisect.bisect_left(refused_i, r.arrival_s)) > 0 and r.arrival_s - refused_i[i - 1] < 0.5)
+
+    assert batch_admitted_after_refusals(None) == 0  # default: the interactive TTFT, 0.5 s
+    assert batch_admitted_after_refusals(0.0) > 0

@@ -65,11 +65,12 @@ class SimConfig:
     ttft_slo_s: float | None = _opt(None, "TTFT SLO in seconds (default: the profile's, 1 s on the shipped GPU profiles).", "--ttft-slo")
     slo_tier: tuple[str, ...] = _opt((), "SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable (e.g. --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25): each request gets a tier by seed and is held to its SLOs; the report adds per_tier.")
     tier_hold_fraction: float = _opt(0.0, "With --slo-tier: requests of every tier but the tightest must leave this share of a node's idle budget untouched (held for the tightest tier; PAB balancer only).")
+    tier_shed_s: float | None = _opt(None, "With --slo-tier: after a request of the tightest tier is refused, refuse every request of the other tiers for this long, seconds (default: the tightest tier's TTFT SLO, as the serving layer; 0: off).")
     tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
     # balancer
     balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv, prefix-affinity (longest estimated cached prefix unless the load is unbalanced).")
     admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
-    admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO, (ttft - a) / b).")
+    admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO by the planning model, (ttft - a) / b, or with the prefill-attention term the root of a + b * L + e * L^2 / 2 = ttft).")
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
@@ -106,6 +107,8 @@ class SimConfig:
             parse_slo_tiers(self.slo_tier)  # ValueError naming a malformed tier
         if not 0 <= self.tier_hold_fraction < 1:
             raise ValueError(f"tier_hold_fraction must be in [0, 1), got {self.tier_hold_fraction}")
+        if self.tier_shed_s is not None and not self.tier_shed_s >= 0:
+            raise ValueError(f"tier_shed_s must be >= 0, got {self.tier_shed_s}")
         if self.rate_scale <= 0:
             raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
         if self.pab_delay_s < 0 or self.pab_interval_s < 0:

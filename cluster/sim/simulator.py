@@ -68,16 +68,28 @@ def _binding_fractions(nodes: list[SimNode]) -> dict[str, float]:
     return {k: v / total for k, v in sorted(counts.items())} if total else {}
 
 
-def build_placement(cfg: SimConfig, profile: Profile, prefix_index: PrefixIndex | None = None) -> PlacementPolicy:
+def idle_prefill_cap(cfg: SimConfig, profile: Profile) -> int:
+    """The naive admission cap: prompt tokens an idle node prefills within the TTFT SLO by the planning
+    model (``cfg.step_model``): ``(ttft - a) / b`` (``idle_prefill_tokens``) for the linear model, the
+    root of ``a + b * L + e * L**2 / 2 = ttft`` (the prompt's own causal attention) with the term."""
+    model = profile.step_model_as(cfg.step_model)
+    ttft_s = cfg.slo_on(profile.default_slo).ttft_s
+    if model.is_linear:
+        return idle_prefill_tokens(ttft_s, model.a_s, model.b_s_per_token)
+    per_token = replace(model, c_s_per_context_token=0.0, safety_factor=1.0, host_s=0.0)
+    return max(0, int(per_token.chunk_for_room(ttft_s - model.a_s, 0)))
+
+
+def build_placement(cfg: SimConfig, profile: Profile, prefix_index: PrefixIndex | None = None,
+                    tier_shed_s: float | None = None) -> PlacementPolicy:
     cap = None
     if cfg.admission_cap:
-        cap = cfg.admission_cap_tokens or idle_prefill_tokens(cfg.slo_on(profile.default_slo).ttft_s, profile.a_s,
-                                                               profile.b_s_per_token)
+        cap = cfg.admission_cap_tokens or idle_prefill_cap(cfg, profile)
     knobs = ({"fit": cfg.pab_fit, "reject": cfg.pab_reject, "cache_affinity": cfg.pab_cache_affinity,
               "affinity_slack": cfg.pab_affinity_slack if cfg.pab_affinity_slack >= 0 else None, "fresh_share": cfg.pab_fresh_share}
              if cfg.balancer == "pab" else {})
     return make_placement(cfg.balancer, list(range(cfg.nodes)), admission_cap=cap, rng=random.Random(cfg.seed),
-                          prefix_index=prefix_index, **knobs)
+                          prefix_index=prefix_index, tier_shed_s=tier_shed_s, **knobs)
 
 
 def simulate(
@@ -121,12 +133,14 @@ def simulate(
     estimated_hit_tokens = 0  # what the balancer expected the chosen nodes to hold, over placed requests
 
     loop = EventLoop()
-    balancer = build_placement(cfg, profile, prefix_index)
+    # After a refusal of the tightest tier the others are shed for tier_shed_s (default: its TTFT, as served).
+    shed_s = (cfg.tier_shed_s if cfg.tier_shed_s is not None else classes.tightest.ttft_s) if classes else None
+    balancer = build_placement(cfg, profile, prefix_index, tier_shed_s=shed_s or None)
 
     def place(req: SimRequest):
         nonlocal estimated_hit_tokens
         decision = balancer.choose(req.key, req.prompt_tokens, held_fraction(req), tier_of(req),
-                                   block_hashes=req.hash_ids)
+                                   block_hashes=req.hash_ids, now_s=loop.now_s)
         if decision.node_id is not None and prefix_caching:
             estimated_hit_tokens += req.prompt_tokens - decision.charged_tokens
         return decision
