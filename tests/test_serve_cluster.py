@@ -146,6 +146,16 @@ def test_streamed_chat_with_content_parts_and_usage(cluster):
 
 
 @pytest.mark.timeout(300)
+def test_a_message_with_an_empty_content_list_is_served(cluster):
+    """vLLM keeps such a field as a one-shot iterator, which could not travel to the engine (a 503)."""
+    client = _openai(cluster)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "system", "content": []}, {"role": "user", "content": "w1 w2"}],
+        max_tokens=3, extra_body={"ignore_eos": True})
+    assert chat.usage.completion_tokens == 3
+
+
+@pytest.mark.timeout(300)
 def test_n_samples_on_both_endpoints_streamed_or_not(cluster):
     client = _openai(cluster)
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w1"}], n=2,

@@ -624,3 +624,24 @@ def test_looser_classes_are_shed_for_the_tightest_ttft_after_its_refusal_by_defa
     assert ServeConfig().balancer_settings().tier_shed_s is None  # no classes: nothing to shed
     policy = ServeConfig(**TIERED).balancer_settings().make_policy([0])
     assert policy.tier_shed_s == 1.0
+
+
+@pytest.mark.parametrize("message", [
+    {"role": "system", "content": []}, {"role": "developer", "content": []}, {"role": "user", "content": []},
+    {"role": "assistant", "content": []}, {"role": "tool", "tool_call_id": "c1", "content": []},
+])
+def test_one_shot_iterators_in_chat_messages_are_listed_so_the_request_travels(message):
+    """vLLM's chat model keeps an empty content list as a pydantic ValidatorIterator: read once, never
+    pickled (the ingress's call to the engine failed with a TypeError, a 503). Listed, it is both."""
+    import pickle
+
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from cluster.http.api import listed_iterables
+
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": [message, {"role": "user", "content": "hi"}]})
+    listed_iterables(request.messages)
+    again = pickle.loads(pickle.dumps(request))
+    assert again.messages[0]["content"] == [] and again.messages[1]["content"] == "hi"
+    nested = {"a": iter([1, {"b": iter([2])}]), "s": "text"}
+    assert listed_iterables(nested) == {"a": [1, {"b": [2]}], "s": "text"}

@@ -42,6 +42,7 @@ import time
 import uuid
 from http import HTTPStatus
 from dataclasses import dataclass, replace
+from collections.abc import Iterator
 from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -180,6 +181,29 @@ def request_slo(xargs: dict, headers, default: SLO, classes: Optional[SLOClasses
                 param = f"vllm_xargs.{key}" if key in xargs else header
                 raise invalid(param, f"{param} asks for {asked:g} s; SLO class {name!r} allows no less than {low:g} s")
     return slo
+
+
+def listed_iterables(value: Any) -> Any:
+    """``value`` with every one-shot iterator inside it (dicts and lists walked) replaced by a list.
+
+    vLLM's chat request model types some message fields as ``Iterable`` (OpenAI's: the
+    ``content`` parts of a developer, system or tool message, an assistant's ``tool_calls``);
+    pydantic keeps such a field as a lazy ``ValidatorIterator``. One pass over it (the
+    render step) empties it, and it cannot be pickled, so the request could not travel to
+    the engine (a 503 for a valid request). Listing it first keeps it whole for both.
+    Strings, bytes and pydantic models are left as they are.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = listed_iterables(item)
+        return value
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = listed_iterables(item)
+        return value
+    if isinstance(value, Iterator):
+        return [listed_iterables(item) for item in value]
+    return value
 
 
 def _is_backpressure(exc: BaseException) -> Optional[float]:
@@ -693,6 +717,7 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
 
         @app.post("/v1/chat/completions", dependencies=json_only)
         async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
+            listed_iterables(request.messages)  # before the render step reads them (one pass only)
             self.stamp(request, raw_request.headers)
             rendered = await self.render.render_chat_request(request, raw_request)
             return await self.run_rendered(CHAT, request, rendered, lambda: [rendered.token_ids])
