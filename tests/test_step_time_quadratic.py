@@ -345,3 +345,22 @@ def test_truth_without_ground_truth_is_the_profiles_own_model():
     truth = TrueStepTime(quad)
     t = truth.step_s(1000, 5000, 3000, 2e6)
     assert t == pytest.approx(0.006 + 2e-5 * 1000 + 5e-8 * 8000 + 1e-9 * 2e6)
+
+
+def test_naive_admission_cap_follows_the_planning_model():
+    from balancer.core.placement import idle_prefill_tokens
+    from cluster.sim.config import SimConfig
+    from cluster.sim.simulator import idle_prefill_cap
+
+    profile = load_profile("h100-llama3-8b")
+    lin = profile.step_model_as("linear")
+    cfg = SimConfig(profile="h100-llama3-8b", admission_cap=True)
+    assert idle_prefill_cap(dataclasses.replace(cfg, step_model="linear"), profile) == idle_prefill_tokens(
+        1.0, lin.a_s, lin.b_s_per_token)
+    m = profile.step_model
+    cap = idle_prefill_cap(cfg, profile)
+
+    def alone(n: int) -> float:
+        return m.a_s + m.b_s_per_token * n + m.attn_prefill_s_per_token_sq * n * n / 2
+
+    assert alone(cap) <= 1.0 < alone(cap + 1)
