@@ -364,3 +364,20 @@ def test_naive_admission_cap_follows_the_planning_model():
         return m.a_s + m.b_s_per_token * n + m.attn_prefill_s_per_token_sq * n * n / 2
 
     assert alone(cap) <= 1.0 < alone(cap + 1)
+
+
+def test_engine_profile_keeps_its_linear_fit_and_reads_pairs_from_the_step_log():
+    from node.vllm.profiling import ProfileRun, samples_from_log, to_profile
+
+    records = [{"step": 1, "prefill_tokens": 100, "decode_tokens": 0, "context_tokens": 100, "measured_s": 0.01,
+                "prefill_attention_pairs": 5000.0},
+               {"step": 2, "prefill_tokens": 0, "decode_tokens": 4, "context_tokens": 400, "measured_s": 0.005}]
+    got = samples_from_log(records)
+    assert [s.prefill_attention_pairs for s in got] == [5000.0, 0.0]  # a record without pairs: 0
+    samples = quadratic_steps(QUAD, 300, seed=5)
+    model, report, report_all, dropped = robust_fit(samples)
+    linear, linear_report, _, _ = robust_fit(samples, prefill_attention=False)
+    run = ProfileRun(samples, model, report, report_all, dropped, {"max_num_seqs": 8}, 1.0, (linear, linear_report))
+    profile = parse_profile(to_profile(run, name="t", hardware="h", model_name="m").to_dict())
+    assert profile.step_model_as("quadratic").attn_prefill_s_per_token_sq == model.attn_prefill_s_per_token_sq > 0
+    assert profile.step_model_as("linear") == dataclasses.replace(linear, safety_factor=profile.safety_factor)

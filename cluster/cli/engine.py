@@ -75,9 +75,13 @@ def profile(
     m, r = run.step_model, run.report
     console.print(
         f"fitted on {len(run.samples) - run.dropped} of {len(run.samples)} steps: "
-        f"a={m.a_s * 1e3:.3f} ms, b={m.b_s_per_token * 1e6:.2f} us/token, c={m.c_s_per_context_token * 1e9:.2f} ns/ctx"
+        f"a={m.a_s * 1e3:.3f} ms, b={m.b_s_per_token * 1e6:.2f} us/token, c={m.c_s_per_context_token * 1e9:.2f} ns/ctx, "
+        f"e={m.attn_prefill_s_per_token_sq * 1e9:.3g} ns/prefill attention pair"
     )
     for kind, st in r.by_kind.items():
-        console.print(f"  {kind.value:13s} n={st.samples:4d} MAPE={st.mape:6.1%} P99 abs={st.p99_abs_error_s * 1e3:.2f} ms")
+        console.print(f"  {kind.value:13s} n={st.samples:4d} MAPE={st.mape:6.1%} P99 abs={st.p99_abs_error_s * 1e3:.2f} ms "
+                      f"P99 abs %={st.p99_ape:6.1%}")
     console.print(f"  overall       MAPE={r.overall.mape:6.1%} (all steps incl. dropped: {run.report_all.overall.mape:.1%})")
+    if run.linear_fit is not None:
+        console.print(f"  linear fit (e = 0, kept as linear_fit): MAPE={run.linear_fit[1].overall.mape:6.1%}")
     console.print(f"profile written to {out}")

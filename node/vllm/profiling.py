@@ -10,7 +10,9 @@ through a grid of batches:
   (the context term);
 * mixed: ``n`` running decodes plus one new prompt of ``L`` tokens.
 
-Every measured step becomes a ``StepSample``; ``fit`` gives ``a, b, c``. On a
+Every measured step becomes a ``StepSample`` (with its prefill chunks' attention
+pairs, from the step log); ``fit`` gives ``a, b, c`` and the prefill-attention
+coefficient ``e``, and the best linear fit is kept beside it when ``e > 0``. On a
 shared machine many steps are slowed by other work (measured here: a 1-token
 decode step takes 2.8 ms alone and 30-400 ms beside other jobs), so
 ``robust_fit`` fits the lower envelope (the fastest step of each batch shape),
@@ -58,6 +60,9 @@ class ProfileRun:
     dropped: int
     engine_args: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    # The best linear fit of the same steps, when step_model has a prefill-attention term (its
+    # coefficients and its report on the steps it kept): the profile's ``linear_fit``.
+    linear_fit: tuple[StepTimeModel, FitReport] | None = None
 
 
 def read_step_log(path: str | Path) -> list[dict]:
@@ -197,7 +202,11 @@ def profile_engine(
     after = records[warm_steps - 1]["step"] if warm_steps else 0
     samples = samples_from_log(records, after_step=after)
     model, report, report_all, dropped = robust_fit(samples, safety_factor=safety_factor)
-    return ProfileRun(samples, model, report, report_all, dropped, args, time.perf_counter() - t0)
+    linear = None
+    if not model.is_linear:
+        lin_model, lin_report, _, _ = robust_fit(samples, safety_factor=safety_factor, prefill_attention=False)
+        linear = (lin_model, lin_report)
+    return ProfileRun(samples, model, report, report_all, dropped, args, time.perf_counter() - t0, linear)
 
 
 def to_profile(run: ProfileRun, *, name: str, hardware: str, model_name: str) -> Profile:
@@ -224,5 +233,11 @@ def to_profile(run: ProfileRun, *, name: str, hardware: str, model_name: str) ->
             "steps_fitted": len(run.samples) - run.dropped,  # lower-envelope steps the fit used
             "engine": {k: v for k, v in args.items() if k not in ("model", "block_size", "kv_cache_tokens")},
             "profiling_wall_s": round(run.wall_s, 1),
+            **({} if run.linear_fit is None else {"linear_fit": {
+                "a_s": run.linear_fit[0].a_s, "b_s_per_token": run.linear_fit[0].b_s_per_token,
+                "c_s_per_context_token": run.linear_fit[0].c_s_per_context_token,
+                "mape": run.linear_fit[1].overall.mape, "p99_abs_error_s": run.linear_fit[1].overall.p99_abs_error_s,
+                "fit_report": run.linear_fit[1].to_dict(),
+            }}),
         },
     )
