@@ -16,6 +16,7 @@ def test_the_config_round_trips_through_the_environment():
                      apply_plan=False, step_log="/tmp/x.jsonl")
     assert NodeConfig.from_env(cfg.to_env()) == cfg
     assert NodeConfig.from_env({}) == NodeConfig()
+    assert NodeConfig.from_env(NodeConfig(step_model="quadratic").to_env()).step_model == "quadratic"
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -23,6 +24,7 @@ def test_the_config_round_trips_through_the_environment():
     ("[1, 2]", "JSON object"),
     ('{"polcy": "vllm"}', "unknown key"),
     ('{"tpot_slo_s": 0}', "tpot_slo_s"),
+    ('{"step_model": "cubic"}', "step_model must be one of quadratic, linear"),
 ])
 def test_a_bad_config_names_what_is_wrong(raw, message):
     with pytest.raises(ValueError, match=message):

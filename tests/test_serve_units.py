@@ -72,6 +72,14 @@ def test_registry_pools_the_nodes_recent_refits_into_one_deployment_model(monkey
     assert reg.deployment_model().b_s_per_token == pytest.approx(5e-5)
 
 
+def test_the_pooled_deployment_model_keeps_the_prefill_attention_term():
+    reg = PABRegistry(model_max_age_s=30.0)
+    for key, e in (("a", 1e-9), ("b", 2e-9), ("c", 3e-9)):
+        reg.report(key, NodeReport(NodeView(0, pab_tokens=1.0), StepTimeModel(0.01, 2e-5, 1e-7,
+                                                                               attn_prefill_s_per_token_sq=e), 1))
+    assert reg.deployment_model().attn_prefill_s_per_token_sq == pytest.approx(2e-9)
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t = 100.0

@@ -164,7 +164,7 @@ def test_online_refit_replans_with_the_true_step_times():
     truth = load_profile("h100-llama3-8b")
     slow = dc_replace(truth, b_s_per_token=2 * truth.b_s_per_token)
     cfg = SimConfig(trace="bursty", profile="h100-llama3-8b", scheduler="fairbatching", balancer="round-robin",
-                    nodes=1, refit=True)
+                    nodes=1, refit=True, step_model="quadratic")  # (the profile's own a, b, c: the slow prior's)
     models = simulate(cfg, workload=bursty(), profile=slow).report["planning_models"]
     assert models[0]["refits"] >= 1
     assert models[0]["b_s_per_token"] < 1.4 * truth.b_s_per_token

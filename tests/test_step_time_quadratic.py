@@ -354,7 +354,7 @@ def test_naive_admission_cap_follows_the_planning_model():
 
     profile = load_profile("h100-llama3-8b")
     lin = profile.step_model_as("linear")
-    cfg = SimConfig(profile="h100-llama3-8b", admission_cap=True)
+    cfg = SimConfig(profile="h100-llama3-8b", admission_cap=True, step_model="quadratic")
     assert idle_prefill_cap(dataclasses.replace(cfg, step_model="linear"), profile) == idle_prefill_tokens(
         1.0, lin.a_s, lin.b_s_per_token)
     m = profile.step_model

@@ -37,7 +37,7 @@ from node.core.step_time import StepTimeModel
 #: Name of the deployment-scoped actor on the engine deployment.
 REGISTRY_ACTOR_NAME = "pab_registry"
 
-_MODEL_KEYS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor", "host_s")
+_MODEL_KEYS = ("a_s", "b_s_per_token", "c_s_per_context_token", "safety_factor", "host_s", "attn_prefill_s_per_token_sq")
 VIEW_FIELDS = tuple(f.name for f in fields(NodeView) if f.name != "node_id")
 
 

@@ -194,7 +194,8 @@ class EngineReplica:
         self.replica_key = ctx.replica_id.unique_id
         node_id = ray.get_runtime_context().get_node_id()
         self.node_label = f"{ray.util.get_node_ip_address()}:{node_id[:8]}"
-        self.own_step_model = load_profile(self.spec.profile).step_model  # the scheduler's, refitted online
+        form = spec.node_config.step_model if spec.node_config is not None else "linear"
+        self.own_step_model = load_profile(self.spec.profile).step_model_as(form)  # the scheduler's, refitted online
         self.own_refits = 0
         self.deployment_step_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
         self.anchor = Anchor(self.spec.anchor)

@@ -50,6 +50,9 @@ class NodeConfig:
     policy: str = "fairbatching"
     knobs: dict[str, Any] = field(default_factory=dict)
     profile: str = "cpu-tiny-llama"
+    # The profile's model the scheduler plans with: "linear" (its best linear fit) or "quadratic" (its own,
+    # with the prefill-attention term); linear measured best (bench/results/STEPTIME.md, Profile.step_model_as).
+    step_model: str = "linear"
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     apply_plan: bool = True
@@ -67,6 +70,10 @@ class NodeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"NodeConfig.{name} must be a number of seconds > 0 or null, got {value!r}")
+        from node.fit.profile import STEP_MODEL_FORMS
+
+        if self.step_model not in STEP_MODEL_FORMS:
+            raise ValueError(f"NodeConfig.step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if not isinstance(self.knobs, dict):
             raise ValueError(f"NodeConfig.knobs must be an object, got {self.knobs!r}")
 
