@@ -3,11 +3,14 @@
 # (interactive 2 s / 250 ms, batch 30 s / 1 s, tier_hold_fraction HOLD), Azure code clipped to
 # 512 / 32 tokens, a 50/50 mix sent with x-slo-class by `fairbatching load`, at RATE_SCALE
 # (19 = ~48 req/s, 4x the 12 req/s capacity measured in SERVE.md).
-#   bash bench/tiers_live.sh HOLD RATE_SCALE OUT.json
+# SHED (optional) is tier_shed_s: after an interactive refusal batch is refused this long (default:
+# the interactive TTFT, 2 s; 0: off).
+#   bash bench/tiers_live.sh HOLD RATE_SCALE OUT.json [SHED]
 set -euo pipefail
-hold=$1; rs=$2; out=$3
+hold=$1; rs=$2; out=$3; shed=${4:-}
 cfg=$(mktemp --suffix=.yaml)
 sed "s/tier_hold_fraction: .*/tier_hold_fraction: $hold/" deploy/serve-tiers.yaml > "$cfg"
+if [ -n "$shed" ]; then sed -i "s/^\( *\)tier_hold_fraction: .*/&\n\1tier_shed_s: $shed/" "$cfg"; fi
 ray stop --force >/dev/null 2>&1 || true
 RAY_AUTH_MODE=disabled fairbatching serve --config "$cfg" > /tmp/tiers-serve.log 2>&1 &
 server=$!

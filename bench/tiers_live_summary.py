@@ -18,6 +18,8 @@ def summarise(path: str) -> dict:
     admitted_b = sorted(r["sent_s"] for r in records if r["slo"]["tier"] == "batch" and r["status"] == 200)
     # an interactive refusal with a batch request admitted within 1 s of it: batch was not fully shed
     overlap = sum(1 for t in refused_i if any(abs(t - b) <= 1.0 for b in admitted_b))
+    # batch requests admitted within 1 s after an interactive refusal: the shedding came too late or not at all
+    after = sum(1 for b in admitted_b if any(0 <= b - t <= 1.0 for t in refused_i))
     # what the engines measured (from the arrival stamp to the first token they emitted), warm-up included
     server: dict = {}
     try:
@@ -32,6 +34,7 @@ def summarise(path: str) -> dict:
     return {"file": path, "offered_rps": report.get("offered_rps"), "goodput_rps": report.get("goodput_rps"),
             "admitted_attainment": report.get("admitted_attainment"), "per_tier": tiers,
             "interactive_refused": len(refused_i), "interactive_refused_while_batch_admitted_1s": overlap,
+            "batch_admitted_within_1s_after_interactive_refused": after,
             "engine_side_by_class": server}
 
 
