@@ -8,14 +8,17 @@ out=${1:-bench/results/sim/tiers-admission}
 mkdir -p "$out"
 common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900
         --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25)
+# (the arms recorded before --tier-shed-s existed run with it off; the -shed arm with its default, 1 s)
 fb=(--scheduler fairbatching --anchor first-token --tpot-margin 0.2 --seat-pressure 0.8)
 declare -A arms=(
-  [fb-pab-hold0.1]="${fb[*]} --balancer pab --tier-hold-fraction 0.1"
-  [fb-pab-hold0.1-lend-at-risk]="${fb[*]} --balancer pab --tier-hold-fraction 0.1 --lend at-risk"
-  [fb-pab-hold0]="${fb[*]} --balancer pab --tier-hold-fraction 0"
+  [fb-pab-hold0.1]="${fb[*]} --balancer pab --tier-hold-fraction 0.1 --tier-shed-s 0"
+  [fb-pab-hold0.1-shed]="${fb[*]} --balancer pab --tier-hold-fraction 0.1"
+  [fb-pab-hold0.1-lend-at-risk]="${fb[*]} --balancer pab --tier-hold-fraction 0.1 --lend at-risk --tier-shed-s 0"
+  [fb-pab-hold0]="${fb[*]} --balancer pab --tier-hold-fraction 0 --tier-shed-s 0"
   [fb-rr]="${fb[*]} --balancer round-robin"
   [vllm-priority-rr]="--scheduler vllm-priority --token-budget 1024 --balancer round-robin"
-  [vllm-priority-pab]="--scheduler vllm-priority --token-budget 1024 --balancer pab --tier-hold-fraction 0.1"
+  [vllm-priority-pab]="--scheduler vllm-priority --token-budget 1024 --balancer pab --tier-hold-fraction 0.1 --tier-shed-s 0"
+  [vllm-priority-pab-shed]="--scheduler vllm-priority --token-budget 1024 --balancer pab --tier-hold-fraction 0.1"
 )
 for rs in 4.5 7; do
   for arm in "${!arms[@]}"; do
