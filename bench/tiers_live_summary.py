@@ -40,4 +40,5 @@ def summarise(path: str) -> dict:
 
 if __name__ == "__main__":
     for p in sys.argv[1:]:
-        print(json.dumps(summarise(p), indent=1))
+        if not p.endswith(".status.json"):  # (read beside its run)
+            print(json.dumps(summarise(p), indent=1))

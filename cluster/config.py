@@ -360,6 +360,7 @@ class ServeConfig(BaseModel):
             class_ttft_slo_s={name: t.ttft_slo_s for name, t in self.slo_tiers.items()},
             prefix_block_tokens=self.prefix_block_tokens,
             tier_shed_s=self.resolved_tier_shed_s,
+            tightest_class=self.slo_classes().tightest.tier if self.slo_tiers else None,
         )
 
     @property

@@ -244,6 +244,21 @@ def test_early_refusal_uses_a_small_prompt_of_recent_traffic():
     assert strict.refusal_before_parsing() is None  # only when not even one token fits
 
 
+def test_a_shed_class_is_refused_from_its_header_before_the_body_is_read():
+    clock = _Clock()
+    lb = _balancer(clock=clock, tier_shed_s=2.0, tightest_class="interactive",
+                   class_ttft_slo_s={"interactive": 2.0, "batch": 30.0})
+    lb.apply_views({"a": _view(300, 1.0)})
+    assert lb.shed_before_parsing("batch") is None  # nothing refused yet
+    assert lb.admit("i1", 500)[0] is None  # an interactive request refused: batch is shed for 2 s
+    wait = lb.shed_before_parsing("batch")
+    assert wait is not None and 1.0 <= wait <= 2.0
+    assert lb.shed_before_parsing("interactive") is None and lb.shed_before_parsing("") is None
+    assert lb.shed_before_parsing("gold") is None  # not a class: the route answers it (400)
+    clock.t += 2.5
+    assert lb.shed_before_parsing("batch") is None
+
+
 def test_a_node_that_stops_reporting_takes_no_new_requests():
     clock = _Clock()
     lb = _balancer(clock=clock, stale_after_s=2.0)
@@ -627,6 +642,7 @@ def test_looser_classes_are_shed_for_the_tightest_ttft_after_its_refusal_by_defa
     from cluster.config import ServeConfig
 
     assert ServeConfig(**TIERED).balancer_settings().tier_shed_s == 1.0  # the tightest class's TTFT
+    assert ServeConfig(**TIERED).balancer_settings().tightest_class == "interactive"
     assert ServeConfig(**TIERED, tier_shed_s=5).balancer_settings().tier_shed_s == 5
     assert ServeConfig(**TIERED, tier_shed_s=0).balancer_settings().tier_shed_s is None  # off
     assert ServeConfig().balancer_settings().tier_shed_s is None  # no classes: nothing to shed

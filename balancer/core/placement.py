@@ -378,7 +378,7 @@ class PlacementPolicy:
         if held is not None:
             return Decision(held.node_id, self.name, charged_tokens=held.prompt_tokens)
         charges = self.charges(prompt_tokens, block_hashes)
-        shed_left_s = self._shed_left_s(tier, now_s)
+        shed_left_s = self.shed_left_s(tier, now_s)
         if shed_left_s > 0:
             retry = max(self._retry_after_s(charges, held_fraction, tier), min(shed_left_s, RETRY_AFTER_MAX_S))
             return Decision(None, "shed-looser-tier", retry)
@@ -387,8 +387,9 @@ class PlacementPolicy:
             self.tightest_refused_s = now_s
         return decision
 
-    def _shed_left_s(self, tier: str | None, now_s: float | None) -> float:
-        """Seconds left of the window in which a request of a looser class (``tier`` set) is shed."""
+    def shed_left_s(self, tier: str | None, now_s: float | None) -> float:
+        """Seconds left of the window in which a request of a looser class (``tier`` set) is shed
+        (``tier_shed_s``; <= 0: not shed)."""
         if tier is None or now_s is None or self.tier_shed_s is None or self.tightest_refused_s is None:
             return 0.0
         return self.tightest_refused_s + self.tier_shed_s - now_s

@@ -37,7 +37,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional
 
-from balancer.core.placement import Decision, NodeView, PlacementPolicy, has_room, retry_after_of_views
+from balancer.core.placement import (RETRY_AFTER_MAX_S, RETRY_AFTER_MIN_S, Decision, NodeView, PlacementPolicy,
+                                     has_room, retry_after_of_views)
 from balancer.core.policies import make_placement
 from balancer.core.prefix import PrefixIndex, prompt_block_hashes
 from node.core.attainment import percentile
@@ -72,6 +73,7 @@ class BalancerSettings:
     # After a request of the tightest SLO class is refused, refuse every request of a looser class for
     # this long, seconds (None or 0: never; PlacementPolicy.choose).
     tier_shed_s: Optional[float] = None
+    tightest_class: Optional[str] = None  # the SLO class never shed (None without classes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,6 +266,22 @@ class LocalBalancer:
                 return None
             self.rejected += 1
             return retry_after_of_views(small, views)
+
+    def shed_before_parsing(self, slo_class: str) -> Optional[float]:
+        """A Retry-After (s) while requests of ``slo_class`` are shed (a class but the tightest, within
+        ``tier_shed_s`` of a refusal of the tightest: ``PlacementPolicy.shed_left_s``), else None.
+
+        Lets the ingress refuse them from the ``x-slo-class`` header, before reading and parsing
+        their bodies: under a refusal flood that parsing is what starves the admitted streams.
+        """
+        if not slo_class or slo_class == self.settings.tightest_class or slo_class not in self.settings.class_ttft_slo_s:
+            return None
+        with self._lock:
+            left = self._policy.shed_left_s(slo_class, self._clock()) if self._policy is not None else 0.0
+            if left <= 0:
+                return None
+            self.rejected += 1
+        return min(max(left, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
 
     def placement(self, request_id: str) -> Optional[str]:
         with self._lock:

@@ -507,7 +507,8 @@ class EarlyRefusal:
     """ASGI middleware: under overload, refuse a generation request before reading its body.
 
     When no engine can take a small request (``LocalBalancer.refusal_before_parsing``: the
-    ``early_refusal_quantile`` of recent prompts), or the request already waited in front of
+    ``early_refusal_quantile`` of recent prompts), its ``x-slo-class`` is being shed after a
+    refusal of the tightest class (``LocalBalancer.shed_before_parsing``), or the request already waited in front of
     admission for more than ``shed_after_fraction`` of its TTFT SLO (``LocalBalancer.too_late``;
     its age from ``X-Request-Start``), parsing and
     validating the body would only spend the CPU the engines and the admitted requests need: the
@@ -532,7 +533,7 @@ class EarlyRefusal:
                 slo_class = headers.get(CLASS_HEADER, "")
                 for lb in balancers:
                     wait = 1.0 if lb.too_late(waited, ttft or lb.settings.class_ttft_slo_s.get(slo_class)) \
-                        else lb.refusal_before_parsing()
+                        else lb.shed_before_parsing(slo_class) or lb.refusal_before_parsing()
                     if wait is not None:
                         count_rejection(slo_class if slo_class in lb.settings.class_ttft_slo_s else "")
                         await rejected(wait).response()(scope, receive, send)
