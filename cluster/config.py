@@ -361,6 +361,7 @@ class ServeConfig(BaseModel):
             prefix_block_tokens=self.prefix_block_tokens,
             tier_shed_s=self.resolved_tier_shed_s,
             tightest_class=self.slo_classes().tightest.tier if self.slo_tiers else None,
+            default_class=self.default_slo_tier,
         )
 
     @property

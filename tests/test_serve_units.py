@@ -257,6 +257,16 @@ def test_a_shed_class_is_refused_from_its_header_before_the_body_is_read():
     assert lb.shed_before_parsing("gold") is None  # not a class: the route answers it (400)
     clock.t += 2.5
     assert lb.shed_before_parsing("batch") is None
+    lb.refused_early("batch")  # a looser class refused early: nothing shed
+    assert lb.shed_before_parsing("batch") is None
+    lb.refused_early("interactive")  # the tightest refused early (no budget for a small prompt): shed as well
+    assert lb.shed_before_parsing("batch") is not None
+    clock.t += 2.5
+    unnamed = _balancer(clock=clock, tier_shed_s=2.0, tightest_class="interactive", default_class="interactive",
+                        class_ttft_slo_s={"interactive": 2.0, "batch": 30.0})
+    unnamed.apply_views({"a": _view(300, 1.0)})
+    unnamed.refused_early("")  # no header: the default class, here the tightest
+    assert unnamed.shed_before_parsing("batch") is not None
 
 
 def test_a_node_that_stops_reporting_takes_no_new_requests():
@@ -643,6 +653,7 @@ def test_looser_classes_are_shed_for_the_tightest_ttft_after_its_refusal_by_defa
 
     assert ServeConfig(**TIERED).balancer_settings().tier_shed_s == 1.0  # the tightest class's TTFT
     assert ServeConfig(**TIERED).balancer_settings().tightest_class == "interactive"
+    assert ServeConfig(**TIERED).balancer_settings().default_class == "batch"
     assert ServeConfig(**TIERED, tier_shed_s=5).balancer_settings().tier_shed_s == 5
     assert ServeConfig(**TIERED, tier_shed_s=0).balancer_settings().tier_shed_s is None  # off
     assert ServeConfig().balancer_settings().tier_shed_s is None  # no classes: nothing to shed

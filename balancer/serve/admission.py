@@ -74,6 +74,7 @@ class BalancerSettings:
     # this long, seconds (None or 0: never; PlacementPolicy.choose).
     tier_shed_s: Optional[float] = None
     tightest_class: Optional[str] = None  # the SLO class never shed (None without classes)
+    default_class: Optional[str] = None  # the class of a request that names none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,6 +283,18 @@ class LocalBalancer:
                 return None
             self.rejected += 1
         return min(max(left, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
+
+    def refused_early(self, slo_class: str) -> None:
+        """A request of ``slo_class`` ("" for none: the default class) was refused outside the
+        placement policy (before its body was read, or as too late): when that is the tightest
+        class, the looser ones are shed from now on, as after a refusal at admission
+        (``PlacementPolicy.choose``)."""
+        name = slo_class or self.settings.default_class
+        if name is None or name != self.settings.tightest_class:
+            return
+        with self._lock:
+            if self._policy is not None:
+                self._policy.tightest_refused_s = self._clock()
 
     def placement(self, request_id: str) -> Optional[str]:
         with self._lock:
