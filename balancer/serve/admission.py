@@ -285,10 +285,10 @@ class LocalBalancer:
         return min(max(left, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
 
     def refused_early(self, slo_class: str) -> None:
-        """A request of ``slo_class`` ("" for none: the default class) was refused outside the
-        placement policy (before its body was read, or as too late): when that is the tightest
+        """A request of ``slo_class`` ("" for none: the default class) was refused before its body
+        was read because no node had budget even for a small prompt: when that is the tightest
         class, the looser ones are shed from now on, as after a refusal at admission
-        (``PlacementPolicy.choose``)."""
+        (``PlacementPolicy.choose``). (A request refused as too late says nothing of the budget.)"""
         name = slo_class or self.settings.default_class
         if name is None or name != self.settings.tightest_class:
             return

@@ -324,7 +324,6 @@ class Ingress:
         from balancer.serve.admission import count_rejection
 
         if lb.too_late(time.time() - job.arrival_s, job.ttft_slo_s):
-            lb.refused_early(job.slo_class)  # (the tightest class refused: the looser ones are shed)
             count_rejection(job.slo_class)
             raise rejected(1.0)
         deadline = time.monotonic() + self.admission_wait_s
@@ -533,10 +532,15 @@ class EarlyRefusal:
                 ttft = positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
                 slo_class = headers.get(CLASS_HEADER, "")
                 for lb in balancers:
-                    wait = 1.0 if lb.too_late(waited, ttft or lb.settings.class_ttft_slo_s.get(slo_class)) \
-                        else lb.shed_before_parsing(slo_class) or lb.refusal_before_parsing()
+                    if lb.too_late(waited, ttft or lb.settings.class_ttft_slo_s.get(slo_class)):
+                        wait = 1.0  # (a stale request alone says nothing of the budget: nothing is shed)
+                    else:
+                        wait = lb.shed_before_parsing(slo_class)
+                        if wait is None:
+                            wait = lb.refusal_before_parsing()
+                            if wait is not None:  # no budget even for a small prompt: as a refusal at admission
+                                lb.refused_early(slo_class)
                     if wait is not None:
-                        lb.refused_early(slo_class)
                         count_rejection(slo_class if slo_class in lb.settings.class_ttft_slo_s else "")
                         await rejected(wait).response()(scope, receive, send)
                         return
