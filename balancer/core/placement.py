@@ -384,8 +384,13 @@ class PlacementPolicy:
             return Decision(None, "shed-looser-tier", retry)
         decision = self._place(charges, request_id, prompt_tokens, held_fraction, tier, tuple(block_hashes))
         if decision.rejected and tier is None and now_s is not None:
-            self.tightest_refused_s = now_s
+            self.tightest_refused(now_s)
         return decision
+
+    def tightest_refused(self, now_s: float) -> None:
+        """A request of the tightest class was refused at ``now_s`` (by ``choose``, or by the host
+        before placement): the looser classes are shed for ``tier_shed_s`` from then."""
+        self.tightest_refused_s = now_s
 
     def shed_left_s(self, tier: str | None, now_s: float | None) -> float:
         """Seconds left of the window in which a request of a looser class (``tier`` set) is shed

@@ -294,7 +294,7 @@ class LocalBalancer:
             return
         with self._lock:
             if self._policy is not None:
-                self._policy.tightest_refused_s = self._clock()
+                self._policy.tightest_refused(self._clock())
 
     def placement(self, request_id: str) -> Optional[str]:
         with self._lock:
