@@ -109,6 +109,11 @@ class ServeConfig(BaseModel):
     one_engine_per_node: bool = False  # max_replicas_per_node = 1
     engine_args: dict[str, Any] = Field(default_factory=_tiny_cpu_engine_args)  # vLLM AsyncEngineArgs
     engine_env: dict[str, Any] = Field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"})  # str() of each
+    # Niceness added to each engine's child processes (vLLM's engine core: the forward passes) over the
+    # replica's. None: 4 on CPU engines, 0 on GPU. On shared cores the ingress and the replicas' token
+    # streams (Ray's worker niceness) then run before the next forward pass: at the same niceness a
+    # burst of refusals at the ingress stalled every admitted stream 2-4 s (bench/results/TIERS.md).
+    engine_core_nice: Optional[int] = Field(None, ge=0, le=19)
     scheduler: Literal["fairbatching", "fairbatching-async", "vllm"] = "fairbatching"
     # NodeConfig overrides for the scheduler. The TPOT guard band: FairBatching paces a decode to its
     # deadline, so its mean TPOT lands just under the SLO and the way back to the client tips it
@@ -332,6 +337,7 @@ class ServeConfig(BaseModel):
             slo_tiers=self.tier_slos(),
             tier_hold_fraction=self.tier_hold_fraction,
             openai_server=dict(self.openai_server),
+            engine_core_nice=self.engine_core_nice,
         )
 
     @property

@@ -123,6 +123,22 @@ def test_placement_follows_pab(cluster):
     assert all(n["in_flight"] == 0 and n["in_transit"] == 0 for n in router["nodes"].values()), router
 
 
+def test_engine_cores_run_below_the_replicas_priority_on_cpu(cluster):
+    """On CPU engines every engine core runs 4 nicer than its replica (ServeConfig.engine_core_nice), so
+    the ingress and the token streams run first on shared cores."""
+    import psutil
+
+    seen = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        if "ServeReplica:fairbatching:engine" not in " ".join(proc.info["cmdline"] or ()):
+            continue
+        children = proc.children(recursive=True)
+        assert children, f"engine replica {proc.pid} has no engine core"
+        assert all(c.nice() == min(19, proc.nice() + 4) for c in children), [(c.pid, c.nice()) for c in children]
+        seen += 1
+    assert seen == 2
+
+
 def _openai(cluster, api_key: str = API_KEY):
     """The official client against the cluster (no retries: a refusal must show as it is)."""
     import openai

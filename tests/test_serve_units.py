@@ -31,15 +31,29 @@ def test_registry_serves_the_latest_report_of_each_live_node(monkeypatch):
     _report(reg, "a", 1000, received_ids=["r1"])
     _report(reg, "b", 3000)
     _report(reg, "a", 800, at=2.0, received_ids=["r1", "r2"])
-    views = reg.views("router-1", {"placed": 3, "rejected": 1})
+    views = reg.poll("router-1", {"placed": 3, "rejected": 1}).views
     assert views["a"].pab_tokens == 800 and views["a"].received_ids == {"r1", "r2"}
     assert set(views) == {"a", "b"}
     clock[0] += 4.0
     _report(reg, "b", 2000, at=3.0)
     clock[0] += 2.0  # a has not reported for 6 s: no longer live
-    assert set(reg.views("router-1", {"placed": 3, "rejected": 1})) == {"b"}
+    assert set(reg.poll("router-1", {"placed": 3, "rejected": 1}).views) == {"b"}
     snap = reg.snapshot()
     assert snap["decisions"] == {"placed": 3, "rejected": 1} and not snap["nodes"]["a"]["live"]
+
+
+def test_registry_counts_the_balancers_that_poll_it(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("balancer.serve.pab_registry.time.monotonic", lambda: clock[0])
+    reg = PABRegistry(stale_after_s=3.0)
+    _report(reg, "a", 1000)
+    assert reg.poll("ingress-1", {}).routers == 1
+    assert reg.poll("ingress-2", {}).routers == 2
+    clock[0] += 2.0
+    _report(reg, "a", 1000, at=2.0)
+    assert reg.poll("ingress-1", {}).routers == 2
+    clock[0] += 2.0  # ingress-2 has not polled for 4 s: gone
+    assert reg.poll("ingress-1", {}).routers == 1
 
 
 def _refit(b: float, refits: int) -> NodeReport:
@@ -96,6 +110,33 @@ def _balancer(name: str = "pab", clock=None, **kw):
 
 def _view(pab: float, at: float, ids=(), **kw) -> NodeView:
     return NodeView(0, pab_tokens=pab, recovery_tps=100.0, reported_at_s=at, received_ids=frozenset(ids), **kw)
+
+
+def _burst(lb, prefix: str, n: int, prompt_tokens: int) -> int:
+    return sum(lb.admit(f"{prefix}{i}", prompt_tokens)[0] is not None for i in range(n))
+
+
+def test_two_balancers_together_admit_one_budget_between_reports():
+    """Two ingress replicas see the same report (PAB 1000) and a burst each: with the budget shared
+    they admit one budget together (each its half, its first placement judged on the whole);
+    each seeing the whole, as before, they admitted twice the budget."""
+    shared, whole = [], []
+    for routers, placed in ((2, shared), (1, whole)):
+        for name in ("ingress-1", "ingress-2"):
+            lb = _balancer()
+            lb.apply_views({"a": _view(1000, 1.0)}, routers=routers)
+            placed.append(_burst(lb, name, 20, 100))
+    assert shared == [5, 5] and whole == [10, 10]
+
+
+def test_a_prompt_above_the_share_is_placed_by_a_balancer_with_nothing_in_transit():
+    lb = _balancer()
+    lb.apply_views({"a": _view(1000, 1.0)}, routers=4)
+    assert lb.admit("big", 800)[0] == "a"  # more than the share (250), within the budget
+    assert lb.admit("next", 100)[0] is None  # from now on its share: 250 - 800 < 100
+    lb.apply_views({"a": _view(1000, 2.0, ids=["big"])})  # the node counts it; the count of routers is kept
+    assert lb.stats()["routers"] == 4
+    assert lb.admit("again", 800)[0] == "a"
 
 
 def test_local_balancer_places_debits_and_rejects_without_a_remote_call():
@@ -680,3 +721,23 @@ def test_one_shot_iterators_in_chat_messages_are_listed_so_the_request_travels(m
     assert again.messages[0]["content"] == [] and again.messages[1]["content"] == "hi"
     nested = {"a": iter([1, {"b": iter([2])}]), "s": "text"}
     assert listed_iterables(nested) == {"a": [1, {"b": [2]}], "s": "text"}
+
+
+def test_lower_children_priority_raises_each_childs_niceness_up_to_19():
+    import subprocess
+    import sys
+
+    import psutil
+
+    from node.serve.engine_replica import lower_children_priority
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        base = psutil.Process(child.pid).nice()
+        assert child.pid in lower_children_priority(3)
+        assert psutil.Process(child.pid).nice() == min(19, base + 3)
+        lower_children_priority(40)
+        assert psutil.Process(child.pid).nice() == 19
+    finally:
+        child.kill()
+        child.wait()

@@ -127,6 +127,30 @@ class NodeView:
             kv_usage=kv_usage,
         )
 
+    def shared(self, routers: int) -> NodeView:
+        """This view as one of ``routers`` balancers that place on the node independently may spend it.
+
+        Each budget (``pab_tokens``, every ``tier_pab_tokens``, ``idle_pab_tokens``) is divided by
+        ``routers`` while positive; a deficit is not divided (every balancer sees it whole, so none
+        promises an early Retry-After). Slots, KV and rates are left as reported.
+        Raises ``ValueError`` for fewer than one router.
+        """
+        if routers < 1:
+            raise ValueError(f"routers must be >= 1, got {routers!r}")
+        if routers == 1:
+            return self
+
+        def share(tokens: float) -> float:
+            return tokens / routers if tokens > 0 else tokens
+
+        tiers = self.tier_pab_tokens
+        return replace(
+            self,
+            pab_tokens=share(self.pab_tokens),
+            tier_pab_tokens=None if tiers is None else {k: share(v) for k, v in tiers.items()},
+            idle_pab_tokens=share(self.idle_pab_tokens),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PlacementRequest:
@@ -239,6 +263,22 @@ class PlacementPolicy:
         self.placements: dict[str, Placement] = {}
         self._in_transit: dict[int, dict[str, int]] = {n: {} for n in self.node_ids}  # unacknowledged debits
         self._reject_reason = "rejected"
+        self.routers = 1  # balancers placing on these nodes independently (set_routers)
+
+    def set_routers(self, routers: int) -> None:
+        """How many balancers (ingress processes) place on these nodes, each from its own view.
+
+        Between two reports of a node each spends at most its share of the node's budgets
+        (``NodeView.shared``): without it, ``routers`` balancers that each saw the whole budget
+        would together admit up to ``routers`` times it in one report interval (a burst split
+        over two ingress replicas overfilled the engines live, ``bench/results/TIERS.md``). The
+        first placement on a node after its report is still judged on the whole budget, so a
+        prompt larger than the share is not refused forever; the share applies from the next.
+        Raises ``ValueError`` for fewer than one.
+        """
+        if routers < 1:
+            raise ValueError(f"routers must be >= 1, got {routers!r}")
+        self.routers = routers
 
     # -- reports and bookkeeping -------------------------------------------------
 
@@ -259,6 +299,8 @@ class PlacementPolicy:
             self._acknowledge(transit, list(transit))
         elif transit:
             self._acknowledge(transit, [rid for rid in view.received_ids if rid in transit])
+            if transit:  # this balancer placed here since: from now on it spends only its share
+                local = local.shared(self.routers)
             for prompt_tokens in transit.values():  # placements the report has not seen yet
                 local = local.debited(prompt_tokens)
         self.views[view.node_id] = local
@@ -422,7 +464,10 @@ class PlacementPolicy:
 
     def _debit(self, node: int, prompt_tokens: int, request_id: str, request_prompt_tokens: int = 0,
                block_hashes: tuple[int, ...] = ()) -> None:
-        self.views[node] = self.views[node].debited(prompt_tokens)
+        view = self.views[node]
+        if not self._in_transit[node]:  # the first placement since the node's report (set_routers)
+            view = view.shared(self.routers)
+        self.views[node] = view.debited(prompt_tokens)
         self.in_flight[node] += 1
         self.placements[request_id] = Placement(node, prompt_tokens, False, request_prompt_tokens or prompt_tokens,
                                                 block_hashes)

@@ -41,6 +41,7 @@ from balancer.core.placement import (RETRY_AFTER_MAX_S, RETRY_AFTER_MIN_S, Decis
                                      has_room, retry_after_of_views)
 from balancer.core.policies import make_placement
 from balancer.core.prefix import PrefixIndex, prompt_block_hashes
+from balancer.serve.pab_registry import RouterPoll, find_registry
 from node.core.attainment import percentile
 
 logger = logging.getLogger("ray.serve")
@@ -94,7 +95,7 @@ class BalancerSettings:
 class LocalBalancer:
     """A placement policy over node keys (Serve replica ids) with a background-refreshed view."""
 
-    def __init__(self, settings: BalancerSettings, fetch_views: Optional[Callable[[dict], dict]] = None,
+    def __init__(self, settings: BalancerSettings, fetch_views: Optional[Callable[[dict], RouterPoll]] = None,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
         settings.make_policy([0])  # validate the settings now
         self.settings = settings
@@ -110,6 +111,7 @@ class LocalBalancer:
         self.prompt_tokens_placed = 0  # prompt tokens of the requests placed, and what they were charged
         self.prompt_tokens_charged = 0
         self.refresh_failures = 0
+        self.routers = 1  # balancers sharing the nodes' budgets, as the registry last counted them
         self._fetched_at = -float("inf")  # when the registry last answered
         self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
         self._small: Optional[int] = None  # small_prompt_tokens() of _prompts, None once they change
@@ -119,10 +121,16 @@ class LocalBalancer:
 
     # -- the view ---------------------------------------------------------------------
 
-    def apply_views(self, views: dict[str, NodeView]) -> None:
-        """Fresh views by node key (their ``node_id`` is replaced by this balancer's number of the node)."""
+    def apply_views(self, views: dict[str, NodeView], routers: Optional[int] = None) -> None:
+        """Fresh views by node key (their ``node_id`` is replaced by this balancer's number of the node).
+
+        ``routers``: how many balancers share the nodes' budgets (``PlacementPolicy.set_routers``);
+        None keeps the last count (Serve's routing stats do not say).
+        """
         now = self._clock()
         with self._lock:
+            if routers is not None:
+                self.routers = routers
             for key, view in views.items():
                 node_id = self._ids.get(key)
                 if node_id is None:
@@ -130,6 +138,7 @@ class LocalBalancer:
                     self._keys[node_id] = key
                 self._seen_at[key] = now
                 self._ensure_member(node_id)
+                self._policy.set_routers(self.routers)
                 self._policy.update(replace(view, node_id=node_id))
                 index = self._policy.prefix_index
                 if index is not None and view.kv_capacity_tokens > 0:
@@ -333,6 +342,7 @@ class LocalBalancer:
                     nodes[key] = {"pab_tokens_debited": v.pab_tokens, "in_flight": v.in_flight,
                                   "in_transit": policy.in_transit(nid)}
             return {"placed": self.placed, "rejected": self.rejected, "refresh_failures": self.refresh_failures,
+                    "routers": self.routers,
                     "prompt_tokens_placed": self.prompt_tokens_placed,
                     "prompt_tokens_charged": self.prompt_tokens_charged, "nodes": nodes}
 
@@ -351,7 +361,8 @@ class LocalBalancer:
     def _refresh_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.apply_views(self._fetch_views(self.stats()))
+                answer = self._fetch_views(self.stats())
+                self.apply_views(answer.views, answer.routers)
                 self._fetched_at = self._clock()
             except Exception as exc:  # noqa: BLE001 - the registry restarts or is gone: keep the last view
                 self.refresh_failures += 1
@@ -367,22 +378,20 @@ _BALANCERS: dict[tuple[str, str], LocalBalancer] = {}
 _BALANCERS_LOCK = threading.Lock()
 
 
-def registry_fetcher(app_name: str, engine_deployment: str, timeout_s: float = 2.0) -> Callable[[dict], dict]:
-    """A function that asks the deployment's PAB registry for its views (finding it again after a restart)."""
+def registry_fetcher(app_name: str, engine_deployment: str, timeout_s: float = 2.0) -> Callable[[dict], RouterPoll]:
+    """A function that polls the deployment's PAB registry (``PABRegistry.poll``), finding it again after a restart."""
     import ray
-
-    from balancer.serve.pab_registry import find_registry
 
     state: dict[str, Any] = {"handle": None}
     key = f"{os.getpid()}:{app_name}:{engine_deployment}"
 
-    def fetch(router_stats: dict) -> dict:
+    def fetch(router_stats: dict) -> RouterPoll:
         if state["handle"] is None:
             state["handle"] = find_registry(app_name, engine_deployment)
             if state["handle"] is None:
                 raise LookupError("no PAB registry yet")
         try:
-            return ray.get(state["handle"].views.remote(key, router_stats), timeout=timeout_s)
+            return ray.get(state["handle"].poll.remote(key, router_stats), timeout=timeout_s)
         except Exception:
             state["handle"] = None
             raise

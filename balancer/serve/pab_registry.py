@@ -66,6 +66,16 @@ def view_from_dict(node_id: int, data: dict[str, Any]) -> NodeView:
     return NodeView(node_id=node_id, **values)
 
 
+@dataclass(frozen=True)
+class RouterPoll:
+    """The registry's answer to a balancer's poll: the latest view of every live node by node key,
+    and how many balancers polled within ``stale_after_s`` (itself included), among which each
+    node's budget is shared (``PlacementPolicy.set_routers``)."""
+
+    views: dict[str, NodeView]
+    routers: int
+
+
 class PABRegistry:
     """Latest report per engine replica, the deployment model, and what the routers decided."""
 
@@ -112,14 +122,17 @@ class PABRegistry:
 
     # -- what the routers poll ------------------------------------------------------
 
-    def views(self, router_key: str | None = None, router_stats: dict[str, Any] | None = None) -> dict[str, NodeView]:
-        """The latest view of every live node, by node key.
-
-        A router may pass its own counters (``router_stats``), kept for ``snapshot``.
-        """
-        if router_key is not None and router_stats is not None:
-            self._routers[router_key] = {**router_stats, "seen_at": time.monotonic()}
+    def views(self) -> dict[str, NodeView]:
+        """The latest view of every live node, by node key."""
         return {k: self._reports[k].view for k in self._live()}
+
+    def poll(self, router_key: str, router_stats: dict[str, Any]) -> RouterPoll:
+        """A balancer's poll: its counters (``router_stats``, kept for ``snapshot``) in, the live
+        nodes' views and the number of live balancers out."""
+        now = time.monotonic()
+        self._routers[router_key] = {**router_stats, "seen_at": now}
+        routers = sum(1 for v in self._routers.values() if now - v["seen_at"] <= self.stale_after_s)
+        return RouterPoll(self.views(), routers)
 
     # -- inspection -----------------------------------------------------------------
 

@@ -107,6 +107,24 @@ class EngineSpec:
     slo_tiers: dict[str, SLO]  # the deployment's SLO classes (SLO with name and rank, 0 the tightest); {}: none
     tier_hold_fraction: float  # share of the idle budget the looser classes leave (shown as the held budget)
     openai_server: dict[str, Any]  # vLLM BaseFrontendArgs fields (tools, template)
+    engine_core_nice: Optional[int] = None  # niceness added to the engine's child processes; None: 4 on CPU, 0 on GPU
+
+
+def lower_children_priority(increment: int) -> list[int]:
+    """Add ``increment`` (>= 0) to the niceness of every child process of this one (vLLM's engine
+    core and its workers), capped at 19; returns their pids. Raising a niceness needs no privilege.
+    A child that exits meanwhile is skipped."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if increment > 0:
+                child.nice(min(19, child.nice() + increment))
+            pids.append(child.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 @dataclass
@@ -243,6 +261,11 @@ class EngineReplica:
             stat_loggers=[self._stat_logger_factory(), _vllm_ray_metrics_logger(self._vllm_metrics)],
         )
         self.engine.replica = self
+        nice = self.spec.engine_core_nice
+        if nice is None:
+            from vllm.platforms import current_platform
+            nice = 4 if current_platform.is_cpu() else 0
+        self.engine_core_pids = lower_children_priority(nice)
         # vLLM's OpenAI layer on this engine: OpenAIServingChat, OpenAIServingCompletion (node.vllm.openai_server).
         self.api = State()
         await init_serving_state(self.engine, self.api, server)
