@@ -285,6 +285,38 @@ def test_early_refusal_uses_a_small_prompt_of_recent_traffic():
     assert strict.refusal_before_parsing() is None  # only when not even one token fits
 
 
+def test_a_refusal_of_the_tightest_class_at_one_ingress_sheds_the_looser_ones_at_every_ingress(monkeypatch):
+    """Two ingress replicas: A refuses an interactive request; its next poll tells the registry, and B
+    sheds batch from its own next poll on, for the rest of the window."""
+    reg_clock = [100.0]
+    monkeypatch.setattr("balancer.serve.pab_registry.time.monotonic", lambda: reg_clock[0])
+    reg = PABRegistry(stale_after_s=3.0)
+    _report(reg, "a", 300)
+    clock = _Clock()
+    settings = dict(tier_shed_s=2.0, tightest_class="interactive", class_ttft_slo_s={"interactive": 2.0, "batch": 30.0})
+    a, b = _balancer(clock=clock, **settings), _balancer(clock=clock, **settings)
+    for name, lb in (("A", a), ("B", b)):
+        answer = reg.poll(name, lb.stats())
+        assert answer.tightest_refused_age_s is None
+        lb.apply_views(answer.views, answer.routers, answer.tightest_refused_age_s)
+    assert a.admit("i1", 500)[0] is None  # A refuses an interactive request
+    assert b.shed_before_parsing("batch") is None  # B does not know yet
+    clock.t += 0.1
+    reg_clock[0] += 0.1
+    answer = reg.poll("A", a.stats())
+    assert answer.tightest_refused_age_s == pytest.approx(0.1)
+    clock.t += 0.1
+    reg_clock[0] += 0.1
+    answer = reg.poll("B", b.stats())
+    assert answer.tightest_refused_age_s == pytest.approx(0.2)
+    b.apply_views(answer.views, answer.routers, answer.tightest_refused_age_s)
+    wait = b.shed_before_parsing("batch")
+    assert wait is not None and wait == pytest.approx(1.8)  # the rest of A's window
+    assert b.admit("b1", 10, tier="batch")[1].reason == "shed-looser-tier"
+    clock.t += 2.0
+    assert b.shed_before_parsing("batch") is None  # the window is over
+
+
 def test_a_shed_class_is_refused_from_its_header_before_the_body_is_read():
     clock = _Clock()
     lb = _balancer(clock=clock, tier_shed_s=2.0, tightest_class="interactive",

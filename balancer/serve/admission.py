@@ -121,11 +121,15 @@ class LocalBalancer:
 
     # -- the view ---------------------------------------------------------------------
 
-    def apply_views(self, views: dict[str, NodeView], routers: Optional[int] = None) -> None:
+    def apply_views(self, views: dict[str, NodeView], routers: Optional[int] = None,
+                    tightest_refused_age_s: Optional[float] = None) -> None:
         """Fresh views by node key (their ``node_id`` is replaced by this balancer's number of the node).
 
         ``routers``: how many balancers share the nodes' budgets (``PlacementPolicy.set_routers``);
-        None keeps the last count (Serve's routing stats do not say).
+        None keeps the last count (Serve's routing stats do not say). ``tightest_refused_age_s``:
+        seconds since any balancer last refused a request of the tightest class (``RouterPoll``);
+        when that is later than this balancer's own last such refusal, the looser classes are shed
+        from then here too (``PlacementPolicy.tightest_refused``).
         """
         now = self._clock()
         with self._lock:
@@ -144,6 +148,11 @@ class LocalBalancer:
                 if index is not None and view.kv_capacity_tokens > 0:
                     index.set_capacity(node_id, view.kv_capacity_tokens // index.block_tokens)
             self._refresh_members(now)
+            policy = self._policy
+            if tightest_refused_age_s is not None and policy is not None:
+                refused_s = now - tightest_refused_age_s
+                if policy.tightest_refused_s is None or refused_s > policy.tightest_refused_s:
+                    policy.tightest_refused(refused_s)
 
     def _ensure_member(self, node_id: int) -> None:
         if self._policy is None:
@@ -341,8 +350,12 @@ class LocalBalancer:
                     v = policy.view(nid)
                     nodes[key] = {"pab_tokens_debited": v.pab_tokens, "in_flight": v.in_flight,
                                   "in_transit": policy.in_transit(nid)}
+            refused_s = policy.tightest_refused_s if policy is not None else None
             return {"placed": self.placed, "rejected": self.rejected, "refresh_failures": self.refresh_failures,
                     "routers": self.routers,
+                    # how long ago this balancer last refused a request of the tightest class (shared by
+                    # the registry: every balancer sheds the looser classes after any one's refusal)
+                    "tightest_refused_age_s": None if refused_s is None else self._clock() - refused_s,
                     "prompt_tokens_placed": self.prompt_tokens_placed,
                     "prompt_tokens_charged": self.prompt_tokens_charged, "nodes": nodes}
 
@@ -362,7 +375,7 @@ class LocalBalancer:
         while not self._stop.is_set():
             try:
                 answer = self._fetch_views(self.stats())
-                self.apply_views(answer.views, answer.routers)
+                self.apply_views(answer.views, answer.routers, answer.tightest_refused_age_s)
                 self._fetched_at = self._clock()
             except Exception as exc:  # noqa: BLE001 - the registry restarts or is gone: keep the last view
                 self.refresh_failures += 1

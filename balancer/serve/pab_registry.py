@@ -68,12 +68,15 @@ def view_from_dict(node_id: int, data: dict[str, Any]) -> NodeView:
 
 @dataclass(frozen=True)
 class RouterPoll:
-    """The registry's answer to a balancer's poll: the latest view of every live node by node key,
-    and how many balancers polled within ``stale_after_s`` (itself included), among which each
-    node's budget is shared (``PlacementPolicy.set_routers``)."""
+    """The registry's answer to a balancer's poll: the latest view of every live node by node key;
+    how many balancers polled within ``stale_after_s`` (itself included), among which each node's
+    budget is shared (``PlacementPolicy.set_routers``); and seconds since any of them last refused a
+    request of the tightest SLO class (None: none did), after which every balancer sheds the looser
+    classes (``PlacementPolicy.tier_shed_s``)."""
 
     views: dict[str, NodeView]
     routers: int
+    tightest_refused_age_s: Optional[float] = None
 
 
 class PABRegistry:
@@ -127,12 +130,15 @@ class PABRegistry:
         return {k: self._reports[k].view for k in self._live()}
 
     def poll(self, router_key: str, router_stats: dict[str, Any]) -> RouterPoll:
-        """A balancer's poll: its counters (``router_stats``, kept for ``snapshot``) in, the live
-        nodes' views and the number of live balancers out."""
+        """A balancer's poll: its counters (``router_stats``, kept for ``snapshot``, with its
+        ``tightest_refused_age_s``) in; the live nodes' views, the number of live balancers and the
+        age of the latest refusal of the tightest class among them out."""
         now = time.monotonic()
         self._routers[router_key] = {**router_stats, "seen_at": now}
-        routers = sum(1 for v in self._routers.values() if now - v["seen_at"] <= self.stale_after_s)
-        return RouterPoll(self.views(), routers)
+        live = [v for v in self._routers.values() if now - v["seen_at"] <= self.stale_after_s]
+        ages = [v["tightest_refused_age_s"] + now - v["seen_at"] for v in live
+                if v.get("tightest_refused_age_s") is not None]
+        return RouterPoll(self.views(), len(live), min(ages, default=None))
 
     # -- inspection -----------------------------------------------------------------
 
