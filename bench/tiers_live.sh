@@ -5,9 +5,11 @@
 # (19 = ~48 req/s, 4x the 12 req/s capacity measured in SERVE.md).
 # SHED (optional) is tier_shed_s: after an interactive refusal batch is refused this long (default:
 # the interactive TTFT, 2 s; 0: off).
-# Ablations through the environment: INGRESS_REPLICAS (the config's 2) and ENGINE_CORE_NICE (default:
-# 4 on CPU engines; 0 runs the engine cores at the replicas' priority).
-#   [INGRESS_REPLICAS=N] [ENGINE_CORE_NICE=N] bash bench/tiers_live.sh HOLD RATE_SCALE OUT.json [SHED]
+# Ablations through the environment: INGRESS_REPLICAS (the config's 2), ENGINE_CORE_NICE (default:
+# 4 on CPU engines; 0 runs the engine cores at the replicas' priority), PAB_HORIZON_FRACTION (the
+# config's 0.45) and TPOT_MARGIN (the config's 0.4).
+#   [INGRESS_REPLICAS=N] [ENGINE_CORE_NICE=N] [PAB_HORIZON_FRACTION=F] [TPOT_MARGIN=M] \
+#     bash bench/tiers_live.sh HOLD RATE_SCALE OUT.json [SHED]
 set -euo pipefail
 hold=$1; rs=$2; out=$3; shed=${4:-}
 cfg=$(mktemp --suffix=.yaml)
@@ -18,6 +20,10 @@ add() {  # one more key of the application's args, beside tier_hold_fraction
 if [ -n "$shed" ]; then add "tier_shed_s: $shed"; fi
 if [ -n "${INGRESS_REPLICAS:-}" ]; then sed -i "s/^\( *\)ingress_replicas: .*/\1ingress_replicas: $INGRESS_REPLICAS/" "$cfg"; fi
 if [ -n "${ENGINE_CORE_NICE:-}" ]; then add "engine_core_nice: $ENGINE_CORE_NICE"; fi
+if [ -n "${PAB_HORIZON_FRACTION:-}" ]; then
+  sed -i "s/^\( *\)pab_horizon_fraction: .*/\1pab_horizon_fraction: $PAB_HORIZON_FRACTION/" "$cfg"
+fi
+if [ -n "${TPOT_MARGIN:-}" ]; then sed -i "s/tpot_margin: [0-9.]*/tpot_margin: $TPOT_MARGIN/" "$cfg"; fi
 ray stop --force >/dev/null 2>&1 || true
 RAY_AUTH_MODE=disabled fairbatching serve --config "$cfg" > /tmp/tiers-serve.log 2>&1 &
 server=$!
