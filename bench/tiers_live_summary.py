@@ -20,6 +20,11 @@ def summarise(path: str) -> dict:
     overlap = sum(1 for t in refused_i if any(abs(t - b) <= 1.0 for b in admitted_b))
     # batch requests admitted within 1 s after an interactive refusal: the shedding came too late or not at all
     after = sum(1 for b in admitted_b if any(0 <= b - t <= 1.0 for t in refused_i))
+    # the longest time in which no token reached the client while some stream was open (a stall of
+    # every stream at once, as behind a burst of refusals at the front end)
+    tokens = sorted(t for r in records for t in r["token_times"])
+    spans = [(r["token_times"][0], r["token_times"][-1]) for r in records if len(r["token_times"]) > 1]
+    gap = max((b - a for a, b in zip(tokens, tokens[1:]) if any(s < a and e > b for s, e in spans)), default=0.0)
     # what the engines measured (from the arrival stamp to the first token they emitted), warm-up included
     server: dict = {}
     try:
@@ -34,7 +39,7 @@ def summarise(path: str) -> dict:
     return {"file": path, "offered_rps": report.get("offered_rps"), "goodput_rps": report.get("goodput_rps"),
             "admitted_attainment": report.get("admitted_attainment"), "per_tier": tiers,
             "interactive_refused": len(refused_i), "interactive_refused_while_batch_admitted_1s": overlap,
-            "batch_admitted_within_1s_after_interactive_refused": after,
+            "batch_admitted_within_1s_after_interactive_refused": after, "longest_token_gap_s": gap,
             "engine_side_by_class": server}
 
 
