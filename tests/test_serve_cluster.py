@@ -301,6 +301,7 @@ def test_error_classes_of_the_openai_client(cluster):
     with pytest.raises(openai.RateLimitError) as err:
         client.completions.create(model=MODEL, prompt="w1", max_tokens=1, extra_headers=stale)
     assert int(err.value.response.headers["retry-after"]) >= 1
+    assert err.value.response.headers["x-fairbatching-refusal"] == "too-late"
     # a stale interactive request alone says nothing of the budget: it sheds no batch request
     assert client.completions.create(model=MODEL, prompt="w1", max_tokens=1,
                                      extra_headers={"x-slo-class": "batch"}).choices[0].finish_reason
@@ -540,6 +541,7 @@ def test_saturated_cluster_answers_429_with_retry_after_and_recovers(cluster):
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["type"] == "RateLimitError" and r.json()["error"]["code"] == 429
+            assert r.headers["x-fairbatching-refusal"] in {"no-budget", "no-budget-early"}, r.headers
     # A rejected stream gets a real 429 (not a 200 with an error inside); an admitted one streams.
     assert any(st == 429 for st, _, _ in streams), [st for st, _, _ in streams]
     for st, retry, body in streams:

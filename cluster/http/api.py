@@ -55,7 +55,7 @@ from node.core.extra_args import (
 from node.core.request import SLO, SLO_CLASS_KEY, SLO_TPOT_KEY, SLO_TTFT_KEY
 from cluster.workload.tiers import SLOClasses
 from cluster.http.headers import (
-    CLASS_HEADER, NODE_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER,
+    CLASS_HEADER, NODE_HEADER, REFUSAL_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER,
 )
 from node.serve.messages import CHAT, COMPLETION, EngineJob, EngineReply
 
@@ -97,10 +97,11 @@ def invalid(param: str, message: str) -> APIError:
     return APIError(400, message, param=param)
 
 
-def rejected(retry_after_s: float) -> APIError:
+def rejected(retry_after_s: float, reason: str) -> APIError:
+    """A 429 with ``Retry-After`` (whole seconds, at least 1) and why (``REFUSAL_HEADER``)."""
     secs = max(1, math.ceil(retry_after_s))
     return APIError(429, f"No engine has budget for this request now (admission_rejected); retry after {secs} s.",
-                    headers={"Retry-After": str(secs)})
+                    headers={"Retry-After": str(secs), REFUSAL_HEADER: reason})
 
 
 def unavailable(message: str) -> APIError:
@@ -325,7 +326,7 @@ class Ingress:
 
         if lb.too_late(time.time() - job.arrival_s, job.ttft_slo_s):
             count_rejection(job.slo_class)
-            raise rejected(1.0)
+            raise rejected(1.0, "too-late")
         deadline = time.monotonic() + self.admission_wait_s
         first_try = True
         while True:
@@ -340,7 +341,7 @@ class Ingress:
                 return  # the registry is away: the router decides from the replicas' routing stats
             if time.monotonic() >= deadline:
                 count_rejection(job.slo_class)
-                raise rejected(decision.retry_after_s or 1.0)
+                raise rejected(decision.retry_after_s or 1.0, decision.reason)
             await asyncio.sleep(lb.settings.refresh_interval_s)
 
     def _release(self, job: EngineJob) -> None:
@@ -376,7 +377,7 @@ class Ingress:
             except Exception as exc:  # noqa: BLE001 - sorted below
                 retry = _is_backpressure(exc)
                 if retry is not None:
-                    raise rejected(retry) from None
+                    raise rejected(retry, "engine-backpressure") from None
                 if _is_engine_failure(exc) and attempt == 0:
                     continue  # nothing reached the client yet: one more try on a live engine
                 # with its traceback: an engine failure is a defect to find (a client mistake is a 400 earlier)
@@ -532,17 +533,18 @@ class EarlyRefusal:
                 ttft = positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
                 slo_class = headers.get(CLASS_HEADER, "")
                 for lb in balancers:
+                    reason = "too-late"
                     if lb.too_late(waited, ttft or lb.settings.class_ttft_slo_s.get(slo_class)):
                         wait = 1.0  # (a stale request alone says nothing of the budget: nothing is shed)
                     else:
-                        wait = lb.shed_before_parsing(slo_class)
+                        wait, reason = lb.shed_before_parsing(slo_class), "shed-looser-tier"
                         if wait is None:
-                            wait = lb.refusal_before_parsing()
+                            wait, reason = lb.refusal_before_parsing(), "no-budget-early"
                             if wait is not None:  # no budget even for a small prompt: as a refusal at admission
                                 lb.refused_early(slo_class)
                     if wait is not None:
                         count_rejection(slo_class if slo_class in lb.settings.class_ttft_slo_s else "")
-                        await rejected(wait).response()(scope, receive, send)
+                        await rejected(wait, reason).response()(scope, receive, send)
                         return
         await self.app(scope, receive, send)
 

@@ -11,3 +11,9 @@ CLASS_HEADER = "x-slo-class"
 REQUEST_START_HEADER = "x-request-start"
 NODE_HEADER = "x-fairbatching-node"  # the node (host:ray node id) that served the request
 REPLICA_HEADER = "x-fairbatching-replica"  # the engine replica (the registry's node key)
+#: Why a 429 was given: ``too-late`` (it waited past its shedding age in front of the ingress),
+#: ``shed-looser-tier`` (its class is shed after a refusal of the tightest), ``no-budget-early`` (no
+#: engine had budget even for a small prompt, refused before its body was read), ``engine-backpressure``
+#: (an engine refused it), or the placement's reason (PAB's ``no-budget``, ``no-budget-held`` for a looser
+#: class leaving the held share, ``admission-cap``, ``in-flight-cap``: ``balancer.core.placement.Decision``).
+REFUSAL_HEADER = "x-fairbatching-refusal"

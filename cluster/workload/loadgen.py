@@ -32,7 +32,8 @@ from typing import Any, Optional, Sequence
 import aiohttp
 import httpx
 
-from cluster.http.headers import CLASS_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER, TTFT_HEADER
+from cluster.http.headers import (CLASS_HEADER, REFUSAL_HEADER, REPLICA_HEADER, REQUEST_START_HEADER, TPOT_HEADER,
+                                  TTFT_HEADER)
 from cluster.sim.metrics import summarize
 from cluster.sim.node import SimRequest
 from cluster.workload.traces import Workload
@@ -55,6 +56,7 @@ class LiveRecord:
     error: Optional[str] = None
     node: Optional[str] = None
     retry_after: Optional[str] = None
+    refusal: Optional[str] = None  # a 429's reason (the server's x-fairbatching-refusal header)
     done_s: Optional[float] = None  # when the response ended (a refusal's body read, a stream's end)
     slo: Optional[SLO] = None  # the SLO it was sent with (its tier's); None: the run's
 
@@ -105,6 +107,7 @@ def live_report(records: list[LiveRecord], slo: SLO, offered_span_s: float) -> d
     report["rejection_latency_p50_s"] = percentile(waits, 50)
     report["rejection_latency_p99_s"] = percentile(waits, 99)
     report["rejections_without_retry_after"] = sum(1 for r in refused if not r.retry_after)
+    report["rejections_by_reason"] = dict(Counter(r.refusal or "unknown" for r in refused))
     return report
 
 
@@ -141,6 +144,7 @@ async def _one(client: aiohttp.ClientSession, endpoint: str, rec: LiveRecord, bo
             rec.node = resp.headers.get(REPLICA_HEADER)
             if resp.status != 200:
                 rec.retry_after = resp.headers.get("retry-after")
+                rec.refusal = resp.headers.get(REFUSAL_HEADER)
                 text = (await resp.read()).decode(errors="replace")
                 rec.done_s = time.perf_counter() - t0
                 rec.error = None if resp.status == 429 else f"http {resp.status}: {text[:200]}"
