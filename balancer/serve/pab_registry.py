@@ -135,10 +135,14 @@ class PABRegistry:
         age of the latest refusal of the tightest class among them out."""
         now = time.monotonic()
         self._routers[router_key] = {**router_stats, "seen_at": now}
-        live = [v for v in self._routers.values() if now - v["seen_at"] <= self.stale_after_s]
-        ages = [v["tightest_refused_age_s"] + now - v["seen_at"] for v in live
+        live = self._live_routers(now)
+        ages = [v["tightest_refused_age_s"] + now - v["seen_at"] for v in live.values()
                 if v.get("tightest_refused_age_s") is not None]
         return RouterPoll(self.views(), len(live), min(ages, default=None))
+
+    def _live_routers(self, now: float) -> dict[str, dict[str, Any]]:
+        """The counters of the balancers that polled within ``stale_after_s`` of ``now``, by router key."""
+        return {k: v for k, v in self._routers.items() if now - v["seen_at"] <= self.stale_after_s}
 
     # -- inspection -----------------------------------------------------------------
 
@@ -153,8 +157,7 @@ class PABRegistry:
             row["own_model"] = {**asdict(rep.step_model), "refits": rep.refits} if rep.step_model else None
             row.update(rep.status)
             nodes[key] = row
-        routers = {k: {**v, "age_s": now - v["seen_at"]} for k, v in self._routers.items()
-                   if now - v["seen_at"] <= self.stale_after_s}
+        routers = {k: {**v, "age_s": now - v["seen_at"]} for k, v in self._live_routers(now).items()}
         decisions = {"placed": sum(r.get("placed", 0) for r in routers.values()),
                      "rejected": sum(r.get("rejected", 0) for r in routers.values())}
         model = self.deployment_model()

@@ -533,9 +533,9 @@ class EarlyRefusal:
                 ttft = positive_seconds(headers.get(TTFT_HEADER, ""), 1e-3)
                 slo_class = headers.get(CLASS_HEADER, "")
                 for lb in balancers:
-                    reason = "too-late"
                     if lb.too_late(waited, ttft or lb.settings.class_ttft_slo_s.get(slo_class)):
-                        wait = 1.0  # (a stale request alone says nothing of the budget: nothing is shed)
+                        # (a stale request alone says nothing of the budget: nothing is shed)
+                        wait, reason = 1.0, "too-late"
                     else:
                         wait, reason = lb.shed_before_parsing(slo_class), "shed-looser-tier"
                         if wait is None:

@@ -265,7 +265,7 @@ class EngineReplica:
         if nice is None:
             from vllm.platforms import current_platform
             nice = 4 if current_platform.is_cpu() else 0
-        self.engine_core_pids = lower_children_priority(nice)
+        lower_children_priority(nice)
         # vLLM's OpenAI layer on this engine: OpenAIServingChat, OpenAIServingCompletion (node.vllm.openai_server).
         self.api = State()
         await init_serving_state(self.engine, self.api, server)
