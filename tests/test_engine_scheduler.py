@@ -304,3 +304,31 @@ def test_speculative_decoding_is_refused_while_the_plan_is_applied(fb):
     with pytest.raises(VllmInternalsError, match="speculative decoding"):
         check_internals(spec, plan_applied=True)
     check_internals(spec, plan_applied=False)  # observe mode plans nothing: allowed
+
+
+def test_a_tight_prompt_gets_its_planned_chunk_beside_a_loose_prefill_in_progress(fb):
+    """Two SLO classes on the real engine. A loose (batch) prompt is part-way through its prefill when
+    a tight (interactive) prompt arrives: EDF plans the tight prompt's whole chunk first and gives the
+    loose one what is left. vLLM scans running requests before waiting ones and gives each
+    min(remaining, budget left), so without per-request grants the loose prefill took the whole step
+    and the tight prompt got nothing (a 'more-tokens' and a 'not-scheduled' divergence); with them
+    each request gets exactly its planned tokens and the tight prompt is served first."""
+    engine, sched = fb.llm_engine, engine_scheduler(fb)
+    loose = _greedy(2, extra_args={"ttft_slo_s": 30.0, "tpot_slo_s": 1.0})
+    tight = _greedy(2, extra_args={"ttft_slo_s": 0.5, "tpot_slo_s": 0.05})
+    engine.add_request("grant-batch", _tokens_prompt(301, 600), loose)
+    engine.step()  # the batch prompt is now running with part of its prompt computed
+    (batch_id,) = [r.request_id for r in sched.running]
+    assert 0 < sched.requests[batch_id].num_computed_tokens < 600
+    divergent, by_reason = sched.fb_divergent_steps, dict(sched.fb_divergence)
+    engine.add_request("grant-interactive", _tokens_prompt(302, 60), tight)
+    engine.step()
+    plan = sched.fb_last_plan
+    first = plan.items[0]
+    assert first.request_id.startswith("grant-interactive") and first.new_tokens == 60
+    assert any(i.request_id == batch_id for i in plan.items), "the loose prefill should share the step"
+    scheduled = {i.request_id: sched.requests[i.request_id].num_computed_tokens for i in plan.items}
+    assert scheduled[first.request_id] == 60  # the tight prompt's whole chunk, this step
+    assert (sched.fb_divergent_steps, dict(sched.fb_divergence)) == (divergent, by_reason)
+    while engine.has_unfinished_requests():
+        engine.step()

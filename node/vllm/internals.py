@@ -55,6 +55,8 @@ SCHEDULER: tuple[Internal, ...] = (
     Internal("Scheduler", "current_step", "the step counter of the step log"),
     Internal("Scheduler", "num_spec_tokens", "refusing speculative decoding (see the module docstring)"),
     Internal("Scheduler", "scheduler_reserve_full_isl", "whether vLLM reserves a prompt's whole KV on admission"),
+    Internal("Scheduler", "_reserve_prefill_lookahead",
+             "the per-request chunk cap both scans call before allocating KV: narrowed to the plan's token grant"),
     Internal("Scheduler", "prefix_replay_tokens", "the window of a prefix-cache hit vLLM recomputes (taken off the hit)"),
     Internal("KVCacheManager", "block_pool", "free KV blocks (get_num_free_blocks)"),
     Internal("KVCacheManager", "watermark_blocks", "blocks vLLM keeps free when it admits a prompt"),

@@ -21,6 +21,9 @@ Fields (all optional in the JSON; missing ones take the defaults below):
 * ``apply_plan`` -- ``False`` leaves vLLM's own scheduling untouched and only
   observes (plans, times steps, refits, computes PAB): the stock baseline of
   an A/B run, measured by the same instrument;
+* ``token_grants`` -- cap every planned request at its planned tokens (default);
+  ``False`` sets only the step's total, so a prefill in progress can take a
+  later one's tokens (kept for the ablation, ``node.vllm.scheduler``);
 * ``refit`` / ``refit_window`` / ``refit_every`` / ``refit_min_samples`` /
   ``refit_min_prefill_steps`` --
   online refit of the step-time model (``node.fit.step_time_fit.OnlineRefit``);
@@ -56,6 +59,7 @@ class NodeConfig:
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     apply_plan: bool = True
+    token_grants: bool = True
     refit: bool = True
     refit_window: int = 512
     refit_every: int = 64

@@ -20,6 +20,13 @@ Each step, before vLLM's own ``schedule()``:
    requests move to the head of the FCFS queue in plan order;
    ``max_num_active_reqs`` admits exactly the planned new requests and
    ``max_num_scheduled_tokens`` is the planned total (at most the configured cap).
+   Each planned request is also *granted* its planned tokens
+   (``NodeConfig.token_grants``): vLLM's scan gives a running request
+   ``min(remaining, budget left)`` before it reaches the waiting queue, so
+   without a grant a loose prefill in progress would take the tokens planned
+   for a tighter waiting prompt (EDF across prefills would not hold when SLOs
+   differ). The grant caps what vLLM gives each request in the per-request hook
+   ``_reserve_prefill_lookahead`` that both of its scans call;
    Urgent decodes the plan left out for want of KV blocks stay visible right
    after the planned decodes (one token each added to the budget), so vLLM
    preempts from the tail to fit them exactly as it would on its own; the
@@ -130,6 +137,9 @@ class FairBatchingMixin:
         self._fb_last_update = 0.0
         # Step cadence (start to start while busy) for the host time of the step-time model.
         self._fb_prev_start: float | None = None
+        # Per-request token grants of the step being scheduled (request id -> planned tokens); empty
+        # outside schedule() and when grants are off.
+        self._fb_grants: dict[str, int] = {}
         self._fb_busy = False
         self._fb_last_forward_s: float | None = None
         self.fb_last_snapshot: list[RequestState] = []
@@ -339,8 +349,11 @@ class FairBatchingMixin:
         try:
             if apply:
                 hidden, removed = self._fb_apply(plan, planned, is_decode, saved_tokens, saved_active, states)
+                if cfg.token_grants:
+                    self._fb_grants = {rid: item.new_tokens for rid, item in planned.items()}
             out = super().schedule(*args, **kwargs)
         finally:
+            self._fb_grants = {}
             if removed:
                 self.running = self.running + removed
             self.max_num_scheduled_tokens = saved_tokens
@@ -419,6 +432,14 @@ class FairBatchingMixin:
         self.max_num_active_reqs = max(1, min(saved_active - len(removed), slots))
         self.max_num_scheduled_tokens = max(1, min(plan.new_tokens + len(kv_urgent), saved_tokens))
         return hidden, removed
+
+    def _reserve_prefill_lookahead(self, request: Any, num_computed_tokens: int, num_new_tokens: int) -> int:
+        """vLLM's per-request cap on a chunk (both scans call it just before allocating KV), narrowed to
+        the request's token grant while a plan is applied (module docstring, step 2). A request without a
+        grant (not planned: a decode kept visible for preemption, one that needs no tokens) keeps vLLM's."""
+        tokens = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        grant = self._fb_grants.get(request.request_id) if self._fb_grants else None
+        return tokens if grant is None else min(tokens, grant)
 
     @staticmethod
     def _fb_kv_urgent(plan: BatchPlan) -> dict[str, None]:
