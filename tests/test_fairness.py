@@ -139,3 +139,46 @@ def test_first_token_anchor_keeps_mean_tpot_from_spending_early_ttft():
     # The same stream under the paper's arrival anchor lets the decode drift: it
     # spends its unused 0.95 s of TTFT on later tokens.
     assert mean_tpot(arrival) > 0.05
+
+
+@pytest.mark.parametrize("align", [128, 256])
+def test_a_chunk_cut_by_the_budget_is_trimmed_to_a_tile_multiple_of_the_step(align):
+    """With ``chunk_align_tokens`` the step's tokens become a multiple of the tile (GEMM tile
+    quantization); only the chunk the budget cut short gives tokens back, and a prompt that fits
+    whole is never trimmed."""
+    now = 10.0
+    d = RequestState("d", 9.0, 100, SLO(1.0, 0.05), computed_tokens=100, output_tokens=10, first_token_s=9.1)
+    whole = RequestState("whole", 9.8, 300, SLO_DEFAULT)
+    cut = RequestState("cut", 9.9, 5000, SLO_DEFAULT, computed_tokens=1000)
+    plain = make_policy("fairbatching", REF_MODEL, anchor="first-token").plan([d, whole, cut], LIMITS, now)
+    aligned = make_policy("fairbatching", REF_MODEL, anchor="first-token",
+                          chunk_align_tokens=align).plan([d, whole, cut], LIMITS, now)
+    assert plain.new_tokens % align != 0  # the budget's chunk lands off the tile (else nothing to show)
+    assert aligned.new_tokens == plain.new_tokens - plain.new_tokens % align
+    assert aligned.prefill_chunks["whole"] == plain.prefill_chunks["whole"] == 300
+    assert aligned.prefill_chunks["cut"] == plain.prefill_chunks["cut"] - plain.new_tokens % align
+    assert aligned.context_tokens == plain.context_tokens - plain.new_tokens % align
+    assert aligned.predicted_s < plain.predicted_s <= plain.budget_s
+
+
+def test_alignment_leaves_a_step_whose_only_chunk_would_vanish():
+    """A chunk smaller than the step's excess over the tile is kept as it is (trimming it would
+    give up the prefill this step), and so is a step with no chunk cut short."""
+    now = 10.0
+    decodes = [RequestState(f"d{i}", 9.0, 100, SLO(1.0, 0.05), computed_tokens=100, output_tokens=10,
+                            first_token_s=9.1) for i in range(200)]
+    tiny_budget = Limits(max_num_seqs=256, max_num_batched_tokens=210)
+    cut = RequestState("cut", 9.9, 5000, SLO_DEFAULT)
+    plan = make_policy("fairbatching", REF_MODEL, anchor="first-token", chunk_align_tokens=256,
+                       min_chunk_tokens=1).plan([*decodes, cut], tiny_budget, now)
+    assert plan.prefill_chunks["cut"] == 10 and plan.new_tokens == 210
+    short = RequestState("short", 9.9, 50, SLO_DEFAULT)
+    plan = make_policy("fairbatching", REF_MODEL, anchor="first-token",
+                       chunk_align_tokens=256).plan([decodes[0], short], LIMITS, now)
+    assert plan.prefill_chunks["short"] == 50 and plan.new_tokens == 51
+
+
+def test_chunk_align_tokens_must_be_a_non_negative_integer():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_align_tokens"):
+            make_policy("fairbatching", REF_MODEL, chunk_align_tokens=bad)

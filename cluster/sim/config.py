@@ -57,6 +57,7 @@ class SimConfig:
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
     seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
     tpot_margin: float = _opt(0.0, "FairBatching: plan decode deadlines at (1 - this) x the TPOT SLO, a guard band against steps longer than predicted.")
+    chunk_align_tokens: int = _opt(0, "FairBatching: trim a prefill chunk the budget cut short so the step's tokens are a multiple of this (GEMM tile quantization; 0: off).")
     lend: str = _opt("always", "FairBatching: which prefills a decode ahead of its envelope yields to: always (every prefill, the paper's order) or at-risk (only prefills whose deadline is at risk).")
     relegate: str = _opt("none", "FairBatching: serve requests that can no longer attain last: none, lost (first-token deadline passed), doomed (also prefills that cannot make it even alone).")
     refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
@@ -157,6 +158,7 @@ class SimConfig:
                 "relegate": self.relegate,
                 "tpot_margin": self.tpot_margin,
                 "lend": self.lend,
+                "chunk_align_tokens": self.chunk_align_tokens,
             }
         return {"token_budget": self.token_budget}
 
