@@ -8,7 +8,8 @@ single budget across the traces (what an operator serving mixed traffic would pi
 OpenAI-server default (``SHIPPED_BUDGET``, ``vllm/engine/arg_utils.py``: 8192 batched tokens on
 H100/H200, 2048 on A100) are all read from the same runs. Ratios are taken per seed, then summarised.
 
-    python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~20 min on 2 cores
+    python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~35 min on 2 cores
+    python bench/node_policy.py --arms fb-first+doomed+align256+margin0.2   # (re)run some arms into the same file
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ from cluster.sim.simulator import load_workload
 VLLM_BUDGETS = (512, 1024, 2048, 4096, 8192)
 SHIPPED_BUDGET = {"h100-llama3-8b": 8192, "a100-llama3-8b": 2048}
 START_RATE_SCALE = {"azure-conv": 3.6, "azure-code": 0.7}  # near the expected capacity: fewer probes
-FB = dict(scheduler="fairbatching", anchor="first-token")
-#: FairBatching arms: the paper's policy (the arrival anchor), then each measured addition.
+FB = dict(scheduler="fairbatching", anchor="first-token", relegate="none", chunk_align_tokens=0)
+#: FairBatching arms: the paper's policy (the arrival anchor, EDF without relegation), then each measured
+#: addition. Every knob is named, so the arms do not move with the simulator's defaults.
 FB_ARMS = {
-    "fb-paper": dict(scheduler="fairbatching", anchor="arrival"),
+    "fb-paper": {**FB, "anchor": "arrival"},
     "fb-first": FB,
     "fb-first+align256": {**FB, "chunk_align_tokens": 256},
     "fb-first+doomed": {**FB, "relegate": "doomed"},
     "fb-first+doomed+align64": {**FB, "relegate": "doomed", "chunk_align_tokens": 64},
     "fb-first+doomed+align128": {**FB, "relegate": "doomed", "chunk_align_tokens": 128},
     "fb-first+doomed+align256": {**FB, "relegate": "doomed", "chunk_align_tokens": 256},
+    # The simulator's and the serving layer's defaults: the above with the serving layer's TPOT guard band.
+    "fb-first+doomed+align256+margin0.2": {**FB, "relegate": "doomed", "chunk_align_tokens": 256, "tpot_margin": 0.2},
 }
 
 _workloads: dict = {}
@@ -108,6 +112,8 @@ def main(
     noise: float = typer.Option(0.05, min=0.0, help="Sigma of the lognormal step-time noise."),
     jobs: int = typer.Option(os.cpu_count() or 1, min=1, help="Worker processes."),
     only_summary: bool = typer.Option(False, help="Print the tables of an existing --json and exit."),
+    only_arms: str = typer.Option("", "--arms", help="Run only these arms (comma-separated names) and replace "
+                                                      "their rows in an existing --json; default: every arm."),
 ) -> None:
     """Single-node capacity: FairBatching arms against vLLM at every budget and Sarathi."""
     if only_summary:
@@ -116,10 +122,18 @@ def main(
     arms = {f"vllm[{b}]": dict(scheduler="vllm", token_budget=b) for b in VLLM_BUDGETS}
     arms["sarathi"] = dict(scheduler="sarathi")
     arms.update(FB_ARMS)
+    rows = []
+    if only_arms:
+        wanted = [a.strip() for a in only_arms.split(",") if a.strip()]
+        unknown = [a for a in wanted if a not in arms]
+        if unknown:
+            raise typer.BadParameter(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(arms)}", param_hint="--arms")
+        arms = {a: arms[a] for a in wanted}
+        if json_out.exists():
+            rows = [r for r in json.loads(json_out.read_text())["rows"] if r["arm"] not in arms]
     tasks = [(t, p, s, noise, a, k) for p in profiles.split(",") for t in traces.split(",")
              for s in range(seeds) for a, k in arms.items()]
     tasks.sort(key=lambda task: task[0] != "azure-conv")  # the slow trace first: the pool ends evenly
-    rows = []
     t0 = time.time()
     with ProcessPoolExecutor(jobs) as pool:
         for n, row in enumerate(pool.map(_capacity, tasks), 1):

@@ -12,7 +12,7 @@ for seats in off on; do
   flag=(); [ "$seats" = on ] && flag=(--seats-as-vllm)
   f="$out/fairbatching-seats-$seats.json"
   [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler fairbatching --anchor first-token \
-    --json "$f"
+    --relegate none --chunk-align-tokens 0 --tpot-margin 0 --json "$f"
   f="$out/vllm-1024-seats-$seats.json"
   [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler vllm --token-budget 1024 \
     --json "$f"

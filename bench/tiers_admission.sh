@@ -9,7 +9,8 @@ mkdir -p "$out"
 common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900
         --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25)
 # (the arms recorded before --tier-shed-s existed run with it off; the -shed arm with its default, 1 s)
-fb=(--scheduler fairbatching --anchor first-token --tpot-margin 0.2 --seat-pressure 0.8)
+fb=(--scheduler fairbatching --anchor first-token --tpot-margin 0.2 --seat-pressure 0.8
+    --relegate none --chunk-align-tokens 0)  # as recorded (the simulator now relegates and aligns by default)
 declare -A arms=(
   [fb-pab-hold0.1]="${fb[*]} --balancer pab --tier-hold-fraction 0.1 --tier-shed-s 0"
   [fb-pab-hold0.1-shed]="${fb[*]} --balancer pab --tier-hold-fraction 0.1"

@@ -20,3 +20,21 @@ def test_overhead_benchmark_rejects_bad_sizes():
     result = CliRunner().invoke(app, ["bench", "overhead", "--sizes", "10,x"])
     assert result.exit_code != 0
     assert "--sizes" in result.output
+
+
+def test_engine_benchmark_refuses_bad_fairbatching_knobs_before_starting_an_engine(tmp_path):
+    out = tmp_path / "ab.json"
+    for bad, says in (('{"relegate": "sometimes"}', "sometimes"), ('{"no_such_knob": 1}', "no_such_knob"),
+                      ("not json", "--fb-knobs")):
+        result = CliRunner().invoke(app, ["bench", "engine", "--json", str(out), "--fb-knobs", bad])
+        assert result.exit_code == 2, result.output
+        assert says in result.output
+    assert not out.exists()
+
+
+def test_an_engine_arm_carries_its_fairbatching_knobs_to_the_child_process():
+    from cluster.bench.engine import ArmRun
+
+    run = ArmRun(arm="fairbatching", rate=8.0, model="m", profile="p", fb_knobs='{"relegate": "doomed"}')
+    argv = run.argv()
+    assert argv[argv.index("--fb-knobs") + 1] == '{"relegate": "doomed"}'

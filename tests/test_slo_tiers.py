@@ -43,8 +43,10 @@ def test_a_tiered_run_holds_each_request_to_its_tier_and_reports_per_tier():
     assert list(per) == ["interactive", "batch"]  # tightest first
     assert per["interactive"]["requests"] + per["batch"]["requests"] == 200
     assert {r.slo.tier for r in res.requests} == {"interactive", "batch"}
-    # batch's loose SLOs are met far more easily than interactive's on the same node
-    assert per["batch"]["attainment"] >= per["interactive"]["attainment"]
+    # batch's loose SLOs are met far more easily than interactive's on the same node, once admitted
+    # (under this overload admission refuses most batch requests first: the share held for interactive)
+    assert per["batch"]["admitted_attainment"] >= per["interactive"]["admitted_attainment"]
+    assert per["batch"]["rejected"] >= per["interactive"]["rejected"]
     assert report_metric(res.report, "per_tier.batch.attainment") == per["batch"]["attainment"]
     with pytest.raises(KeyError, match="per_tier.bulk"):
         report_metric(res.report, "per_tier.bulk.attainment")

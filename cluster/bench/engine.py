@@ -56,6 +56,7 @@ class ArmRun:
     max_output_tokens: int = 128
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 512
+    fb_knobs: str = "{}"  # JSON: FairBatchingConfig knobs of the fairbatching arms
 
     def argv(self) -> list[str]:
         """The child's command line: ``--field value`` for every field, as ``main`` reads them."""
@@ -192,8 +193,9 @@ def run_arm(run: ArmRun) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fb-bench-") as tmp:
         log = Path(tmp) / "steps.jsonl"
         policy = run.arm.removesuffix("-static")
+        knobs = json.loads(run.fb_knobs) if policy == "fairbatching" else {}
         cfg = NodeConfig(policy=policy, apply_plan=run.arm != "vllm", refit=not run.arm.endswith("-static"),
-                         profile=run.profile,
+                         profile=run.profile, knobs=knobs,
                          ttft_slo_s=run.ttft_slo_s, tpot_slo_s=run.tpot_slo_s, step_log=str(log))
         llm = make_llm(run.model, cfg, max_num_seqs=run.max_num_seqs,
                        max_num_batched_tokens=run.max_num_batched_tokens, max_model_len=2048)
@@ -218,9 +220,10 @@ def run_arm(run: ArmRun) -> dict[str, Any]:
 def run_matrix(
     *, model: Path, profile: str, trace: str, rates: list[float], arms: list[str], num_requests: int,
     ttft_slo_s: float, tpot_slo_s: float, max_prompt_tokens: int, max_output_tokens: int,
-    max_num_seqs: int, max_num_batched_tokens: int, progress=None,
+    max_num_seqs: int, max_num_batched_tokens: int, fb_knobs: str = "{}", progress=None,
 ) -> list[dict[str, Any]]:
-    """Every (rate, arm), each in a fresh child process; arms alternate within a rate."""
+    """Every (rate, arm), each in a fresh child process; arms alternate within a rate. ``fb_knobs`` is the
+    JSON of the fairbatching arms' ``FairBatchingConfig`` knobs."""
     import subprocess
 
     rows = []
@@ -234,7 +237,7 @@ def run_matrix(
             run = ArmRun(arm=arm, rate=rate, model=str(model), profile=profile, trace=trace, num_requests=num_requests,
                          ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, max_prompt_tokens=max_prompt_tokens,
                          max_output_tokens=max_output_tokens, max_num_seqs=max_num_seqs,
-                         max_num_batched_tokens=max_num_batched_tokens)
+                         max_num_batched_tokens=max_num_batched_tokens, fb_knobs=fb_knobs)
             cmd = [sys.executable, "-m", "cluster.bench.engine", *run.argv(), "--out", str(out)]
             t0 = time.time()
             proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
@@ -266,12 +269,13 @@ def main(
     max_num_seqs: int = typer.Option(ArmRun.max_num_seqs, help="The engine's max_num_seqs."),
     max_num_batched_tokens: int = typer.Option(ArmRun.max_num_batched_tokens,
                                                help="The engine's max_num_batched_tokens."),
+    fb_knobs: str = typer.Option(ArmRun.fb_knobs, help="JSON of the fairbatching arms' FairBatchingConfig knobs."),
     out: Path = typer.Option(..., help="Where to write the arm's result JSON."),
 ) -> None:
     run = ArmRun(arm=arm, rate=rate, model=model, profile=profile, trace=trace, num_requests=num_requests,
                  ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, max_prompt_tokens=max_prompt_tokens,
                  max_output_tokens=max_output_tokens, max_num_seqs=max_num_seqs,
-                 max_num_batched_tokens=max_num_batched_tokens)
+                 max_num_batched_tokens=max_num_batched_tokens, fb_knobs=fb_knobs)
     out.write_text(json.dumps(run_arm(run)))
 
 

