@@ -205,3 +205,14 @@ def test_seats_as_vllm_start_no_request_beyond_max_num_seqs():
 
     assert third_starts_before_a_finish()  # the favour: three requests live on two seats
     assert not third_starts_before_a_finish(seats_as_vllm=True)
+
+
+def test_chunk_alignment_defaults_to_the_profiles_tiles():
+    """256 on a profile with measured operator times (whose step cost jumps past each GEMM tile), off
+    on one whose truth is its own smooth model; a value set on the command line wins."""
+    assert SimConfig(profile="h100-llama3-8b").scheduler_knobs()["chunk_align_tokens"] == 256
+    assert SimConfig(profile="ref-linear-h100").scheduler_knobs()["chunk_align_tokens"] == 0
+    assert SimConfig(profile="cpu-tiny-llama").scheduler_knobs()["chunk_align_tokens"] == 0
+    assert SimConfig(profile="h100-llama3-8b", chunk_align_tokens=64).scheduler_knobs()["chunk_align_tokens"] == 64
+    # the profile the simulator runs decides, not only the name in the config
+    assert SimConfig(profile="h100-llama3-8b").scheduler_knobs(tile_tokens=0)["chunk_align_tokens"] == 0

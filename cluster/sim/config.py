@@ -17,7 +17,7 @@ from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
-from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo
+from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo, profile_tile_tokens
 
 
 def _opt(default, help: str, flag: str | None = None):
@@ -57,7 +57,7 @@ class SimConfig:
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
     seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
     tpot_margin: float = _opt(0.2, "FairBatching: plan decode deadlines at (1 - this) x the TPOT SLO, a guard band against steps longer than predicted (0.2: the serving layer's default, measured best with relegation and alignment, bench/results/NODE-POLICY.md).")
-    chunk_align_tokens: int = _opt(256, "FairBatching: trim a prefill chunk the budget cut short so the step's tokens are a multiple of this (GEMM tile quantization; measured best on the H100 and A100 profiles, bench/results/NODE-POLICY.md; 0: off).")
+    chunk_align_tokens: int | None = _opt(None, "FairBatching: trim a prefill chunk the budget cut short so the step's tokens are a multiple of this (GEMM tile quantization; 0: off). Default: 256 on a profile with measured operator times (the GPU profiles; measured best, bench/results/NODE-POLICY.md), 0 on one whose truth is its own smooth model.")
     lend: str = _opt("always", "FairBatching: which prefills a decode ahead of its envelope yields to: always (every prefill, the paper's order) or at-risk (only prefills whose deadline is at risk).")
     relegate: str = _opt("doomed", "FairBatching: serve requests that can no longer attain last: doomed (also prefills that cannot make it even alone; measured best, bench/results/NODE-POLICY.md), lost (first-token deadline passed) or none (the paper's EDF).")
     refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
@@ -146,8 +146,9 @@ class SimConfig:
         """The config's targets, each one it leaves unset from ``profile_slo`` (a profile given as an object)."""
         return SLO(self.ttft_slo_s or profile_slo.ttft_s, self.tpot_slo_s or profile_slo.tpot_s)
 
-    def scheduler_knobs(self) -> dict:
-        """The knobs of ``make_policy`` that apply to the chosen scheduler."""
+    def scheduler_knobs(self, tile_tokens: int | None = None) -> dict:
+        """The knobs of ``make_policy`` that apply to the chosen scheduler. ``tile_tokens``: the chunk
+        alignment when ``chunk_align_tokens`` is unset (default: the named profile's, ``profile_tile_tokens``)."""
         if self.scheduler == "fairbatching":
             return {
                 "anchor": self.anchor,
@@ -158,7 +159,9 @@ class SimConfig:
                 "relegate": self.relegate,
                 "tpot_margin": self.tpot_margin,
                 "lend": self.lend,
-                "chunk_align_tokens": self.chunk_align_tokens,
+                "chunk_align_tokens": (
+                    self.chunk_align_tokens if self.chunk_align_tokens is not None
+                    else tile_tokens if tile_tokens is not None else profile_tile_tokens(self.profile)),
             }
         return {"token_budget": self.token_budget}
 

@@ -33,7 +33,7 @@ from node.core.pab import estimate_pab, estimate_pab_edf
 from node.fit.step_time_fit import OnlineRefit
 from node.core.feedback import FrontDelay, LatencyFeedback
 from node.core.policies import make_policy
-from node.fit.profile import Profile, load_profile
+from node.fit.profile import Profile, load_profile, tile_tokens_of
 
 
 def load_workload(cfg: SimConfig) -> Workload:
@@ -193,7 +193,7 @@ def simulate(
     nodes = [
         SimNode(
             i, loop,
-            make_policy(cfg.scheduler, model, **cfg.scheduler_knobs()),
+            make_policy(cfg.scheduler, model, **cfg.scheduler_knobs(tile_tokens_of(profile))),
             TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i), host_s=host_s),
             pool,
             max_num_seqs=max_num_seqs,

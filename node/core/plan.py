@@ -274,7 +274,7 @@ class BatchBuilder:
         which sizes chunks to it): on the H100 profile's measured linear operators 1024 tokens take
         22.3 ms and 1040 take 26.9 ms (``deploy/profiles/h100-llama3-8b.json``, ``ground_truth``).
         Only a chunk that a bound cut short is trimmed: the tokens it gives back wait one step, as
-        its remaining prompt does anyway. Shape: ``align`` and ``min_chunk`` in tokens, ``align >= 1``.
+        its remaining prompt does anyway. ``align`` and ``min_chunk`` are tokens; ``align <= 1`` is off.
         """
         if align <= 1 or self.truncated is None:
             return 0

@@ -233,6 +233,25 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
 
 
+#: The GEMM tile a profile with measured operator times (a ``ground_truth``) aligns chunks to, tokens:
+#: 256 measured best of 64, 128 and 256 on the H100 and A100 profiles (bench/results/NODE-POLICY.md).
+MEASURED_TILE_TOKENS = 256
+
+
+def tile_tokens_of(profile: Profile) -> int:
+    """The chunk alignment a FairBatching node on ``profile`` defaults to, tokens: ``MEASURED_TILE_TOKENS``
+    when the profile carries measured operator times (``ground_truth``: the GPU profiles, whose step cost
+    jumps past each tile), else 0 (off: a profile whose truth is its own smooth model has no tiles)."""
+    return MEASURED_TILE_TOKENS if isinstance(profile.extra.get("ground_truth"), dict) else 0
+
+
+@lru_cache(maxsize=64)
+def profile_tile_tokens(name_or_path: str) -> int:
+    """``tile_tokens_of(load_profile(name_or_path))``, read once per process (raises ``ProfileError`` as
+    ``load_profile`` does)."""
+    return tile_tokens_of(load_profile(name_or_path))
+
+
 @lru_cache(maxsize=64)
 def profile_default_slo(name_or_path: str) -> SLO:
     """``load_profile(name_or_path).default_slo``, read once per process (every config on a profile
