@@ -565,6 +565,17 @@ def test_registry_restart_is_survived(cluster):
 
     from balancer.serve.pab_registry import find_registry
 
+    # Start idle: the saturation test before leaves the engines prefilling its burst, and their budgets
+    # (which the ingress keeps deciding on while the registry is away) low enough to refuse these requests.
+    deadline = time.monotonic() + 90
+    while True:
+        nodes = list(_status(cluster)["nodes"].values())
+        idle = len(nodes) == 2 and all(n["in_flight"] == 0 and n["queued_prefill_tokens"] == 0
+                                       and n["pab_tokens"] >= 1500 for n in nodes)
+        if idle or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert idle, nodes
     registry = find_registry("fairbatching", "engine")
     assert registry is not None
     ray.kill(registry, no_restart=True)
