@@ -211,9 +211,14 @@ def test_seats_as_vllm_start_no_request_beyond_max_num_seqs():
 def test_chunk_alignment_defaults_to_the_profiles_tiles():
     """256 on a profile with measured operator times (whose step cost jumps past each GEMM tile), off
     on one whose truth is its own smooth model; a value set on the command line wins."""
-    assert SimConfig(profile="h100-llama3-8b").scheduler_knobs()["chunk_align_tokens"] == 256
-    assert SimConfig(profile="ref-linear-h100").scheduler_knobs()["chunk_align_tokens"] == 0
-    assert SimConfig(profile="cpu-tiny-llama").scheduler_knobs()["chunk_align_tokens"] == 0
-    assert SimConfig(profile="h100-llama3-8b", chunk_align_tokens=64).scheduler_knobs()["chunk_align_tokens"] == 64
+    from node.fit.profile import load_profile, tile_tokens_of
+
+    def align(name: str, **kw) -> int:
+        return SimConfig(profile=name, **kw).scheduler_knobs(tile_tokens_of(load_profile(name)))["chunk_align_tokens"]
+
+    assert align("h100-llama3-8b") == 256
+    assert align("ref-linear-h100") == 0
+    assert align("cpu-tiny-llama") == 0
+    assert align("h100-llama3-8b", chunk_align_tokens=64) == 64
     # the profile the simulator runs decides, not only the name in the config
     assert SimConfig(profile="h100-llama3-8b").scheduler_knobs(tile_tokens=0)["chunk_align_tokens"] == 0

@@ -17,7 +17,7 @@ from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
-from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo, profile_tile_tokens
+from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo
 
 
 def _opt(default, help: str, flag: str | None = None):
@@ -146,9 +146,9 @@ class SimConfig:
         """The config's targets, each one it leaves unset from ``profile_slo`` (a profile given as an object)."""
         return SLO(self.ttft_slo_s or profile_slo.ttft_s, self.tpot_slo_s or profile_slo.tpot_s)
 
-    def scheduler_knobs(self, tile_tokens: int | None = None) -> dict:
+    def scheduler_knobs(self, tile_tokens: int) -> dict:
         """The knobs of ``make_policy`` that apply to the chosen scheduler. ``tile_tokens``: the chunk
-        alignment when ``chunk_align_tokens`` is unset (default: the named profile's, ``profile_tile_tokens``)."""
+        alignment when ``chunk_align_tokens`` is unset (the simulated profile's, ``tile_tokens_of``)."""
         if self.scheduler == "fairbatching":
             return {
                 "anchor": self.anchor,
@@ -159,9 +159,7 @@ class SimConfig:
                 "relegate": self.relegate,
                 "tpot_margin": self.tpot_margin,
                 "lend": self.lend,
-                "chunk_align_tokens": (
-                    self.chunk_align_tokens if self.chunk_align_tokens is not None
-                    else tile_tokens if tile_tokens is not None else profile_tile_tokens(self.profile)),
+                "chunk_align_tokens": self.chunk_align_tokens if self.chunk_align_tokens is not None else tile_tokens,
             }
         return {"token_budget": self.token_budget}
 

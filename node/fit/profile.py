@@ -246,13 +246,6 @@ def tile_tokens_of(profile: Profile) -> int:
 
 
 @lru_cache(maxsize=64)
-def profile_tile_tokens(name_or_path: str) -> int:
-    """``tile_tokens_of(load_profile(name_or_path))``, read once per process (raises ``ProfileError`` as
-    ``load_profile`` does)."""
-    return tile_tokens_of(load_profile(name_or_path))
-
-
-@lru_cache(maxsize=64)
 def profile_default_slo(name_or_path: str) -> SLO:
     """``load_profile(name_or_path).default_slo``, read once per process (every config on a profile
     asks for it; raises ``ProfileError`` as ``load_profile`` does)."""

@@ -438,7 +438,7 @@ class FairBatchingMixin:
         the request's token grant while a plan is applied (module docstring, step 2). A request without a
         grant (not planned: a decode kept visible for preemption, one that needs no tokens) keeps vLLM's."""
         tokens = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
-        grant = self._fb_grants.get(request.request_id) if self._fb_grants else None
+        grant = self._fb_grants.get(request.request_id)
         return tokens if grant is None else min(tokens, grant)
 
     @staticmethod
