@@ -1,6 +1,7 @@
 """Single-node capacity of the FairBatching policy against vLLM's and Sarathi's (issue 12, item 5).
 
-One simulated node (round-robin, no admission), Azure conv and code (first 600 s), SLOs 1 s / 50 ms,
+One simulated node (round-robin, no admission), Azure conv and code (first 600 s) and ShareGPT lengths
+with Gamma arrivals (CV 2, 10 req/s before scaling, 2000 requests drawn by the seed), SLOs 1 s / 50 ms,
 capacity = the highest rate with per-request attainment >= 90 % (bisection to 2 %). Every arm runs
 over ``--seeds`` seeds of lognormal step-time noise (``--noise``), so each capacity comes with its
 spread. vLLM runs at every token budget of ``VLLM_BUDGETS``: its best budget per trace, the best
@@ -10,6 +11,7 @@ H100/H200, 2048 on A100) are all read from the same runs. Ratios are taken per s
 
     python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~35 min on 2 cores
     python bench/node_policy.py --arms fb-first+doomed+align256+margin0.2   # (re)run some arms into the same file
+    python bench/node_policy.py --traces sharegpt-gamma   # add a trace to the same file (~15 min)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cluster.sim.simulator import load_workload
 
 VLLM_BUDGETS = (512, 1024, 2048, 4096, 8192)
 SHIPPED_BUDGET = {"h100-llama3-8b": 8192, "a100-llama3-8b": 2048}
-START_RATE_SCALE = {"azure-conv": 3.6, "azure-code": 0.7}  # near the expected capacity: fewer probes
+START_RATE_SCALE = {"azure-conv": 3.6, "azure-code": 0.7, "sharegpt-gamma": 1.5}  # near the expected capacity: fewer probes
 FB = dict(scheduler="fairbatching", anchor="first-token", relegate="none", chunk_align_tokens=0)
 #: FairBatching arms: the paper's policy (the arrival anchor, EDF without relegation), then each measured
 #: addition. Every knob is named, so the arms do not move with the simulator's defaults.
@@ -53,10 +55,12 @@ def _capacity(task: tuple) -> dict:
     trace, profile, seed, noise, arm, knobs = task
     cfg = SimConfig(profile=profile, ttft_slo_s=1.0, tpot_slo_s=0.05, seed=seed, noise=noise, trace=trace,
                     duration_s=600.0, nodes=1, balancer="round-robin", rate_scale=START_RATE_SCALE[trace])
-    if trace not in _workloads:  # one load per worker process and trace
-        _workloads[trace] = load_workload(cfg)
+    # One load per worker process, trace and seed: a synthetic trace (ShareGPT lengths, Gamma arrivals
+    # at 10 req/s before scaling, CV 2) draws its requests from the seed, the same for every arm.
+    if (trace, seed) not in _workloads:
+        _workloads[trace, seed] = load_workload(cfg)
     t0 = time.perf_counter()
-    res = find_capacity(replace(cfg, **knobs), target=0.9, rel_tol=0.02, workload=_workloads[trace])
+    res = find_capacity(replace(cfg, **knobs), target=0.9, rel_tol=0.02, workload=_workloads[trace, seed])
     return {"trace": trace, "profile": profile, "seed": seed, "arm": arm, "knobs": knobs,
             "capacity_rps": res.capacity_rps, "wall_s": round(time.perf_counter() - t0, 1),
             "probes": [(round(p.rate_rps, 3), round(p.attainment, 4)) for p in sorted(res.probes, key=lambda p: p.rate_rps)]}
@@ -112,8 +116,8 @@ def main(
     noise: float = typer.Option(0.05, min=0.0, help="Sigma of the lognormal step-time noise."),
     jobs: int = typer.Option(os.cpu_count() or 1, min=1, help="Worker processes."),
     only_summary: bool = typer.Option(False, help="Print the tables of an existing --json and exit."),
-    only_arms: str = typer.Option("", "--arms", help="Run only these arms (comma-separated names) and replace "
-                                                      "their rows in an existing --json; default: every arm."),
+    only_arms: str = typer.Option("", "--arms", help="Run only these arms (comma-separated names); default: every arm. "
+                                                      "Rows of an existing --json that this run does not redo are kept."),
 ) -> None:
     """Single-node capacity: FairBatching arms against vLLM at every budget and Sarathi."""
     if only_summary:
@@ -129,10 +133,12 @@ def main(
         if unknown:
             raise typer.BadParameter(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(arms)}", param_hint="--arms")
         arms = {a: arms[a] for a in wanted}
-        if json_out.exists():
-            rows = [r for r in json.loads(json_out.read_text())["rows"] if r["arm"] not in arms]
     tasks = [(t, p, s, noise, a, k) for p in profiles.split(",") for t in traces.split(",")
              for s in range(seeds) for a, k in arms.items()]
+    if json_out.exists():  # keep what this run does not redo (other traces, profiles or arms)
+        redo = {(t, p, s, a) for t, p, s, _, a, _ in tasks}
+        rows = [r for r in json.loads(json_out.read_text())["rows"]
+                if (r["trace"], r["profile"], r["seed"], r["arm"]) not in redo]
     tasks.sort(key=lambda task: task[0] != "azure-conv")  # the slow trace first: the pool ends evenly
     t0 = time.time()
     with ProcessPoolExecutor(jobs) as pool:

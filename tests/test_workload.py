@@ -18,6 +18,7 @@ from cluster.workload.traces import (
     TraceError,
     TraceRequest,
     Workload,
+    clip_outputs,
     clip_prompts,
     default_trace_dir,
     load_azure,
@@ -351,6 +352,17 @@ def test_clip_prompts_counts():
     for bad in (0, -1, 1.5, None):
         with pytest.raises(TraceError, match="max_prompt_tokens"):
             clip_prompts(w, bad)  # type: ignore[arg-type]
+
+
+def test_clip_outputs_counts_as_a_clients_max_tokens_would_clip():
+    w = make_workload([0, 1, 2], prompts=[10, 20, 30], outputs=[5, 40, 32])
+    c = clip_outputs(w, 32)
+    assert [r.output_tokens for r in c.requests] == [5, 32, 32] and c.clipped_outputs == 1
+    assert [r.prompt_tokens for r in c.requests] == [10, 20, 30] and c.clipped_prompts == 0
+    assert prepare(w, max_output_tokens=4).clipped_outputs == 3
+    for bad in (0, 2.5, True):
+        with pytest.raises(TraceError, match="max_output_tokens"):
+            clip_outputs(w, bad)  # type: ignore[arg-type]
 
 
 def test_prepare_order_slice_then_scale_then_clip():

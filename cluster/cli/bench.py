@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -212,6 +213,66 @@ def overload(
     json_out.write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
     png = plot(result, png_out or json_out.with_suffix(".png"))
     console.print(f"wrote {json_out} and {png}")
+
+
+@app.command("sim-vs-live")
+def sim_vs_live(
+    trace: str = typer.Option("azure-code", help="Trace name or file (as fairbatching load)."),
+    start_s: float = typer.Option(600.0, help="Start of the predicted window, original trace seconds."),
+    duration_s: float = typer.Option(60.0, min=1.0, help="Length of both windows, original trace seconds."),
+    calibration_start_s: float = typer.Option(1350.0, help="Start of the calibration window (another part of the trace)."),
+    calibration_duration_s: float = typer.Option(180.0, min=1.0, help="Length of the calibration window, original trace seconds."),
+    calibration_rps: float = typer.Option(20.0, min=0.1, help="Offered rate of the calibration replay, req/s."),
+    max_prompt_tokens: int = typer.Option(512, min=1, help="Clip longer prompts to this many tokens."),
+    max_output_tokens: int = typer.Option(32, min=1, help="Clip longer outputs to this many tokens."),
+    multiples: str = typer.Option("0.5,1.5", help="Offered rates as multiples of the simulated capacity."),
+    repeats: int = typer.Option(1, min=1, help="Live runs per multiple (the simulator is deterministic)."),
+    seed: int = typer.Option(0, help="Seed of the prompts' token ids."),
+    out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
+) -> None:
+    """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
+
+    Calibrates the simulator on another window (the engines' online refit becomes its profile; the
+    median client-minus-simulated TTFT of a slow replay its client path latency), finds its capacity on the predicted
+    window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
+    attainment within 5 points and TTFT P50 within 25 %.
+    """
+    from cluster.bench.sim_vs_live import SimLiveConfig, run_local
+
+    try:
+        cfg = SimLiveConfig(trace=trace, start_s=start_s, duration_s=duration_s, calibration_start_s=calibration_start_s,
+                            calibration_duration_s=calibration_duration_s,
+                            calibration_rps=calibration_rps, max_prompt_tokens=max_prompt_tokens,
+                            max_output_tokens=max_output_tokens, multiples=_floats(multiples, "--multiples"),
+                            repeats=repeats, seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console = Console()
+    result = run_local(cfg, out_dir, lambda m: console.print(f"[dim]{m}[/dim]"))
+    verdict = result.verdict()
+    table = Table(title=f"simulator vs live on {result.machine}: {trace} {start_s:g}+{duration_s:g} s, "
+                        f"capacity {result.capacity['capacity_rps']:.1f} req/s (simulated)")
+    for col in ("load", "req/s", "attainment live | sim", "TTFT p50 s live | sim", "TPOT p50 ms live | sim",
+                "rejected live | sim", "within 5 pts / 25 %"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+    for row in result.rows:
+        sim, key = row["sim"], f"{row['multiple']:g}x"
+        for k, live in enumerate(row["live"]):
+            table.add_row(f"{key} run {k + 1}", f"{row['rate_rps']:.1f}", f"{fmt(live['attainment'])} | {fmt(sim['attainment'])}",
+                          f"{fmt(live['ttft_p50'])} | {fmt(sim['ttft_p50'])}",
+                          f"{fmt(live['tpot_p50'] and 1e3 * live['tpot_p50'], '{:.1f}')} | "
+                          f"{fmt(sim['tpot_p50'] and 1e3 * sim['tpot_p50'], '{:.1f}')}",
+                          f"{live['rejected']} | {sim['rejected']}", "")
+        v = verdict[key]
+        table.add_row(f"{key} median", "", f"{v['live_attainment_median']:.3f} ({v['attainment_gap_pts']:.1f} pts)",
+                      f"{fmt(v['live_ttft_p50_median_s'])} ({fmt(v['ttft_p50_rel_err'] and 100 * v['ttft_p50_rel_err'], '{:.0f}')} %)",
+                      "", "", "yes" if v["holds"] else "no")
+    console.print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{trace}-{start_s:g}-seed{seed}.json"
+    path.write_text(json.dumps({**asdict(result), "verdict": verdict}, indent=1, default=str) + "\n")
+    console.print(f"wrote {path}")
 
 
 @app.command("vllm-client")

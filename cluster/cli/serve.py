@@ -240,7 +240,7 @@ def load(
         w = load_named(trace, columns=columns, rate_rps=sharegpt_rate_rps, num_requests=num_requests, seed=seed,
                        arrivals=arrivals, arrival_rate_rps=arrival_rate_rps)
         w = prepare(w, start_s=start_s, duration_s=duration_s, rate_scale=rate_scale,
-                    max_prompt_tokens=max_prompt_tokens, spread=spread_ties)
+                    max_prompt_tokens=max_prompt_tokens, max_output_tokens=max_output_tokens, spread=spread_ties)
     except TraceError as exc:
         raise typer.BadParameter(str(exc)) from None
     if max_requests is not None:
@@ -268,7 +268,7 @@ def load(
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     console.print(f"replaying {len(w)} requests over {span:.1f} s ({w.rate_rps:.2f} req/s) against {base} ...")
     counts_before = prompt_token_counts(base, api_key)
-    records = asyncio.run(replay(base, w, model=model, slo=slos, max_output_tokens=max_output_tokens,
+    records = asyncio.run(replay(base, w, model=model, slo=slos,
                                  timeout_s=timeout_s, seed=seed, api_key=api_key, slo_class_header=send_class,
                                  prefix_block_tokens=prefix_block_tokens))
     report = live_report(records, slo, span)

@@ -9,6 +9,7 @@ bounds in ``__post_init__``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import field, fields
 
 from pydantic.dataclasses import dataclass
@@ -33,6 +34,7 @@ class SimConfig:
     duration_s: float | None = _opt(None, "Length of the trace window in original trace seconds (default: to the end).")
     rate_scale: float = _opt(1.0, "Multiply the arrival rate by this (inter-arrival times divided by it).")
     max_prompt_tokens: int | None = _opt(None, "Clip longer prompts to this many tokens.")
+    max_output_tokens: int | None = _opt(None, "Clip longer outputs to this many tokens (a client's max_tokens, as fairbatching load --max-output-tokens).")
     sharegpt_rate_rps: float = _opt(10.0, "Arrival rate of the synthetic ShareGPT traces, before --rate-scale.")
     num_requests: int | None = _opt(None, "Requests of the synthetic ShareGPT traces (default 2000); the first N rows of a trace file.")
     arrivals: str | None = _opt(None, "Synthetic arrivals for a trace file of lengths only (--columns PROMPT,OUTPUT): poisson or gamma:CV.")
@@ -44,6 +46,7 @@ class SimConfig:
     kv_cache_tokens: int | None = _opt(None, "KV cache per node in tokens (default: the profile's).")
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
+    client_path_s: float = _opt(0.0, "Latency outside the engines that a client sees on its first token (HTTP, the ingress's rendering, the hops to the engine and back), seconds: every served request's token times are shifted by it before the SLO test and the latency percentiles (token-level attainment stays the engines'). 0: none; fairbatching bench sim-vs-live measures it on a live run.")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
     step_model: str = _opt("linear", "Step-time model the nodes plan and budget with: linear (the paper's a + b * new + c * context: the profile's best linear fit; measured best for FairBatching's budgeted steps, bench/results/STEPTIME.md) or quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one; the h100/a100 profiles do: it predicts steps better but under-predicts full mixed steps, which then overrun their budget). A profile without the term gives the same model both ways. The simulated truth does not change.")
     prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
@@ -73,6 +76,7 @@ class SimConfig:
     admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
     admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO by the planning model, (ttft - a) / b, or with the prefill-attention term the root of a + b * L + e * L^2 / 2 = ttft).")
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
+    pab_horizon_fraction: float = _opt(1.0, "PAB's horizon as a share of the TTFT SLO (the serving layer's pab_horizon_fraction, 0.6 there: the rest is the way back and the tail; 1: the whole SLO, the recorded simulator results).")
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
     pab_cache_affinity: float = _opt(0.0, "PAB placement: among nodes with room, rank by PAB - (1 + this) x the request's uncached tokens there (0: the largest budget left; larger: prefer the node caching more of the prompt).")
@@ -86,6 +90,7 @@ class SimConfig:
     expected_output_tokens: float | None = _opt(None, "A node's expected output length before any request finished on it (default: none, 0); afterwards the mean output of the last 512 requests it finished.")
     feedback: bool = _opt(False, "Closed loop: each node corrects its PAB prefill rate by the measured TTFT and mean TPOT of its admitted requests against their SLOs (node.core.feedback.LatencyFeedback).")
     # run
+    measured_prefill_rate: bool = _opt(False, "Nodes cap PAB's modelled prefill rate by the prompt tokens per second they delivered while prompts queued (node.core.feedback.PrefillRate, ticked every 0.1 s), as the serving layer's engines do (off: the recorded simulator results).")
     seed: int = _opt(0, "Seed of every random choice (noise, power-of-two, synthetic traces).")
     drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")
     timeline_interval_s: float = _opt(0.5, "Sampling interval of the per-node PAB/budget timeline, simulated seconds.")
@@ -132,6 +137,13 @@ class SimConfig:
             raise ValueError(f"relegate must be none, lost or doomed, got {self.relegate!r}")
         if self.host_s is not None and not self.host_s >= 0:
             raise ValueError(f"host_s must be >= 0, got {self.host_s!r}")
+        if not 0 < self.pab_horizon_fraction <= 1:
+            raise ValueError(f"pab_horizon_fraction must be in (0, 1], got {self.pab_horizon_fraction!r}")
+        if not (self.client_path_s >= 0 and math.isfinite(self.client_path_s)):
+            raise ValueError(f"client_path_s must be a finite number >= 0, got {self.client_path_s!r}")
+        for name in ("max_prompt_tokens", "max_output_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.expected_output_tokens is not None and not self.expected_output_tokens >= 0:
             raise ValueError(f"expected_output_tokens must be >= 0, got {self.expected_output_tokens!r}")
         if self.drain_s < 0 or self.timeline_interval_s <= 0:

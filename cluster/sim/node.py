@@ -51,7 +51,7 @@ from cluster.sim.kv_cache import BlockPool
 from cluster.sim.prefix_cache import NodePrefixCache
 from cluster.sim.true_step_time import TrueStepTime
 from node.fit.step_time_fit import OnlineRefit, StepSample
-from node.core.feedback import FrontDelay, LatencyFeedback
+from node.core.feedback import FrontDelay, LatencyFeedback, PrefillRate
 from node.core.pab import PABReport
 from node.core.recent import RecentMean
 from node.core.plan import BatchPlan, Limits, NodePolicy
@@ -132,6 +132,8 @@ class SimNode:
         refit: OnlineRefit | None = None,
         feedback: LatencyFeedback | None = None,
         front_delay: FrontDelay | None = None,
+        prefill_rate: PrefillRate | None = None,
+        report_interval_s: float = 0.1,
         expected_output_prior: float | None = None,
         output_window: int = 512,
         tier_slos: dict[str, SLO] | None = None,
@@ -158,6 +160,11 @@ class SimNode:
         self.refit = refit  # online refit of the policy's model from the true step times, as a real node does
         self.feedback = feedback  # closed loop on measured latency (None: correction stays 1)
         self.front_delay = front_delay
+        # The prefill rate delivered while prompts queued caps PAB's modelled rate, as on a serving engine;
+        # it is ticked every report_interval_s of simulated time (the engine replica's report cadence).
+        self.prefill_rate = prefill_rate
+        self.report_interval_s = report_interval_s
+        self._next_tick_s = 0.0
         self.correction = 1.0
         self.expected_output_prior = expected_output_prior
         self._outputs = RecentMean(output_window)  # output lengths of the last finished requests
@@ -255,6 +262,8 @@ class SimNode:
             self.busy = False
             self._maybe_publish(now_s, force=True)
             return
+        if not self.busy and self.prefill_rate is not None:
+            self._tick_prefill_rate(now_s, idle=True)  # the report ticks of the idle spell just ended
         self.busy = True
         if self.decoding > self.pool.free_blocks:
             self._make_room_for_decodes()
@@ -375,6 +384,8 @@ class SimNode:
             req.state.first_token_s = now_s
             if self.feedback is not None:
                 self.feedback.observe_first_token(now_s, req.arrival_s, req.slo)
+            if self.prefill_rate is not None:
+                self.prefill_rate.prefilled(now_s, req.prefill_tokens - req.cached_tokens)
         on_arrival, on_first = on_time_both(now_s, req.arrival_s, req.slo, j, req.first_token_s)
         req.on_time_arrival += on_arrival
         req.on_time_first += on_first
@@ -511,11 +522,22 @@ class SimNode:
 
     # -- reports -------------------------------------------------------------------
 
+    def _tick_prefill_rate(self, now_s: float, *, idle: bool = False) -> None:
+        """The report ticks due by ``now_s``: whether prompts queued (more prompt tokens waiting than
+        one step takes) as they are now, or not at all for the ticks of an idle spell (``idle``)."""
+        waiting = not idle and self.queued_prefill_tokens > self.max_num_batched_tokens
+        while self._next_tick_s <= now_s:
+            self.prefill_rate.tick(self._next_tick_s, waiting)
+            self._next_tick_s += self.report_interval_s
+
     def view(self, now_s: float, *, measure_pab: bool = True) -> NodeView:
         """The load counters now, and PAB measured now (or the last measured one)."""
+        if self.prefill_rate is not None:
+            self._tick_prefill_rate(now_s)
         if measure_pab or self.last_pab is None:
             states = list(self.states.values())
             knows = dict(
+                measured_prefill_rate_tps=self.prefill_rate.rate_tps(now_s) if self.prefill_rate is not None else None,
                 expected_output_tokens=self.expected_output_tokens(),
                 typical_prompt_tokens=self._prompts.mean(),
                 correction=self.correction,

@@ -31,7 +31,7 @@ from cluster.workload.traces import Workload, load_named, prepare
 from node.core.envelope import Anchor
 from node.core.pab import estimate_pab, estimate_pab_edf
 from node.fit.step_time_fit import OnlineRefit
-from node.core.feedback import FrontDelay, LatencyFeedback
+from node.core.feedback import FrontDelay, LatencyFeedback, PrefillRate
 from node.core.policies import make_policy
 from node.fit.profile import Profile, load_profile, tile_tokens_of
 
@@ -48,7 +48,7 @@ def load_workload(cfg: SimConfig) -> Workload:
         arrival_rate_rps=cfg.arrival_rate_rps,
     )
     return prepare(w, start_s=cfg.start_s, duration_s=cfg.duration_s, max_prompt_tokens=cfg.max_prompt_tokens,
-                   spread=cfg.spread_ties)
+                   max_output_tokens=cfg.max_output_tokens, spread=cfg.spread_ties)
 
 
 @dataclass
@@ -185,7 +185,8 @@ def simulate(
         # budget_slo: the SLO whose TTFT is the horizon (a looser tier's for its own budget).
         return pab_fn(
             states, model, now_s,
-            horizon_s=budget_slo.ttft_s, kv_free_tokens=kv_free, default_tpot_s=budget_slo.tpot_s, anchor=anchor,
+            horizon_s=cfg.pab_horizon_fraction * budget_slo.ttft_s, due_within_s=budget_slo.ttft_s,
+            kv_free_tokens=kv_free, default_tpot_s=budget_slo.tpot_s, anchor=anchor,
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
             paced_decodes=cfg.scheduler == "fairbatching", **node_knows,
         )
@@ -209,6 +210,7 @@ def simulate(
             acknowledge_received=cfg.report_acks,
             feedback=LatencyFeedback() if cfg.feedback else None,
             front_delay=FrontDelay() if cfg.feedback else None,
+            prefill_rate=PrefillRate() if cfg.measured_prefill_rate else None,
             expected_output_prior=cfg.expected_output_tokens,
             tier_slos={t.name: t.slo for t in tiers if t.slo.priority > 0} if cfg.balancer == "pab" else None,
             seats_as_vllm=cfg.seats_as_vllm,
@@ -263,6 +265,11 @@ def simulate(
         progress(1.0)
     wall_s = time.perf_counter() - wall0
 
+    if cfg.client_path_s:
+        for req in requests:  # the client sees every served token that much later
+            for attr in ("first_token_s", "last_token_s", "finish_s"):
+                if getattr(req, attr) is not None:
+                    setattr(req, attr, getattr(req, attr) + cfg.client_path_s)
     span = requests[-1].arrival_s - requests[0].arrival_s if n > 1 else 0.0
     report = summarize(requests, span)
     sim_s = loop.now_s

@@ -136,6 +136,7 @@ class Workload:
     requests: list[TraceRequest]
     name: str  # e.g. "azure-conv"
     clipped_prompts: int = 0  # how many prompts were clipped by max_prompt_tokens
+    clipped_outputs: int = 0  # how many outputs were clipped by max_output_tokens
     source: str = ""  # file path or generator description
     # Outputs of 0 tokens clamped to 1 when the source was loaded (counted over
     # the whole source, not re-counted after slicing).
@@ -897,25 +898,31 @@ def scale_rate(w: Workload, rate_scale: float) -> Workload:
     return _rebuilt(w, scaled, f"rate x{scale:g}")
 
 
+def _limit(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise TraceError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def clip_prompts(w: Workload, max_prompt_tokens: int) -> Workload:
     """Clip prompts longer than ``max_prompt_tokens`` (e.g. the model's context
     limit) to that length; the number clipped is added to ``clipped_prompts``."""
-    if (
-        isinstance(max_prompt_tokens, bool)
-        or not isinstance(max_prompt_tokens, (int, np.integer))
-        or max_prompt_tokens < 1
-    ):
-        raise TraceError(f"max_prompt_tokens must be an integer >= 1, got {max_prompt_tokens!r}")
-    limit = int(max_prompt_tokens)
-    clipped = 0
-    out = []
-    for r in w.requests:
-        if r.prompt_tokens > limit:
-            r = dataclasses.replace(r, prompt_tokens=limit)
-            clipped += 1
-        out.append(r)
+    limit = _limit("max_prompt_tokens", max_prompt_tokens)
+    out = [dataclasses.replace(r, prompt_tokens=limit) if r.prompt_tokens > limit else r for r in w.requests]
+    clipped = sum(r.prompt_tokens > limit for r in w.requests)
     return _rebuilt(
         w, out, f"clip prompts to {limit}", clipped_prompts=w.clipped_prompts + clipped
+    )
+
+
+def clip_outputs(w: Workload, max_output_tokens: int) -> Workload:
+    """Clip outputs longer than ``max_output_tokens`` to that length (what a client's
+    ``max_tokens`` does); the number clipped is added to ``clipped_outputs``."""
+    limit = _limit("max_output_tokens", max_output_tokens)
+    out = [dataclasses.replace(r, output_tokens=limit) if r.output_tokens > limit else r for r in w.requests]
+    clipped = sum(r.output_tokens > limit for r in w.requests)
+    return _rebuilt(
+        w, out, f"clip outputs to {limit}", clipped_outputs=w.clipped_outputs + clipped
     )
 
 
@@ -964,10 +971,11 @@ def prepare(
     duration_s: float | None = None,
     rate_scale: float = 1.0,
     max_prompt_tokens: int | None = None,
+    max_output_tokens: int | None = None,
     spread: bool = False,
 ) -> Workload:
-    """Spread tied arrivals (``spread``), slice, then rescale, then clip (in that order), each
-    only if requested.
+    """Spread tied arrivals (``spread``), slice, then rescale, then clip prompts and outputs (in
+    that order), each only if requested.
 
     ``start_s`` / ``duration_s`` are in the *original* trace's time, before the
     rate scaling; so ``duration_s=600, rate_scale=2`` replays 10 minutes of the
@@ -988,6 +996,8 @@ def prepare(
         out = scale_rate(out, rate_scale)
     if max_prompt_tokens is not None:
         out = clip_prompts(out, max_prompt_tokens)
+    if max_output_tokens is not None:
+        out = clip_outputs(out, max_output_tokens)
     if out is w:  # always hand back a fresh, renumbered object
         out = _rebuilt(w, list(w.requests), "unchanged")
     return out

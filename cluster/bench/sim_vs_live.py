@@ -1,0 +1,342 @@
+"""The simulator checked against the live cluster: one trace window, the same rates, side by side.
+
+Protocol (issue 12, item 4), all on one fresh local cluster of the embedded default:
+
+1. **Calibrate** on a *calibration window* of the trace (not the one predicted):
+   replay it at ``calibration_rps``; the engines refit their step-time model online
+   (``OnlineRefit``: forward time per step and host time per step), and the
+   deployment's model (the registry's mean over the engines, ``/v1/fairbatching/status``)
+   becomes the simulator's profile (``cpu-tiny-llama`` with those coefficients and the
+   engines' own ``max_num_seqs`` / ``max_num_batched_tokens``). Then the window's first
+   ``path_probe_requests`` are replayed slowly (``path_probe_rps``: no queue), live and
+   simulated, and the median of (client TTFT - simulated TTFT) over them is the serving
+   path's latency outside the engines (``SimConfig.client_path_s``: HTTP, the ingress's
+   rendering, Ray's hops, the client's own event loop).
+2. **Capacity** of the calibrated simulator on the *measured window*: the highest rate
+   scale whose attainment meets ``attainment_target`` (``find_capacity``).
+3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
+   default) the live cluster replays the measured window (``fairbatching load``'s
+   replay, streamed ``/v1/completions``, timed at the client) and the simulator
+   runs the same window at the same rate; both reports are kept.
+
+The criterion (issue 12): attainment within ``attainment_tol_pts`` points and TTFT P50
+within ``ttft_p50_rel_tol`` of the live run, below and above capacity. The simulator
+runs the deployment's own policy settings (``sim_config_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cluster.config import ServeConfig
+from cluster.sim.config import SimConfig
+from cluster.workload.traces import Workload
+
+#: Report fields compared and kept for each side.
+KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
+        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps")
+
+
+@dataclass(frozen=True)
+class SimLiveConfig:
+    """What one check replays and how it judges the simulator."""
+
+    trace: str = "azure-code"
+    start_s: float = 600.0  # the measured window, original trace seconds
+    duration_s: float = 60.0
+    calibration_start_s: float = 1350.0  # the calibration window: another part of the trace
+    calibration_duration_s: float = 180.0
+    path_probe_requests: int = 40  # the client path is measured on the calibration window's first requests ...
+    path_probe_rps: float = 2.0  # ... replayed this slowly (no queue: what is left is the path)
+    calibration_rps: float = 20.0  # offered rate of the calibration replay (about 0.7x capacity here)
+    max_prompt_tokens: int = 512
+    max_output_tokens: int = 32
+    multiples: tuple[float, ...] = (0.5, 1.5)
+    repeats: int = 1  # live runs per multiple (the simulator is deterministic)
+    attainment_target: float = 0.9  # capacity: the highest rate meeting this
+    attainment_tol_pts: float = 5.0
+    ttft_p50_rel_tol: float = 0.25
+    seed: int = 0
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
+            raise ValueError("duration_s, calibration_duration_s, calibration_rps and path_probe_rps must be > 0")
+        if self.repeats < 1 or self.path_probe_requests < 2:
+            raise ValueError("repeats must be >= 1 and path_probe_requests >= 2")
+        if not self.multiples or any(m <= 0 for m in self.multiples):
+            raise ValueError("multiples must be a non-empty list of numbers > 0")
+        if not 0 < self.attainment_target <= 1:
+            raise ValueError("attainment_target must be in (0, 1]")
+
+
+def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
+                   rate_scale: float = 1.0, client_path_s: float = 0.0) -> SimConfig:
+    """The simulator configured as the deployment ``serve`` runs: its engines, balancer, admission,
+    anchor, closed loop and node-policy knobs, on ``profile_path``.
+
+    Raises ``ValueError`` for a deployment the simulator cannot stand for (another scheduler or
+    router than FairBatching behind PAB, or a node-policy knob it has no flag for).
+    """
+    if serve.scheduler != "fairbatching" or serve.router != "pab":
+        raise ValueError(f"the check simulates FairBatching behind PAB; this deployment runs "
+                         f"scheduler {serve.scheduler!r}, router {serve.router!r}")
+    knobs = dict((serve.node_config or {}).get("knobs", {}))
+    own = {"tpot_margin", "relegate", "lend", "urgency", "budget_floor", "min_chunk_tokens", "seat_pressure",
+           "chunk_align_tokens"}
+    unknown = sorted(set(knobs) - own)
+    if unknown:
+        raise ValueError(f"node_config knobs the simulator has no flag for: {', '.join(unknown)}")
+    knobs.setdefault("relegate", "none")  # the policy's default where the deployment names none
+    knobs.setdefault("chunk_align_tokens", 0)
+    return SimConfig(
+        trace=cfg.trace, start_s=start_s, duration_s=cfg.duration_s, rate_scale=rate_scale,
+        max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
+        profile=profile_path, nodes=serve.engines, balancer=serve.balancer, scheduler="fairbatching",
+        anchor=serve.anchor, pab_horizon_fraction=serve.pab_horizon_fraction, feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
+        client_path_s=client_path_s, **{k: (str(v) if k in ("relegate", "lend", "urgency") else v)
+                                        for k, v in knobs.items()},
+    )
+
+
+def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, out: Path) -> Path:
+    """The deployment's profile with the live deployment's refitted step-time model (host time per
+    step included) and the engines' seat and token limits, written to ``out`` (a profile file).
+    Its ``mape`` and ``p99_abs_error_s`` stay those of the original fit."""
+    from node.fit.profile import load_profile, save_profile
+
+    base = load_profile(serve.profile)
+    calibrated = replace(
+        base, name=f"{base.name}-live-calibrated", safety_factor=1.0,
+        **{k: float(deployment_model[k]) for k in
+           ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")},
+        max_num_seqs=int(serve.engine_args.get("max_num_seqs", base.max_num_seqs)),
+        max_num_batched_tokens=int(serve.engine_args.get("max_num_batched_tokens", base.max_num_batched_tokens)),
+        method=(f"{base.method}; then refitted online by the live engines of the embedded default during "
+                "the calibration replay of fairbatching bench sim-vs-live (mape and p99 are the original fit's)"),
+    )
+    return save_profile(calibrated, out)
+
+
+#: What the node status poll keeps of each engine (``/v1/fairbatching/status``): PAB's inputs as the engine saw them.
+POLLED = ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tps", "binding", "in_flight",
+          "queued_prefill_tokens")
+
+
+def _poll_status(url: str, stop: threading.Event, rows: list[dict], interval_s: float = 0.5) -> None:
+    """Every ``interval_s`` until ``stop``: each engine's PAB inputs, with the time since the poll began."""
+    import httpx
+
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=5) as client:
+        while not stop.wait(interval_s):
+            try:
+                nodes = client.get(f"{url}/v1/fairbatching/status").json().get("nodes", {})
+            except (httpx.HTTPError, ValueError):
+                continue
+            for key, node in nodes.items():
+                model = node.get("model") or {}
+                rows.append({"t_s": round(time.perf_counter() - t0, 2), "node": key,
+                             **{k: node.get(k) for k in POLLED},
+                             "b_s_per_token": model.get("b_s_per_token"), "a_s": model.get("a_s")})
+
+
+def _poll_summary(rows: list[dict], until_s: float) -> dict[str, Any]:
+    """Medians over the engines' polled values while arrivals came (``t_s <= until_s``)."""
+    out = {}
+    for k in ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tps", "b_s_per_token", "a_s"):
+        vals = [r[k] for r in rows if r["t_s"] <= until_s and isinstance(r.get(k), (int, float))]
+        out[k] = statistics.median(vals) if vals else None
+    bindings = [r["binding"] for r in rows if r["t_s"] <= until_s and r.get("binding")]
+    out["binding"] = {b: bindings.count(b) / len(bindings) for b in sorted(set(bindings))} if bindings else {}
+    return out
+
+
+def _window(cfg: SimLiveConfig, start_s: float, duration_s: float, first: Optional[int] = None) -> Workload:
+    """A window of the trace at rate scale 1, clipped as configured (its ``first`` requests only, if given)."""
+    from cluster.workload.traces import load_named, prepare
+
+    w = prepare(load_named(cfg.trace), start_s=start_s, duration_s=duration_s,
+                max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens)
+    return w if first is None else replace(w, requests=w.requests[:first])
+
+
+def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rate_scale: float,
+              seed: int) -> tuple[dict[str, Any], list]:
+    """One replay of ``window`` at ``rate_scale``: the report (``fairbatching load``'s, with ``engines``: the
+    medians of the engines' PAB inputs polled while arrivals came) and its records."""
+    from cluster.config import embedded_default_slo
+    from cluster.workload.loadgen import live_report, replay
+    from cluster.workload.traces import prepare
+
+    w = prepare(window, rate_scale=rate_scale)
+    slo = embedded_default_slo()
+    polled: list[dict] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_status, args=(url, stop, polled), daemon=True)
+    poller.start()
+    try:
+        records = asyncio.run(replay(url, w, model=model, slo=slo, timeout_s=cfg.timeout_s, seed=seed))
+    finally:
+        stop.set()
+        poller.join()
+    span = w.requests[-1].arrival_s - w.requests[0].arrival_s
+    report = live_report(records, slo, span)
+    report["engines"] = _poll_summary(polled, span)
+    return report, records
+
+
+def window_rate_rps(cfg: SimLiveConfig, start_s: float, duration_s: float) -> float:
+    """Mean arrival rate of a window of the trace at rate scale 1, requests per second."""
+    return _window(cfg, start_s, duration_s).rate_rps
+
+
+def path_latency_s(records: list, sim_requests: list) -> Optional[float]:
+    """Median of (client TTFT - simulated TTFT) over the requests served in both runs, seconds
+    (``None`` when none was)."""
+    sim = {r.rid: r for r in sim_requests}
+    gaps = []
+    for rec in records:
+        s = sim.get(rec.rid)
+        if rec.status == 200 and rec.token_times and s is not None and s.first_token_s is not None:
+            gaps.append((rec.token_times[0] - rec.arrival_s) - (s.first_token_s - s.arrival_s))
+    return statistics.median(gaps) if gaps else None
+
+
+@dataclass
+class SimLiveResult:
+    machine: str
+    config: dict
+    serve_config: dict
+    calibration: dict = field(default_factory=dict)
+    capacity: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+    def verdict(self) -> dict[str, Any]:
+        """Per multiple: the simulator against the median of the live repeats (their range beside it),
+        and whether the criterion holds there."""
+        cfg = self.config
+        out = {}
+        for row in self.rows:
+            sim, lives = row["sim"], row["live"]
+            att = [live["attainment"] for live in lives]
+            ttft = [live["ttft_p50"] for live in lives if live["ttft_p50"] is not None]
+            att_gap = 100 * abs(sim["attainment"] - statistics.median(att))
+            ttft_err = abs(sim["ttft_p50"] / statistics.median(ttft) - 1) if ttft and sim["ttft_p50"] else None
+            out[f"{row['multiple']:g}x"] = {
+                "live_attainment_median": statistics.median(att), "live_attainment_range": [min(att), max(att)],
+                "live_ttft_p50_median_s": statistics.median(ttft) if ttft else None,
+                "live_ttft_p50_range_s": [min(ttft), max(ttft)] if ttft else None,
+                "attainment_gap_pts": att_gap, "ttft_p50_rel_err": ttft_err,
+                "holds": att_gap <= cfg["attainment_tol_pts"] and ttft_err is not None
+                and ttft_err <= cfg["ttft_p50_rel_tol"],
+            }
+        return out
+
+
+def simulated_capacity(base: SimConfig, cfg: SimLiveConfig) -> dict[str, float]:
+    """The calibrated simulator's capacity on the predicted window: rate scale, req/s and the window's
+    own rate. Raises ``RuntimeError`` (with the simulator's reason) when no rate meets the target."""
+    from cluster.sim.capacity import find_capacity
+
+    cap = find_capacity(base, target=cfg.attainment_target)
+    if cap.capacity_rate_scale is None:
+        raise RuntimeError(f"the calibrated simulator meets {cfg.attainment_target:.0%} at no rate: {'; '.join(cap.why)}")
+    rate1 = window_rate_rps(cfg, cfg.start_s, cfg.duration_s)
+    return {"rate_scale": cap.capacity_rate_scale, "capacity_rps": cap.capacity_rate_scale * rate1,
+            "window_rate_rps": rate1, "lower_bound": cap.lower_bound}
+
+
+def _kept(report: dict) -> dict:
+    return {k: report.get(k) for k in KEPT + ("engines",) if k in report}
+
+
+def _sim_engines(result: Any) -> dict[str, Any]:
+    """The simulated nodes' counterparts of the polled PAB inputs, medians over their timelines while
+    arrivals came (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction, binding)."""
+    span = result.report["requests"] / result.report["offered_rps"] if result.report["offered_rps"] else 0.0
+    rows = [row for rows in result.timelines.values() for row in rows if row[0] <= span]
+    bindings = [row[6] for row in rows]
+    return {
+        "pab_tokens": statistics.median(row[1] for row in rows) if rows else None,
+        "correction": statistics.median(row[5] for row in rows) if rows else None,
+        "binding": {b: bindings.count(b) / len(bindings) for b in sorted(set(bindings))} if bindings else {},
+    }
+
+
+def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None] = print) -> SimLiveResult:
+    """The whole protocol on a fresh local cluster of the embedded default; the calibrated profile is
+    written to ``out_dir``."""
+    import httpx
+
+    from cluster.bench.overload import local_cluster
+    from cluster.sim.simulator import simulate
+    from node.vllm.engine_setup import machine_name
+
+    result = SimLiveResult(machine_name(), asdict(cfg), {})
+    with local_cluster({}) as (url, serve):
+        result.serve_config = serve.model_dump(mode="json", exclude={"api_keys", "api_key_sha256"})
+        cal_window = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s)
+        cal_scale = cfg.calibration_rps / cal_window.rate_rps
+        progress(f"calibration: window {cfg.calibration_start_s:g}+{cfg.calibration_duration_s:g} s at "
+                 f"{cfg.calibration_rps:g} req/s (rate scale {cal_scale:.2f}) ...")
+        cal_report, _ = _live_run(url, serve.served_model_name, cfg, cal_window, rate_scale=cal_scale,
+                                  seed=cfg.seed + 1000)
+        status = httpx.get(f"{url}/v1/fairbatching/status", timeout=10).json()
+        model = status.get("deployment_model")
+        if not model:
+            raise RuntimeError("the engines published no refitted model during the calibration replay; "
+                               "raise --calibration-rps or the window's length")
+        profile = calibrated_profile(model, serve, out_dir / f"cpu-tiny-llama-live-calibrated-seed{cfg.seed}.json")
+        # The client path: the same requests live and simulated with no queue, the first of the window, slowly.
+        probe = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s, cfg.path_probe_requests)
+        probe_scale = cfg.path_probe_rps / probe.rate_rps
+        time.sleep(5.0)
+        probe_report, probe_records = _live_run(url, serve.served_model_name, cfg, probe, rate_scale=probe_scale,
+                                                seed=cfg.seed + 2000)
+        probe_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
+                                            rate_scale=probe_scale), workload=probe)
+        path_s = path_latency_s(probe_records, probe_sim.requests) or 0.0
+        result.calibration = {
+            "rate_scale": cal_scale, "live": _kept(cal_report), "deployment_model": model,
+            "node_models": {k: v.get("own_model") for k, v in status["nodes"].items()}, "profile": str(profile),
+            "path_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
+                           "sim_without_path": _kept(probe_sim.report)},
+            "client_path_s": path_s,
+        }
+        progress(f"calibrated: a {model['a_s'] * 1e3:.2f} ms, b {model['b_s_per_token'] * 1e6:.1f} us/token, "
+                 f"c {model['c_s_per_context_token'] * 1e6:.2f} us/context token, host {model['host_s'] * 1e3:.2f} ms; "
+                 f"client path {path_s * 1e3:.1f} ms (at {cfg.path_probe_rps:g} req/s)")
+
+        base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s)
+        result.capacity = simulated_capacity(base, cfg)
+        scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
+        progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
+                 f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
+        window = _window(cfg, cfg.start_s, cfg.duration_s)
+        for i, m in enumerate(cfg.multiples):
+            scale = m * scale1
+            sim_result = simulate(replace(base, rate_scale=scale))
+            sim = {**_kept(sim_result.report), "engines": _sim_engines(sim_result)}
+            lives = []
+            for k in range(cfg.repeats):
+                time.sleep(5.0)  # the last run's stragglers drain
+                live, _ = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
+                                    seed=cfg.seed + 10 * i + k)
+                lives.append(_kept(live))
+                eng = live["engines"]
+                progress(f"{m:g}x ({scale * rate1:.1f} req/s) run {k + 1}/{cfg.repeats}: live attainment "
+                         f"{live['attainment']:.3f} TTFT p50 {live['ttft_p50']:.3f} s | sim {sim['attainment']:.3f} "
+                         f"{sim['ttft_p50']:.3f} s; engines' medians: PAB {eng['pab_tokens']} (sim "
+                         f"{sim['engines']['pab_tokens']}), correction {eng['correction']}, front delay "
+                         f"{eng['front_delay_s']} s, measured rate {eng['measured_prefill_rate_tps']} tokens/s")
+            result.rows.append({"multiple": m, "rate_scale": scale, "rate_rps": scale * rate1,
+                                "sim": sim, "live": lives})
+    return result

@@ -1,0 +1,163 @@
+"""The pieces by which the simulator stands for the live cluster (``fairbatching bench sim-vs-live``).
+
+The whole check replays a trace against a real local cluster for minutes; its recorded runs
+are in ``bench/results/sim-vs-live/``. Here: the simulator's knobs the check sets (client path
+latency, PAB horizon, output clipping), the mapping from the serve config, the calibrated
+profile and the path-latency estimate.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.bench.sim_vs_live import SimLiveConfig, calibrated_profile, path_latency_s, sim_config_for
+from cluster.config import ServeConfig
+from cluster.sim.config import SimConfig
+from cluster.sim.metrics import ttft_s
+from cluster.workload.loadgen import LiveRecord
+from node.fit.profile import load_profile
+from tests.test_sim_timeline import run
+
+
+def test_client_path_latency_delays_every_served_token_as_the_client_sees_it():
+    plain = run([(0.0, 100, 3)], scheduler="fairbatching")
+    path = run([(0.0, 100, 3)], scheduler="fairbatching", client_path_s=0.05)
+    (p,), (q,) = plain.requests, path.requests
+    assert ttft_s(q) == pytest.approx(ttft_s(p) + 0.05)
+    assert q.last_token_s - q.first_token_s == pytest.approx(p.last_token_s - p.first_token_s)  # TPOT unchanged
+    assert path.report["ttft_p50"] == pytest.approx(plain.report["ttft_p50"] + 0.05)
+    # A path that pushes the first token past the TTFT SLO turns an attained request into a miss.
+    late = run([(0.0, 100, 3)], scheduler="fairbatching", ttft_slo_s=0.15, client_path_s=0.05)
+    assert plain.report["attainment"] == 1.0 and late.report["attainment"] == 0.0
+    with pytest.raises(ValueError, match="client_path_s"):
+        SimConfig(client_path_s=-0.01)
+
+
+def test_a_shorter_pab_horizon_admits_less_prompt_work_under_overload():
+    rows = [(0.01 * i, 300, 4) for i in range(12)]  # 0.31 s of prefill each, arriving together
+    whole = run(rows, scheduler="fairbatching", balancer="pab", ttft_slo_s=1.0, tpot_slo_s=0.1)
+    part = run(rows, scheduler="fairbatching", balancer="pab", ttft_slo_s=1.0, tpot_slo_s=0.1,
+               pab_horizon_fraction=0.5)
+    assert part.report["rejected"] > whole.report["rejected"] > 0
+    assert part.report["admitted_attainment"] == whole.report["admitted_attainment"] == 1.0
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="pab_horizon_fraction"):
+            SimConfig(pab_horizon_fraction=bad)
+
+
+def test_outputs_are_clipped_as_a_clients_max_tokens_clips_them():
+    cfg = SimConfig(trace="azure-code", duration_s=120, max_output_tokens=8, profile="cpu-tiny-llama")
+    from cluster.sim.simulator import load_workload
+
+    w = load_workload(cfg)
+    assert max(r.output_tokens for r in w.requests) == 8 and w.clipped_outputs > 0
+    assert "clip outputs to 8" in w.transforms
+    with pytest.raises(ValueError, match="max_output_tokens"):
+        SimConfig(max_output_tokens=0)
+
+
+def test_the_simulator_runs_the_deployments_own_settings():
+    serve = ServeConfig(engines=3, pab_horizon_fraction=0.5, anchor="arrival",
+                        node_config={"knobs": {"tpot_margin": 0.1, "relegate": "doomed"}})
+    sim = sim_config_for(serve, SimLiveConfig(), "cpu-tiny-llama", start_s=30.0, rate_scale=2.0, client_path_s=0.04)
+    assert (sim.nodes, sim.balancer, sim.anchor, sim.pab_horizon_fraction) == (3, "pab", "arrival", 0.5)
+    assert (sim.tpot_margin, sim.relegate, sim.chunk_align_tokens, sim.feedback) == (0.1, "doomed", 0, True)
+    assert (sim.start_s, sim.rate_scale, sim.client_path_s, sim.max_output_tokens) == (30.0, 2.0, 0.04, 32)
+    default = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0)
+    assert default.relegate == "none" and default.tpot_margin == 0.2  # the policy's and the serve config's
+    assert sim_config_for(ServeConfig(feedback={"enabled": False}), SimLiveConfig(), "cpu-tiny-llama",
+                          start_s=0.0).feedback is False
+    with pytest.raises(ValueError, match="seat_cap"):
+        sim_config_for(ServeConfig(node_config={"knobs": {"seat_cap": 3}}), SimLiveConfig(), "x", start_s=0.0)
+    with pytest.raises(ValueError, match="scheduler 'vllm'"):
+        sim_config_for(ServeConfig(scheduler="vllm"), SimLiveConfig(), "x", start_s=0.0)
+
+
+def test_the_calibrated_profile_carries_the_live_model_and_the_engines_limits(tmp_path):
+    model = {"a_s": 0.008, "b_s_per_token": 4e-5, "c_s_per_context_token": 1e-6, "safety_factor": 1.0,
+             "host_s": 0.0007, "attn_prefill_s_per_token_sq": 0.0, "nodes": 2}
+    path = calibrated_profile(model, ServeConfig(), tmp_path / "cal.json")
+    prof = load_profile(path)
+    assert (prof.a_s, prof.b_s_per_token, prof.c_s_per_context_token, prof.host_s) == (0.008, 4e-5, 1e-6, 0.0007)
+    assert prof.max_num_seqs == ServeConfig().engine_args["max_num_seqs"]
+    assert prof.name == "cpu-tiny-llama-live-calibrated" and "calibration replay" in prof.method
+    assert (prof.ttft_slo_s, prof.tpot_slo_s) == (load_profile("cpu-tiny-llama").ttft_slo_s,
+                                                  load_profile("cpu-tiny-llama").tpot_slo_s)
+
+
+def test_path_latency_is_the_median_client_minus_simulated_ttft_over_requests_both_served():
+    sim = run([(0.0, 100, 3), (1.0, 100, 3), (2.0, 100, 3)], scheduler="fairbatching").requests  # TTFT 0.11 each
+    rec = lambda rid, status, first: LiveRecord(rid=rid, arrival_s=float(rid), prompt_tokens=100,  # noqa: E731
+                                                output_tokens=3, status=status,
+                                                token_times=[rid + first] if first else [])
+    records = [rec(0, 200, 0.13), rec(1, 200, 0.17), rec(2, 429, None)]
+    assert path_latency_s(records, sim) == pytest.approx(0.04)  # median of 0.02 and 0.06; the 429 left out
+    assert path_latency_s([rec(2, 429, None)], sim) is None
+
+
+def test_nodes_cap_their_budget_by_the_prefill_rate_they_delivered_under_a_queue(monkeypatch):
+    import cluster.sim.simulator as simulator
+    from node.core.pab import estimate_pab
+
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw)
+        return estimate_pab(*args, **kw)
+
+    monkeypatch.setattr(simulator, "estimate_pab", spy)
+    from dataclasses import replace
+
+    from tests.test_sim_timeline import linear_profile
+
+    # 300-token prompts every 0.2 s on a node that takes 256 tokens a step (0.27 s): prompts queue.
+    profile = replace(linear_profile(), max_num_batched_tokens=256)
+    rows = [(0.2 * i, 300, 2) for i in range(40)]
+    run(rows, profile=profile, balancer="pab", nodes=1, ttft_slo_s=30.0, measured_prefill_rate=True,
+        pab_horizon_fraction=0.6)
+    rates = [kw["measured_prefill_rate_tps"] for kw in seen if kw["measured_prefill_rate_tps"] is not None]
+    # What it delivered: 256 tokens per 0.266 s step (962 tokens/s), as counted over a 5 s window
+    # of whole prompts (a prompt counts when its first token comes).
+    assert rates and all(850 < r < 1100 for r in rates[len(rates) // 2:]), rates
+    assert {(round(kw["horizon_s"], 9), kw["due_within_s"]) for kw in seen} == {(18.0, 30.0)}
+    seen.clear()
+    run(rows, profile=profile, balancer="pab", nodes=1, ttft_slo_s=30.0)
+    assert {kw["measured_prefill_rate_tps"] for kw in seen} == {None}
+
+
+def test_the_command_tabulates_each_live_run_beside_the_simulator_and_judges_the_medians(monkeypatch, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import cluster.bench.sim_vs_live as svl
+    from cluster.cli.main import app
+
+    def report(att, ttft, rejected):
+        return {"requests": 100, "attainment": att, "admitted_attainment": 1.0, "rejected": rejected,
+                "ttft_p50": ttft, "ttft_p90": None, "ttft_p99": None, "tpot_p50": 0.02, "tpot_p99": None,
+                "goodput_rps": 1.0, "offered_rps": 1.0}
+
+    def fake_run(cfg, out_dir, progress):  # the live part needs minutes on a real cluster: recorded runs only
+        res = svl.SimLiveResult("test machine", svl.asdict(cfg), {})
+        res.capacity = {"rate_scale": 2.0, "capacity_rps": 10.0, "window_rate_rps": 5.0}
+        res.rows = [
+            {"multiple": 0.5, "rate_scale": 1.0, "rate_rps": 5.0, "sim": report(1.0, 0.10, 0),
+             "live": [report(1.0, 0.09, 0), report(1.0, 0.12, 0), report(0.99, 0.11, 1)]},
+            {"multiple": 1.5, "rate_scale": 3.0, "rate_rps": 15.0, "sim": report(0.74, 0.38, 26),
+             "live": [report(0.69, 0.35, 31), report(0.61, 0.72, 39), report(0.66, 0.41, 34)]},
+        ]
+        return res
+
+    monkeypatch.setattr(svl, "run_local", fake_run)
+    out = CliRunner().invoke(app, ["bench", "sim-vs-live", "--repeats", "3", "--out-dir", str(tmp_path)],
+                             env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    data = json.loads((tmp_path / "azure-code-600-seed0.json").read_text())
+    v = data["verdict"]
+    assert v["0.5x"]["holds"] and v["0.5x"]["live_ttft_p50_median_s"] == 0.11
+    assert not v["1.5x"]["holds"] and v["1.5x"]["attainment_gap_pts"] == pytest.approx(8.0)  # 0.74 vs median 0.66
+    assert v["1.5x"]["live_attainment_range"] == [0.61, 0.69]
+    assert "1.5x median" in out.output and "8.0 pts" in out.output
+    bad = CliRunner().invoke(app, ["bench", "sim-vs-live", "--multiples", "0,1", "--out-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--multiples" in bad.output
