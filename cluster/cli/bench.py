@@ -229,16 +229,25 @@ def sim_vs_live(
     repeats: int = typer.Option(1, min=1, help="Live runs per multiple (the simulator is deterministic)."),
     seed: int = typer.Option(0, help="Seed of the prompts' token ids."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
+    summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
+                                                         "recorded in this folder (*.json with a verdict)."),
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
     Calibrates the simulator on another window (the engines' online refit becomes its profile; the
-    median client-minus-simulated TTFT of a slow replay its client path latency), finds its capacity on the predicted
+    median client-minus-simulated TTFT its client path latency), finds its capacity on the predicted
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
-    from cluster.bench.sim_vs_live import SimLiveConfig, run_local
+    from cluster.bench.sim_vs_live import SimLiveConfig, run_local, summary_markdown
 
+    if summary_of is not None:
+        found = [json.loads(p.read_text()) for p in sorted(summary_of.glob("*.json"))]
+        checks = [r for r in found if "verdict" in r]
+        if not checks:
+            raise typer.BadParameter(f"no recorded check (*.json with a verdict) in {summary_of}")
+        print(summary_markdown(checks))
+        return
     try:
         cfg = SimLiveConfig(trace=trace, start_s=start_s, duration_s=duration_s, calibration_start_s=calibration_start_s,
                             calibration_duration_s=calibration_duration_s,

@@ -88,9 +88,9 @@ class SimConfig:
     balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (FIFO, retried on each report) before rejecting it.")
     oracle_output_lengths: bool = _opt(False, "Let nodes know output lengths (PAB KV headroom and EDF departures).")
     expected_output_tokens: float | None = _opt(None, "A node's expected output length before any request finished on it (default: none, 0); afterwards the mean output of the last 512 requests it finished.")
+    measured_prefill_rate: bool = _opt(False, "Nodes cap PAB's modelled prefill rate by the prompt tokens per second they delivered while prompts queued (node.core.feedback.PrefillRate, ticked every 0.1 s), as the serving layer's engines do (off: the recorded simulator results).")
     feedback: bool = _opt(False, "Closed loop: each node corrects its PAB prefill rate by the measured TTFT and mean TPOT of its admitted requests against their SLOs (node.core.feedback.LatencyFeedback).")
     # run
-    measured_prefill_rate: bool = _opt(False, "Nodes cap PAB's modelled prefill rate by the prompt tokens per second they delivered while prompts queued (node.core.feedback.PrefillRate, ticked every 0.1 s), as the serving layer's engines do (off: the recorded simulator results).")
     seed: int = _opt(0, "Seed of every random choice (noise, power-of-two, synthetic traces).")
     drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")
     timeline_interval_s: float = _opt(0.5, "Sampling interval of the per-node PAB/budget timeline, simulated seconds.")
