@@ -101,9 +101,10 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
         trace=cfg.trace, start_s=start_s, duration_s=cfg.duration_s, rate_scale=rate_scale,
         max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
         profile=profile_path, nodes=serve.engines, balancer=serve.balancer, scheduler="fairbatching",
-        anchor=serve.anchor, pab_horizon_fraction=serve.pab_horizon_fraction, feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
-        client_path_s=client_path_s, **{k: (str(v) if k in ("relegate", "lend", "urgency") else v)
-                                        for k, v in knobs.items()},
+        anchor=serve.anchor, pab_horizon_fraction=serve.pab_horizon_fraction,
+        feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
+        client_path_s=client_path_s,
+        **{k: (str(v) if k in ("relegate", "lend", "urgency") else v) for k, v in knobs.items()},
     )
 
 
