@@ -301,8 +301,8 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                                           rate_scale=cal_scale), workload=cal_window)
         path_s = max(0.0, path_latency_s(cal_records, cal_sim.requests) or 0.0)
         # The idle probe (a diagnostic, not used): the window's first requests replayed slowly, live and
-        # simulated without a path. Its live TTFT below the simulated one shows a model fitted under
-        # load over-predicting the idle engine (the engines share the cores with the serving path).
+        # simulated without a path. A client TTFT close to the simulated one there, against tens of ms
+        # more in the calibration replay, shows the extra client TTFT growing with the load.
         probe = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s, cfg.path_probe_requests)
         probe_scale = cfg.path_probe_rps / probe.rate_rps
         time.sleep(5.0)
@@ -339,12 +339,14 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                 live, _ = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
                                     seed=cfg.seed + 10 * i + k)
                 lives.append(_kept(live))
-                eng = live["engines"]
+                eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
                 progress(f"{m:g}x ({scale * rate1:.1f} req/s) run {k + 1}/{cfg.repeats}: live attainment "
-                         f"{live['attainment']:.3f} TTFT p50 {live['ttft_p50']:.3f} s | sim {sim['attainment']:.3f} "
-                         f"{sim['ttft_p50']:.3f} s; engines' medians: PAB {eng['pab_tokens']} (sim "
-                         f"{sim['engines']['pab_tokens']}), correction {eng['correction']}, front delay "
-                         f"{eng['front_delay_s']} s, measured rate {eng['measured_prefill_rate_tps']} tokens/s")
+                         f"{num(live['attainment'], '{:.3f}')} TTFT p50 {num(live['ttft_p50'], '{:.3f}')} s | sim "
+                         f"{num(sim['attainment'], '{:.3f}')} {num(sim['ttft_p50'], '{:.3f}')} s; engines' medians: "
+                         f"PAB {num(eng['pab_tokens'], '{:.0f}')} (sim {num(sim['engines']['pab_tokens'], '{:.0f}')}), "
+                         f"correction {num(eng['correction'], '{:.2f}')}, front delay "
+                         f"{num(eng['front_delay_s'], '{:.3f}')} s, measured prefill "
+                         f"{num(eng['measured_prefill_rate_tps'], '{:.0f}')} tokens/s")
             result.rows.append({"multiple": m, "rate_scale": scale, "rate_rps": scale * rate1,
                                 "sim": sim, "live": lives})
     return result
