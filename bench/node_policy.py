@@ -9,9 +9,9 @@ single budget across the traces (what an operator serving mixed traffic would pi
 OpenAI-server default (``SHIPPED_BUDGET``, ``vllm/engine/arg_utils.py``: 8192 batched tokens on
 H100/H200, 2048 on A100) are all read from the same runs. Ratios are taken per seed, then summarised.
 
-    python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~35 min on 2 cores
+    python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~75 min on 2 cores (three traces)
     python bench/node_policy.py --arms fb-first+doomed+align256+margin0.2   # (re)run some arms into the same file
-    python bench/node_policy.py --traces sharegpt-gamma   # add a trace to the same file (~15 min)
+    python bench/node_policy.py --traces sharegpt-gamma   # add a trace to the same file (~45 min)
 """
 
 from __future__ import annotations
