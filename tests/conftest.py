@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,24 @@ from node.core.request import SLO, RequestState
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+
+@pytest.fixture
+def pab_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``estimate_pab`` call the simulator makes during the test, in order."""
+    import cluster.sim.simulator as simulator  # not at import: the policy-core tests run without the simulator
+    from node.core.pab import estimate_pab
+
+    seen: list[dict] = []
+
+    def spy(*args, **kw):
+        seen.append(kw)
+        return estimate_pab(*args, **kw)
+
+    monkeypatch.setattr(simulator, "estimate_pab", spy)
+    return seen
+
 
 # The reference linear profile of DESIGN section 6.
 REF_MODEL = StepTimeModel(a_s=0.0056, b_s_per_token=21e-6, c_s_per_context_token=0.05e-6)

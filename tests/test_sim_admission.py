@@ -9,7 +9,6 @@ import math
 
 import pytest
 
-import cluster.sim.simulator as simulator
 from cluster.sim.config import SimConfig
 from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import attains
@@ -44,14 +43,8 @@ def test_true_step_time_takes_the_profile_host_time_unless_overridden():
         SimConfig(host_s=-1.0)
 
 
-def test_nodes_budget_with_the_engine_caps_their_expected_output_and_their_correction(monkeypatch):
-    seen = []
-
-    def spy(*args, **kw):
-        seen.append(kw)
-        return estimate_pab(*args, **kw)
-
-    monkeypatch.setattr(simulator, "estimate_pab", spy)
+def test_nodes_budget_with_the_engine_caps_their_expected_output_and_their_correction(pab_calls):
+    seen = pab_calls
     rows = [(0.1 * i, 50, 4 + 4 * (i % 2)) for i in range(20)]  # outputs 4 and 8: mean 6
     res = run(rows, balancer="pab", nodes=1, feedback=True, expected_output_tokens=100.0)
     assert {kw["max_num_batched_tokens"] for kw in seen} == {8192} and {kw["max_num_seqs"] for kw in seen} == {256}

@@ -95,17 +95,8 @@ def test_path_latency_is_the_median_client_minus_simulated_ttft_over_requests_bo
     assert path_latency_s([rec(2, 429, None)], sim) is None
 
 
-def test_nodes_cap_their_budget_by_the_prefill_rate_they_delivered_under_a_queue(monkeypatch):
-    import cluster.sim.simulator as simulator
-    from node.core.pab import estimate_pab
-
-    seen = []
-
-    def spy(*args, **kw):
-        seen.append(kw)
-        return estimate_pab(*args, **kw)
-
-    monkeypatch.setattr(simulator, "estimate_pab", spy)
+def test_nodes_cap_their_budget_by_the_prefill_rate_they_delivered_under_a_queue(pab_calls):
+    seen = pab_calls
     from dataclasses import replace
 
     from tests.test_sim_timeline import linear_profile

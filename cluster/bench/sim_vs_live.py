@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
+from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
 
 #: Report fields compared and kept for each side.
@@ -156,18 +157,17 @@ def _poll_summary(rows: list[dict], until_s: float) -> dict[str, Any]:
     for k in ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tps", "b_s_per_token", "a_s"):
         vals = [r[k] for r in rows if r["t_s"] <= until_s and isinstance(r.get(k), (int, float))]
         out[k] = statistics.median(vals) if vals else None
-    bindings = [r["binding"] for r in rows if r["t_s"] <= until_s and r.get("binding")]
-    out["binding"] = {b: bindings.count(b) / len(bindings) for b in sorted(set(bindings))} if bindings else {}
+    out["binding"] = shares(r["binding"] for r in rows if r["t_s"] <= until_s and r.get("binding"))
     return out
 
 
-def _window(cfg: SimLiveConfig, start_s: float, duration_s: float, first: Optional[int] = None) -> Workload:
-    """A window of the trace at rate scale 1, clipped as configured (its ``first`` requests only, if given)."""
-    from cluster.workload.traces import load_named, prepare
+def _window(cfg: SimLiveConfig, start_s: float, duration_s: float) -> Workload:
+    """A window of the trace at rate scale 1, clipped as configured: the workload the simulator runs
+    (``load_workload``), which the live replay rescales and sends."""
+    from cluster.sim.simulator import load_workload
 
-    w = prepare(load_named(cfg.trace), start_s=start_s, duration_s=duration_s,
-                max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens)
-    return w if first is None else replace(w, requests=w.requests[:first])
+    return load_workload(SimConfig(trace=cfg.trace, start_s=start_s, duration_s=duration_s,
+                                   max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens))
 
 
 def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rate_scale: float,
@@ -193,11 +193,6 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     report = live_report(records, slo, span)
     report["engines"] = _poll_summary(polled, span)
     return report, records
-
-
-def window_rate_rps(cfg: SimLiveConfig, start_s: float, duration_s: float) -> float:
-    """Mean arrival rate of a window of the trace at rate scale 1, requests per second."""
-    return _window(cfg, start_s, duration_s).rate_rps
 
 
 def path_latency_s(records: list, sim_requests: list) -> Optional[float]:
@@ -243,17 +238,16 @@ class SimLiveResult:
         return out
 
 
-def simulated_capacity(base: SimConfig, cfg: SimLiveConfig) -> dict[str, float]:
-    """The calibrated simulator's capacity on the predicted window: rate scale, req/s and the window's
-    own rate. Raises ``RuntimeError`` (with the simulator's reason) when no rate meets the target."""
+def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) -> dict[str, float]:
+    """The calibrated simulator's capacity on the predicted ``window`` (``_window``): rate scale, req/s and
+    the window's own rate. Raises ``RuntimeError`` (with the simulator's reason) when no rate meets the target."""
     from cluster.sim.capacity import find_capacity
 
-    cap = find_capacity(base, target=cfg.attainment_target)
+    cap = find_capacity(base, target=cfg.attainment_target, workload=window)
     if cap.capacity_rate_scale is None:
         raise RuntimeError(f"the calibrated simulator meets {cfg.attainment_target:.0%} at no rate: {'; '.join(cap.why)}")
-    rate1 = window_rate_rps(cfg, cfg.start_s, cfg.duration_s)
-    return {"rate_scale": cap.capacity_rate_scale, "capacity_rps": cap.capacity_rate_scale * rate1,
-            "window_rate_rps": rate1, "lower_bound": cap.lower_bound}
+    return {"rate_scale": cap.capacity_rate_scale, "capacity_rps": cap.capacity_rate_scale * window.rate_rps,
+            "window_rate_rps": window.rate_rps, "lower_bound": cap.lower_bound}
 
 
 def _kept(report: dict) -> dict:
@@ -265,11 +259,10 @@ def _sim_engines(result: Any) -> dict[str, Any]:
     arrivals came (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction, binding)."""
     span = result.report["requests"] / result.report["offered_rps"] if result.report["offered_rps"] else 0.0
     rows = [row for rows in result.timelines.values() for row in rows if row[0] <= span]
-    bindings = [row[6] for row in rows]
     return {
         "pab_tokens": statistics.median(row[1] for row in rows) if rows else None,
         "correction": statistics.median(row[5] for row in rows) if rows else None,
-        "binding": {b: bindings.count(b) / len(bindings) for b in sorted(set(bindings))} if bindings else {},
+        "binding": shares(row[6] for row in rows),
     }
 
 
@@ -303,7 +296,7 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
         # The idle probe (a diagnostic, not used): the window's first requests replayed slowly, live and
         # simulated without a path. A client TTFT close to the simulated one there, against tens of ms
         # more in the calibration replay, shows the extra client TTFT growing with the load.
-        probe = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s, cfg.path_probe_requests)
+        probe = replace(cal_window, requests=cal_window.requests[:cfg.path_probe_requests])
         probe_scale = cfg.path_probe_rps / probe.rate_rps
         time.sleep(5.0)
         probe_report, probe_records = _live_run(url, serve.served_model_name, cfg, probe, rate_scale=probe_scale,
@@ -324,14 +317,14 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                  f"{1e3 * (result.calibration['idle_probe']['client_minus_sim_ttft_s'] or 0.0):.1f} ms")
 
         base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s)
-        result.capacity = simulated_capacity(base, cfg)
+        window = _window(cfg, cfg.start_s, cfg.duration_s)
+        result.capacity = simulated_capacity(base, cfg, window)
         scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
         progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
                  f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
-        window = _window(cfg, cfg.start_s, cfg.duration_s)
         for i, m in enumerate(cfg.multiples):
             scale = m * scale1
-            sim_result = simulate(replace(base, rate_scale=scale))
+            sim_result = simulate(replace(base, rate_scale=scale), workload=window)
             sim = {**_kept(sim_result.report), "engines": _sim_engines(sim_result)}
             lives = []
             for k in range(cfg.repeats):

@@ -21,10 +21,18 @@ first token; TPOT: at least two tokens and finished).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Iterable, Sequence
 
 from cluster.sim.node import SimRequest
 from node.core.attainment import mean_tpot_s, meets_slo, percentile
+
+
+def shares(labels: Iterable[str]) -> dict[str, float]:
+    """Each label's share of ``labels`` (fractions summing to 1), by label; ``{}`` for none."""
+    counts = Counter(labels)
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())} if total else {}
 
 
 def ttft_s(req: SimRequest) -> float | None:

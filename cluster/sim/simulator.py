@@ -24,7 +24,7 @@ from cluster.sim.kv_cache import BlockPool
 from cluster.sim.prefix_cache import NodePrefixCache
 from cluster.workload.tiers import SLOClasses, assign_tiers, parse_slo_tiers
 from node.core.pab_prefill_only import estimate_pab_prefill_only
-from cluster.sim.metrics import summarize
+from cluster.sim.metrics import shares, summarize
 from cluster.sim.node import SimNode, SimRequest
 from cluster.sim.true_step_time import TrueStepTime
 from cluster.workload.traces import Workload, load_named, prepare
@@ -57,15 +57,6 @@ class SimResult:
     report: dict
     requests: list[SimRequest] = field(repr=False)
     timelines: dict[int, list] = field(repr=False)
-
-
-def _binding_fractions(nodes: list[SimNode]) -> dict[str, float]:
-    counts: dict[str, int] = {}
-    for nd in nodes:
-        for row in nd.timeline:
-            counts[row[6]] = counts.get(row[6], 0) + 1
-    total = sum(counts.values())
-    return {k: v / total for k, v in sorted(counts.items())} if total else {}
 
 
 def idle_prefill_cap(cfg: SimConfig, profile: Profile) -> int:
@@ -310,7 +301,7 @@ def simulate(
             # Per node: the output length it expected at the end (None: oracle lengths or nothing finished).
             "node_expected_output_tokens": [nd.expected_output_tokens() for nd in nodes],
             # Which PAB limit bound, as a fraction of the timeline samples (all nodes).
-            "pab_binding_fraction": _binding_fractions(nodes),
+            "pab_binding_fraction": shares(row[6] for nd in nodes for row in nd.timeline),
             # The model each node planned with at the end (the profile's, unless refitted online).
             "planning_models": [
                 {"a_s": nd.policy.step_model.a_s, "b_s_per_token": nd.policy.step_model.b_s_per_token,
