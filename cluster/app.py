@@ -117,6 +117,7 @@ def build_app(cfg: ServeConfig):
         # The ingress admits with the router's balancer (same process) when the router is ours.
         balancer_settings=settings if cfg.router == "pab" else None,
         admission_wait_s=cfg.admission_wait_s,
+        admission_wait_order=cfg.admission_wait_order,
         trust_request_start=cfg.trust_request_start,
     ))
 

@@ -144,6 +144,9 @@ class ServeConfig(BaseModel):
     admission_cap: Optional[int] = Field(None, ge=0)  # naive cap: queued prompt tokens per engine
     max_in_flight: Optional[int] = Field(None, ge=1)  # static cap: requests per engine (the in-flight-cap baseline)
     admission_wait_s: float = Field(0.0, ge=0, allow_inf_nan=False)  # bounded wait at the ingress before a 429
+    # the order held requests are retried in: earliest first-token deadline first (a tighter class goes
+    # ahead), arrival order, or arrival order stopping at the first that does not fit (balancer.core.admission_queue)
+    admission_wait_order: Literal["edf", "arrival", "fifo"] = "edf"
     # refuse a request that waited this share of its TTFT before admission (None: never)
     shed_after_fraction: Optional[float] = Field(0.5, gt=0, le=1)
     registry_timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)  # one poll of the registry gives up after this

@@ -773,3 +773,64 @@ def test_lower_children_priority_raises_each_childs_niceness_up_to_19():
     finally:
         child.kill()
         child.wait()
+
+
+def _held_admissions(order: str):
+    """A balancer whose one node has no budget, a batch request (TTFT 30 s) held, then an interactive
+    one (TTFT 1 s) held behind it; the node then reports room for one of the two."""
+    from balancer.serve.admission import HeldAdmissions
+
+    async def go():
+        clock = _Clock()
+        lb = _balancer(clock=clock, refresh_interval_s=0.01)
+        lb.apply_views({"a": _view(0, 1.0)})
+        held = HeldAdmissions(lb, wait_s=0.5, order=order, clock=clock)
+        batch = asyncio.create_task(held.admit("batch", 800, clock.t, 30.0))
+        await asyncio.sleep(0)
+        interactive = asyncio.create_task(held.admit("interactive", 800, clock.t, 1.0))
+        await asyncio.sleep(0.05)
+        assert not batch.done() and not interactive.done() and len(held.queue) == 2
+        lb.apply_views({"a": _view(1000, 2.0)})
+        await asyncio.sleep(0.05)
+        first = "interactive" if interactive.done() else "batch" if batch.done() else None
+        clock.t += 1.0  # past both waits: the one still held is refused with the node's last refusal
+        await asyncio.sleep(0.05)
+        results = {"batch": batch.result(), "interactive": interactive.result()}
+        assert not held.queue
+        return first, results
+
+    return asyncio.run(go())
+
+
+def test_the_ingress_queue_places_the_earliest_first_token_deadline_first():
+    first, results = _held_admissions("edf")
+    assert first == "interactive" and results["interactive"][0] == "a"
+    node, decision = results["batch"]
+    assert node is None and decision.reason == "no-budget" and decision.retry_after_s
+
+
+def test_a_first_come_ingress_queue_serves_the_batch_request_held_longer():
+    first, results = _held_admissions("fifo")
+    assert first == "batch" and results["batch"][0] == "a" and results["interactive"][0] is None
+
+
+def test_a_caller_gone_while_held_leaves_the_queue_and_a_request_without_wait_is_refused_at_once():
+    from balancer.serve.admission import HeldAdmissions
+
+    async def go():
+        clock = _Clock()
+        lb = _balancer(clock=clock, refresh_interval_s=0.01)
+        lb.apply_views({"a": _view(0, 1.0)})
+        at_once = HeldAdmissions(lb, wait_s=0.0, clock=clock)
+        node, decision = await at_once.admit("now", 800, clock.t, 1.0)
+        assert node is None and decision.rejected and not at_once.queue
+        held = HeldAdmissions(lb, wait_s=5.0, clock=clock)
+        task = asyncio.create_task(held.admit("gone", 800, clock.t, 1.0))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not held.queue  # dropped at the next round; no placement was made for it
+        lb.apply_views({"a": _view(1000, 2.0)})
+        assert lb.placement("gone") is None
+
+    asyncio.run(go())

@@ -151,6 +151,22 @@ def test_queueing_at_the_balancer_admits_some_requests_pab_would_reject_at_once(
     assert queued["finished"] + queued["rejected"] + queued["unfinished"] == queued["requests"]
 
 
+def test_a_first_come_queue_blocks_interactive_requests_behind_batch_ones_and_edf_does_not():
+    # Two classes under overload: a held batch request that does not fit stops a FIFO queue, so
+    # interactive requests behind it expire; earliest-deadline-first passes over it (issue 13).
+    w = bursty(n=600)
+    knobs = dict(scheduler="fairbatching", balancer="pab", nodes=2, rate_scale=4.0, tier_hold_fraction=0.1,
+                 slo_tier=("interactive=0.5:1:0.05", "batch=0.5:30:0.25"))
+    at_once = run(w, **knobs).report["per_tier"]["interactive"]
+    fifo = run(w, balancer_queue_s=0.3, balancer_queue_order="fifo", **knobs).report
+    edf = run(w, balancer_queue_s=0.3, balancer_queue_order="edf", **knobs).report
+    assert fifo["per_tier"]["interactive"]["rejected"] > at_once["rejected"]
+    assert edf["per_tier"]["interactive"]["rejected"] < at_once["rejected"]
+    assert edf["per_tier"]["interactive"]["attainment"] > fifo["per_tier"]["interactive"]["attainment"]
+    for rep in (fifo, edf):
+        assert rep["finished"] + rep["rejected"] + rep["unfinished"] == rep["requests"]
+
+
 def test_a_metric_that_load_cannot_break_gives_a_flagged_lower_bound():
     w = bursty(n=60)
     res = find_capacity(SimConfig(trace="bursty", profile="ref-linear-h100", balancer="pab", rate_scale=1.0),

@@ -29,6 +29,7 @@ the router and the ingress must live here, imported by reference.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional
 
+from balancer.core.admission_queue import AdmissionQueue
 from balancer.core.placement import (RETRY_AFTER_MAX_S, RETRY_AFTER_MIN_S, Decision, NodeView, PlacementPolicy,
                                      has_room, retry_after_of_views)
 from balancer.core.policies import make_placement
@@ -389,6 +391,82 @@ class LocalBalancer:
 
 _BALANCERS: dict[tuple[str, str], LocalBalancer] = {}
 _BALANCERS_LOCK = threading.Lock()
+
+
+@dataclass
+class _Waiter:
+    request_id: str
+    prompt_tokens: int
+    placement: dict[str, Any]  # admit()'s keyword arguments: held_fraction, tier, block_hashes
+    future: "asyncio.Future[tuple[Optional[str], Decision]]"
+    last: Optional[Decision] = None  # the refusal of its latest attempt (None: not tried yet)
+
+
+class HeldAdmissions:
+    """A bounded wait for budget in front of ``LocalBalancer.admit``: the ingress's admission queue.
+
+    A request no node has budget for is held up to ``wait_s`` seconds after its
+    arrival and tried again every ``refresh_interval_s`` (the view's refresh),
+    the held requests in ``order`` (``balancer.core.admission_queue``: ``edf``,
+    earliest first-token deadline first, so a held interactive request goes
+    before a held batch one; the simulator's ``--balancer-queue-order``). While
+    requests are held, a new one joins them instead of taking budget ahead of
+    them. One per ingress process, used from its event loop; ``clock`` gives the
+    arrivals' time base (``time.time`` for the ingress's arrival stamps).
+    """
+
+    def __init__(self, lb: LocalBalancer, wait_s: float, order: str = "edf",
+                 *, clock: Callable[[], float] = time.time) -> None:
+        self.lb = lb
+        self.queue: AdmissionQueue[_Waiter] = AdmissionQueue(wait_s, order)
+        self._clock = clock
+        self._task: Optional[asyncio.Task] = None
+
+    async def admit(self, request_id: str, prompt_tokens: int, arrival_s: float, ttft_slo_s: float,
+                    **placement: Any) -> tuple[Optional[str], Decision]:
+        """Place the request, waiting for budget up to ``wait_s`` after ``arrival_s``: ``(node key, decision)``,
+        or ``(None, the last refusal)`` when the wait is over. A ``no-engine`` refusal returns at once.
+
+        ``placement``: ``LocalBalancer.admit``'s keyword arguments (``held_fraction``, ``tier``,
+        ``block_hashes``). A caller cancelled while waiting leaves the queue at the next round.
+        """
+        if not self.queue:
+            node, decision = self.lb.admit(request_id, prompt_tokens, **placement)
+            if (node is not None or decision.reason == "no-engine" or self.queue.wait_s <= 0
+                    or self._clock() > arrival_s + self.queue.wait_s):
+                return node, decision
+            waiter = _Waiter(request_id, prompt_tokens, placement, asyncio.get_running_loop().create_future(),
+                             decision)
+            self.queue.hold(waiter, arrival_s, ttft_slo_s)
+        else:  # behind the requests already held: tried with them, in the queue's order
+            waiter = _Waiter(request_id, prompt_tokens, placement, asyncio.get_running_loop().create_future())
+            self.queue.hold(waiter, arrival_s, ttft_slo_s)
+            self._round()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._retry_held())
+        return await waiter.future
+
+    async def _retry_held(self) -> None:
+        while self.queue:
+            await asyncio.sleep(self.lb.settings.refresh_interval_s)
+            self._round()
+
+    def _round(self) -> None:
+        for waiter in self.queue.retry(self._clock(), self._attempt):
+            if not waiter.future.done():
+                waiter.future.set_result((None, waiter.last or Decision(None, "no-budget", 1.0)))
+
+    def _attempt(self, waiter: _Waiter) -> bool:
+        """Try one held request; True when it leaves the queue (placed, no engine, or its caller gone)."""
+        if waiter.future.done():
+            return True
+        node, decision = self.lb.admit(waiter.request_id, waiter.prompt_tokens, record=waiter.last is None,
+                                       **waiter.placement)
+        if node is not None or decision.reason == "no-engine":
+            waiter.future.set_result((node, decision))
+            return True
+        waiter.last = decision
+        return False
 
 
 def registry_fetcher(app_name: str, engine_deployment: str, timeout_s: float = 2.0) -> Callable[[dict], RouterPoll]:

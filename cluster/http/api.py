@@ -244,6 +244,7 @@ class IngressSettings:
     engine_deployment: str  # the Serve deployment of the engines (its PAB registry)
     balancer_settings: Optional[Any]  # BalancerSettings when the router is ours (admission here), else None
     admission_wait_s: float
+    admission_wait_order: str  # balancer.core.admission_queue.QUEUE_ORDERS
     trust_request_start: bool
 
 
@@ -272,13 +273,13 @@ class Ingress:
         self.state = app.state
         self.render = app.state.serving_render
         self._registry = None
-        self.admission_wait_s = settings.admission_wait_s
         self.trust_request_start = settings.trust_request_start
         self.balancer = None  # our router: admit here; Serve's default router: no admission
         if settings.balancer_settings is not None:
-            from balancer.serve.admission import local_balancer
+            from balancer.serve.admission import HeldAdmissions, local_balancer
 
             self.balancer = local_balancer(self.app_name, settings.engine_deployment, settings.balancer_settings)
+            self.held = HeldAdmissions(self.balancer, settings.admission_wait_s, settings.admission_wait_order)
         self._live_engines: tuple[float, Optional[int]] = (-math.inf, None)  # (checked at, count)
 
     # -- the registry (for health and status) ---------------------------------------------
@@ -313,8 +314,9 @@ class Ingress:
     async def _admit(self, job: EngineJob) -> None:
         """Admit and place ``job`` in this process, or raise 429 (Retry-After) / 503; no remote call.
 
-        With ``admission_wait_s`` a refused request is asked again at each view
-        refresh until that long has passed. Without a registry view (it is
+        With ``admission_wait_s`` a refused request is held and asked again at each
+        view refresh until that long after its arrival, the held requests in
+        ``admission_wait_order`` (``balancer.serve.admission.HeldAdmissions``). Without a registry view (it is
         restarting) the router places the request from Serve's routing stats.
         """
         lb = self.balancer
@@ -327,22 +329,17 @@ class Ingress:
         if lb.too_late(time.time() - job.arrival_s, job.ttft_slo_s):
             count_rejection(job.slo_class)
             raise rejected(1.0, "too-late")
-        deadline = time.monotonic() + self.admission_wait_s
-        first_try = True
-        while True:
-            node, decision = lb.admit(job.request_id, job.prompt_tokens, record=first_try,
-                                      held_fraction=job.held_fraction, tier=job.tier, block_hashes=job.block_hashes)
-            first_try = False
-            if node is not None:
-                return
-            if decision.reason == "no-engine":
-                if lb.registry_ok:
-                    raise unavailable("No engine is up.")
-                return  # the registry is away: the router decides from the replicas' routing stats
-            if time.monotonic() >= deadline:
-                count_rejection(job.slo_class)
-                raise rejected(decision.retry_after_s or 1.0, decision.reason)
-            await asyncio.sleep(lb.settings.refresh_interval_s)
+        node, decision = await self.held.admit(job.request_id, job.prompt_tokens, job.arrival_s, job.ttft_slo_s,
+                                               held_fraction=job.held_fraction, tier=job.tier,
+                                               block_hashes=job.block_hashes)
+        if node is not None:
+            return
+        if decision.reason == "no-engine":
+            if lb.registry_ok:
+                raise unavailable("No engine is up.")
+            return  # the registry is away: the router decides from the replicas' routing stats
+        count_rejection(job.slo_class)
+        raise rejected(decision.retry_after_s or 1.0, decision.reason)
 
     def _release(self, job: EngineJob) -> None:
         if self.balancer is not None:

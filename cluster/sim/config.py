@@ -14,6 +14,7 @@ from dataclasses import field, fields
 
 from pydantic.dataclasses import dataclass
 
+from balancer.core.admission_queue import QUEUE_ORDERS
 from balancer.core.policies import PLACEMENT_NAMES
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
@@ -85,7 +86,8 @@ class SimConfig:
     pab_delay_s: float = _opt(0.0, "Delay from a node's report to the balancer, seconds (staleness).")
     report_acks: bool = _opt(True, "Reports carry the ids of the requests the node received, so the balancer keeps debits a stale report has not seen (off: a report replaces the view).")
     pab_interval_s: float = _opt(0.0, "Minimum time between two reports of a node (0: after every step).")
-    balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (FIFO, retried on each report) before rejecting it.")
+    balancer_queue_s: float = _opt(0.0, "Hold a request the balancer cannot place for up to this long (retried on each report, in --balancer-queue-order) before rejecting it.")
+    balancer_queue_order: str = _opt("edf", "Order in which held requests are retried: edf (earliest first-token deadline first, arrival + TTFT SLO, so a tighter tier goes ahead; one that does not fit is passed over), arrival (arrival order, passing over one that does not fit) or fifo (arrival order, stopping at the first that does not fit: head-of-line blocking; the simulator's only order before this option, so the recorded runs with a queue).")
     oracle_output_lengths: bool = _opt(False, "Let nodes know output lengths (PAB KV headroom and EDF departures).")
     expected_output_tokens: float | None = _opt(None, "A node's expected output length before any request finished on it (default: none, 0); afterwards the mean output of the last 512 requests it finished.")
     measured_prefill_rate: bool = _opt(False, "Nodes cap PAB's modelled prefill rate by the prompt tokens per second they delivered while prompts queued (node.core.feedback.PrefillRate, ticked every 0.1 s), as the serving layer's engines do (off: the recorded simulator results).")
@@ -102,6 +104,8 @@ class SimConfig:
             raise ValueError(f"unknown balancer {self.balancer!r}; choose one of {', '.join(PLACEMENT_NAMES)}")
         if self.anchor not in ("arrival", "first-token") or self.urgency not in ("budget+tpot", "tpot"):
             raise ValueError("anchor must be arrival|first-token and urgency budget+tpot|tpot")
+        if self.balancer_queue_order not in QUEUE_ORDERS:
+            raise ValueError(f"balancer_queue_order must be one of {', '.join(QUEUE_ORDERS)}, got {self.balancer_queue_order!r}")
         if self.pab_fit not in ("largest", "best"):
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:

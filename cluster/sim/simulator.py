@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from balancer.core.admission_queue import AdmissionQueue
 from balancer.core.placement import NodeView, PlacementPolicy, idle_prefill_tokens
 from balancer.core.policies import make_placement
 from balancer.core.prefix import PrefixIndex
@@ -142,20 +142,20 @@ def simulate(
     def tier_of(req: SimRequest) -> str | None:
         return classes.budget_tier(req.slo) if classes is not None else None
 
-    pending: deque[SimRequest] = deque()  # held at the balancer (balancer_queue_s > 0), FIFO
+    # Held at the balancer (balancer_queue_s > 0) and retried on each report, in balancer_queue_order.
+    pending: AdmissionQueue[SimRequest] = AdmissionQueue(cfg.balancer_queue_s, cfg.balancer_queue_order)
+
+    def try_place(req: SimRequest) -> bool:
+        decision = place(req)
+        if decision.node_id is None:
+            return False
+        nodes[decision.node_id].admit(req, loop.now_s)
+        return True
 
     def place_pending() -> None:
-        """Retry held requests in order; expire those held longer than balancer_queue_s."""
-        while pending:
-            req = pending[0]
-            if loop.now_s > req.arrival_s + cfg.balancer_queue_s:
-                pending.popleft().rejected = True
-                continue
-            decision = place(req)
-            if decision.node_id is None:
-                return
-            pending.popleft()
-            nodes[decision.node_id].admit(req, loop.now_s)
+        """Retry held requests; refuse those held longer than balancer_queue_s."""
+        for req in pending.retry(loop.now_s, try_place):
+            req.rejected = True
 
     def deliver(view: NodeView) -> None:
         balancer.update(view)
@@ -228,15 +228,12 @@ def simulate(
 
     def arrive(i: int) -> None:
         req = requests[i]
-        if pending:  # FIFO behind requests already held at the balancer
-            pending.append(req)
+        if pending:  # tried with the requests already held at the balancer, in the queue's order
+            pending.hold(req, req.arrival_s, req.slo.ttft_s)
             place_pending()
-        else:
-            decision = place(req)
-            if decision.node_id is not None:
-                nodes[decision.node_id].admit(req, loop.now_s)
-            elif cfg.balancer_queue_s > 0:
-                pending.append(req)
+        elif not try_place(req):
+            if cfg.balancer_queue_s > 0:
+                pending.hold(req, req.arrival_s, req.slo.ttft_s)
             else:
                 req.rejected = True
         if i + 1 < n:
@@ -250,7 +247,7 @@ def simulate(
     loop.run(until_s=last_arrival_s + cfg.drain_s)
     loop_wall_s = time.perf_counter() - loop_wall0
     loop_cpu_s = time.process_time() - loop_cpu0
-    for req in pending:  # still held when the run ended: the balancer gave up on them
+    for req in pending.items():  # still held when the run ended: the balancer gave up on them
         req.rejected = True
     if progress is not None:
         progress(1.0)
