@@ -8,8 +8,9 @@
 # Ablations through the environment: INGRESS_REPLICAS (the config's 2), ENGINE_CORE_NICE (default:
 # 4 on CPU engines; 0 runs the engine cores at the replicas' priority), PAB_HORIZON_FRACTION (the
 # config's 0.45), TPOT_MARGIN (the config's 0.4) and TOKEN_GRANTS (false: the engines set only each
-# step's total token budget, not every planned request's tokens).
-#   [INGRESS_REPLICAS=N] [ENGINE_CORE_NICE=N] [PAB_HORIZON_FRACTION=F] [TPOT_MARGIN=M] [TOKEN_GRANTS=false] \
+# step's total token budget, not every planned request's tokens), ADMISSION_WAIT_S (hold a request no
+# engine has budget for this long before its 429; default 0) and ADMISSION_WAIT_ORDER (edf, arrival, fifo).
+#   [ADMISSION_WAIT_S=S [ADMISSION_WAIT_ORDER=O]] [INGRESS_REPLICAS=N] [ENGINE_CORE_NICE=N] [PAB_HORIZON_FRACTION=F] [TPOT_MARGIN=M] [TOKEN_GRANTS=false] \
 #     bash bench/tiers_live.sh HOLD RATE_SCALE OUT.json [SHED]
 set -euo pipefail
 hold=$1; rs=$2; out=$3; shed=${4:-}
@@ -25,6 +26,8 @@ if [ -n "${PAB_HORIZON_FRACTION:-}" ]; then
   sed -i "s/^\( *\)pab_horizon_fraction: .*/\1pab_horizon_fraction: $PAB_HORIZON_FRACTION/" "$cfg"
 fi
 if [ -n "${TOKEN_GRANTS:-}" ]; then sed -i "s/^\( *\)knobs: .*tpot_margin.*/&\n\1token_grants: $TOKEN_GRANTS/" "$cfg"; fi
+if [ -n "${ADMISSION_WAIT_S:-}" ]; then add "admission_wait_s: $ADMISSION_WAIT_S"; fi
+if [ -n "${ADMISSION_WAIT_ORDER:-}" ]; then add "admission_wait_order: $ADMISSION_WAIT_ORDER"; fi
 if [ -n "${TPOT_MARGIN:-}" ]; then sed -i "s/tpot_margin: [0-9.]*/tpot_margin: $TPOT_MARGIN/" "$cfg"; fi
 ray stop --force >/dev/null 2>&1 || true
 RAY_AUTH_MODE=disabled fairbatching serve --config "$cfg" > /tmp/tiers-serve.log 2>&1 &

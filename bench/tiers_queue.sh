@@ -7,7 +7,8 @@
 #     naive cap (the best capped baseline, bench/results/TIERS.md).
 #  2. At 1.5x the baseline's median capacity, every seed: no queue, and queues of 0.05-0.2 s in each
 #     order (edf, arrival, fifo): interactive attainment and refusals, batch attainment.
-# Writes one JSON per run and prints both tables (median and range over seeds).
+# Writes one JSON per run (the per-node PAB timelines dropped from the runs at 1.5x) and prints both
+# tables (median and range over seeds).
 #   bash bench/tiers_queue.sh [OUT_DIR]      # ~15 min on 2 cores
 set -euo pipefail
 out=${1:-bench/results/sim/tiers-queue-8}
@@ -56,6 +57,10 @@ done
 python3 - "$out" <<'PY'
 import glob, json, os, re, statistics, sys
 out = sys.argv[1]
+for f in glob.glob(out + "/at-1.5x/*.json") + glob.glob(out + "/ablation/*.json"):  # the record without the per-node timelines
+    d = json.load(open(f))
+    if d.pop("pab_timeline", None) is not None:
+        json.dump(d, open(f, "w"), indent=1)
 
 def spread(xs, fmt):
     xs = sorted(xs)

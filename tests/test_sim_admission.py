@@ -67,6 +67,18 @@ def test_a_node_with_feedback_shrinks_its_correction_when_ttfts_exceed_the_slo()
     assert off.report["node_correction"][0] == {"final": 1.0, "min": 1.0, "mean": 1.0, "decreases": 0}
 
 
+def test_a_feedback_ceiling_above_one_lets_the_loop_raise_the_budget_past_the_model():
+    # Light load well within the SLO: the loop's evidence says the model is conservative. With its
+    # default ceiling (1) the factor stays at 1; with a higher one it grows past the model.
+    rows = [(0.2 * i, 50, 2) for i in range(150)]
+    default = run(rows, balancer="pab", nodes=1, feedback=True).report["node_correction"][0]
+    raised = run(rows, balancer="pab", nodes=1, feedback=True, feedback_max_factor=1.5).report["node_correction"][0]
+    assert default["final"] == 1.0
+    assert 1.0 < raised["final"] <= 1.5
+    with pytest.raises(ValueError, match="feedback_max_factor"):
+        SimConfig(feedback_max_factor=0.0)
+
+
 def test_relegation_lets_the_requests_that_can_still_attain_attain_where_edf_spreads_lateness():
     # One node, no admission: a burst of 30 prompts at t=0 (about 3 s of work against a 1 s TTFT),
     # then a steady stream at about 80 % of the node's capacity.

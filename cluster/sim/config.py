@@ -92,6 +92,7 @@ class SimConfig:
     expected_output_tokens: float | None = _opt(None, "A node's expected output length before any request finished on it (default: none, 0); afterwards the mean output of the last 512 requests it finished.")
     measured_prefill_rate: bool = _opt(False, "Nodes cap PAB's modelled prefill rate by the prompt tokens per second they delivered while prompts queued (node.core.feedback.PrefillRate, ticked every 0.1 s), as the serving layer's engines do (off: the recorded simulator results).")
     feedback: bool = _opt(False, "Closed loop: each node corrects its PAB prefill rate by the measured TTFT and mean TPOT of its admitted requests against their SLOs (node.core.feedback.LatencyFeedback).")
+    feedback_max_factor: float = _opt(1.0, "With --feedback: the most the closed loop may scale a node's modelled prefill rate by (1: it only corrects the model down, the serving layer's default; above 1 it may also raise the budget past the model while the measured latency tail stays under its target).")
     # run
     seed: int = _opt(0, "Seed of every random choice (noise, power-of-two, synthetic traces).")
     drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")
@@ -106,6 +107,8 @@ class SimConfig:
             raise ValueError("anchor must be arrival|first-token and urgency budget+tpot|tpot")
         if self.balancer_queue_order not in QUEUE_ORDERS:
             raise ValueError(f"balancer_queue_order must be one of {', '.join(QUEUE_ORDERS)}, got {self.balancer_queue_order!r}")
+        if not self.feedback_max_factor >= 0.1:
+            raise ValueError(f"feedback_max_factor must be >= 0.1 (the loop's smallest factor), got {self.feedback_max_factor}")
         if self.pab_fit not in ("largest", "best"):
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:

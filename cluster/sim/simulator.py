@@ -31,7 +31,7 @@ from cluster.workload.traces import Workload, load_named, prepare
 from node.core.envelope import Anchor
 from node.core.pab import estimate_pab, estimate_pab_edf
 from node.fit.step_time_fit import OnlineRefit
-from node.core.feedback import FrontDelay, LatencyFeedback, PrefillRate
+from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate
 from node.core.policies import make_policy
 from node.fit.profile import Profile, load_profile, tile_tokens_of
 
@@ -199,7 +199,7 @@ def simulate(
             refit=OnlineRefit(model) if cfg.refit else None,
             oracle_output_lengths=cfg.oracle_output_lengths,
             acknowledge_received=cfg.report_acks,
-            feedback=LatencyFeedback() if cfg.feedback else None,
+            feedback=LatencyFeedback(FeedbackConfig(max_factor=cfg.feedback_max_factor)) if cfg.feedback else None,
             front_delay=FrontDelay() if cfg.feedback else None,
             prefill_rate=PrefillRate() if cfg.measured_prefill_rate else None,
             expected_output_prior=cfg.expected_output_tokens,
