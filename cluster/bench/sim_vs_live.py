@@ -12,7 +12,11 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
    - simulated TTFT) over the requests both served is the serving path's latency
    outside the engines (``SimConfig.client_path_s``: HTTP, the ingress's rendering,
    Ray's hops, the client's own event loop). A slow replay of the window's first
-   requests is recorded beside it (the idle probe, a diagnostic).
+   requests (the idle probe) gives a second load: the CPU the serving path (every
+   process but the engines' step loops) uses in the probe and in the calibration
+   replay gives its cost per request, and the simulator's shared host
+   (``cluster.sim.shared_host``) slows the engines' steps by the share of the
+   host that cost takes at each moment's arrival rate, 1 at the calibration's.
 2. **Capacity** of the calibrated simulator on the *measured window*: the highest rate
    scale whose attainment meets ``attainment_target`` (``find_capacity``).
 3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
@@ -67,6 +71,9 @@ class SimLiveConfig:
     ttft_p50_rel_tol: float = 0.25
     seed: int = 0
     timeout_s: float = 120.0
+    # Model the serving path's CPU on the engines' cores (cluster.sim.shared_host), its cost per request
+    # measured in the idle probe and the calibration replay (False: the engines have the host to themselves).
+    shared_host: bool = True
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -80,9 +87,11 @@ class SimLiveConfig:
 
 
 def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
-                   rate_scale: float = 1.0, client_path_s: float = 0.0) -> SimConfig:
+                   rate_scale: float = 1.0, client_path_s: float = 0.0,
+                   host: Optional["HostCPU"] = None) -> SimConfig:
     """The simulator configured as the deployment ``serve`` runs: its engines, balancer, admission,
-    anchor, closed loop and node-policy knobs, on ``profile_path``.
+    anchor, closed loop and node-policy knobs, on ``profile_path``; with ``host``, the serving
+    path's CPU on the engines' cores (``cluster.sim.shared_host``) as measured (``fit_host_cpu``).
 
     Raises ``ValueError`` for a deployment the simulator cannot stand for (another scheduler or
     router than FairBatching behind PAB, or a node-policy knob it has no flag for).
@@ -105,6 +114,8 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
         anchor=serve.anchor, pab_horizon_fraction=serve.pab_horizon_fraction,
         feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
         client_path_s=client_path_s,
+        **({} if host is None else {"host_cpu_s_per_request": host.cpu_s_per_request, "host_cores": host.cores,
+                                    "host_reference_rps": host.reference_rps}),
         **{k: (str(v) if k in ("relegate", "lend", "urgency") else v) for k, v in knobs.items()},
     )
 
@@ -126,6 +137,64 @@ def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, o
                 "the calibration replay of fairbatching bench sim-vs-live (mape and p99 are the original fit's)"),
     )
     return save_profile(calibrated, out)
+
+
+#: Process names of the engines' step loops (vLLM's engine core and its model worker): the host's CPU
+#: that is not theirs is the serving path's (proxy, ingress, the engine replicas' output handling,
+#: Ray's daemons, the load client).
+ENGINE_PROCESSES = ("VLLM::EngineCore", "VLLM::Worker")
+
+
+def host_cpu_s() -> dict[int, tuple[bool, float]]:
+    """Every process on this host: pid -> (whether it is an engine step loop, CPU seconds so far, user + system)."""
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info.get("cpu_times")
+        if times is None:
+            continue
+        name = proc.info.get("name") or ""
+        out[proc.pid] = (any(name.startswith(p[:15]) for p in ENGINE_PROCESSES), times.user + times.system)
+    return out
+
+
+def cpu_rates(before: dict[int, tuple[bool, float]], after: dict[int, tuple[bool, float]],
+              wall_s: float) -> dict[str, float]:
+    """Cores used between two ``host_cpu_s`` samples ``wall_s`` apart: ``engines`` and ``serving_path``
+    (processes gone before the second sample are not counted; new ones count whole)."""
+    engines = path = 0.0
+    for pid, (is_engine, cpu) in after.items():
+        delta = cpu - before.get(pid, (is_engine, 0.0))[1]
+        if is_engine:
+            engines += delta
+        else:
+            path += delta
+    return {"engines": engines / wall_s, "serving_path": path / wall_s}
+
+
+@dataclass(frozen=True)
+class HostCPU:
+    """The serving path's CPU cost per request on the engines' host (``cluster.sim.shared_host``)."""
+
+    cpu_s_per_request: float  # CPU seconds per offered request, from two loads
+    cores: float  # the host's cores
+    reference_rps: float  # the load the calibrated profile was measured at
+
+
+def fit_host_cpu(low: dict[str, float], high: dict[str, float], *, cores: float, reference_rps: float) -> HostCPU:
+    """``HostCPU`` from two live replays' ``host_cores_used`` (``serving_path`` cores and
+    ``requests_per_s``, both over the same wall time): the slope of the serving path's cores
+    against the request rate, ``(path_high - path_low) / (rate_high - rate_low)``, never below 0
+    (a constant background, Ray's daemons, cancels out).
+
+    Raises ``ValueError`` unless the second replay's request rate is the higher.
+    """
+    if not high["requests_per_s"] > low["requests_per_s"]:
+        raise ValueError(f"the second load must be the higher, got {low['requests_per_s']:.2f} and "
+                         f"{high['requests_per_s']:.2f} req/s")
+    slope = (high["serving_path"] - low["serving_path"]) / (high["requests_per_s"] - low["requests_per_s"])
+    return HostCPU(max(0.0, slope), cores, reference_rps)
 
 
 #: What the node status poll keeps of each engine (``/v1/fairbatching/status``): PAB's inputs as the engine saw them.
@@ -184,14 +253,18 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     stop = threading.Event()
     poller = threading.Thread(target=_poll_status, args=(url, stop, polled), daemon=True)
     poller.start()
+    cpu0, wall0 = host_cpu_s(), time.perf_counter()
     try:
         records = asyncio.run(replay(url, w, model=model, slo=slo, timeout_s=cfg.timeout_s, seed=seed))
     finally:
         stop.set()
         poller.join()
+    cpu1, wall1 = host_cpu_s(), time.perf_counter()
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     report = live_report(records, slo, span)
     report["engines"] = _poll_summary(polled, span)
+    # over the replay and its drain, with the requests a second over that same time
+    report["host_cores_used"] = {**cpu_rates(cpu0, cpu1, wall1 - wall0), "requests_per_s": len(records) / (wall1 - wall0)}
     return report, records
 
 
@@ -251,7 +324,7 @@ def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) ->
 
 
 def _kept(report: dict) -> dict:
-    return {k: report.get(k) for k in KEPT + ("engines",) if k in report}
+    return {k: report.get(k) for k in KEPT + ("engines", "host_cores_used") if k in report}
 
 
 def _sim_engines(result: Any) -> dict[str, Any]:
@@ -290,23 +363,30 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
             raise RuntimeError("the engines published no refitted model during the calibration replay; "
                                "raise --calibration-rps or the window's length")
         profile = calibrated_profile(model, serve, out_dir / f"cpu-tiny-llama-live-calibrated-seed{cfg.seed}.json")
-        cal_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
-                                          rate_scale=cal_scale), workload=cal_window)
-        path_s = max(0.0, path_latency_s(cal_records, cal_sim.requests) or 0.0)
-        # The idle probe (a diagnostic, not used): the window's first requests replayed slowly, live and
-        # simulated without a path. A client TTFT close to the simulated one there, against tens of ms
-        # more in the calibration replay, shows the extra client TTFT growing with the load.
+        # The idle probe: the window's first requests replayed slowly. The serving path's CPU there and in
+        # the calibration replay gives its cost per request (the shared host's model); the client TTFT
+        # against the simulated one there (a diagnostic) shows the extra client TTFT growing with the load.
         probe = replace(cal_window, requests=cal_window.requests[:cfg.path_probe_requests])
         probe_scale = cfg.path_probe_rps / probe.rate_rps
         time.sleep(5.0)
         probe_report, probe_records = _live_run(url, serve.served_model_name, cfg, probe, rate_scale=probe_scale,
                                                 seed=cfg.seed + 2000)
+        host = None
+        if cfg.shared_host:
+            import os
+
+            host = fit_host_cpu(probe_report["host_cores_used"], cal_report["host_cores_used"],
+                                cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps)
+        cal_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
+                                          rate_scale=cal_scale, host=host), workload=cal_window)
+        path_s = max(0.0, path_latency_s(cal_records, cal_sim.requests) or 0.0)
         probe_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
-                                            rate_scale=probe_scale), workload=probe)
+                                            rate_scale=probe_scale, host=host), workload=probe)
         result.calibration = {
             "rate_scale": cal_scale, "live": _kept(cal_report), "sim_without_path": _kept(cal_sim.report),
             "deployment_model": model, "node_models": {k: v.get("own_model") for k, v in status["nodes"].items()},
             "profile": str(profile), "client_path_s": path_s,
+            "shared_host": None if host is None else asdict(host),
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(probe_records, probe_sim.requests)},
@@ -314,9 +394,11 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
         progress(f"calibrated: a {model['a_s'] * 1e3:.2f} ms, b {model['b_s_per_token'] * 1e6:.1f} us/token, "
                  f"c {model['c_s_per_context_token'] * 1e6:.2f} us/context token, host {model['host_s'] * 1e3:.2f} ms; "
                  f"client path {path_s * 1e3:.1f} ms; idle probe: client - simulated TTFT "
-                 f"{1e3 * (result.calibration['idle_probe']['client_minus_sim_ttft_s'] or 0.0):.1f} ms")
+                 f"{1e3 * (result.calibration['idle_probe']['client_minus_sim_ttft_s'] or 0.0):.1f} ms"
+                 + ("" if host is None else f"; serving path {host.cpu_s_per_request * 1e3:.1f} ms CPU per request "
+                                            f"on {host.cores:g} cores"))
 
-        base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s)
+        base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s, host=host)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
         result.capacity = simulated_capacity(base, cfg, window)
         scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]

@@ -228,6 +228,9 @@ def sim_vs_live(
     multiples: str = typer.Option("0.5,1.5", help="Offered rates as multiples of the simulated capacity."),
     repeats: int = typer.Option(1, min=1, help="Live runs per multiple (the simulator is deterministic)."),
     seed: int = typer.Option(0, help="Seed of the prompts' token ids."),
+    shared_host: bool = typer.Option(True, help="Model the serving path's CPU on the engines' cores, its cost per "
+                                                "request measured at the idle probe's and the calibration's loads "
+                                                "(--no-shared-host: the engines have the host to themselves)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
                                                          "recorded in this folder (*.json with a verdict)."),
@@ -235,7 +238,8 @@ def sim_vs_live(
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
     Calibrates the simulator on another window (the engines' online refit becomes its profile; the
-    median client-minus-simulated TTFT its client path latency), finds its capacity on the predicted
+    median client-minus-simulated TTFT its client path latency; the serving path's CPU per request,
+    from the idle probe and the calibration replay, its shared-host model), finds its capacity on the predicted
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
@@ -253,7 +257,7 @@ def sim_vs_live(
                             calibration_duration_s=calibration_duration_s,
                             calibration_rps=calibration_rps, max_prompt_tokens=max_prompt_tokens,
                             max_output_tokens=max_output_tokens, multiples=_floats(multiples, "--multiples"),
-                            repeats=repeats, seed=seed)
+                            repeats=repeats, seed=seed, shared_host=shared_host)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

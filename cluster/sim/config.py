@@ -48,6 +48,9 @@ class SimConfig:
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     client_path_s: float = _opt(0.0, "Latency outside the engines that a client sees on its first token (HTTP, the ingress's rendering, the hops to the engine and back), seconds: every served request's token times are shifted by it before the SLO test and the latency percentiles (token-level attainment stays the engines'). 0: none; fairbatching bench sim-vs-live measures it on a live run.")
+    host_cpu_s_per_request: float = _opt(0.0, "The engines share the host's cores with the serving path (proxy, ingress, stream, client; the embedded default's CPU engines): each arriving request, refused ones too, costs this many CPU seconds, and every step is slowed by the share of --host-cores that takes over the last second (cluster.sim.shared_host; 0: a host of its own, as a GPU node).")
+    host_cores: float = _opt(2.0, "With --host-cpu-s-per-request: the cores the engines and the serving path share.")
+    host_reference_rps: float = _opt(0.0, "With --host-cpu-s-per-request: the arrival rate at which the profile was measured (its step times already hold that load's slowdown).")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
     step_model: str = _opt("linear", "Step-time model the nodes plan and budget with: linear (the paper's a + b * new + c * context: the profile's best linear fit; measured best for FairBatching's budgeted steps, bench/results/STEPTIME.md) or quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one; the h100/a100 profiles do: it predicts steps better but under-predicts full mixed steps, which then overrun their budget). A profile without the term gives the same model both ways. The simulated truth does not change.")
     prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
@@ -109,6 +112,8 @@ class SimConfig:
             raise ValueError(f"balancer_queue_order must be one of {', '.join(QUEUE_ORDERS)}, got {self.balancer_queue_order!r}")
         if not self.feedback_max_factor >= 0.1:
             raise ValueError(f"feedback_max_factor must be >= 0.1 (the loop's smallest factor), got {self.feedback_max_factor}")
+        if not (self.host_cpu_s_per_request >= 0 and self.host_cores > 0 and self.host_reference_rps >= 0):
+            raise ValueError("host_cpu_s_per_request and host_reference_rps must be >= 0 and host_cores > 0")
         if self.pab_fit not in ("largest", "best"):
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:

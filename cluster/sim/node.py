@@ -49,6 +49,7 @@ from balancer.core.prefix import cache_hit_tokens
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
 from cluster.sim.prefix_cache import NodePrefixCache
+from cluster.sim.shared_host import SharedHost
 from cluster.sim.true_step_time import TrueStepTime
 from node.fit.step_time_fit import OnlineRefit, StepSample
 from node.core.feedback import FrontDelay, LatencyFeedback, PrefillRate
@@ -140,6 +141,7 @@ class SimNode:
         seats_as_vllm: bool = False,
         prefix_cache: NodePrefixCache | None = None,
         pab_counts_cached: bool = False,
+        shared_host: SharedHost | None = None,
     ) -> None:
         self.node_id = node_id
         self.loop = loop
@@ -157,6 +159,7 @@ class SimNode:
         self.timeline_interval_s = timeline_interval_s
         self.oracle_output_lengths = oracle_output_lengths
         self.acknowledge_received = acknowledge_received
+        self.shared_host = shared_host  # the front end's CPU on this host's cores (None: a host of its own)
         self.refit = refit  # online refit of the policy's model from the true step times, as a real node does
         self.feedback = feedback  # closed loop on measured latency (None: correction stays 1)
         self.front_delay = front_delay
@@ -308,7 +311,8 @@ class SimNode:
                     prefill_ctx += p + q
                     pairs += prefill_attention_pairs(q, p)
             decode_ctx = plan.context_tokens - prefill_ctx
-        duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs)
+        slowdown = self.shared_host.slowdown(now_s) if self.shared_host is not None else 1.0
+        duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs, slowdown)
         if self.refit is not None:
             # The forward pass is fitted by least squares; the host time (cadence minus forward) apart.
             prefill = sum(item.new_tokens for item in plan.items if item.is_prefill)

@@ -22,6 +22,7 @@ from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
 from cluster.sim.prefix_cache import NodePrefixCache
+from cluster.sim.shared_host import SharedHost
 from cluster.workload.tiers import SLOClasses, assign_tiers, parse_slo_tiers
 from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import shares, summarize
@@ -182,6 +183,9 @@ def simulate(
             paced_decodes=cfg.scheduler == "fairbatching", **node_knows,
         )
 
+    # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
+    shared_host = (SharedHost(cfg.host_cpu_s_per_request, cores=cfg.host_cores, reference_rps=cfg.host_reference_rps)
+                   if cfg.host_cpu_s_per_request > 0 else None)
     nodes = [
         SimNode(
             i, loop,
@@ -207,6 +211,7 @@ def simulate(
             seats_as_vllm=cfg.seats_as_vllm,
             prefix_cache=NodePrefixCache(pool, prefix_block) if prefix_caching else None,
             pab_counts_cached=prefix_caching and cfg.pab_tokens == "all",
+            shared_host=shared_host,
         )
         for i, pool in enumerate(BlockPool(kv_tokens, block_size) for _ in range(cfg.nodes))
     ]
@@ -228,6 +233,8 @@ def simulate(
 
     def arrive(i: int) -> None:
         req = requests[i]
+        if shared_host is not None:
+            shared_host.arrive(loop.now_s)
         if pending:  # tried with the requests already held at the balancer, in the queue's order
             pending.hold(req, req.arrival_s, req.slo.ttft_s)
             place_pending()

@@ -80,8 +80,10 @@ class TrueStepTime:
         decode_context_tokens: int,
         prefill_context_tokens: int,
         prefill_attention_pairs: float,
+        slowdown: float = 1.0,
     ) -> float:
-        """Wall time of a step: forward pass (with noise) plus ``host_s``.
+        """Wall time of a step: forward pass (with noise) plus ``host_s``, both times ``slowdown``
+        (a shared host's contention, ``cluster.sim.shared_host``; 1: none).
 
         ``decode_context_tokens`` sums ``kv_tokens + 1`` over decodes,
         ``prefill_context_tokens`` sums ``p + q`` and ``prefill_attention_pairs``
@@ -101,5 +103,5 @@ class TrueStepTime:
         if self.noise_sigma:
             s = self.noise_sigma
             t *= math.exp(self._rng.gauss(-0.5 * s * s, s))
-        self.last_forward_s = t
-        return t + self.host_s
+        self.last_forward_s = t * slowdown
+        return (t + self.host_s) * slowdown
