@@ -152,3 +152,22 @@ def test_the_command_tabulates_each_live_run_beside_the_simulator_and_judges_the
     assert "1.5x median" in out.output and "8.0 pts" in out.output
     bad = CliRunner().invoke(app, ["bench", "sim-vs-live", "--multiples", "0,1", "--out-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "--multiples" in bad.output
+
+
+def test_the_recorded_checks_tabulate_with_the_serving_paths_cpu_where_it_was_modelled():
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cluster.cli.main import app
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    shared = CliRunner().invoke(app, ["bench", "sim-vs-live", "--summary-of", str(root)])
+    own = CliRunner().invoke(app, ["bench", "sim-vs-live", "--summary-of", str(root / "own-host")])
+    assert shared.exit_code == 0 and own.exit_code == 0, shared.output + own.output
+    assert "serving path CPU ms/request" in shared.output
+    rows = [line for line in shared.output.splitlines() if line.startswith("| seed")]
+    own_rows = [line for line in own.output.splitlines() if line.startswith("| seed")]
+    assert len(rows) == len(own_rows) == 3
+    assert all(row.split("|")[2].strip().split("; ")[-1] != "-" for row in rows)  # the CPU per request, in ms
+    assert all(row.split("|")[2].strip().endswith("; -") for row in own_rows)  # no shared host then

@@ -430,7 +430,7 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
 def summary_markdown(results: list[dict]) -> str:
     """A Markdown table of recorded checks (the JSON ``fairbatching bench sim-vs-live`` writes, one per
     invocation): calibration, then each multiple's live runs against the simulator, and the verdict."""
-    lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms | load | req/s "
+    lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request | load | req/s "
              "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % |",
              "|---|---|---|---|---|---|---|"]
     for res in results:
@@ -438,7 +438,8 @@ def summary_markdown(results: list[dict]) -> str:
         name = f"seed {res['config']['seed']}, calibration {res['config']['calibration_rps']:g} req/s"
         fitted = (f"{model['a_s'] * 1e3:.1f}, {model['b_s_per_token'] * 1e6:.1f}, "
                   f"{model['c_s_per_context_token'] * 1e6:.2f}, {model['host_s'] * 1e3:.2f}; "
-                  f"{cal['client_path_s'] * 1e3:.0f}")
+                  f"{cal['client_path_s'] * 1e3:.0f}; "
+                  + (f"{cal['shared_host']['cpu_s_per_request'] * 1e3:.1f}" if cal.get("shared_host") else "-"))
         for row in res["rows"]:
             key = f"{row['multiple']:g}x"
             v, sim = res["verdict"][key], row["sim"]
