@@ -44,16 +44,38 @@ def test_a_stream_on_a_shared_host_takes_longer_than_on_a_host_of_its_own_unless
 
 
 def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_the_request_rate():
-    low = {"serving_path": 0.30, "engines": 0.2, "requests_per_s": 2.0}  # Ray's daemons: a constant background
-    high = {"serving_path": 0.48, "engines": 1.5, "requests_per_s": 20.0}
-    host = fit_host_cpu(low, high, cores=2.0, reference_rps=20.0)
-    assert host == HostCPU(pytest.approx(0.01), 2.0, 20.0)
-    assert fit_host_cpu({**low, "serving_path": 0.6}, high, cores=2.0, reference_rps=20.0).cpu_s_per_request == 0.0
-    with pytest.raises(ValueError, match="higher"):
-        fit_host_cpu(high, low, cores=2.0, reference_rps=20.0)
-    sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, host=host)
-    assert (sim.host_cpu_s_per_request, sim.host_cores, sim.host_reference_rps) == (pytest.approx(0.01), 2.0, 20.0)
+    low = {"serving_path": 0.30, "requests_per_s": 2.0, "served_per_s": 2.0, "refused_per_s": 0.0}  # background 0.28
+    high = {"serving_path": 0.48, "requests_per_s": 20.0, "served_per_s": 18.0, "refused_per_s": 2.0}
+    host = fit_host_cpu([low, high], cores=2.0, reference_rps=20.0)
+    assert host == HostCPU(pytest.approx(0.01), 2.0, 20.0, None, 0.0)
+    assert fit_host_cpu([{**low, "serving_path": 0.6}, high], cores=2.0, reference_rps=20.0).cpu_s_per_request == 0.0
+    with pytest.raises(ValueError, match="do not differ"):
+        fit_host_cpu([high, high], cores=2.0, reference_rps=20.0)
+    with pytest.raises(ValueError, match="two loads"):
+        fit_host_cpu([high], cores=2.0, reference_rps=20.0)
+    # A third load, mostly refused: 12 ms per served request, 3 ms per refusal, background 0.2 cores.
+    loads = [{"serving_path": 0.2 + 0.012 * s + 0.003 * r, "requests_per_s": s + r, "served_per_s": s,
+              "refused_per_s": r} for s, r in ((2, 0), (18, 2), (25, 35))]
+    three = fit_host_cpu(loads, cores=2.0, reference_rps=20.0, reference_refused_share=0.1)
+    assert (three.cpu_s_per_request, three.cpu_s_per_refusal) == (pytest.approx(0.012), pytest.approx(0.003))
+    sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, host=three)
+    assert (sim.host_cpu_s_per_request, sim.host_cpu_s_per_refusal, sim.host_cores, sim.host_reference_rps,
+            sim.host_reference_refused_share) == (pytest.approx(0.012), pytest.approx(0.003), 2.0, 20.0, 0.1)
     assert sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0).host_cpu_s_per_request == 0
+
+
+def test_a_refusal_costs_the_host_what_it_was_measured_to_cost():
+    host = SharedHost(0.02, cpu_s_per_refusal=0.005, cores=1.0, reference_rps=10.0, reference_refused_share=0.5)
+    for i in range(10):  # 10 arrivals in the last second, half refused: the reference load
+        host.arrive(0.5 + 0.01 * i, refused=i % 2 == 1)
+    assert host.cpu_s_per_s(0.99) == pytest.approx(0.125) and host.slowdown(0.99) == pytest.approx(1.0)
+    for i in range(10):
+        host.arrive(0.6 + 0.01 * i)  # ten more, all served
+    assert host.slowdown(0.99) == pytest.approx(0.875 / 0.675)
+    assert host.slowdown(3.0) == pytest.approx(0.875)  # the window emptied
+    host.arrive(3.5)
+    host.refuse_last()  # charged as served, then refused at once
+    assert host.cpu_s_per_s(3.5) == pytest.approx(0.005)
 
 
 def test_the_hosts_cpu_is_read_per_process_and_split_into_engines_and_serving_path():
@@ -66,3 +88,13 @@ def test_the_hosts_cpu_is_read_per_process_and_split_into_engines_and_serving_pa
     # Engines by their processes' names; a process born between the samples counts whole.
     assert cpu_rates({1: (True, 2.0), 2: (False, 1.0)}, {1: (True, 3.0), 2: (False, 1.5), 3: (False, 0.5)},
                      wall_s=2.0) == {"engines": 0.5, "serving_path": 0.5}
+
+
+def test_cheaper_refusals_leave_the_engines_more_of_the_host_under_overload():
+    rows = [(0.01 * i, 100, 4) for i in range(300)]  # 100 req/s of 0.11 s prompts: most are refused
+    knobs = dict(scheduler="fairbatching", balancer="pab", ttft_slo_s=1.0, tpot_slo_s=0.1,
+                 host_cpu_s_per_request=0.01, host_cores=2.0)
+    as_served = run(rows, **knobs).report
+    cheap = run(rows, host_cpu_s_per_refusal=0.0, **knobs).report
+    assert as_served["rejected"] > 200 and cheap["rejected"] > 200
+    assert cheap["ttft_p50"] < as_served["ttft_p50"] and cheap["rejected"] < as_served["rejected"]

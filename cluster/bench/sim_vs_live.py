@@ -74,6 +74,10 @@ class SimLiveConfig:
     # Model the serving path's CPU on the engines' cores (cluster.sim.shared_host), its cost per request
     # measured in the idle probe and the calibration replay (False: the engines have the host to themselves).
     shared_host: bool = True
+    # With the shared host, a third load: the calibration window's first requests this fast, mostly
+    # refused, so that a refusal's CPU is told from a served request's (0: two loads, one cost).
+    overload_probe_rps: float = 60.0
+    overload_probe_requests: int = 600
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -115,7 +119,9 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
         feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
         client_path_s=client_path_s,
         **({} if host is None else {"host_cpu_s_per_request": host.cpu_s_per_request, "host_cores": host.cores,
-                                    "host_reference_rps": host.reference_rps}),
+                                    "host_reference_rps": host.reference_rps,
+                                    "host_cpu_s_per_refusal": host.cpu_s_per_refusal,
+                                    "host_reference_refused_share": host.reference_refused_share}),
         **{k: (str(v) if k in ("relegate", "lend", "urgency") else v) for k, v in knobs.items()},
     )
 
@@ -177,24 +183,41 @@ def cpu_rates(before: dict[int, tuple[bool, float]], after: dict[int, tuple[bool
 class HostCPU:
     """The serving path's CPU cost per request on the engines' host (``cluster.sim.shared_host``)."""
 
-    cpu_s_per_request: float  # CPU seconds per offered request, from two loads
+    cpu_s_per_request: float  # CPU seconds per request served (per offered request with two loads)
     cores: float  # the host's cores
     reference_rps: float  # the load the calibrated profile was measured at
+    cpu_s_per_refusal: Optional[float] = None  # CPU seconds per request refused (None: as a served one)
+    reference_refused_share: float = 0.0  # the share refused at the reference load
 
 
-def fit_host_cpu(low: dict[str, float], high: dict[str, float], *, cores: float, reference_rps: float) -> HostCPU:
-    """``HostCPU`` from two live replays' ``host_cores_used`` (``serving_path`` cores and
-    ``requests_per_s``, both over the same wall time): the slope of the serving path's cores
-    against the request rate, ``(path_high - path_low) / (rate_high - rate_low)``, never below 0
-    (a constant background, Ray's daemons, cancels out).
+def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: float,
+                 reference_refused_share: float = 0.0) -> HostCPU:
+    """``HostCPU`` from live replays' ``host_cores_used`` at different loads (``serving_path`` cores,
+    and ``requests_per_s``, ``served_per_s``, ``refused_per_s`` over the same wall time).
 
-    Raises ``ValueError`` unless the second replay's request rate is the higher.
+    Two loads: the slope of the serving path's cores against the request rate (a constant
+    background, Ray's daemons, cancels out), one cost for every request. Three or more: least
+    squares of ``path = background + served_per_s * S + refused_per_s * R``, a served and a
+    refused request apart; when that gives a negative cost (too little spread between the loads),
+    the one-cost slope over all of them. Costs are never below 0.
+
+    Raises ``ValueError`` with fewer than two loads or no spread in their request rates.
     """
-    if not high["requests_per_s"] > low["requests_per_s"]:
-        raise ValueError(f"the second load must be the higher, got {low['requests_per_s']:.2f} and "
-                         f"{high['requests_per_s']:.2f} req/s")
-    slope = (high["serving_path"] - low["serving_path"]) / (high["requests_per_s"] - low["requests_per_s"])
-    return HostCPU(max(0.0, slope), cores, reference_rps)
+    import numpy as np
+
+    if len(loads) < 2:
+        raise ValueError(f"need at least two loads, got {len(loads)}")
+    path = np.array([load["serving_path"] for load in loads])
+    rate = np.array([load["requests_per_s"] for load in loads])
+    if np.ptp(rate) <= 0:
+        raise ValueError(f"the loads' request rates do not differ: {rate.tolist()}")
+    if len(loads) >= 3:
+        x = np.array([[1.0, load["served_per_s"], load["refused_per_s"]] for load in loads])
+        (_, served, refused), *_ = np.linalg.lstsq(x, path, rcond=None)
+        if served >= 0 and refused >= 0:
+            return HostCPU(float(served), cores, reference_rps, float(refused), reference_refused_share)
+    slope = float(np.polyfit(rate, path, 1)[0])
+    return HostCPU(max(0.0, slope), cores, reference_rps, None, reference_refused_share)
 
 
 #: What the node status poll keeps of each engine (``/v1/fairbatching/status``): PAB's inputs as the engine saw them.
@@ -264,7 +287,10 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     report = live_report(records, slo, span)
     report["engines"] = _poll_summary(polled, span)
     # over the replay and its drain, with the requests a second over that same time
-    report["host_cores_used"] = {**cpu_rates(cpu0, cpu1, wall1 - wall0), "requests_per_s": len(records) / (wall1 - wall0)}
+    wall = wall1 - wall0
+    refused = sum(1 for r in records if r.status == 429)
+    report["host_cores_used"] = {**cpu_rates(cpu0, cpu1, wall), "requests_per_s": len(records) / wall,
+                                 "served_per_s": (len(records) - refused) / wall, "refused_per_s": refused / wall}
     return report, records
 
 
@@ -375,14 +401,23 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
         if cfg.shared_host:
             import os
 
-            host = fit_host_cpu(probe_report["host_cores_used"], cal_report["host_cores_used"],
-                                cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps)
+            loads = [probe_report["host_cores_used"], cal_report["host_cores_used"]]
+            if cfg.overload_probe_rps:  # a third load, mostly refused: a refusal's cost apart from a served request's
+                burst = replace(cal_window, requests=cal_window.requests[:cfg.overload_probe_requests])
+                time.sleep(5.0)
+                burst_report, _ = _live_run(url, serve.served_model_name, cfg, burst,
+                                            rate_scale=cfg.overload_probe_rps / burst.rate_rps, seed=cfg.seed + 3000)
+                loads.append(burst_report["host_cores_used"])
+                result.calibration["overload_probe"] = _kept(burst_report)
+            host = fit_host_cpu(loads, cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps,
+                                reference_refused_share=cal_report["rejected"] / max(1, cal_report["requests"]))
         cal_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
                                           rate_scale=cal_scale, host=host), workload=cal_window)
         path_s = max(0.0, path_latency_s(cal_records, cal_sim.requests) or 0.0)
         probe_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
                                             rate_scale=probe_scale, host=host), workload=probe)
         result.calibration = {
+            **result.calibration,
             "rate_scale": cal_scale, "live": _kept(cal_report), "sim_without_path": _kept(cal_sim.report),
             "deployment_model": model, "node_models": {k: v.get("own_model") for k, v in status["nodes"].items()},
             "profile": str(profile), "client_path_s": path_s,
@@ -395,8 +430,9 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                  f"c {model['c_s_per_context_token'] * 1e6:.2f} us/context token, host {model['host_s'] * 1e3:.2f} ms; "
                  f"client path {path_s * 1e3:.1f} ms; idle probe: client - simulated TTFT "
                  f"{1e3 * (result.calibration['idle_probe']['client_minus_sim_ttft_s'] or 0.0):.1f} ms"
-                 + ("" if host is None else f"; serving path {host.cpu_s_per_request * 1e3:.1f} ms CPU per request "
-                                            f"on {host.cores:g} cores"))
+                 + ("" if host is None else f"; serving path {host.cpu_s_per_request * 1e3:.1f} ms CPU per request"
+                    + ("" if host.cpu_s_per_refusal is None else f" served, {host.cpu_s_per_refusal * 1e3:.1f} refused")
+                    + f" on {host.cores:g} cores"))
 
         base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s, host=host)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
@@ -427,10 +463,17 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
     return result
 
 
+def _host_cost(host: dict) -> str:
+    """A recorded ``HostCPU``'s costs in ms: per request, or served / refused."""
+    if host.get("cpu_s_per_refusal") is None:
+        return f"{host['cpu_s_per_request'] * 1e3:.1f}"
+    return f"{host['cpu_s_per_request'] * 1e3:.1f} / {host['cpu_s_per_refusal'] * 1e3:.1f}"
+
+
 def summary_markdown(results: list[dict]) -> str:
     """A Markdown table of recorded checks (the JSON ``fairbatching bench sim-vs-live`` writes, one per
     invocation): calibration, then each multiple's live runs against the simulator, and the verdict."""
-    lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request | load | req/s "
+    lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request (served / refused) | load | req/s "
              "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % |",
              "|---|---|---|---|---|---|---|"]
     for res in results:
@@ -439,7 +482,7 @@ def summary_markdown(results: list[dict]) -> str:
         fitted = (f"{model['a_s'] * 1e3:.1f}, {model['b_s_per_token'] * 1e6:.1f}, "
                   f"{model['c_s_per_context_token'] * 1e6:.2f}, {model['host_s'] * 1e3:.2f}; "
                   f"{cal['client_path_s'] * 1e3:.0f}; "
-                  + (f"{cal['shared_host']['cpu_s_per_request'] * 1e3:.1f}" if cal.get("shared_host") else "-"))
+                  + (_host_cost(cal["shared_host"]) if cal.get("shared_host") else "-"))
         for row in res["rows"]:
             key = f"{row['multiple']:g}x"
             v, sim = res["verdict"][key], row["sim"]

@@ -49,6 +49,8 @@ class SimConfig:
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     client_path_s: float = _opt(0.0, "Latency outside the engines that a client sees on its first token (HTTP, the ingress's rendering, the hops to the engine and back), seconds: every served request's token times are shifted by it before the SLO test and the latency percentiles (token-level attainment stays the engines'). 0: none; fairbatching bench sim-vs-live measures it on a live run.")
     host_cpu_s_per_request: float = _opt(0.0, "The engines share the host's cores with the serving path (proxy, ingress, stream, client; the embedded default's CPU engines): each arriving request, refused ones too, costs this many CPU seconds, and every step is slowed by the share of --host-cores that takes over the last second (cluster.sim.shared_host; 0: a host of its own, as a GPU node).")
+    host_cpu_s_per_refusal: float | None = _opt(None, "With --host-cpu-s-per-request: what a request refused at once costs instead (a 429 is parsed and answered, nothing is streamed; default: as much as a served one).")
+    host_reference_refused_share: float = _opt(0.0, "With --host-cpu-s-per-request: the share of requests refused at the load the profile was measured at.")
     host_cores: float = _opt(2.0, "With --host-cpu-s-per-request: the cores the engines and the serving path share.")
     host_reference_rps: float = _opt(0.0, "With --host-cpu-s-per-request: the arrival rate at which the profile was measured (its step times already hold that load's slowdown).")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
@@ -112,8 +114,11 @@ class SimConfig:
             raise ValueError(f"balancer_queue_order must be one of {', '.join(QUEUE_ORDERS)}, got {self.balancer_queue_order!r}")
         if not self.feedback_max_factor >= 0.1:
             raise ValueError(f"feedback_max_factor must be >= 0.1 (the loop's smallest factor), got {self.feedback_max_factor}")
-        if not (self.host_cpu_s_per_request >= 0 and self.host_cores > 0 and self.host_reference_rps >= 0):
-            raise ValueError("host_cpu_s_per_request and host_reference_rps must be >= 0 and host_cores > 0")
+        if not (self.host_cpu_s_per_request >= 0 and self.host_cores > 0 and self.host_reference_rps >= 0
+                and (self.host_cpu_s_per_refusal is None or self.host_cpu_s_per_refusal >= 0)
+                and 0 <= self.host_reference_refused_share <= 1):
+            raise ValueError("host_cpu_s_per_request, host_cpu_s_per_refusal and host_reference_rps must be >= 0, "
+                             "host_cores > 0 and host_reference_refused_share in [0, 1]")
         if self.pab_fit not in ("largest", "best"):
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:

@@ -9,16 +9,16 @@ refitted per-token cost drifts from 34 to 50 us under 1.5x overload, their measu
 rate falls, and their budgets are a third to two thirds of what the simulator predicts
 without this model.
 
-The model: each request arriving at the cluster (refused ones too: a 429 is parsed and
-answered) costs ``cpu_s_per_request`` seconds of host CPU. Over the last ``window_s`` of
-simulated time that is a share ``u = min(max_share, rate * cpu_s_per_request / cores)`` of
-the host; the engines get ``1 - u``, so a step takes ``1 / (1 - u)`` times its uncontended
+The model: each request arriving at the cluster costs ``cpu_s_per_request`` seconds of host
+CPU, or ``cpu_s_per_refusal`` when it is refused at once (a 429 is parsed and answered, but
+nothing is streamed). Over the last ``window_s`` of simulated time that is a share ``u =
+min(max_share, CPU seconds / window_s / cores)`` of the host; the engines get ``1 - u``, so a step takes ``1 / (1 - u)`` times its uncontended
 time. A profile calibrated live at ``reference_rps`` already holds that load's slowdown, so
 steps are scaled by ``(1 - u_ref) / (1 - u)``: 1 at the calibration load, below 1 under
 lighter load, above under heavier.
 
 This is a fake of the host's scheduler (a processor-sharing share, no priorities, no cache
-effects), named as such; ``cpu_s_per_request`` is fitted from two live calibration replays
+effects), named as such; the costs are fitted from live replays at two or three loads
 (``cluster.bench.sim_vs_live.fit_host_cpu``).
 """
 
@@ -31,43 +31,65 @@ from collections import deque
 class SharedHost:
     """Arrivals on a shared host and the step slowdown they cause (see the module docstring).
 
+    ``cpu_s_per_refusal``: what a refused request costs (a 429 is parsed and answered, nothing is
+    streamed); None: as much as a served one. ``reference_refused_share``: the share of the
+    requests refused at the calibration load.
+
     Raises ``ValueError`` for a negative CPU cost, cores <= 0, a negative reference rate, a
-    window <= 0 or a ``max_share`` outside (0, 1).
+    refused share outside [0, 1], a window <= 0 or a ``max_share`` outside (0, 1).
     """
 
-    def __init__(self, cpu_s_per_request: float, *, cores: float = 2.0, reference_rps: float = 0.0,
+    def __init__(self, cpu_s_per_request: float, *, cpu_s_per_refusal: float | None = None, cores: float = 2.0,
+                 reference_rps: float = 0.0, reference_refused_share: float = 0.0,
                  window_s: float = 1.0, max_share: float = 0.9) -> None:
-        if not (math.isfinite(cpu_s_per_request) and cpu_s_per_request >= 0):
-            raise ValueError(f"cpu_s_per_request must be a finite number >= 0, got {cpu_s_per_request!r}")
+        refusal = cpu_s_per_request if cpu_s_per_refusal is None else cpu_s_per_refusal
+        for name, value in (("cpu_s_per_request", cpu_s_per_request), ("cpu_s_per_refusal", refusal)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not cores > 0:
             raise ValueError(f"cores must be > 0, got {cores!r}")
         if not reference_rps >= 0:
             raise ValueError(f"reference_rps must be >= 0, got {reference_rps!r}")
+        if not 0 <= reference_refused_share <= 1:
+            raise ValueError(f"reference_refused_share must be in [0, 1], got {reference_refused_share!r}")
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0, got {window_s!r}")
         if not 0 < max_share < 1:
             raise ValueError(f"max_share must be in (0, 1), got {max_share!r}")
         self.cpu_s_per_request = cpu_s_per_request
+        self.cpu_s_per_refusal = refusal
         self.cores = cores
         self.window_s = window_s
         self.max_share = max_share
-        self._reference_free = 1.0 - self.share(reference_rps)
-        self._arrivals: deque[float] = deque()
+        f = reference_refused_share
+        self._reference_free = 1.0 - self.share(reference_rps * ((1 - f) * cpu_s_per_request + f * refusal))
+        self._charges: deque[tuple[float, float]] = deque()  # (arrival time, CPU seconds)
+        self._cpu_in_window = 0.0
 
-    def share(self, rate_rps: float) -> float:
-        """The host's share the front end takes at ``rate_rps`` arrivals a second, in [0, max_share]."""
-        return min(self.max_share, rate_rps * self.cpu_s_per_request / self.cores)
+    def share(self, cpu_s_per_s: float) -> float:
+        """The host's share the serving path takes when it uses ``cpu_s_per_s`` CPU seconds a second, in [0, max_share]."""
+        return min(self.max_share, cpu_s_per_s / self.cores)
 
-    def arrive(self, now_s: float) -> None:
-        """Count one arrival at ``now_s`` (seconds of simulated time, non-decreasing)."""
-        self._arrivals.append(now_s)
+    def arrive(self, now_s: float, *, refused: bool = False) -> None:
+        """Count one arrival at ``now_s`` (seconds of simulated time, non-decreasing), refused at once or not."""
+        cost = self.cpu_s_per_refusal if refused else self.cpu_s_per_request
+        self._charges.append((now_s, cost))
+        self._cpu_in_window += cost
 
-    def rate_rps(self, now_s: float) -> float:
-        """Arrivals a second over the last ``window_s``."""
-        while self._arrivals and self._arrivals[0] <= now_s - self.window_s:
-            self._arrivals.popleft()
-        return len(self._arrivals) / self.window_s
+    def refuse_last(self) -> None:
+        """The last arrival was refused: charge it a refusal's cost instead of a served request's."""
+        at, cost = self._charges.pop()
+        self._charges.append((at, self.cpu_s_per_refusal))
+        self._cpu_in_window += self.cpu_s_per_refusal - cost
+
+    def cpu_s_per_s(self, now_s: float) -> float:
+        """The serving path's CPU seconds a second over the last ``window_s``."""
+        while self._charges and self._charges[0][0] <= now_s - self.window_s:
+            self._cpu_in_window -= self._charges.popleft()[1]
+        if not self._charges:
+            self._cpu_in_window = 0.0  # no drift from the running sum
+        return max(0.0, self._cpu_in_window) / self.window_s
 
     def slowdown(self, now_s: float) -> float:
         """What a step starting at ``now_s`` is multiplied by: ``(1 - u_ref) / (1 - u(now))``."""
-        return self._reference_free / (1.0 - self.share(self.rate_rps(now_s)))
+        return self._reference_free / (1.0 - self.share(self.cpu_s_per_s(now_s)))

@@ -184,7 +184,9 @@ def simulate(
         )
 
     # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
-    shared_host = (SharedHost(cfg.host_cpu_s_per_request, cores=cfg.host_cores, reference_rps=cfg.host_reference_rps)
+    shared_host = (SharedHost(cfg.host_cpu_s_per_request, cpu_s_per_refusal=cfg.host_cpu_s_per_refusal,
+                              cores=cfg.host_cores, reference_rps=cfg.host_reference_rps,
+                              reference_refused_share=cfg.host_reference_refused_share)
                    if cfg.host_cpu_s_per_request > 0 else None)
     nodes = [
         SimNode(
@@ -233,7 +235,7 @@ def simulate(
 
     def arrive(i: int) -> None:
         req = requests[i]
-        if shared_host is not None:
+        if shared_host is not None:  # its CPU is spent before any step it starts (a refusal's, if refused at once)
             shared_host.arrive(loop.now_s)
         if pending:  # tried with the requests already held at the balancer, in the queue's order
             pending.hold(req, req.arrival_s, req.slo.ttft_s)
@@ -243,6 +245,8 @@ def simulate(
                 pending.hold(req, req.arrival_s, req.slo.ttft_s)
             else:
                 req.rejected = True
+        if shared_host is not None and req.rejected:  # (a request held at the balancer is charged as served)
+            shared_host.refuse_last()
         if i + 1 < n:
             loop.at(requests[i + 1].arrival_s, arrive, i + 1)
         if progress is not None and i % every == 0:
