@@ -146,7 +146,7 @@ class ServeConfig(BaseModel):
     admission_wait_s: float = Field(0.0, ge=0, allow_inf_nan=False)  # bounded wait at the ingress before a 429
     # the order held requests are retried in: earliest first-token deadline first (a tighter class goes
     # ahead), arrival order, or arrival order stopping at the first that does not fit (balancer.core.admission_queue)
-    admission_wait_order: Literal["edf", "arrival", "fifo"] = "edf"
+    admission_wait_order: str = "edf"
     # refuse a request that waited this share of its TTFT before admission (None: never)
     shed_after_fraction: Optional[float] = Field(0.5, gt=0, le=1)
     registry_timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)  # one poll of the registry gives up after this
@@ -210,6 +210,15 @@ class ServeConfig(BaseModel):
 
         if value not in PLACEMENT_NAMES:
             raise ValueError(f"must be one of {', '.join(PLACEMENT_NAMES)}, got {value!r}")
+        return value
+
+    @field_validator("admission_wait_order")
+    @classmethod
+    def _known_queue_order(cls, value: str) -> str:
+        from balancer.core.admission_queue import QUEUE_ORDERS
+
+        if value not in QUEUE_ORDERS:
+            raise ValueError(f"must be one of {', '.join(QUEUE_ORDERS)}, got {value!r}")
         return value
 
     @field_validator("profile")

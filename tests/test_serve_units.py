@@ -475,6 +475,9 @@ def test_config_file_errors_name_the_key_and_the_file(tmp_path):
     bad.write_text(json.dumps(serve_doc({"ttft_slo_s": -1})))
     with pytest.raises(ConfigError, match="ttft_slo_s"):
         load_config(bad)
+    bad.write_text(json.dumps(serve_doc({"admission_wait_order": "lifo"})))
+    with pytest.raises(ConfigError, match="admission_wait_order.*edf, arrival, fifo"):
+        load_config(bad)
     bad.write_text(json.dumps(serve_doc({"port": 9000}, port=8111)))
     with pytest.raises(ConfigError, match="port.*disagrees"):
         load_config(bad)
@@ -832,5 +835,26 @@ def test_a_caller_gone_while_held_leaves_the_queue_and_a_request_without_wait_is
         assert not held.queue  # dropped at the next round; no placement was made for it
         lb.apply_views({"a": _view(1000, 2.0)})
         assert lb.placement("gone") is None
+
+    asyncio.run(go())
+
+
+def test_a_held_request_whose_retry_fails_gets_the_error_and_the_others_keep_waiting():
+    from balancer.serve.admission import HeldAdmissions
+
+    async def go():
+        clock = _Clock()
+        lb = _balancer(clock=clock, refresh_interval_s=0.01)
+        lb.apply_views({"a": _view(0, 1.0)})
+        held = HeldAdmissions(lb, wait_s=5.0, clock=clock)
+        bad = asyncio.create_task(held.admit("bad", 800, clock.t, 1.0))
+        good = asyncio.create_task(held.admit("good", 800, clock.t, 1.0))
+        await asyncio.sleep(0.02)
+        held.queue.items()[0].placement["held_fraction"] = 2.0  # admit() raises ValueError on its next try
+        await asyncio.sleep(0.05)
+        assert bad.done() and isinstance(bad.exception(), ValueError)
+        lb.apply_views({"a": _view(1000, 2.0)})
+        await asyncio.sleep(0.05)
+        assert good.result()[0] == "a"
 
     asyncio.run(go())

@@ -58,6 +58,13 @@ def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_th
               "refused_per_s": r} for s, r in ((2, 0), (18, 2), (25, 35))]
     three = fit_host_cpu(loads, cores=2.0, reference_rps=20.0, reference_refused_share=0.1)
     assert (three.cpu_s_per_request, three.cpu_s_per_refusal) == (pytest.approx(0.012), pytest.approx(0.003))
+    # Measured on the 2-core machine (seed 0): the host saturated in the overload probe, and the free fit
+    # gave a refusal a negative cost; it costs 0 then, and the served request's cost is refitted.
+    measured = [{"serving_path": 0.342, "requests_per_s": 2.03, "served_per_s": 2.03, "refused_per_s": 0.0},
+                {"serving_path": 0.606, "requests_per_s": 19.78, "served_per_s": 17.82, "refused_per_s": 1.97},
+                {"serving_path": 0.825, "requests_per_s": 54.78, "served_per_s": 33.96, "refused_per_s": 20.82}]
+    clamped = fit_host_cpu(measured, cores=2.0, reference_rps=20.0)
+    assert clamped.cpu_s_per_refusal == 0.0 and 0.014 < clamped.cpu_s_per_request < 0.016
     sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, host=three)
     assert (sim.host_cpu_s_per_request, sim.host_cpu_s_per_refusal, sim.host_cores, sim.host_reference_rps,
             sim.host_reference_refused_share) == (pytest.approx(0.012), pytest.approx(0.003), 2.0, 20.0, 0.1)

@@ -460,8 +460,12 @@ class HeldAdmissions:
         """Try one held request; True when it leaves the queue (placed, no engine, or its caller gone)."""
         if waiter.future.done():
             return True
-        node, decision = self.lb.admit(waiter.request_id, waiter.prompt_tokens, record=waiter.last is None,
-                                       **waiter.placement)
+        try:
+            node, decision = self.lb.admit(waiter.request_id, waiter.prompt_tokens, record=waiter.last is None,
+                                           **waiter.placement)
+        except Exception as exc:  # noqa: BLE001 - its caller raises it; the other held requests go on
+            waiter.future.set_exception(exc)
+            return True
         if node is not None or decision.reason == "no-engine":
             waiter.future.set_result((node, decision))
             return True

@@ -75,8 +75,10 @@ class SimLiveConfig:
     # measured in the idle probe and the calibration replay (False: the engines have the host to themselves).
     shared_host: bool = True
     # With the shared host, a third load: the calibration window's first requests this fast, mostly
-    # refused, so that a refusal's CPU is told from a served request's (0: two loads, one cost).
-    overload_probe_rps: float = 60.0
+    # refused, so that a refusal's CPU is told from a served request's (0, the default: two loads, one
+    # cost; on the 2-core machine the probe saturates the host and the split measured worse,
+    # bench/results/SIMULATION.md).
+    overload_probe_rps: float = 0.0
     overload_probe_requests: int = 600
 
     def __post_init__(self) -> None:
@@ -197,9 +199,9 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
 
     Two loads: the slope of the serving path's cores against the request rate (a constant
     background, Ray's daemons, cancels out), one cost for every request. Three or more: least
-    squares of ``path = background + served_per_s * S + refused_per_s * R``, a served and a
-    refused request apart; when that gives a negative cost (too little spread between the loads),
-    the one-cost slope over all of them. Costs are never below 0.
+    squares of ``path = background + served_per_s * S + refused_per_s * R`` with both costs
+    >= 0 (when the free fit gives one below 0, that cost is 0 and the other is refitted), a
+    served and a refused request apart. Costs are never below 0.
 
     Raises ``ValueError`` with fewer than two loads or no spread in their request rates.
     """
@@ -211,13 +213,22 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
     rate = np.array([load["requests_per_s"] for load in loads])
     if np.ptp(rate) <= 0:
         raise ValueError(f"the loads' request rates do not differ: {rate.tolist()}")
-    if len(loads) >= 3:
-        x = np.array([[1.0, load["served_per_s"], load["refused_per_s"]] for load in loads])
-        (_, served, refused), *_ = np.linalg.lstsq(x, path, rcond=None)
-        if served >= 0 and refused >= 0:
-            return HostCPU(float(served), cores, reference_rps, float(refused), reference_refused_share)
-    slope = float(np.polyfit(rate, path, 1)[0])
-    return HostCPU(max(0.0, slope), cores, reference_rps, None, reference_refused_share)
+    if len(loads) < 3:
+        slope = float(np.polyfit(rate, path, 1)[0])
+        return HostCPU(max(0.0, slope), cores, reference_rps, None, reference_refused_share)
+    served = np.array([load["served_per_s"] for load in loads])
+    refused = np.array([load["refused_per_s"] for load in loads])
+
+    def fit(*columns):
+        x = np.column_stack([np.ones(len(loads)), *columns])
+        return np.linalg.lstsq(x, path, rcond=None)[0][1:]
+
+    s_cost, r_cost = fit(served, refused)
+    if r_cost < 0:
+        s_cost, r_cost = fit(served)[0], 0.0
+    elif s_cost < 0:
+        s_cost, r_cost = 0.0, fit(refused)[0]
+    return HostCPU(max(0.0, float(s_cost)), cores, reference_rps, max(0.0, float(r_cost)), reference_refused_share)
 
 
 #: What the node status poll keeps of each engine (``/v1/fairbatching/status``): PAB's inputs as the engine saw them.

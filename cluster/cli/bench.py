@@ -231,9 +231,10 @@ def sim_vs_live(
     shared_host: bool = typer.Option(True, help="Model the serving path's CPU on the engines' cores, its cost per "
                                                 "request measured at the idle probe's and the calibration's loads "
                                                 "(--no-shared-host: the engines have the host to themselves)."),
-    overload_probe_rps: float = typer.Option(60.0, min=0.0, help="With the shared host, a third load: the calibration "
-                                                                 "window's first --overload-probe-requests at this rate, "
-                                                                 "mostly refused, to cost a refusal apart (0: off)."),
+    overload_probe_rps: float = typer.Option(0.0, min=0.0, help="With the shared host, a third load: the calibration "
+                                                                "window's first --overload-probe-requests at this rate, "
+                                                                "mostly refused, to cost a refusal apart (0: off; "
+                                                                "measured worse on the 2-core machine, SIMULATION.md)."),
     overload_probe_requests: int = typer.Option(600, min=10, help="Requests of the overload probe."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
