@@ -203,22 +203,15 @@ class ServeConfig(BaseModel):
                              "deployment's default; leave these unset")
         return self
 
-    @field_validator("balancer")
+    @field_validator("balancer", "admission_wait_order")
     @classmethod
-    def _known_balancer(cls, value: str) -> str:
+    def _known_name(cls, value: str, info) -> str:
+        from balancer.core.admission_queue import QUEUE_ORDERS
         from balancer.core.policies import PLACEMENT_NAMES
 
-        if value not in PLACEMENT_NAMES:
-            raise ValueError(f"must be one of {', '.join(PLACEMENT_NAMES)}, got {value!r}")
-        return value
-
-    @field_validator("admission_wait_order")
-    @classmethod
-    def _known_queue_order(cls, value: str) -> str:
-        from balancer.core.admission_queue import QUEUE_ORDERS
-
-        if value not in QUEUE_ORDERS:
-            raise ValueError(f"must be one of {', '.join(QUEUE_ORDERS)}, got {value!r}")
+        names = {"balancer": PLACEMENT_NAMES, "admission_wait_order": QUEUE_ORDERS}[info.field_name]
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(names)}, got {value!r}")
         return value
 
     @field_validator("profile")

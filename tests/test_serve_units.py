@@ -778,6 +778,13 @@ def test_lower_children_priority_raises_each_childs_niceness_up_to_19():
         child.wait()
 
 
+def _empty_node(clock):
+    """A balancer on the fake ``clock`` whose one node ("a") has no budget yet, refreshed every 10 ms."""
+    lb = _balancer(clock=clock, refresh_interval_s=0.01)
+    lb.apply_views({"a": _view(0, 1.0)})
+    return lb
+
+
 def _held_admissions(order: str):
     """A balancer whose one node has no budget, a batch request (TTFT 30 s) held, then an interactive
     one (TTFT 1 s) held behind it; the node then reports room for one of the two."""
@@ -785,8 +792,7 @@ def _held_admissions(order: str):
 
     async def go():
         clock = _Clock()
-        lb = _balancer(clock=clock, refresh_interval_s=0.01)
-        lb.apply_views({"a": _view(0, 1.0)})
+        lb = _empty_node(clock)
         held = HeldAdmissions(lb, wait_s=0.5, order=order, clock=clock)
         batch = asyncio.create_task(held.admit("batch", 800, clock.t, 30.0))
         await asyncio.sleep(0)
@@ -822,8 +828,7 @@ def test_a_caller_gone_while_held_leaves_the_queue_and_a_request_without_wait_is
 
     async def go():
         clock = _Clock()
-        lb = _balancer(clock=clock, refresh_interval_s=0.01)
-        lb.apply_views({"a": _view(0, 1.0)})
+        lb = _empty_node(clock)
         at_once = HeldAdmissions(lb, wait_s=0.0, clock=clock)
         node, decision = await at_once.admit("now", 800, clock.t, 1.0)
         assert node is None and decision.rejected and not at_once.queue
@@ -844,8 +849,7 @@ def test_a_held_request_whose_retry_fails_gets_the_error_and_the_others_keep_wai
 
     async def go():
         clock = _Clock()
-        lb = _balancer(clock=clock, refresh_interval_s=0.01)
-        lb.apply_views({"a": _view(0, 1.0)})
+        lb = _empty_node(clock)
         held = HeldAdmissions(lb, wait_s=5.0, clock=clock)
         bad = asyncio.create_task(held.admit("bad", 800, clock.t, 1.0))
         good = asyncio.create_task(held.admit("good", 800, clock.t, 1.0))
