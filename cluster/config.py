@@ -319,6 +319,9 @@ class ServeConfig(BaseModel):
                 build()
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{key}: {exc}") from None
+        if self.admission_wait_s > 0 and self.router != "pab":
+            raise ValueError("admission_wait_s: the wait is the ingress's admission, which needs router: pab "
+                             f"(with router: {self.router} no request is refused, so none waits)")
         return self
 
     def engine_spec(self):

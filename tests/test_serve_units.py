@@ -478,6 +478,9 @@ def test_config_file_errors_name_the_key_and_the_file(tmp_path):
     bad.write_text(json.dumps(serve_doc({"admission_wait_order": "lifo"})))
     with pytest.raises(ConfigError, match="admission_wait_order.*edf, arrival, fifo"):
         load_config(bad)
+    bad.write_text(json.dumps(serve_doc({"admission_wait_s": 0.5, "router": "serve-default"})))
+    with pytest.raises(ConfigError, match="admission_wait_s.*router: pab"):
+        load_config(bad)
     bad.write_text(json.dumps(serve_doc({"port": 9000}, port=8111)))
     with pytest.raises(ConfigError, match="port.*disagrees"):
         load_config(bad)

@@ -105,3 +105,22 @@ def test_cheaper_refusals_leave_the_engines_more_of_the_host_under_overload():
     cheap = run(rows, host_cpu_s_per_refusal=0.0, **knobs).report
     assert as_served["rejected"] > 200 and cheap["rejected"] > 200
     assert cheap["ttft_p50"] < as_served["ttft_p50"] and cheap["rejected"] < as_served["rejected"]
+
+
+def test_bad_shared_host_and_queue_options_are_refused_by_their_flags():
+    from typer.testing import CliRunner
+
+    from cluster.cli.main import app
+
+    base = ["sim", "run", "--trace", "sharegpt-poisson", "--num-requests", "20", "--nodes", "1"]
+    for args, words in ((["--balancer-queue-order", "lifo"], "--balancer-queue-order must be one of edf"),
+                        (["--balancer-queue-s", "inf"], "--balancer-queue-s must be a finite number"),
+                        (["--host-cores", "inf"], "--host-cores must be a finite number > 0"),
+                        (["--host-reference-rps", "inf"], "--host-reference-rps must be a finite number"),
+                        (["--host-cpu-s-per-refusal", "-1"], "--host-cpu-s-per-refusal must be a finite number"),
+                        (["--host-reference-refused-share", "1.5"], "--host-reference-refused-share must be in"),
+                        (["--host-cpu-s-per-request", "0.1", "--host-reference-rps", "20"], "90 % ceiling")):
+        out = CliRunner().invoke(app, base + args, env={"COLUMNS": "300"})
+        assert out.exit_code == 2, (args, out.output)
+        assert words in " ".join(out.output.split()), (args, out.output)
+        assert "pydantic" not in out.output and "ArgsKwargs" not in out.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,6 +38,18 @@ def _option_type(hint: Any) -> Any:
     return hint
 
 
+def config_error(exc: ValueError) -> str:
+    """A ``SimConfig`` error as the command line says it: the message alone (not pydantic's dump), each
+    multi-word field named by its flag (``balancer_queue_s`` -> ``--balancer-queue-s``)."""
+    errors = getattr(exc, "errors", None)
+    text = "; ".join(e["msg"].removeprefix("Value error, ") for e in errors()) if callable(errors) else str(exc)
+    for f in sorted(CONFIG_FIELDS, key=lambda f: -len(f.name)):
+        if "_" in f.name:
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            text = re.sub(rf"(?<![-\w]){f.name}\b", flag, text)
+    return text
+
+
 def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``fn(config: SimConfig, **own)`` one CLI option per ``SimConfig`` field."""
     hints = typing.get_type_hints(SimConfig)
@@ -57,7 +70,7 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             config = SimConfig(**{k: v for k, v in kwargs.items() if k in names})
         except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            raise typer.BadParameter(config_error(exc)) from None
         try:
             return fn(config, **{k: v for k, v in kwargs.items() if k not in names})
         except ValueError as exc:  # malformed trace or profile: say so, no traceback

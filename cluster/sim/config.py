@@ -103,6 +103,25 @@ class SimConfig:
     drain_s: float = _opt(300.0, "Simulated seconds after the last arrival before unfinished requests are cut off.")
     timeline_interval_s: float = _opt(0.5, "Sampling interval of the per-node PAB/budget timeline, simulated seconds.")
 
+    def _check_shared_host(self) -> None:
+        """The shared host's options (``cluster.sim.shared_host``), each by name."""
+        costs = {"host_cpu_s_per_request": self.host_cpu_s_per_request, "host_reference_rps": self.host_reference_rps}
+        if self.host_cpu_s_per_refusal is not None:
+            costs["host_cpu_s_per_refusal"] = self.host_cpu_s_per_refusal
+        for name, value in costs.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.host_cores) and self.host_cores > 0):
+            raise ValueError(f"host_cores must be a finite number > 0, got {self.host_cores}")
+        if not 0 <= self.host_reference_refused_share <= 1:
+            raise ValueError(f"host_reference_refused_share must be in [0, 1], got {self.host_reference_refused_share}")
+        f = self.host_reference_refused_share
+        refusal = self.host_cpu_s_per_request if self.host_cpu_s_per_refusal is None else self.host_cpu_s_per_refusal
+        share = self.host_reference_rps * ((1 - f) * self.host_cpu_s_per_request + f * refusal) / self.host_cores
+        if share >= 0.9:
+            raise ValueError(f"host_reference_rps: at {self.host_reference_rps:g} req/s the serving path would take "
+                             f"{share:.0%} of host_cores, past the model's 90 % ceiling")
+
     def __post_init__(self) -> None:
         if self.scheduler not in POLICY_NAMES:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(POLICY_NAMES)}")
@@ -114,11 +133,9 @@ class SimConfig:
             raise ValueError(f"balancer_queue_order must be one of {', '.join(QUEUE_ORDERS)}, got {self.balancer_queue_order!r}")
         if not self.feedback_max_factor >= 0.1:
             raise ValueError(f"feedback_max_factor must be >= 0.1 (the loop's smallest factor), got {self.feedback_max_factor}")
-        if not (self.host_cpu_s_per_request >= 0 and self.host_cores > 0 and self.host_reference_rps >= 0
-                and (self.host_cpu_s_per_refusal is None or self.host_cpu_s_per_refusal >= 0)
-                and 0 <= self.host_reference_refused_share <= 1):
-            raise ValueError("host_cpu_s_per_request, host_cpu_s_per_refusal and host_reference_rps must be >= 0, "
-                             "host_cores > 0 and host_reference_refused_share in [0, 1]")
+        if not (math.isfinite(self.balancer_queue_s) and self.balancer_queue_s >= 0):
+            raise ValueError(f"balancer_queue_s must be a finite number of seconds >= 0, got {self.balancer_queue_s}")
+        self._check_shared_host()
         if self.pab_fit not in ("largest", "best"):
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:
