@@ -865,3 +865,15 @@ def test_a_held_request_whose_retry_fails_gets_the_error_and_the_others_keep_wai
         assert good.result()[0] == "a"
 
     asyncio.run(go())
+
+
+def test_the_status_table_by_class_tells_two_engines_on_one_node_apart():
+    from cluster.cli.serve import _class_rows
+
+    nodes = {k: {"node": "10.0.0.1", "pab_tokens": 900, "tier_pab_tokens": {"batch": 5000}, "pab_held_tokens": 90,
+                 "by_class": {"interactive": {"finished": 3, "attained": 3, "attainment": 1.0}}}
+             for k in ("replica-b", "replica-a")}
+    rows = _class_rows(nodes)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("10.0.0.1", "replica-a", "batch"), ("10.0.0.1", "replica-a", "interactive"),
+                                                  ("10.0.0.1", "replica-b", "batch"), ("10.0.0.1", "replica-b", "interactive")]
+    assert rows[0][3:5] == (5000, 90) and rows[1][3:] == (900, None, 3, 3, 1.0)

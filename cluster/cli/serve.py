@@ -143,10 +143,12 @@ def status(
     classes = _class_rows(snap["nodes"])
     if classes:
         by_class = Table(title="by SLO class (budget: the class's own over its TTFT; the tightest class's is PAB)")
-        for col in ("node", "class", "budget", "held for the tightest", "finished", "attained", "attainment"):
+        for col in ("node", "replica", "class", "budget", "held for the tightest", "finished", "attained",
+                    "attainment"):
             by_class.add_column(col, justify="right")
         for row in classes:
-            by_class.add_row(row[0], row[1], fmt(row[2]), fmt(row[3]), str(row[4]), str(row[5]), fmt(row[6], "{:.1%}"))
+            by_class.add_row(row[0], row[1], row[2], fmt(row[3]), fmt(row[4]), str(row[5]), str(row[6]),
+                             fmt(row[7], "{:.1%}"))
         _table_console().print(by_class)
     cache = _prefix_rows(snap["nodes"], routers)
     if cache:
@@ -175,15 +177,15 @@ def _prefix_rows(nodes: dict, routers: dict) -> list[tuple]:
 
 
 def _class_rows(nodes: dict) -> list[tuple]:
-    """``(node, class, budget, held, finished, attained, attainment)`` per node and SLO class seen
-    (the status of a deployment with ``slo_tiers``); empty without classes."""
+    """``(node, replica, class, budget, held, finished, attained, attainment)`` per engine replica and
+    SLO class seen (the status of a deployment with ``slo_tiers``); empty without classes."""
     rows = []
-    for _, n in sorted(nodes.items(), key=lambda kv: str(kv[1].get("node"))):
+    for key, n in sorted(nodes.items(), key=lambda kv: (str(kv[1].get("node")), kv[0])):
         tiers = n.get("tier_pab_tokens") or {}
         counts = {k: v for k, v in (n.get("by_class") or {}).items() if k}
         for name in sorted(set(tiers) | set(counts)):
             c = counts.get(name, {})
-            rows.append((str(n.get("node")), name, tiers.get(name, n.get("pab_tokens")),
+            rows.append((str(n.get("node")), key, name, tiers.get(name, n.get("pab_tokens")),
                          n.get("pab_held_tokens") if name in tiers else None,
                          c.get("finished", 0), c.get("attained", 0), c.get("attainment")))
     return rows

@@ -4,18 +4,18 @@ On a GPU node the engine's forward pass runs on the accelerator and the front en
 ingress, the token stream, the client) on other cores. On the embedded default, CPU engines
 and that whole front end share the host's few cores, so the more requests arrive, the less
 CPU is left to the engines and the longer each step takes. Measured on the 2-core development
-machine (``bench/results/SIMULATION.md``, "The simulator against a live run"): the engines'
-refitted per-token cost drifts from 34 to 50 us under 1.5x overload, their measured prefill
-rate falls, and their budgets are a third to two thirds of what the simulator predicts
-without this model.
+machine (``bench/results/SIMULATION.md``, "The simulator against a live run"): under 1.5x
+overload the engines' measured prefill rate falls and their budgets are a third to two thirds
+of what the simulator predicts without this model.
 
 The model: each request arriving at the cluster costs ``cpu_s_per_request`` seconds of host
 CPU, or ``cpu_s_per_refusal`` when it is refused at once (a 429 is parsed and answered, but
-nothing is streamed). Over the last ``window_s`` of simulated time that is a share ``u =
-min(max_share, CPU seconds / window_s / cores)`` of the host; the engines get ``1 - u``, so a step takes ``1 / (1 - u)`` times its uncontended
-time. A profile calibrated live at ``reference_rps`` already holds that load's slowdown, so
-steps are scaled by ``(1 - u_ref) / (1 - u)``: 1 at the calibration load, below 1 under
-lighter load, above under heavier.
+nothing is streamed). Over the last ``window_s`` of simulated time that is a share
+``u = min(max_share, CPU seconds / window_s / cores)`` of the host; the engines get ``1 - u``,
+so a step takes ``1 / (1 - u)`` times its uncontended time. A profile calibrated live at
+``reference_rps`` already holds that load's slowdown, so steps are scaled by
+``(1 - u_ref) / (1 - u)``: 1 at the calibration load, below 1 under lighter load, above under
+heavier.
 
 This is a fake of the host's scheduler (a processor-sharing share, no priorities, no cache
 effects), named as such; the costs are fitted from live replays at two or three loads
