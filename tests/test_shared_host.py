@@ -24,6 +24,8 @@ def test_steps_slow_by_the_share_the_serving_path_takes_relative_to_the_calibrat
     assert host.slowdown(1.03) == pytest.approx(0.9 / 0.7)
     assert host.slowdown(5.0) == pytest.approx(0.9)  # nothing arriving: faster than when calibrated
     assert SharedHost(1.0, cores=1.0).share(1e6) == 0.9  # never the whole host
+    with pytest.raises(ValueError, match="90 % ceiling"):  # a reference load the model cannot stand for
+        SharedHost(0.1, cores=2.0, reference_rps=20.0)
     for bad in (dict(cpu_s_per_request=-1.0), dict(cpu_s_per_request=0.1, cores=0.0),
                 dict(cpu_s_per_request=0.1, window_s=0.0), dict(cpu_s_per_request=0.1, max_share=1.0)):
         with pytest.raises(ValueError):
@@ -74,7 +76,9 @@ def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_th
 def test_a_refusal_costs_the_host_what_it_was_measured_to_cost():
     host = SharedHost(0.02, cpu_s_per_refusal=0.005, cores=1.0, reference_rps=10.0, reference_refused_share=0.5)
     for i in range(10):  # 10 arrivals in the last second, half refused: the reference load
-        host.arrive(0.5 + 0.01 * i, refused=i % 2 == 1)
+        host.arrive(0.5 + 0.01 * i)
+        if i % 2 == 1:
+            host.refuse_last()
     assert host.cpu_s_per_s(0.99) == pytest.approx(0.125) and host.slowdown(0.99) == pytest.approx(1.0)
     for i in range(10):
         host.arrive(0.6 + 0.01 * i)  # ten more, all served

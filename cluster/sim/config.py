@@ -16,6 +16,7 @@ from pydantic.dataclasses import dataclass
 
 from balancer.core.admission_queue import QUEUE_ORDERS
 from balancer.core.policies import PLACEMENT_NAMES
+from cluster.sim.shared_host import SharedHost
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
@@ -115,12 +116,18 @@ class SimConfig:
             raise ValueError(f"host_cores must be a finite number > 0, got {self.host_cores}")
         if not 0 <= self.host_reference_refused_share <= 1:
             raise ValueError(f"host_reference_refused_share must be in [0, 1], got {self.host_reference_refused_share}")
-        f = self.host_reference_refused_share
-        refusal = self.host_cpu_s_per_request if self.host_cpu_s_per_refusal is None else self.host_cpu_s_per_refusal
-        share = self.host_reference_rps * ((1 - f) * self.host_cpu_s_per_request + f * refusal) / self.host_cores
-        if share >= 0.9:
-            raise ValueError(f"host_reference_rps: at {self.host_reference_rps:g} req/s the serving path would take "
-                             f"{share:.0%} of host_cores, past the model's 90 % ceiling")
+        try:
+            self.shared_host()  # the reference load within the model's ceiling
+        except ValueError as exc:
+            raise ValueError(f"host_reference_rps: {exc}") from None
+
+    def shared_host(self) -> SharedHost | None:
+        """The simulated host the nodes share with the serving path (None: ``host_cpu_s_per_request`` 0)."""
+        if self.host_cpu_s_per_request <= 0:
+            return None
+        return SharedHost(self.host_cpu_s_per_request, cpu_s_per_refusal=self.host_cpu_s_per_refusal,
+                          cores=self.host_cores, reference_rps=self.host_reference_rps,
+                          reference_refused_share=self.host_reference_refused_share)
 
     def __post_init__(self) -> None:
         if self.scheduler not in POLICY_NAMES:

@@ -36,7 +36,8 @@ class SharedHost:
     requests refused at the calibration load.
 
     Raises ``ValueError`` for a negative CPU cost, cores <= 0, a negative reference rate, a
-    refused share outside [0, 1], a window <= 0 or a ``max_share`` outside (0, 1).
+    refused share outside [0, 1], a window <= 0, a ``max_share`` outside (0, 1), or a reference
+    load whose serving path would take ``max_share`` of the host or more.
     """
 
     def __init__(self, cpu_s_per_request: float, *, cpu_s_per_refusal: float | None = None, cores: float = 2.0,
@@ -62,7 +63,11 @@ class SharedHost:
         self.window_s = window_s
         self.max_share = max_share
         f = reference_refused_share
-        self._reference_free = 1.0 - self.share(reference_rps * ((1 - f) * cpu_s_per_request + f * refusal))
+        reference = reference_rps * ((1 - f) * cpu_s_per_request + f * refusal) / cores
+        if reference >= max_share:
+            raise ValueError(f"at {reference_rps:g} req/s the serving path would take {reference:.0%} of the host, "
+                             f"past the model's {100 * max_share:g} % ceiling")
+        self._reference_free = 1.0 - reference
         self._charges: deque[tuple[float, float]] = deque()  # (arrival time, CPU seconds)
         self._cpu_in_window = 0.0
 
@@ -70,11 +75,11 @@ class SharedHost:
         """The host's share the serving path takes when it uses ``cpu_s_per_s`` CPU seconds a second, in [0, max_share]."""
         return min(self.max_share, cpu_s_per_s / self.cores)
 
-    def arrive(self, now_s: float, *, refused: bool = False) -> None:
-        """Count one arrival at ``now_s`` (seconds of simulated time, non-decreasing), refused at once or not."""
-        cost = self.cpu_s_per_refusal if refused else self.cpu_s_per_request
-        self._charges.append((now_s, cost))
-        self._cpu_in_window += cost
+    def arrive(self, now_s: float) -> None:
+        """Count one arrival at ``now_s`` (seconds of simulated time, non-decreasing), charged as served
+        until ``refuse_last`` says otherwise."""
+        self._charges.append((now_s, self.cpu_s_per_request))
+        self._cpu_in_window += self.cpu_s_per_request
 
     def refuse_last(self) -> None:
         """The last arrival was refused: charge it a refusal's cost instead of a served request's."""

@@ -22,7 +22,6 @@ from cluster.sim.config import SimConfig
 from cluster.sim.events import EventLoop
 from cluster.sim.kv_cache import BlockPool
 from cluster.sim.prefix_cache import NodePrefixCache
-from cluster.sim.shared_host import SharedHost
 from cluster.workload.tiers import SLOClasses, assign_tiers, parse_slo_tiers
 from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import shares, summarize
@@ -184,10 +183,7 @@ def simulate(
         )
 
     # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
-    shared_host = (SharedHost(cfg.host_cpu_s_per_request, cpu_s_per_refusal=cfg.host_cpu_s_per_refusal,
-                              cores=cfg.host_cores, reference_rps=cfg.host_reference_rps,
-                              reference_refused_share=cfg.host_reference_refused_share)
-                   if cfg.host_cpu_s_per_request > 0 else None)
+    shared_host = cfg.shared_host()
     nodes = [
         SimNode(
             i, loop,

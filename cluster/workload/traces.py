@@ -904,26 +904,27 @@ def _limit(name: str, value: object) -> int:
     return int(value)
 
 
+def _clip(w: Workload, kind: str, value: object) -> Workload:
+    """``w`` with every request's ``{kind}_tokens`` above ``value`` clipped to it, the number clipped
+    added to ``clipped_{kind}s`` (``kind``: prompt or output)."""
+    limit = _limit(f"max_{kind}_tokens", value)
+    field = f"{kind}_tokens"
+    out = [dataclasses.replace(r, **{field: limit}) if getattr(r, field) > limit else r for r in w.requests]
+    clipped = sum(getattr(r, field) > limit for r in w.requests)
+    counter = f"clipped_{kind}s"
+    return _rebuilt(w, out, f"clip {kind}s to {limit}", **{counter: getattr(w, counter) + clipped})
+
+
 def clip_prompts(w: Workload, max_prompt_tokens: int) -> Workload:
     """Clip prompts longer than ``max_prompt_tokens`` (e.g. the model's context
     limit) to that length; the number clipped is added to ``clipped_prompts``."""
-    limit = _limit("max_prompt_tokens", max_prompt_tokens)
-    out = [dataclasses.replace(r, prompt_tokens=limit) if r.prompt_tokens > limit else r for r in w.requests]
-    clipped = sum(r.prompt_tokens > limit for r in w.requests)
-    return _rebuilt(
-        w, out, f"clip prompts to {limit}", clipped_prompts=w.clipped_prompts + clipped
-    )
+    return _clip(w, "prompt", max_prompt_tokens)
 
 
 def clip_outputs(w: Workload, max_output_tokens: int) -> Workload:
     """Clip outputs longer than ``max_output_tokens`` to that length (what a client's
     ``max_tokens`` does); the number clipped is added to ``clipped_outputs``."""
-    limit = _limit("max_output_tokens", max_output_tokens)
-    out = [dataclasses.replace(r, output_tokens=limit) if r.output_tokens > limit else r for r in w.requests]
-    clipped = sum(r.output_tokens > limit for r in w.requests)
-    return _rebuilt(
-        w, out, f"clip outputs to {limit}", clipped_outputs=w.clipped_outputs + clipped
-    )
+    return _clip(w, "output", max_output_tokens)
 
 
 def tie_fraction(w: Workload) -> float:
