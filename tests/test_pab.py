@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from node.core.envelope import Anchor
 from node.core.pab import estimate_pab, estimate_pab_edf
 from node.core.request import SLO, RequestState
 
@@ -236,6 +237,30 @@ def test_paced_decodes_reserve_their_share_of_steps():
     # one SLO: pacing changes nothing
     same = [decode(i) for i in range(10)]
     assert estimate_pab(same, REF_MODEL, NOW, paced_decodes=True, **KW) == estimate_pab(same, REF_MODEL, NOW, **KW)
+
+
+def test_decodes_ahead_of_their_envelope_lend_their_slack_to_the_time_limit():
+    """A FairBatching node serves prefills before decodes ahead of their envelope: within the horizon a
+    decode whose next token is due in s seconds needs its steps for only H - s (lent_decode_slack)."""
+    def ahead(i: int, out: int) -> RequestState:  # first token 0.1 s ago; token `out` due at NOW - 0.1 + out * TPOT
+        return RequestState(f"a{i}", NOW - 0.5, 1000, SLO_DEFAULT, computed_tokens=1000, output_tokens=out,
+                            first_token_s=NOW - 0.1)
+    kw = dict(KW, paced_decodes=True, anchor=Anchor.FIRST_TOKEN)
+    reqs = [ahead(i, 20) for i in range(30)]  # slack 0.9 s of a 1 s horizon: 10 % of their steps
+    plain = estimate_pab(reqs, REF_MODEL, NOW, **kw)
+    lent = estimate_pab(reqs, REF_MODEL, NOW, lent_decode_slack=True, **kw)
+    t_dec_h = 0.1 * (21e-6 * 30 + 0.05e-6 * 30 * 1020)
+    assert lent.prefill_rate_tps == pytest.approx((0.05 - 0.0056 - t_dec_h) / (21.05e-6 * 0.05))
+    assert lent.time_limited_tokens > plain.time_limited_tokens
+    # the whole-life limits are the decodes' own: unchanged
+    assert lent.decode_reservation_s == plain.decode_reservation_s
+    assert lent.decode_limited_tokens == plain.decode_limited_tokens and lent.slots_free == plain.slots_free
+    # decodes due now (or late) lend nothing
+    due = [ahead(i, 2) for i in range(30)]
+    assert estimate_pab(due, REF_MODEL, NOW, lent_decode_slack=True, **kw) == estimate_pab(due, REF_MODEL, NOW, **kw)
+    # a decode-first node runs every decode every step: it has no slack to lend
+    with pytest.raises(ValueError, match="lent_decode_slack needs paced_decodes"):
+        estimate_pab(reqs, REF_MODEL, NOW, lent_decode_slack=True, **KW)
 
 
 def test_the_idle_budget_is_the_scale_of_an_idle_node_whatever_the_front_delay():

@@ -56,6 +56,19 @@ def test_nodes_budget_with_the_engine_caps_their_expected_output_and_their_corre
     assert oracle.report["node_expected_output_tokens"] == [None]  # each request carries its true length
 
 
+def test_a_node_budgets_with_the_token_budget_its_scheduler_runs_at(pab_calls):
+    """A vLLM node at a 512-token budget prefills at most 512 tokens a step: its PAB must plan with that
+    cap, not the engine's 8192 (a live host reports the budget as max_num_batched_tokens)."""
+    rows = [(0.1 * i, 50, 4) for i in range(10)]
+    run(rows, balancer="pab", nodes=1, scheduler="vllm", token_budget=512)
+    assert {kw["max_num_batched_tokens"] for kw in pab_calls} == {512}
+    assert not any(kw["paced_decodes"] or kw["lent_decode_slack"] for kw in pab_calls)
+    pab_calls.clear()
+    run(rows, balancer="pab", nodes=1, scheduler="fairbatching", pab_lent_slack=True)
+    assert {kw["max_num_batched_tokens"] for kw in pab_calls} == {8192}
+    assert all(kw["paced_decodes"] and kw["lent_decode_slack"] for kw in pab_calls)
+
+
 def test_a_node_with_feedback_shrinks_its_correction_when_ttfts_exceed_the_slo():
     # 200-token prompts take 0.21 s to prefill against a 0.1 s TTFT SLO: every TTFT is twice the SLO.
     rows = [(0.2 * i, 200, 2) for i in range(40)]

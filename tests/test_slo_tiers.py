@@ -52,6 +52,26 @@ def test_a_tiered_run_holds_each_request_to_its_tier_and_reports_per_tier():
         report_metric(res.report, "per_tier.bulk.attainment")
 
 
+def test_only_tier_replays_one_tiers_requests_at_their_own_arrivals():
+    """--only-tier: the same requests the tiered run gives that tier, at the same times, the rest dropped."""
+    from cluster.sim.simulator import simulate
+
+    rows = [(0.01 * i, 200, 20) for i in range(200)]
+    tiers = ("interactive=0.5:0.5:0.02", "batch=0.5:30:0.25")
+    both = simulate(SimConfig(slo_tier=tiers, seed=1), workload=workload(*rows), profile=linear_profile())
+    alone = simulate(SimConfig(slo_tier=tiers, seed=1, only_tier="interactive"), workload=workload(*rows),
+                     profile=linear_profile())
+    mine = [(r.rid, r.arrival_s) for r in both.requests if r.slo.tier == "interactive"]
+    assert [(r.rid, r.arrival_s) for r in alone.requests] == mine and 0 < len(mine) < 200
+    assert list(alone.report["per_tier"]) == ["interactive"]
+    # without the batch requests beside them, the interactive ones do at least as well
+    assert alone.report["attainment"] >= both.report["per_tier"]["interactive"]["attainment"]
+    with pytest.raises(ValueError, match="'bulk' is not a tier"):
+        SimConfig(slo_tier=tiers, only_tier="bulk")
+    with pytest.raises(ValueError, match="only_tier needs"):
+        SimConfig(only_tier="interactive")
+
+
 def test_vllm_priority_admits_waiting_prompts_by_priority_then_arrival():
     hi, lo = SLO(1.0, 0.05, tier="interactive", priority=0), SLO(30.0, 0.25, tier="batch", priority=1)
     reqs = [RequestState("early-batch", 0.0, 100, lo), RequestState("late-interactive", 1.0, 100, hi)]

@@ -75,6 +75,7 @@ class SimConfig:
     # SLOs
     ttft_slo_s: float | None = _opt(None, "TTFT SLO in seconds (default: the profile's, 1 s on the shipped GPU profiles).", "--ttft-slo")
     slo_tier: tuple[str, ...] = _opt((), "SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable (e.g. --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25): each request gets a tier by seed and is held to its SLOs; the report adds per_tier.")
+    only_tier: str | None = _opt(None, "With --slo-tier: after every request is given its tier, simulate only the requests of this tier (the others dropped, as if fully shed before they arrived): the bound the tier has on its own at the same arrivals.")
     tier_hold_fraction: float = _opt(0.0, "With --slo-tier: requests of every tier but the tightest must leave this share of a node's idle budget untouched (held for the tightest tier; PAB balancer only).")
     tier_shed_s: float | None = _opt(None, "With --slo-tier: after a request of the tightest tier is refused, refuse every request of the other tiers for this long, seconds (default: the tightest tier's TTFT SLO, as the serving layer; 0: off).")
     tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
@@ -84,6 +85,7 @@ class SimConfig:
     admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO by the planning model, (ttft - a) / b, or with the prefill-attention term the root of a + b * L + e * L^2 / 2 = ttft).")
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
     pab_horizon_fraction: float = _opt(1.0, "PAB's horizon as a share of the TTFT SLO (the serving layer's pab_horizon_fraction, 0.6 there: the rest is the way back and the tail; 1: the whole SLO, the recorded simulator results).")
+    pab_lent_slack: bool = _opt(False, "FairBatching nodes: PAB's time limit takes off the slack decodes lend to prefills within the horizon (a decode whose next token is due in s seconds reserves 1 - s/H of its steps; node.core.pab, lent_decode_slack). No effect on other schedulers.")
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
     pab_cache_affinity: float = _opt(0.0, "PAB placement: among nodes with room, rank by PAB - (1 + this) x the request's uncached tokens there (0: the largest budget left; larger: prefer the node caching more of the prompt).")
@@ -151,7 +153,11 @@ class SimConfig:
                 self.tpot_slo_s is not None and not self.tpot_slo_s > 0):
             raise ValueError("SLOs must be > 0")
         if self.slo_tier:
-            parse_slo_tiers(self.slo_tier)  # ValueError naming a malformed tier
+            names = [t.name for t in parse_slo_tiers(self.slo_tier)]  # ValueError naming a malformed tier
+            if self.only_tier is not None and self.only_tier not in names:
+                raise ValueError(f"only_tier {self.only_tier!r} is not a tier; the tiers are {', '.join(names)}")
+        elif self.only_tier is not None:
+            raise ValueError("only_tier needs --slo-tier")
         if not 0 <= self.tier_hold_fraction < 1:
             raise ValueError(f"tier_hold_fraction must be in [0, 1), got {self.tier_hold_fraction}")
         if self.tier_shed_s is not None and not self.tier_shed_s >= 0:

@@ -111,6 +111,10 @@ def simulate(
     block_size = profile.block_size or 16
     max_num_seqs = profile.max_num_seqs or 256
     max_num_batched_tokens = profile.max_num_batched_tokens or 8192
+    # What a node's PAB may plan per step: the engine's cap, or a static token budget below it (a vLLM
+    # or Sarathi node runs at its budget, and a live host reports that budget as max_num_batched_tokens).
+    static_budget = cfg.scheduler_knobs(0).get("token_budget")
+    pab_batched_tokens = min(max_num_batched_tokens, static_budget or max_num_batched_tokens)
 
     # Prefix caching, when the trace names its prompts' blocks: a cache per node, and the balancer's
     # estimate of them (a PrefixIndex of what it placed where) unless it is to charge every token.
@@ -178,8 +182,9 @@ def simulate(
             states, model, now_s,
             horizon_s=cfg.pab_horizon_fraction * budget_slo.ttft_s, due_within_s=budget_slo.ttft_s,
             kv_free_tokens=kv_free, default_tpot_s=budget_slo.tpot_s, anchor=anchor,
-            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            paced_decodes=cfg.scheduler == "fairbatching", **node_knows,
+            max_num_batched_tokens=pab_batched_tokens, max_num_seqs=max_num_seqs,
+            paced_decodes=cfg.scheduler == "fairbatching",
+            lent_decode_slack=cfg.pab_lent_slack and cfg.scheduler == "fairbatching", **node_knows,
         )
 
     # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
@@ -224,7 +229,7 @@ def simulate(
     # Only the prompt's full prefix blocks are named (a clipped prompt loses the blocks past its end).
     requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s,
                            r.hash_ids[:r.prompt_tokens // prefix_block] if prefix_caching else ())
-                for r, s in zip(workload.requests, slos)]
+                for r, s in zip(workload.requests, slos) if cfg.only_tier is None or s.tier == cfg.only_tier]
     n = len(requests)
     last_arrival_s = requests[-1].arrival_s if n else 0.0
     every = max(1, n // 200)

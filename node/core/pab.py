@@ -128,6 +128,13 @@ class PABInputs:
       a request of a looser TPOT than ``tau`` is reserved ``tau / TPOT`` of a
       decode per step. False (decode-first schedulers): every decode every step.
       The closed form only (``estimate_pab``).
+    * ``lent_decode_slack``: the node lends a decode's slack to prefills
+      (FairBatching's batch order: prefills before decodes ahead of their
+      envelope), so within the horizon a decode whose next token is due in
+      ``s`` seconds takes its steps for only ``H - s`` of the ``H``: the time
+      limit reserves ``max(0, 1 - s / H)`` of it. The decode and slot limits
+      (the whole life) are unchanged. Only with ``paced_decodes``; the closed
+      form only.
 
     Raises ``ValueError`` naming the field on a non-finite clock, a horizon or
     TPOT <= 0, KV free that is not an integer >= 0, a correction <= 0 or a
@@ -148,9 +155,12 @@ class PABInputs:
     measured_prefill_rate_tps: float | None = None
     due_within_s: float | None = None
     paced_decodes: bool = False
+    lent_decode_slack: bool = False
 
     def __post_init__(self) -> None:
         check_finite("now_s", self.now_s)
+        if self.lent_decode_slack and not self.paced_decodes:
+            raise ValueError("lent_decode_slack needs paced_decodes: a decode-first node runs every decode every step")
         check_positive("horizon_s", self.horizon_s)
         check_positive("default_tpot_s", self.default_tpot_s)
         check_int("kv_free_tokens", self.kv_free_tokens, minimum=0)
@@ -278,24 +288,44 @@ def _reference_step_s(requests: Sequence[RequestState], default_tpot_s: float) -
     return min((r.slo.tpot_s for r in requests), default=default_tpot_s)
 
 
+class DecodeLoad(NamedTuple):
+    """Every live request as a decode over the rest of its life (``_lifetime_decode_load``)."""
+
+    n: float  # decodes per step of tau (a weighted count)
+    context_tokens: float  # C: the context they attend to, tokens (weighted)
+    mean_steps_left: float  # mean remaining decode steps of a live request
+    horizon_n: float  # n within the horizon, a decode's lent slack taken off (== n without lending)
+    horizon_context_tokens: float  # C within the horizon, likewise
+
+
 def _lifetime_decode_load(
     requests: Sequence[RequestState], expected_output_tokens: float | None, tau_s: float, paced: bool,
-) -> tuple[float, float, float]:
-    """``(n, C, mean remaining decode steps)`` of every live request as a decode over the rest of its life.
+    lend_within_s: float | None = None, now_s: float = 0.0, anchor: Anchor = Anchor.ARRIVAL,
+) -> DecodeLoad:
+    """Every live request as a decode at its average context over the rest of its life.
 
     ``paced``: each request counts ``tau_s / its TPOT SLO`` of a decode per step of ``tau_s``
     (a decode paced to a looser TPOT runs in that share of the steps), so ``n`` and ``C`` are
-    weighted sums; else every request decodes every step (weight 1).
+    weighted sums; else every request decodes every step (weight 1). ``lend_within_s``: the
+    horizon (seconds) over which a decode already running lends its slack ``s`` (its next token
+    due ``s`` seconds after ``now_s`` on the ``anchor``'s envelope): it counts ``max(0, 1 - s / H)``
+    of its weight in ``horizon_n`` and ``horizon_context_tokens``. Queued prompts count whole.
     """
-    n, ctx, steps = 0.0, 0.0, 0.0
+    n, ctx, steps, n_h, ctx_h = 0.0, 0.0, 0.0, 0.0, 0.0
     for r in requests:
         rem = _remaining_output(r, expected_output_tokens)
         w = min(1.0, tau_s / r.slo.tpot_s) if paced else 1.0
+        avg_ctx = r.prompt_tokens + r.output_tokens + rem / 2
         n += w
-        ctx += w * (r.prompt_tokens + r.output_tokens + rem / 2)
+        ctx += w * avg_ctx
         steps += rem
+        share = 1.0
+        if lend_within_s is not None and not r.is_prefill:
+            share = 0.0 if lend_within_s <= 0 else min(1.0, max(0.0, 1.0 - slack_s(r, now_s, anchor) / lend_within_s))
+        n_h += w * share
+        ctx_h += w * share * avg_ctx
     count = len(requests)
-    return n, ctx, (steps / count if count else 0.0)
+    return DecodeLoad(n, ctx, (steps / count if count else 0.0), n_h, ctx_h)
 
 
 def prefill_chunk_per_step(
@@ -346,12 +376,16 @@ def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: 
     sf = model.safety_factor
     fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
     tau = _reference_step_s(requests, inputs.default_tpot_s)
-    n, ctx, mean_steps_left = _lifetime_decode_load(requests, expected_output_tokens, tau, inputs.paced_decodes)
+    effective_h = inputs.effective_horizon_s
+    load = _lifetime_decode_load(requests, expected_output_tokens, tau, inputs.paced_decodes,
+                                 effective_h if inputs.lent_decode_slack else None, now_s, inputs.anchor)
+    n, ctx, mean_steps_left = load.n, load.context_tokens, load.mean_steps_left
     t_dec = b * n + c * ctx
-    q, step_s = prefill_chunk_per_step(model, tau, t_dec, n, inputs.max_num_batched_tokens)
+    # The prefill rate within the horizon: the decodes' reservation less the slack they lend.
+    t_dec_h = b * load.horizon_n + c * load.horizon_context_tokens
+    q, step_s = prefill_chunk_per_step(model, tau, t_dec_h, load.horizon_n, inputs.max_num_batched_tokens)
     rate = inputs.correction * inputs.capped_by_measured(q / step_s if q > 0 else 0.0)
     queued = queued_prompt_tokens(requests, now_s, inputs.due_s, inputs.anchor)
-    effective_h = inputs.effective_horizon_s
     time_limited = rate * effective_h - queued
 
     e_new = float(expected_output_tokens or 0.0)
