@@ -69,6 +69,21 @@ def test_a_node_budgets_with_the_token_budget_its_scheduler_runs_at(pab_calls):
     assert all(kw["paced_decodes"] and kw["lent_decode_slack"] for kw in pab_calls)
 
 
+def test_max_num_seqs_overrides_the_profiles_seats(pab_calls):
+    rows = [(0.0, 50, 40) for _ in range(6)]  # six requests at once, long outputs
+    capped = run(rows, nodes=1, max_num_seqs=2, scheduler="vllm")
+    # two seats: the third request starts only when one of the first two has finished
+    first_done = min(r.finish_s for r in capped.requests)
+    assert sorted(r.first_token_s for r in capped.requests)[2] > first_done
+    free = run(rows, nodes=1, scheduler="vllm")
+    assert max(r.first_token_s for r in free.requests) < min(r.finish_s for r in free.requests)
+    pab_calls.clear()
+    run(rows, nodes=1, balancer="pab", max_num_seqs=3)
+    assert {kw["max_num_seqs"] for kw in pab_calls} == {3}
+    with pytest.raises(ValueError, match="max_num_seqs must be >= 1"):
+        SimConfig(max_num_seqs=0)
+
+
 def test_a_node_with_feedback_shrinks_its_correction_when_ttfts_exceed_the_slo():
     # 200-token prompts take 0.21 s to prefill against a 0.1 s TTFT SLO: every TTFT is twice the SLO.
     rows = [(0.2 * i, 200, 2) for i in range(40)]

@@ -46,6 +46,7 @@ class SimConfig:
     profile: str = _opt("h100-llama3-8b", "Cost profile name (deploy/profiles) or file.")
     nodes: int = _opt(1, "Number of nodes.")
     kv_cache_tokens: int | None = _opt(None, "KV cache per node in tokens (default: the profile's).")
+    max_num_seqs: int | None = _opt(None, "Sequence seats per node, vLLM's max_num_seqs (default: the profile's; vLLM 0.32 ships 1024 on H100/H200 and 256 on A100).")
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     client_path_s: float = _opt(0.0, "Latency outside the engines that a client sees on its first token (HTTP, the ingress's rendering, the hops to the engine and back), seconds: every served request's token times are shifted by it before the SLO test and the latency percentiles (token-level attainment stays the engines'). 0: none; fairbatching bench sim-vs-live measures it on a live run.")
@@ -149,6 +150,8 @@ class SimConfig:
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if (self.ttft_slo_s is not None and not self.ttft_slo_s > 0) or (
                 self.tpot_slo_s is not None and not self.tpot_slo_s > 0):
             raise ValueError("SLOs must be > 0")

@@ -109,7 +109,7 @@ def simulate(
               "prefill-only": estimate_pab_prefill_only}[cfg.pab_variant]
     kv_tokens = cfg.kv_cache_tokens or profile.kv_cache_tokens or 450_000
     block_size = profile.block_size or 16
-    max_num_seqs = profile.max_num_seqs or 256
+    max_num_seqs = cfg.max_num_seqs or profile.max_num_seqs or 256
     max_num_batched_tokens = profile.max_num_batched_tokens or 8192
     # What a node's PAB may plan per step: the engine's cap, or a static token budget below it (a vLLM
     # or Sarathi node runs at its budget, and a live host reports that budget as max_num_batched_tokens).
