@@ -76,11 +76,13 @@ VIDUR_SOURCE = ("microsoft/vidur @ 7d47513363ec447a741ac5e47241580b47724fbf "
 # ----------------------------------------------------------------------------- hardware
 # NVIDIA datasheets: H100 SXM 3.35 TB/s HBM3, 989 TFLOP/s dense BF16 (1979 with sparsity);
 # A100 80GB SXM 2,039 GB/s HBM2e, 312 TFLOP/s dense BF16.  Memory as nvidia-smi reports it.
+# max_num_seqs: vLLM 0.32's OpenAI-server default for the GPU (vllm/engine/arg_utils.py,
+# EngineArgs.get_batch_defaults: 1024 at >= 70 GiB unless an A100, else 256).
 HARDWARE = {
     "h100": {"name": "NVIDIA H100 80GB SXM", "hbm_bytes_per_s": 3.35e12,
-             "bf16_flops": 989e12, "mem_bytes": 81559 * 2**20},
+             "bf16_flops": 989e12, "mem_bytes": 81559 * 2**20, "max_num_seqs": 1024},
     "a100": {"name": "NVIDIA A100 80GB SXM", "hbm_bytes_per_s": 2.039e12,
-             "bf16_flops": 312e12, "mem_bytes": 81920 * 2**20},
+             "bf16_flops": 312e12, "mem_bytes": 81920 * 2**20, "max_num_seqs": 256},
 }
 
 # ----------------------------------------------------------------------------- models
@@ -112,7 +114,6 @@ HOST_OVERHEAD_S = 0.30e-3       # per-step host / launch / sampling overhead (as
 GPU_MEM_UTIL = 0.90             # vLLM gpu_memory_utilization
 ACTIVATION_RESERVE_BYTES = 1.5e9  # activations at 8192 batched tokens + CUDA graphs + misc
 BLOCK_SIZE = 16
-MAX_NUM_SEQS = 256
 MAX_NUM_BATCHED_TOKENS = 8192
 
 
@@ -312,7 +313,7 @@ def derive(name: str, hw_key: str, n_tok: np.ndarray, ops: dict, method: str) ->
         "model": "Llama-3-8B class (32 layers, d 4096, 32 q / 8 kv heads, ffn 14336, "
                  "vocab 128256, bf16, TP=1)",
         "method": method,
-        "kv_cache_tokens": kv, "max_num_seqs": MAX_NUM_SEQS,
+        "kv_cache_tokens": kv, "max_num_seqs": hw["max_num_seqs"],
         "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS, "block_size": BLOCK_SIZE,
         "errors_by_batch_class": by_class["quadratic"],
         "linear_fit": {

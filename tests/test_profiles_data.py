@@ -139,3 +139,10 @@ def test_derivation_reproduces_committed_json(tmp_path):
         fresh = json.loads((out / f"{name}.json").read_text())
         committed = json.loads((PROFILES / f"{name}.json").read_text())
         _close(committed, fresh, name)
+
+
+@pytest.mark.parametrize("name, seats", [("h100-llama3-8b", 1024), ("a100-llama3-8b", 256)])
+def test_derived_profiles_have_the_seats_vllm_ships_for_their_gpu(name, seats):
+    """vLLM 0.32's OpenAI server defaults max_num_seqs to 1024 on 80 GB GPUs other than the A100 and
+    to 256 on the A100 (``EngineArgs.get_batch_defaults`` in ``vllm/engine/arg_utils.py``)."""
+    assert _profiles()[name]["max_num_seqs"] == seats
