@@ -12,6 +12,8 @@ H100/H200, 2048 on A100) are all read from the same runs. Ratios are taken per s
     python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~75 min on 2 cores (three traces)
     python bench/node_policy.py --arms fb-first+doomed+align256+margin0.2   # (re)run some arms into the same file
     python bench/node_policy.py --traces sharegpt-gamma   # add a trace to the same file (~45 min)
+
+Recorded before 2026-12-01 (``bench/results/sim/node-policy.json``) with ``--no-seats-as-vllm --max-num-seqs 256``.
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ _workloads: dict = {}
 
 
 def _capacity(task: tuple) -> dict:
-    trace, profile, seed, noise, arm, knobs = task
+    trace, profile, seed, noise, arm, knobs, engine = task
     cfg = SimConfig(profile=profile, ttft_slo_s=1.0, tpot_slo_s=0.05, seed=seed, noise=noise, trace=trace,
-                    duration_s=600.0, nodes=1, balancer="round-robin", rate_scale=START_RATE_SCALE[trace])
+                    duration_s=600.0, nodes=1, balancer="round-robin", rate_scale=START_RATE_SCALE[trace], **engine)
     # One load per worker process, trace and seed: a synthetic trace (ShareGPT lengths, Gamma arrivals
     # at 10 req/s before scaling, CV 2) draws its requests from the seed, the same for every arm.
     if (trace, seed) not in _workloads:
@@ -116,6 +118,10 @@ def main(
     noise: float = typer.Option(0.05, min=0.0, help="Sigma of the lognormal step-time noise."),
     jobs: int = typer.Option(os.cpu_count() or 1, min=1, help="Worker processes."),
     only_summary: bool = typer.Option(False, help="Print the tables of an existing --json and exit."),
+    seats_as_vllm: bool = typer.Option(True, help="Count sequence seats as vLLM does (the simulator's default; "
+                                                  "the results recorded before 2026-12-01: --no-seats-as-vllm)."),
+    max_num_seqs: int = typer.Option(0, min=0, help="Sequence seats per node (0: the profile's, 1024 on H100 and 256 on "
+                                                    "A100 as vLLM 0.32 ships; recorded before 2026-12-01: 256)."),
     only_arms: str = typer.Option("", "--arms", help="Run only these arms (comma-separated names); default: every arm. "
                                                       "Rows of an existing --json that this run does not redo are kept."),
 ) -> None:
@@ -133,10 +139,11 @@ def main(
         if unknown:
             raise typer.BadParameter(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(arms)}", param_hint="--arms")
         arms = {a: arms[a] for a in wanted}
-    tasks = [(t, p, s, noise, a, k) for p in profiles.split(",") for t in traces.split(",")
+    engine = {"seats_as_vllm": seats_as_vllm, "max_num_seqs": max_num_seqs or None}
+    tasks = [(t, p, s, noise, a, k, engine) for p in profiles.split(",") for t in traces.split(",")
              for s in range(seeds) for a, k in arms.items()]
     if json_out.exists():  # keep what this run does not redo (other traces, profiles or arms)
-        redo = {(t, p, s, a) for t, p, s, _, a, _ in tasks}
+        redo = {(t, p, s, a) for t, p, s, _, a, _, _ in tasks}
         rows = [r for r in json.loads(json_out.read_text())["rows"]
                 if (r["trace"], r["profile"], r["seed"], r["arm"]) not in redo]
     tasks.sort(key=lambda task: task[0] != "azure-conv")  # the slow trace first: the pool ends evenly
@@ -147,7 +154,7 @@ def main(
             print(f"[{n}/{len(tasks)} {time.time() - t0:6.0f} s] {row['profile']} {row['trace']} seed {row['seed']} "
                   f"{row['arm']}: {row['capacity_rps'] and round(row['capacity_rps'], 3)} req/s", flush=True)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python bench/node_policy.py", "noise": noise, "seeds": seeds, "window_s": 600.0,
+    meta = {"command": "python bench/node_policy.py", "noise": noise, "seeds": seeds, "window_s": 600.0, **engine,
             "slo": [1.0, 0.05], "target": 0.9, "machine": os.uname().machine}
     json_out.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     print(summarise(rows))

@@ -4,14 +4,15 @@
 # noise sigma 0.05, seeds 0-2. 4 nodes (2 % bisection) and 8 nodes (3 %). vLLM at token budgets 512,
 # 1024 and 2048 (its PAB plans with the budget it runs at); FairBatching at the simulator's defaults.
 # Writes one JSON per run and prints capacity per arm (median, range) and FairBatching / best vLLM
-# per seed. SEATS=N runs every node with N sequence seats (--max-num-seqs; default: the profile's).
+# per seed. FLAGS="..." adds simulator flags to every run (the seats256 record:
+# FLAGS="--no-seats-as-vllm --max-num-seqs 256", the simulator's settings before 2026-12-01).
 #   bash bench/pab_nodes.sh [OUT_DIR]      # ~10 min on 2 cores
 set -euo pipefail
 out=${1:-bench/results/sim/pab-nodes}
 mkdir -p "$out"
 common=(--trace azure-code --duration-s 1200 --profile h100-llama3-8b --balancer pab
         --ttft-slo 1 --tpot-slo 0.05 --noise 0.05)
-[ -n "${SEATS:-}" ] && common+=(--max-num-seqs "$SEATS")
+[ -n "${FLAGS:-}" ] && common+=($FLAGS)
 declare -A arms=(
   [fairbatching]="--scheduler fairbatching"
   [vllm-512]="--scheduler vllm --token-budget 512"

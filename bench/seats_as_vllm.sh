@@ -9,7 +9,7 @@ mkdir -p "$out"
 common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 600 --balancer round-robin
         --rate-scale 2 --rel-tol 0.02)
 for seats in off on; do
-  flag=(); [ "$seats" = on ] && flag=(--seats-as-vllm)
+  flag=(--no-seats-as-vllm --max-num-seqs 256); [ "$seats" = on ] && flag=(--seats-as-vllm --max-num-seqs 256)
   f="$out/fairbatching-seats-$seats.json"
   [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler fairbatching --anchor first-token \
     --relegate none --chunk-align-tokens 0 --tpot-margin 0 --json "$f"

@@ -204,8 +204,8 @@ def test_capacity_says_why_when_no_rate_meets_the_target():
 
 
 def test_seats_as_vllm_start_no_request_beyond_max_num_seqs():
-    """vLLM starts a waiting request only into a free seat, paced decodes holding theirs; without the option
-    the simulator's only seat limit is the plan's per-step cap, and FairBatching's paced decodes leave seats
+    """vLLM starts a waiting request only into a free seat, paced decodes holding theirs (the default); with
+    --no-seats-as-vllm the simulator's only seat limit is the plan's per-step cap, and FairBatching's paced decodes leave seats
     to more requests than the node has (the favour issue 12 names)."""
     import dataclasses
 
@@ -220,8 +220,8 @@ def test_seats_as_vllm_start_no_request_beyond_max_num_seqs():
         by_id = {r.rid: r for r in res.requests}
         return by_id[2].first_token_s < min(by_id[0].finish_s, by_id[1].finish_s)
 
-    assert third_starts_before_a_finish()  # the favour: three requests live on two seats
-    assert not third_starts_before_a_finish(seats_as_vllm=True)
+    assert third_starts_before_a_finish(seats_as_vllm=False)  # the favour: three requests live on two seats
+    assert not third_starts_before_a_finish()  # the default counts seats as vLLM does
 
 
 def test_chunk_alignment_defaults_to_the_profiles_tiles():
