@@ -10,7 +10,7 @@ OpenAI-server default (``SHIPPED_BUDGET``, ``vllm/engine/arg_utils.py``: 8192 ba
 H100/H200, 2048 on A100) are all read from the same runs. Ratios are taken per seed, then summarised.
 
     python bench/node_policy.py --json bench/results/sim/node-policy.json   # ~75 min on 2 cores (three traces)
-    python bench/node_policy.py --arms fb-first+doomed+align256+margin0.2   # (re)run some arms into the same file
+    python bench/node_policy.py --arms fb-first+doomed+align256+margin0.2 --json OUT.json   # (re)run some arms into a file
     python bench/node_policy.py --traces sharegpt-gamma   # add a trace to the same file (~45 min)
 
 Recorded before 2026-12-01 (``bench/results/sim/node-policy.json``) with ``--no-seats-as-vllm --max-num-seqs 256``.
@@ -63,9 +63,17 @@ def _capacity(task: tuple) -> dict:
         _workloads[trace, seed] = load_workload(cfg)
     t0 = time.perf_counter()
     res = find_capacity(replace(cfg, **knobs), target=0.9, rel_tol=0.02, workload=_workloads[trace, seed])
-    return {"trace": trace, "profile": profile, "seed": seed, "arm": arm, "knobs": knobs,
+    return {"trace": trace, "profile": profile, "seed": seed, "arm": arm, "knobs": knobs, **_seats(profile, engine),
             "capacity_rps": res.capacity_rps, "wall_s": round(time.perf_counter() - t0, 1),
             "probes": [(round(p.rate_rps, 3), round(p.attainment, 4)) for p in sorted(res.probes, key=lambda p: p.rate_rps)]}
+
+
+def _seats(profile: str, engine: dict) -> dict:
+    """How a row's nodes count seats and how many they have (the profile's when not set)."""
+    from node.fit.profile import load_profile
+
+    return {"seats_as_vllm": engine["seats_as_vllm"],
+            "max_num_seqs": engine["max_num_seqs"] or load_profile(profile).max_num_seqs}
 
 
 def _spread(values: list[float]) -> str:
@@ -146,6 +154,14 @@ def main(
         redo = {(t, p, s, a) for t, p, s, _, a, _, _ in tasks}
         rows = [r for r in json.loads(json_out.read_text())["rows"]
                 if (r["trace"], r["profile"], r["seed"], r["arm"]) not in redo]
+        # One seat setting per file: rows recorded before the settings were stored ran without counting
+        # seats as vLLM does, at 256 seats.
+        for r in rows:
+            had = {"seats_as_vllm": r.get("seats_as_vllm", False), "max_num_seqs": r.get("max_num_seqs", 256)}
+            if had != _seats(r["profile"], engine):
+                raise typer.BadParameter(
+                    f"{json_out} holds rows recorded with {had} on {r['profile']}; this run would use "
+                    f"{_seats(r['profile'], engine)}: pass the same settings or another --json", param_hint="--json")
     tasks.sort(key=lambda task: task[0] != "azure-conv")  # the slow trace first: the pool ends evenly
     t0 = time.time()
     with ProcessPoolExecutor(jobs) as pool:
@@ -154,7 +170,7 @@ def main(
             print(f"[{n}/{len(tasks)} {time.time() - t0:6.0f} s] {row['profile']} {row['trace']} seed {row['seed']} "
                   f"{row['arm']}: {row['capacity_rps'] and round(row['capacity_rps'], 3)} req/s", flush=True)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python bench/node_policy.py", "noise": noise, "seeds": seeds, "window_s": 600.0, **engine,
+    meta = {"command": "python bench/node_policy.py", "noise": noise, "seeds": seeds, "window_s": 600.0,
             "slo": [1.0, 0.05], "target": 0.9, "machine": os.uname().machine}
     json_out.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     print(summarise(rows))

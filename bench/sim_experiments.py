@@ -77,7 +77,8 @@ def base_cfg(quick: bool, **kw) -> SimConfig:
     # first token by default); the arms set what they vary.
     kw = {"anchor": "arrival", "relegate": "none", "chunk_align_tokens": 0, "tpot_margin": 0.0, **kw}
     # (seats as recorded, before 2026-12-01: the plan's cap only)
-    cfg = SimConfig(profile="ref-linear-h100", ttft_slo_s=1.0, tpot_slo_s=0.05, seed=0, seats_as_vllm=False, **kw)
+    cfg = SimConfig(profile="ref-linear-h100", ttft_slo_s=1.0, tpot_slo_s=0.05, seed=0, seats_as_vllm=False, max_num_seqs=256,
+                    **kw)
     if quick:
         cfg = replace(cfg, duration_s=min(cfg.duration_s or 120.0, 120.0))
     return cfg

@@ -263,6 +263,33 @@ def test_decodes_ahead_of_their_envelope_lend_their_slack_to_the_time_limit():
         estimate_pab(reqs, REF_MODEL, NOW, lent_decode_slack=True, **KW)
 
 
+def test_lent_slack_is_measured_on_the_nodes_own_pace_and_within_the_prefill_window():
+    """Slack is what the node lends: against the deadlines it plans (decode_pace x TPOT a token), and
+    only over the window a new prompt is prefilled in, from the front delay to the horizon."""
+    def ahead(i: int) -> RequestState:  # 20 tokens in 0.1 s: due at NOW + 0.9 at 50 ms a token, NOW + 0.7 at 40 ms
+        return RequestState(f"a{i}", NOW - 0.5, 1000, SLO_DEFAULT, computed_tokens=1000, output_tokens=20,
+                            first_token_s=NOW - 0.1)
+    reqs = [ahead(i) for i in range(30)]
+    kw = dict(KW, paced_decodes=True, anchor=Anchor.FIRST_TOKEN, lent_decode_slack=True)
+
+    def rate_with_share(share: float) -> float:
+        t_dec_h = share * (21e-6 * 30 + 0.05e-6 * 30 * 1020)
+        return (0.05 - 0.0056 - t_dec_h) / (21.05e-6 * 0.05)
+
+    assert estimate_pab(reqs, REF_MODEL, NOW, **kw).prefill_rate_tps == pytest.approx(rate_with_share(0.1))
+    # planned at 0.8 x TPOT (tpot_margin 0.2), the next token is due in 0.7 s: 30 % of the window
+    paced = estimate_pab(reqs, REF_MODEL, NOW, decode_pace=0.8, **kw)
+    assert paced.prefill_rate_tps == pytest.approx(rate_with_share(0.3))
+    # a front delay of 0.5 s: the prompt is prefilled in [0.5, 1] s, the decodes need (1 - 0.9) / 0.5 of it
+    delayed = estimate_pab(reqs, REF_MODEL, NOW, front_delay_s=0.5, **kw)
+    assert delayed.prefill_rate_tps == pytest.approx(rate_with_share(0.2))
+    # the window gone (front delay past the horizon): nothing is lent
+    gone = estimate_pab(reqs, REF_MODEL, NOW, front_delay_s=1.5, **kw)
+    assert gone.prefill_rate_tps == pytest.approx(rate_with_share(1.0))
+    with pytest.raises(ValueError, match="decode_pace"):
+        estimate_pab(reqs, REF_MODEL, NOW, decode_pace=0.0, **kw)
+
+
 def test_the_idle_budget_is_the_scale_of_an_idle_node_whatever_the_front_delay():
     """The share held for a tier is of what an idle node takes over the whole horizon: a front delay that
     eats the horizon under overload shrinks PAB, not what is held back (live: it held nothing)."""

@@ -113,6 +113,28 @@ def test_cli_run_and_capacity_write_the_promised_json(tmp_path):
     assert data["capacity_rps"] > 0 and data["report"]["attainment"] >= 0.9
 
 
+def test_cli_capacity_of_one_looser_tier_alone(tmp_path):
+    """--only-tier batch: the batch requests alone, as the only class, and the capacity command's
+    second search is on that tier (it used to look for the dropped tightest tier and fail)."""
+    trace = tmp_path / "t.csv"
+    rows = ["arrived_at,num_prefill_tokens,num_decode_tokens"]
+    rows += [f"{i * 0.05:.3f},{200 + 37 * i % 900},{1 + 13 * i % 60}" for i in range(80)]
+    trace.write_text("\n".join(rows) + "\n")
+    tiers = ["--slo-tier", "interactive=0.5:1:0.05", "--slo-tier", "batch=0.5:30:0.25"]
+    common = ["--trace", str(trace), "--profile", "ref-linear-h100", "--nodes", "1", "--balancer", "pab", *tiers,
+              "--only-tier", "batch", "--seed", "1"]
+    cap = tmp_path / "cap.json"
+    result = CliRunner().invoke(app, ["capacity", *common, "--rel-tol", "0.2", "--json", str(cap)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(cap.read_text())
+    assert list(data["report"]["per_tier"]) == ["batch"] and data["tightest_tier"]["tier"] == "batch"
+    # nothing is held back for the dropped interactive tier: the held share refuses no batch request
+    runs = [json.loads(CliRunner().invoke(app, ["run", *common, "--rate-scale", "20", "--tier-hold-fraction", h,
+                                                "--json", str(tmp_path / f"h{h}.json")]).exit_code == 0 and
+                       (tmp_path / f"h{h}.json").read_text()) for h in ("0", "0.5")]
+    assert runs[0]["rejected"] == runs[1]["rejected"]
+
+
 def test_cli_refuses_bad_names():
     result = CliRunner().invoke(app, ["run", "--trace", "azure-code", "--balancer", "nope", "--duration-s", "1"])
     assert result.exit_code != 0

@@ -146,7 +146,8 @@ def capacity(
         if config.slo_tier:  # also: the highest rate at which the tightest tier alone meets its target
             from cluster.workload.tiers import parse_slo_tiers
 
-            tightest = min(parse_slo_tiers(config.slo_tier), key=lambda t: t.slo.priority).name
+            # (with --only-tier the kept tier is the only one run)
+            tightest = config.only_tier or min(parse_slo_tiers(config.slo_tier), key=lambda t: t.slo.priority).name
             tier_res = find_capacity(config, target=tightest_target, rel_tol=rel_tol, seeds=seeds, on_probe=on_probe,
                                      metric=f"per_tier.{tightest}.attainment")
     out = res.to_dict()
@@ -157,7 +158,8 @@ def capacity(
         console.print(_headline(out["report"]))
     if tier_res is not None:
         out["tightest_tier"] = {"tier": tightest, "target": tightest_target, **tier_res.to_dict()}
-        console.print(f"{tightest} alone meets {tightest_target:.0%} up to {tier_res.capacity_rps} req/s")
+        console.print(f"{tightest} alone meets {tightest_target:.0%} up to {tier_res.capacity_rps} req/s "
+                      f"(rate scale {tier_res.capacity_rate_scale})")
     _write_json(json_out, out)
 
 

@@ -72,11 +72,11 @@ class SimConfig:
     lend: str = _opt("always", "FairBatching: which prefills a decode ahead of its envelope yields to: always (every prefill, the paper's order) or at-risk (only prefills whose deadline is at risk).")
     relegate: str = _opt("doomed", "FairBatching: serve requests that can no longer attain last: doomed (also prefills that cannot make it even alone; measured best, bench/results/NODE-POLICY.md), lost (first-token deadline passed) or none (the paper's EDF).")
     refit: bool = _opt(False, "Nodes refit their planning model online from the true step times (OnlineRefit).")
-    token_budget: int | None = _opt(None, "vllm/sarathi token budget per step (sarathi default: from the TPOT SLO).")
+    token_budget: int | None = _opt(None, "vllm, vllm-priority and sarathi: token budget per step (sarathi default: from the TPOT SLO); the node's PAB plans with it, as a live vLLM host reports it as max_num_batched_tokens.")
     # SLOs
     ttft_slo_s: float | None = _opt(None, "TTFT SLO in seconds (default: the profile's, 1 s on the shipped GPU profiles).", "--ttft-slo")
     slo_tier: tuple[str, ...] = _opt((), "SLO tier NAME=SHARE:TTFT_S:TPOT_S, repeatable (e.g. --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25): each request gets a tier by seed and is held to its SLOs; the report adds per_tier.")
-    only_tier: str | None = _opt(None, "With --slo-tier: after every request is given its tier, simulate only the requests of this tier (the others dropped, as if fully shed before they arrived): the bound the tier has on its own at the same arrivals.")
+    only_tier: str | None = _opt(None, "With --slo-tier: after every request is given its tier, simulate only the requests of this tier, as the only class (the others dropped, as if fully shed before they arrived): the bound the tier has on its own at the same arrivals. Rates reported are that tier's own.")
     tier_hold_fraction: float = _opt(0.0, "With --slo-tier: requests of every tier but the tightest must leave this share of a node's idle budget untouched (held for the tightest tier; PAB balancer only).")
     tier_shed_s: float | None = _opt(None, "With --slo-tier: after a request of the tightest tier is refused, refuse every request of the other tiers for this long, seconds (default: the tightest tier's TTFT SLO, as the serving layer; 0: off).")
     tpot_slo_s: float | None = _opt(None, "TPOT SLO in seconds (default: the profile's, 50 ms on the shipped GPU profiles).", "--tpot-slo")
@@ -86,7 +86,7 @@ class SimConfig:
     admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO by the planning model, (ttft - a) / b, or with the prefill-attention term the root of a + b * L + e * L^2 / 2 = ttft).")
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
     pab_horizon_fraction: float = _opt(1.0, "PAB's horizon as a share of the TTFT SLO (the serving layer's pab_horizon_fraction, 0.6 there: the rest is the way back and the tail; 1: the whole SLO, the recorded simulator results).")
-    pab_lent_slack: bool = _opt(False, "FairBatching nodes: PAB's time limit takes off the slack decodes lend to prefills within the horizon (a decode whose next token is due in s seconds reserves 1 - s/H of its steps; node.core.pab, lent_decode_slack). No effect on other schedulers.")
+    pab_lent_slack: bool = _opt(False, "FairBatching nodes: PAB's time limit takes off the slack decodes lend to prefills (a decode whose next token is due in s seconds, on the envelope the node paces to, reserves its steps only for the part of the prefill window after s; none while seat pressure has the node serve every decode; node.core.pab, lent_decode_slack). Closed-form PAB only; no effect on other schedulers. Off: measured +1-2 % behind PAB without classes, a little worse for the interactive class with them (bench/results/NODE-POLICY.md).")
     pab_fit: str = _opt("largest", "PAB placement: largest budget, or best fit.")
     pab_reject: bool = _opt(True, "PAB placement rejects when no node has budget for the request.")
     pab_cache_affinity: float = _opt(0.0, "PAB placement: among nodes with room, rank by PAB - (1 + this) x the request's uncached tokens there (0: the largest budget left; larger: prefer the node caching more of the prompt).")
@@ -150,6 +150,8 @@ class SimConfig:
             raise ValueError(f"pab_fit must be largest or best, got {self.pab_fit!r}")
         if self.nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.pab_lent_slack and self.pab_variant != "closed":
+            raise ValueError(f"pab_lent_slack needs --pab-variant closed (the {self.pab_variant} variant has no lent slack)")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if (self.ttft_slo_s is not None and not self.ttft_slo_s > 0) or (

@@ -99,6 +99,10 @@ def simulate(
     model = replace(profile.step_model_as(cfg.step_model), host_s=host_s if cfg.host_in_model else 0.0)
     slo = cfg.slo_on(profile.default_slo)
     tiers = parse_slo_tiers(cfg.slo_tier) if cfg.slo_tier else ()
+    drawn = tiers  # every tier takes part in the draw, so --only-tier keeps the same requests
+    if cfg.only_tier is not None:  # that tier on its own: the only class, so the tightest (nothing held for others)
+        kept = next(t for t in tiers if t.name == cfg.only_tier)
+        tiers = (replace(kept, slo=replace(kept.slo, priority=0)),)
     # Admission by tier as the ingress applies it (no bounds on the targets: the trace sets them).
     classes = SLOClasses(tiers={t.name: t.slo for t in tiers}, floors={t.name: t.slo for t in tiers},
                          default=tiers[0].name, hold_fraction=cfg.tier_hold_fraction) if tiers else None
@@ -175,6 +179,13 @@ def simulate(
     def on_finish(req: SimRequest) -> None:
         balancer.release(req.key)
 
+    def lends_decode_slack(live: int) -> bool:
+        # A FairBatching node lends its decodes' slack to prefills, unless it holds so many requests
+        # that seat pressure has it serve every decode each step.
+        if not (cfg.pab_lent_slack and cfg.scheduler == "fairbatching"):
+            return False
+        return cfg.seat_pressure is None or live < cfg.seat_pressure * max_num_seqs
+
     def node_pab(states, now_s, kv_free, budget_slo=pab_slo, **node_knows):
         # The node's own knowledge (expected output, correction, front delay) beside the engine's caps;
         # budget_slo: the SLO whose TTFT is the horizon (a looser tier's for its own budget).
@@ -184,7 +195,7 @@ def simulate(
             kv_free_tokens=kv_free, default_tpot_s=budget_slo.tpot_s, anchor=anchor,
             max_num_batched_tokens=pab_batched_tokens, max_num_seqs=max_num_seqs,
             paced_decodes=cfg.scheduler == "fairbatching",
-            lent_decode_slack=cfg.pab_lent_slack and cfg.scheduler == "fairbatching", **node_knows,
+            lent_decode_slack=lends_decode_slack(len(states)), decode_pace=1.0 - cfg.tpot_margin, **node_knows,
         )
 
     # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
@@ -223,7 +234,9 @@ def simulate(
 
     scale = cfg.rate_scale  # same arithmetic as workload.scale_rate: arrivals divided by the scale
     if tiers:  # each request held to its tier's SLOs, drawn by seed
-        slos = [t.slo for t in assign_tiers(len(workload.requests), tiers, cfg.seed)]
+        slos = [t.slo for t in assign_tiers(len(workload.requests), drawn, cfg.seed)]
+        if cfg.only_tier is not None:  # the kept tier's requests, held to its SLO as the only class
+            slos = [tiers[0].slo if s.tier == cfg.only_tier else s for s in slos]
     else:
         slos = [slo] * len(workload.requests)
     # Only the prompt's full prefix blocks are named (a clipped prompt loses the blocks past its end).

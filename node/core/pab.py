@@ -35,6 +35,10 @@ all three, in prompt tokens of one more request of the typical output length:
   prompts: each one still brings a decode for its whole output. No slot, no
   budget.
 
+On a node that lends its decodes' slack to prefills (``lent_decode_slack``,
+FairBatching's batch order), the time limit's decode reservation counts a decode
+only over the part of the prefill window after its next token is due.
+
 ``PAB`` is the smallest of these; ``PABReport.binding`` names which one binds.
 ``recovery_tps`` says how fast the binding limit grows back when nothing new is
 admitted (the balancer's Retry-After: ``(L - PAB) / recovery_tps``), and
@@ -61,7 +65,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, Sequence
 
-from node.core.envelope import Anchor, slack_s
+from node.core.envelope import Anchor, slack_s, slacks_s
 from node.core.request import RequestState
 from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.validation import check_at_least, check_finite, check_int, check_positive
@@ -130,11 +134,17 @@ class PABInputs:
       The closed form only (``estimate_pab``).
     * ``lent_decode_slack``: the node lends a decode's slack to prefills
       (FairBatching's batch order: prefills before decodes ahead of their
-      envelope), so within the horizon a decode whose next token is due in
-      ``s`` seconds takes its steps for only ``H - s`` of the ``H``: the time
-      limit reserves ``max(0, 1 - s / H)`` of it. The decode and slot limits
-      (the whole life) are unchanged. Only with ``paced_decodes``; the closed
-      form only.
+      envelope). A new prompt is prefilled in the window from the front delay
+      ``d`` to the horizon ``H``; a decode whose next token is due in ``s``
+      seconds (on the envelope the node paces to, ``decode_pace`` x its TPOT
+      a token) needs its steps for only the part of that window after ``s``:
+      the time limit reserves ``(H - max(s, d)) / (H - d)`` of it, clamped to
+      [0, 1], and all of it when the window is empty. The decode and slot
+      limits (the whole life) are unchanged. Only with ``paced_decodes``; the
+      closed form only.
+    * ``decode_pace`` (in (0, 1]): the fraction of its TPOT SLO at which the
+      node plans a decode's deadlines (FairBatching's ``1 - tpot_margin``);
+      the envelope ``lent_decode_slack`` measures slack against.
 
     Raises ``ValueError`` naming the field on a non-finite clock, a horizon or
     TPOT <= 0, KV free that is not an integer >= 0, a correction <= 0 or a
@@ -156,11 +166,14 @@ class PABInputs:
     due_within_s: float | None = None
     paced_decodes: bool = False
     lent_decode_slack: bool = False
+    decode_pace: float = 1.0
 
     def __post_init__(self) -> None:
         check_finite("now_s", self.now_s)
         if self.lent_decode_slack and not self.paced_decodes:
             raise ValueError("lent_decode_slack needs paced_decodes: a decode-first node runs every decode every step")
+        if not 0 < self.decode_pace <= 1:
+            raise ValueError(f"decode_pace must be in (0, 1], got {self.decode_pace!r}")
         check_positive("horizon_s", self.horizon_s)
         check_positive("default_tpot_s", self.default_tpot_s)
         check_int("kv_free_tokens", self.kv_free_tokens, minimum=0)
@@ -300,18 +313,25 @@ class DecodeLoad(NamedTuple):
 
 def _lifetime_decode_load(
     requests: Sequence[RequestState], expected_output_tokens: float | None, tau_s: float, paced: bool,
-    lend_within_s: float | None = None, now_s: float = 0.0, anchor: Anchor = Anchor.ARRIVAL,
+    lend_window_s: tuple[float, float] | None = None, now_s: float = 0.0, anchor: Anchor = Anchor.ARRIVAL,
+    pace: float = 1.0,
 ) -> DecodeLoad:
     """Every live request as a decode at its average context over the rest of its life.
 
     ``paced``: each request counts ``tau_s / its TPOT SLO`` of a decode per step of ``tau_s``
     (a decode paced to a looser TPOT runs in that share of the steps), so ``n`` and ``C`` are
-    weighted sums; else every request decodes every step (weight 1). ``lend_within_s``: the
-    horizon (seconds) over which a decode already running lends its slack ``s`` (its next token
-    due ``s`` seconds after ``now_s`` on the ``anchor``'s envelope): it counts ``max(0, 1 - s / H)``
-    of its weight in ``horizon_n`` and ``horizon_context_tokens``. Queued prompts count whole.
+    weighted sums; else every request decodes every step (weight 1). ``lend_window_s``: the
+    window ``(start, end)``, seconds after ``now_s``, in which a new prompt is prefilled; a decode
+    already running whose next token is due ``s`` seconds after ``now_s`` (on the ``anchor``'s
+    envelope at ``pace`` x its TPOT a token) needs its steps only after ``s``, so it counts
+    ``(end - max(s, start)) / (end - start)`` of its weight (clamped to [0, 1]; 1 for an empty
+    window) in ``horizon_n`` and ``horizon_context_tokens``. Queued prompts count whole.
     """
     n, ctx, steps, n_h, ctx_h = 0.0, 0.0, 0.0, 0.0, 0.0
+    lending = lend_window_s is not None and lend_window_s[1] > lend_window_s[0]
+    if lending:
+        start, end = lend_window_s
+        slack = iter(slacks_s([r for r in requests if not r.is_prefill], now_s, anchor, pace))
     for r in requests:
         rem = _remaining_output(r, expected_output_tokens)
         w = min(1.0, tau_s / r.slo.tpot_s) if paced else 1.0
@@ -320,8 +340,8 @@ def _lifetime_decode_load(
         ctx += w * avg_ctx
         steps += rem
         share = 1.0
-        if lend_within_s is not None and not r.is_prefill:
-            share = 0.0 if lend_within_s <= 0 else min(1.0, max(0.0, 1.0 - slack_s(r, now_s, anchor) / lend_within_s))
+        if lending and not r.is_prefill:
+            share = min(1.0, max(0.0, (end - max(next(slack), start)) / (end - start)))
         n_h += w * share
         ctx_h += w * share * avg_ctx
     count = len(requests)
@@ -377,8 +397,9 @@ def estimate_pab(requests: Sequence[RequestState], model: StepTimeModel, now_s: 
     fixed, b, c = sf * model.fixed_s, sf * model.b_s_per_token, sf * model.c_s_per_context_token
     tau = _reference_step_s(requests, inputs.default_tpot_s)
     effective_h = inputs.effective_horizon_s
+    window = (min(inputs.front_delay_s, inputs.horizon_s), inputs.horizon_s) if inputs.lent_decode_slack else None
     load = _lifetime_decode_load(requests, expected_output_tokens, tau, inputs.paced_decodes,
-                                 effective_h if inputs.lent_decode_slack else None, now_s, inputs.anchor)
+                                 window, now_s, inputs.anchor, inputs.decode_pace)
     n, ctx, mean_steps_left = load.n, load.context_tokens, load.mean_steps_left
     t_dec = b * n + c * ctx
     # The prefill rate within the horizon: the decodes' reservation less the slack they lend.
