@@ -9,12 +9,15 @@
 #     order (edf, arrival, fifo): interactive attainment and refusals, batch attainment.
 # Writes one JSON per run (the per-node PAB timelines dropped from the runs at 1.5x) and prints both
 # tables (median and range over seeds).
+# SIM_FLAGS: simulator flags for every run; default the settings the recorded results ran with (before
+# 2026-12-01: seats counted by the plan's cap only, 256 on H100); SIM_FLAGS= runs the current defaults.
+# QUEUES: the queue arms at 1.5x (default: every one), e.g. QUEUES="none edf0.1".
 #   bash bench/tiers_queue.sh [OUT_DIR]      # ~15 min on 2 cores
 set -euo pipefail
 out=${1:-bench/results/sim/tiers-queue-8}
 mkdir -p "$out/capacity" "$out/at-1.5x"
-# (as recorded, before 2026-12-01: seats counted by the plan's cap only, 256 seats on the H100 profile)
-common=(--no-seats-as-vllm --max-num-seqs 256 --trace azure-code --profile h100-llama3-8b --nodes 8
+read -r -a sim_flags <<< "${SIM_FLAGS---no-seats-as-vllm --max-num-seqs 256}"
+common=("${sim_flags[@]}" --trace azure-code --profile h100-llama3-8b --nodes 8
         --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25)
 fb=(--scheduler fairbatching --seat-pressure 0.8 --balancer pab --tier-hold-fraction 0.1)
 declare -A cap_arms=(
@@ -50,6 +53,7 @@ at() {  # arm seed
   [ -s "$f" ] || fairbatching sim run "${common[@]}" "${fb[@]}" ${at_arms[$1]} --seed "$2" --rate-scale "$scale" \
       --json "$f" > "${f%.json}.log" 2>&1
 }
+[ -n "${QUEUES:-}" ] && for a in "${!at_arms[@]}"; do [[ " $QUEUES " == *" $a "* ]] || unset "at_arms[$a]"; done
 for arm in "${!at_arms[@]}"; do
   at "$arm" 0 & at "$arm" 1 & wait
   at "$arm" 2
