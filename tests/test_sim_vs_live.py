@@ -171,3 +171,31 @@ def test_the_recorded_checks_tabulate_with_the_serving_paths_cpu_where_it_was_mo
     assert len(rows) == len(own_rows) == 3
     assert all(row.split("|")[2].strip().split("; ")[-1] != "-" for row in rows)  # the CPU per request, in ms
     assert all(row.split("|")[2].strip().endswith("; -") for row in own_rows)  # no shared host then
+
+
+def test_a_recorded_check_resimulated_with_its_settings_reproduces_its_simulated_side(tmp_path):
+    """--resimulate runs the simulator side of a recorded check again against its live runs: with the
+    settings it was recorded with (seats counted by the plan's cap, before 2026-12-01) it gives the
+    recorded simulated figures exactly; the command refuses to overwrite the recorded checks."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cluster.bench.sim_vs_live import resimulate
+    from cluster.cli.main import app
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    recorded = json.loads((root / "azure-code-600-seed1.json").read_text())
+    again = resimulate(recorded, seats_as_vllm=False)
+    for old, new in zip(recorded["rows"], again.rows):
+        assert new["rate_scale"] == old["rate_scale"] and new["live"] == old["live"]
+        for key in ("attainment", "ttft_p50", "rejected", "requests"):
+            assert new["sim"][key] == pytest.approx(old["sim"][key], rel=1e-9), key
+    for load, v in again.verdict().items():
+        assert v["holds"] == recorded["verdict"][load]["holds"]
+        assert v["attainment_gap_pts"] == pytest.approx(recorded["verdict"][load]["attainment_gap_pts"], rel=1e-9)
+    with pytest.raises(ValueError, match="not a recorded sim-vs-live check"):
+        resimulate({"rows": []})
+    refused = CliRunner().invoke(app, ["bench", "sim-vs-live", "--resimulate", str(root), "--out-dir", str(root)])
+    assert refused.exit_code == 2 and "overwrite" in refused.output

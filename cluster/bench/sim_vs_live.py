@@ -474,6 +474,35 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
     return result
 
 
+def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
+    """A recorded check (the JSON ``run_local``'s result is written as) with its simulator side run
+    again by the simulator as it is now, against the same live runs: the same calibrated profile,
+    client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
+    top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01).
+    The simulated capacity is found again (for the record; the rows keep the rate scales the live
+    runs ran at). Raises ``ValueError`` for a document that is not a recorded check, or whose
+    calibrated profile file is missing."""
+    from cluster.sim.simulator import simulate
+
+    if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
+        raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
+    cal = recorded["calibration"]
+    if not Path(cal["profile"]).exists():
+        raise ValueError(f"the check's calibrated profile {cal['profile']} is missing")
+    cfg = SimLiveConfig(**recorded["config"])
+    serve = ServeConfig.model_validate(recorded["serve_config"])
+    host = HostCPU(**cal["shared_host"]) if cal.get("shared_host") else None
+    base = replace(sim_config_for(serve, cfg, cal["profile"], start_s=cfg.start_s, client_path_s=cal["client_path_s"],
+                                  host=host), **sim_overrides)
+    window = _window(cfg, cfg.start_s, cfg.duration_s)
+    result = SimLiveResult(recorded.get("machine", ""), recorded["config"], recorded["serve_config"],
+                           calibration=cal, capacity=simulated_capacity(base, cfg, window))
+    for row in recorded["rows"]:
+        sim_result = simulate(replace(base, rate_scale=row["rate_scale"]), workload=window)
+        result.rows.append({**row, "sim": {**_kept(sim_result.report), "engines": _sim_engines(sim_result)}})
+    return result
+
+
 def _host_cost(host: dict) -> str:
     """A recorded ``HostCPU``'s costs in ms: per request, or served / refused."""
     if host.get("cpu_s_per_refusal") is None:

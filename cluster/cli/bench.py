@@ -239,6 +239,12 @@ def sim_vs_live(
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
                                                          "recorded in this folder (*.json with a verdict)."),
+    resimulate: Optional[Path] = typer.Option(None, help="Run no live load: the simulator side of the checks recorded "
+                                                         "in this folder (*.json with a verdict) again, with the "
+                                                         "simulator as it is now, against their live runs; prints the "
+                                                         "table and writes each to --out-dir."),
+    seats_as_vllm: bool = typer.Option(True, help="With --resimulate: count seats as vLLM does (the simulator's "
+                                                  "default; checks recorded before 2026-12-01 ran without)."),
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
@@ -248,8 +254,28 @@ def sim_vs_live(
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
-    from cluster.bench.sim_vs_live import SimLiveConfig, run_local, summary_markdown
+    from cluster.bench.sim_vs_live import SimLiveConfig, resimulate as resimulate_check, run_local, summary_markdown
 
+    if resimulate is not None:
+        recorded = [(p, json.loads(p.read_text())) for p in sorted(resimulate.glob("*.json"))]
+        recorded = [(p, r) for p, r in recorded if "verdict" in r]
+        if not recorded:
+            raise typer.BadParameter(f"no recorded check (*.json with a verdict) in {resimulate}", param_hint="--resimulate")
+        if out_dir.resolve() == resimulate.resolve():
+            raise typer.BadParameter("would overwrite the recorded checks: give another --out-dir", param_hint="--out-dir")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        done = []
+        for path, rec in recorded:
+            try:
+                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm)
+            except ValueError as exc:
+                raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
+            doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
+                   "resimulated_with": {"seats_as_vllm": seats_as_vllm}}
+            (out_dir / path.name).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+            done.append(doc)
+        print(summary_markdown(done))
+        return
     if summary_of is not None:
         found = [json.loads(p.read_text()) for p in sorted(summary_of.glob("*.json"))]
         checks = [r for r in found if "verdict" in r]
