@@ -257,6 +257,14 @@ def test_tool_calls_with_the_configured_parser(cluster):
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "w1"}], "top_logprobs": 50,
                               "logprobs": True}, "logprobs"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "w1"}], "tools": [{"type": "function"}]}, None),
+    # content parts vLLM's models accept but its render step cannot read (were 500s, found by the fuzz test)
+    ("/v1/chat/completions", {"messages": [{"role": "r", "content": [{"type": "audio_embeds", "audio_embeds": 1.5}]}]},
+     "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "r", "content": [{"type": "audio_embeds",
+                                                                        "audio_embeds": {"a": [None, False]}}]}]},
+     "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "r", "content": [{"type": "image_embeds", "image_embeds": [[1]]}]}]},
+     "messages"),
 ])
 def test_client_mistakes_get_400_in_the_openai_error_object(cluster, path, body, param):
     import openai
@@ -269,6 +277,14 @@ def test_client_mistakes_get_400_in_the_openai_error_object(cluster, path, body,
     assert set(detail) >= {"message", "type", "param", "code"} and detail["message"], detail
     if param is not None:
         assert err.value.param is not None and err.value.param.endswith(param), detail
+
+
+@pytest.mark.timeout(120)
+def test_tokenize_answers_400_for_messages_it_cannot_render(cluster):
+    body = {"model": MODEL, "messages": [{"role": "r", "content": [{"type": "audio_embeds", "audio_embeds": 1.5}]}]}
+    r = cluster.post("/tokenize", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert cluster.post("/tokenize", json={"model": MODEL, "prompt": "w1 w2"}).status_code == 200
 
 
 @pytest.mark.timeout(120)

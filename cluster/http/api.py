@@ -43,7 +43,7 @@ import uuid
 from http import HTTPStatus
 from dataclasses import dataclass, replace
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -106,6 +106,22 @@ def rejected(retry_after_s: float, reason: str) -> APIError:
 
 def unavailable(message: str) -> APIError:
     return APIError(503, message)
+
+
+#: What vLLM's render step raises on a request body its models accept but cannot render (a chat
+#: content part of a known ``type`` whose fields are of the wrong shape, say): client input.
+RENDER_INPUT_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+async def render_or_400(render: Callable[..., Awaitable[Any]], request: Any, raw_request: Any, param: str) -> Any:
+    """``await render(request, raw_request)``; a ``RENDER_INPUT_ERRORS`` exception from it becomes
+    ``APIError`` 400 naming ``param`` (logged with its traceback), never a 500: the render step reads
+    only the request, so what it cannot render is the request's fault. Other exceptions pass."""
+    try:
+        return await render(request, raw_request)
+    except RENDER_INPUT_ERRORS as exc:
+        logger.warning("a request's %s could not be rendered", param, exc_info=True)
+        raise invalid(param, f"{param} could not be rendered: {type(exc).__name__}: {exc}") from None
 
 
 def arrival_stamp(headers, now_s: float, trusted: bool = True) -> float:
@@ -707,7 +723,8 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
 
         @app.post("/tokenize", dependencies=json_only)
         async def tokenize(self, request: TokenizeRequest, raw_request: Request):
-            out = await self.state.serving_tokenization.create_tokenize(request, raw_request)
+            out = await render_or_400(self.state.serving_tokenization.create_tokenize, request, raw_request,
+                                      "messages" if hasattr(request, "messages") else "prompt")
             return _error_response(out.model_dump()) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
 
         @app.post("/detokenize", dependencies=json_only)
@@ -718,14 +735,14 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
         @app.post("/v1/completions", dependencies=json_only)
         async def v1_completions(self, request: CompletionRequest, raw_request: Request):
             self.stamp(request, raw_request.headers)
-            rendered = await self.render.render_completion_request(request, raw_request)
+            rendered = await render_or_400(self.render.render_completion_request, request, raw_request, "prompt")
             return await self.run_rendered(COMPLETION, request, rendered, lambda: [r.token_ids for r in rendered])
 
         @app.post("/v1/chat/completions", dependencies=json_only)
         async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
             listed_iterables(request.messages)  # before the render step reads them (one pass only)
             self.stamp(request, raw_request.headers)
-            rendered = await self.render.render_chat_request(request, raw_request)
+            rendered = await render_or_400(self.render.render_chat_request, request, raw_request, "messages")
             return await self.run_rendered(CHAT, request, rendered, lambda: [rendered.token_ids])
 
     return OpenAIIngress
