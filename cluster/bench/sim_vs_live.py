@@ -364,6 +364,14 @@ def _kept(report: dict) -> dict:
     return {k: report.get(k) for k in KEPT + ("engines", "host_cores_used") if k in report}
 
 
+def _simulated_row(base: SimConfig, rate_scale: float, window: Workload) -> dict[str, Any]:
+    """The simulator's side of one load: its report's kept fields and its engines' medians."""
+    from cluster.sim.simulator import simulate
+
+    result = simulate(replace(base, rate_scale=rate_scale), workload=window)
+    return {**_kept(result.report), "engines": _sim_engines(result)}
+
+
 def _sim_engines(result: Any) -> dict[str, Any]:
     """The simulated nodes' counterparts of the polled PAB inputs, medians over their timelines while
     arrivals came (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction, binding)."""
@@ -453,8 +461,7 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                  f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
         for i, m in enumerate(cfg.multiples):
             scale = m * scale1
-            sim_result = simulate(replace(base, rate_scale=scale), workload=window)
-            sim = {**_kept(sim_result.report), "engines": _sim_engines(sim_result)}
+            sim = _simulated_row(base, scale, window)
             lives = []
             for k in range(cfg.repeats):
                 time.sleep(5.0)  # the last run's stragglers drain
@@ -482,8 +489,6 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
     runs ran at). Raises ``ValueError`` for a document that is not a recorded check, or whose
     calibrated profile file is missing."""
-    from cluster.sim.simulator import simulate
-
     if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
         raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
     cal = recorded["calibration"]
@@ -498,8 +503,7 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
     result = SimLiveResult(recorded.get("machine", ""), recorded["config"], recorded["serve_config"],
                            calibration=cal, capacity=simulated_capacity(base, cfg, window))
     for row in recorded["rows"]:
-        sim_result = simulate(replace(base, rate_scale=row["rate_scale"]), workload=window)
-        result.rows.append({**row, "sim": {**_kept(sim_result.report), "engines": _sim_engines(sim_result)}})
+        result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window)})
     return result
 
 

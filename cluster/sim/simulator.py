@@ -117,8 +117,8 @@ def simulate(
     max_num_batched_tokens = profile.max_num_batched_tokens or 8192
     # What a node's PAB may plan per step: the engine's cap, or a static token budget below it (a vLLM
     # or Sarathi node runs at its budget, and a live host reports that budget as max_num_batched_tokens).
-    static_budget = cfg.scheduler_knobs(0).get("token_budget")
-    pab_batched_tokens = min(max_num_batched_tokens, static_budget or max_num_batched_tokens)
+    knobs = cfg.scheduler_knobs(tile_tokens_of(profile))
+    pab_batched_tokens = min(max_num_batched_tokens, knobs.get("token_budget") or max_num_batched_tokens)
 
     # Prefix caching, when the trace names its prompts' blocks: a cache per node, and the balancer's
     # estimate of them (a PrefixIndex of what it placed where) unless it is to charge every token.
@@ -203,7 +203,7 @@ def simulate(
     nodes = [
         SimNode(
             i, loop,
-            make_policy(cfg.scheduler, model, **cfg.scheduler_knobs(tile_tokens_of(profile))),
+            make_policy(cfg.scheduler, model, **knobs),
             TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i), host_s=host_s),
             pool,
             max_num_seqs=max_num_seqs,
