@@ -18,7 +18,7 @@ $(BIN)/python:
 # torchvision/torchaudio/torchcodec come in as CUDA builds and break `import vllm` on CPU.
 $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/pip install -q -c $(LOCK) torch==2.13.0
-	$(BIN)/pip install -q -c $(LOCK) -e '.[engine-cpu,serve,observability,bench,test]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[engine-cpu,serve,observability,test]'
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

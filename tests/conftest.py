@@ -64,6 +64,7 @@ limits_strategy = st.builds(
     max_num_batched_tokens=st.integers(1, 8192),
     kv_blocks_free=st.integers(0, 2000),
     block_size=st.sampled_from([1, 16]),
+    kv_blocks_total=st.one_of(st.none(), st.integers(2000, 4000)),
 )
 
 models = st.builds(

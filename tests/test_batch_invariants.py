@@ -18,6 +18,7 @@ fairbatching_knobs = st.fixed_dictionaries(
         "budget_floor": st.booleans(),
         "lend": st.sampled_from(["always", "at-risk"]),
         "seat_pressure": st.sampled_from([None, 0.5]),
+        "kv_pressure": st.sampled_from([None, 0.5]),
     }
 )
 

@@ -54,6 +54,27 @@ def test_under_seat_pressure_a_decode_ahead_of_its_envelope_is_served_anyway():
         make_policy("fairbatching", REF_MODEL, seat_pressure=1.5)
 
 
+def test_under_kv_pressure_a_decode_ahead_of_its_envelope_is_served_anyway():
+    # The same step again, on a node with seats to spare whose KV cache is 60 % allocated: with
+    # kv_pressure 0.5 the ahead decode runs (finishing it gives its KV back); at 40 % it is paced.
+    now = 50.0
+    tight = RequestState("tight", now - 1.0, 500, SLO(1.0, 0.03), computed_tokens=500, output_tokens=10,
+                         first_token_s=now - 0.7)
+    reqs = [ahead_decode(now), tight] + prefill_burst(now)
+    policy = make_policy("fairbatching", REF_MODEL, anchor="first-token", kv_pressure=0.5)
+    full = Limits(max_num_seqs=256, max_num_batched_tokens=8192, kv_blocks_free=4000, kv_blocks_total=10000)
+    pressed = policy.plan(reqs, full, now)
+    assert "ahead" in pressed.decode_ids and pressed.urgent_decodes == 2
+    roomy = Limits(max_num_seqs=256, max_num_batched_tokens=8192, kv_blocks_free=6000, kv_blocks_total=10000)
+    assert "ahead" not in policy.plan(reqs, roomy, now).decode_ids
+    unknown = Limits(max_num_seqs=256, max_num_batched_tokens=8192, kv_blocks_free=4000)  # total not given
+    assert "ahead" not in policy.plan(reqs, unknown, now).decode_ids
+    with pytest.raises(ValueError, match="kv_pressure"):
+        make_policy("fairbatching", REF_MODEL, kv_pressure=0.0)
+    with pytest.raises(ValueError, match="kv_blocks_total"):
+        Limits(kv_blocks_total=0)
+
+
 @pytest.mark.parametrize("baseline", ["vllm", "sarathi"])
 def test_the_baselines_never_let_a_decode_yield(baseline):
     now = 50.0

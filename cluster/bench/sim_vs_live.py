@@ -107,7 +107,7 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
                          f"scheduler {serve.scheduler!r}, router {serve.router!r}")
     knobs = dict((serve.node_config or {}).get("knobs", {}))
     own = {"tpot_margin", "relegate", "lend", "urgency", "budget_floor", "min_chunk_tokens", "seat_pressure",
-           "chunk_align_tokens"}
+           "kv_pressure", "chunk_align_tokens"}
     unknown = sorted(set(knobs) - own)
     if unknown:
         raise ValueError(f"node_config knobs the simulator has no flag for: {', '.join(unknown)}")

@@ -67,6 +67,7 @@ class SimConfig:
     budget_floor: bool = _opt(True, "FairBatching: floor the time budget at the minimum TPOT.")
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
     seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
+    kv_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once this fraction of the node's KV cache blocks is allocated.")
     tpot_margin: float = _opt(0.2, "FairBatching: plan decode deadlines at (1 - this) x the TPOT SLO, a guard band against steps longer than predicted (0.2: the serving layer's default, measured best with relegation and alignment, bench/results/NODE-POLICY.md).")
     chunk_align_tokens: int | None = _opt(None, "FairBatching: trim a prefill chunk the budget cut short so the step's tokens are a multiple of this (GEMM tile quantization; 0: off). Default: 256 on a profile with measured operator times (the GPU profiles; measured best, bench/results/NODE-POLICY.md), 0 on one whose truth is its own smooth model.")
     lend: str = _opt("always", "FairBatching: which prefills a decode ahead of its envelope yields to: always (every prefill, the paper's order) or at-risk (only prefills whose deadline is at risk).")
@@ -220,6 +221,7 @@ class SimConfig:
                 "budget_floor": self.budget_floor,
                 "min_chunk_tokens": self.min_chunk_tokens,
                 "seat_pressure": self.seat_pressure,
+                "kv_pressure": self.kv_pressure,
                 "relegate": self.relegate,
                 "tpot_margin": self.tpot_margin,
                 "lend": self.lend,

@@ -272,7 +272,7 @@ class SimNode:
             self._make_room_for_decodes()
         plan = self.policy.plan(
             self._plannable(),
-            Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size),
+            Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size, self.pool.total_blocks),
             now_s,
         )
         while plan.is_empty:
@@ -284,7 +284,7 @@ class SimNode:
                 return
             plan = self.policy.plan(
                 self._plannable(),
-                Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size),
+                Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size, self.pool.total_blocks),
                 now_s,
             )
         self.last_budget_s = plan.budget_s

@@ -30,6 +30,7 @@ from cluster.sim.true_step_time import TrueStepTime
 from cluster.workload.traces import Workload, load_named, prepare
 from node.core.envelope import Anchor
 from node.core.pab import estimate_pab, estimate_pab_edf
+from node.core.request import SLO
 from node.fit.step_time_fit import OnlineRefit
 from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate
 from node.core.policies import make_policy
@@ -57,6 +58,37 @@ class SimResult:
     report: dict
     requests: list[SimRequest] = field(repr=False)
     timelines: dict[int, list] = field(repr=False)
+
+
+def run_tiers(cfg: SimConfig) -> tuple:
+    """The SLO tiers the run holds requests to (``SLOTier``s, tightest first; empty without ``--slo-tier``):
+    with ``only_tier``, that tier alone as the only class (priority 0: nothing held for others)."""
+    tiers = parse_slo_tiers(cfg.slo_tier) if cfg.slo_tier else ()
+    if cfg.only_tier is not None:
+        kept = next(t for t in tiers if t.name == cfg.only_tier)
+        tiers = (replace(kept, slo=replace(kept.slo, priority=0)),)
+    return tiers
+
+
+def sim_requests(cfg: SimConfig, workload: Workload, slo: SLO) -> list[SimRequest]:
+    """The run's requests, in arrival order: the workload's (unscaled) requests with arrivals divided by
+    ``cfg.rate_scale`` (as ``workload.scale_rate``), each held to ``slo`` or, with ``--slo-tier``, to
+    the tier drawn for it by ``cfg.seed`` (every tier takes part in the draw, so ``--only-tier`` keeps
+    the same requests, then only the kept tier's). Prefix block hashes are kept when the trace names
+    them (only the prompt's full blocks: a clipped prompt loses the blocks past its end)."""
+    tiers = run_tiers(cfg)
+    if tiers:
+        slos = [t.slo for t in assign_tiers(len(workload.requests), parse_slo_tiers(cfg.slo_tier), cfg.seed)]
+        if cfg.only_tier is not None:  # the kept tier's requests, held to its SLO as the only class
+            slos = [tiers[0].slo if s.tier == cfg.only_tier else s for s in slos]
+    else:
+        slos = [slo] * len(workload.requests)
+    prefix_block = cfg.prefix_block_tokens
+    prefix_caching = any(r.hash_ids for r in workload.requests)
+    scale = cfg.rate_scale
+    return [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s,
+                       r.hash_ids[:r.prompt_tokens // prefix_block] if prefix_caching else ())
+            for r, s in zip(workload.requests, slos) if cfg.only_tier is None or s.tier == cfg.only_tier]
 
 
 def idle_prefill_cap(cfg: SimConfig, profile: Profile) -> int:
@@ -98,11 +130,7 @@ def simulate(
     # The nodes plan (and budget) with the profile's model and the host time, as a cadence fit gives it.
     model = replace(profile.step_model_as(cfg.step_model), host_s=host_s if cfg.host_in_model else 0.0)
     slo = cfg.slo_on(profile.default_slo)
-    tiers = parse_slo_tiers(cfg.slo_tier) if cfg.slo_tier else ()
-    drawn = tiers  # every tier takes part in the draw, so --only-tier keeps the same requests
-    if cfg.only_tier is not None:  # that tier on its own: the only class, so the tightest (nothing held for others)
-        kept = next(t for t in tiers if t.name == cfg.only_tier)
-        tiers = (replace(kept, slo=replace(kept.slo, priority=0)),)
+    tiers = run_tiers(cfg)
     # Admission by tier as the ingress applies it (no bounds on the targets: the trace sets them).
     classes = SLOClasses(tiers={t.name: t.slo for t in tiers}, floors={t.name: t.slo for t in tiers},
                          default=tiers[0].name, hold_fraction=cfg.tier_hold_fraction) if tiers else None
@@ -179,10 +207,12 @@ def simulate(
     def on_finish(req: SimRequest) -> None:
         balancer.release(req.key)
 
-    def lends_decode_slack(live: int) -> bool:
+    def lends_decode_slack(live: int, kv_free: int) -> bool:
         # A FairBatching node lends its decodes' slack to prefills, unless it holds so many requests
-        # that seat pressure has it serve every decode each step.
+        # (seat pressure) or so much KV (KV pressure) that it serves every decode each step.
         if not (cfg.pab_lent_slack and cfg.scheduler == "fairbatching"):
+            return False
+        if cfg.kv_pressure is not None and kv_tokens - kv_free >= cfg.kv_pressure * kv_tokens:
             return False
         return cfg.seat_pressure is None or live < cfg.seat_pressure * max_num_seqs
 
@@ -195,7 +225,7 @@ def simulate(
             kv_free_tokens=kv_free, default_tpot_s=budget_slo.tpot_s, anchor=anchor,
             max_num_batched_tokens=pab_batched_tokens, max_num_seqs=max_num_seqs,
             paced_decodes=cfg.scheduler == "fairbatching",
-            lent_decode_slack=lends_decode_slack(len(states)), decode_pace=1.0 - cfg.tpot_margin, **node_knows,
+            lent_decode_slack=lends_decode_slack(len(states), kv_free), decode_pace=1.0 - cfg.tpot_margin, **node_knows,
         )
 
     # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
@@ -232,17 +262,7 @@ def simulate(
     for node in nodes:
         node.publish_now(0.0)  # the balancer starts knowing the nodes are idle
 
-    scale = cfg.rate_scale  # same arithmetic as workload.scale_rate: arrivals divided by the scale
-    if tiers:  # each request held to its tier's SLOs, drawn by seed
-        slos = [t.slo for t in assign_tiers(len(workload.requests), drawn, cfg.seed)]
-        if cfg.only_tier is not None:  # the kept tier's requests, held to its SLO as the only class
-            slos = [tiers[0].slo if s.tier == cfg.only_tier else s for s in slos]
-    else:
-        slos = [slo] * len(workload.requests)
-    # Only the prompt's full prefix blocks are named (a clipped prompt loses the blocks past its end).
-    requests = [SimRequest(r.request_id, r.arrival_s / scale, r.prompt_tokens, r.output_tokens, s,
-                           r.hash_ids[:r.prompt_tokens // prefix_block] if prefix_caching else ())
-                for r, s in zip(workload.requests, slos) if cfg.only_tier is None or s.tier == cfg.only_tier]
+    requests = sim_requests(cfg, workload, slo)
     n = len(requests)
     last_arrival_s = requests[-1].arrival_s if n else 0.0
     every = max(1, n // 200)

@@ -59,6 +59,10 @@ budget (the step it would otherwise wait). The prefills up to the last one at
 risk in EDF order go before the non-urgent decodes, the others after them. With one
 SLO class under load most prompts are at risk and both orders plan alike; a
 batch prompt with a 30 s TTFT beside interactive decodes is not, until late.
+When seats or KV run short (knobs ``seat_pressure``, ``kv_pressure``: the share
+of ``max_num_seqs`` requests live, of the KV cache's blocks allocated) no decode
+lends at all: every decode is served each step, decode-first, so requests
+finish and give back what is short.
 
 **TPOT guard band** (knob ``tpot_margin``, default 0). Paced decodes are
 served just before their envelope deadline, so a step that runs longer than
@@ -133,6 +137,10 @@ class FairBatchingConfig:
     # decode is served each step (decode-first). Pacing decodes to their envelope keeps them live
     # longer; when sequence seats are what runs out, finishing them frees seats for prompts.
     seat_pressure: float | None = None
+    # KV pressure: the same once at least this fraction of the node's KV cache blocks is allocated
+    # (needs ``Limits.kv_blocks_total``). With SLO classes a batch decode paced to a loose TPOT holds
+    # its KV for seconds, and KV, not seats, is what runs out first on a GPU with many seats.
+    kv_pressure: float | None = None
     # Serve requests that can no longer attain last instead of first (EDF domino effect; module docstring).
     relegate: Relegation = Relegation.NONE
     # Plan decode deadlines at (1 - tpot_margin) x the TPOT SLO: a guard band for steps that run longer
@@ -155,8 +163,10 @@ class FairBatchingConfig:
             raise ValueError(f"max_budget_s must be > 0, got {self.max_budget_s!r}")
         if not (isinstance(self.tpot_margin, (int, float)) and 0 <= self.tpot_margin < 1):
             raise ValueError(f"tpot_margin must be in [0, 1), got {self.tpot_margin!r}")
-        if self.seat_pressure is not None and not (0 < self.seat_pressure <= 1):
-            raise ValueError(f"seat_pressure must be in (0, 1], got {self.seat_pressure!r}")
+        for name in ("seat_pressure", "kv_pressure"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if isinstance(self.chunk_align_tokens, bool) or not isinstance(self.chunk_align_tokens, int) \
                 or self.chunk_align_tokens < 0:
             raise ValueError(f"chunk_align_tokens must be an integer >= 0, got {self.chunk_align_tokens!r}")
@@ -167,6 +177,16 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
 
     name = "fairbatching"
     config_type = FairBatchingConfig
+
+    def memory_short(self, live_requests: int, limits: Limits) -> bool:
+        """Whether seats or KV run short (knobs ``seat_pressure``, ``kv_pressure``): then every decode is
+        served each step, since pacing decodes keeps them live, holding seats and KV, longer."""
+        cfg = self.config
+        if cfg.seat_pressure is not None and live_requests >= cfg.seat_pressure * limits.max_num_seqs:
+            return True
+        total = limits.kv_blocks_total
+        return (cfg.kv_pressure is not None and total is not None
+                and total - limits.kv_blocks_free >= cfg.kv_pressure * total)
 
     def time_budget_s(self, min_slack_s: float, floor_s: float) -> float:
         """The step's time budget: the most pressed slack, floored (decode TPOT) and capped."""
@@ -214,8 +234,8 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
             budget = self.time_budget_s(prefills[0][0], min_tpot)
         builder.budget_s = budget
 
-        seats_short = cfg.seat_pressure is not None and len(requests) >= cfg.seat_pressure * limits.max_num_seqs
-        if seats_short:
+        memory_short = self.memory_short(len(requests), limits)
+        if memory_short:
             urgent, relaxed = decodes, []
         elif cfg.urgency is Urgency.BUDGET_PLUS_TPOT and decodes:
             # Decodes are sorted by slack, so the urgent ones are a prefix.

@@ -48,7 +48,8 @@ class Limits:
 
     ``max_num_seqs`` caps the requests scheduled in this step and
     ``max_num_batched_tokens`` the new tokens; ``kv_blocks_free`` is what the
-    KV cache can still allocate, in blocks of ``block_size`` tokens. Raises
+    KV cache can still allocate, in blocks of ``block_size`` tokens, of
+    ``kv_blocks_total`` (None where the engine does not say). Raises
     ``ValueError`` naming the field unless each is an integer, ``>= 0`` for
     ``kv_blocks_free`` and ``>= 1`` for the others.
     """
@@ -57,11 +58,14 @@ class Limits:
     max_num_batched_tokens: int = 8192
     kv_blocks_free: int = 1 << 40
     block_size: int = 16
+    kv_blocks_total: int | None = None  # every block of the KV cache (None: not known)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("kv_blocks_free", self.kv_blocks_free, minimum=0)
+        if self.kv_blocks_total is not None:
+            check_int("kv_blocks_total", self.kv_blocks_total, minimum=1)
 
 
 class ScheduledItem(NamedTuple):

@@ -322,6 +322,7 @@ class FairBatchingMixin:
             max_num_batched_tokens=token_cap,
             kv_blocks_free=self.kv_cache_manager.block_pool.get_num_free_blocks(),
             block_size=self.block_size,
+            kv_blocks_total=self.kv_cache_manager.block_pool.num_gpu_blocks,
         )
 
     # ------------------------------------------------------------------ schedule
