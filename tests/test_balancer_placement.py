@@ -315,6 +315,15 @@ def test_the_held_share_refuses_the_looser_tier_first():
     assert p.choose("b1", 10, held_fraction=0.3, tier="batch").rejected  # 20 < 1 + 30 seats
     assert not p.choose("i1", 10).rejected
 
+    # KV: a held request must leave that share of the KV capacity in the budget's KV limit
+    p = PABPlacement([0])
+    p.update(NodeView(0, pab_tokens=10_000, tier_pab_tokens={"batch": 10_000}, idle_pab_tokens=1000,
+                      reported_at_s=1, kv_capacity_tokens=100_000, kv_pab_tokens=10_000))
+    assert p.choose("b1", 500, held_fraction=0.1, tier="batch").rejected  # 10,000 < 500 + 10,000 held
+    assert not p.choose("i1", 500).rejected  # the tightest tier takes what is held
+    assert p.view(0).kv_pab_tokens == 9_500  # the placement's debit reaches the KV limit
+    assert not p.choose("b2", 500, held_fraction=0.05, tier="batch").rejected  # 9,500 >= 500 + 5,000
+
 
 @pytest.mark.parametrize("name", PLACEMENT_NAMES)
 def test_after_a_tightest_class_refusal_looser_classes_are_shed_for_tier_shed_s(name):

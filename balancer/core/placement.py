@@ -86,7 +86,9 @@ class NodeView:
     ``tier_pab_tokens`` are the budgets of looser SLO tiers by tier name, each
     over that tier's own TTFT (``pab_tokens`` is the tightest tier's; None: the
     node budgets one SLO). ``max_num_seqs`` is the node's sequence seats (None:
-    unknown), of which a held share is kept free too.
+    unknown), of which a held share is kept free too. ``kv_pab_tokens`` is the
+    budget's KV limit (``node.core.pab.PABReport.kv_limited_tokens``; None: not
+    reported), of which a held share of ``kv_capacity_tokens`` is kept too.
     """
 
     node_id: int
@@ -105,12 +107,13 @@ class NodeView:
     idle_pab_tokens: float = 0.0
     tier_pab_tokens: Mapping[str, float] | None = None
     max_num_seqs: int | None = None
+    kv_pab_tokens: float | None = None
 
     def debited(self, prompt_tokens: int) -> NodeView:
         """This view after one more request of ``prompt_tokens`` uncached prompt tokens is placed on the node.
 
-        PAB ``-= L`` (every tier's), queued prefill ``+= L``, waiting ``+= 1``, one slot fewer, KV usage
-        up by ``L`` over its capacity (capped at 1) when the capacity is known. The balancer
+        PAB ``-= L`` (every tier's, and its KV limit), queued prefill ``+= L``, waiting ``+= 1``, one slot
+        fewer, KV usage up by ``L`` over its capacity (capped at 1) when the capacity is known. The balancer
         keeps such debited views between reports (DESIGN section 3: debits in transit).
         """
         kv_usage = self.kv_usage
@@ -125,6 +128,7 @@ class NodeView:
             waiting=self.waiting + 1,
             slots_free=None if self.slots_free is None else self.slots_free - 1,
             kv_usage=kv_usage,
+            kv_pab_tokens=None if self.kv_pab_tokens is None else self.kv_pab_tokens - prompt_tokens,
         )
 
     def shared(self, routers: int) -> NodeView:
@@ -487,7 +491,10 @@ def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 
     due later still takes prefill time from the node). A request of a looser tier must also
     leave ``held_fraction`` of the node's idle budget (``idle_pab_tokens``) in it, and fit its
     own tier's budget (``view.tier_pab_tokens[tier]``, over that tier's own TTFT) when the node
-    reports one: ``max(L + h * idle - PAB, L - PAB_tier)``.
+    reports one: ``max(L + h * idle - PAB, L - PAB_tier)``. Where the node reports its budget's KV
+    limit (``view.kv_pab_tokens``) and KV capacity, such a request must also leave ``h`` of the
+    KV capacity in it: ``L + h * kv_capacity - PAB_kv``. (Paced decodes of a loose tier hold KV for
+    long; without this share KV runs out for both tiers alike.)
 
     So when a request of the tightest tier with a prompt of ``L_i`` is refused (``PAB < L_i``),
     every looser request with ``L + h * idle >= L_i`` is refused too: with a held share above
@@ -498,6 +505,8 @@ def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 
     tiers = view.tier_pab_tokens
     if tier is not None and tiers is not None and tier in tiers:
         short = max(short, prompt_tokens - tiers[tier])
+    if held_fraction > 0 and view.kv_pab_tokens is not None and view.kv_capacity_tokens > 0:
+        short = max(short, prompt_tokens + held_fraction * view.kv_capacity_tokens - view.kv_pab_tokens)
     return short
 
 

@@ -574,6 +574,7 @@ class SimNode:
             idle_pab_tokens=report.idle_pab_tokens,
             tier_pab_tokens=self.last_tier_pab,
             max_num_seqs=self.max_num_seqs,
+            kv_pab_tokens=report.kv_limited_tokens,
             received_ids=self._take_received_ids(),
         )
 

@@ -96,6 +96,12 @@ class PABReport:
     recovery_tps: float = 0.0  # how fast the binding limit grows back with no new admission, tokens/s
     idle_pab_tokens: float = 0.0  # the time-limited budget of this node were it idle (idle_pab_tokens())
 
+    @property
+    def kv_limited_tokens(self) -> float:
+        """The budget's KV limit: the largest prompt whose KV, with its expected output, still fits beside
+        the live requests' growth (``kv_headroom_tokens - expected_output_tokens``), tokens."""
+        return self.kv_headroom_tokens - self.expected_output_tokens
+
     def to_dict(self) -> dict:
         return asdict(self)
 

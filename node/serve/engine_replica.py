@@ -461,6 +461,7 @@ class EngineReplica:
             idle_pab_tokens=rep.idle_pab_tokens,
             tier_pab_tokens=tier_budgets,
             max_num_seqs=self.max_num_seqs,
+            kv_pab_tokens=rep.kv_limited_tokens,
             received_ids=frozenset(self.received_ids()),
         )
         m = self.metrics
