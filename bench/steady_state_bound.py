@@ -7,7 +7,8 @@ prompt of ``p`` tokens costs ``e * p**2 / 2`` of prefill attention in any chunki
 
     w = kappa * (p + o - 1) + e * p**2 / 2 + c * ((o - 1) * p + (o - 1) * o / 2)   seconds,
 
-``kappa`` the cheapest cost per token any step size reaches (s/token). A node that serves a mix
+``kappa`` the cheapest cost per token of any step the engine can run (at most its
+``max_num_batched_tokens``, s/token). A node that serves a mix
 continuously can sustain at most ``1 / mean(w)`` req/s if it serves every request, and
 ``1 / (f * mean(w))`` if it attains a fraction ``f`` and refuses the rest without regard to their size.
 A finite measurement window can exceed this by the work it leaves to after its last arrival (a batch
@@ -39,12 +40,17 @@ def main(
     duration_s: float = typer.Option(900.0, help="Trace window (s), as the simulator's --duration-s."),
     profile: str = typer.Option("h100-llama3-8b", help="Profile with a ground_truth section."),
     attained: float = typer.Option(0.9, help="Fraction attained (the capacity target), the rest refused."),
+    max_step_tokens: Optional[int] = typer.Option(None, help="Largest step (default: the profile's max_num_batched_tokens)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures here."),
 ) -> None:
-    truth = TrueStepTime(load_profile(profile), host_s=0.0)
+    prof = load_profile(profile)
+    truth = TrueStepTime(prof, host_s=0.0)
     if not truth.uses_ground_truth:
         raise typer.BadParameter(f"profile {profile!r} has no ground_truth section", param_hint="--profile")
-    per_token = [truth.step_s(n, 0, 0, 0.0) / n for n in range(1, 32769)]
+    largest = max_step_tokens or prof.max_num_batched_tokens or 8192
+    if largest < 1:
+        raise typer.BadParameter(f"must be >= 1, got {largest}", param_hint="--max-step-tokens")
+    per_token = [truth.step_s(n, 0, 0, 0.0) / n for n in range(1, largest + 1)]
     at = int(np.argmin(per_token))
     kappa = per_token[at]
     requests = load_workload(SimConfig(trace=trace, duration_s=duration_s)).requests
@@ -54,12 +60,12 @@ def main(
              "decode_attention_s": truth.attn_decode_s * (d * p + d * (d + 1) / 2)}
     work = sum(parts.values())
     out = {"trace": trace, "duration_s": duration_s, "profile": profile, "requests": len(requests),
-           "kappa_s_per_token": kappa, "kappa_at_tokens": at + 1,
+           "max_step_tokens": largest, "kappa_s_per_token": kappa, "kappa_at_tokens": at + 1,
            "mean_work_s": float(work.mean()), **{f"mean_{k}": float(v.mean()) for k, v in parts.items()},
            "all_served_rps": float(1 / work.mean()), "attained": attained,
            "attained_size_blind_rps": float(1 / (attained * work.mean()))}
     typer.echo(f"{len(requests)} requests, mean work {work.mean() * 1e3:.2f} ms (least cost {kappa * 1e6:.2f} us/token "
-               f"at {at + 1}-token steps): at most {out['all_served_rps']:.2f} req/s serving every request, "
+               f"at {at + 1}-token steps, of steps up to {largest}): at most {out['all_served_rps']:.2f} req/s serving every request, "
                f"{out['attained_size_blind_rps']:.2f} req/s attaining {attained:.0%} with size-blind refusals")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -325,6 +325,27 @@ def test_the_held_share_refuses_the_looser_tier_first():
     assert not p.choose("b2", 500, held_fraction=0.05, tier="batch").rejected  # 9,500 >= 500 + 5,000
 
 
+def test_routers_sharing_a_node_split_its_kv_limit_and_what_is_held_of_it():
+    """Two balancers placing on one node each spend half its KV limit and keep half the held share: together
+    they let the looser tier take no more KV than one balancer would (kv_pab - h * capacity)."""
+    from balancer.core.pab_placement import PABPlacement
+    from balancer.core.placement import NodeView
+
+    view = NodeView(0, pab_tokens=60_000, tier_pab_tokens={"batch": 60_000}, idle_pab_tokens=1000, reported_at_s=1,
+                    kv_capacity_tokens=450_000, kv_pab_tokens=60_000)
+    half = view.shared(2)
+    assert half.kv_pab_tokens == 30_000 and half.budget_share == 0.5
+    admitted = 0
+    for router in (PABPlacement([0]), PABPlacement([0])):
+        router.set_routers(2)
+        router.update(view)
+        for i in range(10):
+            if not router.choose(f"b{i}", 2_500, held_fraction=0.1, tier="batch").rejected:
+                admitted += 2_500
+    assert admitted == 15_000  # 60,000 - 0.1 * 450,000, split between the two
+    assert view.shared(1) is view and NodeView(0, kv_pab_tokens=-5.0).shared(2).kv_pab_tokens == -5.0
+
+
 @pytest.mark.parametrize("name", PLACEMENT_NAMES)
 def test_after_a_tightest_class_refusal_looser_classes_are_shed_for_tier_shed_s(name):
     """Batch is shed before interactive is refused again: a refusal of the tightest class (tier None)

@@ -73,6 +73,8 @@ def test_under_kv_pressure_a_decode_ahead_of_its_envelope_is_served_anyway():
         make_policy("fairbatching", REF_MODEL, kv_pressure=0.0)
     with pytest.raises(ValueError, match="kv_blocks_total"):
         Limits(kv_blocks_total=0)
+    with pytest.raises(ValueError, match="exceeds kv_blocks_total"):
+        Limits(kv_blocks_free=11, kv_blocks_total=10)
 
 
 @pytest.mark.parametrize("baseline", ["vllm", "sarathi"])

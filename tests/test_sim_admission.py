@@ -69,6 +69,28 @@ def test_a_node_budgets_with_the_token_budget_its_scheduler_runs_at(pab_calls):
     assert all(kw["paced_decodes"] and kw["lent_decode_slack"] for kw in pab_calls)
 
 
+def test_kv_pressure_stops_a_node_lending_decode_slack_and_nodes_report_their_kv_limit(pab_calls, monkeypatch):
+    """With KV pressure a node that holds that share of its KV serves every decode, so its PAB lends no
+    decode slack; every view it publishes carries its budget's KV limit (the held share of KV needs it)."""
+    from balancer.core.pab_placement import PABPlacement
+
+    views = []
+    update = PABPlacement.update
+    monkeypatch.setattr(PABPlacement, "update", lambda self, view: (views.append(view), update(self, view))[1])
+    rows = [(0.05 * i, 400, 30) for i in range(20)]
+    profile = linear_profile(kv_cache_tokens=20_000)
+    run(rows, profile=profile, balancer="pab", nodes=1, scheduler="fairbatching", pab_lent_slack=True)
+    assert all(kw["lent_decode_slack"] for kw in pab_calls)
+    assert views and all(v.kv_pab_tokens is not None and v.kv_pab_tokens <= v.kv_capacity_tokens == 20_000
+                         for v in views)
+    assert min(v.kv_pab_tokens for v in views) < 20_000 - 400  # it falls as prompts take KV
+    pab_calls.clear()
+    run(rows, profile=profile, balancer="pab", nodes=1, scheduler="fairbatching", pab_lent_slack=True,
+        kv_pressure=0.05)
+    lent = [kw["lent_decode_slack"] for kw in pab_calls]
+    assert lent[0] and not all(lent)  # lent while the KV is empty, not once 5 % of it is held
+
+
 def test_max_num_seqs_overrides_the_profiles_seats(pab_calls):
     rows = [(0.0, 50, 40) for _ in range(6)]  # six requests at once, long outputs
     capped = run(rows, nodes=1, max_num_seqs=2, scheduler="vllm")

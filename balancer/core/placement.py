@@ -89,6 +89,8 @@ class NodeView:
     unknown), of which a held share is kept free too. ``kv_pab_tokens`` is the
     budget's KV limit (``node.core.pab.PABReport.kv_limited_tokens``; None: not
     reported), of which a held share of ``kv_capacity_tokens`` is kept too.
+    ``budget_share`` is the share of the node's budgets this view may spend (1 as
+    reported; ``1 / routers`` after ``shared``), which scales that held share of KV.
     """
 
     node_id: int
@@ -108,6 +110,7 @@ class NodeView:
     tier_pab_tokens: Mapping[str, float] | None = None
     max_num_seqs: int | None = None
     kv_pab_tokens: float | None = None
+    budget_share: float = 1.0
 
     def debited(self, prompt_tokens: int) -> NodeView:
         """This view after one more request of ``prompt_tokens`` uncached prompt tokens is placed on the node.
@@ -134,9 +137,11 @@ class NodeView:
     def shared(self, routers: int) -> NodeView:
         """This view as one of ``routers`` balancers that place on the node independently may spend it.
 
-        Each budget (``pab_tokens``, every ``tier_pab_tokens``, ``idle_pab_tokens``) is divided by
-        ``routers`` while positive; a deficit is not divided (every balancer sees it whole, so none
-        promises an early Retry-After). Slots, KV and rates are left as reported.
+        Each budget (``pab_tokens``, every ``tier_pab_tokens``, ``idle_pab_tokens``, the KV limit
+        ``kv_pab_tokens``) is divided by ``routers`` while positive; a deficit is not divided (every
+        balancer sees it whole, so none promises an early Retry-After). ``budget_share`` becomes
+        ``1 / routers``, so each keeps its part of the KV held for the tightest class. Slots, KV
+        usage and rates are left as reported.
         Raises ``ValueError`` for fewer than one router.
         """
         if routers < 1:
@@ -153,6 +158,8 @@ class NodeView:
             pab_tokens=share(self.pab_tokens),
             tier_pab_tokens=None if tiers is None else {k: share(v) for k, v in tiers.items()},
             idle_pab_tokens=share(self.idle_pab_tokens),
+            kv_pab_tokens=None if self.kv_pab_tokens is None else share(self.kv_pab_tokens),
+            budget_share=self.budget_share / routers,
         )
 
 
@@ -493,7 +500,7 @@ def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 
     own tier's budget (``view.tier_pab_tokens[tier]``, over that tier's own TTFT) when the node
     reports one: ``max(L + h * idle - PAB, L - PAB_tier)``. Where the node reports its budget's KV
     limit (``view.kv_pab_tokens``) and KV capacity, such a request must also leave ``h`` of the
-    KV capacity in it: ``L + h * kv_capacity - PAB_kv``. (Paced decodes of a loose tier hold KV for
+    KV capacity (its ``budget_share`` of it) in it: ``L + h * kv_capacity * share - PAB_kv``. (Paced decodes of a loose tier hold KV for
     long; without this share KV runs out for both tiers alike.)
 
     So when a request of the tightest tier with a prompt of ``L_i`` is refused (``PAB < L_i``),
@@ -506,7 +513,8 @@ def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 
     if tier is not None and tiers is not None and tier in tiers:
         short = max(short, prompt_tokens - tiers[tier])
     if held_fraction > 0 and view.kv_pab_tokens is not None and view.kv_capacity_tokens > 0:
-        short = max(short, prompt_tokens + held_fraction * view.kv_capacity_tokens - view.kv_pab_tokens)
+        held_kv = held_fraction * view.kv_capacity_tokens * view.budget_share
+        short = max(short, prompt_tokens + held_kv - view.kv_pab_tokens)
     return short
 
 

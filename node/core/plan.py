@@ -66,6 +66,8 @@ class Limits:
         check_int("kv_blocks_free", self.kv_blocks_free, minimum=0)
         if self.kv_blocks_total is not None:
             check_int("kv_blocks_total", self.kv_blocks_total, minimum=1)
+            if self.kv_blocks_free > self.kv_blocks_total:
+                raise ValueError(f"kv_blocks_free ({self.kv_blocks_free}) exceeds kv_blocks_total ({self.kv_blocks_total})")
 
 
 class ScheduledItem(NamedTuple):
