@@ -499,9 +499,10 @@ def shortfall_tokens(view: NodeView, prompt_tokens: int, held_fraction: float = 
     leave ``held_fraction`` of the node's idle budget (``idle_pab_tokens``) in it, and fit its
     own tier's budget (``view.tier_pab_tokens[tier]``, over that tier's own TTFT) when the node
     reports one: ``max(L + h * idle - PAB, L - PAB_tier)``. Where the node reports its budget's KV
-    limit (``view.kv_pab_tokens``) and KV capacity, such a request must also leave ``h`` of the
-    KV capacity (its ``budget_share`` of it) in it: ``L + h * kv_capacity * share - PAB_kv``. (Paced decodes of a loose tier hold KV for
-    long; without this share KV runs out for both tiers alike.)
+    limit (``view.kv_pab_tokens``) and KV capacity, such a request must also leave ``h`` of the KV
+    capacity (its ``budget_share`` of it) in that limit: ``L + h * kv_capacity * share - PAB_kv``.
+    (Paced decodes of a loose tier hold KV for long; without this share KV runs out for both tiers
+    alike.)
 
     So when a request of the tightest tier with a prompt of ``L_i`` is refused (``PAB < L_i``),
     every looser request with ``L + h * idle >= L_i`` is refused too: with a held share above
