@@ -318,11 +318,11 @@ def test_the_held_share_refuses_the_looser_tier_first():
     # KV: a held request must leave that share of the KV capacity in the budget's KV limit
     p = PABPlacement([0])
     p.update(NodeView(0, pab_tokens=10_000, tier_pab_tokens={"batch": 10_000}, idle_pab_tokens=1000,
-                      reported_at_s=1, kv_capacity_tokens=100_000, kv_pab_tokens=10_000))
+                      reported_at_s=1, kv_capacity_tokens=100_000, kv_pab_tokens=10_000, expected_output_tokens=200))
     assert p.choose("b1", 500, held_fraction=0.1, tier="batch").rejected  # 10,000 < 500 + 10,000 held
     assert not p.choose("i1", 500).rejected  # the tightest tier takes what is held
-    assert p.view(0).kv_pab_tokens == 9_500  # the placement's debit reaches the KV limit
-    assert not p.choose("b2", 500, held_fraction=0.05, tier="batch").rejected  # 9,500 >= 500 + 5,000
+    assert p.view(0).kv_pab_tokens == 9_300  # the placement's debit reaches the KV limit: prompt and output
+    assert not p.choose("b2", 500, held_fraction=0.05, tier="batch").rejected  # 9,300 >= 500 + 5,000
 
 
 def test_routers_sharing_a_node_split_its_kv_limit_and_what_is_held_of_it():

@@ -356,6 +356,7 @@ def test_a_views_kv_limit_and_budget_share_survive_the_routing_stats_round_trip(
     from balancer.serve.pab_registry import view_from_dict
 
     view = NodeView(3, pab_tokens=100.0, kv_capacity_tokens=4096, kv_pab_tokens=1234.5, budget_share=0.5,
+                    expected_output_tokens=87.5,
                     tier_pab_tokens={"batch": 900.0}, received_ids=frozenset({"a"}))
     back = view_from_dict(3, json.loads(json.dumps(_routing_stats(view))))
     assert back == view

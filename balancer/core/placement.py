@@ -91,6 +91,8 @@ class NodeView:
     reported), of which a held share of ``kv_capacity_tokens`` is kept too.
     ``budget_share`` is the share of the node's budgets this view may spend (1 as
     reported; ``1 / routers`` after ``shared``), which scales that held share of KV.
+    ``expected_output_tokens`` is the output the node expects of a new request (PAB's
+    ``E``), which a placement takes from the KV limit beside its prompt.
     """
 
     node_id: int
@@ -111,12 +113,14 @@ class NodeView:
     max_num_seqs: int | None = None
     kv_pab_tokens: float | None = None
     budget_share: float = 1.0
+    expected_output_tokens: float = 0.0
 
     def debited(self, prompt_tokens: int) -> NodeView:
         """This view after one more request of ``prompt_tokens`` uncached prompt tokens is placed on the node.
 
-        PAB ``-= L`` (every tier's, and its KV limit), queued prefill ``+= L``, waiting ``+= 1``, one slot
-        fewer, KV usage up by ``L`` over its capacity (capped at 1) when the capacity is known. The balancer
+        PAB ``-= L`` (every tier's), its KV limit ``-= L + E`` (the request's KV grows by its output too),
+        queued prefill ``+= L``, waiting ``+= 1``, one slot fewer, KV usage up by ``L`` over its capacity
+        (capped at 1) when the capacity is known. The balancer
         keeps such debited views between reports (DESIGN section 3: debits in transit).
         """
         kv_usage = self.kv_usage
@@ -131,7 +135,8 @@ class NodeView:
             waiting=self.waiting + 1,
             slots_free=None if self.slots_free is None else self.slots_free - 1,
             kv_usage=kv_usage,
-            kv_pab_tokens=None if self.kv_pab_tokens is None else self.kv_pab_tokens - prompt_tokens,
+            kv_pab_tokens=(None if self.kv_pab_tokens is None
+                           else self.kv_pab_tokens - prompt_tokens - self.expected_output_tokens),
         )
 
     def shared(self, routers: int) -> NodeView:

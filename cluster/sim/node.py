@@ -575,6 +575,7 @@ class SimNode:
             tier_pab_tokens=self.last_tier_pab,
             max_num_seqs=self.max_num_seqs,
             kv_pab_tokens=report.kv_limited_tokens,
+            expected_output_tokens=report.expected_output_tokens,
             received_ids=self._take_received_ids(),
         )
 

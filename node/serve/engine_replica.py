@@ -462,6 +462,7 @@ class EngineReplica:
             tier_pab_tokens=tier_budgets,
             max_num_seqs=self.max_num_seqs,
             kv_pab_tokens=rep.kv_limited_tokens,
+            expected_output_tokens=rep.expected_output_tokens,
             received_ids=frozenset(self.received_ids()),
         )
         m = self.metrics
