@@ -29,6 +29,7 @@ from cluster.sim.node import SimNode, SimRequest
 from cluster.sim.true_step_time import TrueStepTime
 from cluster.workload.traces import Workload, load_named, prepare
 from node.core.envelope import Anchor
+from node.core.fairbatching import memory_short
 from node.core.pab import estimate_pab, estimate_pab_edf
 from node.core.request import SLO
 from node.fit.step_time_fit import OnlineRefit
@@ -212,9 +213,7 @@ def simulate(
         # (seat pressure) or so much KV (KV pressure) that it serves every decode each step.
         if not (cfg.pab_lent_slack and cfg.scheduler == "fairbatching"):
             return False
-        if cfg.kv_pressure is not None and kv_tokens - kv_free >= cfg.kv_pressure * kv_tokens:
-            return False
-        return cfg.seat_pressure is None or live < cfg.seat_pressure * max_num_seqs
+        return not memory_short(cfg.seat_pressure, cfg.kv_pressure, live, max_num_seqs, kv_tokens - kv_free, kv_tokens)
 
     def node_pab(states, now_s, kv_free, budget_slo=pab_slo, **node_knows):
         # The node's own knowledge (expected output, correction, front delay) beside the engine's caps;

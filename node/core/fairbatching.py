@@ -172,6 +172,17 @@ class FairBatchingConfig:
             raise ValueError(f"chunk_align_tokens must be an integer >= 0, got {self.chunk_align_tokens!r}")
 
 
+def memory_short(seat_pressure: float | None, kv_pressure: float | None, live_requests: int, max_num_seqs: int,
+                 kv_used: float, kv_total: float | None) -> bool:
+    """Whether seats or KV run short (knobs ``seat_pressure``, ``kv_pressure``; None: that one off): at
+    least ``seat_pressure`` of ``max_num_seqs`` requests live, or ``kv_pressure`` of ``kv_total`` used
+    (any one unit, blocks or tokens; ``kv_total`` None: not known). Then a FairBatching node serves
+    every decode each step, since pacing decodes keeps them live, holding seats and KV, longer."""
+    if seat_pressure is not None and live_requests >= seat_pressure * max_num_seqs:
+        return True
+    return kv_pressure is not None and kv_total is not None and kv_used >= kv_pressure * kv_total
+
+
 class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
     """Slack-driven, budgeted batch formation."""
 
@@ -179,14 +190,10 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
     config_type = FairBatchingConfig
 
     def memory_short(self, live_requests: int, limits: Limits) -> bool:
-        """Whether seats or KV run short (knobs ``seat_pressure``, ``kv_pressure``): then every decode is
-        served each step, since pacing decodes keeps them live, holding seats and KV, longer."""
-        cfg = self.config
-        if cfg.seat_pressure is not None and live_requests >= cfg.seat_pressure * limits.max_num_seqs:
-            return True
+        """``memory_short`` with this policy's knobs on one step's ``limits`` (KV in blocks)."""
         total = limits.kv_blocks_total
-        return (cfg.kv_pressure is not None and total is not None
-                and total - limits.kv_blocks_free >= cfg.kv_pressure * total)
+        return memory_short(self.config.seat_pressure, self.config.kv_pressure, live_requests, limits.max_num_seqs,
+                            total - limits.kv_blocks_free if total is not None else 0, total)
 
     def time_budget_s(self, min_slack_s: float, floor_s: float) -> float:
         """The step's time budget: the most pressed slack, floored (decode TPOT) and capped."""
