@@ -48,6 +48,9 @@ FB_ARMS = {
     "fb-first+doomed+align256": {**FB, "relegate": "doomed", "chunk_align_tokens": 256},
     # The simulator's and the serving layer's defaults: the above with the serving layer's TPOT guard band.
     "fb-first+doomed+align256+margin0.2": {**FB, "relegate": "doomed", "chunk_align_tokens": 256, "tpot_margin": 0.2},
+    # Moore's fewest-late relegation in place of doomed (node.core.fairbatching, "Relegation").
+    "fb-first+fewest-late+align256+margin0.2": {**FB, "relegate": "fewest-late", "chunk_align_tokens": 256,
+                                                 "tpot_margin": 0.2},
 }
 
 _workloads: dict = {}

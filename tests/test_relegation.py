@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.core.fairbatching import FairBatchingPolicy, Relegation
+from node.core.fairbatching import FairBatchingPolicy, Relegation, fewest_late
 from node.vllm.node_config import NodeConfig
 from node.core.plan import Group, Limits, SkipReason
 from node.core.policies import make_policy
@@ -75,10 +75,59 @@ def test_doomed_also_relegates_a_prefill_that_cannot_finish_by_its_deadline_even
     assert [i.request_id for i in fb(relegate="doomed").plan([doomed, ok], LIMITS, now).items][0] == "ok"
 
 
+def test_fewest_late_relegates_a_long_prompt_that_would_make_the_short_ones_behind_it_late():
+    now = 100.0
+    # No decodes: steps of one 50 ms TPOT carry about 2,100 prompt tokens (REF_MODEL), 23.7 us a token.
+    # The long prompt alone takes about 0.19 s of its 0.2 s (not doomed); the three short ones are due
+    # 10 ms after it, so EDF makes all three late behind it. Moore's rule drops the long one instead.
+    long = RequestState("long", now - 0.8, 8000, SLO_1S)
+    shorts = [RequestState(f"s{i}", now - 0.79, 1000, SLO_1S) for i in range(3)]
+    doomed = fb(relegate="doomed").plan([long] + shorts, LIMITS, now)
+    assert doomed.items[0].request_id == "long"
+    fewest = fb(relegate="fewest-late").plan([long] + shorts, LIMITS, now)
+    assert [i.request_id for i in fewest.items][:3] == ["s0", "s1", "s2"]
+    assert all(fewest.prefill_chunks[f"s{i}"] == 1000 for i in range(3))
+    # Relegated, not dropped: alone it is served at once.
+    assert fb(relegate="fewest-late").plan([long], LIMITS, now).prefill_chunks["long"] > 0
+
+
+def test_fewest_late_keeps_every_prompt_when_they_all_fit():
+    now = 100.0
+    reqs = [RequestState(f"p{i}", now - 0.5, 2000, SLO_1S) for i in range(4)]  # 0.19 s of work, 0.5 s left
+    assert fb(relegate="fewest-late").plan(reqs, LIMITS, now) == fb(relegate="doomed").plan(reqs, LIMITS, now)
+
+
+def _most_on_time(costs: list[float], due: list[float]) -> int:
+    """Brute force: the largest subset that, run back to back in the given order, is all in time."""
+    best = 0
+    for mask in range(1 << len(costs)):
+        t, ok = 0.0, True
+        for k in range(len(costs)):
+            if mask >> k & 1:
+                t += costs[k]
+                ok = ok and t <= due[k]
+        if ok:
+            best = max(best, bin(mask).count("1"))
+    return best
+
+
+@given(jobs=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(-0.5, 3.0)), max_size=9))
+def test_moores_algorithm_keeps_as_many_in_time_as_any_subset(jobs):
+    jobs = sorted(jobs, key=lambda j: j[1])  # EDF order
+    costs, due = [c for c, _ in jobs], [d for _, d in jobs]
+    dropped = fewest_late(costs, due)
+    t = 0.0
+    for k in range(len(jobs)):
+        if k not in dropped:
+            t += costs[k]
+            assert t <= due[k] + 1e-9  # every kept job in time
+    assert len(jobs) - len(dropped) == _most_on_time(costs, due)
+
+
 relegation_knobs = st.fixed_dictionaries(
     {
         "anchor": st.sampled_from(["arrival", "first-token"]),
-        "relegate": st.sampled_from(["lost", "doomed"]),
+        "relegate": st.sampled_from(["lost", "doomed", "fewest-late"]),
         "tpot_margin": st.sampled_from([0.0, 0.1, 0.3]),
         "min_chunk_tokens": st.integers(1, 64),
     }
@@ -101,14 +150,15 @@ def test_relegated_requests_come_after_every_other_item_and_are_never_urgent(kno
     assert len({i.request_id for i in plan.items} | {s.request_id for s in plan.skipped}) == len(reqs)
 
 
-@given(model=models, reqs=snapshots(), limits=limits_strategy, relegate=st.sampled_from(["lost", "doomed"]),
-       anchor=st.sampled_from(["arrival", "first-token"]))
+@given(model=models, reqs=snapshots(), limits=limits_strategy,
+       relegate=st.sampled_from(["lost", "doomed", "fewest-late"]), anchor=st.sampled_from(["arrival", "first-token"]))
 def test_when_no_request_is_lost_relegation_plans_exactly_as_the_paper(model, reqs, limits, relegate, anchor):
-    # A TTFT SLO of 1000 s: every first-token deadline is still ahead (or was met), and no prompt is
-    # doomed either. 100 s was not enough for "doomed": a 4096-token prompt at one token per step
-    # (max_num_batched_tokens 1) with a = 20 ms and a safety factor 1.5 needs about 124 s alone,
-    # and hypothesis found a 2861-token prompt needing 84.02 s with 84 s left.
-    reqs = [dataclasses.replace(r, slo=SLO(1000.0, r.slo.tpot_s)) for r in reqs]
+    # A TTFT SLO of 10^6 s: every first-token deadline is still ahead (or was met), no prompt is
+    # doomed, and the queue together fits (fewest-late). 100 s was not enough for "doomed": a
+    # 4096-token prompt at one token per step (max_num_batched_tokens 1) with a = 20 ms and a safety
+    # factor 1.5 needs about 124 s alone, and hypothesis found a 2861-token prompt needing 84.02 s with
+    # 84 s left; a queue of such prompts together needs some thousands of seconds.
+    reqs = [dataclasses.replace(r, slo=SLO(1e6, r.slo.tpot_s)) for r in reqs]
     paper = make_policy("fairbatching", model, anchor=anchor).plan(reqs, limits, NOW)
     relegated = make_policy("fairbatching", model, anchor=anchor, relegate=relegate).plan(reqs, limits, NOW)
     assert relegated == paper

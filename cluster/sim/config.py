@@ -186,8 +186,8 @@ class SimConfig:
             raise ValueError(f"step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if self.lend not in ("always", "at-risk"):
             raise ValueError(f"lend must be always or at-risk, got {self.lend!r}")
-        if self.relegate not in ("none", "lost", "doomed"):
-            raise ValueError(f"relegate must be none, lost or doomed, got {self.relegate!r}")
+        if self.relegate not in ("none", "lost", "doomed", "fewest-late"):
+            raise ValueError(f"relegate must be none, lost, doomed or fewest-late, got {self.relegate!r}")
         if self.host_s is not None and not self.host_s >= 0:
             raise ValueError(f"host_s must be >= 0, got {self.host_s!r}")
         if not 0 < self.pab_horizon_fraction <= 1:

@@ -45,8 +45,18 @@ finished with the step time the others leave, and is served at once when the
 node has slack. ``relegate=doomed`` relegates earlier, as Niyama does: also a prefill
 whose remaining prompt cannot be computed before its first-token deadline
 even alone on the node (predicted time of its remaining chunks, at most
-``max_num_batched_tokens`` each, exceeds its slack). Under light load no
-request is lost and both settings plan exactly as ``none``.
+``max_num_batched_tokens`` each, exceeds its slack). ``relegate=fewest-late``
+relegates the doomed and, when the queued prompts together cannot all make
+their first-token deadlines, the ones whose removal leaves the fewest late:
+Moore's algorithm for the fewest late jobs on one machine (J. M. Moore, "An n
+job, one machine sequencing algorithm for minimizing the number of late jobs",
+Management Science 15(1), 1968; optimal there). The prefills are taken in EDF
+order, each costing its remaining prompt at the node's prefill rate beside its
+decodes (PAB's rate, ``fewest_late_split``); whenever the running sum passes a
+prompt's deadline, the most expensive prompt taken so far is relegated. Under
+overload this serves many short prompts in time instead of a few long ones
+late; the long ones are served with what is left, and first when load falls.
+Under light load no request is lost and every setting plans exactly as ``none``.
 
 **Lending** (knob ``lend``; ``always`` is the paper's order). In the paper's
 order every prefill goes before the decodes that are ahead of their envelope,
@@ -87,6 +97,7 @@ A prompt that fits whole is never cut.
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -94,8 +105,10 @@ from enum import Enum
 from typing import Sequence
 
 from node.core.envelope import Anchor, deadline_s, on_time, slacks_s
+from node.core.pab import prefill_chunk_per_step
 from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits
 from node.core.request import RequestState
+from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.validation import check_finite
 
 
@@ -105,6 +118,7 @@ class Relegation(str, Enum):
     NONE = "none"  # the paper's policy: every request in its EDF group
     LOST = "lost"  # requests whose first-token deadline passed before their first token
     DOOMED = "doomed"  # lost, or prefills that cannot finish their prompt by that deadline even alone
+    FEWEST_LATE = "fewest-late"  # doomed, or prefills Moore's algorithm drops so the fewest are late
 
 
 class Lending(str, Enum):
@@ -213,7 +227,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         lost_prefills: list[tuple] = []
         pace = 1.0 - cfg.tpot_margin  # decode deadlines are planned at this fraction of the TPOT SLO
         relegate = cfg.relegate is not Relegation.NONE
-        doomed = cfg.relegate is Relegation.DOOMED
+        doomed = cfg.relegate in (Relegation.DOOMED, Relegation.FEWEST_LATE)
         # The next token's deadline, decodes planned at ``pace`` of their TPOT SLO.
         for req, slack in zip(requests, slacks_s(requests, now_s, anchor, pace)):
             # EDF entries sort as plain tuples (ids are unique, so the request is never compared).
@@ -233,6 +247,11 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
 
         decodes.sort()
         prefills.sort()
+        if cfg.relegate is Relegation.FEWEST_LATE and len(prefills) > 1:
+            prefills, dropped = fewest_late_split(prefills, decodes, self.step_model, limits, pace)
+            lost_prefills.extend(dropped)
+            if not prefills and not decodes:
+                return self._plan_relegated_only(builder, lost_decodes, lost_prefills)
         if decodes:
             min_tpot = pace * min(d[-1].slo.tpot_s for d in decodes)
             budget = self.time_budget_s(decodes[0][0], min_tpot if cfg.budget_floor else 0.0)
@@ -322,6 +341,63 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         return builder.finish(self.name, budget_s=budget)
 
 
+
+
+def fewest_late_split(prefills: list, decodes: list, model: StepTimeModel, limits: Limits,
+                      pace: float) -> tuple[list, list]:
+    """Moore's algorithm on the EDF prefill queue: ``(kept, relegated)``, both EDF-ordered lists of
+    the planner's entries ``(slack_s, arrival_s, request_id, request)``.
+
+    ``prefills`` must be in EDF order (slack ascending; for a prompt its slack is its first-token
+    deadline less now). A prompt costs ``remaining / R`` seconds plus its own causal attention,
+    ``R`` the prefill tokens/s a step of the tightest TPOT (at ``pace``) carries beside the running
+    ``decodes`` (``node.core.pab.prefill_chunk_per_step``, PAB's rate). Taking the prompts in EDF
+    order, whenever the running sum of costs passes the slack of the prompt just taken, the costliest
+    prompt taken so far is relegated (``fewest_late``): what is kept then finishes in time by the same
+    sum, and no other choice keeps more prompts in time on one machine. With no prefill rate left
+    (the decodes fill the step) nothing is relegated here.
+    """
+    tpots = [e[-1].slo.tpot_s for e in decodes] or [e[-1].slo.tpot_s for e in prefills]
+    tau = pace * min(tpots)
+    reservation = model.safety_factor * sum(
+        model.b_s_per_token + model.c_s_per_context_token * e[-1].decode_context_tokens for e in decodes)
+    q, step_s = prefill_chunk_per_step(model, tau, reservation, len(decodes), limits.max_num_batched_tokens)
+    if q <= 0:
+        return prefills, []
+    attention = model.safety_factor * model.attn_prefill_s_per_token_sq
+    per_token_s = (step_s - attention * 0.5 * q * q) / q  # the step's own chunk attention is counted per prompt
+    costs = []
+    for entry in prefills:
+        req = entry[-1]
+        remaining = req.prompt_tokens - req.computed_tokens
+        costs.append(per_token_s * remaining + attention * prefill_attention_pairs(remaining, req.computed_tokens))
+    dropped = fewest_late(costs, [e[0] for e in prefills])
+    if not dropped:
+        return prefills, []
+    return ([e for k, e in enumerate(prefills) if k not in dropped],
+            [e for k, e in enumerate(prefills) if k in dropped])
+
+
+def fewest_late(costs_s: Sequence[float], due_s: Sequence[float]) -> set[int]:
+    """Moore's algorithm (Management Science 15(1), 1968): the indices of the jobs to drop so that the
+    most of the others finish by their due times, run back to back from time 0 in the given order.
+
+    ``costs_s[k]`` (>= 0) is job ``k``'s run time and ``due_s[k]`` its due time, seconds from now;
+    the jobs must be in due-time order (EDF). Whenever the running sum passes the due time of the job
+    just added, the costliest job added so far is dropped (the lowest index among equal costs). The
+    kept jobs all finish in time, and no subset keeps more (optimal for one machine); O(n log n).
+    """
+    taken: list[tuple[float, int]] = []  # max-heap of (-cost, index)
+    dropped: set[int] = set()
+    total_s = 0.0
+    for k, (cost, due) in enumerate(zip(costs_s, due_s)):
+        total_s += cost
+        heapq.heappush(taken, (-cost, k))
+        if total_s > due:
+            worst, index = heapq.heappop(taken)
+            total_s += worst
+            dropped.add(index)
+    return dropped
 
 
 def _slack_of(entry: tuple) -> float:
