@@ -184,3 +184,17 @@ def test_the_knobs_reach_the_engine_through_node_config():
     cfg = NodeConfig.from_env(NodeConfig(knobs={"anchor": "first-token", "relegate": "lost", "tpot_margin": 0.1}).to_env())
     policy = make_policy(cfg.policy, REF_MODEL, **cfg.knobs)
     assert policy.config.relegate is Relegation.LOST and policy.config.tpot_margin == 0.1
+
+
+def test_seat_order_puts_the_requests_plan_would_relegate_last():
+    now = 100.0
+    lost = RequestState("lost", now - 1.5, 100, SLO_1S)
+    fresh = RequestState("fresh", now - 0.5, 100, SLO_1S)
+    assert [s.request_id for s in fb().seat_order([fresh, lost], [], LIMITS, now)] == ["lost", "fresh"]  # EDF
+    assert [s.request_id for s in fb(relegate="lost").seat_order([fresh, lost], [], LIMITS, now)] == ["fresh", "lost"]
+    # Moore's rule over the waiting prompts: the long one behind which the short ones would be late goes last.
+    long = RequestState("long", now - 0.8, 8000, SLO_1S)
+    shorts = [RequestState(f"s{i}", now - 0.79, 1000, SLO_1S) for i in range(3)]
+    order = fb(relegate="fewest-late").seat_order([long] + shorts, [], LIMITS, now)
+    assert [s.request_id for s in order] == ["s0", "s1", "s2", "long"]
+    assert [s.request_id for s in fb(relegate="doomed").seat_order([long] + shorts, [], LIMITS, now)][0] == "long"

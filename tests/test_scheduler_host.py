@@ -131,7 +131,7 @@ def test_a_prefix_cache_hit_is_planned_as_computed_and_found_without_side_effect
     stats = (kv.prefix_cache_stats.requests, kv.prefix_cache_stats.queries, kv.prefix_cache_stats.hits)
     free_order = [b.block_id for b in pool.free_block_queue.get_all_free_blocks()]
     ref_cnts = [b.ref_cnt for b in pool.blocks]
-    states, decoding = sched._fb_snapshot()
+    states, decoding = sched._fb_snapshot(time.time(), sched._fb_limits(sched.max_num_scheduled_tokens))
     (state,) = states
     assert (state.computed_tokens, state.prompt_tokens, decoding["second"]) == (96, 120, False)
     # The 6 hit blocks have no owner: they are free now and leave the free pool when adopted.

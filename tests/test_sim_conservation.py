@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cluster.cli.sim import app
 from cluster.sim.capacity import find_capacity
 from cluster.sim.config import SimConfig
+from cluster.sim.metrics import attains
 from cluster.sim.simulator import simulate
 from cluster.workload.traces import TraceRequest, Workload
 from node.fit.profile import load_profile
@@ -260,3 +261,25 @@ def test_chunk_alignment_defaults_to_the_profiles_tiles():
     assert align("h100-llama3-8b", chunk_align_tokens=64) == 64
     # the profile the simulator runs decides, not only the name in the config
     assert SimConfig(profile="h100-llama3-8b").scheduler_knobs(tile_tokens=0)["chunk_align_tokens"] == 0
+
+
+def test_a_waiting_request_the_policy_relegates_takes_a_free_seat_after_one_that_can_still_attain():
+    """One seat, held by a decode for about 2 s. Request 1 waits past its first-token deadline
+    (lost); request 2 arrives later and can still attain. vLLM's seat gate in EDF order gives the
+    freed seat to the lost one, which then holds it while request 2 misses too; with relegation the
+    seat goes to request 2 first (``ConfiguredPolicy.seat_order``, used by the engine host alike)."""
+    import dataclasses
+
+    profile = dataclasses.replace(PROFILE, max_num_seqs=1)
+    rows = [TraceRequest(0, 0.0, 200, 350), TraceRequest(1, 0.001, 200, 350), TraceRequest(2, 1.5, 200, 350)]
+    cfg = SimConfig(trace="seat", profile="ref-linear-h100", balancer="round-robin", ttft_slo_s=1.0,
+                    tpot_slo_s=0.05, anchor="first-token", tpot_margin=0.2)
+
+    def attained(relegate: str) -> list[bool]:
+        res = simulate(dataclasses.replace(cfg, relegate=relegate), workload=Workload(rows, name="seat"),
+                       profile=profile)
+        return [attains(r) for r in sorted(res.requests, key=lambda r: r.rid)]
+
+    assert attained("none") == [True, False, False]  # the lost request took the seat (EDF)
+    for relegate in ("lost", "doomed", "fewest-late"):
+        assert attained(relegate) == [True, False, True], relegate

@@ -59,7 +59,7 @@ from node.core.plan import BatchPlan, Limits, NodePolicy
 from node.core.request import SLO, RequestState
 from node.core.step_time import prefill_attention_pairs
 from node.core.attainment import mean_tpot_s
-from node.core.envelope import deadline_s, on_time_both
+from node.core.envelope import on_time_both
 
 class SimRequest:
     """One request's life in the simulator: trace facts, progress, and what the metrics need."""
@@ -270,11 +270,7 @@ class SimNode:
         self.busy = True
         if self.decoding > self.pool.free_blocks:
             self._make_room_for_decodes()
-        plan = self.policy.plan(
-            self._plannable(),
-            Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size, self.pool.total_blocks),
-            now_s,
-        )
+        plan = self._plan(now_s)
         while plan.is_empty:
             if not self._preempt_newest() and not self._drop_oldest_waiting():
                 self.busy = False
@@ -282,11 +278,7 @@ class SimNode:
             if not self.states:
                 self.busy = False
                 return
-            plan = self.policy.plan(
-                self._plannable(),
-                Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size, self.pool.total_blocks),
-                now_s,
-            )
+            plan = self._plan(now_s)
         self.last_budget_s = plan.budget_s
         live = self.live
         prefill_ctx = 0
@@ -496,10 +488,16 @@ class SimNode:
         )
         self.states[req.key] = req.state
 
-    def _plannable(self) -> list[RequestState]:
+    def _plan(self, now_s: float) -> BatchPlan:
+        """The policy's plan for a step starting at ``now_s`` over the plannable requests."""
+        limits = Limits(self.max_num_seqs, self.max_num_batched_tokens, self.pool.free_blocks, self.block_size,
+                        self.pool.total_blocks)
+        return self.policy.plan(self._plannable(now_s, limits), limits, now_s)
+
+    def _plannable(self, now_s: float, limits: Limits) -> list[RequestState]:
         """The requests the planner may schedule this step. With ``seats_as_vllm`` (as vLLM, and
         ``node.vllm.scheduler``'s snapshot): every started request (holding KV), and waiting ones
-        only into the seats they leave of ``max_num_seqs``, the earliest deadline first."""
+        only into the seats they leave of ``max_num_seqs``, in the policy's ``seat_order``."""
         states = list(self.states.values())
         if not self.seats_as_vllm:
             return states
@@ -509,8 +507,7 @@ class SimNode:
         if seats >= len(states) - len(started):
             return states
         waiting = [st for st in states if not live[st.request_id].started]
-        waiting.sort(key=lambda st: deadline_s(st, st.output_tokens))
-        return started + waiting[:max(seats, 0)]
+        return started + self.policy.seat_order(waiting, started, limits, now_s)[:max(seats, 0)]
 
     def _drop_oldest_waiting(self) -> bool:
         """Last resort when nothing can be scheduled and nothing can be preempted: drop

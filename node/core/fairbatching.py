@@ -295,6 +295,35 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         builder.align_tokens(cfg.chunk_align_tokens, cfg.min_chunk_tokens)
         return builder.finish(self.name, budget_s=budget, urgent_decodes=len(urgent))
 
+    def seat_order(self, waiting: Sequence[RequestState], started: Sequence[RequestState], limits: Limits,
+                   now_s: float) -> list[RequestState]:
+        """``ConfiguredPolicy.seat_order`` with relegation: the waiting requests ``plan`` would serve
+        last (``relegate``: lost, doomed, or dropped by Moore's rule together with the prompts already
+        started) take seats after the others, EDF within each part; without relegation, EDF."""
+        edf = super().seat_order(waiting, started, limits, now_s)
+        cfg = self.config
+        if cfg.relegate is Relegation.NONE:
+            return edf
+        doomed = cfg.relegate in (Relegation.DOOMED, Relegation.FEWEST_LATE)
+        kept: list[RequestState] = []
+        last: list[RequestState] = []
+        for st in edf:
+            (last if self._is_relegated(st, now_s, st.computed_tokens < st.prompt_tokens, limits, doomed)
+             else kept).append(st)
+        if cfg.relegate is Relegation.FEWEST_LATE and len(kept) > 1:
+            pace = 1.0 - cfg.tpot_margin
+            live = [st for st in started if not self._is_relegated(st, now_s, st.computed_tokens < st.prompt_tokens,
+                                                                   limits, doomed)]
+            entries = [(slack, st.arrival_s, st.request_id, st)
+                       for st, slack in zip(live + kept, slacks_s(live + kept, now_s, cfg.anchor, pace))]
+            prefills = sorted(e for e in entries if e[-1].computed_tokens < e[-1].prompt_tokens)
+            decodes = [e for e in entries if e[-1].computed_tokens >= e[-1].prompt_tokens]
+            _, dropped = fewest_late_split(prefills, decodes, self.step_model, limits, pace)
+            moved = {e[2] for e in dropped}
+            last = [st for st in kept if st.request_id in moved] + last
+            kept = [st for st in kept if st.request_id not in moved]
+        return kept + last
+
     def _add_prefills(self, builder: BatchBuilder, prefills: list, budget: float) -> None:
         """Each prefill in EDF order, the largest chunk that keeps the step within ``budget``."""
         for slack, _, _, req in prefills:

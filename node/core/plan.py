@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, Protocol, Sequence, TypeVar
 
+from node.core.envelope import deadline_s
 from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.request import RequestState
 from node.core.validation import check_int
@@ -142,6 +143,9 @@ class NodePolicy(Protocol):
 
     def plan(self, requests: Sequence[RequestState], limits: Limits, now_s: float) -> BatchPlan: ...
 
+    def seat_order(self, waiting: Sequence[RequestState], started: Sequence[RequestState], limits: Limits,
+                   now_s: float) -> list[RequestState]: ...
+
 
 ConfigT = TypeVar("ConfigT")
 
@@ -160,6 +164,17 @@ class ConfiguredPolicy(Generic[ConfigT]):
     def __init__(self, step_model: StepTimeModel, config: ConfigT | None = None) -> None:
         self.step_model = step_model
         self.config: ConfigT = config if config is not None else self.config_type()
+
+    def seat_order(self, waiting: Sequence[RequestState], started: Sequence[RequestState], limits: Limits,
+                   now_s: float) -> list[RequestState]:
+        """The order in which ``waiting`` requests (holding no seat or KV yet) take the free sequence
+        seats, when there are fewer seats than waiting requests: as vLLM counts seats, every started
+        request holds one (``started``: the live requests that hold KV), so a host offers the planner
+        only the first waiting requests of this order that fit. Here: earliest next-token deadline
+        first (``envelope.deadline_s``, the arrival anchor). A policy that serves some requests last
+        (FairBatching's relegation) puts them last here too, or they would take the seats first.
+        ``now_s`` in seconds; ``started`` and ``limits`` are for such policies."""
+        return sorted(waiting, key=lambda st: deadline_s(st, st.output_tokens))
 
 
 @dataclass

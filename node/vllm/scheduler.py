@@ -270,7 +270,7 @@ class FairBatchingMixin:
         grammar = so.grammar if so is not None else None
         return grammar is not None and not isinstance(grammar, Exception)
 
-    def _fb_snapshot(self) -> tuple[list[RequestState], dict[str, bool]]:
+    def _fb_snapshot(self, now_s: float, limits: Limits) -> tuple[list[RequestState], dict[str, bool]]:
         states: list[RequestState] = []
         is_decode: dict[str, bool] = {}
         bs = self.block_size
@@ -297,9 +297,13 @@ class FairBatchingMixin:
                 candidates.append((*got, request.num_computed_tokens == 0))
         # vLLM admits a waiting request only into a free seat: running requests,
         # hidden ones included, count against max_num_running_reqs. Offer the
-        # planner no more waiting requests than there are seats, the most pressed first.
+        # planner no more waiting requests than there are seats, in the policy's
+        # seat order (EDF, relegated requests last: ConfiguredPolicy.seat_order).
         seats = self.max_num_running_reqs - len(self.running)
-        candidates.sort(key=lambda g: deadline_s(g[0], g[0].output_tokens))
+        if len(candidates) > seats:
+            by_id = {g[0].request_id: g for g in candidates}
+            order = self.fb_policy.seat_order([g[0] for g in candidates], states, limits, now_s)
+            candidates = [by_id[st.request_id] for st in order]
         for state, decoding, fresh in candidates:
             if seats <= 0:
                 break
@@ -336,10 +340,11 @@ class FairBatchingMixin:
             self._fb_set_step_model(self.fb_refit.observe_cadence(t0 - self._fb_prev_start, self._fb_last_forward_s))
         if self.current_step % 256 == 0:
             self._fb_prune()
-        states, is_decode = self._fb_snapshot()
         saved_tokens = self.max_num_scheduled_tokens
         saved_active = self.max_num_active_reqs
-        plan = self.fb_policy.plan(states, self._fb_limits(saved_tokens), now_s) if states else None
+        limits = self._fb_limits(saved_tokens)
+        states, is_decode = self._fb_snapshot(now_s, limits)
+        plan = self.fb_policy.plan(states, limits, now_s) if states else None
         t_plan = time.perf_counter() - t0
         apply = cfg.apply_plan and plan is not None and not plan.is_empty
         fallback = cfg.apply_plan and plan is not None and plan.is_empty
