@@ -117,8 +117,10 @@ class ServeConfig(BaseModel):
     scheduler: Literal["fairbatching", "fairbatching-async", "vllm"] = "fairbatching"
     # NodeConfig overrides for the scheduler. The TPOT guard band: FairBatching paces a decode to its
     # deadline, so its mean TPOT lands just under the SLO and the way back to the client tips it
-    # over; planning at 0.8 x the TPOT leaves that way 20 % (bench/results/SERVE.md).
-    node_config: dict[str, Any] = Field(default_factory=lambda: {"knobs": {"tpot_margin": 0.2}})
+    # over; planning at 0.8 x the TPOT leaves that way 20 % (bench/results/SERVE.md). Seat pressure and
+    # fewest-late relegation: the knobs that measured best on the engine at saturation (ENGINE.md).
+    node_config: dict[str, Any] = Field(default_factory=lambda: {
+        "knobs": {"tpot_margin": 0.2, "seat_pressure": 0.8, "relegate": "fewest-late"}})
     profile: str = "cpu-tiny-llama"  # step-time profile: a name in deploy/profiles or a path
     # Deployment default SLOs, seconds (requests may name their own); None: the profile's.
     ttft_slo_s: Optional[float] = Field(None, gt=0, allow_inf_nan=False)

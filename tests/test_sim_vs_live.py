@@ -64,7 +64,10 @@ def test_the_simulator_runs_the_deployments_own_settings():
     assert (sim.tpot_margin, sim.relegate, sim.chunk_align_tokens, sim.feedback) == (0.1, "doomed", 0, True)
     assert (sim.start_s, sim.rate_scale, sim.client_path_s, sim.max_output_tokens) == (30.0, 2.0, 0.04, 32)
     default = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0)
-    assert default.relegate == "none" and default.tpot_margin == 0.2  # the policy's and the serve config's
+    # the serve config's default knobs
+    assert (default.relegate, default.tpot_margin, default.seat_pressure) == ("fewest-late", 0.2, 0.8)
+    named_none = sim_config_for(ServeConfig(node_config={"knobs": {}}), SimLiveConfig(), "x", start_s=0.0)
+    assert named_none.relegate == "none"  # the policy's default where the deployment names none
     assert sim_config_for(ServeConfig(feedback={"enabled": False}), SimLiveConfig(), "cpu-tiny-llama",
                           start_s=0.0).feedback is False
     with pytest.raises(ValueError, match="seat_cap"):
