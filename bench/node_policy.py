@@ -91,7 +91,10 @@ def summarise(rows: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     out = []
+    all_arms = arms
     for profile in profiles:
+        # The arms run on this profile for every trace and seed (a file may hold an arm for one profile only).
+        arms = [a for a in all_arms if all((t, profile, s, a) in cap for t in traces for s in seeds)]
         vllm = [a for a in arms if a.startswith("vllm[")]
         # The best single budget across the traces: the highest mean over traces of capacity / trace best.
         def rel(a: str) -> float:
