@@ -19,6 +19,14 @@ from node.core.policies import POLICY_NAMES, make_policy
 from node.core.request import SLO, RequestState
 
 DEFAULT_SIZES = (64, 256, 1024, 4096)
+#: Arms measured: each policy at its own defaults, and FairBatching with the serving layer's default
+#: knobs (``cluster.config.ServeConfig``: first-token anchor, TPOT margin 0.2, seat pressure 0.8, fewest-late
+#: relegation, which runs Moore's rule over the prefill queue and the seat order every step).
+ARMS: dict[str, tuple[str, dict]] = {
+    **{name: (name, {}) for name in POLICY_NAMES},
+    "fairbatching-serve": ("fairbatching", {"anchor": "first-token", "tpot_margin": 0.2, "seat_pressure": 0.8,
+                                            "relegate": "fewest-late"}),
+}
 
 
 @dataclass(frozen=True)
@@ -53,13 +61,13 @@ def synthetic_snapshot(size: int, now_s: float, rng: random.Random, prefill_shar
 
 def measure(
     sizes: tuple[int, ...] = DEFAULT_SIZES,
-    policies: tuple[str, ...] = POLICY_NAMES,
+    policies: tuple[str, ...] = tuple(ARMS),
     *,
     repeats: int = 200,
     seed: int = 0,
     progress=None,
 ) -> list[OverheadRow]:
-    """Median and P99 wall time of ``plan()`` for each policy and snapshot size."""
+    """Median and P99 wall time of ``plan()`` for each arm of ``ARMS`` named in ``policies`` and snapshot size."""
     model = StepTimeModel(a_s=0.0056, b_s_per_token=21e-6, c_s_per_context_token=0.05e-6)
     limits = Limits(max_num_seqs=max(sizes), max_num_batched_tokens=8192)
     rows = []
@@ -67,7 +75,8 @@ def measure(
         rng = random.Random(seed + size)
         snapshots = [synthetic_snapshot(size, 100.0, rng) for _ in range(8)]
         for name in policies:
-            policy = make_policy(name, model)
+            policy_name, knobs = ARMS[name]
+            policy = make_policy(policy_name, model, **knobs)
             n = max(20, repeats * 256 // max(size, 256))
             times = []
             for k in range(n):

@@ -29,9 +29,9 @@ def overhead(
     repeats: int = typer.Option(200, min=10, help="Planning calls per policy at 256 requests (scaled by size)."),
     seed: int = typer.Option(0, help="Seed of the synthetic snapshots."),
 ) -> None:
-    """Planning time per step (median, P99) of FairBatching beside the vLLM and Sarathi baselines."""
-    from cluster.bench.overhead import measure
-    from node.core.policies import POLICY_NAMES
+    """Planning time per step (median, P99) of FairBatching (its own defaults, and the serving layer's knobs)
+    beside the vLLM and Sarathi baselines."""
+    from cluster.bench.overhead import ARMS, measure
 
     try:
         size_list = tuple(int(s) for s in sizes.split(","))
@@ -39,7 +39,7 @@ def overhead(
         raise typer.BadParameter(f"--sizes must be integers separated by commas, got {sizes!r}") from None
     if any(s < 1 for s in size_list):
         raise typer.BadParameter("--sizes must be positive")
-    total = sum(max(20, repeats * 256 // max(s, 256)) for s in size_list) * len(POLICY_NAMES)
+    total = sum(max(20, repeats * 256 // max(s, 256)) for s in size_list) * len(ARMS)
     with Progress(transient=True) as progress:
         task = progress.add_task("planning", total=total)
         rows = measure(size_list, repeats=repeats, seed=seed, progress=lambda: progress.advance(task))
