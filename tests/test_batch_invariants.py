@@ -25,7 +25,20 @@ fairbatching_knobs = st.fixed_dictionaries(
 
 @given(name=st.sampled_from(POLICY_NAMES), model=models, reqs=snapshots(), limits=limits_strategy)
 def test_a_plan_never_breaks_a_hard_cap_or_the_memory_limit(name, model, reqs, limits):
-    plan = make_policy(name, model).plan(reqs, limits, NOW)
+    _check_hard_caps(make_policy(name, model).plan(reqs, limits, NOW), reqs, limits)
+
+
+@given(knobs=fairbatching_knobs, relegate=st.sampled_from(["lost", "doomed", "fewest-late"]), model=models,
+       reqs=snapshots(), limits=limits_strategy)
+def test_a_relegating_plan_never_breaks_a_hard_cap_or_the_memory_limit(knobs, relegate, model, reqs, limits):
+    plan = make_policy("fairbatching", model, relegate=relegate, **knobs).plan(reqs, limits, NOW)
+    _check_hard_caps(plan, reqs, limits)
+    # relegating never leaves a step empty that the paper's policy would fill
+    if plan.is_empty:
+        assert make_policy("fairbatching", model, **knobs).plan(reqs, limits, NOW).is_empty
+
+
+def _check_hard_caps(plan, reqs, limits) -> None:
     by_id = {r.request_id: r for r in reqs}
     assert len(plan.items) <= limits.max_num_seqs
     assert plan.new_tokens == sum(i.new_tokens for i in plan.items) <= limits.max_num_batched_tokens

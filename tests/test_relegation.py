@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.core.fairbatching import FairBatchingPolicy, Relegation, fewest_late
+from node.core.fairbatching import FairBatchingPolicy, Relegation, fewest_late, prefill_s_per_token
 from node.vllm.node_config import NodeConfig
 from node.core.plan import Group, Limits, SkipReason
 from node.core.policies import make_policy
@@ -198,3 +198,25 @@ def test_seat_order_puts_the_requests_plan_would_relegate_last():
     order = fb(relegate="fewest-late").seat_order([long] + shorts, [], LIMITS, now)
     assert [s.request_id for s in order] == ["s0", "s1", "s2", "long"]
     assert [s.request_id for s in fb(relegate="doomed").seat_order([long] + shorts, [], LIMITS, now)][0] == "long"
+
+
+def test_fewest_late_prices_prompts_at_the_rate_the_planner_runs_them():
+    now = 100.0
+    # An idle node runs prompts in full 4096-token steps (22.4 us a token here): two 6000-token prompts
+    # due in 0.275 s both make it, so nothing is relegated (priced at one 50 ms step's rate, 23.7 us a
+    # token, the second looked late and Moore relegated the first).
+    reqs = [RequestState(f"p{i}", now - 0.725, 6000, SLO_1S) for i in range(2)]
+    assert fb(relegate="fewest-late").plan(reqs, LIMITS, now) == fb(relegate="doomed").plan(reqs, LIMITS, now)
+
+
+def test_fewest_late_counts_a_loose_decode_in_the_share_of_steps_it_runs():
+    # One interactive decode (50 ms) beside 500 batch decodes (250 ms): a batch decode runs in one
+    # step in five, so prompt tokens still fit each step (reserving every decode every step left none).
+    now = 100.0
+    batch = SLO(ttft_s=30.0, tpot_s=0.25)
+    decodes = [RequestState("i", now - 1.0, 500, SLO_1S, computed_tokens=500, output_tokens=5, first_token_s=now - 0.8)]
+    decodes += [RequestState(f"b{k}", now - 1.0, 500, batch, computed_tokens=500, output_tokens=2,
+                             first_token_s=now - 0.5) for k in range(500)]
+    entries = [(0.0, d.arrival_s, d.request_id, d) for d in decodes]
+    assert prefill_s_per_token(entries, REF_MODEL, Limits(max_num_seqs=1024, max_num_batched_tokens=8192), 1.0) \
+        is not None

@@ -262,3 +262,13 @@ def test_an_urgent_decode_short_of_kv_preempts_the_most_relaxed_hidden_decode(wo
     assert out.num_scheduled_tokens == {"roomy": 1, "urgent": 1}
     assert sched.requests["relaxed-100"].status == RequestStatus.RUNNING
     assert sched.requests["relaxed-100"] in sched.running
+
+
+def test_kv_room_goes_to_the_earliest_deadline_when_seats_are_plentiful(workdir, monkeypatch):
+    """16 seats, two waiting requests, KV room for one 100-token prompt: the room goes to the request due
+    first (the policy's seat order), not to the one first in vLLM's FCFS queue."""
+    sched = _scheduler(workdir, monkeypatch, num_blocks=1 + 8)
+    sched.add_request(_request("loose", 100, seed=1, ttft_s=30.0))  # first in the queue, due in 30 s
+    sched.add_request(_request("tight", 100, seed=2, ttft_s=0.5))  # due in 0.5 s
+    out = _step(sched)
+    assert "tight" in out.num_scheduled_tokens and "loose" not in out.num_scheduled_tokens

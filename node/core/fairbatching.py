@@ -378,23 +378,17 @@ def fewest_late_split(prefills: list, decodes: list, model: StepTimeModel, limit
     the planner's entries ``(slack_s, arrival_s, request_id, request)``.
 
     ``prefills`` must be in EDF order (slack ascending; for a prompt its slack is its first-token
-    deadline less now). A prompt costs ``remaining / R`` seconds plus its own causal attention,
-    ``R`` the prefill tokens/s a step of the tightest TPOT (at ``pace``) carries beside the running
-    ``decodes`` (``node.core.pab.prefill_chunk_per_step``, PAB's rate). Taking the prompts in EDF
-    order, whenever the running sum of costs passes the slack of the prompt just taken, the costliest
-    prompt taken so far is relegated (``fewest_late``): what is kept then finishes in time by the same
-    sum, and no other choice keeps more prompts in time on one machine. With no prefill rate left
-    (the decodes fill the step) nothing is relegated here.
+    deadline less now). A prompt costs ``remaining / R`` seconds plus its own causal attention, ``R``
+    the node's prefill rate (``prefill_rate_tps``). Taking the prompts in EDF order, whenever the
+    running sum of costs passes the slack of the prompt just taken, the costliest prompt taken so far
+    is relegated (``fewest_late``): what is kept then finishes in time by the same sum, and no other
+    choice keeps more prompts in time on one machine. With no prefill rate left (the decodes fill
+    the step) nothing is relegated here.
     """
-    tpots = [e[-1].slo.tpot_s for e in decodes] or [e[-1].slo.tpot_s for e in prefills]
-    tau = pace * min(tpots)
-    reservation = model.safety_factor * sum(
-        model.b_s_per_token + model.c_s_per_context_token * e[-1].decode_context_tokens for e in decodes)
-    q, step_s = prefill_chunk_per_step(model, tau, reservation, len(decodes), limits.max_num_batched_tokens)
-    if q <= 0:
+    per_token_s = prefill_s_per_token(decodes, model, limits, pace)
+    if per_token_s is None:
         return prefills, []
     attention = model.safety_factor * model.attn_prefill_s_per_token_sq
-    per_token_s = (step_s - attention * 0.5 * q * q) / q  # the step's own chunk attention is counted per prompt
     costs = []
     for entry in prefills:
         req = entry[-1]
@@ -405,6 +399,33 @@ def fewest_late_split(prefills: list, decodes: list, model: StepTimeModel, limit
         return prefills, []
     return ([e for k, e in enumerate(prefills) if k not in dropped],
             [e for k, e in enumerate(prefills) if k in dropped])
+
+
+def prefill_s_per_token(decodes: list, model: StepTimeModel, limits: Limits, pace: float) -> float | None:
+    """Seconds a prompt token takes on the node beside its running ``decodes`` (planner entries), its own
+    attention aside; None when the decodes leave no room for prompt tokens.
+
+    Without decodes the planner runs prompts in steps of ``max_num_batched_tokens`` (their budget is
+    the first prompt's slack), so a token costs ``T(N) / N`` of such a step. With decodes, PAB's rate
+    (``node.core.pab.prefill_chunk_per_step``): a step of the tightest TPOT at ``pace`` (``tau``)
+    carries every decode paced to its own TPOT (a decode at TPOT ``t`` takes ``tau / (pace * t)`` of
+    a decode per step, as PAB's ``paced_decodes``) and a prompt chunk ``q`` in what is left;
+    ``step / q`` a token.
+    """
+    attention = model.safety_factor * model.attn_prefill_s_per_token_sq
+    if not decodes:
+        n = limits.max_num_batched_tokens
+        return (model.predict_s(n, n, prefill_attention_pairs(n, 0)) - attention * 0.5 * n * n) / n
+    tau = pace * min(e[-1].slo.tpot_s for e in decodes)
+    weights = [tau / (pace * e[-1].slo.tpot_s) for e in decodes]
+    reservation = model.safety_factor * sum(
+        w * (model.b_s_per_token + model.c_s_per_context_token * e[-1].decode_context_tokens)
+        for w, e in zip(weights, decodes))
+    q, step_s = prefill_chunk_per_step(model, tau, reservation, math.ceil(sum(weights)),
+                                       limits.max_num_batched_tokens)
+    if q <= 0:
+        return None
+    return (step_s - attention * 0.5 * q * q) / q  # the step's own chunk attention is counted per prompt
 
 
 def fewest_late(costs_s: Sequence[float], due_s: Sequence[float]) -> set[int]:

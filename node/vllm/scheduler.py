@@ -284,7 +284,7 @@ class FairBatchingMixin:
                 growth += max(0, -(-end // bs) - (-(-c // bs)))
         # vLLM admits a waiting request only when its whole sequence fits in the
         # free blocks (scheduler_reserve_full_isl, plus the watermark); a request
-        # that cannot be admitted is left out of the plan, in EDF order of next-token deadlines.
+        # that cannot be admitted is left out of the plan, in the seat order below.
         full_isl = self.scheduler_reserve_full_isl
         room = self.kv_cache_manager.block_pool.get_num_free_blocks() - growth
         room -= self.kv_cache_manager.watermark_blocks
@@ -297,10 +297,11 @@ class FairBatchingMixin:
                 candidates.append((*got, request.num_computed_tokens == 0))
         # vLLM admits a waiting request only into a free seat: running requests,
         # hidden ones included, count against max_num_running_reqs. Offer the
-        # planner no more waiting requests than there are seats, in the policy's
-        # seat order (EDF, relegated requests last: ConfiguredPolicy.seat_order).
+        # planner no more waiting requests than there are seats, and take the KV
+        # room above in the policy's seat order (EDF, relegated requests last:
+        # ConfiguredPolicy.seat_order), not vLLM's queue order.
         seats = self.max_num_running_reqs - len(self.running)
-        if len(candidates) > seats:
+        if len(candidates) > 1:
             by_id = {g[0].request_id: g for g in candidates}
             order = self.fb_policy.seat_order([g[0] for g in candidates], states, limits, now_s)
             candidates = [by_id[st.request_id] for st in order]
