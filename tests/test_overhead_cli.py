@@ -11,7 +11,9 @@ def test_overhead_benchmark_writes_one_row_per_arm_and_size(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert {(r["policy"], r["requests"]) for r in rows} == {
-        (p, n) for p in ("fairbatching", "vllm", "vllm-priority", "sarathi", "fairbatching-serve") for n in (16, 64)
+        (p, n) for p in ("fairbatching", "vllm", "vllm-priority", "sarathi", "fairbatching-serve",
+                         "fairbatching-serve-doomed", "fairbatching-serve seat_order",
+                         "fairbatching-serve-doomed seat_order") for n in (16, 64)
     }
     assert all(0 < r["median_ms"] <= r["p99_ms"] for r in rows)
 

@@ -28,9 +28,12 @@ def overhead(
     sizes: str = typer.Option("64,256,1024,4096", help="Comma-separated snapshot sizes (requests)."),
     repeats: int = typer.Option(200, min=10, help="Planning calls per policy at 256 requests (scaled by size)."),
     seed: int = typer.Option(0, help="Seed of the synthetic snapshots."),
+    queued_age_s: float = typer.Option(30.0, min=0.0, help="Queued prompts arrived up to this many seconds ago "
+                                       "(TTFT SLO 1 s: 30 leaves most of them past their deadline, as recorded "
+                                       "before 2026-12-01; 1 leaves every one for Moore's rule to weigh)."),
 ) -> None:
-    """Planning time per step (median, P99) of FairBatching (its own defaults, and the serving layer's knobs)
-    beside the vLLM and Sarathi baselines."""
+    """Planning time per step (median, P99) of FairBatching (its own defaults, and the serving layer's knobs,
+    with their seat order) beside the vLLM and Sarathi baselines."""
     from cluster.bench.overhead import ARMS, measure
 
     try:
@@ -40,9 +43,12 @@ def overhead(
     if any(s < 1 for s in size_list):
         raise typer.BadParameter("--sizes must be positive")
     total = sum(max(20, repeats * 256 // max(s, 256)) for s in size_list) * len(ARMS)
+    if queued_age_s <= 0:
+        raise typer.BadParameter("--queued-age-s must be > 0")
     with Progress(transient=True) as progress:
         task = progress.add_task("planning", total=total)
-        rows = measure(size_list, repeats=repeats, seed=seed, progress=lambda: progress.advance(task))
+        rows = measure(size_list, repeats=repeats, seed=seed, queued_age_s=queued_age_s,
+                       progress=lambda: progress.advance(task))
     table = Table(title=f"plan() time per step on {platform.processor() or platform.machine()}")
     for col in ("policy", "requests", "median ms", "p99 ms", "median vs vllm"):
         table.add_column(col, justify="right")

@@ -312,12 +312,14 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
              else kept).append(st)
         if cfg.relegate is Relegation.FEWEST_LATE and len(kept) > 1:
             pace = 1.0 - cfg.tpot_margin
-            live = [st for st in started if not self._is_relegated(st, now_s, st.computed_tokens < st.prompt_tokens,
-                                                                   limits, doomed)]
-            entries = [(slack, st.arrival_s, st.request_id, st)
-                       for st, slack in zip(live + kept, slacks_s(live + kept, now_s, cfg.anchor, pace))]
-            prefills = sorted(e for e in entries if e[-1].computed_tokens < e[-1].prompt_tokens)
-            decodes = [e for e in entries if e[-1].computed_tokens >= e[-1].prompt_tokens]
+            # Moore's rule over the started prompts still in time and the waiting ones kept, beside every
+            # started decode (only its TPOT and context matter to the rate, not its slack).
+            queued = [st for st in started if st.computed_tokens < st.prompt_tokens
+                      and not self._is_relegated(st, now_s, True, limits, doomed)] + kept
+            prefills = sorted((slack, st.arrival_s, st.request_id, st)
+                              for st, slack in zip(queued, slacks_s(queued, now_s, cfg.anchor, pace)))
+            decodes = [(0.0, st.arrival_s, st.request_id, st) for st in started
+                       if st.computed_tokens >= st.prompt_tokens]
             _, dropped = fewest_late_split(prefills, decodes, self.step_model, limits, pace)
             moved = {e[2] for e in dropped}
             last = [st for st in kept if st.request_id in moved] + last
