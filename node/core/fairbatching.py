@@ -227,7 +227,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         lost_prefills: list[tuple] = []
         pace = 1.0 - cfg.tpot_margin  # decode deadlines are planned at this fraction of the TPOT SLO
         relegate = cfg.relegate is not Relegation.NONE
-        doomed = cfg.relegate in (Relegation.DOOMED, Relegation.FEWEST_LATE)
+        doomed = self._relegates_doomed
         # The next token's deadline, decodes planned at ``pace`` of their TPOT SLO.
         for req, slack in zip(requests, slacks_s(requests, now_s, anchor, pace)):
             # EDF entries sort as plain tuples (ids are unique, so the request is never compared).
@@ -304,22 +304,20 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
         cfg = self.config
         if cfg.relegate is Relegation.NONE:
             return edf
-        doomed = cfg.relegate in (Relegation.DOOMED, Relegation.FEWEST_LATE)
+        doomed = self._relegates_doomed
         kept: list[RequestState] = []
         last: list[RequestState] = []
         for st in edf:
-            (last if self._is_relegated(st, now_s, st.computed_tokens < st.prompt_tokens, limits, doomed)
-             else kept).append(st)
+            (last if self._is_relegated(st, now_s, st.is_prefill, limits, doomed) else kept).append(st)
         if cfg.relegate is Relegation.FEWEST_LATE and len(kept) > 1:
             pace = 1.0 - cfg.tpot_margin
             # Moore's rule over the started prompts still in time and the waiting ones kept, beside every
             # started decode (only its TPOT and context matter to the rate, not its slack).
-            queued = [st for st in started if st.computed_tokens < st.prompt_tokens
+            queued = [st for st in started if st.is_prefill
                       and not self._is_relegated(st, now_s, True, limits, doomed)] + kept
             prefills = sorted((slack, st.arrival_s, st.request_id, st)
                               for st, slack in zip(queued, slacks_s(queued, now_s, cfg.anchor, pace)))
-            decodes = [(0.0, st.arrival_s, st.request_id, st) for st in started
-                       if st.computed_tokens >= st.prompt_tokens]
+            decodes = [(0.0, st.arrival_s, st.request_id, st) for st in started if not st.is_prefill]
             _, dropped = fewest_late_split(prefills, decodes, self.step_model, limits, pace)
             moved = {e[2] for e in dropped}
             last = [st for st in kept if st.request_id in moved] + last
@@ -340,6 +338,11 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
                                                limits.max_num_batched_tokens)
 
     # -- relegation ------------------------------------------------------------------
+
+    @property
+    def _relegates_doomed(self) -> bool:
+        """Whether the ``relegate`` setting relegates doomed prefills too (``doomed`` and ``fewest-late``)."""
+        return self.config.relegate in (Relegation.DOOMED, Relegation.FEWEST_LATE)
 
     def _is_relegated(self, req: RequestState, now_s: float, is_prefill: bool, limits: Limits, doomed: bool) -> bool:
         """Lost: the first-token deadline passed without (or before) the first token. Doomed: see the docstring."""
@@ -394,7 +397,7 @@ def fewest_late_split(prefills: list, decodes: list, model: StepTimeModel, limit
     costs = []
     for entry in prefills:
         req = entry[-1]
-        remaining = req.prompt_tokens - req.computed_tokens
+        remaining = req.remaining_prompt_tokens
         costs.append(per_token_s * remaining + attention * prefill_attention_pairs(remaining, req.computed_tokens))
     dropped = fewest_late(costs, [e[0] for e in prefills])
     if not dropped:
