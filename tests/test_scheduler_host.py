@@ -272,3 +272,27 @@ def test_kv_room_goes_to_the_earliest_deadline_when_seats_are_plentiful(workdir,
     sched.add_request(_request("tight", 100, seed=2, ttft_s=0.5))  # due in 0.5 s
     out = _step(sched)
     assert "tight" in out.num_scheduled_tokens and "loose" not in out.num_scheduled_tokens
+
+
+def test_the_seat_order_is_computed_only_when_the_waiting_requests_do_not_all_fit(workdir, monkeypatch):
+    """The seat order (Moore's rule under fewest-late relegation) is host time on every step: the host
+    asks for it only when seats or KV room are short, where the order decides who is admitted."""
+    calls = []
+
+    def counting(policy):
+        inner = policy.seat_order
+        policy.seat_order = lambda *args: calls.append(len(args[0])) or inner(*args)
+
+    roomy = _scheduler(workdir, monkeypatch)  # 16 seats, 255 free blocks
+    counting(roomy.fb_policy)
+    roomy.add_request(_request("a", 100, seed=1))
+    roomy.add_request(_request("b", 100, seed=2))
+    out = _step(roomy)
+    assert set(out.num_scheduled_tokens) == {"a", "b"} and calls == []
+
+    short = _scheduler(workdir, monkeypatch, num_blocks=1 + 8)  # room for one 100-token prompt
+    counting(short.fb_policy)
+    short.add_request(_request("loose", 100, seed=1, ttft_s=30.0))
+    short.add_request(_request("tight", 100, seed=2, ttft_s=0.5))
+    out = _step(short)
+    assert calls == [2] and "tight" in out.num_scheduled_tokens

@@ -288,31 +288,38 @@ class FairBatchingMixin:
         full_isl = self.scheduler_reserve_full_isl
         room = self.kv_cache_manager.block_pool.get_num_free_blocks() - growth
         room -= self.kv_cache_manager.watermark_blocks
+        # (state, decoding, KV blocks it takes from the free pool to be admitted; None: not checked)
         candidates = []
         for request in self.waiting:
             if request.status not in _ADMITTABLE and not self._fb_grammar_ready(request):
                 continue  # blocked (grammar compiling, remote KV, streaming input): vLLM handles it
             got = self._fb_state(request)
             if got is not None:
-                candidates.append((*got, request.num_computed_tokens == 0))
+                state, decoding = got
+                need = None
+                if full_isl and request.num_computed_tokens == 0:
+                    # Blocks the whole sequence takes from the free pool: a prefix-cache hit's
+                    # blocks are already there (evictable ones excepted, see _fb_prefix_hit).
+                    uncached = max(0, min(state.prompt_tokens, self.max_model_len) - state.computed_tokens)
+                    need = state.kv_blocks_needed(uncached, bs)
+                candidates.append((state, decoding, need))
         # vLLM admits a waiting request only into a free seat: running requests,
         # hidden ones included, count against max_num_running_reqs. Offer the
         # planner no more waiting requests than there are seats, and take the KV
         # room above in the policy's seat order (EDF, relegated requests last:
-        # ConfiguredPolicy.seat_order), not vLLM's queue order.
+        # ConfiguredPolicy.seat_order), not vLLM's queue order. When every waiting
+        # request fits, the order changes nothing and is not computed (it runs
+        # Moore's rule under fewest-late relegation: host time on every step).
         seats = self.max_num_running_reqs - len(self.running)
-        if len(candidates) > 1:
+        short = len(candidates) > seats or sum(g[2] or 0 for g in candidates) > room
+        if short and len(candidates) > 1:
             by_id = {g[0].request_id: g for g in candidates}
             order = self.fb_policy.seat_order([g[0] for g in candidates], states, limits, now_s)
             candidates = [by_id[st.request_id] for st in order]
-        for state, decoding, fresh in candidates:
+        for state, decoding, need in candidates:
             if seats <= 0:
                 break
-            if full_isl and fresh:
-                # Blocks the whole sequence takes from the free pool: a prefix-cache hit's
-                # blocks are already there (evictable ones excepted, see _fb_prefix_hit).
-                uncached = max(0, min(state.prompt_tokens, self.max_model_len) - state.computed_tokens)
-                need = state.kv_blocks_needed(uncached, bs)
+            if need is not None:
                 if need > room:
                     continue
                 room -= need
