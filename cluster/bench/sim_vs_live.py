@@ -44,6 +44,7 @@ from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
+from node.vllm.node_config import NodeConfig
 
 #: Report fields compared and kept for each side.
 KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
@@ -96,7 +97,7 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
                    rate_scale: float = 1.0, client_path_s: float = 0.0,
                    host: Optional["HostCPU"] = None) -> SimConfig:
     """The simulator configured as the deployment ``serve`` runs: its engines, balancer, admission,
-    anchor, closed loop and node-policy knobs, on ``profile_path``; with ``host``, the serving
+    anchor, closed loop, node-policy knobs and online refit, on ``profile_path``; with ``host``, the serving
     path's CPU on the engines' cores (``cluster.sim.shared_host``) as measured (``fit_host_cpu``).
 
     Raises ``ValueError`` for a deployment the simulator cannot stand for (another scheduler or
@@ -113,13 +114,15 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
         raise ValueError(f"node_config knobs the simulator has no flag for: {', '.join(unknown)}")
     knobs.setdefault("relegate", "none")  # the policy's default where the deployment names none
     knobs.setdefault("chunk_align_tokens", 0)
+    # The engines refit their planning model online (NodeConfig.refit, on by default), so the nodes do.
+    refit = bool((serve.node_config or {}).get("refit", NodeConfig.refit))
     return SimConfig(
         trace=cfg.trace, start_s=start_s, duration_s=cfg.duration_s, rate_scale=rate_scale,
         max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
         profile=profile_path, nodes=serve.engines, balancer=serve.balancer, scheduler="fairbatching",
         anchor=serve.anchor, pab_horizon_fraction=serve.pab_horizon_fraction,
         feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
-        client_path_s=client_path_s,
+        client_path_s=client_path_s, refit=refit,
         **({} if host is None else {"host_cpu_s_per_request": host.cpu_s_per_request, "host_cores": host.cores,
                                     "host_reference_rps": host.reference_rps,
                                     "host_cpu_s_per_refusal": host.cpu_s_per_refusal,
