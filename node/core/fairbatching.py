@@ -104,7 +104,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
-from node.core.envelope import Anchor, deadline_s, on_time, slacks_s
+from node.core.envelope import Anchor, on_time, slacks_s
 from node.core.pab import prefill_chunk_per_step
 from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits
 from node.core.request import RequestState
@@ -313,11 +313,17 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
             pace = 1.0 - cfg.tpot_margin
             # Moore's rule over the started prompts still in time and the waiting ones kept, beside every
             # started decode (only its TPOT and context matter to the rate, not its slack).
-            queued = [st for st in started if st.is_prefill
-                      and not self._is_relegated(st, now_s, True, limits, doomed)] + kept
+            queued: list[RequestState] = []
+            decodes: list[tuple] = []
+            for st in started:  # one pass, RequestState.is_prefill inlined: a host step runs this
+                if st.computed_tokens < st.prompt_tokens:
+                    if not self._is_relegated(st, now_s, True, limits, doomed):
+                        queued.append(st)
+                else:
+                    decodes.append((0.0, st.arrival_s, st.request_id, st))
+            queued += kept
             prefills = sorted((slack, st.arrival_s, st.request_id, st)
                               for st, slack in zip(queued, slacks_s(queued, now_s, cfg.anchor, pace)))
-            decodes = [(0.0, st.arrival_s, st.request_id, st) for st in started if not st.is_prefill]
             _, dropped = fewest_late_split(prefills, decodes, self.step_model, limits, pace)
             moved = {e[2] for e in dropped}
             last = [st for st in kept if st.request_id in moved] + last
@@ -346,7 +352,7 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
 
     def _is_relegated(self, req: RequestState, now_s: float, is_prefill: bool, limits: Limits, doomed: bool) -> bool:
         """Lost: the first-token deadline passed without (or before) the first token. Doomed: see the docstring."""
-        first_deadline = deadline_s(req, 0)
+        first_deadline = req.arrival_s + req.slo.ttft_s  # token 0's deadline under either anchor (deadline_s)
         if req.first_token_s is not None:
             return not on_time(req.first_token_s, first_deadline)
         if now_s > first_deadline:
@@ -421,13 +427,17 @@ def prefill_s_per_token(decodes: list, model: StepTimeModel, limits: Limits, pac
     if not decodes:
         n = limits.max_num_batched_tokens
         return (model.predict_s(n, n, prefill_attention_pairs(n, 0)) - attention * 0.5 * n * n) / n
-    tau = pace * min(e[-1].slo.tpot_s for e in decodes)
-    weights = [tau / (pace * e[-1].slo.tpot_s) for e in decodes]
-    reservation = model.safety_factor * sum(
-        w * (model.b_s_per_token + model.c_s_per_context_token * e[-1].decode_context_tokens)
-        for w, e in zip(weights, decodes))
-    q, step_s = prefill_chunk_per_step(model, tau, reservation, math.ceil(sum(weights)),
-                                       limits.max_num_batched_tokens)
+    min_tpot = min(e[-1].slo.tpot_s for e in decodes)
+    tau = pace * min_tpot
+    # sum over decodes of w (decodes per step) and of w x context, w = tau / (pace * tpot) = min_tpot / tpot
+    paced = paced_context = 0.0
+    for e in decodes:
+        req = e[-1]
+        w = min_tpot / req.slo.tpot_s
+        paced += w
+        paced_context += w * (req.prompt_tokens + req.output_tokens)  # req.decode_context_tokens, inlined
+    reservation = model.safety_factor * (model.b_s_per_token * paced + model.c_s_per_context_token * paced_context)
+    q, step_s = prefill_chunk_per_step(model, tau, reservation, math.ceil(paced), limits.max_num_batched_tokens)
     if q <= 0:
         return None
     return (step_s - attention * 0.5 * q * q) / q  # the step's own chunk attention is counted per prompt
