@@ -220,3 +220,27 @@ def test_fewest_late_counts_a_loose_decode_in_the_share_of_steps_it_runs():
     entries = [(0.0, d.arrival_s, d.request_id, d) for d in decodes]
     assert prefill_s_per_token(entries, REF_MODEL, Limits(max_num_seqs=1024, max_num_batched_tokens=8192), 1.0) \
         is not None
+
+
+def test_the_prompt_rate_beside_decodes_is_pabs_paced_rate():
+    # prefill_s_per_token with decodes is PAB's paced rate written out: a step of tau = pace x the
+    # tightest TPOT carries each decode's share tau / (pace x its TPOT) and a prompt chunk in what is left.
+    from node.core.pab import prefill_chunk_per_step
+
+    now, pace = 100.0, 0.8
+    batch = SLO(ttft_s=30.0, tpot_s=0.25)
+    decodes = [RequestState(f"i{k}", now - 1.0, 300 + 40 * k, SLO_1S, computed_tokens=300 + 40 * k,
+                            output_tokens=3 + k, first_token_s=now - 0.5) for k in range(3)]
+    decodes += [RequestState(f"b{k}", now - 1.0, 900 + 70 * k, batch, computed_tokens=900 + 70 * k,
+                             output_tokens=1 + k, first_token_s=now - 0.5) for k in range(2)]
+    entries = [(0.0, d.arrival_s, d.request_id, d) for d in decodes]
+    limits = Limits(max_num_seqs=1024, max_num_batched_tokens=2048)
+    tau = pace * 0.05
+    weights = [tau / (pace * d.slo.tpot_s) for d in decodes]  # 1, 1, 1, 0.2, 0.2: 3.4 decodes a step
+    reservation = REF_MODEL.safety_factor * sum(
+        w * (REF_MODEL.b_s_per_token + REF_MODEL.c_s_per_context_token * d.decode_context_tokens)
+        for w, d in zip(weights, decodes))
+    q, step_s = prefill_chunk_per_step(REF_MODEL, tau, reservation, 4, limits.max_num_batched_tokens)
+    attention = REF_MODEL.safety_factor * REF_MODEL.attn_prefill_s_per_token_sq
+    expected = (step_s - attention * 0.5 * q * q) / q
+    assert prefill_s_per_token(entries, REF_MODEL, limits, pace) == pytest.approx(expected, rel=1e-12)

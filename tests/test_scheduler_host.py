@@ -293,6 +293,6 @@ def test_the_seat_order_is_computed_only_when_the_waiting_requests_do_not_all_fi
     short = _scheduler(workdir, monkeypatch, num_blocks=1 + 8)  # room for one 100-token prompt
     counting(short.fb_policy)
     short.add_request(_request("loose", 100, seed=1, ttft_s=30.0))
-    short.add_request(_request("tight", 100, seed=2, ttft_s=0.5))
+    short.add_request(_request("tight", 100, seed=2, ttft_s=5.0))
     out = _step(short)
     assert calls == [2] and "tight" in out.num_scheduled_tokens

@@ -67,7 +67,8 @@ def test_the_simulator_runs_the_deployments_own_settings():
     # the serve config's default knobs
     assert (default.relegate, default.tpot_margin, default.seat_pressure) == ("fewest-late", 0.2, 0.8)
     assert default.refit is True  # the engines refit their model online (NodeConfig.refit), so the nodes do
-    assert sim_config_for(ServeConfig(node_config={"refit": False}), SimLiveConfig(), "x", start_s=0.0).refit is False
+    for off in (False, "false"):  # read as the engines read it (pydantic's coercion included)
+        assert sim_config_for(ServeConfig(node_config={"refit": off}), SimLiveConfig(), "x", start_s=0.0).refit is False
     named_none = sim_config_for(ServeConfig(node_config={"knobs": {}}), SimLiveConfig(), "x", start_s=0.0)
     assert named_none.relegate == "none"  # the policy's default where the deployment names none
     assert sim_config_for(ServeConfig(feedback={"enabled": False}), SimLiveConfig(), "cpu-tiny-llama",

@@ -44,7 +44,6 @@ from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
-from node.vllm.node_config import NodeConfig
 
 #: Report fields compared and kept for each side.
 KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
@@ -114,8 +113,9 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
         raise ValueError(f"node_config knobs the simulator has no flag for: {', '.join(unknown)}")
     knobs.setdefault("relegate", "none")  # the policy's default where the deployment names none
     knobs.setdefault("chunk_align_tokens", 0)
-    # The engines refit their planning model online (NodeConfig.refit, on by default), so the nodes do.
-    refit = bool((serve.node_config or {}).get("refit", NodeConfig.refit))
+    # The engines refit their planning model online (NodeConfig.refit, on by default), so the nodes do:
+    # read as the engines read it (node_config over the NodeConfig defaults, validated).
+    refit = serve.node_config_for_engines().refit
     return SimConfig(
         trace=cfg.trace, start_s=start_s, duration_s=cfg.duration_s, rate_scale=rate_scale,
         max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,

@@ -311,8 +311,9 @@ class FairBatchingMixin:
         # request fits, the order changes nothing and is not computed (it runs
         # Moore's rule under fewest-late relegation: host time on every step).
         seats = self.max_num_running_reqs - len(self.running)
-        short = len(candidates) > seats or sum(g[2] or 0 for g in candidates) > room
-        if short and len(candidates) > 1:
+        needs = [g[2] for g in candidates if g[2] is not None]
+        short = len(candidates) > seats or (bool(needs) and sum(needs) > room)
+        if seats > 0 and short and len(candidates) > 1:
             by_id = {g[0].request_id: g for g in candidates}
             order = self.fb_policy.seat_order([g[0] for g in candidates], states, limits, now_s)
             candidates = [by_id[st.request_id] for st in order]
