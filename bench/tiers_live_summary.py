@@ -14,12 +14,21 @@ def summarise(path: str) -> dict:
     tiers = {name: {k: t.get(k) for k in ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p99",
                                           "tpot_p99")}
              for name, t in report.get("per_tier", {}).items()}
-    refused_i = [r["sent_s"] for r in records if r["slo"]["tier"] == "interactive" and r["status"] == 429]
+    refused = [r for r in records if r["slo"]["tier"] == "interactive" and r["status"] == 429]
+    refused_i = [r["sent_s"] for r in refused]
     admitted_b = sorted(r["sent_s"] for r in records if r["slo"]["tier"] == "batch" and r["status"] == 200)
     # an interactive refusal with a batch request admitted within 1 s of it: batch was not fully shed
     overlap = sum(1 for t in refused_i if any(abs(t - b) <= 1.0 for b in admitted_b))
     # batch requests admitted within 1 s after an interactive refusal: the shedding came too late or not at all
     after = sum(1 for b in admitted_b if any(0 <= b - t <= 1.0 for t in refused_i))
+    # the same, counting only batch requests sent after the interactive 429 had reached the client:
+    # these were decided after that refusal for certain (by send time alone, a batch request sent just
+    # after an interactive one that waited at the ingress may have been decided long before its refusal)
+    answered = [r["done_s"] for r in refused if r.get("done_s") is not None]
+    after_answered = sum(1 for b in admitted_b if any(0 <= b - t <= 1.0 for t in answered))
+    reasons: dict = {}
+    for r in refused:
+        reasons[r.get("refusal")] = reasons.get(r.get("refusal"), 0) + 1
     # the longest time in which no token reached the client while some stream was open (a stall of
     # every stream at once, as behind a burst of refusals at the front end)
     tokens = sorted(t for r in records for t in r["token_times"])
@@ -39,7 +48,9 @@ def summarise(path: str) -> dict:
     return {"file": path, "offered_rps": report.get("offered_rps"), "goodput_rps": report.get("goodput_rps"),
             "admitted_attainment": report.get("admitted_attainment"), "per_tier": tiers,
             "interactive_refused": len(refused_i), "interactive_refused_while_batch_admitted_1s": overlap,
-            "batch_admitted_within_1s_after_interactive_refused": after, "longest_token_gap_s": gap,
+            "batch_admitted_within_1s_after_interactive_refused": after,
+            "batch_admitted_within_1s_after_interactive_429_answered": after_answered,
+            "interactive_refusals_by_reason": reasons, "longest_token_gap_s": gap,
             "engine_side_by_class": server}
 
 
