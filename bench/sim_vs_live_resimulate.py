@@ -12,7 +12,6 @@ request and with the nodes' online refit (``cluster.bench.sim_vs_live.resimulate
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -40,17 +39,16 @@ def main(folder: Path = typer.Argument(..., help="Folder of recorded checks (*.j
             continue
         for label, overrides in SETTINGS.items():
             result = resimulate(recorded, **overrides)
+            verdict = result.verdict()  # the check's own medians and criterion
             for row in result.rows:
-                live = row["live"]
-                att = statistics.median(r["attainment"] for r in live)
-                ttft = statistics.median(r["ttft_p50"] for r in live)
-                sim = row["sim"]
+                v, sim = verdict[f"{row['multiple']:g}x"], row["sim"]
+                att, ttft = v["live_attainment_median"], v["live_ttft_p50_median_s"]
                 rows.append({"check": path.name, "setting": label, "multiple": row["multiple"],
                              "live_attainment_median": att, "sim_attainment": sim["attainment"],
-                             "attainment_gap_pts": 100 * (sim["attainment"] - att),
+                             "attainment_gap_pts": 100 * (sim["attainment"] - att),  # signed: + optimistic
                              "live_ttft_p50_median_s": ttft, "sim_ttft_p50_s": sim["ttft_p50"],
                              "ttft_p50_rel_err": (sim["ttft_p50"] - ttft) / ttft if ttft else None,
-                             "sim_rejected": sim["rejected"]})
+                             "holds": v["holds"], "sim_rejected": sim["rejected"]})
                 typer.echo(f"{path.name} | {label} | {row['multiple']:g}x | attainment live {att:.3f} sim "
                            f"{sim['attainment']:.3f} ({100 * (sim['attainment'] - att):+.1f} pts) | TTFT p50 live "
                            f"{ttft:.3f} sim {sim['ttft_p50']:.3f}")

@@ -6,6 +6,7 @@ whether any interactive request was refused while batch requests were still bein
 
 import json
 import sys
+from collections import Counter
 
 
 def summarise(path: str) -> dict:
@@ -26,9 +27,7 @@ def summarise(path: str) -> dict:
     # after an interactive one that waited at the ingress may have been decided long before its refusal)
     answered = [r["done_s"] for r in refused if r.get("done_s") is not None]
     after_answered = sum(1 for b in admitted_b if any(0 <= b - t <= 1.0 for t in answered))
-    reasons: dict = {}
-    for r in refused:
-        reasons[r.get("refusal")] = reasons.get(r.get("refusal"), 0) + 1
+    reasons = dict(Counter(r.get("refusal") for r in refused))
     # the longest time in which no token reached the client while some stream was open (a stall of
     # every stream at once, as behind a burst of refusals at the front end)
     tokens = sorted(t for r in records for t in r["token_times"])
