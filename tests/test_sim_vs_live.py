@@ -101,6 +101,18 @@ def test_path_latency_is_the_median_client_minus_simulated_ttft_over_requests_bo
     assert path_latency_s([rec(2, 429, None)], sim) is None
 
 
+def test_a_recorded_check_is_written_a_line_a_request_and_reads_back_whole():
+    import json
+
+    from cluster.bench.sim_vs_live import check_json
+
+    doc = {"rows": [{"multiple": 1.5, "per_request": [[0, 100, 3, False, 0.25, ""], [1, 90, 2, True, None, "x"]],
+                     "range": [0.1, 0.2], "empty": [], "nested": {}}], "name": "a [b]  c"}
+    text = check_json(doc)
+    assert json.loads(text) == doc
+    assert '  [0, 100, 3, false, 0.25, ""],\n' in text and '"range": [0.1, 0.2]' in text
+
+
 def test_nodes_cap_their_budget_by_the_prefill_rate_they_delivered_under_a_queue(pab_calls):
     seen = pab_calls
     from dataclasses import replace
@@ -205,3 +217,37 @@ def test_a_recorded_check_resimulated_with_its_settings_reproduces_its_simulated
         resimulate({"rows": []})
     refused = CliRunner().invoke(app, ["bench", "sim-vs-live", "--resimulate", str(root), "--out-dir", str(root)])
     assert refused.exit_code == 2 and "overwrite" in refused.output
+
+
+def test_each_live_run_is_judged_against_the_median_of_its_siblings():
+    from cluster.bench.sim_vs_live import live_self_agreement
+
+    def live(att, ttft):
+        return {"attainment": att, "ttft_p50": ttft}
+
+    rows = [{"multiple": 0.5, "live": [live(1.0, 0.10), live(1.0, 0.11)]},  # two runs: no siblings' median
+            {"multiple": 1.5, "live": [live(0.70, 0.30), live(0.74, 0.60), live(0.80, 0.40)]}]
+    out = live_self_agreement(rows)
+    assert [(r["multiple"], r["run"]) for r in out] == [(1.5, 1), (1.5, 2), (1.5, 3)]
+    # run 1 against the median of 0.74 / 0.80 (0.77) and of 0.60 / 0.40 (0.50): 7 points, 40 %
+    assert out[0]["attainment_gap_pts"] == pytest.approx(7.0) and out[0]["ttft_p50_rel_err"] == pytest.approx(0.4)
+    # run 3 against 0.72 and 0.45: 8 points off; run 2 against 0.75 and 0.35: 1 point, 71 % off
+    assert [r["holds"] for r in out] == [False, False, False]
+    assert [r["holds"] for r in live_self_agreement(rows, attainment_tol_pts=10, ttft_p50_rel_tol=0.5)] == [
+        True, False, True]
+
+
+def test_each_row_keeps_every_request_on_both_sides_by_id():
+    from cluster.bench.sim_vs_live import PER_REQUEST, _live_per_request, _sim_per_request
+
+    sim = run([(0.0, 100, 3), (1.0, 100, 3)], scheduler="fairbatching").requests
+    sim[1].rejected = True
+    sim[1].first_token_s = None
+    records = [LiveRecord(rid=1, arrival_s=1.0, prompt_tokens=100, output_tokens=3, status=429, refusal="no-budget"),
+               LiveRecord(rid=0, arrival_s=0.0, prompt_tokens=100, output_tokens=3, status=200,
+                          token_times=[0.25, 0.3, 0.35])]
+    assert PER_REQUEST == ("rid", "prompt_tokens", "output_tokens", "rejected", "ttft_s", "refusal")
+    assert _live_per_request(records) == [[0, 100, 3, False, 0.25, ""], [1, 100, 3, True, None, "no-budget"]]
+    rows = _sim_per_request(sim)
+    assert [r[0] for r in rows] == [0, 1] and rows[1][3:] == [True, None, "pab"]
+    assert rows[0][4] == pytest.approx(ttft_s(sim[0]), abs=1e-4)

@@ -351,6 +351,33 @@ class SimLiveResult:
         return out
 
 
+def live_self_agreement(rows: list[dict], *, attainment_tol_pts: float = 5.0,
+                         ttft_p50_rel_tol: float = 0.25) -> list[dict[str, Any]]:
+    """The live runs judged as the simulator is, against each other: each live run of a row with three or
+    more repeats taken as the prediction of the median of the row's *other* runs (same cluster, same
+    calibration, same window, minutes apart), with the check's criterion. How often that holds is the
+    most a simulator that reproduced any one live run exactly could expect: the noise floor of the check.
+
+    ``rows``: a recorded check's ``rows`` (``SimLiveResult.rows``). Returns one dict per live run
+    (``multiple``, ``run``, ``attainment_gap_pts``, ``ttft_p50_rel_err``, ``holds``); rows with fewer
+    than three live runs give none."""
+    out = []
+    for row in rows:
+        lives = row["live"]
+        if len(lives) < 3:
+            continue
+        for i, live in enumerate(lives):
+            others = [x for j, x in enumerate(lives) if j != i]
+            att = statistics.median(x["attainment"] for x in others)
+            ttfts = [x["ttft_p50"] for x in others if x["ttft_p50"] is not None]
+            gap = 100 * abs(live["attainment"] - att)
+            err = (abs(live["ttft_p50"] / statistics.median(ttfts) - 1)
+                   if ttfts and live["ttft_p50"] is not None else None)
+            out.append({"multiple": row["multiple"], "run": i + 1, "attainment_gap_pts": gap, "ttft_p50_rel_err": err,
+                        "holds": gap <= attainment_tol_pts and err is not None and err <= ttft_p50_rel_tol})
+    return out
+
+
 def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) -> dict[str, float]:
     """The calibrated simulator's capacity on the predicted ``window`` (``_window``): rate scale, req/s and
     the window's own rate. Raises ``RuntimeError`` (with the simulator's reason) when no rate meets the target."""
@@ -363,6 +390,25 @@ def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) ->
             "window_rate_rps": window.rate_rps, "lower_bound": cap.lower_bound}
 
 
+#: Columns of each row's per-request table (``per_request``): the trace's facts, then each side's outcome
+#: (TTFT in seconds to 0.1 ms, None when refused or never answered; ``refusal``: the 429's reason, "" when admitted).
+PER_REQUEST = ("rid", "prompt_tokens", "output_tokens", "rejected", "ttft_s", "refusal")
+
+
+def _live_per_request(records: list) -> list[list]:
+    """One live run's ``PER_REQUEST`` rows, by ``rid``."""
+    return [[r.rid, r.prompt_tokens, r.output_tokens, r.status == 429,
+             round(r.token_times[0] - r.arrival_s, 4) if r.status == 200 and r.token_times else None,
+             (r.refusal or "unknown") if r.status == 429 else ""] for r in sorted(records, key=lambda r: r.rid)]
+
+
+def _sim_per_request(requests: list) -> list[list]:
+    """The simulator's ``PER_REQUEST`` rows, by ``rid`` (a refusal's reason is the simulator's: "pab")."""
+    return [[r.rid, r.prompt_tokens, r.output_tokens, bool(r.rejected),
+             round(r.first_token_s - r.arrival_s, 4) if r.first_token_s is not None else None,
+             "pab" if r.rejected else ""] for r in sorted(requests, key=lambda r: r.rid)]
+
+
 def _kept(report: dict) -> dict:
     return {k: report.get(k) for k in KEPT + ("engines", "host_cores_used") if k in report}
 
@@ -372,7 +418,7 @@ def _simulated_row(base: SimConfig, rate_scale: float, window: Workload) -> dict
     from cluster.sim.simulator import simulate
 
     result = simulate(replace(base, rate_scale=rate_scale), workload=window)
-    return {**_kept(result.report), "engines": _sim_engines(result)}
+    return {**_kept(result.report), "engines": _sim_engines(result), "per_request": _sim_per_request(result.requests)}
 
 
 def _sim_engines(result: Any) -> dict[str, Any]:
@@ -468,9 +514,9 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
             lives = []
             for k in range(cfg.repeats):
                 time.sleep(5.0)  # the last run's stragglers drain
-                live, _ = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
-                                    seed=cfg.seed + 10 * i + k)
-                lives.append(_kept(live))
+                live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
+                                          seed=cfg.seed + 10 * i + k)
+                lives.append({**_kept(live), "per_request": _live_per_request(records)})
                 eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
                 progress(f"{m:g}x ({scale * rate1:.1f} req/s) run {k + 1}/{cfg.repeats}: live attainment "
                          f"{num(live['attainment'], '{:.3f}')} TTFT p50 {num(live['ttft_p50'], '{:.3f}')} s | sim "
@@ -480,7 +526,7 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                          f"{num(eng['front_delay_s'], '{:.3f}')} s, measured prefill "
                          f"{num(eng['measured_prefill_rate_tps'], '{:.0f}')} tokens/s")
             result.rows.append({"multiple": m, "rate_scale": scale, "rate_rps": scale * rate1,
-                                "sim": sim, "live": lives})
+                                "per_request_columns": list(PER_REQUEST), "sim": sim, "live": lives})
     return result
 
 
@@ -515,6 +561,29 @@ def _host_cost(host: dict) -> str:
     if host.get("cpu_s_per_refusal") is None:
         return f"{host['cpu_s_per_request'] * 1e3:.1f}"
     return f"{host['cpu_s_per_request'] * 1e3:.1f} / {host['cpu_s_per_refusal'] * 1e3:.1f}"
+
+
+def check_json(doc: Any) -> str:
+    """A recorded check as JSON text: indented like ``json.dumps(indent=1)``, but every list of plain
+    values (a per-request row, a range) on one line, so that the per-request tables stay a line a
+    request. ``json.loads`` reads it back to ``doc`` (non-JSON values as ``str``)."""
+    def scalar(v: Any) -> bool:
+        return not isinstance(v, (dict, list, tuple))
+
+    def text(v: Any, depth: int) -> str:
+        pad, inner = " " * depth, " " * (depth + 1)
+        if isinstance(v, dict):
+            if not v:
+                return "{}"
+            items = [f"{inner}{json.dumps(str(k))}: {text(x, depth + 1)}" for k, x in v.items()]
+            return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+        if isinstance(v, (list, tuple)):
+            if all(scalar(x) for x in v):
+                return json.dumps(list(v), default=str)
+            return "[\n" + ",\n".join(inner + text(x, depth + 1) for x in v) + "\n" + pad + "]"
+        return json.dumps(v, default=str)
+
+    return text(doc, 0) + "\n"
 
 
 def summary_markdown(results: list[dict]) -> str:

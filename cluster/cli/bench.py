@@ -260,7 +260,8 @@ def sim_vs_live(
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
-    from cluster.bench.sim_vs_live import SimLiveConfig, resimulate as resimulate_check, run_local, summary_markdown
+    from cluster.bench.sim_vs_live import (SimLiveConfig, check_json, resimulate as resimulate_check, run_local,
+                                           summary_markdown)
 
     if resimulate is not None:
         recorded = [(p, json.loads(p.read_text())) for p in sorted(resimulate.glob("*.json"))]
@@ -278,7 +279,7 @@ def sim_vs_live(
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
                    "resimulated_with": {"seats_as_vllm": seats_as_vllm}}
-            (out_dir / path.name).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+            (out_dir / path.name).write_text(check_json(doc))
             done.append(doc)
         print(summary_markdown(done))
         return
@@ -322,7 +323,7 @@ def sim_vs_live(
     console.print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{trace}-{start_s:g}-seed{seed}.json"
-    path.write_text(json.dumps({**asdict(result), "verdict": verdict}, indent=1, default=str) + "\n")
+    path.write_text(check_json({**asdict(result), "verdict": verdict}))
     console.print(f"wrote {path}")
 
 
