@@ -38,18 +38,19 @@ def main(folder: Path = typer.Argument(..., help="Folder of recorded checks (*.j
         cfg = doc["config"]
         for r in live_self_agreement(doc["rows"], attainment_tol_pts=cfg["attainment_tol_pts"],
                                      ttft_p50_rel_tol=cfg["ttft_p50_rel_tol"]):
-            rows.append({"check": str(path.relative_to(folder)), "duration_s": cfg["duration_s"], **r})
+            rows.append({"check": str(path.relative_to(folder)), "trace": cfg["trace"], "start_s": cfg["start_s"],
+                         "duration_s": cfg["duration_s"], **r})
     if not rows:
         raise typer.BadParameter(f"no recorded check with three or more live runs a load in {folder}")
     groups: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        groups[(r["duration_s"], r["multiple"])].append(r)
-    typer.echo("| window s | load | live runs | criterion held | attainment within tolerance | TTFT P50 within tolerance |")
+        groups[(r["trace"], r["start_s"], r["duration_s"], r["multiple"])].append(r)
+    typer.echo("| trace window | load | live runs | criterion held | attainment within tolerance | TTFT P50 within tolerance |")
     typer.echo("|---|---|---|---|---|---|")
-    for (duration, multiple), rs in sorted(groups.items()):
+    for (trace, start, duration, multiple), rs in sorted(groups.items()):
         att = sum(r["attainment_gap_pts"] <= 5.0 for r in rs)
         ttft = sum(r["ttft_p50_rel_err"] is not None and r["ttft_p50_rel_err"] <= 0.25 for r in rs)
-        typer.echo(f"| {duration:g} | {multiple:g}x | {len(rs)} | {sum(r['holds'] for r in rs)} | {att} | {ttft} |")
+        typer.echo(f"| {trace} {start:g}+{duration:g} s | {multiple:g}x | {len(rs)} | {sum(r['holds'] for r in rs)} | {att} | {ttft} |")
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=1) + "\n")
         typer.echo(f"wrote {json_out}")
