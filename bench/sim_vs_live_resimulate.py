@@ -1,17 +1,20 @@
 """Recorded sim-vs-live checks simulated again with other simulator settings, against the same live runs.
 
 A diagnosis, not a prediction: the live runs are already known, so a setting that lands closer
-here has been chosen after the fact. ``bench/results/SIMULATION.md`` ("With the serving layer's
-current defaults") uses it to show how the 1.5x predictions move with the shared host's cost per
-request and with the nodes' online refit (``cluster.bench.sim_vs_live.resimulate``).
+here has been chosen after the fact. ``bench/results/SIMULATION.md`` uses it twice: "With the
+serving layer's current defaults" (the settings of commit 9362f88: the host's cost per request
+and the nodes' online refit), and "A steady window" (the settings below: the serving path's
+background and ceiling, and the report cadence, each against the simulator before them).
 
-    python bench/sim_vs_live_resimulate.py bench/results/sim-vs-live/fewest-late \\
-        --json bench/results/sim-vs-live/fewest-late/resimulated.json
+    python bench/sim_vs_live_resimulate.py bench/results/sim-vs-live bench/results/sim-vs-live/fewest-late \
+        bench/results/sim-vs-live/overload-probe bench/results/sim-vs-live/conv-240-linear-host \
+        --json bench/results/sim-vs-live/resimulated-2026-12-02.json
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -19,23 +22,26 @@ import typer
 
 from cluster.bench.sim_vs_live import resimulate
 
-#: Settings tried, by label: ``SimConfig`` fields set over what the check's deployment runs.
+#: What the simulator did before 2026-12-02: the serving path's CPU without its background and up to
+#: 90 % of the host, nodes reporting after every step, on time.
+BEFORE = {"host_background_cores": 0.0, "host_max_share": 0.9, "pab_interval_s": 0.0, "pab_delay_s": 0.0}
+
+#: Settings tried, by label: ``SimConfig`` fields set over what the check's deployment runs now.
 SETTINGS = {
-    "as the check runs now (refit on)": {},
-    "refit off (as recorded)": {"refit": False},
-    "no shared host": {"host_cpu_s_per_request": 0.0},
-    "shared host 10 ms/request": {"host_cpu_s_per_request": 0.010},
-    "shared host 13 ms/request": {"host_cpu_s_per_request": 0.013},
+    "as the check runs now": {},
+    "before 2026-12-02": BEFORE,
+    "now, but reports after every step, on time": {"pab_interval_s": 0.0, "pab_delay_s": 0.0},
+    "now, but no shared host": {"host_cpu_s_per_request": 0.0},
 }
 
 
-def main(folder: Path = typer.Argument(..., help="Folder of recorded checks (*.json with a verdict)."),
+def main(folders: list[Path] = typer.Argument(..., help="Folders of recorded checks (*.json with a verdict)."),
          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here.")) -> None:
     """Each recorded check's 1.5x (and 0.5x) rows simulated again under every setting of ``SETTINGS``."""
     rows = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(p for folder in folders for p in folder.glob("*.json")):
         recorded = json.loads(path.read_text())
-        if "verdict" not in recorded:
+        if "verdict" not in recorded or "resimulated_from" in recorded:
             continue
         for label, overrides in SETTINGS.items():
             result = resimulate(recorded, **overrides)
@@ -43,15 +49,26 @@ def main(folder: Path = typer.Argument(..., help="Folder of recorded checks (*.j
             for row in result.rows:
                 v, sim = verdict[f"{row['multiple']:g}x"], row["sim"]
                 att, ttft = v["live_attainment_median"], v["live_ttft_p50_median_s"]
-                rows.append({"check": path.name, "setting": label, "multiple": row["multiple"],
+                rows.append({"check": str(path), "setting": label, "multiple": row["multiple"],
                              "live_attainment_median": att, "sim_attainment": sim["attainment"],
                              "attainment_gap_pts": 100 * (sim["attainment"] - att),  # signed: + optimistic
                              "live_ttft_p50_median_s": ttft, "sim_ttft_p50_s": sim["ttft_p50"],
                              "ttft_p50_rel_err": (sim["ttft_p50"] - ttft) / ttft if ttft else None,
                              "holds": v["holds"], "sim_rejected": sim["rejected"]})
-                typer.echo(f"{path.name} | {label} | {row['multiple']:g}x | attainment live {att:.3f} sim "
+                typer.echo(f"{path} | {label} | {row['multiple']:g}x | attainment live {att:.3f} sim "
                            f"{sim['attainment']:.3f} ({100 * (sim['attainment'] - att):+.1f} pts) | TTFT p50 live "
                            f"{ttft:.3f} sim {sim['ttft_p50']:.3f}")
+    typer.echo("\n| setting | load | checks | criterion held | attainment within 5 pts | TTFT P50 within 25 % "
+               "| mean abs attainment gap, pts | mean abs TTFT P50 error |")
+    typer.echo("|---|---|---|---|---|---|---|---|")
+    for label in SETTINGS:
+        for multiple in sorted({r["multiple"] for r in rows}):
+            rs = [r for r in rows if r["setting"] == label and r["multiple"] == multiple]
+            gaps = [abs(r["attainment_gap_pts"]) for r in rs]
+            errs = [abs(r["ttft_p50_rel_err"]) for r in rs if r["ttft_p50_rel_err"] is not None]
+            typer.echo(f"| {label} | {multiple:g}x | {len(rs)} | {sum(r['holds'] for r in rs)} | "
+                       f"{sum(g <= 5.0 for g in gaps)} | {sum(e <= 0.25 for e in errs)} | "
+                       f"{statistics.fmean(gaps):.1f} | {100 * statistics.fmean(errs):.0f} % |")
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=1))
         typer.echo(f"wrote {json_out}")

@@ -24,12 +24,36 @@ def test_steps_slow_by_the_share_the_serving_path_takes_relative_to_the_calibrat
     assert host.slowdown(1.03) == pytest.approx(0.9 / 0.7)
     assert host.slowdown(5.0) == pytest.approx(0.9)  # nothing arriving: faster than when calibrated
     assert SharedHost(1.0, cores=1.0).share(1e6) == 0.9  # never the whole host
-    with pytest.raises(ValueError, match="90 % ceiling"):  # a reference load the model cannot stand for
-        SharedHost(0.1, cores=2.0, reference_rps=20.0)
+    # A reference load past the ceiling had the ceiling's share then too: no load is slower than it.
+    past = SharedHost(0.1, cores=2.0, reference_rps=20.0)
+    for i in range(40):
+        past.arrive(0.5 + 0.01 * i)
+    assert past.slowdown(0.99) == pytest.approx(1.0) and past.slowdown(5.0) == pytest.approx(0.1)
     for bad in (dict(cpu_s_per_request=-1.0), dict(cpu_s_per_request=0.1, cores=0.0),
-                dict(cpu_s_per_request=0.1, window_s=0.0), dict(cpu_s_per_request=0.1, max_share=1.0)):
+                dict(cpu_s_per_request=0.1, window_s=0.0), dict(cpu_s_per_request=0.1, max_share=1.0),
+                dict(cpu_s_per_request=0.1, background_cores=-0.1)):
         with pytest.raises(ValueError):
             SharedHost(**bad)
+
+
+def test_the_serving_paths_background_counts_and_past_its_most_share_more_demand_waits_instead_of_slowing_steps():
+    # 10 ms a request over 0.4 cores of background on 2 cores, at most half the host (the measured saturation).
+    host = SharedHost(0.01, cores=2.0, reference_rps=20.0, background_cores=0.4, max_share=0.5)
+    for i in range(20):
+        host.arrive(0.5 + 0.01 * i)  # the reference load: (0.4 + 0.2) / 2 = 30 % of the host
+    assert host.slowdown(0.99) == pytest.approx(1.0)
+    for i in range(20):
+        host.arrive(0.99 + 0.001 * i)  # 40 req/s: (0.4 + 0.4) / 2 = 40 %
+    assert host.slowdown(1.03) == pytest.approx(0.7 / 0.6)
+    for i in range(200):
+        host.arrive(1.03 + 0.001 * i)  # 240 req/s would ask for 1.4 of the 2 cores: it gets half of them
+    assert host.slowdown(1.3) == pytest.approx(0.7 / 0.5)
+    assert host.slowdown(9.0) == pytest.approx(0.7 / 0.8)  # idle: only the background
+    # The same demand without the ceiling at half would have slowed every step by (1 - 0.3) / (1 - 0.9).
+    uncapped = SharedHost(0.01, cores=2.0, reference_rps=20.0, background_cores=0.4)
+    for i in range(240):
+        uncapped.arrive(1.03 + 0.001 * i)
+    assert uncapped.slowdown(1.3) == pytest.approx(0.7 / 0.1)
 
 
 def test_a_stream_on_a_shared_host_takes_longer_than_on_a_host_of_its_own_unless_calibrated_there():
@@ -49,7 +73,7 @@ def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_th
     low = {"serving_path": 0.30, "requests_per_s": 2.0, "served_per_s": 2.0, "refused_per_s": 0.0}  # background 0.28
     high = {"serving_path": 0.48, "requests_per_s": 20.0, "served_per_s": 18.0, "refused_per_s": 2.0}
     host = fit_host_cpu([low, high], cores=2.0, reference_rps=20.0)
-    assert host == HostCPU(pytest.approx(0.01), 2.0, 20.0, None, 0.0)
+    assert host == HostCPU(pytest.approx(0.01), 2.0, 20.0, None, 0.0, pytest.approx(0.28))
     assert fit_host_cpu([{**low, "serving_path": 0.6}, high], cores=2.0, reference_rps=20.0).cpu_s_per_request == 0.0
     with pytest.raises(ValueError, match="do not differ"):
         fit_host_cpu([high, high], cores=2.0, reference_rps=20.0)
@@ -59,7 +83,8 @@ def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_th
     loads = [{"serving_path": 0.2 + 0.012 * s + 0.003 * r, "requests_per_s": s + r, "served_per_s": s,
               "refused_per_s": r} for s, r in ((2, 0), (18, 2), (25, 35))]
     three = fit_host_cpu(loads, cores=2.0, reference_rps=20.0, reference_refused_share=0.1)
-    assert (three.cpu_s_per_request, three.cpu_s_per_refusal) == (pytest.approx(0.012), pytest.approx(0.003))
+    assert (three.cpu_s_per_request, three.cpu_s_per_refusal, three.background_cores) == (
+        pytest.approx(0.012), pytest.approx(0.003), pytest.approx(0.2))
     # Measured on the 2-core machine (seed 0): the host saturated in the overload probe, and the free fit
     # gave a refusal a negative cost; it costs 0 then, and the served request's cost is refitted.
     measured = [{"serving_path": 0.342, "requests_per_s": 2.03, "served_per_s": 2.03, "refused_per_s": 0.0},
@@ -69,7 +94,8 @@ def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_th
     assert clamped.cpu_s_per_refusal == 0.0 and 0.014 < clamped.cpu_s_per_request < 0.016
     sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, host=three)
     assert (sim.host_cpu_s_per_request, sim.host_cpu_s_per_refusal, sim.host_cores, sim.host_reference_rps,
-            sim.host_reference_refused_share) == (pytest.approx(0.012), pytest.approx(0.003), 2.0, 20.0, 0.1)
+            sim.host_reference_refused_share, sim.host_background_cores, sim.host_max_share) == (
+        pytest.approx(0.012), pytest.approx(0.003), 2.0, 20.0, 0.1, pytest.approx(0.2), 0.5)
     assert sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0).host_cpu_s_per_request == 0
 
 
@@ -123,8 +149,28 @@ def test_bad_shared_host_and_queue_options_are_refused_by_their_flags():
                         (["--host-reference-rps", "inf"], "--host-reference-rps must be a finite number"),
                         (["--host-cpu-s-per-refusal", "-1"], "--host-cpu-s-per-refusal must be a finite number"),
                         (["--host-reference-refused-share", "1.5"], "--host-reference-refused-share must be in"),
-                        (["--host-cpu-s-per-request", "0.1", "--host-reference-rps", "20"], "90 % ceiling")):
+                        (["--host-background-cores", "-1"], "--host-background-cores must be a finite number"),
+                        (["--host-max-share", "1"], "--host-max-share must be in (0, 1)")):
         out = CliRunner().invoke(app, base + args, env={"COLUMNS": "300"})
         assert out.exit_code == 2, (args, out.output)
         assert words in " ".join(out.output.split()), (args, out.output)
         assert "pydantic" not in out.output and "ArgsKwargs" not in out.output
+
+
+def test_a_check_recorded_before_the_background_was_kept_gets_it_from_its_calibration_loads():
+    """Resimulating a check recorded without ``background_cores``: the intercept of its two calibration
+    loads at the recorded cost (Nov 30, seed 1: 0.36 cores at 2 req/s, 0.61 at 19.8, 14.1 ms a request)."""
+    import json
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import _recorded_background_cores
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live" / "azure-code-600-seed1.json"
+    cal = json.loads(path.read_text())["calibration"]
+    host = HostCPU(**cal["shared_host"])
+    loads = [cal["idle_probe"]["live"]["host_cores_used"], cal["live"]["host_cores_used"]]
+    expected = sum(x["serving_path"] - host.cpu_s_per_request * x["requests_per_s"] for x in loads) / 2
+    assert 0.3 < expected < 0.4
+    assert _recorded_background_cores(cal, host) == pytest.approx(expected)
+    refit = fit_host_cpu(loads, cores=host.cores, reference_rps=host.reference_rps)
+    assert refit.background_cores == pytest.approx(expected, rel=1e-6)  # what the check keeps now

@@ -67,6 +67,10 @@ def test_the_simulator_runs_the_deployments_own_settings():
     # the serve config's default knobs
     assert (default.relegate, default.tpot_margin, default.seat_pressure) == ("fewest-late", 0.2, 0.8)
     assert default.refit is True  # the engines refit their model online (NodeConfig.refit), so the nodes do
+    # the engines report every report_interval_s and the routers poll as often: reports that often, that late
+    assert (default.pab_interval_s, default.pab_delay_s) == (0.1, 0.1)
+    slower = sim_config_for(ServeConfig(report_interval_s=0.25), SimLiveConfig(), "x", start_s=0.0)
+    assert (slower.pab_interval_s, slower.pab_delay_s) == (0.25, 0.25)
     for off in (False, "false"):  # read as the engines read it (pydantic's coercion included)
         assert sim_config_for(ServeConfig(node_config={"refit": off}), SimLiveConfig(), "x", start_s=0.0).refit is False
     named_none = sim_config_for(ServeConfig(node_config={"knobs": {}}), SimLiveConfig(), "x", start_s=0.0)
@@ -193,8 +197,9 @@ def test_the_recorded_checks_tabulate_with_the_serving_paths_cpu_where_it_was_mo
 
 def test_a_recorded_check_resimulated_with_its_settings_reproduces_its_simulated_side(tmp_path):
     """--resimulate runs the simulator side of a recorded check again against its live runs: with the
-    settings it was recorded with (seats counted by the plan's cap, before 2026-12-01) it gives the
-    recorded simulated figures exactly; the command refuses to overwrite the recorded checks."""
+    settings it was recorded with (seats counted by the plan's cap, before 2026-12-01; reports after every
+    step, on time, and a serving path with no background or ceiling at half the host, before 2026-12-02)
+    it gives the recorded simulated figures exactly; the command refuses to overwrite the recorded checks."""
     import json
     from pathlib import Path
 
@@ -205,7 +210,8 @@ def test_a_recorded_check_resimulated_with_its_settings_reproduces_its_simulated
 
     root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
     recorded = json.loads((root / "azure-code-600-seed1.json").read_text())
-    again = resimulate(recorded, seats_as_vllm=False)
+    again = resimulate(recorded, seats_as_vllm=False, pab_interval_s=0.0, pab_delay_s=0.0,
+                       host_background_cores=0.0, host_max_share=0.9)
     for old, new in zip(recorded["rows"], again.rows):
         assert new["rate_scale"] == old["rate_scale"] and new["live"] == old["live"]
         for key in ("attainment", "ttft_p50", "rejected", "requests"):

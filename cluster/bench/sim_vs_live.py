@@ -14,9 +14,10 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
    Ray's hops, the client's own event loop). A slow replay of the window's first
    requests (the idle probe) gives a second load: the CPU the serving path (every
    process but the engines' step loops) uses in the probe and in the calibration
-   replay gives its cost per request, and the simulator's shared host
+   replay gives its background and cost per request, and the simulator's shared host
    (``cluster.sim.shared_host``) slows the engines' steps by the share of the
-   host that cost takes at each moment's arrival rate, 1 at the calibration's.
+   host the path takes at each moment's arrival rate (at most ``host_path_max_share``,
+   what it held at saturation), 1 at the calibration's.
 2. **Capacity** of the calibrated simulator on the *measured window*: the highest rate
    scale whose attainment meets ``attainment_target`` (``find_capacity``).
 3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
@@ -80,6 +81,9 @@ class SimLiveConfig:
     # bench/results/SIMULATION.md).
     overload_probe_rps: float = 0.0
     overload_probe_requests: int = 600
+    # With the shared host: the most of the host the serving path can take from the engines (past it the host
+    # is saturated; measured 0.50-0.54 at 1.5x on the 2-core machine, SIMULATION.md "A steady window").
+    host_path_max_share: float = 0.5
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -90,14 +94,17 @@ class SimLiveConfig:
             raise ValueError("multiples must be a non-empty list of numbers > 0")
         if not 0 < self.attainment_target <= 1:
             raise ValueError("attainment_target must be in (0, 1]")
+        if not 0 < self.host_path_max_share < 1:
+            raise ValueError("host_path_max_share must be in (0, 1)")
 
 
 def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
                    rate_scale: float = 1.0, client_path_s: float = 0.0,
                    host: Optional["HostCPU"] = None) -> SimConfig:
     """The simulator configured as the deployment ``serve`` runs: its engines, balancer, admission,
-    anchor, closed loop, node-policy knobs and online refit, on ``profile_path``; with ``host``, the serving
-    path's CPU on the engines' cores (``cluster.sim.shared_host``) as measured (``fit_host_cpu``).
+    anchor, closed loop, node-policy knobs, online refit and report cadence, on ``profile_path``; with
+    ``host``, the serving path's CPU on the engines' cores (``cluster.sim.shared_host``) as measured
+    (``fit_host_cpu``), at most ``cfg.host_path_max_share`` of the host.
 
     Raises ``ValueError`` for a deployment the simulator cannot stand for (another scheduler or
     router than FairBatching behind PAB, or a node-policy knob it has no flag for).
@@ -123,7 +130,12 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
         anchor=serve.anchor, pab_horizon_fraction=serve.pab_horizon_fraction,
         feedback=bool(serve.feedback.get("enabled", True)), measured_prefill_rate=True, seed=cfg.seed,
         client_path_s=client_path_s, refit=refit,
+        # The engines push their view every report_interval_s and the routers poll it as often: a node's
+        # report reaches the balancer that often, about one interval late (half for the poll, the Ray hops).
+        pab_interval_s=serve.report_interval_s, pab_delay_s=serve.report_interval_s,
         **({} if host is None else {"host_cpu_s_per_request": host.cpu_s_per_request, "host_cores": host.cores,
+                                    "host_background_cores": host.background_cores,
+                                    "host_max_share": cfg.host_path_max_share,
                                     "host_reference_rps": host.reference_rps,
                                     "host_cpu_s_per_refusal": host.cpu_s_per_refusal,
                                     "host_reference_refused_share": host.reference_refused_share}),
@@ -193,6 +205,7 @@ class HostCPU:
     reference_rps: float  # the load the calibrated profile was measured at
     cpu_s_per_refusal: Optional[float] = None  # CPU seconds per request refused (None: as a served one)
     reference_refused_share: float = 0.0  # the share refused at the reference load
+    background_cores: float = 0.0  # the serving path's CPU with no request (the fit's intercept), cores
 
 
 def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: float,
@@ -200,11 +213,11 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
     """``HostCPU`` from live replays' ``host_cores_used`` at different loads (``serving_path`` cores,
     and ``requests_per_s``, ``served_per_s``, ``refused_per_s`` over the same wall time).
 
-    Two loads: the slope of the serving path's cores against the request rate (a constant
-    background, Ray's daemons, cancels out), one cost for every request. Three or more: least
-    squares of ``path = background + served_per_s * S + refused_per_s * R`` with both costs
-    >= 0 (when the free fit gives one below 0, that cost is 0 and the other is refitted), a
-    served and a refused request apart. Costs are never below 0.
+    Two loads: the line of the serving path's cores against the request rate, its slope one cost
+    for every request and its intercept the background (Ray's daemons, the proxy's idle loop).
+    Three or more: least squares of ``path = background + served_per_s * S + refused_per_s * R``
+    with both costs >= 0 (when the free fit gives one below 0, that cost is 0 and the other is
+    refitted), a served and a refused request apart. Costs and background are never below 0.
 
     Raises ``ValueError`` with fewer than two loads or no spread in their request rates.
     """
@@ -217,8 +230,9 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
     if np.ptp(rate) <= 0:
         raise ValueError(f"the loads' request rates do not differ: {rate.tolist()}")
     if len(loads) < 3:
-        slope = float(np.polyfit(rate, path, 1)[0])
-        return HostCPU(max(0.0, slope), cores, reference_rps, None, reference_refused_share)
+        slope = max(0.0, float(np.polyfit(rate, path, 1)[0]))
+        background = float(np.mean(path - slope * rate))  # the intercept of the line with that slope
+        return HostCPU(slope, cores, reference_rps, None, reference_refused_share, max(0.0, background))
     served = np.array([load["served_per_s"] for load in loads])
     refused = np.array([load["refused_per_s"] for load in loads])
 
@@ -231,7 +245,9 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
         s_cost, r_cost = fit(served)[0], 0.0
     elif s_cost < 0:
         s_cost, r_cost = 0.0, fit(refused)[0]
-    return HostCPU(max(0.0, float(s_cost)), cores, reference_rps, max(0.0, float(r_cost)), reference_refused_share)
+    s_cost, r_cost = max(0.0, float(s_cost)), max(0.0, float(r_cost))
+    background = float(np.mean(path - s_cost * served - r_cost * refused))
+    return HostCPU(s_cost, cores, reference_rps, r_cost, reference_refused_share, max(0.0, background))
 
 
 #: What the node status poll keeps of each engine (``/v1/fairbatching/status``): PAB's inputs as the engine saw them.
@@ -260,7 +276,8 @@ def _poll_status(url: str, stop: threading.Event, rows: list[dict], interval_s: 
 def _poll_summary(rows: list[dict], until_s: float) -> dict[str, Any]:
     """Medians over the engines' polled values while arrivals came (``t_s <= until_s``)."""
     out = {}
-    for k in ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tps", "b_s_per_token", "a_s"):
+    for k in ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tps", "b_s_per_token", "a_s",
+              "in_flight", "queued_prefill_tokens"):
         vals = [r[k] for r in rows if r["t_s"] <= until_s and isinstance(r.get(k), (int, float))]
         out[k] = statistics.median(vals) if vals else None
     out["binding"] = shares(r["binding"] for r in rows if r["t_s"] <= until_s and r.get("binding"))
@@ -300,6 +317,8 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     report = live_report(records, slo, span)
     report["engines"] = _poll_summary(polled, span)
+    # every poll, for a timeline against the simulated nodes' (``t_s`` since the replay began)
+    report["engines_timeline"] = [[r["t_s"], r["node"], *(r.get(k) for k in POLLED)] for r in polled]
     # over the replay and its drain, with the requests a second over that same time
     wall = wall1 - wall0
     refused = sum(1 for r in records if r.status == 429)
@@ -423,13 +442,16 @@ def _simulated_row(base: SimConfig, rate_scale: float, window: Workload) -> dict
 
 def _sim_engines(result: Any) -> dict[str, Any]:
     """The simulated nodes' counterparts of the polled PAB inputs, medians over their timelines while
-    arrivals came (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction, binding)."""
+    arrivals came (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction, binding, queued
+    prompt tokens)."""
     span = result.report["requests"] / result.report["offered_rps"] if result.report["offered_rps"] else 0.0
     rows = [row for rows in result.timelines.values() for row in rows if row[0] <= span]
     return {
         "pab_tokens": statistics.median(row[1] for row in rows) if rows else None,
         "correction": statistics.median(row[5] for row in rows) if rows else None,
         "binding": shares(row[6] for row in rows),
+        "in_flight": statistics.median(row[3] for row in rows) if rows else None,
+        "queued_prefill_tokens": statistics.median(row[7] for row in rows) if rows else None,
     }
 
 
@@ -516,7 +538,9 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                 time.sleep(5.0)  # the last run's stragglers drain
                 live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
                                           seed=cfg.seed + 10 * i + k)
-                lives.append({**_kept(live), "per_request": _live_per_request(records)})
+                lives.append({**_kept(live), "per_request": _live_per_request(records),
+                              "engines_timeline_columns": ["t_s", "node", *POLLED],
+                              "engines_timeline": live["engines_timeline"]})
                 eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
                 progress(f"{m:g}x ({scale * rate1:.1f} req/s) run {k + 1}/{cfg.repeats}: live attainment "
                          f"{num(live['attainment'], '{:.3f}')} TTFT p50 {num(live['ttft_p50'], '{:.3f}')} s | sim "
@@ -546,6 +570,8 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
     cfg = SimLiveConfig(**recorded["config"])
     serve = ServeConfig.model_validate(recorded["serve_config"])
     host = HostCPU(**cal["shared_host"]) if cal.get("shared_host") else None
+    if host is not None and "background_cores" not in cal["shared_host"]:  # recorded before it was kept:
+        host = replace(host, background_cores=_recorded_background_cores(cal, host))
     base = replace(sim_config_for(serve, cfg, cal["profile"], start_s=cfg.start_s, client_path_s=cal["client_path_s"],
                                   host=host), **sim_overrides)
     window = _window(cfg, cfg.start_s, cfg.duration_s)
@@ -554,6 +580,20 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
     for row in recorded["rows"]:
         result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window)})
     return result
+
+
+def _recorded_background_cores(cal: dict, host: HostCPU) -> float:
+    """The serving path's background (cores) of a check recorded before ``HostCPU`` kept it: the mean of
+    its calibration loads' path cores less what their requests cost at the recorded costs."""
+    loads = [cal["idle_probe"]["live"]["host_cores_used"], cal["live"]["host_cores_used"]]
+    if "overload_probe" in cal:
+        loads.append(cal["overload_probe"]["host_cores_used"])
+    if host.cpu_s_per_refusal is None:  # one cost for every request
+        rest = [x["serving_path"] - host.cpu_s_per_request * x["requests_per_s"] for x in loads]
+    else:
+        rest = [x["serving_path"] - host.cpu_s_per_request * x["served_per_s"] - host.cpu_s_per_refusal
+                * x["refused_per_s"] for x in loads]
+    return max(0.0, statistics.fmean(rest))
 
 
 def _host_cost(host: dict) -> str:

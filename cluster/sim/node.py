@@ -35,7 +35,7 @@ how long each request spent before it reached the node (held at the
 balancer), taken off the PAB horizon. With SLO tiers (``tier_slos``: the
 looser ones) the node also reports a budget per looser tier, over that
 tier's own TTFT (``NodeView.tier_pab_tokens``). The timeline samples
-``(t, pab, budget, in_flight, kv_usage, correction, binding)``.
+``(t, pab, budget, in_flight, kv_usage, correction, binding, queued_prefill_tokens)``.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class SimNode:
         self._last_publish_s = -float("inf")
         self._next_sample_s = 0.0
         # (t, pab, budget, in_flight, kv, correction, binding)
-        self.timeline: list[tuple[float, float, float | None, int, float, float, str]] = []
+        self.timeline: list[tuple[float, float, float | None, int, float, float, str, int]] = []
 
     # -- arrivals ------------------------------------------------------------------
 
@@ -611,4 +611,4 @@ class SimNode:
         if sample:
             self._next_sample_s = now_s + self.timeline_interval_s
             self.timeline.append((now_s, view.pab_tokens, self.last_budget_s, view.in_flight, view.kv_usage,
-                                  self.correction, self.last_pab.binding))
+                                  self.correction, self.last_pab.binding, view.queued_prefill_tokens))
