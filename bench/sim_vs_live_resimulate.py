@@ -6,9 +6,10 @@ serving layer's current defaults" (the settings of commit 9362f88: the host's co
 and the nodes' online refit), and "A steady window" (the settings below: the serving path's
 background and ceiling, and the report cadence, each against the simulator before them).
 
-    python bench/sim_vs_live_resimulate.py bench/results/sim-vs-live bench/results/sim-vs-live/fewest-late \
-        bench/results/sim-vs-live/overload-probe bench/results/sim-vs-live/conv-240-linear-host \
-        --json bench/results/sim-vs-live/resimulated-2026-12-02.json
+    python bench/sim_vs_live_resimulate.py bench/results/sim-vs-live bench/results/sim-vs-live/fewest-late \\
+        bench/results/sim-vs-live/overload-probe bench/results/sim-vs-live/conv-240-linear-host \\
+        bench/results/sim-vs-live/conv-240 bench/results/sim-vs-live/code-60 \\
+        --json bench/results/sim-vs-live/resimulated-2026-12-02.json      # ~10 min
 """
 
 from __future__ import annotations
