@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import typer
 
@@ -27,12 +29,32 @@ from cluster.bench.sim_vs_live import resimulate
 #: 90 % of the host, nodes reporting after every step, on time.
 BEFORE = {"host_background_cores": 0.0, "host_max_share": 0.9, "pab_interval_s": 0.0, "pab_delay_s": 0.0}
 
-#: Settings tried, by label: ``SimConfig`` fields set over what the check's deployment runs now.
-SETTINGS = {
+
+
+def truth_at_client_tpot(recorded: dict) -> dict:
+    """The calibrated profile's step times (a, b, c, host) scaled by the calibration replay's client TPOT P50
+    over the simulated one, written beside the system's temporary files: the simulator then replays the
+    calibration window at the cadence the client saw. Tried, not kept (``SIMULATION.md``)."""
+    from node.fit.profile import load_profile, save_profile
+
+    cal = recorded["calibration"]
+    k = cal["live"]["tpot_p50"] / cal["sim_without_path"]["tpot_p50"]
+    prof = load_profile(cal["profile"])
+    scaled = replace(prof, a_s=prof.a_s * k, b_s_per_token=prof.b_s_per_token * k,
+                     c_s_per_context_token=prof.c_s_per_context_token * k, host_s=(prof.host_s or 0.0) * k)
+    out = Path(tempfile.mkdtemp(prefix="truth-at-client-tpot-")) / Path(cal["profile"]).name
+    save_profile(scaled, out)
+    return {"profile": str(out)}
+
+
+#: Settings tried, by label: ``SimConfig`` fields set over what the check's deployment runs now, or a
+#: function of the recorded check that returns them.
+SETTINGS: dict[str, Union[dict, Callable[[dict], dict]]] = {
     "as the check runs now": {},
     "before 2026-12-02": BEFORE,
     "now, but reports after every step, on time": {"pab_interval_s": 0.0, "pab_delay_s": 0.0},
     "now, but no shared host": {"host_cpu_s_per_request": 0.0},
+    "now, truth scaled to the calibration's client TPOT": truth_at_client_tpot,
 }
 
 
@@ -45,7 +67,7 @@ def main(folders: list[Path] = typer.Argument(..., help="Folders of recorded che
         if "verdict" not in recorded or "resimulated_from" in recorded:
             continue
         for label, overrides in SETTINGS.items():
-            result = resimulate(recorded, **overrides)
+            result = resimulate(recorded, **(overrides(recorded) if callable(overrides) else overrides))
             verdict = result.verdict()  # the check's own medians and criterion
             for row in result.rows:
                 v, sim = verdict[f"{row['multiple']:g}x"], row["sim"]
