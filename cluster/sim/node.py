@@ -199,7 +199,7 @@ class SimNode:
         self.last_tier_pab: dict[str, float] | None = None
         self._last_publish_s = -float("inf")
         self._next_sample_s = 0.0
-        # (t, pab, budget, in_flight, kv, correction, binding)
+        # (t, pab, budget, in_flight, kv, correction, binding, queued prompt tokens)
         self.timeline: list[tuple[float, float, float | None, int, float, float, str, int]] = []
 
     # -- arrivals ------------------------------------------------------------------
