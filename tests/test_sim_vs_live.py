@@ -166,7 +166,7 @@ def test_the_command_tabulates_each_live_run_beside_the_simulator_and_judges_the
     out = CliRunner().invoke(app, ["bench", "sim-vs-live", "--repeats", "3", "--out-dir", str(tmp_path)],
                              env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
-    data = json.loads((tmp_path / "azure-code-600-seed0.json").read_text())
+    data = json.loads((tmp_path / "azure-conv-600-seed0.json").read_text())  # the default window
     v = data["verdict"]
     assert v["0.5x"]["holds"] and v["0.5x"]["live_ttft_p50_median_s"] == 0.11
     assert not v["1.5x"]["holds"] and v["1.5x"]["attainment_gap_pts"] == pytest.approx(8.0)  # 0.74 vs median 0.66

@@ -55,14 +55,16 @@ KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50",
 class SimLiveConfig:
     """What one check replays and how it judges the simulator."""
 
-    trace: str = "azure-code"
-    start_s: float = 600.0  # the measured window, original trace seconds
-    duration_s: float = 60.0
+    # The measured window: the conversation trace's steady stretch, where live runs agree with each other at
+    # 1.5x (the code trace's 600+60 s, a burst, was the default until 2026-12-02: SIMULATION.md "noise floor").
+    trace: str = "azure-conv"
+    start_s: float = 600.0  # original trace seconds
+    duration_s: float = 240.0
     calibration_start_s: float = 1350.0  # the calibration window: another part of the trace
     calibration_duration_s: float = 180.0
     path_probe_requests: int = 40  # the idle probe: the calibration window's first requests ...
     path_probe_rps: float = 2.0  # ... replayed this slowly (no queue)
-    calibration_rps: float = 20.0  # offered rate of the calibration replay (about 0.7x capacity here)
+    calibration_rps: float = 11.0  # offered rate of the calibration replay (0.4-0.5x the window's capacity here)
     max_prompt_tokens: int = 512
     max_output_tokens: int = 32
     multiples: tuple[float, ...] = (0.5, 1.5)
