@@ -25,10 +25,11 @@ import typer
 
 from cluster.bench.sim_vs_live import resimulate
 
+#: Nodes reporting after every step, on time (the simulator's default; the check's before 2026-12-02).
+REPORTS_PER_STEP = {"pab_interval_s": 0.0, "pab_delay_s": 0.0}
 #: What the simulator did before 2026-12-02: the serving path's CPU without its background and up to
 #: 90 % of the host, nodes reporting after every step, on time.
-BEFORE = {"host_background_cores": 0.0, "host_max_share": 0.9, "pab_interval_s": 0.0, "pab_delay_s": 0.0}
-
+BEFORE = {"host_background_cores": 0.0, "host_max_share": 0.9, **REPORTS_PER_STEP}
 
 
 def truth_at_client_tpot(recorded: dict) -> dict:
@@ -52,7 +53,7 @@ def truth_at_client_tpot(recorded: dict) -> dict:
 SETTINGS: dict[str, Union[dict, Callable[[dict], dict]]] = {
     "as the check runs now": {},
     "before 2026-12-02": BEFORE,
-    "now, but reports after every step, on time": {"pab_interval_s": 0.0, "pab_delay_s": 0.0},
+    "now, but reports after every step, on time": REPORTS_PER_STEP,
     "now, but no shared host": {"host_cpu_s_per_request": 0.0},
     "now, truth scaled to the calibration's client TPOT": truth_at_client_tpot,
 }

@@ -233,8 +233,8 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
         raise ValueError(f"the loads' request rates do not differ: {rate.tolist()}")
     if len(loads) < 3:
         slope = max(0.0, float(np.polyfit(rate, path, 1)[0]))
-        background = float(np.mean(path - slope * rate))  # the intercept of the line with that slope
-        return HostCPU(slope, cores, reference_rps, None, reference_refused_share, max(0.0, background))
+        return HostCPU(slope, cores, reference_rps, None, reference_refused_share,
+                       background_cores(loads, slope))
     served = np.array([load["served_per_s"] for load in loads])
     refused = np.array([load["refused_per_s"] for load in loads])
 
@@ -248,13 +248,28 @@ def fit_host_cpu(loads: list[dict[str, float]], *, cores: float, reference_rps: 
     elif s_cost < 0:
         s_cost, r_cost = 0.0, fit(refused)[0]
     s_cost, r_cost = max(0.0, float(s_cost)), max(0.0, float(r_cost))
-    background = float(np.mean(path - s_cost * served - r_cost * refused))
-    return HostCPU(s_cost, cores, reference_rps, r_cost, reference_refused_share, max(0.0, background))
+    return HostCPU(s_cost, cores, reference_rps, r_cost, reference_refused_share,
+                   background_cores(loads, s_cost, r_cost))
+
+
+def background_cores(loads: list[dict[str, float]], cpu_s_per_request: float,
+                     cpu_s_per_refusal: Optional[float] = None) -> float:
+    """The serving path's CPU with no request, cores (>= 0): the mean over ``loads`` (``host_cores_used``) of its
+    cores less what their requests cost, one cost for every request when ``cpu_s_per_refusal`` is None (the
+    intercept of the line with that slope), else served and refused apart."""
+    if cpu_s_per_refusal is None:
+        rest = [x["serving_path"] - cpu_s_per_request * x["requests_per_s"] for x in loads]
+    else:
+        rest = [x["serving_path"] - cpu_s_per_request * x["served_per_s"] - cpu_s_per_refusal * x["refused_per_s"]
+                for x in loads]
+    return max(0.0, statistics.fmean(rest))
 
 
 #: What the node status poll keeps of each engine (``/v1/fairbatching/status``): PAB's inputs as the engine saw them.
 POLLED = ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tps", "binding", "in_flight",
           "queued_prefill_tokens")
+#: Columns of a live run's ``engines_timeline``: every poll of every engine.
+TIMELINE_COLUMNS = ("t_s", "node", *POLLED)
 
 
 def _poll_status(url: str, stop: threading.Event, rows: list[dict], interval_s: float = 0.5) -> None:
@@ -320,7 +335,7 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     report = live_report(records, slo, span)
     report["engines"] = _poll_summary(polled, span)
     # every poll, for a timeline against the simulated nodes' (``t_s`` since the replay began)
-    report["engines_timeline"] = [[r["t_s"], r["node"], *(r.get(k) for k in POLLED)] for r in polled]
+    report["engines_timeline"] = [[r.get(k) for k in TIMELINE_COLUMNS] for r in polled]
     # over the replay and its drain, with the requests a second over that same time
     wall = wall1 - wall0
     refused = sum(1 for r in records if r.status == 429)
@@ -541,7 +556,7 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                 live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
                                           seed=cfg.seed + 10 * i + k)
                 lives.append({**_kept(live), "per_request": _live_per_request(records),
-                              "engines_timeline_columns": ["t_s", "node", *POLLED],
+                              "engines_timeline_columns": list(TIMELINE_COLUMNS),
                               "engines_timeline": live["engines_timeline"]})
                 eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
                 progress(f"{m:g}x ({scale * rate1:.1f} req/s) run {k + 1}/{cfg.repeats}: live attainment "
@@ -585,17 +600,12 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
 
 
 def _recorded_background_cores(cal: dict, host: HostCPU) -> float:
-    """The serving path's background (cores) of a check recorded before ``HostCPU`` kept it: the mean of
-    its calibration loads' path cores less what their requests cost at the recorded costs."""
+    """The serving path's background (cores) of a check recorded before ``HostCPU`` kept it: its calibration
+    loads at the recorded costs (``background_cores``)."""
     loads = [cal["idle_probe"]["live"]["host_cores_used"], cal["live"]["host_cores_used"]]
     if "overload_probe" in cal:
         loads.append(cal["overload_probe"]["host_cores_used"])
-    if host.cpu_s_per_refusal is None:  # one cost for every request
-        rest = [x["serving_path"] - host.cpu_s_per_request * x["requests_per_s"] for x in loads]
-    else:
-        rest = [x["serving_path"] - host.cpu_s_per_request * x["served_per_s"] - host.cpu_s_per_refusal
-                * x["refused_per_s"] for x in loads]
-    return max(0.0, statistics.fmean(rest))
+    return background_cores(loads, host.cpu_s_per_request, host.cpu_s_per_refusal)
 
 
 def _host_cost(host: dict) -> str:
