@@ -177,6 +177,21 @@ def test_a_loose_tpot_decode_yields_steps_to_a_prefill_burst(fb, workdir):
     assert all(d2 in r["hidden"] for r in yielded)  # left out by the plan, not by vLLM
 
 
+def test_the_step_log_says_when_the_engine_went_on_so_each_steps_host_time_is_known(fb, workdir):
+    """``busy_after``: work was left after the step, so the next step's start minus its own is its cadence
+    (``cluster.bench.sim_vs_live.engine_steps``, the simulator check's truth)."""
+    from cluster.bench.sim_vs_live import engine_steps
+
+    first = _log(workdir, "fb.jsonl")[-1]["step"] if (workdir / "fb.jsonl").exists() else 0
+    fb.generate([_tokens_prompt(s, n) for s, n in MIXED_PROMPTS], _greedy(12), use_tqdm=False)
+    steps = _log(workdir, "fb.jsonl", first)
+    assert len(steps) > 12
+    assert [r["busy_after"] for r in steps] == [True] * (len(steps) - 1) + [False]
+    timed = engine_steps(workdir, steps[0]["t"], steps[-1]["t"])
+    assert sum(s.host_s is not None for s in timed) >= len(steps) - 1
+    assert all(s.host_s >= 0 for s in timed if s.host_s is not None)
+
+
 def test_a_tight_tpot_decode_does_not_yield(fb, workdir):
     steps, d2 = _burst_schedule(fb, workdir, d2_tpot_s=0.01)
     burst_steps = [r for r in steps if d2 in r["decoding"]]

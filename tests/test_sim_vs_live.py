@@ -8,9 +8,13 @@ profile and the path-latency estimate.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
-from cluster.bench.sim_vs_live import SimLiveConfig, calibrated_profile, path_latency_s, sim_config_for
+from cluster.bench.sim_vs_live import (EngineStep, SimLiveConfig, calibrated_profile, engine_steps, fit_step_truth,
+                                       path_latency_s, sim_config_for, step_summary)
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import ttft_s
@@ -257,3 +261,62 @@ def test_each_row_keeps_every_request_on_both_sides_by_id():
     rows = _sim_per_request(sim)
     assert [r[0] for r in rows] == [0, 1] and rows[1][3:] == [True, None, "pab"]
     assert rows[0][4] == pytest.approx(ttft_s(sim[0]), abs=1e-4)
+
+
+def _step_line(step: int, t: float, forward_s: float, busy: bool, *, prefill: int = 0, decode: int = 4,
+               context: int = 100) -> str:
+    return json.dumps({"step": step, "t": t, "prefill_tokens": prefill, "decode_tokens": decode,
+                       "context_tokens": context, "prefill_attention_pairs": 0.0, "measured_s": forward_s,
+                       "busy_after": busy}) + "\n"
+
+
+def test_engine_steps_time_the_host_only_between_back_to_back_steps_in_the_window(tmp_path):
+    log = tmp_path / "engine-1.jsonl"
+    log.write_text(
+        _step_line(1, 100.0, 0.010, True)
+        + _step_line(2, 100.013, 0.010, False)  # host 3 ms; then the engine idles
+        + _step_line(3, 105.0, 0.010, True)  # after an idle gap: its own host time is known again
+        + _step_line(4, 105.012, 0.010, True)
+        + _step_line(6, 105.030, 0.010, True)  # step 5 scheduled no token: 4 -> 6 is two cadences
+        + _step_line(7, 200.0, 0.010, True)  # outside the window
+        + '{"step": 8, "t": 10')  # the line the engine is writing
+    steps = engine_steps(tmp_path, 99.0, 150.0)
+    assert [round(s.host_s, 4) if s.host_s is not None else None for s in steps] == [0.003, None, 0.002, None, None]
+    assert all(s.sample.duration_s == 0.010 for s in steps)
+
+
+def test_the_truth_is_the_mean_step_where_the_engines_refit_keeps_the_fast_ones():
+    """A random fifth of the steps slowed 2.5x by other work on the host: the check's truth is their mean
+    cost (1.3x the fast steps'), the engines' trimmed refit (the truth before) the fast steps'."""
+    import random
+
+    from node.core.step_time import StepTimeModel
+    from node.fit.step_time_fit import StepSample, predicted_forward_s, trimmed_fit
+
+    true = StepTimeModel(a_s=0.004, b_s_per_token=40e-6, c_s_per_context_token=2e-6)
+    rng = random.Random(0)
+    steps = []
+    for _ in range(600):
+        n, ctx = rng.randint(1, 256), rng.randint(50, 2000)
+        slowed = 2.5 if rng.random() < 0.2 else 1.0
+        steps.append(EngineStep(StepSample(n // 2, n - n // 2, ctx, slowed * true.forward_s(n, ctx)), 0.001 * slowed))
+    fast = sum(true.forward_s(s.sample.new_tokens, s.sample.context_tokens) for s in steps)
+    truth = fit_step_truth(steps, prefill_attention=False)
+    model = StepTimeModel(**{k: truth[k] for k in ("a_s", "b_s_per_token", "c_s_per_context_token")})
+    assert sum(predicted_forward_s(model, s.sample) for s in steps) / fast == pytest.approx(1.3, abs=0.03)
+    assert truth["host_s"] == pytest.approx(0.0013, abs=0.00005)
+    trimmed, _ = trimmed_fit([s.sample for s in steps], prefill_attention=False)
+    assert sum(predicted_forward_s(trimmed, s.sample) for s in steps) / fast < 1.1
+    # The same steps against that truth: no slowdown; the same steps 1.5x slower: 1.5.
+    assert step_summary(steps, truth)["slowdown"] == pytest.approx(1.0, abs=0.03)
+    slower = [EngineStep(replace(s.sample, duration_s=1.5 * s.sample.duration_s), 1.5 * s.host_s) for s in steps]
+    assert step_summary(slower, truth)["slowdown"] == pytest.approx(1.5, abs=0.05)
+    with pytest.raises(ValueError, match="back to back"):
+        fit_step_truth([replace(s, host_s=None) for s in steps], prefill_attention=False)
+
+
+def test_the_check_takes_its_truth_from_the_engines_steps_unless_told_otherwise():
+    assert SimLiveConfig().truth == "steps"
+    assert SimLiveConfig(truth="refit").truth == "refit"
+    with pytest.raises(ValueError, match="truth must be one of"):
+        SimLiveConfig(truth="client")

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -45,10 +47,15 @@ from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
+from node.fit.step_time_fit import StepSample
 
 #: Report fields compared and kept for each side.
 KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
-        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps")
+        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps", "step_mean_s", "step_slowdown_mean")
+
+
+#: Where the simulator's ground truth comes from (``SimLiveConfig.truth``).
+TRUTHS = ("steps", "refit")
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,11 @@ class SimLiveConfig:
     # With the shared host: the most of the host the serving path can take from the engines (past it the host
     # is saturated; measured 0.50-0.54 at 1.5x on the 2-core machine, SIMULATION.md "A steady window").
     host_path_max_share: float = 0.5
+    # The simulator's ground truth (its profile): "steps", a least-squares fit of every step the engines
+    # timed during the calibration replay, forward pass and host time (their step logs); "refit", the
+    # engines' own online refit, a trimmed fit that leaves slowed steps out (the check's truth until
+    # 2026-12-02: the host's fast steps, not its mean ones; SIMULATION.md "The engines' own steps").
+    truth: str = "steps"
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -98,6 +110,8 @@ class SimLiveConfig:
             raise ValueError("attainment_target must be in (0, 1]")
         if not 0 < self.host_path_max_share < 1:
             raise ValueError("host_path_max_share must be in (0, 1)")
+        if self.truth not in TRUTHS:
+            raise ValueError(f"truth must be one of {', '.join(TRUTHS)}, got {self.truth!r}")
 
 
 def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
@@ -162,6 +176,88 @@ def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, o
                 "the calibration replay of fairbatching bench sim-vs-live (mape and p99 are the original fit's)"),
     )
     return save_profile(calibrated, out)
+
+
+@dataclass(frozen=True)
+class EngineStep:
+    """One step an engine timed (its step log, ``NodeConfig.step_log``): the forward pass as a
+    ``StepSample``, and its host time (cadence to the next step minus the forward pass, seconds),
+    None when the engine idled after it."""
+
+    sample: StepSample
+    host_s: Optional[float]
+
+
+def engine_steps(log_dir: Path, since_s: float, until_s: float) -> list[EngineStep]:
+    """Every step the engines logged in ``log_dir`` (one ``*.jsonl`` per engine) that started between
+    ``since_s`` and ``until_s`` (wall clock, ``time.time()``). A line the engine is still writing is
+    skipped."""
+    steps = []
+    for path in sorted(log_dir.glob("*.jsonl")):
+        records = []
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        records = [r for r in records if since_s <= r["t"] <= until_s and "measured_s" in r]
+        records.sort(key=lambda r: r["step"])
+        for r, after in zip(records, records[1:] + [None]):
+            if r["prefill_tokens"] + r["decode_tokens"] <= 0 or r["measured_s"] <= 0:
+                continue
+            host = None
+            if after is not None and r.get("busy_after") and after["step"] == r["step"] + 1:
+                host = max(0.0, after["t"] - r["t"] - r["measured_s"])
+            steps.append(EngineStep(StepSample(r["prefill_tokens"], r["decode_tokens"], r["context_tokens"],
+                                               r["measured_s"], float(r.get("prefill_attention_pairs", 0.0))),
+                                    host))
+    return steps
+
+
+def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[str, Any]:
+    """The engines' mean step cost over ``steps``: an ordinary least-squares fit of the forward passes
+    (``node.fit.step_time_fit.fit``, nothing trimmed) and the mean host time of the back-to-back steps.
+
+    Returns the model's coefficients (``StepTimeModel`` field names, seconds) with ``steps``,
+    ``host_steps`` and the fit's ``mape``. The engines' own refit is trimmed (``OnlineRefit``): it keeps
+    a node's planning model off its load, while a simulator's truth must be what a step costs on average
+    at the load it was measured at. Raises ``ValueError`` with fewer than 3 steps or none back to back.
+    """
+    from node.fit.step_time_fit import fit
+
+    hosts = [s.host_s for s in steps if s.host_s is not None]
+    if not hosts:
+        raise ValueError("no two steps back to back: the host time per step is unknown")
+    model, report = fit([s.sample for s in steps], prefill_attention=prefill_attention)
+    return {"a_s": model.a_s, "b_s_per_token": model.b_s_per_token,
+            "c_s_per_context_token": model.c_s_per_context_token,
+            "attn_prefill_s_per_token_sq": model.attn_prefill_s_per_token_sq,
+            "host_s": statistics.fmean(hosts), "steps": len(steps), "host_steps": len(hosts),
+            "mape": report.overall.mape}
+
+
+def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, Any]:
+    """The engines' steps of one run beside what ``truth`` (``fit_step_truth``'s) predicts for the same
+    steps: mean forward, host and cadence (seconds, over the back-to-back steps) and ``slowdown``, their
+    measured cadence over the predicted one (1 at the calibration's load; the simulator's counterpart
+    is its ``step_slowdown_mean``)."""
+    from node.core.step_time import StepTimeModel
+    from node.fit.step_time_fit import predicted_forward_s
+
+    model = StepTimeModel(**{k: truth[k] for k in ("a_s", "b_s_per_token", "c_s_per_context_token",
+                                                   "attn_prefill_s_per_token_sq", "host_s")})
+    timed = [s for s in steps if s.host_s is not None]
+    if not timed:
+        return {"steps": len(steps), "timed_steps": 0}
+    measured = [s.sample.duration_s + s.host_s for s in timed]
+    predicted = [predicted_forward_s(model, s.sample) + model.host_s for s in timed]
+    return {"steps": len(steps), "timed_steps": len(timed),
+            "tokens_mean": statistics.fmean(s.sample.new_tokens for s in timed),
+            "forward_mean_s": statistics.fmean(s.sample.duration_s for s in timed),
+            "host_mean_s": statistics.fmean(s.host_s for s in timed),
+            "cadence_mean_s": statistics.fmean(measured), "predicted_cadence_mean_s": statistics.fmean(predicted),
+            "slowdown": sum(measured) / sum(predicted)}
 
 
 #: Process names of the engines' step loops (vLLM's engine core and its model worker): the host's CPU
@@ -324,7 +420,7 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     stop = threading.Event()
     poller = threading.Thread(target=_poll_status, args=(url, stop, polled), daemon=True)
     poller.start()
-    cpu0, wall0 = host_cpu_s(), time.perf_counter()
+    cpu0, wall0, began_s = host_cpu_s(), time.perf_counter(), time.time()
     try:
         records = asyncio.run(replay(url, w, model=model, slo=slo, timeout_s=cfg.timeout_s, seed=seed))
     finally:
@@ -341,6 +437,7 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     refused = sum(1 for r in records if r.status == 429)
     report["host_cores_used"] = {**cpu_rates(cpu0, cpu1, wall), "requests_per_s": len(records) / wall,
                                  "served_per_s": (len(records) - refused) / wall, "refused_per_s": refused / wall}
+    report["wall_clock_s"] = [began_s, time.time()]  # the replay and its drain, to find the engines' steps in
     return report, records
 
 
@@ -475,14 +572,28 @@ def _sim_engines(result: Any) -> dict[str, Any]:
 def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None] = print) -> SimLiveResult:
     """The whole protocol on a fresh local cluster of the embedded default; the calibrated profile is
     written to ``out_dir``."""
+    from node.vllm.engine_setup import machine_name
+
+    result = SimLiveResult(machine_name(), asdict(cfg), {})
+    # The engines log every step they time (NodeConfig.step_log, a few MB a run: kept out of out_dir).
+    logs = Path(tempfile.mkdtemp(prefix="sim-vs-live-steps-"))
+    overrides = {"node_config": {**ServeConfig().node_config, "step_log": str(logs / "engine-{pid}.jsonl")}}
+    try:
+        _run_local(cfg, result, logs, overrides, progress, out_dir)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    return result
+
+
+def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides: dict[str, Any],
+               progress: Callable[[str], None], out_dir: Path) -> None:
+    """``run_local``'s protocol, filling ``result``, with the engines' step logs in ``logs``."""
     import httpx
 
     from cluster.bench.overload import local_cluster
     from cluster.sim.simulator import simulate
-    from node.vllm.engine_setup import machine_name
 
-    result = SimLiveResult(machine_name(), asdict(cfg), {})
-    with local_cluster({}) as (url, serve):
+    with local_cluster(overrides) as (url, serve):
         result.serve_config = serve.model_dump(mode="json", exclude={"api_keys", "api_key_sha256"})
         cal_window = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s)
         cal_scale = cfg.calibration_rps / cal_window.rate_rps
@@ -495,7 +606,10 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
         if not model:
             raise RuntimeError("the engines published no refitted model during the calibration replay; "
                                "raise --calibration-rps or the window's length")
-        profile = calibrated_profile(model, serve, out_dir / f"cpu-tiny-llama-live-calibrated-seed{cfg.seed}.json")
+        truth = fit_step_truth(engine_steps(logs, *cal_report["wall_clock_s"]),
+                               prefill_attention=model.get("attn_prefill_s_per_token_sq", 0.0) > 0)
+        profile = calibrated_profile(truth if cfg.truth == "steps" else model, serve,
+                                     out_dir / f"cpu-tiny-llama-live-calibrated-seed{cfg.seed}.json")
         # The idle probe: the window's first requests replayed slowly. The serving path's CPU there and in
         # the calibration replay gives its cost per request (the shared host's model); the client TTFT
         # against the simulated one there (a diagnostic) shows the extra client TTFT growing with the load.
@@ -527,14 +641,16 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
             **result.calibration,
             "rate_scale": cal_scale, "live": _kept(cal_report), "sim_without_path": _kept(cal_sim.report),
             "deployment_model": model, "node_models": {k: v.get("own_model") for k, v in status["nodes"].items()},
+            "step_truth": truth, "engine_steps": step_summary(engine_steps(logs, *cal_report["wall_clock_s"]), truth),
             "profile": str(profile), "client_path_s": path_s,
             "shared_host": None if host is None else asdict(host),
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(probe_records, probe_sim.requests)},
         }
-        progress(f"calibrated: a {model['a_s'] * 1e3:.2f} ms, b {model['b_s_per_token'] * 1e6:.1f} us/token, "
-                 f"c {model['c_s_per_context_token'] * 1e6:.2f} us/context token, host {model['host_s'] * 1e3:.2f} ms; "
+        used = truth if cfg.truth == "steps" else model
+        progress(f"calibrated ({cfg.truth}): a {used['a_s'] * 1e3:.2f} ms, b {used['b_s_per_token'] * 1e6:.1f} us/token, "
+                 f"c {used['c_s_per_context_token'] * 1e6:.2f} us/context token, host {used['host_s'] * 1e3:.2f} ms; "
                  f"client path {path_s * 1e3:.1f} ms; idle probe: client - simulated TTFT "
                  f"{1e3 * (result.calibration['idle_probe']['client_minus_sim_ttft_s'] or 0.0):.1f} ms"
                  + ("" if host is None else f"; serving path {host.cpu_s_per_request * 1e3:.1f} ms CPU per request"
@@ -556,6 +672,7 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                 live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
                                           seed=cfg.seed + 10 * i + k)
                 lives.append({**_kept(live), "per_request": _live_per_request(records),
+                              "engine_steps": step_summary(engine_steps(logs, *live["wall_clock_s"]), truth),
                               "engines_timeline_columns": list(TIMELINE_COLUMNS),
                               "engines_timeline": live["engines_timeline"]})
                 eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
@@ -565,7 +682,9 @@ def run_local(cfg: SimLiveConfig, out_dir: Path, progress: Callable[[str], None]
                          f"PAB {num(eng['pab_tokens'], '{:.0f}')} (sim {num(sim['engines']['pab_tokens'], '{:.0f}')}), "
                          f"correction {num(eng['correction'], '{:.2f}')}, front delay "
                          f"{num(eng['front_delay_s'], '{:.3f}')} s, measured prefill "
-                         f"{num(eng['measured_prefill_rate_tps'], '{:.0f}')} tokens/s")
+                         f"{num(eng['measured_prefill_rate_tps'], '{:.0f}')} tokens/s; step slowdown "
+                         f"{num(lives[-1]['engine_steps'].get('slowdown'), '{:.2f}')} "
+                         f"(sim {num(sim.get('step_slowdown_mean'), '{:.2f}')})")
             result.rows.append({"multiple": m, "rate_scale": scale, "rate_rps": scale * rate1,
                                 "per_request_columns": list(PER_REQUEST), "sim": sim, "live": lives})
     return result

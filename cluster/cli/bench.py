@@ -247,6 +247,10 @@ def sim_vs_live(
     host_path_max_share: float = typer.Option(0.5, help="With the shared host: the most of the host the serving path "
                                                         "can take from the engines, in (0, 1) (past it more demand "
                                                         "waits; measured 0.50-0.54 on the 2-core machine at 1.5x)."),
+    truth: str = typer.Option("steps", help="The simulator's ground truth: 'steps', a least-squares fit of every step "
+                                            "the engines timed in the calibration replay (forward and host time); "
+                                            "'refit', the engines' own trimmed online refit (the check's truth "
+                                            "before 2026-12-02, the host's fast steps)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
                                                          "recorded in this folder (*.json with a verdict)."),
@@ -259,10 +263,10 @@ def sim_vs_live(
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
-    Calibrates the simulator on another window (the engines' online refit becomes its profile; the
-    median client-minus-simulated TTFT its client path latency; the serving path's CPU, its background
-    and cost per request from the idle probe and the calibration replay, its shared-host model, at most
-    --host-path-max-share of the host), finds its capacity on the predicted
+    Calibrates the simulator on another window (a fit of every step the engines timed there becomes
+    its profile, --truth; the median client-minus-simulated TTFT its client path latency; the serving
+    path's CPU, its background and cost per request from the idle probe and the calibration replay, its
+    shared-host model, at most --host-path-max-share of the host), finds its capacity on the predicted
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
@@ -303,7 +307,7 @@ def sim_vs_live(
                             max_output_tokens=max_output_tokens, multiples=_floats(multiples, "--multiples"),
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
-                            host_path_max_share=host_path_max_share)
+                            host_path_max_share=host_path_max_share, truth=truth)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

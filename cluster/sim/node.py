@@ -183,6 +183,7 @@ class SimNode:
         self.decoding = 0
         self.steps = 0
         self.busy_s = 0.0
+        self.slowdown_sum = 0.0  # the shared host's slowdown summed over the steps (1 each without one)
         self.preemptions = 0
         self.recomputing = 0  # live requests that were preempted at least once
         self.last_budget_s: float | None = None
@@ -320,6 +321,7 @@ class SimNode:
                 self.policy.step_model = model
         self.steps += 1
         self.busy_s += duration_s
+        self.slowdown_sum += slowdown
         self.loop.at(now_s + duration_s, self._end_step, plan)
 
     def _end_step(self, plan: BatchPlan) -> None:

@@ -341,6 +341,10 @@ def simulate(
             ],
             # Per node: the output length it expected at the end (None: oracle lengths or nothing finished).
             "node_expected_output_tokens": [nd.expected_output_tokens() for nd in nodes],
+            # Steps of all nodes: their mean wall time (forward and host), and the shared host's mean
+            # slowdown of them (1 without one), to set beside a live engine's step timings.
+            "step_mean_s": sum(nd.busy_s for nd in nodes) / max(1, sum(nd.steps for nd in nodes)),
+            "step_slowdown_mean": sum(nd.slowdown_sum for nd in nodes) / max(1, sum(nd.steps for nd in nodes)),
             # Which PAB limit bound, as a fraction of the timeline samples (all nodes).
             "pab_binding_fraction": shares(row[6] for nd in nodes for row in nd.timeline),
             # The model each node planned with at the end (the profile's, unless refitted online).

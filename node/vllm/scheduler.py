@@ -575,10 +575,10 @@ class FairBatchingMixin:
             request = self.requests.get(rid)
             if request is None or request.is_finished():
                 self._fb_forget(rid)
+        self._fb_busy = self.has_unfinished_requests()
         if scheduler_output.total_num_scheduled_tokens > 0 and self._fb_pending:
             self._fb_measure(self._fb_pending.popleft(), t_update)
         self._fb_last_update = time.perf_counter()
-        self._fb_busy = self.has_unfinished_requests()
         return result
 
     def _fb_measure(self, pending: _PendingStep, t_update: float) -> None:
@@ -597,6 +597,8 @@ class FairBatchingMixin:
             self._fb_set_step_model(self.fb_refit.observe(sample))
         if pending.record is not None and self._fb_log is not None:
             pending.record["measured_s"] = duration
+            # Work left after this step: the next step's start minus this one's ("t") is then its cadence.
+            pending.record["busy_after"] = self._fb_busy
             self._fb_log.write(json.dumps(pending.record) + "\n")
 
     def _fb_set_step_model(self, model: StepTimeModel) -> None:
