@@ -15,6 +15,7 @@ import pytest
 
 from cluster.bench.sim_vs_live import (EngineStep, SimLiveConfig, calibrated_profile, engine_steps, fit_step_truth,
                                        path_latency_s, sim_config_for, step_summary)
+from node.fit.step_time_fit import StepSample
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import ttft_s
@@ -155,14 +156,15 @@ def test_the_command_tabulates_each_live_run_beside_the_simulator_and_judges_the
                 "ttft_p50": ttft, "ttft_p90": None, "ttft_p99": None, "tpot_p50": 0.02, "tpot_p99": None,
                 "goodput_rps": 1.0, "offered_rps": 1.0}
 
-    def fake_run(cfg, out_dir, progress):  # the live part needs minutes on a real cluster: recorded runs only
+    def fake_run(cfg, out_dir, progress, step_logs=None):  # the live part needs minutes on a real cluster: recorded runs only
         res = svl.SimLiveResult("test machine", svl.asdict(cfg), {})
         res.capacity = {"rate_scale": 2.0, "capacity_rps": 10.0, "window_rate_rps": 5.0}
         res.rows = [
             {"multiple": 0.5, "rate_scale": 1.0, "rate_rps": 5.0, "sim": report(1.0, 0.10, 0),
              "live": [report(1.0, 0.09, 0), report(1.0, 0.12, 0), report(0.99, 0.11, 1)]},
             {"multiple": 1.5, "rate_scale": 3.0, "rate_rps": 15.0, "sim": report(0.74, 0.38, 26),
-             "live": [report(0.69, 0.35, 31), report(0.61, 0.72, 39), report(0.66, 0.41, 34)]},
+             "live": [report(0.69, 0.35, 31), report(0.61, 0.72, 39), report(0.66, 0.41, 34)],
+             "sim_with_truth": {"steps": report(0.68, 0.40, 30)}},  # the other truth's prediction
         ]
         return res
 
@@ -176,6 +178,9 @@ def test_the_command_tabulates_each_live_run_beside_the_simulator_and_judges_the
     assert not v["1.5x"]["holds"] and v["1.5x"]["attainment_gap_pts"] == pytest.approx(8.0)  # 0.74 vs median 0.66
     assert v["1.5x"]["live_attainment_range"] == [0.61, 0.69]
     assert "1.5x median" in out.output and "8.0 pts" in out.output
+    # the same live runs against the simulator on the other truth: judged alike, where it was run
+    assert data["verdict_with_truth"]["steps"]["1.5x"]["holds"] and "0.5x" not in data["verdict_with_truth"]["steps"]
+    assert "with the steps truth: 1.5x 2.0 pts, TTFT p50 2 % (holds)" in out.output
     bad = CliRunner().invoke(app, ["bench", "sim-vs-live", "--multiples", "0,1", "--out-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "--multiples" in bad.output
 
@@ -291,7 +296,7 @@ def test_the_truth_is_the_mean_step_where_the_engines_refit_keeps_the_fast_ones(
     import random
 
     from node.core.step_time import StepTimeModel
-    from node.fit.step_time_fit import StepSample, predicted_forward_s, trimmed_fit
+    from node.fit.step_time_fit import predicted_forward_s, trimmed_fit
 
     true = StepTimeModel(a_s=0.004, b_s_per_token=40e-6, c_s_per_context_token=2e-6)
     rng = random.Random(0)
@@ -309,14 +314,15 @@ def test_the_truth_is_the_mean_step_where_the_engines_refit_keeps_the_fast_ones(
     assert sum(predicted_forward_s(trimmed, s.sample) for s in steps) / fast < 1.1
     # The same steps against that truth: no slowdown; the same steps 1.5x slower: 1.5.
     assert step_summary(steps, truth)["slowdown"] == pytest.approx(1.0, abs=0.03)
-    slower = [EngineStep(replace(s.sample, duration_s=1.5 * s.sample.duration_s), 1.5 * s.host_s) for s in steps]
+    slower = [replace(s, sample=replace(s.sample, duration_s=1.5 * s.sample.duration_s), host_s=1.5 * s.host_s)
+              for s in steps]
     assert step_summary(slower, truth)["slowdown"] == pytest.approx(1.5, abs=0.05)
     with pytest.raises(ValueError, match="back to back"):
         fit_step_truth([replace(s, host_s=None) for s in steps], prefill_attention=False)
 
 
-def test_the_check_takes_its_truth_from_the_engines_steps_unless_told_otherwise():
-    assert SimLiveConfig().truth == "steps"
-    assert SimLiveConfig(truth="refit").truth == "refit"
+def test_the_checks_truth_is_the_engines_refit_unless_told_otherwise():
+    assert SimLiveConfig().truth == "refit"
+    assert SimLiveConfig(truth="steps").truth == "steps"
     with pytest.raises(ValueError, match="truth must be one of"):
         SimLiveConfig(truth="client")

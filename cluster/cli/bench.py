@@ -247,11 +247,13 @@ def sim_vs_live(
     host_path_max_share: float = typer.Option(0.5, help="With the shared host: the most of the host the serving path "
                                                         "can take from the engines, in (0, 1) (past it more demand "
                                                         "waits; measured 0.50-0.54 on the 2-core machine at 1.5x)."),
-    truth: str = typer.Option("steps", help="The simulator's ground truth: 'steps', a least-squares fit of every step "
-                                            "the engines timed in the calibration replay (forward and host time); "
-                                            "'refit', the engines' own trimmed online refit (the check's truth "
-                                            "before 2026-12-02, the host's fast steps)."),
+    truth: str = typer.Option("refit", help="The simulator's ground truth: 'refit', the engines' own trimmed online "
+                                            "refit; 'steps', a least-squares fit of every step the engines timed in "
+                                            "the calibration replay (forward and host time). The other one's "
+                                            "prediction of the same live runs is kept beside (SIMULATION.md)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
+    step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
+                                                        "MB a check) in this folder (default: a temporary one)."),
     summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
                                                          "recorded in this folder (*.json with a verdict)."),
     resimulate: Optional[Path] = typer.Option(None, help="Run no live load: the simulator side of the checks recorded "
@@ -263,15 +265,16 @@ def sim_vs_live(
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
-    Calibrates the simulator on another window (a fit of every step the engines timed there becomes
-    its profile, --truth; the median client-minus-simulated TTFT its client path latency; the serving
-    path's CPU, its background and cost per request from the idle probe and the calibration replay, its
-    shared-host model, at most --host-path-max-share of the host), finds its capacity on the predicted
+    Calibrates the simulator on another window (the engines' online refit becomes its profile, or
+    with --truth steps a fit of every step they timed there; the median client-minus-simulated TTFT its
+    client path latency; the serving path's CPU, its background and cost per request from the idle
+    probe and the calibration replay, its shared-host model, at most --host-path-max-share of the
+    host), finds its capacity on the predicted
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
-    from cluster.bench.sim_vs_live import (SimLiveConfig, check_json, resimulate as resimulate_check, run_local,
-                                           summary_markdown)
+    from cluster.bench.sim_vs_live import (TRUTHS, SimLiveConfig, check_json, resimulate as resimulate_check,
+                                           run_local, summary_markdown)
 
     if resimulate is not None:
         recorded = [(p, json.loads(p.read_text())) for p in sorted(resimulate.glob("*.json"))]
@@ -311,7 +314,7 @@ def sim_vs_live(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()
-    result = run_local(cfg, out_dir, lambda m: console.print(f"[dim]{m}[/dim]"))
+    result = run_local(cfg, out_dir, lambda m: console.print(f"[dim]{m}[/dim]"), step_logs=step_logs)
     verdict = result.verdict()
     table = Table(title=f"simulator vs live on {result.machine}: {trace} {start_s:g}+{duration_s:g} s, "
                         f"capacity {result.capacity['capacity_rps']:.1f} req/s (simulated)")
@@ -332,9 +335,15 @@ def sim_vs_live(
                       f"{fmt(v['live_ttft_p50_median_s'])} ({fmt(v['ttft_p50_rel_err'] and 100 * v['ttft_p50_rel_err'], '{:.0f}')} %)",
                       "", "", "yes" if v["holds"] else "no")
     console.print(table)
+    # The same live runs predicted by the simulator on the other truth (the A/B of --truth)
+    others = {name: result.verdict(truth=name) for name in TRUTHS if name != truth}
+    for name, other in others.items():
+        console.print(f"with the {name} truth: " + "; ".join(
+            f"{key} {v['attainment_gap_pts']:.1f} pts, TTFT p50 {fmt(v['ttft_p50_rel_err'] and 100 * v['ttft_p50_rel_err'], '{:.0f}')} % "
+            f"({'holds' if v['holds'] else 'misses'})" for key, v in other.items()))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{trace}-{start_s:g}-seed{seed}.json"
-    path.write_text(check_json({**asdict(result), "verdict": verdict}))
+    path.write_text(check_json({**asdict(result), "verdict": verdict, "verdict_with_truth": others}))
     console.print(f"wrote {path}")
 
 
