@@ -5,7 +5,7 @@ on its own (the calibration replay, every live run), beside the context the step
 one can see which coefficient of the calibrated truth holds at the predicted loads and which does
 not. ``bench/results/SIMULATION.md`` ("The engines' own steps") quotes it.
 
-    fairbatching bench sim-vs-live --repeats 3 --seed 6 --out-dir bench/results/sim-vs-live/conv-240-steps \\
+    fairbatching bench sim-vs-live --truth steps --repeats 3 --seed 6 --out-dir bench/results/sim-vs-live/conv-240-steps \\
         --step-logs /tmp/steps6
     python bench/sim_vs_live_step_fits.py bench/results/sim-vs-live/conv-240-steps/azure-conv-600-seed6.json \\
         /tmp/steps6 --json bench/results/sim-vs-live/conv-240-steps/step-fits-seed6.json

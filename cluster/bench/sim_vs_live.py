@@ -61,6 +61,9 @@ KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50",
 #: Where the simulator's ground truth comes from (``SimLiveConfig.truth``).
 TRUTHS = ("steps", "refit")
 
+#: A calibrated truth's step-time coefficients (``StepTimeModel`` field names, seconds).
+COEFFICIENTS = ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")
+
 
 @dataclass(frozen=True)
 class SimLiveConfig:
@@ -175,8 +178,7 @@ def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, o
     base = load_profile(serve.profile)
     calibrated = replace(
         base, name=f"{base.name}-live-calibrated", safety_factor=1.0,
-        **{k: float(deployment_model[k]) for k in
-           ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")},
+        **{k: float(deployment_model[k]) for k in COEFFICIENTS},
         max_num_seqs=int(serve.engine_args.get("max_num_seqs", base.max_num_seqs)),
         max_num_batched_tokens=int(serve.engine_args.get("max_num_batched_tokens", base.max_num_batched_tokens)),
         method=(f"{base.method}; then measured on the live engines of the embedded default during the "
@@ -237,11 +239,8 @@ def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[
     if not hosts:
         raise ValueError("no two steps back to back: the host time per step is unknown")
     model, report = fit([s.sample for s in steps], prefill_attention=prefill_attention)
-    return {"a_s": model.a_s, "b_s_per_token": model.b_s_per_token,
-            "c_s_per_context_token": model.c_s_per_context_token,
-            "attn_prefill_s_per_token_sq": model.attn_prefill_s_per_token_sq,
-            "host_s": statistics.fmean(hosts), "steps": len(steps), "host_steps": len(hosts),
-            "mape": report.overall.mape}
+    return {**{k: getattr(model, k) for k in COEFFICIENTS}, "host_s": statistics.fmean(hosts),
+            "steps": len(steps), "host_steps": len(hosts), "mape": report.overall.mape}
 
 
 def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, Any]:
@@ -253,8 +252,7 @@ def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, An
     from node.core.step_time import StepTimeModel
     from node.fit.step_time_fit import predicted_forward_s
 
-    model = StepTimeModel(**{k: truth[k] for k in ("a_s", "b_s_per_token", "c_s_per_context_token",
-                                                   "attn_prefill_s_per_token_sq", "host_s")})
+    model = StepTimeModel(**{k: truth[k] for k in COEFFICIENTS})
     timed = [s for s in steps if s.host_s is not None]
     if not timed:
         return {"steps": len(steps), "timed_steps": 0}
