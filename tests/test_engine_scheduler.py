@@ -182,7 +182,8 @@ def test_the_step_log_says_when_the_engine_went_on_so_each_steps_host_time_is_kn
     (``cluster.bench.sim_vs_live.engine_steps``, the simulator check's truth)."""
     from cluster.bench.sim_vs_live import engine_steps
 
-    first = _log(workdir, "fb.jsonl")[-1]["step"] if (workdir / "fb.jsonl").exists() else 0
+    before = _log(workdir, "fb.jsonl") if (workdir / "fb.jsonl").exists() else []  # the earlier tests' steps
+    first = before[-1]["step"] if before else 0
     fb.generate([_tokens_prompt(s, n) for s, n in MIXED_PROMPTS], _greedy(12), use_tqdm=False)
     steps = _log(workdir, "fb.jsonl", first)
     assert len(steps) > 12
