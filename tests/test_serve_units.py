@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from balancer.core.placement import NodeView
-from balancer.serve.pab_registry import NodeReport, PABRegistry
+from balancer.serve.pab_registry import NodeReport, PABRegistry, RouterPoll
 from node.core.step_time import StepTimeModel
 from cluster.workload.loadgen import LiveRecord, live_report
 from node.core.request import SLO
@@ -240,17 +240,14 @@ def test_a_registry_restart_never_opens_a_503_window():
                {"a": _view(4000, 9.0)}]
     from balancer.serve.admission import BalancerSettings, LocalBalancer
 
-    lb = LocalBalancer(BalancerSettings("pab", stale_after_s=2.0), clock=clock)
-
-    def poll():
+    def fetch(_stats):
         answer = answers.pop(0)
-        try:
-            if isinstance(answer, Exception):
-                raise answer
-            lb.apply_views(answer)
-            lb._fetched_at = clock()
-        except RuntimeError:
-            lb.refresh_failures += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return RouterPoll(answer, 1)
+
+    lb = LocalBalancer(BalancerSettings("pab", stale_after_s=2.0), fetch, clock=clock)
+    poll = lb.refresh_once
 
     poll()
     assert lb.registry_ok and lb.admit("r1", 100)[0] == "a"
@@ -264,6 +261,30 @@ def test_a_registry_restart_never_opens_a_503_window():
     assert lb.admit("r3", 100)[0] == "a"
     poll()  # registry back, rebuilt from the next report
     assert lb.admit("r4", 100)[0] == "a" and lb.refresh_failures == 2
+
+
+def test_the_registrys_last_answer_and_its_nodes_go_stale_together():
+    """When the last answer's nodes go stale the registry counts as away too, however long applying
+    the answer took: a request then goes to the router (routing stats), never to a 503 (seen live: a
+    503 1.97 s after the registry was killed, its last answer 2 s old)."""
+    from balancer.serve.admission import BalancerSettings, LocalBalancer
+
+    clock = {"now": 0.0, "readings": []}
+
+    def fetch(_stats):
+        clock["readings"] = [0.0, 0.05]  # applying the answer spans 50 ms of clock readings
+        return RouterPoll({"a": _view(5000, 1.0)}, 1)
+
+    lb = LocalBalancer(BalancerSettings("pab", stale_after_s=2.0), fetch,
+                       clock=lambda: clock["readings"].pop(0) if clock["readings"] else clock["now"])
+    assert lb.refresh_once()
+    clock["readings"] = []
+    clock["now"] = 1.99
+    assert lb.live_keys() == ["a"] and lb.registry_ok
+    clock["now"] = 2.01
+    assert lb.live_keys() == [] and not lb.registry_ok
+    node, decision = lb.admit("r", 100)
+    assert node is None and decision.reason == "no-engine" and not lb.registry_ok
 
 
 def test_early_refusal_uses_a_small_prompt_of_recent_traffic():

@@ -124,16 +124,17 @@ class LocalBalancer:
     # -- the view ---------------------------------------------------------------------
 
     def apply_views(self, views: dict[str, NodeView], routers: Optional[int] = None,
-                    tightest_refused_age_s: Optional[float] = None) -> None:
+                    tightest_refused_age_s: Optional[float] = None, *, now: Optional[float] = None) -> None:
         """Fresh views by node key (their ``node_id`` is replaced by this balancer's number of the node).
 
         ``routers``: how many balancers share the nodes' budgets (``PlacementPolicy.set_routers``);
         None keeps the last count (Serve's routing stats do not say). ``tightest_refused_age_s``:
         seconds since any balancer last refused a request of the tightest class (``RouterPoll``);
         when that is later than this balancer's own last such refusal, the looser classes are shed
-        from then here too (``PlacementPolicy.tightest_refused``).
+        from then here too (``PlacementPolicy.tightest_refused``). ``now``: when the views were
+        received (this balancer's clock; default: now).
         """
-        now = self._clock()
+        now = self._clock() if now is None else now
         with self._lock:
             if routers is not None:
                 self.routers = routers
@@ -373,17 +374,30 @@ class LocalBalancer:
     def stop(self) -> None:
         self._stop.set()
 
+    def refresh_once(self) -> bool:
+        """Poll the registry once (``fetch_views``) and apply its answer; True when it answered.
+
+        The nodes it reports and the registry's freshness (``registry_ok``) are stamped with one clock
+        reading, so they go stale together: while ``registry_ok`` holds, the nodes of its last answer
+        are live (stamped apart, a request between the two stamps found no live node with the registry
+        still counted as answering, and got a 503).
+        """
+        try:
+            answer = self._fetch_views(self.stats())
+            now = self._clock()
+            self.apply_views(answer.views, answer.routers, answer.tightest_refused_age_s, now=now)
+            self._fetched_at = now
+            return True
+        except Exception as exc:  # noqa: BLE001 - the registry restarts or is gone: keep the last view
+            self.refresh_failures += 1
+            if self.refresh_failures in (1, 10, 100) or self.refresh_failures % 1000 == 0:
+                logger.warning("PAB view refresh failed (%s: %s); deciding on the last view and "
+                               "the replicas' routing stats", type(exc).__name__, exc)
+            return False
+
     def _refresh_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                answer = self._fetch_views(self.stats())
-                self.apply_views(answer.views, answer.routers, answer.tightest_refused_age_s)
-                self._fetched_at = self._clock()
-            except Exception as exc:  # noqa: BLE001 - the registry restarts or is gone: keep the last view
-                self.refresh_failures += 1
-                if self.refresh_failures in (1, 10, 100) or self.refresh_failures % 1000 == 0:
-                    logger.warning("PAB view refresh failed (%s: %s); deciding on the last view and "
-                                   "the replicas' routing stats", type(exc).__name__, exc)
+            self.refresh_once()
             self._stop.wait(self.settings.refresh_interval_s)
 
 
