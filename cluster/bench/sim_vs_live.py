@@ -107,6 +107,10 @@ class SimLiveConfig:
     # nearer at 1.5x in both such checks, 1.0 and 13.2 points against 20.8 and 36.9 (SIMULATION.md,
     # "The engines' own steps as the truth").
     truth: str = "refit"
+    # Model the serving path's time in front of the engines (``cluster.sim.shared_host.IngressDelay``), a line
+    # in the arrival rate through the engines' front delay in the idle probe and the calibration replay
+    # (False: requests reach the balancer as they arrive, the path all in the client path).
+    ingress_delay: bool = True
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -125,11 +129,12 @@ class SimLiveConfig:
 
 def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
                    rate_scale: float = 1.0, client_path_s: float = 0.0,
-                   host: Optional["HostCPU"] = None) -> SimConfig:
+                   host: Optional["HostCPU"] = None, ingress: Optional[dict[str, float]] = None) -> SimConfig:
     """The simulator configured as the deployment ``serve`` runs: its engines, balancer, admission,
     anchor, closed loop, node-policy knobs, online refit and report cadence, on ``profile_path``; with
     ``host``, the serving path's CPU on the engines' cores (``cluster.sim.shared_host``) as measured
-    (``fit_host_cpu``), at most ``cfg.host_path_max_share`` of the host.
+    (``fit_host_cpu``), at most ``cfg.host_path_max_share`` of the host; with ``ingress``
+    (``fit_ingress_delay``), the serving path's time in front of the engines.
 
     Raises ``ValueError`` for a deployment the simulator cannot stand for (another scheduler or
     router than FairBatching behind PAB, or a node-policy knob it has no flag for).
@@ -164,8 +169,26 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
                                     "host_reference_rps": host.reference_rps,
                                     "host_cpu_s_per_refusal": host.cpu_s_per_refusal,
                                     "host_reference_refused_share": host.reference_refused_share}),
+        **({} if ingress is None else {"ingress_delay_s": ingress["base_s"],
+                                       "ingress_delay_s_per_rps": ingress["s_per_rps"]}),
         **{k: (str(v) if k in ("relegate", "lend", "urgency") else v) for k, v in knobs.items()},
     )
+
+
+def fit_ingress_delay(reports: list[dict[str, Any]]) -> Optional[dict[str, float]]:
+    """The serving path's time in front of the engines as a line in the arrival rate
+    (``cluster.sim.shared_host.IngressDelay``) through live replays at different loads: each report's
+    ``offered_rps`` against its engines' median front delay (``engines.front_delay_s``: the P90 each
+    engine takes off PAB's horizon, polled while arrivals came). Returns ``{"base_s", "s_per_rps"}``,
+    None when fewer than two reports carry a front delay or their rates do not differ."""
+    from cluster.sim.shared_host import IngressDelay
+
+    loads = [(r["offered_rps"], r["engines"]["front_delay_s"]) for r in reports
+             if (r.get("engines") or {}).get("front_delay_s") is not None and r.get("offered_rps")]
+    if len({rate for rate, _ in loads}) < 2:
+        return None
+    base, slope = IngressDelay.fit(loads)
+    return {"base_s": base, "s_per_rps": slope}
 
 
 def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, out: Path) -> Path:
@@ -660,13 +683,15 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 result.calibration["overload_probe"] = _kept(burst_report)
             host = fit_host_cpu(loads, cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps,
                                 reference_refused_share=cal_report["rejected"] / max(1, cal_report["requests"]))
+        # The serving path's time in front of the engines, from the engines' front delay at both loads
+        ingress = fit_ingress_delay([probe_report, cal_report]) if cfg.ingress_delay else None
         cal_sims = {name: simulate(sim_config_for(serve, cfg, str(p), start_s=cfg.calibration_start_s,
-                                                  rate_scale=cal_scale, host=host), workload=cal_window)
+                                                  rate_scale=cal_scale, host=host, ingress=ingress), workload=cal_window)
                     for name, p in profiles.items()}
         paths = {name: max(0.0, path_latency_s(cal_records, sim.requests) or 0.0) for name, sim in cal_sims.items()}
         cal_sim, path_s = cal_sims[cfg.truth], paths[cfg.truth]
         probe_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
-                                            rate_scale=probe_scale, host=host), workload=probe)
+                                            rate_scale=probe_scale, host=host, ingress=ingress), workload=probe)
         result.calibration = {
             **result.calibration,
             "rate_scale": cal_scale, "live": _kept(cal_report), "sim_without_path": _kept(cal_sim.report),
@@ -675,7 +700,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             "profile": str(profile), "client_path_s": path_s,
             "alternatives": {name: {"profile": str(profiles[name]), "client_path_s": paths[name]}
                              for name in TRUTHS if name != cfg.truth},
-            "shared_host": None if host is None else asdict(host),
+            "shared_host": None if host is None else asdict(host), "ingress_delay": ingress,
+            "per_request_columns": list(PER_REQUEST), "per_request": _live_per_request(cal_records),
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(probe_records, probe_sim.requests)},
@@ -689,9 +715,11 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                     + ("" if host.cpu_s_per_refusal is None else f" served, {host.cpu_s_per_refusal * 1e3:.1f} refused")
                     + f" on {host.cores:g} cores"))
 
-        base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s, host=host)
+        base = sim_config_for(serve, cfg, str(profile), start_s=cfg.start_s, client_path_s=path_s, host=host,
+                              ingress=ingress)
         others = {name: sim_config_for(serve, cfg, str(profiles[name]), start_s=cfg.start_s,
-                                       client_path_s=paths[name], host=host) for name in TRUTHS if name != cfg.truth}
+                                       client_path_s=paths[name], host=host, ingress=ingress)
+                  for name in TRUTHS if name != cfg.truth}
         window = _window(cfg, cfg.start_s, cfg.duration_s)
         result.capacity = simulated_capacity(base, cfg, window)
         scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
@@ -745,7 +773,7 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
     if host is not None and "background_cores" not in cal["shared_host"]:  # recorded before it was kept:
         host = replace(host, background_cores=_recorded_background_cores(cal, host))
     base = replace(sim_config_for(serve, cfg, cal["profile"], start_s=cfg.start_s, client_path_s=cal["client_path_s"],
-                                  host=host), **sim_overrides)
+                                  host=host, ingress=cal.get("ingress_delay")), **sim_overrides)
     window = _window(cfg, cfg.start_s, cfg.duration_s)
     result = SimLiveResult(recorded.get("machine", ""), recorded["config"], recorded["serve_config"],
                            calibration=cal, capacity=simulated_capacity(base, cfg, window))

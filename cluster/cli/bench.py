@@ -251,6 +251,11 @@ def sim_vs_live(
                                             "refit; 'steps', a least-squares fit of every step the engines timed in "
                                             "the calibration replay (forward and host time). The other one's "
                                             "prediction of the same live runs is kept beside (SIMULATION.md)."),
+    ingress_delay: bool = typer.Option(True, help="Model the serving path's time in front of the engines (their front "
+                                                  "delay, which PAB takes off its horizon) as a line in the arrival "
+                                                  "rate through its measures at the idle probe's and the "
+                                                  "calibration's loads (--no-ingress-delay: requests reach the "
+                                                  "balancer as they arrive; SIMULATION.md)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one)."),
@@ -269,7 +274,7 @@ def sim_vs_live(
     with --truth steps a fit of every step they timed there; the median client-minus-simulated TTFT its
     client path latency; the serving path's CPU, its background and cost per request from the idle
     probe and the calibration replay, its shared-host model, at most --host-path-max-share of the
-    host), finds its capacity on the predicted
+    host; the engines' front delay at both loads, its time in front of the engines), finds its capacity on the predicted
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
@@ -310,7 +315,7 @@ def sim_vs_live(
                             max_output_tokens=max_output_tokens, multiples=_floats(multiples, "--multiples"),
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
-                            host_path_max_share=host_path_max_share, truth=truth)
+                            host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

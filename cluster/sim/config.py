@@ -16,7 +16,7 @@ from pydantic.dataclasses import dataclass
 
 from balancer.core.admission_queue import QUEUE_ORDERS
 from balancer.core.policies import PLACEMENT_NAMES
-from cluster.sim.shared_host import SharedHost
+from cluster.sim.shared_host import IngressDelay, SharedHost
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
@@ -57,6 +57,8 @@ class SimConfig:
     host_reference_rps: float = _opt(0.0, "With --host-cpu-s-per-request: the arrival rate at which the profile was measured (its step times already hold that load's slowdown).")
     host_background_cores: float = _opt(0.0, "With --host-cpu-s-per-request: the serving path's CPU with no request at all, cores (counted in its share of the host).")
     host_max_share: float = _opt(0.9, "With --host-cpu-s-per-request: the most of the host the serving path can take from the engines, in (0, 1) (past it the host is saturated and more demand waits; fairbatching bench sim-vs-live: 0.5, measured).")
+    ingress_delay_s: float = _opt(0.0, "The serving path's time in front of the engines with no load (proxy, ingress, router, the hops to the engine), seconds: a request reaches the balancer and its node this much after it arrives, plus --ingress-delay-s-per-rps times the arrival rate over the last second (cluster.sim.shared_host.IngressDelay; the nodes take it off PAB's horizon as the engines' front delay). 0 and 0: none, as a GPU node's fast front end; fairbatching bench sim-vs-live measures both.")
+    ingress_delay_s_per_rps: float = _opt(0.0, "With --ingress-delay-s: how much the time in front of the engines grows per request a second of arrivals, seconds.")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
     step_model: str = _opt("linear", "Step-time model the nodes plan and budget with: linear (the paper's a + b * new + c * context: the profile's best linear fit; measured best for FairBatching's budgeted steps, bench/results/STEPTIME.md) or quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one; the h100/a100 profiles do: it predicts steps better but under-predicts full mixed steps, which then overrun their budget). A profile without the term gives the same model both ways. The simulated truth does not change.")
     prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
@@ -124,8 +126,18 @@ class SimConfig:
             raise ValueError(f"host_background_cores must be a finite number >= 0, got {self.host_background_cores}")
         if not 0 < self.host_max_share < 1:
             raise ValueError(f"host_max_share must be in (0, 1), got {self.host_max_share}")
+        for name in ("ingress_delay_s", "ingress_delay_s_per_rps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.host_reference_refused_share <= 1:
             raise ValueError(f"host_reference_refused_share must be in [0, 1], got {self.host_reference_refused_share}")
+
+    def ingress_delay(self) -> IngressDelay | None:
+        """The serving path's time in front of the engines (None: ``ingress_delay_s`` and its slope 0)."""
+        if self.ingress_delay_s <= 0 and self.ingress_delay_s_per_rps <= 0:
+            return None
+        return IngressDelay(self.ingress_delay_s, self.ingress_delay_s_per_rps)
 
     def shared_host(self) -> SharedHost | None:
         """The simulated host the nodes share with the serving path (None: ``host_cpu_s_per_request`` 0)."""

@@ -75,7 +75,7 @@ class SharedHost:
         f = reference_refused_share
         reference = (background_cores + reference_rps * ((1 - f) * cpu_s_per_request + f * refusal)) / cores
         self._reference_free = 1.0 - min(max_share, reference)  # at the ceiling there too: never slower than then
-        self._charges: deque[tuple[float, float]] = deque()  # (arrival time, CPU seconds)
+        self._charges: deque[list[float]] = deque()  # [arrival time, CPU seconds], one per arrival
         self._cpu_in_window = 0.0
 
     def share(self, cpu_s_per_s: float) -> float:
@@ -83,17 +83,24 @@ class SharedHost:
         (its background added), in [0, max_share]."""
         return min(self.max_share, (self.background_cores + cpu_s_per_s) / self.cores)
 
-    def arrive(self, now_s: float) -> None:
+    def arrive(self, now_s: float) -> list[float]:
         """Count one arrival at ``now_s`` (seconds of simulated time, non-decreasing), charged as served
-        until ``refuse_last`` says otherwise."""
-        self._charges.append((now_s, self.cpu_s_per_request))
+        until ``refuse`` says otherwise; returns its charge (for ``refuse``)."""
+        charge = [now_s, self.cpu_s_per_request]
+        self._charges.append(charge)
         self._cpu_in_window += self.cpu_s_per_request
+        return charge
+
+    def refuse(self, charge: list[float]) -> None:
+        """The arrival ``arrive`` returned ``charge`` for was refused: charge it a refusal's cost instead of
+        a served request's (while it is still in the window; once out of it, it no longer counts)."""
+        if any(c is charge for c in reversed(self._charges)):
+            self._cpu_in_window += self.cpu_s_per_refusal - charge[1]
+        charge[1] = self.cpu_s_per_refusal
 
     def refuse_last(self) -> None:
-        """The last arrival was refused: charge it a refusal's cost instead of a served request's."""
-        at, cost = self._charges.pop()
-        self._charges.append((at, self.cpu_s_per_refusal))
-        self._cpu_in_window += self.cpu_s_per_refusal - cost
+        """The last arrival was refused (``refuse`` of the last charge)."""
+        self.refuse(self._charges[-1])
 
     def cpu_s_per_s(self, now_s: float) -> float:
         """The serving path's CPU seconds a second over the last ``window_s``."""
@@ -106,3 +113,58 @@ class SharedHost:
     def slowdown(self, now_s: float) -> float:
         """What a step starting at ``now_s`` is multiplied by: ``(1 - u_ref) / (1 - u(now))``."""
         return self._reference_free / (1.0 - self.share(self.cpu_s_per_s(now_s)))
+
+
+class IngressDelay:
+    """The serving path's time in front of the engines on a shared host: from a request's arrival at the
+    front proxy to its engine (the proxy, the ingress parsing and rendering it, the router, Ray's hops),
+    ``base_s + s_per_rps * r`` seconds, ``r`` the arrival rate over the last ``window_s`` (requests a
+    second, this arrival included).
+
+    On the embedded default the engines report this as their front delay (``FrontDelay``, taken off
+    PAB's horizon), and it grows with the load because every request's path work queues for the same
+    cores: 7-22 ms with 2 requests a second, 14-122 ms at the calibration loads and up to 0.28 s
+    at 1.5x capacity on the 2-core development machine (``bench/results/SIMULATION.md``, "The serving
+    path in front of the engines"). The line through two measured loads (``fit``) is a fake of that
+    queue, named as such: no queueing dynamics, only its level at the current rate.
+
+    Raises ``ValueError`` for a negative or non-finite ``base_s`` or ``s_per_rps``, or ``window_s`` <= 0.
+    """
+
+    def __init__(self, base_s: float, s_per_rps: float, *, window_s: float = 1.0) -> None:
+        for name, value in (("base_s", base_s), ("s_per_rps", s_per_rps)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"window_s must be a finite number > 0, got {window_s!r}")
+        self.base_s = base_s
+        self.s_per_rps = s_per_rps
+        self.window_s = window_s
+        self._arrivals: deque[float] = deque()
+
+    @staticmethod
+    def fit(loads: list[tuple[float, float]]) -> tuple[float, float]:
+        """``(base_s, s_per_rps)`` of the least-squares line through ``loads``, pairs of (arrival rate, req/s;
+        front delay, s), its slope and intercept kept >= 0 (a flat line at the mean when the delays fall
+        with the rate). Raises ``ValueError`` with fewer than two loads or no spread in their rates."""
+        if len(loads) < 2:
+            raise ValueError(f"need at least two loads, got {len(loads)}")
+        rates, delays = [r for r, _ in loads], [d for _, d in loads]
+        mean_r, mean_d = sum(rates) / len(rates), sum(delays) / len(delays)
+        spread = sum((r - mean_r) ** 2 for r in rates)
+        if spread <= 0:
+            raise ValueError(f"the loads' arrival rates do not differ: {rates}")
+        slope = max(0.0, sum((r - mean_r) * (d - mean_d) for r, d in loads) / spread)
+        base = mean_d - slope * mean_r
+        if base < 0:  # through the origin instead
+            slope, base = sum(r * d for r, d in loads) / sum(r * r for r in rates), 0.0
+        return max(0.0, base), max(0.0, slope)
+
+    def delay_s(self, now_s: float) -> float:
+        """Count one arrival at ``now_s`` (simulated seconds, non-decreasing) and return its time in front of
+        the engines, seconds."""
+        arrivals = self._arrivals
+        arrivals.append(now_s)
+        while arrivals[0] <= now_s - self.window_s:
+            arrivals.popleft()
+        return self.base_s + self.s_per_rps * len(arrivals) / self.window_s

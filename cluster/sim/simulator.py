@@ -229,6 +229,7 @@ def simulate(
 
     # The serving path's CPU on the engines' cores (the embedded default), one host for every node.
     shared_host = cfg.shared_host()
+    ingress = cfg.ingress_delay()
     nodes = [
         SimNode(
             i, loop,
@@ -268,8 +269,18 @@ def simulate(
 
     def arrive(i: int) -> None:
         req = requests[i]
-        if shared_host is not None:  # its CPU is spent before any step it starts (a refusal's, if refused at once)
-            shared_host.arrive(loop.now_s)
+        # its CPU is spent before any step it starts (a refusal's, if refused at once)
+        charge = shared_host.arrive(loop.now_s) if shared_host is not None else None
+        if ingress is None:
+            route(req, charge)
+        else:  # it reaches the balancer (and its node) after the serving path's time in front of the engines
+            loop.at(loop.now_s + ingress.delay_s(loop.now_s), route, req, charge)
+        if i + 1 < n:
+            loop.at(requests[i + 1].arrival_s, arrive, i + 1)
+        if progress is not None and i % every == 0:
+            progress(i / n)
+
+    def route(req: SimRequest, charge: list[float] | None) -> None:
         if pending:  # tried with the requests already held at the balancer, in the queue's order
             pending.hold(req, req.arrival_s, req.slo.ttft_s)
             place_pending()
@@ -278,12 +289,8 @@ def simulate(
                 pending.hold(req, req.arrival_s, req.slo.ttft_s)
             else:
                 req.rejected = True
-        if shared_host is not None and req.rejected:  # (a request held at the balancer is charged as served)
-            shared_host.refuse_last()
-        if i + 1 < n:
-            loop.at(requests[i + 1].arrival_s, arrive, i + 1)
-        if progress is not None and i % every == 0:
-            progress(i / n)
+        if charge is not None and req.rejected:  # (a request held at the balancer is charged as served)
+            shared_host.refuse(charge)
 
     if n:
         loop.at(requests[0].arrival_s, arrive, 0)
