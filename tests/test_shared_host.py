@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from cluster.bench.sim_vs_live import HostCPU, SimLiveConfig, cpu_rates, fit_host_cpu, host_cpu_s, sim_config_for
+from cluster.bench.sim_vs_live import (HostCPU, SimLiveConfig, cpu_rates, fit_host_cpu, fit_ingress_delay, host_cpu_s,
+                                       sim_config_for)
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
-from cluster.sim.shared_host import SharedHost
+from cluster.sim.shared_host import IngressDelay, SharedHost
 from tests.test_sim_timeline import run
 
 
@@ -150,7 +151,9 @@ def test_bad_shared_host_and_queue_options_are_refused_by_their_flags():
                         (["--host-cpu-s-per-refusal", "-1"], "--host-cpu-s-per-refusal must be a finite number"),
                         (["--host-reference-refused-share", "1.5"], "--host-reference-refused-share must be in"),
                         (["--host-background-cores", "-1"], "--host-background-cores must be a finite number"),
-                        (["--host-max-share", "1"], "--host-max-share must be in (0, 1)")):
+                        (["--host-max-share", "1"], "--host-max-share must be in (0, 1)"),
+                        (["--ingress-delay-s", "-1"], "--ingress-delay-s must be a finite number >= 0"),
+                        (["--ingress-delay-s-per-rps", "inf"], "--ingress-delay-s-per-rps must be a finite number")):
         out = CliRunner().invoke(app, base + args, env={"COLUMNS": "300"})
         assert out.exit_code == 2, (args, out.output)
         assert words in " ".join(out.output.split()), (args, out.output)
@@ -174,3 +177,69 @@ def test_a_check_recorded_before_the_background_was_kept_gets_it_from_its_calibr
     assert _recorded_background_cores(cal, host) == pytest.approx(expected)
     refit = fit_host_cpu(loads, cores=host.cores, reference_rps=host.reference_rps)
     assert refit.background_cores == pytest.approx(expected, rel=1e-6)  # what the check keeps now
+
+
+def test_refusing_an_earlier_arrival_recharges_that_one_not_the_last():
+    host = SharedHost(0.02, cpu_s_per_refusal=0.005, cores=1.0)
+    first = host.arrive(0.1)
+    host.arrive(0.2)  # a later arrival, still served
+    host.refuse(first)  # the first one's routing came after the second's arrival (its time in front of the engines)
+    assert host.cpu_s_per_s(0.5) == pytest.approx(0.025)
+    host.refuse(first)  # twice the same refusal changes nothing
+    assert host.cpu_s_per_s(0.5) == pytest.approx(0.025)
+    late = host.arrive(0.6)
+    assert host.cpu_s_per_s(1.25) == pytest.approx(0.02)  # the first two left the window
+    host.refuse(first)  # out of the window: it no longer counts
+    assert host.cpu_s_per_s(1.25) == pytest.approx(0.02)
+    host.refuse(late)
+    assert host.cpu_s_per_s(1.25) == pytest.approx(0.005)
+
+
+def test_the_time_in_front_of_the_engines_grows_with_the_arrival_rate_over_the_last_second():
+    ingress = IngressDelay(0.01, 0.005)
+    assert ingress.delay_s(0.0) == pytest.approx(0.015)  # alone: base and itself
+    for i in range(1, 10):
+        last = ingress.delay_s(0.1 * i)
+    assert last == pytest.approx(0.01 + 0.005 * 10)  # ten arrivals within the last second
+    assert ingress.delay_s(5.0) == pytest.approx(0.015)  # the window emptied
+    for bad in (dict(base_s=-0.1, s_per_rps=0.0), dict(base_s=0.0, s_per_rps=float("nan")),
+                dict(base_s=0.0, s_per_rps=0.0, window_s=0.0)):
+        with pytest.raises(ValueError):
+            IngressDelay(**bad)
+
+
+def test_the_ingress_line_goes_through_the_measured_loads_and_never_below_zero():
+    # The 2-core machine on 2026-12-02: 31 ms of front delay at 2 req/s, 129 ms at 11 req/s (here 131).
+    base, slope = IngressDelay.fit([(2.0, 0.031), (11.0, 0.131)])
+    assert slope == pytest.approx(0.1 / 9) and base == pytest.approx(0.031 - 2 * 0.1 / 9)
+    assert IngressDelay.fit([(2.0, 0.02), (11.0, 0.01)]) == (pytest.approx(0.015), 0.0)  # falling: flat at the mean
+    base, slope = IngressDelay.fit([(2.0, 0.001), (11.0, 0.1)])  # the line would cross below zero: through 0
+    assert base == 0.0 and slope == pytest.approx((2 * 0.001 + 11 * 0.1) / (4 + 121))
+    for bad in ([(2.0, 0.01)], [(2.0, 0.01), (2.0, 0.02)]):
+        with pytest.raises(ValueError):
+            IngressDelay.fit(bad)
+    # The check reads the engines' median front delay of each replay; a replay without one is left out.
+    reports = [{"offered_rps": 2.0, "engines": {"front_delay_s": 0.031}},
+               {"offered_rps": 11.0, "engines": {"front_delay_s": 0.131}}]
+    fitted = fit_ingress_delay(reports)
+    assert fitted == {"base_s": pytest.approx(0.031 - 2 * 0.1 / 9), "s_per_rps": pytest.approx(0.1 / 9)}
+    assert fit_ingress_delay(reports[:1] + [{"offered_rps": 11.0, "engines": {"front_delay_s": None}}]) is None
+    sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, ingress=fitted)
+    assert (sim.ingress_delay_s, sim.ingress_delay_s_per_rps) == (fitted["base_s"], fitted["s_per_rps"])
+    plain = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0)
+    assert plain.ingress_delay() is None
+
+
+def test_a_request_reaches_its_node_after_the_ingress_delay_which_pab_takes_off_its_horizon():
+    rows = [(0.0, 100, 3)]
+    fast = run(rows, scheduler="fairbatching").requests[0]
+    slow = run(rows, scheduler="fairbatching", ingress_delay_s=0.2).requests[0]
+    assert slow.first_token_s == pytest.approx(fast.first_token_s + 0.2)  # the TTFT counts it from the arrival
+    # Behind PAB with the closed loop's front delay, a node whose requests reach it 0.6 s late budgets for
+    # the rest of the 1 s TTFT only: under the same load it refuses more.
+    burst = [(0.02 * i, 400, 4) for i in range(200)]
+    knobs = dict(scheduler="fairbatching", balancer="pab", ttft_slo_s=1.0, tpot_slo_s=0.1, feedback=True)
+    on_time = run(burst, **knobs).report
+    late = run(burst, ingress_delay_s=0.6, **knobs).report
+    assert late["rejected"] > on_time["rejected"]
+    assert late["ttft_p50"] > on_time["ttft_p50"] + 0.5

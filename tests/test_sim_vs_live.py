@@ -326,3 +326,28 @@ def test_the_checks_truth_is_the_engines_refit_unless_told_otherwise():
     assert SimLiveConfig(truth="steps").truth == "steps"
     with pytest.raises(ValueError, match="truth must be one of"):
         SimLiveConfig(truth="client")
+
+
+def test_without_a_rate_the_calibration_runs_at_a_share_of_what_the_probes_steps_say_the_machine_serves(tmp_path):
+    """The machine's speed varied 4x between days, so a fixed calibration rate was light load on one day and
+    past capacity on another: by default the rate is ``calibration_load`` of the calibration window's capacity
+    simulated on the idle probe's engine steps, and a machine whose steps cost twice as much gets a lower rate."""
+    from cluster.bench.sim_vs_live import _window, calibration_rate
+
+    cfg = SimLiveConfig(calibration_duration_s=30.0)
+    assert cfg.calibration_rps is None and cfg.calibration_load == 0.45
+    window = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s)
+
+    def steps(k):  # a probe's steps on a machine k times as slow as the tiny engines' profile
+        return [EngineStep(StepSample(n, 2, 40 * n + 100 * j, k * (0.008 + 60e-6 * (n + 2) + 1e-6 * (40 * n + 100 * j))),
+                           k * 0.002) for n in (0, 8, 64, 128, 256, 512) for j in range(5)]
+
+    fast = calibration_rate(cfg, ServeConfig(), steps(1.0), window, tmp_path / "fast.json")
+    slow = calibration_rate(cfg, ServeConfig(), steps(2.0), window, tmp_path / "slow.json")
+    assert fast["calibration_rps"] == pytest.approx(0.45 * fast["capacity_rps"])
+    assert fast["truth"]["b_s_per_token"] == pytest.approx(60e-6, rel=1e-3) and (tmp_path / "fast.json").exists()
+    assert slow["calibration_rps"] < 0.75 * fast["calibration_rps"]
+    with pytest.raises(RuntimeError, match="--calibration-rps"):
+        calibration_rate(cfg, ServeConfig(), steps(1.0)[:2], window, tmp_path / "few.json")
+    with pytest.raises(ValueError, match="calibration_load"):
+        SimLiveConfig(calibration_load=0.0)
