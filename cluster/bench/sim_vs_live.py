@@ -3,9 +3,7 @@
 Protocol (issue 12, item 4), all on one fresh local cluster of the embedded default:
 
 1. **Calibrate** on a *calibration window* of the trace (not the one predicted):
-   first its first requests slowly (the idle probe), then the whole window at
-   ``calibration_rps`` (by default ``calibration_load`` of the window's capacity simulated
-   on a fit of the engines' steps in the probe, ``calibration_rate``); the engines refit their step-time model online
+   replay it at ``calibration_rps``; the engines refit their step-time model online
    (``OnlineRefit``: forward time per step and host time per step), and the
    deployment's model (the registry's mean over the engines, ``/v1/fairbatching/status``)
    becomes the simulator's profile (``cpu-tiny-llama`` with those coefficients and the
@@ -17,7 +15,8 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
    replays the calibration window on that profile, and the median of (client TTFT
    - simulated TTFT) over the requests both served is the serving path's latency
    outside the engines (``SimConfig.client_path_s``: HTTP, the ingress's rendering,
-   Ray's hops, the client's own event loop). The idle probe gives a second load: the CPU the serving path (every
+   Ray's hops, the client's own event loop). A slow replay of the window's first
+   requests (the idle probe) gives a second load: the CPU the serving path (every
    process but the engines' step loops) uses in the probe and in the calibration
    replay gives its background and cost per request, and the simulator's shared host
    (``cluster.sim.shared_host``) slows the engines' steps by the share of the
@@ -81,11 +80,11 @@ class SimLiveConfig:
     calibration_duration_s: float = 180.0
     path_probe_requests: int = 40  # the idle probe: the calibration window's first requests ...
     path_probe_rps: float = 2.0  # ... replayed this slowly (no queue)
-    # Offered rate of the calibration replay, req/s; None: calibration_load x the calibration window's capacity
-    # simulated on a fit of the idle probe's engine steps (the machine's speed varied 4x between days:
-    # at a fixed 11 req/s, 0.4-0.5x capacity on one day, past it on another; SIMULATION.md).
-    calibration_rps: Optional[float] = None
-    calibration_load: float = 0.45
+    # Offered rate of the calibration replay: 0.4-0.5x the window's capacity on the days it was chosen; on a
+    # machine 3-5x slower it ran past capacity (SIMULATION.md, "The serving path in front of the engines"),
+    # which the check now says (``calibration_past_capacity``).
+    calibration_rps: float = 11.0
+    calibration_max_refused: float = 0.02  # a calibration replay refusing more than this share ran past capacity
     max_prompt_tokens: int = 512
     max_output_tokens: int = 32
     multiples: tuple[float, ...] = (0.5, 1.5)
@@ -120,20 +119,31 @@ class SimLiveConfig:
     ingress_delay: bool = True
 
     def __post_init__(self) -> None:
-        if min(self.duration_s, self.calibration_duration_s, self.path_probe_rps, self.calibration_load,
-               1.0 if self.calibration_rps is None else self.calibration_rps) <= 0:
-            raise ValueError("duration_s, calibration_duration_s, calibration_rps, calibration_load and "
-                             "path_probe_rps must be > 0")
+        if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
+            raise ValueError("duration_s, calibration_duration_s, calibration_rps and path_probe_rps must be > 0")
         if self.repeats < 1 or self.path_probe_requests < 2:
             raise ValueError("repeats must be >= 1 and path_probe_requests >= 2")
         if not self.multiples or any(m <= 0 for m in self.multiples):
             raise ValueError("multiples must be a non-empty list of numbers > 0")
+        if not 0 <= self.calibration_max_refused <= 1:
+            raise ValueError("calibration_max_refused must be in [0, 1]")
         if not 0 < self.attainment_target <= 1:
             raise ValueError("attainment_target must be in (0, 1]")
         if not 0 < self.host_path_max_share < 1:
             raise ValueError("host_path_max_share must be in (0, 1)")
         if self.truth not in TRUTHS:
             raise ValueError(f"truth must be one of {', '.join(TRUTHS)}, got {self.truth!r}")
+
+
+#: What the check says when its calibration replay refused more than ``calibration_max_refused`` of its requests.
+CALIBRATION_PAST_CAPACITY = ("the calibration replay ran past this machine's capacity: its truth and client path are "
+                             "an overloaded host's; run again with a lower --calibration-rps")
+
+
+def calibration_past_capacity(report: dict[str, Any], cfg: SimLiveConfig) -> bool:
+    """Whether a calibration replay's ``report`` (``fairbatching load``'s) refused more than
+    ``cfg.calibration_max_refused`` of its requests: it ran past the machine's capacity."""
+    return report["rejected"] > cfg.calibration_max_refused * max(1, report["requests"])
 
 
 def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
@@ -563,26 +573,6 @@ def live_self_agreement(rows: list[dict], *, attainment_tol_pts: float = 5.0,
     return out
 
 
-def calibration_rate(cfg: SimLiveConfig, serve: ServeConfig, probe_steps: list[EngineStep], cal_window: Workload,
-                     profile_out: Path) -> dict[str, Any]:
-    """The calibration replay's rate when none is configured: ``cfg.calibration_load`` times the capacity of
-    the calibration window simulated on a fit of the engines' steps in the idle probe (``fit_step_truth``,
-    its profile written to ``profile_out``; the serving path not yet measured, so no shared host). Returns
-    ``calibration_rps``, ``capacity_rps`` and the fitted ``truth``. Raises ``RuntimeError`` naming
-    ``--calibration-rps`` when the probe's steps give no model or the simulator no capacity."""
-    from node.fit.profile import load_profile
-
-    try:
-        truth = fit_step_truth(probe_steps, prefill_attention=load_profile(serve.profile).attn_prefill_s_per_token_sq > 0)
-        profile = calibrated_profile(truth, serve, profile_out)
-        capacity = simulated_capacity(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s),
-                                      cfg, cal_window)
-    except (ValueError, RuntimeError) as exc:
-        raise RuntimeError(f"the idle probe could not size the calibration ({exc}); give --calibration-rps") from None
-    return {"calibration_rps": cfg.calibration_load * capacity["capacity_rps"],
-            "capacity_rps": capacity["capacity_rps"], "truth": truth, "profile": str(profile)}
-
-
 def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) -> dict[str, float]:
     """The calibrated simulator's capacity on the predicted ``window`` (``_window``): rate scale, req/s and
     the window's own rate. Raises ``RuntimeError`` (with the simulator's reason) when no rate meets the target."""
@@ -671,30 +661,15 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
     with local_cluster(overrides) as (url, serve):
         result.serve_config = serve.model_dump(mode="json", exclude={"api_keys", "api_key_sha256"})
         cal_window = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s)
-        # The idle probe: the window's first requests replayed slowly. The serving path's CPU there and in
-        # the calibration replay gives its cost per request (the shared host's model); the client TTFT
-        # against the simulated one there (a diagnostic) shows the extra client TTFT growing with the load;
-        # its engine steps size the calibration's rate when none is given.
-        probe = replace(cal_window, requests=cal_window.requests[:cfg.path_probe_requests])
-        probe_scale = cfg.path_probe_rps / probe.rate_rps
-        progress(f"idle probe: the calibration window's first {len(probe.requests)} requests at "
-                 f"{cfg.path_probe_rps:g} req/s ...")
-        probe_report, probe_records = _live_run(url, serve.served_model_name, cfg, probe, rate_scale=probe_scale,
-                                                seed=cfg.seed + 2000)
-        cal_rps = cfg.calibration_rps
-        if cal_rps is None:
-            sizing = calibration_rate(cfg, serve, engine_steps(logs, *probe_report["wall_clock_s"]), cal_window,
-                                      out_dir / f"cpu-tiny-llama-idle-probe-seed{cfg.seed}.json")
-            cal_rps = sizing["calibration_rps"]
-            result.calibration["sizing"] = sizing
-            progress(f"calibration sized from the idle probe's steps: the calibration window's simulated capacity "
-                     f"{sizing['capacity_rps']:.1f} req/s x {cfg.calibration_load:g}")
-        cal_scale = cal_rps / cal_window.rate_rps
+        cal_scale = cfg.calibration_rps / cal_window.rate_rps
         progress(f"calibration: window {cfg.calibration_start_s:g}+{cfg.calibration_duration_s:g} s at "
-                 f"{cal_rps:.3g} req/s (rate scale {cal_scale:.2f}) ...")
-        time.sleep(5.0)
+                 f"{cfg.calibration_rps:g} req/s (rate scale {cal_scale:.2f}) ...")
         cal_report, cal_records = _live_run(url, serve.served_model_name, cfg, cal_window, rate_scale=cal_scale,
                                             seed=cfg.seed + 1000)
+        result.calibration["past_capacity"] = calibration_past_capacity(cal_report, cfg)
+        if result.calibration["past_capacity"]:
+            progress(f"warning: {CALIBRATION_PAST_CAPACITY} ({cal_report['rejected']} of {cal_report['requests']} "
+                     f"refused)")
         status = httpx.get(f"{url}/v1/fairbatching/status", timeout=10).json()
         model = status.get("deployment_model")
         if not model:
@@ -709,6 +684,14 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             f"cpu-tiny-llama-live-calibrated-seed{cfg.seed}" + ("" if name == cfg.truth else f"-{name}") + ".json"))
             for name in TRUTHS}
         profile = profiles[cfg.truth]
+        # The idle probe: the window's first requests replayed slowly. The serving path's CPU there and in
+        # the calibration replay gives its cost per request (the shared host's model); the client TTFT
+        # against the simulated one there (a diagnostic) shows the extra client TTFT growing with the load.
+        probe = replace(cal_window, requests=cal_window.requests[:cfg.path_probe_requests])
+        probe_scale = cfg.path_probe_rps / probe.rate_rps
+        time.sleep(5.0)
+        probe_report, probe_records = _live_run(url, serve.served_model_name, cfg, probe, rate_scale=probe_scale,
+                                                seed=cfg.seed + 2000)
         host = None
         if cfg.shared_host:
             import os
@@ -721,7 +704,7 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                             rate_scale=cfg.overload_probe_rps / burst.rate_rps, seed=cfg.seed + 3000)
                 loads.append(burst_report["host_cores_used"])
                 result.calibration["overload_probe"] = _kept(burst_report)
-            host = fit_host_cpu(loads, cores=float(len(os.sched_getaffinity(0))), reference_rps=cal_rps,
+            host = fit_host_cpu(loads, cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps,
                                 reference_refused_share=cal_report["rejected"] / max(1, cal_report["requests"]))
         # The serving path's time in front of the engines, from the engines' front delay at both loads
         ingress = fit_ingress_delay([probe_report, cal_report]) if cfg.ingress_delay else None
@@ -734,7 +717,7 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                             rate_scale=probe_scale, host=host, ingress=ingress), workload=probe)
         result.calibration = {
             **result.calibration,
-            "rate_scale": cal_scale, "rate_rps": cal_rps, "live": _kept(cal_report), "sim_without_path": _kept(cal_sim.report),
+            "rate_scale": cal_scale, "live": _kept(cal_report), "sim_without_path": _kept(cal_sim.report),
             "deployment_model": model, "node_models": {k: v.get("own_model") for k, v in status["nodes"].items()},
             "step_truth": truths["steps"], "engine_steps": step_summary(cal_steps, truth),
             "profile": str(profile), "client_path_s": path_s,
@@ -869,8 +852,7 @@ def summary_markdown(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for res in results:
         cal, model = res["calibration"], res["calibration"]["deployment_model"]
-        name = (f"seed {res['config']['seed']}, calibration "
-                f"{cal.get('rate_rps') or res['config']['calibration_rps']:.3g} req/s")
+        name = f"seed {res['config']['seed']}, calibration {res['config']['calibration_rps']:g} req/s"
         fitted = (f"{model['a_s'] * 1e3:.1f}, {model['b_s_per_token'] * 1e6:.1f}, "
                   f"{model['c_s_per_context_token'] * 1e6:.2f}, {model['host_s'] * 1e3:.2f}; "
                   f"{cal['client_path_s'] * 1e3:.0f}; "

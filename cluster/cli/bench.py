@@ -229,13 +229,8 @@ def sim_vs_live(
     duration_s: float = typer.Option(240.0, min=1.0, help="Length of the predicted window, original trace seconds."),
     calibration_start_s: float = typer.Option(1350.0, help="Start of the calibration window (another part of the trace)."),
     calibration_duration_s: float = typer.Option(180.0, min=1.0, help="Length of the calibration window, original trace seconds."),
-    calibration_rps: Optional[float] = typer.Option(None, min=0.1, help="Offered rate of the calibration replay, req/s "
-                                                                        "(default: --calibration-load x the calibration "
-                                                                        "window's capacity simulated on the idle probe's "
-                                                                        "engine steps; the checks until 2026-12-02 ran "
-                                                                        "at 11 on azure-conv, 20 on azure-code)."),
-    calibration_load: float = typer.Option(0.45, min=0.01, max=1.0, help="Without --calibration-rps: the calibration's "
-                                                                        "rate as a share of its window's capacity."),
+    calibration_rps: float = typer.Option(11.0, min=0.1, help="Offered rate of the calibration replay, req/s (below "
+                                                              "the window's capacity; 20 was used on azure-code)."),
     max_prompt_tokens: int = typer.Option(512, min=1, help="Clip longer prompts to this many tokens."),
     max_output_tokens: int = typer.Option(32, min=1, help="Clip longer outputs to this many tokens."),
     multiples: str = typer.Option("0.5,1.5", help="Offered rates as multiples of the simulated capacity."),
@@ -283,8 +278,8 @@ def sim_vs_live(
     window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
-    from cluster.bench.sim_vs_live import (TRUTHS, SimLiveConfig, check_json, resimulate as resimulate_check,
-                                           run_local, summary_markdown)
+    from cluster.bench.sim_vs_live import (CALIBRATION_PAST_CAPACITY, TRUTHS, SimLiveConfig, check_json,
+                                           resimulate as resimulate_check, run_local, summary_markdown)
 
     if resimulate is not None:
         recorded = [(p, json.loads(p.read_text())) for p in sorted(resimulate.glob("*.json"))]
@@ -316,8 +311,7 @@ def sim_vs_live(
     try:
         cfg = SimLiveConfig(trace=trace, start_s=start_s, duration_s=duration_s, calibration_start_s=calibration_start_s,
                             calibration_duration_s=calibration_duration_s,
-                            calibration_rps=calibration_rps, calibration_load=calibration_load,
-                            max_prompt_tokens=max_prompt_tokens,
+                            calibration_rps=calibration_rps, max_prompt_tokens=max_prompt_tokens,
                             max_output_tokens=max_output_tokens, multiples=_floats(multiples, "--multiples"),
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
@@ -327,6 +321,8 @@ def sim_vs_live(
     console = Console()
     result = run_local(cfg, out_dir, lambda m: console.print(f"[dim]{m}[/dim]"), step_logs=step_logs)
     verdict = result.verdict()
+    if result.calibration.get("past_capacity"):
+        console.print(f"[bold yellow]warning:[/bold yellow] {CALIBRATION_PAST_CAPACITY}")
     table = Table(title=f"simulator vs live on {result.machine}: {trace} {start_s:g}+{duration_s:g} s, "
                         f"capacity {result.capacity['capacity_rps']:.1f} req/s (simulated)")
     for col in ("load", "req/s", "attainment live | sim", "TTFT p50 s live | sim", "TPOT p50 ms live | sim",
