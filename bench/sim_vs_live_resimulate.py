@@ -86,15 +86,24 @@ SETTINGS: dict[str, Union[dict, Callable[[dict], dict]]] = {
 
 
 def main(folders: list[Path] = typer.Argument(..., help="Folders of recorded checks (*.json with a verdict)."),
-         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here.")) -> None:
+         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here."),
+         settings: Optional[str] = typer.Option(None, help="Comma-separated labels of SETTINGS to run (default: all)."),
+         capacity: bool = typer.Option(True, help="Find each check's simulated capacity again (for the record; "
+                                                  "--no-capacity: only the rows, several times faster).")) -> None:
     """Each recorded check's 1.5x (and 0.5x) rows simulated again under every setting of ``SETTINGS``."""
+    labels = list(SETTINGS) if settings is None else [k.strip() for k in settings.split(",")]
+    unknown = [k for k in labels if k not in SETTINGS]
+    if unknown:
+        raise typer.BadParameter(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}", param_hint="--settings")
+    chosen = {k: SETTINGS[k] for k in labels}
     rows = []
     for path in sorted(p for folder in folders for p in folder.glob("*.json")):
         recorded = json.loads(path.read_text())
         if "verdict" not in recorded or "resimulated_from" in recorded:
             continue
-        for label, overrides in SETTINGS.items():
-            result = resimulate(recorded, **(overrides(recorded) if callable(overrides) else overrides))
+        for label, overrides in chosen.items():
+            result = resimulate(recorded, capacity=capacity,
+                                **(overrides(recorded) if callable(overrides) else overrides))
             verdict = result.verdict()  # the check's own medians and criterion
             for row in result.rows:
                 v, sim = verdict[f"{row['multiple']:g}x"], row["sim"]
@@ -111,7 +120,7 @@ def main(folders: list[Path] = typer.Argument(..., help="Folders of recorded che
     typer.echo("\n| setting | load | checks | criterion held | attainment within 5 pts | TTFT P50 within 25 % "
                "| mean abs attainment gap, pts | mean abs TTFT P50 error |")
     typer.echo("|---|---|---|---|---|---|---|---|")
-    for label in SETTINGS:
+    for label in chosen:
         for multiple in sorted({r["multiple"] for r in rows}):
             rs = [r for r in rows if r["setting"] == label and r["multiple"] == multiple]
             gaps = [abs(r["attainment_gap_pts"]) for r in rs]

@@ -777,13 +777,13 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
     return result
 
 
-def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
+def resimulate(recorded: dict, *, capacity: bool = True, **sim_overrides: Any) -> SimLiveResult:
     """A recorded check (the JSON ``run_local``'s result is written as) with its simulator side run
     again by the simulator as it is now, against the same live runs: the same calibrated profile,
     client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
     top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
-    runs ran at). Raises ``ValueError`` for a document that is not a recorded check, or whose
+    runs ran at) unless ``capacity`` is False. Raises ``ValueError`` for a document that is not a recorded check, or whose
     calibrated profile file is missing."""
     if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
         raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
@@ -799,7 +799,7 @@ def resimulate(recorded: dict, **sim_overrides: Any) -> SimLiveResult:
                                   host=host, ingress=cal.get("ingress_delay")), **sim_overrides)
     window = _window(cfg, cfg.start_s, cfg.duration_s)
     result = SimLiveResult(recorded.get("machine", ""), recorded["config"], recorded["serve_config"],
-                           calibration=cal, capacity=simulated_capacity(base, cfg, window))
+                           calibration=cal, capacity=simulated_capacity(base, cfg, window) if capacity else {})
     for row in recorded["rows"]:
         result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window)})
     return result

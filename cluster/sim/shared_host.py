@@ -123,7 +123,7 @@ class IngressDelay:
 
     On the embedded default the engines report this as their front delay (``FrontDelay``, taken off
     PAB's horizon), and it grows with the load because every request's path work queues for the same
-    cores: 7-22 ms with 2 requests a second, 14-122 ms at the calibration loads and up to 0.28 s
+    cores: 6-31 ms with 2 requests a second, 14-129 ms at the calibration loads and up to 0.28 s
     at 1.5x capacity on the 2-core development machine (``bench/results/SIMULATION.md``, "The serving
     path in front of the engines"). The line through two measured loads (``fit``) is a fake of that
     queue, named as such: no queueing dynamics, only its level at the current rate.
