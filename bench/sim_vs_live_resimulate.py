@@ -87,11 +87,11 @@ SETTINGS: dict[str, Union[dict, Callable[[dict], dict]]] = {
 
 def main(folders: list[Path] = typer.Argument(..., help="Folders of recorded checks (*.json with a verdict)."),
          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here."),
-         settings: Optional[str] = typer.Option(None, help="Comma-separated labels of SETTINGS to run (default: all)."),
+         settings: Optional[str] = typer.Option(None, help="Labels of SETTINGS to run, separated by ';' (default: all)."),
          capacity: bool = typer.Option(True, help="Find each check's simulated capacity again (for the record; "
                                                   "--no-capacity: only the rows, several times faster).")) -> None:
     """Each recorded check's 1.5x (and 0.5x) rows simulated again under every setting of ``SETTINGS``."""
-    labels = list(SETTINGS) if settings is None else [k.strip() for k in settings.split(",")]
+    labels = list(SETTINGS) if settings is None else [k.strip() for k in settings.split(";")]
     unknown = [k for k in labels if k not in SETTINGS]
     if unknown:
         raise typer.BadParameter(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}", param_hint="--settings")
