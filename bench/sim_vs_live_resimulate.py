@@ -1,10 +1,12 @@
 """Recorded sim-vs-live checks simulated again with other simulator settings, against the same live runs.
 
 A diagnosis, not a prediction: the live runs are already known, so a setting that lands closer
-here has been chosen after the fact. ``bench/results/SIMULATION.md`` uses it twice: "With the
+here has been chosen after the fact. ``bench/results/SIMULATION.md`` uses it three times: "With the
 serving layer's current defaults" (the settings of commit 9362f88: the host's cost per request
-and the nodes' online refit), and "A steady window" (the settings below: the serving path's
-background and ceiling, and the report cadence, each against the simulator before them).
+and the nodes' online refit), "A steady window" (the settings below: the serving path's
+background and ceiling, and the report cadence, each against the simulator before them), and "The
+serving path in front of the engines" (``--settings "as the check runs now;now, with the time in
+front of the engines" --no-capacity``, the command there).
 
     python bench/sim_vs_live_resimulate.py bench/results/sim-vs-live bench/results/sim-vs-live/fewest-late \\
         bench/results/sim-vs-live/overload-probe bench/results/sim-vs-live/conv-240-linear-host \\
@@ -67,7 +69,8 @@ def with_ingress_delay(recorded: dict) -> dict:
     host = HostCPU(**cal["shared_host"]) if cal.get("shared_host") else None
     window = _window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s)
     ttft = [simulate(sim_config_for(serve, cfg, cal["profile"], start_s=cfg.calibration_start_s,
-                                    rate_scale=cal["rate_scale"], host=host, ingress=i), workload=window).report["ttft_p50"]
+                                    rate_scale=cal["rate_scale"], host=host, ingress=i),
+                     workload=window).report["ttft_p50"]
             for i in (None, ingress)]
     return {"ingress_delay_s": ingress["base_s"], "ingress_delay_s_per_rps": ingress["s_per_rps"],
             "client_path_s": max(0.0, cal["client_path_s"] - (ttft[1] - ttft[0]))}
@@ -87,7 +90,8 @@ SETTINGS: dict[str, Union[dict, Callable[[dict], dict]]] = {
 
 def main(folders: list[Path] = typer.Argument(..., help="Folders of recorded checks (*.json with a verdict)."),
          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here."),
-         settings: Optional[str] = typer.Option(None, help="Labels of SETTINGS to run, separated by ';' (default: all)."),
+         settings: Optional[str] = typer.Option(None, help="Labels of SETTINGS to run, separated by ';' "
+                                                           "(default: all)."),
          capacity: bool = typer.Option(True, help="Find each check's simulated capacity again (for the record; "
                                                   "--no-capacity: only the rows, several times faster).")) -> None:
     """Each recorded check's 1.5x (and 0.5x) rows simulated again under every setting of ``SETTINGS``."""

@@ -709,7 +709,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
         # The serving path's time in front of the engines, from the engines' front delay at both loads
         ingress = fit_ingress_delay([probe_report, cal_report]) if cfg.ingress_delay else None
         cal_sims = {name: simulate(sim_config_for(serve, cfg, str(p), start_s=cfg.calibration_start_s,
-                                                  rate_scale=cal_scale, host=host, ingress=ingress), workload=cal_window)
+                                                  rate_scale=cal_scale, host=host, ingress=ingress),
+                                   workload=cal_window)
                     for name, p in profiles.items()}
         paths = {name: max(0.0, path_latency_s(cal_records, sim.requests) or 0.0) for name, sim in cal_sims.items()}
         cal_sim, path_s = cal_sims[cfg.truth], paths[cfg.truth]
@@ -783,8 +784,8 @@ def resimulate(recorded: dict, *, capacity: bool = True, **sim_overrides: Any) -
     client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
     top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
-    runs ran at) unless ``capacity`` is False. Raises ``ValueError`` for a document that is not a recorded check, or whose
-    calibrated profile file is missing."""
+    runs ran at) unless ``capacity`` is False. Raises ``ValueError`` for a document that is not a
+    recorded check, or whose calibrated profile file is missing."""
     if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
         raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
     cal = recorded["calibration"]
