@@ -103,16 +103,15 @@ def test_the_cost_per_request_is_the_slope_of_the_serving_paths_cores_against_th
 def test_a_refusal_costs_the_host_what_it_was_measured_to_cost():
     host = SharedHost(0.02, cpu_s_per_refusal=0.005, cores=1.0, reference_rps=10.0, reference_refused_share=0.5)
     for i in range(10):  # 10 arrivals in the last second, half refused: the reference load
-        host.arrive(0.5 + 0.01 * i)
+        charge = host.arrive(0.5 + 0.01 * i)
         if i % 2 == 1:
-            host.refuse_last()
+            host.refuse(charge)
     assert host.cpu_s_per_s(0.99) == pytest.approx(0.125) and host.slowdown(0.99) == pytest.approx(1.0)
     for i in range(10):
         host.arrive(0.6 + 0.01 * i)  # ten more, all served
     assert host.slowdown(0.99) == pytest.approx(0.875 / 0.675)
     assert host.slowdown(3.0) == pytest.approx(0.875)  # the window emptied
-    host.arrive(3.5)
-    host.refuse_last()  # charged as served, then refused at once
+    host.refuse(host.arrive(3.5))  # charged as served, then refused at once
     assert host.cpu_s_per_s(3.5) == pytest.approx(0.005)
 
 

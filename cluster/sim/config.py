@@ -113,8 +113,9 @@ class SimConfig:
     timeline_interval_s: float = _opt(0.5, "Sampling interval of the per-node PAB/budget timeline, simulated seconds.")
 
     def _check_shared_host(self) -> None:
-        """The shared host's options (``cluster.sim.shared_host``), each by name."""
-        costs = {"host_cpu_s_per_request": self.host_cpu_s_per_request, "host_reference_rps": self.host_reference_rps}
+        """The shared host's options and the ingress delay's (``cluster.sim.shared_host``), each by name."""
+        costs = {"host_cpu_s_per_request": self.host_cpu_s_per_request, "host_reference_rps": self.host_reference_rps,
+                 "ingress_delay_s": self.ingress_delay_s, "ingress_delay_s_per_rps": self.ingress_delay_s_per_rps}
         if self.host_cpu_s_per_refusal is not None:
             costs["host_cpu_s_per_refusal"] = self.host_cpu_s_per_refusal
         for name, value in costs.items():
@@ -126,10 +127,6 @@ class SimConfig:
             raise ValueError(f"host_background_cores must be a finite number >= 0, got {self.host_background_cores}")
         if not 0 < self.host_max_share < 1:
             raise ValueError(f"host_max_share must be in (0, 1), got {self.host_max_share}")
-        for name in ("ingress_delay_s", "ingress_delay_s_per_rps"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.host_reference_refused_share <= 1:
             raise ValueError(f"host_reference_refused_share must be in [0, 1], got {self.host_reference_refused_share}")
 

@@ -98,10 +98,6 @@ class SharedHost:
             self._cpu_in_window += self.cpu_s_per_refusal - charge[1]
         charge[1] = self.cpu_s_per_refusal
 
-    def refuse_last(self) -> None:
-        """The last arrival was refused (``refuse`` of the last charge)."""
-        self.refuse(self._charges[-1])
-
     def cpu_s_per_s(self, now_s: float) -> float:
         """The serving path's CPU seconds a second over the last ``window_s``."""
         while self._charges and self._charges[0][0] <= now_s - self.window_s:
