@@ -374,3 +374,14 @@ def test_held_fraction_out_of_range_is_refused():
 
     with pytest.raises(ValueError, match="held_fraction"):
         PABPlacement([0]).choose("r", 10, held_fraction=1.0)
+
+
+def test_view_age_is_the_mean_age_of_the_nodes_reports_at_the_decision():
+    """What a live balancer reports and the simulator matches: how old the budgets are when it decides."""
+    pab = make_placement("pab", [0, 1])
+    assert pab.view_age_s(5.0) is None  # no node reported yet
+    pab.update(NodeView(0, pab_tokens=1000, reported_at_s=4.0))
+    assert pab.view_age_s(5.0) == pytest.approx(1.0)  # only the node that reported
+    pab.update(NodeView(1, pab_tokens=1000, reported_at_s=4.5))
+    pab.choose("r", 100)  # a debit keeps the report's stamp
+    assert pab.view_age_s(5.0) == pytest.approx(0.75)

@@ -908,3 +908,21 @@ def test_the_status_table_by_class_tells_two_engines_on_one_node_apart():
     assert [(r[0], r[1], r[2]) for r in rows] == [("10.0.0.1", "replica-a", "batch"), ("10.0.0.1", "replica-a", "interactive"),
                                                   ("10.0.0.1", "replica-b", "batch"), ("10.0.0.1", "replica-b", "interactive")]
     assert rows[0][3:5] == (5000, 90) and rows[1][3:] == (900, None, 3, 3, 1.0)
+
+
+def test_a_balancer_reports_how_old_the_views_were_at_its_decisions():
+    """``stats()["view_age_s"]``: the nodes' report ages (engines' wall clock) over the last decisions."""
+    from balancer.serve.admission import BalancerSettings, LocalBalancer
+
+    wall = _Clock()
+    lb = LocalBalancer(BalancerSettings("pab"), clock=_Clock(), wall_clock=wall)
+    assert lb.stats()["view_age_s"] is None
+    lb.apply_views({"a": _view(5000, wall.t - 0.2), "b": _view(5000, wall.t - 0.4)})
+    lb.admit("r1", 100)
+    wall.t += 0.3
+    lb.admit("r2", 100)
+    lb.admit("r2", 100, record=False)  # asked again: not a new decision
+    ages = lb.stats()["view_age_s"]
+    assert ages["decisions"] == 2
+    assert ages["mean"] == pytest.approx((0.3 + 0.6) / 2)
+    assert ages["p50"] == pytest.approx(0.45)

@@ -79,6 +79,9 @@ def test_pab_report_delay_is_modelled():
     fresh = run(w, rate_scale=3.0, nodes=2, balancer="pab").report
     stale = run(w, rate_scale=3.0, nodes=2, balancer="pab", pab_delay_s=2.0).report
     assert fresh != stale
+    # the balancer decided on views about the delay older (as a live balancer reports it: view_age_s)
+    assert stale["view_age_s"]["mean"] - fresh["view_age_s"]["mean"] == pytest.approx(2.0, abs=0.1)
+    assert 0.9 * len(w.requests) <= fresh["view_age_s"]["decisions"] <= len(w.requests)  # (none before a report)
 
 
 def test_capacity_bisection_brackets_the_target():

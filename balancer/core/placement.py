@@ -56,9 +56,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from balancer.core.prefix import PrefixIndex
+from node.core.attainment import percentile
 
 #: Bounds of the Retry-After a rejection suggests, seconds.
 RETRY_AFTER_MIN_S = 1.0
@@ -225,6 +226,17 @@ class Placement:
     block_hashes: tuple[int, ...] = ()
 
 
+def view_age_summary(ages: Iterable[float]) -> Optional[dict[str, float]]:
+    """``{"p50", "p90", "mean", "decisions"}`` of the views' ages at decisions (seconds; ``PlacementPolicy.view_age_s``),
+    None for none: what a balancer reports and ``fairbatching bench sim-vs-live`` sets the simulated report
+    delay by."""
+    ages = list(ages)
+    if not ages:
+        return None
+    return {"p50": percentile(ages, 50), "p90": percentile(ages, 90), "mean": sum(ages) / len(ages),
+            "decisions": len(ages)}
+
+
 def idle_prefill_tokens(ttft_slo_s: float, a_s: float, b_s_per_token: float) -> int:
     """Prompt tokens an idle node prefills within the TTFT SLO: the naive admission cap."""
     if b_s_per_token <= 0:
@@ -382,6 +394,14 @@ class PlacementPolicy:
     def in_transit(self, node_id: int) -> int:
         """Placements on ``node_id`` that no report of it has acknowledged yet."""
         return len(self._in_transit[node_id])
+
+    def view_age_s(self, now_s: float) -> float | None:
+        """How old the views a decision at ``now_s`` goes by are: the mean over the nodes of ``now_s``
+        minus their ``reported_at_s`` (on the nodes' clock), seconds; None before any node reported.
+        The time from a node measuring its budget to a balancer deciding on it: its report interval,
+        the hops and the balancer's poll (``bench/results/SIMULATION.md``, "How old the budgets are")."""
+        ages = [now_s - v.reported_at_s for n in self.node_ids if (v := self.views[n]).reported_at_s > 0]
+        return sum(ages) / len(ages) if ages else None
 
     # -- the decision ------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from balancer.core.admission_queue import AdmissionQueue
 from balancer.core.placement import (RETRY_AFTER_MAX_S, RETRY_AFTER_MIN_S, Decision, NodeView, PlacementPolicy,
-                                     has_room, retry_after_of_views)
+                                     has_room, retry_after_of_views, view_age_summary)
 from balancer.core.policies import make_placement
 from balancer.core.prefix import PrefixIndex, prompt_block_hashes
 from balancer.serve.pab_registry import RouterPoll, find_registry
@@ -98,11 +98,12 @@ class LocalBalancer:
     """A placement policy over node keys (Serve replica ids) with a background-refreshed view."""
 
     def __init__(self, settings: BalancerSettings, fetch_views: Optional[Callable[[dict], RouterPoll]] = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         settings.make_policy([0])  # validate the settings now
         self.settings = settings
         self._fetch_views = fetch_views
         self._clock = clock
+        self._wall_clock = wall_clock  # the engines' clock (their reports' reported_at_s): a view's age
         self._lock = threading.Lock()
         self._policy: Optional[PlacementPolicy] = None
         self._ids: dict[str, int] = {}  # node key -> policy node id, in order of first sight
@@ -117,6 +118,7 @@ class LocalBalancer:
         self._fetched_at = -float("inf")  # when the registry last answered
         self._prompts: deque[int] = deque(maxlen=256)  # prompt lengths of the last requests asked for
         self._small: Optional[int] = None  # small_prompt_tokens() of _prompts, None once they change
+        self._view_ages: deque[float] = deque(maxlen=1024)  # PlacementPolicy.view_age_s at the last decisions
         self.key = f"{os.getpid()}:{id(self):x}"
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -216,6 +218,10 @@ class LocalBalancer:
             if not live:
                 self.rejected += record
                 return None, Decision(None, "no-engine", 1.0)
+            if record:
+                age = self._policy.view_age_s(self._wall_clock())
+                if age is not None:
+                    self._view_ages.append(age)
             members = sorted(self._ids[k] for k in live)
             if members != sorted(self._policy.node_ids):
                 saved = list(self._policy.node_ids)
@@ -360,7 +366,10 @@ class LocalBalancer:
                     # the registry: every balancer sheds the looser classes after any one's refusal)
                     "tightest_refused_age_s": None if refused_s is None else self._clock() - refused_s,
                     "prompt_tokens_placed": self.prompt_tokens_placed,
-                    "prompt_tokens_charged": self.prompt_tokens_charged, "nodes": nodes}
+                    "prompt_tokens_charged": self.prompt_tokens_charged, "nodes": nodes,
+                    # how old the nodes' views were at this balancer's last decisions (wall clock: the
+                    # engines stamp their reports with theirs), seconds; None before any decision
+                    "view_age_s": view_age_summary(self._view_ages)}
 
     # -- background refresh -------------------------------------------------------------
 

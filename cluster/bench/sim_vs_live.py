@@ -57,7 +57,7 @@ from node.fit.step_time_fit import StepSample
 
 #: Report fields compared and kept for each side.
 KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
-        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps", "step_mean_s", "step_slowdown_mean")
+        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps", "step_mean_s", "step_slowdown_mean", "view_age_s")
 
 
 #: Where the simulator's ground truth comes from (``SimLiveConfig.truth``).
@@ -425,17 +425,24 @@ POLLED = ("pab_tokens", "correction", "front_delay_s", "measured_prefill_rate_tp
 TIMELINE_COLUMNS = ("t_s", "node", *POLLED)
 
 
-def _poll_status(url: str, stop: threading.Event, rows: list[dict], interval_s: float = 0.5) -> None:
-    """Every ``interval_s`` until ``stop``: each engine's PAB inputs, with the time since the poll began."""
+def _poll_status(url: str, stop: threading.Event, rows: list[dict], interval_s: float = 0.5,
+                 view_ages: Optional[list[tuple[float, dict]]] = None) -> None:
+    """Every ``interval_s`` until ``stop``: each engine's PAB inputs, with the time since the poll began;
+    and into ``view_ages`` the routers' ``view_age_s`` (their last decisions), one summary a poll."""
     import httpx
 
     t0 = time.perf_counter()
     with httpx.Client(timeout=5) as client:
         while not stop.wait(interval_s):
             try:
-                nodes = client.get(f"{url}/v1/fairbatching/status").json().get("nodes", {})
+                snap = client.get(f"{url}/v1/fairbatching/status").json()
             except (httpx.HTTPError, ValueError):
                 continue
+            nodes = snap.get("nodes", {})
+            ages = [r["view_age_s"] for r in (snap.get("routers") or {}).values() if r.get("view_age_s")]
+            if view_ages is not None and ages:
+                view_ages.append((round(time.perf_counter() - t0, 2),
+                                  {k: statistics.fmean(a[k] for a in ages) for k in ("p50", "p90", "mean")}))
             for key, node in nodes.items():
                 model = node.get("model") or {}
                 rows.append({"t_s": round(time.perf_counter() - t0, 2), "node": key,
@@ -474,8 +481,9 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     w = prepare(window, rate_scale=rate_scale)
     slo = embedded_default_slo()
     polled: list[dict] = []
+    view_ages: list[tuple[float, dict]] = []
     stop = threading.Event()
-    poller = threading.Thread(target=_poll_status, args=(url, stop, polled), daemon=True)
+    poller = threading.Thread(target=_poll_status, args=(url, stop, polled, 0.5, view_ages), daemon=True)
     poller.start()
     cpu0, wall0, began_s = host_cpu_s(), time.perf_counter(), time.time()
     try:
@@ -487,6 +495,9 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     span = w.requests[-1].arrival_s - w.requests[0].arrival_s
     report = live_report(records, slo, span)
     report["engines"] = _poll_summary(polled, span)
+    # how old the budgets were when the routers decided: their last decisions' ages at the last poll
+    # while arrivals came (a router keeps its last 1024)
+    report["view_age_s"] = next((ages for t_s, ages in reversed(view_ages) if t_s <= span), None)
     # every poll, for a timeline against the simulated nodes' (``t_s`` since the replay began)
     report["engines_timeline"] = [[r.get(k) for k in TIMELINE_COLUMNS] for r in polled]
     # over the replay and its drain, with the requests a second over that same time

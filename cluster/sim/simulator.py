@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from balancer.core.admission_queue import AdmissionQueue
-from balancer.core.placement import NodeView, PlacementPolicy, idle_prefill_tokens
+from balancer.core.placement import NodeView, PlacementPolicy, idle_prefill_tokens, view_age_summary
 from balancer.core.policies import make_placement
 from balancer.core.prefix import PrefixIndex
 from cluster.sim.config import SimConfig
@@ -280,7 +280,12 @@ def simulate(
         if progress is not None and i % every == 0:
             progress(i / n)
 
+    view_ages: list[float] = []  # how old the nodes' views were at each decision (as a live balancer reports)
+
     def route(req: SimRequest, charge: list[float] | None) -> None:
+        age = balancer.view_age_s(loop.now_s)
+        if age is not None:
+            view_ages.append(age)
         if pending:  # tried with the requests already held at the balancer, in the queue's order
             pending.hold(req, req.arrival_s, req.slo.ttft_s)
             place_pending()
@@ -352,6 +357,8 @@ def simulate(
             # slowdown of them (1 without one), to set beside a live engine's step timings.
             "step_mean_s": sum(nd.busy_s for nd in nodes) / max(1, sum(nd.steps for nd in nodes)),
             "step_slowdown_mean": sum(nd.slowdown_sum for nd in nodes) / max(1, sum(nd.steps for nd in nodes)),
+            # How old the nodes' views were when the balancer decided (PlacementPolicy.view_age_s), seconds.
+            "view_age_s": view_age_summary(view_ages),
             # Which PAB limit bound, as a fraction of the timeline samples (all nodes).
             "pab_binding_fraction": shares(row[6] for nd in nodes for row in nd.timeline),
             # The model each node planned with at the end (the profile's, unless refitted online).
