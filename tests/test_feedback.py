@@ -111,9 +111,28 @@ def test_the_prefill_rate_counts_only_while_prompts_waited():
     assert pr.rate_tps(40.0) is None  # ... for memory_s
     idle = PrefillRate(window_s=5.0)
     for i in range(50):
-        idle.tick(i * 0.1, waiting=i % 2 == 0)  # half the time nothing waited: demand-limited
+        idle.tick(i * 0.1, waiting=i % 3 == 0)  # two thirds of the time nothing waited: demand-limited
         idle.prefilled(i * 0.1, 500)
     assert idle.rate_tps(4.9) is None
+
+
+def test_the_prefill_rate_is_what_the_node_drains_while_prompts_wait():
+    """A node saturated 60 % of the time prefills 5000 tokens/s then and idles otherwise: the rate is
+    the 5000 it drains a queue at (PAB's R), not the 3000 it averaged over the window."""
+    from node.core.feedback import PrefillRate
+
+    def run(pr):
+        for i in range(50):  # a tick every 0.1 s; saturated in the first 6 ticks of every 10
+            t = i * 0.1
+            busy = i % 10 < 6
+            pr.tick(t, waiting=busy)
+            if busy:
+                pr.prefilled(t + 0.05, 500)  # 500 tokens every 0.1 s while saturated
+        return pr.rate_tps(4.95)
+
+    assert run(PrefillRate(window_s=5.0)) == pytest.approx(500 / 0.1, rel=0.05)
+    assert run(PrefillRate(window_s=5.0, over_busy_time=False, min_busy=0.5)) == pytest.approx(
+        0.6 * 500 / 0.1, rel=0.05)
 
 
 def test_a_starved_node_probes_at_once():

@@ -122,6 +122,27 @@ def test_a_recorded_check_is_written_a_line_a_request_and_reads_back_whole():
     assert '  [0, 100, 3, false, 0.25, ""],\n' in text and '"range": [0.1, 0.2]' in text
 
 
+def test_the_drain_rate_is_the_prompt_tokens_a_second_of_the_steps_that_prefilled_at_least_half_a_step():
+    """Live (``step_summary``) and simulated (``prefill_drain_tps``) alike: a queue drains at the prompt
+    tokens of the large prefill steps over their cadence; decode-only and small steps do not count."""
+    from dataclasses import replace
+
+    from tests.test_sim_timeline import linear_profile
+
+    steps = [EngineStep(StepSample(480, 32, 9000, 0.18), 0.02)] * 10 + [EngineStep(StepSample(0, 30, 9000, 0.05),
+                                                                                    0.01)] * 20
+    truth = {"a_s": 0.01, "b_s_per_token": 1e-4, "c_s_per_context_token": 1e-6, "host_s": 0.01,
+             "attn_prefill_s_per_token_sq": 0.0}
+    assert step_summary(steps, truth)["prefill_drain_tps"] == pytest.approx(480 / 0.2)
+    assert step_summary(steps[10:], truth)["prefill_drain_tps"] is None
+    # 300-token prompts every 0.2 s on a node that takes 256 tokens a step: every step a full prefill
+    profile = replace(linear_profile(), max_num_batched_tokens=256)
+    report = run([(0.2 * i, 300, 2) for i in range(40)], profile=profile, balancer="pab", nodes=1,
+                 ttft_slo_s=30.0).report
+    step_s = profile.a_s + 256 * profile.b_s_per_token  # (its context term is small here)
+    assert report["prefill_drain_tps"] == pytest.approx(256 / step_s, rel=0.1)
+
+
 def test_nodes_cap_their_budget_by_the_prefill_rate_they_delivered_under_a_queue(pab_calls):
     seen = pab_calls
     from dataclasses import replace

@@ -57,7 +57,8 @@ from node.fit.step_time_fit import StepSample
 
 #: Report fields compared and kept for each side.
 KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
-        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps", "step_mean_s", "step_slowdown_mean", "view_age_s")
+        "tpot_p50", "tpot_p99", "goodput_rps", "offered_rps", "step_mean_s", "step_slowdown_mean", "view_age_s",
+        "prefill_drain_tps")
 
 
 #: Where the simulator's ground truth comes from (``SimLiveConfig.truth``).
@@ -289,8 +290,10 @@ def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, An
     """The engines' steps of one run beside what ``truth`` (``fit_step_truth``'s, or any dict of
     ``StepTimeModel`` coefficients) predicts for the same steps: mean forward, host and cadence (seconds,
     over the back-to-back steps) and ``slowdown``, their measured cadence over the predicted one (1 at
-    the calibration's load; the simulator's counterpart is its ``step_slowdown_mean``); and the forward
-    passes by step size (new tokens, up to a power of two)."""
+    the calibration's load; the simulator's counterpart is its ``step_slowdown_mean``);
+    ``prefill_drain_tps``, the prompt tokens a second of the steps that prefilled at least half the
+    largest step (what a queue drains at); and the forward passes by step size (new tokens, up to a
+    power of two)."""
     from node.core.step_time import StepTimeModel
     from node.fit.step_time_fit import predicted_forward_s
 
@@ -300,6 +303,10 @@ def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, An
         return {"steps": len(steps), "timed_steps": 0}
     forward = [predicted_forward_s(model, s.sample) for s in timed]
     measured = [s.sample.duration_s + s.host_s for s in timed]
+    # The rate a queue drains at: prompt tokens over the cadence of the steps that prefilled at least half
+    # the largest step (the simulator's counterpart is its prefill_drain_tps)
+    half = max(s.sample.new_tokens for s in timed) / 2
+    draining = [(s.sample.prefill_tokens, m) for s, m in zip(timed, measured) if s.sample.prefill_tokens >= half]
     by_size: dict[int, list] = {}
     for s, f in zip(timed, forward):
         row = by_size.setdefault(1 << max(0, s.sample.new_tokens - 1).bit_length(), [0, 0.0, 0.0])
@@ -313,6 +320,7 @@ def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, An
             "cadence_mean_s": statistics.fmean(measured),
             "predicted_cadence_mean_s": statistics.fmean(forward) + model.host_s,
             "slowdown": sum(measured) / (sum(forward) + len(timed) * model.host_s),
+            "prefill_drain_tps": sum(q for q, _ in draining) / sum(m for _, m in draining) if draining else None,
             "by_tokens_columns": ["new_tokens_up_to", "steps", "forward_mean_s", "predicted_forward_mean_s"],
             "by_tokens": [[k, n, f / n, p / n] for k, (n, f, p) in sorted(by_size.items())]}
 

@@ -184,6 +184,9 @@ class SimNode:
         self.steps = 0
         self.busy_s = 0.0
         self.slowdown_sum = 0.0  # the shared host's slowdown summed over the steps (1 each without one)
+        # Steps that prefilled at least half of max_num_batched_tokens: their prompt tokens and wall time
+        self.draining_tokens = 0
+        self.draining_s = 0.0
         self.preemptions = 0
         self.recomputing = 0  # live requests that were preempted at least once
         self.last_budget_s: float | None = None
@@ -322,6 +325,10 @@ class SimNode:
         self.steps += 1
         self.busy_s += duration_s
         self.slowdown_sum += slowdown
+        prefill = plan.new_tokens - len(plan.decode_ids)
+        if 2 * prefill >= self.max_num_batched_tokens:
+            self.draining_tokens += prefill
+            self.draining_s += duration_s
         self.loop.at(now_s + duration_s, self._end_step, plan)
 
     def _end_step(self, plan: BatchPlan) -> None:

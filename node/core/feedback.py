@@ -76,6 +76,10 @@ class FeedbackConfig:
     min_factor: float = 0.1  # at 0.1 an idle node still takes a typical prompt, so the loop can see it recover
     max_factor: float = 1.0
     window_s: float = 10.0  # samples older than this are forgotten
+    # The measured prefill rate that caps PAB's (PrefillRate): the prompt tokens prefilled while prompts
+    # waited over the time they waited (True), or every prompt token over the whole window (False: the
+    # rate before 2026-12-02, which reads low when the node is saturated only part of the time).
+    prefill_rate_over_busy_time: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.quantile <= 1:
@@ -200,47 +204,70 @@ class FrontDelay:
 
 
 class PrefillRate:
-    """The prefill rate a node delivered while it had a queue: its real service rate.
+    """The prefill rate a node delivers while it has a queue: its real service rate.
 
     The host records each prompt whose first token came (``prefilled``) and,
     at every report tick, whether prompts queued behind the one in prefill
     (``tick``: more prompt tokens waiting than one step prefills; a prompt
     being prefilled alone would make a lightly loaded node look saturated at
-    whatever rate it was offered). Over the
-    last ``window_s``, when prompts waited at least ``min_busy`` of the ticks,
-    the prompt tokens prefilled per second is what the node can deliver at its
-    present decode load. That measurement stands for ``memory_s`` (a budget
-    capped by it drains the queue, and a node that no longer queues measures
-    nothing new); with none, it says nothing (None).
+    whatever rate it was offered). Over the last ``window_s``, when prompts
+    waited in at least ``min_busy`` of the ticks, the rate is the prompt tokens
+    that finished prefill while prompts waited (at a tick that saw a queue)
+    over the time prompts waited (``over_busy_time``, the default): what the
+    node drains a queue at, at its present decode load. ``over_busy_time``
+    False: every prompt token finished in the window over the whole window,
+    the rate before 2026-12-02, which reads the drain rate times the share of
+    the window the node was saturated; measured on the embedded default at
+    1.5x capacity it read 22-50 % below the engines' drain rate, so PAB
+    admitted that much less than the engines served within the horizon
+    (``bench/results/SIMULATION.md``, "What the engines drain against what
+    they measure"). A measurement stands for ``memory_s`` (a budget capped by
+    it drains the queue, and a node that no longer queues measures nothing
+    new); with none, it says nothing (None).
+
+    ``min_busy`` defaults to 0.5 over the waiting time, 0.8 over the window.
+    Raises ``ValueError`` for ``window_s`` <= 0, ``min_busy`` outside (0, 1],
+    ``min_prompts`` < 1 or ``memory_s`` < 0.
     """
 
-    def __init__(self, *, window_s: float = 5.0, min_busy: float = 0.8, min_prompts: int = 4,
-                 memory_s: float = 30.0) -> None:
+    def __init__(self, *, window_s: float = 5.0, min_busy: float | None = None, min_prompts: int = 4,
+                 memory_s: float = 30.0, over_busy_time: bool = True) -> None:
+        if min_busy is None:  # over the waiting time, half the window is evidence enough
+            min_busy = 0.5 if over_busy_time else 0.8
         if window_s <= 0 or not 0 < min_busy <= 1 or min_prompts < 1 or memory_s < 0:
             raise ValueError("window_s > 0, min_busy in (0, 1], min_prompts >= 1 and memory_s >= 0 required")
         self.window_s = window_s
         self.min_busy = min_busy
         self.min_prompts = min_prompts
         self.memory_s = memory_s
+        self.over_busy_time = over_busy_time
         self._last: tuple[float, float] | None = None  # (measured at, tokens/s)
-        self._done: deque[tuple[float, int]] = deque()  # (first token at, prompt tokens)
+        self._done: deque[tuple[float, int, bool]] = deque()  # (first token at, prompt tokens, prompts waited)
         self._ticks: deque[tuple[float, bool]] = deque()  # (at, prompts were waiting)
+        self._waiting = False  # what the last tick saw
 
     def prefilled(self, now_s: float, prompt_tokens: int) -> None:
-        self._done.append((now_s, prompt_tokens))
+        self._done.append((now_s, prompt_tokens, self._waiting))
 
     def tick(self, now_s: float, waiting: bool) -> None:
         self._ticks.append((now_s, waiting))
+        self._waiting = waiting
 
     def rate_tps(self, now_s: float) -> float | None:
         for q in (self._done, self._ticks):
             while q and now_s - q[0][0] > self.window_s:
                 q.popleft()
         span = now_s - self._ticks[0][0] if self._ticks else 0.0
-        if len(self._done) >= self.min_prompts and span >= 0.5 * self.window_s:
+        if span >= 0.5 * self.window_s:
             busy = sum(w for _, w in self._ticks) / len(self._ticks)
-            if busy >= self.min_busy:
-                self._last = (now_s, sum(n for _, n in self._done) / span)
+            if self.over_busy_time:
+                done = [n for _, n, waited in self._done if waited]
+                seconds = busy * span
+            else:
+                done = [n for _, n, _ in self._done]
+                seconds = span
+            if busy >= self.min_busy and len(done) >= self.min_prompts:
+                self._last = (now_s, sum(done) / seconds)
         if self._last is not None and now_s - self._last[0] <= self.memory_s:
             return self._last[1]
         return None

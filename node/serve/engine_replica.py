@@ -243,7 +243,8 @@ class EngineReplica:
         # One decrease per feedback delay: a first token comes up to a TTFT after admission.
         self.feedback = LatencyFeedback(self.spec.feedback)
         self.front_delay = FrontDelay()
-        self.prefill_rate = PrefillRate()  # what this node prefilled per second while prompts waited
+        # what this node prefilled per second while prompts waited
+        self.prefill_rate = PrefillRate(over_busy_time=self.spec.feedback.prefill_rate_over_busy_time)
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
         self.outputs_seen = RecentMean(256)  # output lengths of recently finished requests
         self.prompts_seen = RecentMean(256)  # prompt lengths of recently received requests
