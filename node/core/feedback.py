@@ -218,10 +218,10 @@ class PrefillRate:
     False: every prompt token finished in the window over the whole window,
     the rate before 2026-12-02, which reads the drain rate times the share of
     the window the node was saturated; measured on the embedded default at
-    1.5x capacity it read 22-50 % below the engines' drain rate, so PAB
-    admitted that much less than the engines served within the horizon
-    (``bench/results/SIMULATION.md``, "What the engines drain against what
-    they measure"). A measurement stands for ``memory_s`` (a budget capped by
+    1.5x capacity (saturated in 57-66 % of the polls) it read 18-33 % below
+    the engines' drain rate, and PAB planned with it; over the waiting time,
+    2-7 % below (``bench/results/SIMULATION.md``, "What the engines drain
+    against what they measure"). A measurement stands for ``memory_s`` (a budget capped by
     it drains the queue, and a node that no longer queues measures nothing
     new); with none, it says nothing (None).
 
