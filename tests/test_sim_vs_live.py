@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from cluster.bench.sim_vs_live import (EngineStep, SimLiveConfig, calibrated_profile, engine_steps, fit_step_truth,
-                                       path_latency_s, sim_config_for, step_summary)
+                                       front_delays, path_latency_s, sim_config_for, step_summary)
 from node.fit.step_time_fit import StepSample
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
@@ -309,6 +309,25 @@ def test_engine_steps_time_the_host_only_between_back_to_back_steps_in_the_windo
     steps = engine_steps(tmp_path, 99.0, 150.0)
     assert [round(s.host_s, 4) if s.host_s is not None else None for s in steps] == [0.003, None, 0.002, None, None]
     assert all(s.sample.duration_s == 0.010 for s in steps)
+
+
+def test_each_requests_front_delay_is_read_from_the_replicas_logs_beside_the_step_logs(tmp_path):
+    """The replica of process 7 logs beside ``engine-{pid}.jsonl`` into ``front-engine-7.jsonl``; the check
+    reads the requests received in a run's window, and the engines' steps stay apart."""
+    from node.vllm.node_config import front_log_path
+
+    path = front_log_path(str(tmp_path / "engine-{pid}.jsonl"), 7)
+    assert path == str(tmp_path / "front-engine-7.jsonl")
+    lines = [{"t": 100.0 + i, "front_delay_s": d} for i, d in enumerate([0.05, 0.10, 0.02, 0.60, 0.08])]
+    lines.append({"t": 300.0, "front_delay_s": 9.0})  # outside the window
+    with open(path, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in lines) + '{"t": 10')  # the line being written
+    (tmp_path / "engine-8.jsonl").write_text(_step_line(1, 100.5, 0.010, True))
+    got = front_delays(tmp_path, 99.0, 150.0)
+    assert got["requests"] == 5 and got["p50_s"] == pytest.approx(0.08) and got["max_s"] == pytest.approx(0.60)
+    assert got["mean_s"] == pytest.approx(0.17)
+    assert front_delays(tmp_path, 200.0, 250.0) is None
+    assert len(engine_steps(tmp_path, 99.0, 150.0)) == 1  # the front log holds no step
 
 
 def test_the_truth_is_the_mean_step_where_the_engines_refit_keeps_the_fast_ones():

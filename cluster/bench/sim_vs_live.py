@@ -53,6 +53,7 @@ from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
+from node.core.attainment import percentile
 from node.fit.step_time_fit import StepSample
 
 #: Report fields compared and kept for each side.
@@ -265,6 +266,27 @@ def engine_steps(log_dir: Path, since_s: float, until_s: float) -> list[EngineSt
                                                r["measured_s"], float(r.get("prefill_attention_pairs", 0.0))),
                                     host))
     return steps
+
+
+def front_delays(log_dir: Path, since_s: float, until_s: float) -> Optional[dict[str, Any]]:
+    """The time in front of the engines of every request they received between ``since_s`` and ``until_s``
+    (wall clock), from their replicas' logs beside the step logs (``front_log_path``): ``{"requests",
+    "p50_s", "p90_s", "p99_s", "mean_s", "max_s"}``, None when none was logged. Per request, where the
+    engines' own front delay is a P90 over their last 3 s (what PAB takes off its horizon)."""
+    delays = []
+    for path in sorted(log_dir.glob("front-*.jsonl")):
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line still being written
+                if since_s <= r["t"] <= until_s:
+                    delays.append(r["front_delay_s"])
+    if not delays:
+        return None
+    return {"requests": len(delays), **{f"p{q}_s": percentile(delays, q) for q in (50, 90, 99)},
+            "mean_s": statistics.fmean(delays), "max_s": max(delays)}
 
 
 def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[str, Any]:
@@ -745,7 +767,9 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                              for name in TRUTHS if name != cfg.truth},
             "shared_host": None if host is None else asdict(host), "ingress_delay": ingress,
             "per_request_columns": list(PER_REQUEST), "per_request": _live_per_request(cal_records),
+            "front_delays": front_delays(logs, *cal_report["wall_clock_s"]),
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
+                           "front_delays": front_delays(logs, *probe_report["wall_clock_s"]),
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(probe_records, probe_sim.requests)},
         }
@@ -778,6 +802,7 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                           seed=cfg.seed + 10 * i + k)
                 lives.append({**_kept(live), "per_request": _live_per_request(records),
                               "engine_steps": step_summary(engine_steps(logs, *live["wall_clock_s"]), truth),
+                              "front_delays": front_delays(logs, *live["wall_clock_s"]),
                               "engines_timeline_columns": list(TIMELINE_COLUMNS),
                               "engines_timeline": live["engines_timeline"]})
                 eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731

@@ -64,7 +64,7 @@ from starlette.datastructures import State
 from node.core.feedback import FeedbackConfig, FrontDelay, LatencyFeedback, PrefillRate, SlowStart
 from node.core.attainment import mean_tpot_s, meets_slo
 from node.vllm.tiny_model import resolve_model
-from node.vllm.node_config import NodeConfig
+from node.vllm.node_config import NodeConfig, front_log_path
 from node.vllm.node_stats import STATS_KEY, NodeStats
 from balancer.core.placement import NodeView
 from balancer.core.prefix import PrefixIndex, prompt_block_hashes
@@ -243,6 +243,9 @@ class EngineReplica:
         # One decrease per feedback delay: a first token comes up to a TTFT after admission.
         self.feedback = LatencyFeedback(self.spec.feedback)
         self.front_delay = FrontDelay()
+        # Each request's time in front of this engine, beside the engine's step log (when it keeps one)
+        log = spec.node_config.step_log if spec.node_config is not None else None
+        self.front_log = open(front_log_path(log, os.getpid()), "a", buffering=1) if log else None  # noqa: SIM115
         # what this node prefilled per second while prompts waited
         self.prefill_rate = PrefillRate(over_busy_time=self.spec.feedback.prefill_rate_over_busy_time)
         self.received: deque[tuple[float, str]] = deque()  # (time.time(), request id) of recent arrivals
@@ -581,6 +584,9 @@ class EngineReplica:
         request = job.request
         self.received.append((received_s, job.request_id))
         self.front_delay.observe(received_s, received_s - job.arrival_s)
+        if self.front_log is not None:
+            self.front_log.write(json.dumps({"t": received_s, "front_delay_s": round(received_s - job.arrival_s, 5)})
+                                 + "\n")
         where = {"node": self.node_label, "replica": self.replica_key}
         first_output = asyncio.Event()
         token = FIRST_OUTPUT.set(first_output)  # the task below (and the engine calls in it) inherit it

@@ -29,7 +29,9 @@ Fields (all optional in the JSON; missing ones take the defaults below):
   online refit of the step-time model (``node.fit.step_time_fit.OnlineRefit``);
 * ``step_log`` -- a path; when set, one JSON line per step is appended. A
   ``{pid}`` in it becomes the engine process id (one file per engine when
-  several engines share a machine).
+  several engines share a machine). Beside it the engine replica appends one
+  line per request it receives, with its time in front of the engine
+  (``front_log_path``).
 """
 
 from __future__ import annotations
@@ -109,3 +111,11 @@ class NodeConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{ENV_VAR} must hold a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def front_log_path(step_log: str, pid: int) -> str:
+    """Where an engine replica of process ``pid`` logs each request's time in front of it, beside the
+    engine's ``step_log``: the same folder, the file name prefixed ``front-``, ``{pid}`` replaced. Each
+    line is ``{"t": received (time.time()), "front_delay_s": received - the request's arrival stamp}``."""
+    head, sep, name = step_log.rpartition("/")
+    return (head + sep + "front-" + name).replace("{pid}", str(pid))
