@@ -228,8 +228,7 @@ class Placement:
 
 def view_age_summary(ages: Iterable[float]) -> Optional[dict[str, float]]:
     """``{"p50", "p90", "mean", "decisions"}`` of the views' ages at decisions (seconds; ``PlacementPolicy.view_age_s``),
-    None for none: what a balancer reports and ``fairbatching bench sim-vs-live`` sets the simulated report
-    delay by."""
+    None for none: what a live balancer reports (``fairbatching status``) and the simulator beside it."""
     ages = list(ages)
     if not ages:
         return None
@@ -399,7 +398,8 @@ class PlacementPolicy:
         """How old the views a decision at ``now_s`` goes by are: the mean over the nodes of ``now_s``
         minus their ``reported_at_s`` (on the nodes' clock), seconds; None before any node reported.
         The time from a node measuring its budget to a balancer deciding on it: its report interval,
-        the hops and the balancer's poll (``bench/results/SIMULATION.md``, "How old the budgets are")."""
+        the hops and the balancer's poll (``bench/results/SIMULATION.md``, "What the engines drain against
+        what they measure")."""
         ages = [now_s - v.reported_at_s for n in self.node_ids if (v := self.views[n]).reported_at_s > 0]
         return sum(ages) / len(ages) if ages else None
 

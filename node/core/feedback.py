@@ -221,9 +221,9 @@ class PrefillRate:
     1.5x capacity (saturated in 57-66 % of the polls) it read 18-33 % below
     the engines' drain rate, and PAB planned with it; over the waiting time,
     2-7 % below (``bench/results/SIMULATION.md``, "What the engines drain
-    against what they measure"). A measurement stands for ``memory_s`` (a budget capped by
-    it drains the queue, and a node that no longer queues measures nothing
-    new); with none, it says nothing (None).
+    against what they measure"). A measurement stands for ``memory_s`` (a
+    budget capped by it drains the queue, and a node that no longer queues
+    measures nothing new); with none, it says nothing (None).
 
     ``min_busy`` defaults to 0.5 over the waiting time, 0.8 over the window.
     Raises ``ValueError`` for ``window_s`` <= 0, ``min_busy`` outside (0, 1],

@@ -40,6 +40,7 @@ import json
 import math
 import os
 from dataclasses import asdict, field, fields
+from pathlib import Path
 from typing import Any
 
 from pydantic.dataclasses import dataclass
@@ -117,5 +118,5 @@ def front_log_path(step_log: str, pid: int) -> str:
     """Where an engine replica of process ``pid`` logs each request's time in front of it, beside the
     engine's ``step_log``: the same folder, the file name prefixed ``front-``, ``{pid}`` replaced. Each
     line is ``{"t": received (time.time()), "front_delay_s": received - the request's arrival stamp}``."""
-    head, sep, name = step_log.rpartition("/")
-    return (head + sep + "front-" + name).replace("{pid}", str(pid))
+    path = Path(step_log)
+    return str(path.with_name("front-" + path.name)).replace("{pid}", str(pid))
