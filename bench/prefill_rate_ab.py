@@ -9,7 +9,8 @@ admitted attainment, goodput, refusals, TTFT percentiles at the client, and the 
 measured prefill rate and PAB. ``bench/results/SIMULATION.md``, "What the engines drain against what they
 measure".
 
-    python bench/prefill_rate_ab.py --rate-rps 19.8 --json bench/results/sim-vs-live/prefill-rate-ab.json   # ~30 min
+    python bench/prefill_rate_ab.py --rate-rps 19.8 --json bench/results/sim-vs-live/prefill-rate-ab.json   # ~22 min
+    python bench/prefill_rate_ab.py --rate-rps 19.8 --seed 13 --old-first --json bench/results/sim-vs-live/prefill-rate-ab-2.json
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a sec
          repeats: int = typer.Option(2, min=1, help="Replays per setting and round."),
          rounds: int = typer.Option(2, min=1, help="Times the two settings alternate (a fresh cluster each)."),
          seed: int = typer.Option(12, help="Seed of the replays."),
+         old_first: bool = typer.Option(False, help="Each round starts with the old setting (a second A/B in the other order)."),
          json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run and the summary here.")) -> None:
     """Replay the check's window past capacity under both prefill-rate settings and print the medians."""
     from cluster.bench.overload import local_cluster
@@ -42,8 +44,9 @@ def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a sec
     window = _window(cfg, cfg.start_s, cfg.duration_s)
     scale = rate_rps / window.rate_rps
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    order = list(SETTINGS.items())[::-1] if old_first else list(SETTINGS.items())
     for r in range(rounds):
-        for name, over_busy in SETTINGS.items():
+        for name, over_busy in order:
             with local_cluster({"feedback": {"prefill_rate_over_busy_time": over_busy}}) as (url, serve):
                 for k in range(repeats):
                     time.sleep(5.0)
@@ -70,7 +73,7 @@ def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a sec
     if json_out is not None:
         json_out.write_text(json.dumps({
             "machine": machine_name(), "command": f"python bench/prefill_rate_ab.py --rate-rps {rate_rps:g} "
-            f"--repeats {repeats} --rounds {rounds} --seed {seed}", "rate_rps": rate_rps,
+            f"--repeats {repeats} --rounds {rounds} --seed {seed}" + (" --old-first" if old_first else ""), "rate_rps": rate_rps,
             "window": {"trace": cfg.trace, "start_s": cfg.start_s, "duration_s": cfg.duration_s},
             "runs": runs, "medians": summary,
             "goodput_ratio": new["goodput_rps"] / old["goodput_rps"]}, indent=1))
