@@ -10,7 +10,8 @@ measured prefill rate and PAB. ``bench/results/SIMULATION.md``, "What the engine
 measure".
 
     python bench/prefill_rate_ab.py --rate-rps 19.8 --json bench/results/sim-vs-live/prefill-rate-ab.json   # ~22 min
-    python bench/prefill_rate_ab.py --rate-rps 19.8 --seed 13 --old-first --json bench/results/sim-vs-live/prefill-rate-ab-2.json
+    python bench/prefill_rate_ab.py --rate-rps 19.8 --seed 13 --old-first \
+        --json bench/results/sim-vs-live/prefill-rate-ab-2.json
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ KEPT = ("attainment", "admitted_attainment", "goodput_rps", "rejected", "request
         "ttft_p99", "tpot_p99")
 
 
-def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a second (the check's 1.5x on this machine)."),
+def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a second (the check's 1.5x here)."),
          repeats: int = typer.Option(2, min=1, help="Replays per setting and round."),
          rounds: int = typer.Option(2, min=1, help="Times the two settings alternate (a fresh cluster each)."),
          seed: int = typer.Option(12, help="Seed of the replays."),
-         old_first: bool = typer.Option(False, help="Each round starts with the old setting (a second A/B in the other order)."),
+         old_first: bool = typer.Option(False, help="Each round starts with the old setting (an A/B in the other "
+                                                    "order)."),
          json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run and the summary here.")) -> None:
     """Replay the check's window past capacity under both prefill-rate settings and print the medians."""
     from cluster.bench.overload import local_cluster
@@ -60,7 +62,8 @@ def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a sec
                         f"{key} {row[key]:.3f}" for key in ("attainment", "admitted_attainment", "goodput_rps",
                                                              "ttft_p50") if row[key] is not None)
                         + f", refused {row['rejected']}, measured prefill "
-                        + ("-" if row["measured_prefill_rate_tps"] is None else f"{row['measured_prefill_rate_tps']:.0f}"))
+                        + ("-" if row["measured_prefill_rate_tps"] is None
+                           else f"{row['measured_prefill_rate_tps']:.0f}"))
     summary = {name: {key: statistics.median(r[key] for r in rows if r[key] is not None)
                       for key in KEPT + ("measured_prefill_rate_tps", "pab_tokens")
                       if any(r[key] is not None for r in rows)}
@@ -73,7 +76,8 @@ def main(rate_rps: float = typer.Option(19.8, help="Offered load, requests a sec
     if json_out is not None:
         json_out.write_text(json.dumps({
             "machine": machine_name(), "command": f"python bench/prefill_rate_ab.py --rate-rps {rate_rps:g} "
-            f"--repeats {repeats} --rounds {rounds} --seed {seed}" + (" --old-first" if old_first else ""), "rate_rps": rate_rps,
+            f"--repeats {repeats} --rounds {rounds} --seed {seed}" + (" --old-first" if old_first else ""),
+            "rate_rps": rate_rps,
             "window": {"trace": cfg.trace, "start_s": cfg.start_s, "duration_s": cfg.duration_s},
             "runs": runs, "medians": summary,
             "goodput_ratio": new["goodput_rps"] / old["goodput_rps"]}, indent=1))

@@ -65,7 +65,8 @@ def main(check: Path = typer.Argument(..., exists=True, dir_okay=False, help="A 
     num = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
     for r in rows:
         typer.echo(f"{r['multiple']:g}x run {r['run']}: drain {num(r['drain_tps'], '{:.0f}')} tokens/s, PAB planned "
-                   f"{num(r['implied_pab_rate_tps'], '{:.0f}')} (measured {num(r['measured_prefill_rate_tps'], '{:.0f}')}), "
+                   f"{num(r['implied_pab_rate_tps'], '{:.0f}')} "
+                   f"(measured {num(r['measured_prefill_rate_tps'], '{:.0f}')}), "
                    f"{num(r['planned_under_drain'], '{:.0%}')} under; saturated in "
                    f"{num(r['saturated_poll_share'], '{:.0%}')} of polls; TTFT P50 {r['ttft_p50_s']:.3f} s")
     if json_out is not None:

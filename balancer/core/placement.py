@@ -227,8 +227,9 @@ class Placement:
 
 
 def view_age_summary(ages: Iterable[float]) -> Optional[dict[str, float]]:
-    """``{"p50", "p90", "mean", "decisions"}`` of the views' ages at decisions (seconds; ``PlacementPolicy.view_age_s``),
-    None for none: what a live balancer reports (``fairbatching status``) and the simulator beside it."""
+    """``{"p50", "p90", "mean", "decisions"}`` of the views' ages at decisions (seconds;
+    ``PlacementPolicy.view_age_s``), None for none: what a live balancer reports (``fairbatching
+    status``) and the simulator beside it."""
     ages = list(ages)
     if not ages:
         return None

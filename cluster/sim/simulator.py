@@ -359,8 +359,8 @@ def simulate(
             "step_slowdown_mean": sum(nd.slowdown_sum for nd in nodes) / max(1, sum(nd.steps for nd in nodes)),
             # What a queue drains at: prompt tokens a second of the steps that prefilled at least half of
             # max_num_batched_tokens (None: no such step), as a live engine's steps give it.
-            "prefill_drain_tps": (sum(nd.draining_tokens for nd in nodes) / sum(nd.draining_s for nd in nodes)
-                                  if any(nd.draining_s for nd in nodes) else None),
+            "prefill_drain_tps": (sum(nd.draining_tokens for nd in nodes)
+                                  / sum(nd.draining_s for nd in nodes) if any(nd.draining_s for nd in nodes) else None),
             # How old the nodes' views were when the balancer decided (PlacementPolicy.view_age_s), seconds.
             "view_age_s": view_age_summary(view_ages),
             # Which PAB limit bound, as a fraction of the timeline samples (all nodes).
