@@ -55,6 +55,7 @@ from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
 from node.core.attainment import percentile
 from node.fit.step_time_fit import StepSample
+from node.vllm.node_config import FRONT_LOG_PREFIX
 
 #: Report fields compared and kept for each side.
 KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p90", "ttft_p99",
@@ -241,20 +242,30 @@ class EngineStep:
     host_s: Optional[float]
 
 
+def _log_records(path: Path, since_s: float, until_s: float) -> list[dict[str, Any]]:
+    """The JSON lines of an engine's log (steps, or a replica's front delays) stamped (``t``, wall clock)
+    between ``since_s`` and ``until_s``; a line still being written is skipped."""
+    records = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if since_s <= r["t"] <= until_s:
+                records.append(r)
+    return records
+
+
 def engine_steps(log_dir: Path, since_s: float, until_s: float) -> list[EngineStep]:
     """Every step the engines logged in ``log_dir`` (one ``*.jsonl`` per engine) that started between
     ``since_s`` and ``until_s`` (wall clock, ``time.time()``). A line the engine is still writing is
     skipped."""
     steps = []
     for path in sorted(log_dir.glob("*.jsonl")):
-        records = []
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        records = [r for r in records if since_s <= r["t"] <= until_s and "measured_s" in r]
+        if path.name.startswith(FRONT_LOG_PREFIX):  # a replica's front-delay log beside the step logs
+            continue
+        records = [r for r in _log_records(path, since_s, until_s) if "measured_s" in r]
         records.sort(key=lambda r: r["step"])
         for r, after in zip(records, records[1:] + [None]):
             if r["prefill_tokens"] + r["decode_tokens"] <= 0 or r["measured_s"] <= 0:
@@ -273,16 +284,8 @@ def front_delays(log_dir: Path, since_s: float, until_s: float) -> Optional[dict
     (wall clock), from their replicas' logs beside the step logs (``front_log_path``): ``{"requests",
     "p50_s", "p90_s", "p99_s", "mean_s", "max_s"}``, None when none was logged. Per request, where the
     engines' own front delay is a P90 over their last 3 s (what PAB takes off its horizon)."""
-    delays = []
-    for path in sorted(log_dir.glob("front-*.jsonl")):
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line still being written
-                if since_s <= r["t"] <= until_s:
-                    delays.append(r["front_delay_s"])
+    delays = [r["front_delay_s"] for path in sorted(log_dir.glob(f"{FRONT_LOG_PREFIX}*.jsonl"))
+              for r in _log_records(path, since_s, until_s)]
     if not delays:
         return None
     return {"requests": len(delays), **{f"p{q}_s": percentile(delays, q) for q in (50, 90, 99)},

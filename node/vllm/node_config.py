@@ -114,9 +114,13 @@ class NodeConfig:
         return cls.from_dict(data)
 
 
+#: File-name prefix of an engine replica's front-delay log, beside the engine's step log.
+FRONT_LOG_PREFIX = "front-"
+
+
 def front_log_path(step_log: str, pid: int) -> str:
     """Where an engine replica of process ``pid`` logs each request's time in front of it, beside the
     engine's ``step_log``: the same folder, the file name prefixed ``front-``, ``{pid}`` replaced. Each
     line is ``{"t": received (time.time()), "front_delay_s": received - the request's arrival stamp}``."""
     path = Path(step_log)
-    return str(path.with_name("front-" + path.name)).replace("{pid}", str(pid))
+    return str(path.with_name(FRONT_LOG_PREFIX + path.name)).replace("{pid}", str(pid))
