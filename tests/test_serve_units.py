@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -926,3 +927,35 @@ def test_a_balancer_reports_how_old_the_views_were_at_its_decisions():
     assert ages["decisions"] == 2
     assert ages["mean"] == pytest.approx((0.3 + 0.6) / 2)
     assert ages["p50"] == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize("route,body", [
+    ("/v1/completions", {"model": "m", "prompt": "w1", "structured_outputs": "x"}),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "w1"}], "structured_outputs": 7}),
+])
+def test_a_field_that_trips_a_vllm_validator_is_a_400_not_a_500(route, body):
+    """vLLM's own before-validators call ``.get`` on ``structured_outputs`` whatever its type; the
+    AttributeError must reach the client as a 400 in the OpenAI error object (was a 500, found by the fuzz test)."""
+    from fastapi.testclient import TestClient
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    from cluster.http.api import make_fastapi_app, request_body
+
+    app = make_fastapi_app(early_refusal=False)
+    app.state.args = types.SimpleNamespace(log_error_stack=False)  # what vLLM's handlers read (the ingress sets it)
+
+    for path, model in (("/v1/completions", CompletionRequest), ("/v1/chat/completions", ChatCompletionRequest)):
+        async def answer(request):
+            return {"ok": True}
+
+        answer.__annotations__["request"] = request_body(model)  # this module's annotations are strings
+        app.post(path)(answer)
+
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post(route, json=body)
+    assert r.status_code == 400, r.text
+    assert "wrong type" in r.json()["error"]["message"]
+    ok = {k: v for k, v in body.items() if k != "structured_outputs"}
+    assert client.post(route, json=ok).status_code == 200
+    assert "CompletionRequest" in app.openapi()["components"]["schemas"]

@@ -43,7 +43,7 @@ import uuid
 from http import HTTPStatus
 from dataclasses import dataclass, replace
 from collections.abc import Iterator
-from typing import Any, Awaitable, Callable, Optional
+from typing import Annotated, Any, Awaitable, Callable, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -111,6 +111,30 @@ def unavailable(message: str) -> APIError:
 #: What vLLM's render step raises on a request body its models accept but cannot render (a chat
 #: content part of a known ``type`` whose fields are of the wrong shape, say): client input.
 RENDER_INPUT_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+#: What a vLLM request model's own ``mode="before"`` validators raise on a field of the wrong type
+#: (``structured_outputs: "x"``: ``'str' object has no attribute 'get'``; found by the fuzz test).
+#: pydantic turns only ``ValueError`` and ``AssertionError`` into a ``ValidationError``, so these
+#: would reach FastAPI as a 500 for client input.
+VALIDATOR_INPUT_ERRORS = (AttributeError, TypeError, KeyError, IndexError)
+
+
+def _validator_slips_are_invalid(value: Any, handler: Callable[[Any], Any]) -> Any:
+    try:
+        return handler(value)
+    except VALIDATOR_INPUT_ERRORS as exc:
+        raise ValueError(f"a field of the request body has the wrong type ({type(exc).__name__}: {exc})") from None
+
+
+def request_body(model: Any) -> Any:
+    """``model`` (a vLLM request model, or a union of them) as a route's body annotation whose
+    validation raises only ``ValidationError``: a ``VALIDATOR_INPUT_ERRORS`` exception from the
+    model's own validators becomes a ``ValueError`` there, so FastAPI answers 400 (through vLLM's
+    ``RequestValidationError`` handler) instead of 500. The OpenAPI schema is the model's."""
+    from pydantic import WrapValidator
+
+    return Annotated[model, WrapValidator(_validator_slips_are_invalid)]
 
 
 async def render_or_400(render: Callable[..., Awaitable[Any]], request: Any, raw_request: Any, param: str) -> Any:
@@ -722,24 +746,24 @@ def make_ingress(serve_deployment_options: dict[str, Any], *, early_refusal: boo
             return snap
 
         @app.post("/tokenize", dependencies=json_only)
-        async def tokenize(self, request: TokenizeRequest, raw_request: Request):
+        async def tokenize(self, request: request_body(TokenizeRequest), raw_request: Request):
             out = await render_or_400(self.state.serving_tokenization.create_tokenize, request, raw_request,
                                       "messages" if hasattr(request, "messages") else "prompt")
             return _error_response(out.model_dump()) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
 
         @app.post("/detokenize", dependencies=json_only)
-        async def detokenize(self, request: DetokenizeRequest, raw_request: Request):
+        async def detokenize(self, request: request_body(DetokenizeRequest), raw_request: Request):
             out = await self.state.serving_tokenization.create_detokenize(request, raw_request)
             return _error_response(out.model_dump()) if isinstance(out, ErrorResponse) else JSONResponse(out.model_dump())
 
         @app.post("/v1/completions", dependencies=json_only)
-        async def v1_completions(self, request: CompletionRequest, raw_request: Request):
+        async def v1_completions(self, request: request_body(CompletionRequest), raw_request: Request):
             self.stamp(request, raw_request.headers)
             rendered = await render_or_400(self.render.render_completion_request, request, raw_request, "prompt")
             return await self.run_rendered(COMPLETION, request, rendered, lambda: [r.token_ids for r in rendered])
 
         @app.post("/v1/chat/completions", dependencies=json_only)
-        async def v1_chat(self, request: ChatCompletionRequest, raw_request: Request):
+        async def v1_chat(self, request: request_body(ChatCompletionRequest), raw_request: Request):
             listed_iterables(request.messages)  # before the render step reads them (one pass only)
             self.stamp(request, raw_request.headers)
             rendered = await render_or_400(self.render.render_chat_request, request, raw_request, "messages")
