@@ -266,6 +266,9 @@ def test_tool_calls_with_the_configured_parser(cluster):
      "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "r", "content": [{"type": "image_embeds", "image_embeds": [[1]]}]}]},
      "messages"),
+    # a field of the wrong type that one of vLLM's own validators calls a method on (was a 500, found by the fuzz test)
+    ("/v1/completions", {"prompt": "w1", "structured_outputs": "x"}, None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "w1"}], "structured_outputs": 7}, None),
 ])
 def test_client_mistakes_get_400_in_the_openai_error_object(cluster, path, body, param):
     import openai

@@ -221,7 +221,7 @@ def test_the_ingress_line_goes_through_the_measured_loads_and_never_below_zero()
     reports = [{"offered_rps": 2.0, "engines": {"front_delay_s": 0.031}},
                {"offered_rps": 11.0, "engines": {"front_delay_s": 0.131}}]
     fitted = fit_ingress_delay(reports)
-    assert fitted == {"base_s": pytest.approx(0.031 - 2 * 0.1 / 9), "s_per_rps": pytest.approx(0.1 / 9)}
+    assert fitted == {"base_s": pytest.approx(0.031 - 2 * 0.1 / 9), "s_per_rps": pytest.approx(0.1 / 9), "stalls": []}
     assert fit_ingress_delay(reports[:1] + [{"offered_rps": 11.0, "engines": {"front_delay_s": None}}]) is None
     sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, ingress=fitted)
     assert (sim.ingress_delay_s, sim.ingress_delay_s_per_rps) == (fitted["base_s"], fitted["s_per_rps"])
@@ -242,3 +242,69 @@ def test_a_request_reaches_its_node_after_the_ingress_delay_which_pab_takes_off_
     late = run(burst, ingress_delay_s=0.6, **knobs).report
     assert late["rejected"] > on_time["rejected"]
     assert late["ttft_p50"] > on_time["ttft_p50"] + 0.5
+
+
+def test_a_stall_holds_every_request_arriving_in_it_until_its_end_and_its_rate_follows_the_load():
+    # One stall point at 10 req/s: 1000 stalls a second (one starts at once), 0.3 s long.
+    ingress = IngressDelay(0.01, 0.0, stalls=[(10.0, 1000.0, 0.3)], seed=1)
+    assert ingress.delay_s(0.0) == pytest.approx(0.01)  # the first arrival: no time has passed for a stall
+    held = ingress.delay_s(0.01)  # a stall started within the last 10 ms: held until it ends
+    assert 0.01 + 0.29 <= held <= 0.01 + 0.3
+    ends = 0.01 + held - 0.01
+    assert ingress.delay_s(0.02) == pytest.approx(0.01 + ends - 0.02)  # released together with the first
+    quiet = IngressDelay(0.01, 0.0, stalls=[(10.0, 0.0, 0.3)])
+    assert all(quiet.delay_s(0.01 * i) == pytest.approx(0.01) for i in range(50))  # no stalls: base only
+    # Interpolated in the arrival rate, flat past the measured loads.
+    two = IngressDelay(0.0, 0.0, stalls=[(20.0, 1.0, 0.5), (2.0, 0.1, 0.1)])
+    assert two._stall_at(1.0) == (0.1, 0.1) and two._stall_at(40.0) == (1.0, 0.5)
+    assert two._stall_at(11.0) == (pytest.approx(0.55), pytest.approx(0.3))
+    for bad in ([(0.0, 1.0, 0.1)], [(5.0, -1.0, 0.1)], [(5.0, 1.0, float("inf"))], [(5.0, 1.0)]):
+        with pytest.raises(ValueError):
+            IngressDelay(0.0, 0.0, stalls=bad)
+
+
+def test_stalls_are_fitted_from_a_front_delay_log_as_runs_of_held_requests():
+    # 100 requests 0.1 s apart, 10 ms each, but for two runs: 3 held from 2.0 s (the first 0.31 s, then
+    # released with it) and 1 held at 7.0 s (0.21 s).
+    arrivals = [0.1 * i for i in range(100)]
+    delays = [0.01] * 100
+    delays[20:23] = [0.31, 0.21, 0.11]
+    delays[70] = 0.21
+    fit = IngressDelay.fit_stalls(list(reversed(arrivals)), list(reversed(delays)))  # any order
+    assert fit["rate_rps"] == pytest.approx(99 / 9.9) and fit["base_s"] == pytest.approx(0.01)
+    assert fit["stalls_per_s"] == pytest.approx(2 / 9.9) and fit["stall_s"] == pytest.approx(0.25)
+    assert fit["held_share"] == pytest.approx(0.04)
+    calm = IngressDelay.fit_stalls(arrivals, [0.01 + 0.001 * (i % 3) for i in range(100)])
+    assert calm["stalls_per_s"] == 0.0 and calm["stall_s"] == 0.0
+    for bad in ((arrivals[:5], delays[:5]), ([0.0] * 30, [0.01] * 30), (arrivals, delays[:-1])):
+        with pytest.raises(ValueError):
+            IngressDelay.fit_stalls(*bad)
+    # The check fits the base line through each load's base delay, and keeps each load's stalls.
+    reports = [{"offered_rps": 2.0, "engines": {"front_delay_s": 0.05},
+                "front_delays": {"stalls": {"base_s": 0.012, "stalls_per_s": 0.03, "stall_s": 0.06}}},
+               {"offered_rps": 20.0, "engines": {"front_delay_s": 0.3},
+                "front_delays": {"stalls": {"base_s": 0.030, "stalls_per_s": 0.6, "stall_s": 0.5}}}]
+    fitted = fit_ingress_delay(reports)
+    assert fitted["base_s"] == pytest.approx(0.01) and fitted["s_per_rps"] == pytest.approx(0.001)
+    assert fitted["stalls"] == [[2.0, 0.03, 0.06], [20.0, 0.6, 0.5]]
+    sim = sim_config_for(ServeConfig(), SimLiveConfig(), "cpu-tiny-llama", start_s=0.0, ingress=fitted)
+    assert sim.ingress_stalls == "2:0.03:0.06,20:0.6:0.5"
+    assert sim.ingress_delay().stalls == [(2.0, 0.03, 0.06), (20.0, 0.6, 0.5)]
+    with pytest.raises(ValueError, match="ingress_stalls"):
+        SimConfig(ingress_stalls="2:0.03")
+    with pytest.raises(ValueError, match="ingress_stalls"):
+        SimConfig(ingress_stalls="2:-1:0.5")
+
+
+def test_path_stalls_raise_the_nodes_front_delay_so_pab_admits_less_while_most_requests_pass_in_base_time():
+    # Behind PAB with the closed loop: stalls of 0.5 s, two a second, hold a share of the requests; the
+    # engines' front delay (a P90 over 3 s) rises with them and takes the horizon down, so more are refused
+    # than with the base delay alone, while the median request still passes in base time.
+    burst = [(0.02 * i, 400, 4) for i in range(300)]
+    knobs = dict(scheduler="fairbatching", balancer="pab", ttft_slo_s=1.0, tpot_slo_s=0.1, feedback=True,
+                 ingress_delay_s=0.01)
+    plain = run(burst, **knobs).report
+    stalled = run(burst, ingress_stalls="50:2:0.5", **knobs)
+    assert stalled.report["rejected"] > plain["rejected"]
+    waits = sorted(r.first_token_s - r.arrival_s for r in stalled.requests if r.first_token_s is not None)
+    assert waits[0] < 0.01 + 0.41 + 0.05  # some pass in base time plus their prefill (a + b * 400)

@@ -326,7 +326,14 @@ def test_each_requests_front_delay_is_read_from_the_replicas_logs_beside_the_ste
     got = front_delays(tmp_path, 99.0, 150.0)
     assert got["requests"] == 5 and got["p50_s"] == pytest.approx(0.08) and got["max_s"] == pytest.approx(0.60)
     assert got["mean_s"] == pytest.approx(0.17)
+    assert got["stalls"] is None  # too few requests to fit stalls
+    assert got["log"][0] == [0.0, 0.05] and got["log"][3] == [pytest.approx(3.0 - 0.6 + 0.05), 0.6]  # by arrival
     assert front_delays(tmp_path, 200.0, 250.0) is None
+    # Enough requests: the base delay and the stalls of the window (one request held 0.6 s)
+    with open(path, "a") as fh:
+        fh.write("\n" + "".join(json.dumps({"t": 105.0 + 0.5 * i, "front_delay_s": 0.02}) + "\n" for i in range(30)))
+    fit = front_delays(tmp_path, 99.0, 150.0)["stalls"]
+    assert fit["stalls_per_s"] > 0 and fit["base_s"] == pytest.approx(0.02)
     assert len(engine_steps(tmp_path, 99.0, 150.0)) == 1  # the front log holds no step
 
 

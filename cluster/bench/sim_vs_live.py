@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from cluster.config import ServeConfig
-from cluster.sim.config import SimConfig
+from cluster.sim.config import SimConfig, format_stalls
 from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
 from node.core.attainment import percentile
@@ -116,16 +116,24 @@ class SimLiveConfig:
     # nearer at 1.5x in both such checks, 1.0 and 13.2 points against 20.8 and 36.9 (SIMULATION.md,
     # "The engines' own steps as the truth").
     truth: str = "refit"
-    # Model the serving path's time in front of the engines (``cluster.sim.shared_host.IngressDelay``), a line
-    # in the arrival rate through the engines' front delay in the idle probe and the calibration replay
-    # (False: requests reach the balancer as they arrive, the path all in the client path).
+    # Model the serving path's time in front of the engines (``cluster.sim.shared_host.IngressDelay``): a base
+    # delay, a line in the arrival rate, and stalls, fitted from the requests' front delays in the idle probe,
+    # the calibration replay and the stall probe (False: requests reach the balancer as they arrive, the path
+    # all in the client path).
     ingress_delay: bool = True
+    # With ingress_delay, the stall probe: the calibration window's first requests replayed at the highest
+    # multiple of the simulated capacity, so that the path's stalls are measured at the load the check predicts
+    # (on another part of the trace); the capacity is then found again with them. 0: off (two loads only, the
+    # stalls of 2 and 5 req/s; SIMULATION.md "Stalls in the serving path").
+    stall_probe_requests: int = 600
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
             raise ValueError("duration_s, calibration_duration_s, calibration_rps and path_probe_rps must be > 0")
         if self.repeats < 1 or self.path_probe_requests < 2:
             raise ValueError("repeats must be >= 1 and path_probe_requests >= 2")
+        if self.stall_probe_requests < 0:
+            raise ValueError("stall_probe_requests must be >= 0")
         if not self.multiples or any(m <= 0 for m in self.multiples):
             raise ValueError("multiples must be a non-empty list of numbers > 0")
         if not 0 <= self.calibration_max_refused <= 1:
@@ -151,7 +159,7 @@ def calibration_past_capacity(report: dict[str, Any], cfg: SimLiveConfig) -> boo
 
 def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *, start_s: float,
                    rate_scale: float = 1.0, client_path_s: float = 0.0,
-                   host: Optional["HostCPU"] = None, ingress: Optional[dict[str, float]] = None) -> SimConfig:
+                   host: Optional["HostCPU"] = None, ingress: Optional[dict[str, Any]] = None) -> SimConfig:
     """The simulator configured as the deployment ``serve`` runs: its engines, balancer, admission,
     anchor, closed loop, node-policy knobs, online refit and report cadence, on ``profile_path``; with
     ``host``, the serving path's CPU on the engines' cores (``cluster.sim.shared_host``) as measured
@@ -191,26 +199,42 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
                                     "host_reference_rps": host.reference_rps,
                                     "host_cpu_s_per_refusal": host.cpu_s_per_refusal,
                                     "host_reference_refused_share": host.reference_refused_share}),
-        **({} if ingress is None else {"ingress_delay_s": ingress["base_s"],
-                                       "ingress_delay_s_per_rps": ingress["s_per_rps"]}),
+        **({} if ingress is None else _ingress_fields(ingress)),
         **{k: (str(v) if k in ("relegate", "lend", "urgency") else v) for k, v in knobs.items()},
     )
 
 
-def fit_ingress_delay(reports: list[dict[str, Any]]) -> Optional[dict[str, float]]:
-    """The serving path's time in front of the engines as a line in the arrival rate
-    (``cluster.sim.shared_host.IngressDelay``) through live replays at different loads: each report's
-    ``offered_rps`` against its engines' median front delay (``engines.front_delay_s``: the P90 each
-    engine takes off PAB's horizon, polled while arrivals came). Returns ``{"base_s", "s_per_rps"}``,
-    None when fewer than two reports carry a front delay or their rates do not differ."""
+def _ingress_fields(ingress: dict[str, Any]) -> dict[str, Any]:
+    """``SimConfig`` fields of a ``fit_ingress_delay`` result (one recorded before stalls were fitted has none)."""
+    return {"ingress_delay_s": ingress["base_s"], "ingress_delay_s_per_rps": ingress["s_per_rps"],
+            "ingress_stalls": format_stalls(ingress.get("stalls") or ())}
+
+
+def fit_ingress_delay(reports: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The serving path's time in front of the engines (``cluster.sim.shared_host.IngressDelay``) through
+    live replays at different loads. Where at least two reports carry their requests' own front delays
+    (``front_delays``, from the replicas' logs, under ``"front_delays"``): the least-squares line in the
+    arrival rate through each report's base delay (``offered_rps`` against ``stalls.base_s``) and each
+    report's stalls at its rate. Otherwise the line through each report's engines' median polled front
+    delay (``engines.front_delay_s``: the P90 each engine takes off PAB's horizon), with no stalls.
+
+    Returns ``{"base_s", "s_per_rps", "stalls"}`` (``stalls``: ``[rate_rps, stalls_per_s, stall_s]``
+    triples, empty without logs), None when fewer than two reports carry either or their rates do not
+    differ."""
     from cluster.sim.shared_host import IngressDelay
 
+    logged = [(r["offered_rps"], r["front_delays"]["stalls"]) for r in reports
+              if ((r.get("front_delays") or {}).get("stalls")) and r.get("offered_rps")]
+    if len({rate for rate, _ in logged}) >= 2:
+        base, slope = IngressDelay.fit([(rate, fit["base_s"]) for rate, fit in logged])
+        return {"base_s": base, "s_per_rps": slope,
+                "stalls": [[rate, fit["stalls_per_s"], fit["stall_s"]] for rate, fit in sorted(logged, key=lambda x: x[0])]}
     loads = [(r["offered_rps"], r["engines"]["front_delay_s"]) for r in reports
              if (r.get("engines") or {}).get("front_delay_s") is not None and r.get("offered_rps")]
     if len({rate for rate, _ in loads}) < 2:
         return None
     base, slope = IngressDelay.fit(loads)
-    return {"base_s": base, "s_per_rps": slope}
+    return {"base_s": base, "s_per_rps": slope, "stalls": []}
 
 
 def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, out: Path) -> Path:
@@ -282,14 +306,25 @@ def engine_steps(log_dir: Path, since_s: float, until_s: float) -> list[EngineSt
 def front_delays(log_dir: Path, since_s: float, until_s: float) -> Optional[dict[str, Any]]:
     """The time in front of the engines of every request they received between ``since_s`` and ``until_s``
     (wall clock), from their replicas' logs beside the step logs (``front_log_path``): ``{"requests",
-    "p50_s", "p90_s", "p99_s", "mean_s", "max_s"}``, None when none was logged. Per request, where the
-    engines' own front delay is a P90 over their last 3 s (what PAB takes off its horizon)."""
-    delays = [r["front_delay_s"] for path in sorted(log_dir.glob(f"{FRONT_LOG_PREFIX}*.jsonl"))
-              for r in _log_records(path, since_s, until_s)]
-    if not delays:
+    "p50_s", "p90_s", "p99_s", "mean_s", "max_s", "stalls", "log_columns", "log"}``, None when none was
+    logged. Per request, where the engines' own front delay is a P90 over their last 3 s (what PAB takes
+    off its horizon). ``stalls`` is the base delay and the stalls fitted from it
+    (``IngressDelay.fit_stalls``; None with too few requests); ``log`` every request's arrival in front
+    of the engines (seconds from the first) and its delay."""
+    from cluster.sim.shared_host import MIN_LOGGED, IngressDelay
+
+    records = [r for path in sorted(log_dir.glob(f"{FRONT_LOG_PREFIX}*.jsonl"))
+               for r in _log_records(path, since_s, until_s)]
+    if not records:
         return None
+    delays = [r["front_delay_s"] for r in records]
+    arrivals = [r["t"] - r["front_delay_s"] for r in records]
+    first = min(arrivals)
+    stalls = IngressDelay.fit_stalls(arrivals, delays) if len(records) >= MIN_LOGGED and max(arrivals) > first else None
     return {"requests": len(delays), **{f"p{q}_s": percentile(delays, q) for q in (50, 90, 99)},
-            "mean_s": statistics.fmean(delays), "max_s": max(delays)}
+            "mean_s": statistics.fmean(delays), "max_s": max(delays), "stalls": stalls,
+            "log_columns": ["arrival_s", "front_delay_s"],
+            "log": sorted([round(a - first, 4), round(d, 5)] for a, d in zip(arrivals, delays))}
 
 
 def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[str, Any]:
@@ -750,8 +785,11 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 result.calibration["overload_probe"] = _kept(burst_report)
             host = fit_host_cpu(loads, cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps,
                                 reference_refused_share=cal_report["rejected"] / max(1, cal_report["requests"]))
-        # The serving path's time in front of the engines, from the engines' front delay at both loads
-        ingress = fit_ingress_delay([probe_report, cal_report]) if cfg.ingress_delay else None
+        # The serving path's time in front of the engines, from the requests' front delays at both loads
+        probe_front = front_delays(logs, *probe_report["wall_clock_s"])
+        cal_front = front_delays(logs, *cal_report["wall_clock_s"])
+        ingress = (fit_ingress_delay([{**probe_report, "front_delays": probe_front},
+                                      {**cal_report, "front_delays": cal_front}]) if cfg.ingress_delay else None)
         cal_sims = {name: simulate(sim_config_for(serve, cfg, str(p), start_s=cfg.calibration_start_s,
                                                   rate_scale=cal_scale, host=host, ingress=ingress),
                                    workload=cal_window)
@@ -770,9 +808,9 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                              for name in TRUTHS if name != cfg.truth},
             "shared_host": None if host is None else asdict(host), "ingress_delay": ingress,
             "per_request_columns": list(PER_REQUEST), "per_request": _live_per_request(cal_records),
-            "front_delays": front_delays(logs, *cal_report["wall_clock_s"]),
+            "front_delays": cal_front,
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
-                           "front_delays": front_delays(logs, *probe_report["wall_clock_s"]),
+                           "front_delays": probe_front,
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(probe_records, probe_sim.requests)},
         }
@@ -792,6 +830,27 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                   for name in TRUTHS if name != cfg.truth}
         window = _window(cfg, cfg.start_s, cfg.duration_s)
         result.capacity = simulated_capacity(base, cfg, window)
+        if ingress is not None and cfg.stall_probe_requests:
+            # The stall probe: the path at the highest load the check predicts, on the calibration window
+            stall_rps = max(cfg.multiples) * result.capacity["capacity_rps"]
+            burst = replace(cal_window, requests=cal_window.requests[:cfg.stall_probe_requests])
+            progress(f"stall probe: {len(burst.requests)} requests of the calibration window at {stall_rps:.1f} "
+                     f"req/s ...")
+            time.sleep(5.0)
+            stall_report, _ = _live_run(url, serve.served_model_name, cfg, burst, rate_scale=stall_rps / burst.rate_rps,
+                                        seed=cfg.seed + 4000)
+            stall_front = front_delays(logs, *stall_report["wall_clock_s"])
+            ingress = fit_ingress_delay([{**probe_report, "front_delays": probe_front},
+                                         {**cal_report, "front_delays": cal_front},
+                                         {**stall_report, "front_delays": stall_front}])
+            result.calibration["stall_probe"] = {"live": _kept(stall_report), "front_delays": stall_front,
+                                                 "capacity_before": result.capacity}
+            result.calibration["ingress_delay"] = ingress
+            base = replace(base, **_ingress_fields(ingress))
+            others = {name: replace(other, **_ingress_fields(ingress)) for name, other in others.items()}
+            result.capacity = simulated_capacity(base, cfg, window)
+            progress("path stalls (rate req/s: stalls a second, length s): " + ", ".join(
+                f"{r:.1f}: {n:.2f}, {d:.2f}" for r, n, d in ingress["stalls"]))
         scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
         progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
                  f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")

@@ -252,10 +252,16 @@ def sim_vs_live(
                                             "the calibration replay (forward and host time). The other one's "
                                             "prediction of the same live runs is kept beside (SIMULATION.md)."),
     ingress_delay: bool = typer.Option(True, help="Model the serving path's time in front of the engines (their front "
-                                                  "delay, which PAB takes off its horizon) as a line in the arrival "
-                                                  "rate through its measures at the idle probe's and the "
-                                                  "calibration's loads (--no-ingress-delay: requests reach the "
-                                                  "balancer as they arrive; SIMULATION.md)."),
+                                                  "delay, which PAB takes off its horizon): a base delay, a line in "
+                                                  "the arrival rate, and stalls, fitted from the requests' front "
+                                                  "delays at the idle probe's, the calibration's and the stall "
+                                                  "probe's loads (--no-ingress-delay: requests reach the balancer as "
+                                                  "they arrive; SIMULATION.md)."),
+    stall_probe_requests: int = typer.Option(600, min=0, help="With the ingress delay: replay this many of the "
+                                                              "calibration window's first requests at the highest "
+                                                              "multiple of the simulated capacity to measure the "
+                                                              "path's stalls there, then find the capacity again "
+                                                              "(0: off, stalls from the two light loads only)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one)."),
@@ -274,8 +280,9 @@ def sim_vs_live(
     with --truth steps a fit of every step they timed there; the median client-minus-simulated TTFT its
     client path latency; the serving path's CPU, its background and cost per request from the idle
     probe and the calibration replay, its shared-host model, at most --host-path-max-share of the
-    host; the engines' front delay at both loads, its time in front of the engines), finds its capacity on the predicted
-    window, then replays that window live and simulated at each multiple of it. Criterion (issue 12):
+    host; the requests' front delays at both loads and in a stall probe at the highest multiple, its
+    time in front of the engines and its stalls), finds its capacity on the predicted window, then
+    replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %.
     """
     from cluster.bench.sim_vs_live import (CALIBRATION_PAST_CAPACITY, TRUTHS, SimLiveConfig, check_json,
@@ -315,7 +322,8 @@ def sim_vs_live(
                             max_output_tokens=max_output_tokens, multiples=_floats(multiples, "--multiples"),
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
-                            host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay)
+                            host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay,
+                            stall_probe_requests=stall_probe_requests)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

@@ -23,6 +23,26 @@ from node.core.request import SLO
 from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo
 
 
+def parse_stalls(spec: str) -> list[tuple[float, float, float]]:
+    """``--ingress-stalls``'s ``RATE:STALLS_PER_S:STALL_S[,...]`` as triples (empty: none). Raises
+    ``ValueError`` naming the option for a point that is not three numbers."""
+    points = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        fields_ = part.split(":")
+        try:
+            if len(fields_) != 3:
+                raise ValueError
+            points.append(tuple(float(f) for f in fields_))
+        except ValueError:
+            raise ValueError(f"ingress_stalls: {part!r} is not RATE:STALLS_PER_S:STALL_S (three numbers)") from None
+    return points
+
+
+def format_stalls(points) -> str:
+    """Stall points as ``--ingress-stalls`` takes them (``parse_stalls``'s inverse)."""
+    return ",".join(":".join(f"{v:.6g}" for v in point) for point in points)
+
+
 def _opt(default, help: str, flag: str | None = None):
     return field(default=default, metadata={"help": help, "flag": flag})
 
@@ -59,6 +79,7 @@ class SimConfig:
     host_max_share: float = _opt(0.9, "With --host-cpu-s-per-request: the most of the host the serving path can take from the engines, in (0, 1) (past it the host is saturated and more demand waits; fairbatching bench sim-vs-live: 0.5, measured).")
     ingress_delay_s: float = _opt(0.0, "The serving path's time in front of the engines with no load (proxy, ingress, router, the hops to the engine), seconds: a request reaches the balancer and its node this much after it arrives, plus --ingress-delay-s-per-rps times the arrival rate over the last second (cluster.sim.shared_host.IngressDelay; the nodes take it off PAB's horizon as the engines' front delay). 0 and 0: none, as a GPU node's fast front end; fairbatching bench sim-vs-live measures both.")
     ingress_delay_s_per_rps: float = _opt(0.0, "With --ingress-delay-s: how much the time in front of the engines grows per request a second of arrivals, seconds.")
+    ingress_stalls: str = _opt("", "Stalls of the serving path in front of the engines, at measured loads: RATE:STALLS_PER_S:STALL_S[,...] (arrival rate, req/s; spells a second; their length, seconds), interpolated in the arrival rate over the last second; a request arriving in a stall waits for its end (cluster.sim.shared_host.IngressDelay). Empty: none; fairbatching bench sim-vs-live fits them from the engines' front-delay logs.")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
     step_model: str = _opt("linear", "Step-time model the nodes plan and budget with: linear (the paper's a + b * new + c * context: the profile's best linear fit; measured best for FairBatching's budgeted steps, bench/results/STEPTIME.md) or quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one; the h100/a100 profiles do: it predicts steps better but under-predicts full mixed steps, which then overrun their budget). A profile without the term gives the same model both ways. The simulated truth does not change.")
     prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
@@ -129,12 +150,18 @@ class SimConfig:
             raise ValueError(f"host_max_share must be in (0, 1), got {self.host_max_share}")
         if not 0 <= self.host_reference_refused_share <= 1:
             raise ValueError(f"host_reference_refused_share must be in [0, 1], got {self.host_reference_refused_share}")
+        self.ingress_delay()  # the stall points, each by name
 
     def ingress_delay(self) -> IngressDelay | None:
-        """The serving path's time in front of the engines (None: ``ingress_delay_s`` and its slope 0)."""
-        if self.ingress_delay_s <= 0 and self.ingress_delay_s_per_rps <= 0:
+        """The serving path's time in front of the engines (None: ``ingress_delay_s``, its slope and
+        ``ingress_stalls`` all none). Raises ``ValueError`` naming ``ingress_stalls`` for a malformed point."""
+        stalls = parse_stalls(self.ingress_stalls)
+        if self.ingress_delay_s <= 0 and self.ingress_delay_s_per_rps <= 0 and not stalls:
             return None
-        return IngressDelay(self.ingress_delay_s, self.ingress_delay_s_per_rps)
+        try:
+            return IngressDelay(self.ingress_delay_s, self.ingress_delay_s_per_rps, stalls=stalls, seed=self.seed)
+        except ValueError as exc:
+            raise ValueError(f"ingress_stalls: {exc}") from None
 
     def shared_host(self) -> SharedHost | None:
         """The simulated host the nodes share with the serving path (None: ``host_cpu_s_per_request`` 0)."""

@@ -33,7 +33,18 @@ effects), named as such; the costs are fitted from live replays at two or three 
 from __future__ import annotations
 
 import math
+import random
+import statistics
 from collections import deque
+from collections.abc import Sequence
+
+#: ``IngressDelay.fit_stalls``: a request is held by a stall when its delay exceeds this many times the
+#: median delay of its load ...
+STALL_THRESHOLD_X = 3.0
+#: ... and this many seconds (at light load the median is a few milliseconds).
+STALL_MIN_S = 0.05
+#: ``IngressDelay.fit_stalls``: the fewest logged requests one load's fit reads.
+MIN_LOGGED = 20
 
 
 class SharedHost:
@@ -113,30 +124,56 @@ class SharedHost:
 
 class IngressDelay:
     """The serving path's time in front of the engines on a shared host: from a request's arrival at the
-    front proxy to its engine (the proxy, the ingress parsing and rendering it, the router, Ray's hops),
-    ``base_s + s_per_rps * r`` seconds, ``r`` the arrival rate over the last ``window_s`` (requests a
-    second, this arrival included).
+    front proxy to its engine (the proxy, the ingress parsing and rendering it, the router, Ray's hops).
 
-    On the embedded default the engines report this as their front delay (``FrontDelay``, taken off
-    PAB's horizon), and it grows with the load because every request's path work queues for the same
-    cores: 6-31 ms with 2 requests a second, 14-129 ms at the calibration loads and up to 0.28 s
-    at 1.5x capacity on the 2-core development machine (``bench/results/SIMULATION.md``, "The serving
-    path in front of the engines"). The line through two measured loads (``fit``) is a fake of that
-    queue, named as such: no queueing dynamics, only its level at the current rate.
+    Two parts, both functions of ``r``, the arrival rate over the last ``window_s`` (requests a second,
+    this arrival included):
 
-    Raises ``ValueError`` for a negative or non-finite ``base_s`` or ``s_per_rps``, or ``window_s`` <= 0.
+    * a base delay every request pays, ``base_s + s_per_rps * r`` seconds;
+    * stalls: spells in which the path passes nothing on, as live front-delay logs show under load (runs
+      of consecutive requests all held, the first one longest, then released together). They start as a
+      Poisson process of ``stalls_per_s(r)`` a second and last ``stall_s(r)`` seconds; a request arriving
+      in one waits for its end. Both are interpolated linearly in ``r`` between the measured loads in
+      ``stalls`` (``(rate_rps, stalls_per_s, stall_s)`` triples; flat past the first and the last), and
+      fitted from one load's log by ``fit_stalls``. Measured on the 2-core development machine
+      (``bench/results/SIMULATION.md``, "Stalls in the serving path"): at 2 and 5 req/s a few spells of
+      under 0.1 s a minute; at 13-15 req/s 0.5-1.2 a second, 0.2-0.3 s long, holding 14-20 % of the
+      requests.
+
+    On the embedded default the engines report this as their front delay (``FrontDelay``: the P90 of the
+    last 3 s, taken off PAB's horizon): a stall raises that P90 for a few seconds while most requests
+    pass in base time, which a single delay per rate cannot do. A fake of the path's queue, named as
+    such: no queueing dynamics, only the spells and the level at the current rate.
+
+    Raises ``ValueError`` for a negative or non-finite ``base_s``, ``s_per_rps`` or stall figure, a
+    stall rate that is not positive, or ``window_s`` <= 0.
     """
 
-    def __init__(self, base_s: float, s_per_rps: float, *, window_s: float = 1.0) -> None:
+    def __init__(self, base_s: float, s_per_rps: float, *, stalls: Sequence[Sequence[float]] = (),
+                 window_s: float = 1.0, seed: int = 0) -> None:
         for name, value in (("base_s", base_s), ("s_per_rps", s_per_rps)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (math.isfinite(window_s) and window_s > 0):
             raise ValueError(f"window_s must be a finite number > 0, got {window_s!r}")
+        points = sorted(tuple(float(v) for v in point) for point in stalls)
+        for point in points:
+            if len(point) != 3:
+                raise ValueError(f"a stall point is (rate_rps, stalls_per_s, stall_s), got {point!r}")
+            rate, per_s, length = point
+            if not (math.isfinite(rate) and rate > 0):
+                raise ValueError(f"a stall point's rate_rps must be a finite number > 0, got {rate!r}")
+            for name, value in (("stalls_per_s", per_s), ("stall_s", length)):
+                if not (math.isfinite(value) and value >= 0):
+                    raise ValueError(f"a stall point's {name} must be a finite number >= 0, got {value!r}")
         self.base_s = base_s
         self.s_per_rps = s_per_rps
+        self.stalls = points
         self.window_s = window_s
+        self._rng = random.Random(seed)
         self._arrivals: deque[float] = deque()
+        self._last_s: float | None = None  # the last arrival: stalls are drawn between arrivals
+        self._stall_end_s = -math.inf
 
     @staticmethod
     def fit(loads: list[tuple[float, float]]) -> tuple[float, float]:
@@ -156,6 +193,56 @@ class IngressDelay:
             slope, base = sum(r * d for r, d in loads) / sum(r * r for r in rates), 0.0
         return max(0.0, base), max(0.0, slope)
 
+    @staticmethod
+    def fit_stalls(arrivals_s: Sequence[float], delays_s: Sequence[float]) -> dict[str, float]:
+        """One load's base delay and stalls from a log of the requests' arrivals in front of the engines
+        (seconds, any clock) and their delays there (seconds), in any order.
+
+        A request is held by a stall when its delay exceeds ``STALL_THRESHOLD_X`` times the median and
+        ``STALL_MIN_S``; consecutive held requests (by arrival) are one stall, as long as the longest
+        delay in it less the base (the first request in a stall waits it whole). Returns ``{"rate_rps",
+        "base_s" (the median delay of the requests not held), "stalls_per_s", "stall_s" (mean length, 0
+        when none), "held_share"}``. Raises ``ValueError`` for fewer than ``MIN_LOGGED`` requests or
+        arrivals that span no time."""
+        if len(arrivals_s) != len(delays_s):
+            raise ValueError("arrivals_s and delays_s differ in length")
+        if len(arrivals_s) < MIN_LOGGED:
+            raise ValueError(f"need at least {MIN_LOGGED} logged requests, got {len(arrivals_s)}")
+        order = sorted(range(len(arrivals_s)), key=lambda i: arrivals_s[i])
+        arrivals = [arrivals_s[i] for i in order]
+        delays = [delays_s[i] for i in order]
+        span_s = arrivals[-1] - arrivals[0]
+        if not span_s > 0:
+            raise ValueError("the logged arrivals span no time")
+        threshold = max(STALL_MIN_S, STALL_THRESHOLD_X * statistics.median(delays))
+        free = [d for d in delays if d <= threshold]
+        base = statistics.median(free) if free else threshold
+        longest: list[float] = []  # per stall, its longest delay
+        held = False
+        for d in delays:
+            if d > threshold:
+                if held:
+                    longest[-1] = max(longest[-1], d)
+                else:
+                    longest.append(d)
+                held = True
+            else:
+                held = False
+        return {"rate_rps": (len(arrivals) - 1) / span_s, "base_s": base, "stalls_per_s": len(longest) / span_s,
+                "stall_s": statistics.fmean(d - base for d in longest) if longest else 0.0,
+                "held_share": (len(delays) - len(free)) / len(delays)}
+
+    def _stall_at(self, rate_rps: float) -> tuple[float, float]:
+        """``(stalls_per_s, stall_s)`` at ``rate_rps``, interpolated between the stall points."""
+        points = self.stalls
+        if rate_rps <= points[0][0]:
+            return points[0][1], points[0][2]
+        for (r0, p0, s0), (r1, p1, s1) in zip(points, points[1:]):
+            if rate_rps <= r1:
+                w = (rate_rps - r0) / (r1 - r0) if r1 > r0 else 1.0
+                return p0 + w * (p1 - p0), s0 + w * (s1 - s0)
+        return points[-1][1], points[-1][2]
+
     def delay_s(self, now_s: float) -> float:
         """Count one arrival at ``now_s`` (simulated seconds, non-decreasing) and return its time in front of
         the engines, seconds."""
@@ -163,4 +250,15 @@ class IngressDelay:
         arrivals.append(now_s)
         while arrivals[0] <= now_s - self.window_s:
             arrivals.popleft()
-        return self.base_s + self.s_per_rps * len(arrivals) / self.window_s
+        rate = len(arrivals) / self.window_s
+        if self.stalls:
+            per_s, length = self._stall_at(rate)
+            t = now_s if self._last_s is None else self._last_s
+            while per_s > 0:  # the stalls that started since the last arrival
+                t += self._rng.expovariate(per_s)
+                if t > now_s:
+                    break
+                if t > self._stall_end_s:
+                    self._stall_end_s = t + length
+            self._last_s = now_s
+        return self.base_s + self.s_per_rps * rate + max(0.0, self._stall_end_s - now_s)
