@@ -426,7 +426,7 @@ def test_status_command_prints_every_node(cluster):
     result = CliRunner().invoke(app, ["status", "--url", str(cluster.base_url).rstrip("/"), "--api-key", API_KEY])
     assert result.exit_code == 0, result.output
     assert all(key in result.output for key in snap["nodes"]), result.output
-    assert "step model" in result.output
+    assert "step model" in result.output and "view age" in result.output
     bad = CliRunner().invoke(app, ["status", "--url", "http://127.0.0.1:9"])
     assert bad.exit_code == 1 and "cannot reach" in bad.output
 

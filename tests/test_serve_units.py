@@ -959,3 +959,12 @@ def test_a_field_that_trips_a_vllm_validator_is_a_400_not_a_500(route, body):
     ok = {k: v for k, v in body.items() if k != "structured_outputs"}
     assert client.post(route, json=ok).status_code == 200
     assert "CompletionRequest" in app.openapi()["components"]["schemas"]
+
+
+def test_the_status_title_gives_the_routers_view_age_at_their_decisions():
+    from cluster.cli.serve import _view_age
+
+    assert _view_age({}) == "view age -" and _view_age({"r1": {"view_age_s": None}}) == "view age -"
+    routers = {"r1": {"view_age_s": {"p50": 0.12, "p90": 0.18, "mean": 0.13, "decisions": 100}},
+               "r2": {"view_age_s": {"p50": 0.15, "p90": 0.25, "mean": 0.16, "decisions": 50}}}
+    assert _view_age(routers) == "view age P50 0.15 s, P90 0.25 s (over 150 recent decisions)"

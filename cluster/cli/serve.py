@@ -124,7 +124,8 @@ def status(
             low = row.get("pab_tokens_debited")
             if low is not None and (d["pab_tokens_debited"] is None or low < d["pab_tokens_debited"]):
                 d["pab_tokens_debited"] = low
-    table = Table(title=f"{url}  decisions {snap.get('decisions')}  routers {len(routers)}\n{model}")
+    table = Table(title=f"{url}  decisions {snap.get('decisions')}  routers {len(routers)}  "
+                        f"{_view_age(routers)}\n{model}")
     for col in ("node", "replica", "live", "PAB", "PAB debited", "binds", "R tok/s", "correction",
                 "front delay", "in flight", "in transit", "queued prefill", "KV use", "finished", "attainment",
                 "report age"):
@@ -159,6 +160,16 @@ def status(
         for row in cache:
             by_node.add_row(row[0], str(row[1]), str(row[2]), fmt(row[3], "{:.3f}"))
         _table_console().print(by_node)
+
+
+def _view_age(routers: dict) -> str:
+    """How old the nodes' reports were at the routers' recent decisions (``view_age_s`` of each router's
+    stats): the largest P50 and P90 over the routers, or a dash before any decision."""
+    ages = [r["view_age_s"] for r in routers.values() if r.get("view_age_s")]
+    if not ages:
+        return "view age -"
+    return (f"view age P50 {max(a['p50'] for a in ages):.2f} s, P90 {max(a['p90'] for a in ages):.2f} s "
+            f"(over {sum(a.get('decisions', 0) for a in ages)} recent decisions)")
 
 
 def _prefix_rows(nodes: dict, routers: dict) -> list[tuple]:
