@@ -14,7 +14,8 @@ from dataclasses import replace
 import pytest
 
 from cluster.bench.sim_vs_live import (EngineStep, SimLiveConfig, calibrated_profile, engine_steps, fit_step_truth,
-                                       front_delays, path_latency_s, sim_config_for, step_summary)
+                                       _live_per_request, front_delays, path_latency_s, sim_config_for,
+                                       step_summary)
 from node.fit.step_time_fit import StepSample
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
@@ -106,8 +107,8 @@ def test_path_latency_is_the_median_client_minus_simulated_ttft_over_requests_bo
                                                 output_tokens=3, status=status,
                                                 token_times=[rid + first] if first else [])
     records = [rec(0, 200, 0.13), rec(1, 200, 0.17), rec(2, 429, None)]
-    assert path_latency_s(records, sim) == pytest.approx(0.04)  # median of 0.02 and 0.06; the 429 left out
-    assert path_latency_s([rec(2, 429, None)], sim) is None
+    assert path_latency_s(_live_per_request(records), sim) == pytest.approx(0.04)  # median of 0.02, 0.06; not the 429
+    assert path_latency_s(_live_per_request([rec(2, 429, None)]), sim) is None
 
 
 def test_a_recorded_check_is_written_a_line_a_request_and_reads_back_whole():
@@ -404,3 +405,71 @@ def test_a_calibration_that_ran_past_capacity_is_called_out(monkeypatch, tmp_pat
     out = CliRunner().invoke(app, ["bench", "sim-vs-live", "--out-dir", str(tmp_path)], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert "ran past this machine's capacity" in out.output and "--calibration-rps" in out.output
+
+
+def test_a_scaled_profile_is_the_same_engine_on_a_slower_machine(tmp_path):
+    from cluster.bench.sim_vs_live import COEFFICIENTS, scaled_profile
+
+    base = load_profile("cpu-tiny-llama")
+    slow = load_profile(str(scaled_profile("cpu-tiny-llama", 1.5, tmp_path / "slow.json")))
+    for k in COEFFICIENTS:
+        assert getattr(slow, k) == pytest.approx(1.5 * getattr(base, k)), k
+    assert (slow.max_num_seqs, slow.max_num_batched_tokens) == (base.max_num_seqs, base.max_num_batched_tokens)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="speed factor"):
+            scaled_profile("cpu-tiny-llama", bad, tmp_path / "bad.json")
+
+
+def test_the_simulator_at_the_live_runs_step_speed_predicts_the_recorded_stall_check():
+    """The hindsight arm on the recorded seed-13 check (its calibration ran 1.38x slower than the truth, its
+    1.5x runs 0.81-0.84x): at each phase's measured speed the simulator predicts the live medians within the
+    criterion at both loads, where the check's own prediction missed by 26 points at 1.5x; a faster machine
+    gives a shorter TTFT and no lower attainment; a check recorded without step speeds has no hindsight arm."""
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import AT_LIVE_SPEED, at_live_speed, at_probe_speed, resimulate
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    recorded = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
+    assert not recorded["verdict"]["1.5x"]["holds"] and recorded["verdict"]["1.5x"]["attainment_gap_pts"] > 20
+    again = resimulate(recorded, capacity=False)
+    hindsight = again.verdict(truth=AT_LIVE_SPEED)
+    assert set(hindsight) == {"0.5x", "1.5x"} and all(v["holds"] for v in hindsight.values()), hindsight
+    speeds = again.calibration["speed_arms"][AT_LIVE_SPEED]
+    assert speeds["calibration_slowdown"] == pytest.approx(1.38, abs=0.01)
+    assert speeds["client_path_s"] < recorded["calibration"]["client_path_s"]  # the slow calibration no longer in it
+    runs = again.rows[1]["speed_arm_runs"][AT_LIVE_SPEED]
+    assert len(runs["sims"]) == 3 and runs["slowdowns"] == [x["engine_steps"]["slowdown"] for x in recorded["rows"][1]["live"]]
+
+    # the same check on a machine 1.5x as slow in every 1.5x run: longer TTFT, no higher attainment
+    slower = json.loads(json.dumps(recorded))
+    for live in slower["rows"][1]["live"]:
+        live["engine_steps"]["slowdown"] *= 1.5
+    slow = at_live_speed(slower)["rows"][1]["sim"]
+    fast = again.rows[1]["sim_with_truth"][AT_LIVE_SPEED]
+    assert slow["ttft_p50"] > fast["ttft_p50"] and slow["attainment"] <= fast["attainment"]
+    assert at_live_speed(json.loads((root / "azure-code-600-seed1.json").read_text())) is None
+    assert at_probe_speed(recorded) is None  # its probes' speeds were not kept: only the hindsight arm
+
+
+def test_the_probes_step_speeds_are_interpolated_in_each_rows_offered_rate():
+    """The forward speed arm: the idle probe's, the calibration's and the stall probe's measured speeds, by
+    their offered rates, give each row its speed by linear interpolation in the row's rate (flat outside)."""
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import at_probe_speed, probe_speeds
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    check = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
+    cal = check["calibration"]
+    assert probe_speeds(cal) == [(pytest.approx(5.0), pytest.approx(1.3848, abs=1e-4))]  # the calibration only
+    cal["idle_probe"]["engine_steps"] = {"slowdown": 1.0}
+    cal["stall_probe"]["engine_steps"] = {"slowdown": 0.8}
+    rates = [rate for rate, _ in probe_speeds(cal)]
+    assert rates == sorted(rates) and rates[0] == pytest.approx(2.0) and rates[-1] == pytest.approx(21.82, abs=0.01)
+    arm = at_probe_speed(check)
+    low, high = (row["slowdowns"] for row in arm["rows"])
+    rate_low = check["rows"][0]["rate_rps"]  # 7.27 req/s: between the calibration's 5 and the stall probe's 21.8
+    expected = 1.3848 + (rate_low - 5.0) / (rates[-1] - 5.0) * (0.8 - 1.3848)
+    assert low == [pytest.approx(expected, abs=1e-3)] * 3 and high == [pytest.approx(0.8, abs=1e-3)] * 3
+    assert arm["rows"][1]["sim"]["attainment"] > check["rows"][1]["sim"]["attainment"]  # faster than the calibration

@@ -65,6 +65,10 @@ KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50",
 
 #: Where the simulator's ground truth comes from (``SimLiveConfig.truth``).
 TRUTHS = ("steps", "refit")
+#: The hindsight arm (``at_live_speed``): the check's truth at each live run's measured step speed ...
+AT_LIVE_SPEED = "at-live-speed"
+#: ... and its forward counterpart (``at_probe_speed``): at the speed the probes measured, by load.
+AT_PROBE_SPEED = "at-probe-speed"
 
 #: A calibrated truth's step-time coefficients (``StepTimeModel`` field names, seconds).
 COEFFICIENTS = ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")
@@ -577,15 +581,14 @@ def _live_run(url: str, model: str, cfg: SimLiveConfig, window: Workload, *, rat
     return report, records
 
 
-def path_latency_s(records: list, sim_requests: list) -> Optional[float]:
+def path_latency_s(per_request: list[list], sim_requests: list) -> Optional[float]:
     """Median of (client TTFT - simulated TTFT) over the requests served in both runs, seconds
-    (``None`` when none was)."""
+    (``None`` when none was). ``per_request``: the live run's ``PER_REQUEST`` rows (``_live_per_request``,
+    or a recorded check's ``per_request``)."""
     sim = {r.rid: r for r in sim_requests}
-    gaps = []
-    for rec in records:
-        s = sim.get(rec.rid)
-        if rec.status == 200 and rec.token_times and s is not None and s.first_token_s is not None:
-            gaps.append((rec.token_times[0] - rec.arrival_s) - (s.first_token_s - s.arrival_s))
+    ttft = PER_REQUEST.index("ttft_s")
+    gaps = [row[ttft] - (s.first_token_s - s.arrival_s) for row in per_request
+            if row[ttft] is not None and (s := sim.get(row[0])) is not None and s.first_token_s is not None]
     return statistics.median(gaps) if gaps else None
 
 
@@ -794,7 +797,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                                   rate_scale=cal_scale, host=host, ingress=ingress),
                                    workload=cal_window)
                     for name, p in profiles.items()}
-        paths = {name: max(0.0, path_latency_s(cal_records, sim.requests) or 0.0) for name, sim in cal_sims.items()}
+        cal_rows = _live_per_request(cal_records)
+        paths = {name: max(0.0, path_latency_s(cal_rows, sim.requests) or 0.0) for name, sim in cal_sims.items()}
         cal_sim, path_s = cal_sims[cfg.truth], paths[cfg.truth]
         probe_sim = simulate(sim_config_for(serve, cfg, str(profile), start_s=cfg.calibration_start_s,
                                             rate_scale=probe_scale, host=host, ingress=ingress), workload=probe)
@@ -807,12 +811,14 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             "alternatives": {name: {"profile": str(profiles[name]), "client_path_s": paths[name]}
                              for name in TRUTHS if name != cfg.truth},
             "shared_host": None if host is None else asdict(host), "ingress_delay": ingress,
-            "per_request_columns": list(PER_REQUEST), "per_request": _live_per_request(cal_records),
+            "per_request_columns": list(PER_REQUEST), "per_request": cal_rows,
             "front_delays": cal_front,
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
+                           "engine_steps": step_summary(engine_steps(logs, *probe_report["wall_clock_s"]), truth),
                            "front_delays": probe_front,
                            "sim_without_path": _kept(probe_sim.report),
-                           "client_minus_sim_ttft_s": path_latency_s(probe_records, probe_sim.requests)},
+                           "client_minus_sim_ttft_s": path_latency_s(_live_per_request(probe_records),
+                                                                                probe_sim.requests)},
         }
         progress(f"calibrated ({cfg.truth}): a {truth['a_s'] * 1e3:.2f} ms, b {truth['b_s_per_token'] * 1e6:.1f} "
                  f"us/token, c {truth['c_s_per_context_token'] * 1e6:.2f} us/context token, host "
@@ -844,6 +850,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                          {**cal_report, "front_delays": cal_front},
                                          {**stall_report, "front_delays": stall_front}])
             result.calibration["stall_probe"] = {"live": _kept(stall_report), "front_delays": stall_front,
+                                                 "engine_steps": step_summary(
+                                                     engine_steps(logs, *stall_report["wall_clock_s"]), truth),
                                                  "capacity_before": result.capacity}
             result.calibration["ingress_delay"] = ingress
             base = replace(base, **_ingress_fields(ingress))
@@ -881,16 +889,20 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                 "per_request_columns": list(PER_REQUEST), "sim": sim, "live": lives,
                                 "sim_with_truth": {name: _kept(_simulated_row(other, scale, window))
                                                    for name, other in others.items()}})
+        progress("the simulator at the step speeds the runs (hindsight) and the probes measured ...")
+        with_speed_arms(result)
     return result
 
 
-def resimulate(recorded: dict, *, capacity: bool = True, **sim_overrides: Any) -> SimLiveResult:
+def resimulate(recorded: dict, *, capacity: bool = True, live_speed: bool = True,
+               **sim_overrides: Any) -> SimLiveResult:
     """A recorded check (the JSON ``run_local``'s result is written as) with its simulator side run
     again by the simulator as it is now, against the same live runs: the same calibrated profile,
     client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
     top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
-    runs ran at) unless ``capacity`` is False. Raises ``ValueError`` for a document that is not a
+    runs ran at) unless ``capacity`` is False; with ``live_speed``, the speed arms (``with_speed_arms``,
+    where the check recorded what they need) are run again too. Raises ``ValueError`` for a document that is not a
     recorded check, or whose calibrated profile file is missing."""
     if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
         raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
@@ -908,8 +920,139 @@ def resimulate(recorded: dict, *, capacity: bool = True, **sim_overrides: Any) -
     result = SimLiveResult(recorded.get("machine", ""), recorded["config"], recorded["serve_config"],
                            calibration=cal, capacity=simulated_capacity(base, cfg, window) if capacity else {})
     for row in recorded["rows"]:
-        result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window)})
+        result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window),
+                            "sim_with_truth": dict(row.get("sim_with_truth") or {})})
+    if live_speed:
+        with_speed_arms(result)
     return result
+
+
+def scaled_profile(path: str, factor: float, out: Path) -> Path:
+    """The profile at ``path`` with every step-time coefficient (``COEFFICIENTS``, host time included) times
+    ``factor``, written to ``out``: the same engine on a machine ``factor`` times as slow. Raises
+    ``ValueError`` for a factor that is not a finite number > 0."""
+    import math
+
+    from node.fit.profile import load_profile, save_profile
+
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"a speed factor must be a finite number > 0, got {factor!r}")
+    base = load_profile(path)
+    return save_profile(replace(base, **{k: getattr(base, k) * factor for k in COEFFICIENTS}), out)
+
+
+def probe_speeds(calibration: dict) -> list[tuple[float, float]]:
+    """The step speeds the check measured before it predicted anything: ``(offered req/s, slowdown)`` of the
+    idle probe, the calibration replay and the stall probe (``engine_steps.slowdown`` of each, where
+    recorded; checks before 2026-12-03 kept only the calibration's), sorted by rate."""
+    phases = [calibration, calibration.get("idle_probe") or {}, calibration.get("stall_probe") or {}]
+    points = []
+    for phase in phases:
+        live = phase.get("live") or {}
+        speed = (phase.get("engine_steps") or {}).get("slowdown")
+        if speed is not None and live.get("offered_rps"):
+            points.append((float(live["offered_rps"]), float(speed)))
+    return sorted(points)
+
+
+def _at_speeds(check: dict, row_speeds: list[list[float]]) -> dict[str, Any]:
+    """``check`` simulated with its truth scaled by a step speed per live run (``row_speeds``, one list per
+    row), no shared host (a measured speed holds the serving path's CPU): the calibration replay at its own
+    measured speed gives the client path; each row runs at the median of its speeds (``sim``) and at each
+    one (``runs``)."""
+    from cluster.sim.simulator import simulate
+
+    cal = check["calibration"]
+    cal_speed = cal["engine_steps"]["slowdown"]
+    cfg = SimLiveConfig(**check["config"])
+    serve = ServeConfig.model_validate(check["serve_config"])
+    ingress = cal.get("ingress_delay")
+    with tempfile.TemporaryDirectory(prefix="sim-vs-live-speed-") as tmp:
+        def profile(factor: float) -> str:
+            return str(scaled_profile(cal["profile"], factor, Path(tmp) / f"speed-{factor:.6f}.json"))
+
+        cal_sim = simulate(sim_config_for(serve, cfg, profile(cal_speed), start_s=cfg.calibration_start_s,
+                                          rate_scale=cal["rate_scale"], ingress=ingress),
+                           workload=_window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s))
+        path_s = max(0.0, path_latency_s(cal["per_request"], cal_sim.requests) or 0.0)
+        window = _window(cfg, cfg.start_s, cfg.duration_s)
+        done: dict[tuple[float, float], dict[str, Any]] = {}
+
+        def at(factor: float, rate_scale: float) -> dict[str, Any]:
+            if (factor, rate_scale) not in done:
+                base = sim_config_for(serve, cfg, profile(factor), start_s=cfg.start_s, client_path_s=path_s,
+                                      ingress=ingress)
+                done[factor, rate_scale] = _kept(simulate(replace(base, rate_scale=rate_scale), workload=window).report)
+            return done[factor, rate_scale]
+
+        rows = [{"multiple": row["multiple"], "slowdowns": speeds, "sim": at(statistics.median(speeds), row["rate_scale"]),
+                 "runs": [at(speed, row["rate_scale"]) for speed in speeds]}
+                for row, speeds in zip(check["rows"], row_speeds)]
+    return {"calibration_slowdown": cal_speed, "client_path_s": path_s, "rows": rows}
+
+
+def at_live_speed(check: dict) -> Optional[dict[str, Any]]:
+    """The simulator given, in hindsight, the step speed each live run of ``check`` measured: the hindsight
+    arm of the check, which sets the simulator's own model (queueing, admission, the serving path in front)
+    apart from the one input a shared host moves under it, how fast the engines step.
+
+    ``check``: a recorded check (``asdict(SimLiveResult)``). The check's truth is scaled by each phase's
+    measured ``engine_steps.slowdown`` (its steps' cadence over the truth's on the same steps, which holds
+    the serving path's CPU and any drift of the host between the calibration and the runs), with no shared
+    host (that slowdown already holds it): the calibration replay simulated at the calibration's speed
+    gives the client path (``path_latency_s`` against its recorded requests); each row is simulated at the
+    median speed of its live runs (``sim``, judged like the check's own prediction by
+    ``SimLiveResult.verdict(AT_LIVE_SPEED)``) and at each run's own (``runs``). The rates stay the check's,
+    set from the calibrated capacity before any run. Why it exists: ``bench/results/SIMULATION.md``,
+    "The simulator at the live runs' speed".
+
+    Returns ``{"calibration_slowdown", "client_path_s", "rows": [{"multiple", "slowdowns", "sim", "runs"}]}``,
+    or None for a check recorded without the step speeds or the calibration's requests (before 2026-12-02).
+    """
+    speeds = [[(live.get("engine_steps") or {}).get("slowdown") for live in row["live"]] for row in check["rows"]]
+    cal = check["calibration"]
+    if (cal.get("engine_steps") or {}).get("slowdown") is None or "per_request" not in cal \
+            or any(s is None for row in speeds for s in row):
+        return None
+    return _at_speeds(check, speeds)
+
+
+def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
+    """The forward counterpart of ``at_live_speed``: each row's live runs simulated at the step speed the
+    probes measured before them (``probe_speeds``: the idle probe, the calibration and the stall probe, the
+    last at the highest multiple's rate), interpolated linearly in the row's offered rate, flat outside.
+    Needs the three phases' speeds (checks from 2026-12-03 on); None otherwise. Same return as
+    ``at_live_speed`` (each run of a row at the one interpolated speed)."""
+    import numpy as np
+
+    points = probe_speeds(check["calibration"])
+    if len(points) < 3 or "per_request" not in check["calibration"]:
+        return None
+    rates, speeds = zip(*points)
+    rate1 = check["capacity"]["window_rate_rps"]
+    return _at_speeds(check, [[float(np.interp(row["rate_scale"] * rate1, rates, speeds))] * len(row["live"])
+                              for row in check["rows"]])
+
+
+#: The speed arms a check keeps beside its own prediction, in hindsight and forward (``with_speed_arms``).
+SPEED_ARMS = {AT_LIVE_SPEED: at_live_speed, AT_PROBE_SPEED: at_probe_speed}
+
+
+def with_speed_arms(result: SimLiveResult) -> None:
+    """``at_live_speed`` and ``at_probe_speed`` of ``result``, kept in it: each arm's calibration speed and
+    client path under ``calibration["speed_arms"][name]``, each row's median-speed prediction as
+    ``sim_with_truth[name]`` (judged by ``verdict(truth=name)``) and the per-run ones under
+    ``speed_arm_runs[name]`` (with the speeds). Nothing for an arm the check cannot do."""
+    check = asdict(result)
+    for name, arm in SPEED_ARMS.items():
+        speed = arm(check)
+        if speed is None:
+            continue
+        result.calibration.setdefault("speed_arms", {})[name] = {
+            "calibration_slowdown": speed["calibration_slowdown"], "client_path_s": speed["client_path_s"]}
+        for row, srow in zip(result.rows, speed["rows"]):
+            row.setdefault("sim_with_truth", {})[name] = srow["sim"]
+            row.setdefault("speed_arm_runs", {})[name] = {"slowdowns": srow["slowdowns"], "sims": srow["runs"]}
 
 
 def _recorded_background_cores(cal: dict, host: HostCPU) -> float:
@@ -955,8 +1098,10 @@ def summary_markdown(results: list[dict]) -> str:
     """A Markdown table of recorded checks (the JSON ``fairbatching bench sim-vs-live`` writes, one per
     invocation): calibration, then each multiple's live runs against the simulator, and the verdict."""
     lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request (served / refused) | load | req/s "
-             "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % |",
-             "|---|---|---|---|---|---|---|"]
+             "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % "
+             "| at the probes' step speed: sim attainment, TTFT p50 s; gap, error "
+             "| at the runs' step speed (hindsight): the same |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         cal, model = res["calibration"], res["calibration"]["deployment_model"]
         name = f"seed {res['config']['seed']}, calibration {res['config']['calibration_rps']:g} req/s"
@@ -971,8 +1116,16 @@ def summary_markdown(results: list[dict]) -> str:
             tlo, thi = v["live_ttft_p50_range_s"] or (None, None)
             ttft = (f"{v['live_ttft_p50_median_s']:.3f} ({tlo:.3f}-{thi:.3f}) vs {sim['ttft_p50']:.3f}: "
                     f"{100 * v['ttft_p50_rel_err']:.0f} %") if v["ttft_p50_rel_err"] is not None else "-"
+            arms = []
+            for arm in (AT_PROBE_SPEED, AT_LIVE_SPEED):
+                at = (row.get("sim_with_truth") or {}).get(arm)
+                av = ((res.get("verdict_with_truth") or {}).get(arm) or {}).get(key)
+                arms.append(f"{at['attainment']:.3f}, {at['ttft_p50']:.3f}; {av['attainment_gap_pts']:.1f} pts, "
+                            f"{100 * av['ttft_p50_rel_err']:.0f} % ({'holds' if av['holds'] else 'misses'})"
+                            if at and av and av["ttft_p50_rel_err"] is not None else "-")
             lines.append(f"| {name} | {fitted} | {key} | {row['rate_rps']:.1f} "
                          f"| {v['live_attainment_median']:.3f} ({lo:.3f}-{hi:.3f}) vs {sim['attainment']:.3f}: "
-                         f"{v['attainment_gap_pts']:.1f} pts | {ttft} | {'yes' if v['holds'] else 'no'} |")
+                         f"{v['attainment_gap_pts']:.1f} pts | {ttft} | {'yes' if v['holds'] else 'no'} | "
+                         + " | ".join(arms) + " |")
             name = fitted = ""
     return "\n".join(lines)

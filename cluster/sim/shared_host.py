@@ -136,8 +136,8 @@ class IngressDelay:
       in one waits for its end. Both are interpolated linearly in ``r`` between the measured loads in
       ``stalls`` (``(rate_rps, stalls_per_s, stall_s)`` triples; flat past the first and the last), and
       fitted from one load's log by ``fit_stalls``. Measured on the 2-core development machine
-      (``bench/results/SIMULATION.md``, "Stalls in the serving path"): at 2 and 5 req/s a few spells of
-      under 0.1 s a minute; at 13-15 req/s 0.5-1.2 a second, 0.2-0.3 s long, holding 14-20 % of the
+      (``bench/results/SIMULATION.md``, "Stalls in the serving path"): at 2 and 5 req/s 3-9 spells a
+      minute of about 55 ms; at 19-22 req/s 0.8-1.1 a second, 0.10-0.14 s long, holding 15-19 % of the
       requests.
 
     On the embedded default the engines report this as their front delay (``FrontDelay``: the P90 of the
