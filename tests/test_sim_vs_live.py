@@ -407,17 +407,16 @@ def test_a_calibration_that_ran_past_capacity_is_called_out(monkeypatch, tmp_pat
     assert "ran past this machine's capacity" in out.output and "--calibration-rps" in out.output
 
 
-def test_a_scaled_profile_is_the_same_engine_on_a_slower_machine(tmp_path):
-    from cluster.bench.sim_vs_live import COEFFICIENTS, scaled_profile
+def test_a_scaled_truth_is_the_same_engine_on_a_slower_machine():
+    from cluster.bench.sim_vs_live import COEFFICIENTS, scaled_truth
 
-    base = load_profile("cpu-tiny-llama")
-    slow = load_profile(str(scaled_profile("cpu-tiny-llama", 1.5, tmp_path / "slow.json")))
+    truth = {"a_s": 0.01, "b_s_per_token": 8e-5, "c_s_per_context_token": 4e-6, "host_s": 0.001}
+    slow = scaled_truth(truth, 1.5)
     for k in COEFFICIENTS:
-        assert getattr(slow, k) == pytest.approx(1.5 * getattr(base, k)), k
-    assert (slow.max_num_seqs, slow.max_num_batched_tokens) == (base.max_num_seqs, base.max_num_batched_tokens)
+        assert slow[k] == pytest.approx(1.5 * truth.get(k, 0.0)), k
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="speed factor"):
-            scaled_profile("cpu-tiny-llama", bad, tmp_path / "bad.json")
+            scaled_truth(truth, bad)
 
 
 def test_the_simulator_at_the_live_runs_step_speed_predicts_the_recorded_stall_check():
@@ -427,7 +426,7 @@ def test_the_simulator_at_the_live_runs_step_speed_predicts_the_recorded_stall_c
     gives a shorter TTFT and no lower attainment; a check recorded without step speeds has no hindsight arm."""
     from pathlib import Path
 
-    from cluster.bench.sim_vs_live import AT_LIVE_SPEED, at_live_speed, at_probe_speed, resimulate
+    from cluster.bench.sim_vs_live import AT_LIVE_SPEED, at_live_speed, at_live_steps, at_probe_speed, resimulate
 
     root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
     recorded = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
@@ -435,11 +434,12 @@ def test_the_simulator_at_the_live_runs_step_speed_predicts_the_recorded_stall_c
     again = resimulate(recorded, capacity=False)
     hindsight = again.verdict(truth=AT_LIVE_SPEED)
     assert set(hindsight) == {"0.5x", "1.5x"} and all(v["holds"] for v in hindsight.values()), hindsight
-    speeds = again.calibration["speed_arms"][AT_LIVE_SPEED]
-    assert speeds["calibration_slowdown"] == pytest.approx(1.38, abs=0.01)
-    assert speeds["client_path_s"] < recorded["calibration"]["client_path_s"]  # the slow calibration no longer in it
-    runs = again.rows[1]["speed_arm_runs"][AT_LIVE_SPEED]
-    assert len(runs["sims"]) == 3 and runs["slowdowns"] == [x["engine_steps"]["slowdown"] for x in recorded["rows"][1]["live"]]
+    arm = again.calibration["arms"][AT_LIVE_SPEED]
+    assert arm["client_path_s"] < recorded["calibration"]["client_path_s"]  # the slow calibration no longer in it
+    assert arm["slowdowns"][1] == [x["engine_steps"]["slowdown"] for x in recorded["rows"][1]["live"]]
+    runs = again.rows[1]["arm_runs"][AT_LIVE_SPEED]
+    assert len(runs) == 3 and again.rows[1]["sim_with_truth"][AT_LIVE_SPEED]["attainment"] == pytest.approx(
+        sorted(r["attainment"] for r in runs)[1])  # the row's figure: the median of its runs'
 
     # the same check on a machine 1.5x as slow in every 1.5x run: longer TTFT, no higher attainment
     slower = json.loads(json.dumps(recorded))
@@ -449,7 +449,7 @@ def test_the_simulator_at_the_live_runs_step_speed_predicts_the_recorded_stall_c
     fast = again.rows[1]["sim_with_truth"][AT_LIVE_SPEED]
     assert slow["ttft_p50"] > fast["ttft_p50"] and slow["attainment"] <= fast["attainment"]
     assert at_live_speed(json.loads((root / "azure-code-600-seed1.json").read_text())) is None
-    assert at_probe_speed(recorded) is None  # its probes' speeds were not kept: only the hindsight arm
+    assert at_probe_speed(recorded) is None and at_live_steps(recorded) is None  # recorded before they were kept
 
 
 def test_the_probes_step_speeds_are_interpolated_in_each_rows_offered_rate():
@@ -468,8 +468,30 @@ def test_the_probes_step_speeds_are_interpolated_in_each_rows_offered_rate():
     rates = [rate for rate, _ in probe_speeds(cal)]
     assert rates == sorted(rates) and rates[0] == pytest.approx(2.0) and rates[-1] == pytest.approx(21.82, abs=0.01)
     arm = at_probe_speed(check)
-    low, high = (row["slowdowns"] for row in arm["rows"])
+    low, high = arm["slowdowns"]
     rate_low = check["rows"][0]["rate_rps"]  # 7.27 req/s: between the calibration's 5 and the stall probe's 21.8
     expected = 1.3848 + (rate_low - 5.0) / (rates[-1] - 5.0) * (0.8 - 1.3848)
-    assert low == [pytest.approx(expected, abs=1e-3)] * 3 and high == [pytest.approx(0.8, abs=1e-3)] * 3
+    assert low == [pytest.approx(expected, abs=1e-3)] and high == [pytest.approx(0.8, abs=1e-3)]
     assert arm["rows"][1]["sim"]["attainment"] > check["rows"][1]["sim"]["attainment"]  # faster than the calibration
+
+
+def test_on_the_runs_own_steps_each_run_is_simulated_on_the_fit_of_its_steps():
+    """The other hindsight arm reads each live run's own fitted truth (``step_truth``) and the calibration's:
+    given each run's fit equal to the check's truth at that run's speed, it is the speed arm exactly; a run
+    without a fit leaves the arm out."""
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import at_live_speed, at_live_steps, check_truth, scaled_truth
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    check = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
+    truth = check_truth(check)
+    check["calibration"]["step_truth"] = scaled_truth(truth, check["calibration"]["engine_steps"]["slowdown"])
+    for row in check["rows"]:
+        for live in row["live"]:
+            live["step_truth"] = scaled_truth(truth, live["engine_steps"]["slowdown"])
+    steps, speed = at_live_steps(check), at_live_speed(check)
+    assert steps["client_path_s"] == speed["client_path_s"]
+    assert [row["runs"] for row in steps["rows"]] == [row["runs"] for row in speed["rows"]]
+    check["rows"][0]["live"][1]["step_truth"] = None  # a run cut short: too few steps to fit
+    assert at_live_steps(check) is None

@@ -67,8 +67,10 @@ KEPT = ("requests", "attainment", "admitted_attainment", "rejected", "ttft_p50",
 TRUTHS = ("steps", "refit")
 #: The hindsight arm (``at_live_speed``): the check's truth at each live run's measured step speed ...
 AT_LIVE_SPEED = "at-live-speed"
-#: ... and its forward counterpart (``at_probe_speed``): at the speed the probes measured, by load.
+#: ... and its forward counterpart (``at_probe_speed``): at the speed the probes measured, by load ...
 AT_PROBE_SPEED = "at-probe-speed"
+#: ... and, in hindsight, each run on the fit of its own steps (``at_live_steps``).
+AT_LIVE_STEPS = "at-live-steps"
 
 #: A calibrated truth's step-time coefficients (``StepTimeModel`` field names, seconds).
 COEFFICIENTS = ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")
@@ -348,6 +350,14 @@ def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[
     model, report = fit([s.sample for s in steps], prefill_attention=prefill_attention)
     return {**{k: getattr(model, k) for k in COEFFICIENTS}, "host_s": statistics.fmean(hosts),
             "steps": len(steps), "host_steps": len(hosts), "mape": report.overall.mape}
+
+
+def _fit_or_none(steps: list[EngineStep], *, prefill_attention: bool) -> Optional[dict[str, Any]]:
+    """``fit_step_truth`` of a live run's steps, None where they are too few to fit (a run cut short)."""
+    try:
+        return fit_step_truth(steps, prefill_attention=prefill_attention)
+    except ValueError:
+        return None
 
 
 def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, Any]:
@@ -758,8 +768,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             raise RuntimeError("the engines published no refitted model during the calibration replay; "
                                "raise --calibration-rps or the window's length")
         cal_steps = engine_steps(logs, *cal_report["wall_clock_s"])
-        truths = {"steps": fit_step_truth(cal_steps, prefill_attention=model.get("attn_prefill_s_per_token_sq", 0.0) > 0),
-                  "refit": model}
+        prefill_attention = model.get("attn_prefill_s_per_token_sq", 0.0) > 0
+        truths = {"steps": fit_step_truth(cal_steps, prefill_attention=prefill_attention), "refit": model}
         truth = truths[cfg.truth]
         # The check's truth, and the other one (its prediction of the same live runs kept beside, for the A/B)
         profiles = {name: calibrated_profile(truths[name], serve, out_dir / (
@@ -870,8 +880,10 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 time.sleep(5.0)  # the last run's stragglers drain
                 live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
                                           seed=cfg.seed + 10 * i + k)
+                run_steps = engine_steps(logs, *live["wall_clock_s"])
                 lives.append({**_kept(live), "per_request": _live_per_request(records),
-                              "engine_steps": step_summary(engine_steps(logs, *live["wall_clock_s"]), truth),
+                              "engine_steps": step_summary(run_steps, truth),
+                              "step_truth": _fit_or_none(run_steps, prefill_attention=prefill_attention),
                               "front_delays": front_delays(logs, *live["wall_clock_s"]),
                               "engines_timeline_columns": list(TIMELINE_COLUMNS),
                               "engines_timeline": live["engines_timeline"]})
@@ -889,20 +901,20 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                 "per_request_columns": list(PER_REQUEST), "sim": sim, "live": lives,
                                 "sim_with_truth": {name: _kept(_simulated_row(other, scale, window))
                                                    for name, other in others.items()}})
-        progress("the simulator at the step speeds the runs (hindsight) and the probes measured ...")
-        with_speed_arms(result)
+        progress("the arms: the simulator at the probes' step speeds, and (hindsight) at the runs' and on their steps ...")
+        with_arms(result)
     return result
 
 
-def resimulate(recorded: dict, *, capacity: bool = True, live_speed: bool = True,
+def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True,
                **sim_overrides: Any) -> SimLiveResult:
     """A recorded check (the JSON ``run_local``'s result is written as) with its simulator side run
     again by the simulator as it is now, against the same live runs: the same calibrated profile,
     client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
     top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
-    runs ran at) unless ``capacity`` is False; with ``live_speed``, the speed arms (``with_speed_arms``,
-    where the check recorded what they need) are run again too. Raises ``ValueError`` for a document that is not a
+    runs ran at) unless ``capacity`` is False; with ``arms``, the check's arms (``with_arms``, where
+    it recorded what they need) are run again too. Raises ``ValueError`` for a document that is not a
     recorded check, or whose calibrated profile file is missing."""
     if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
         raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
@@ -922,23 +934,27 @@ def resimulate(recorded: dict, *, capacity: bool = True, live_speed: bool = True
     for row in recorded["rows"]:
         result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window),
                             "sim_with_truth": dict(row.get("sim_with_truth") or {})})
-    if live_speed:
-        with_speed_arms(result)
+    if arms:
+        with_arms(result)
     return result
 
 
-def scaled_profile(path: str, factor: float, out: Path) -> Path:
-    """The profile at ``path`` with every step-time coefficient (``COEFFICIENTS``, host time included) times
-    ``factor``, written to ``out``: the same engine on a machine ``factor`` times as slow. Raises
-    ``ValueError`` for a factor that is not a finite number > 0."""
-    import math
+def check_truth(check: dict) -> dict[str, float]:
+    """The step-time coefficients (``COEFFICIENTS``) of a recorded check's truth (``config.truth``: the
+    engines' refit, or the fit of the calibration's steps)."""
+    cal = check["calibration"]
+    truth = cal["step_truth"] if check["config"].get("truth", "refit") == "steps" else cal["deployment_model"]
+    return {k: float(truth.get(k, 0.0)) for k in COEFFICIENTS}
 
-    from node.fit.profile import load_profile, save_profile
+
+def scaled_truth(truth: dict[str, Any], factor: float) -> dict[str, float]:
+    """``truth``'s step-time coefficients (host time included) times ``factor``: the same engine on a machine
+    ``factor`` times as slow. Raises ``ValueError`` for a factor that is not a finite number > 0."""
+    import math
 
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"a speed factor must be a finite number > 0, got {factor!r}")
-    base = load_profile(path)
-    return save_profile(replace(base, **{k: getattr(base, k) * factor for k in COEFFICIENTS}), out)
+    return {k: float(truth.get(k, 0.0)) * factor for k in COEFFICIENTS}
 
 
 def probe_speeds(calibration: dict) -> list[tuple[float, float]]:
@@ -955,104 +971,125 @@ def probe_speeds(calibration: dict) -> list[tuple[float, float]]:
     return sorted(points)
 
 
-def _at_speeds(check: dict, row_speeds: list[list[float]]) -> dict[str, Any]:
-    """``check`` simulated with its truth scaled by a step speed per live run (``row_speeds``, one list per
-    row), no shared host (a measured speed holds the serving path's CPU): the calibration replay at its own
-    measured speed gives the client path; each row runs at the median of its speeds (``sim``) and at each
-    one (``runs``)."""
+def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[str, float]]]) -> dict[str, Any]:
+    """``check`` simulated on other truths, with no shared host (a truth measured at a load holds the serving
+    path's CPU there): the calibration replay on ``cal_truth`` gives the client path (``path_latency_s``
+    against its recorded requests); each live run of each row is simulated on its truth in ``run_truths``
+    (one list per row, one truth per run), at the row's rate. A row's ``sim`` is the medians of its runs'
+    figures (``KEPT``), judged like the check's own prediction by ``SimLiveResult.verdict``."""
     from cluster.sim.simulator import simulate
 
     cal = check["calibration"]
-    cal_speed = cal["engine_steps"]["slowdown"]
     cfg = SimLiveConfig(**check["config"])
     serve = ServeConfig.model_validate(check["serve_config"])
     ingress = cal.get("ingress_delay")
-    with tempfile.TemporaryDirectory(prefix="sim-vs-live-speed-") as tmp:
-        def profile(factor: float) -> str:
-            return str(scaled_profile(cal["profile"], factor, Path(tmp) / f"speed-{factor:.6f}.json"))
+    with tempfile.TemporaryDirectory(prefix="sim-vs-live-arm-") as tmp:
+        made: dict[tuple, str] = {}
 
-        cal_sim = simulate(sim_config_for(serve, cfg, profile(cal_speed), start_s=cfg.calibration_start_s,
+        def profile(truth: dict[str, float]) -> str:
+            key = tuple(truth[k] for k in COEFFICIENTS)
+            if key not in made:
+                made[key] = str(calibrated_profile(truth, serve, Path(tmp) / f"truth-{len(made)}.json"))
+            return made[key]
+
+        cal_sim = simulate(sim_config_for(serve, cfg, profile(cal_truth), start_s=cfg.calibration_start_s,
                                           rate_scale=cal["rate_scale"], ingress=ingress),
                            workload=_window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s))
         path_s = max(0.0, path_latency_s(cal["per_request"], cal_sim.requests) or 0.0)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
-        done: dict[tuple[float, float], dict[str, Any]] = {}
+        done: dict[tuple, dict[str, Any]] = {}
 
-        def at(factor: float, rate_scale: float) -> dict[str, Any]:
-            if (factor, rate_scale) not in done:
-                base = sim_config_for(serve, cfg, profile(factor), start_s=cfg.start_s, client_path_s=path_s,
-                                      ingress=ingress)
-                done[factor, rate_scale] = _kept(simulate(replace(base, rate_scale=rate_scale), workload=window).report)
-            return done[factor, rate_scale]
+        def run(truth: dict[str, float], rate_scale: float) -> dict[str, Any]:
+            key = (profile(truth), rate_scale)
+            if key not in done:
+                base = sim_config_for(serve, cfg, key[0], start_s=cfg.start_s, client_path_s=path_s, ingress=ingress)
+                done[key] = _kept(simulate(replace(base, rate_scale=rate_scale), workload=window).report)
+            return done[key]
 
-        rows = [{"multiple": row["multiple"], "slowdowns": speeds, "sim": at(statistics.median(speeds), row["rate_scale"]),
-                 "runs": [at(speed, row["rate_scale"]) for speed in speeds]}
-                for row, speeds in zip(check["rows"], row_speeds)]
-    return {"calibration_slowdown": cal_speed, "client_path_s": path_s, "rows": rows}
+        rows = []
+        for row, truths in zip(check["rows"], run_truths):
+            runs = [run(truth, row["rate_scale"]) for truth in truths]
+            median = {k: statistics.median(r[k] for r in runs) for k in KEPT
+                      if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in runs)}
+            rows.append({"multiple": row["multiple"], "sim": median, "runs": runs})
+    return {"client_path_s": path_s, "rows": rows}
 
 
 def at_live_speed(check: dict) -> Optional[dict[str, Any]]:
-    """The simulator given, in hindsight, the step speed each live run of ``check`` measured: the hindsight
-    arm of the check, which sets the simulator's own model (queueing, admission, the serving path in front)
-    apart from the one input a shared host moves under it, how fast the engines step.
+    """The simulator given, in hindsight, the step speed each live run of ``check`` measured: the check's truth
+    times the run's ``engine_steps.slowdown`` (its steps' cadence over the truth's on the same steps, which
+    holds the serving path's CPU and any drift of the host between the calibration and the runs), the
+    calibration's at its own (``_arm``). It sets the simulator's own model (queueing, admission, the
+    serving path in front) apart from the input a shared host moves under it, how fast the engines step;
+    the shape of the step cost (what a token, a context token and a step's host time cost) stays the
+    calibration's. The rates stay the check's, set from the calibrated capacity before any run.
+    Why it exists: ``bench/results/SIMULATION.md``, "The simulator at the live runs' speed".
 
-    ``check``: a recorded check (``asdict(SimLiveResult)``). The check's truth is scaled by each phase's
-    measured ``engine_steps.slowdown`` (its steps' cadence over the truth's on the same steps, which holds
-    the serving path's CPU and any drift of the host between the calibration and the runs), with no shared
-    host (that slowdown already holds it): the calibration replay simulated at the calibration's speed
-    gives the client path (``path_latency_s`` against its recorded requests); each row is simulated at the
-    median speed of its live runs (``sim``, judged like the check's own prediction by
-    ``SimLiveResult.verdict(AT_LIVE_SPEED)``) and at each run's own (``runs``). The rates stay the check's,
-    set from the calibrated capacity before any run. Why it exists: ``bench/results/SIMULATION.md``,
-    "The simulator at the live runs' speed".
-
-    Returns ``{"calibration_slowdown", "client_path_s", "rows": [{"multiple", "slowdowns", "sim", "runs"}]}``,
-    or None for a check recorded without the step speeds or the calibration's requests (before 2026-12-02).
-    """
-    speeds = [[(live.get("engine_steps") or {}).get("slowdown") for live in row["live"]] for row in check["rows"]]
+    Returns ``_arm``'s result with ``slowdowns`` (per row, per run), or None for a check recorded without
+    the step speeds or the calibration's requests (before 2026-12-02)."""
     cal = check["calibration"]
-    if (cal.get("engine_steps") or {}).get("slowdown") is None or "per_request" not in cal \
-            or any(s is None for row in speeds for s in row):
+    speeds = [[(live.get("engine_steps") or {}).get("slowdown") for live in row["live"]] for row in check["rows"]]
+    cal_speed = (cal.get("engine_steps") or {}).get("slowdown")
+    if cal_speed is None or "per_request" not in cal or any(s is None for row in speeds for s in row):
         return None
-    return _at_speeds(check, speeds)
+    truth = check_truth(check)
+    return {**_arm(check, scaled_truth(truth, cal_speed), [[scaled_truth(truth, s) for s in row] for row in speeds]),
+            "slowdowns": speeds}
+
+
+def at_live_steps(check: dict) -> Optional[dict[str, Any]]:
+    """The simulator given, in hindsight, each live run's own steps: every run simulated on the least-squares
+    fit of the steps its engines timed (``fit_step_truth``, kept as the run's ``step_truth``), the
+    calibration on the fit of its own (``calibration.step_truth``) (``_arm``): speed and shape of the step
+    cost as they were at that load, on that stretch of the host. None for a check recorded without the
+    runs' fits (before 2026-12-03)."""
+    cal = check["calibration"]
+    truths = [[live.get("step_truth") for live in row["live"]] for row in check["rows"]]
+    if not cal.get("step_truth") or "per_request" not in cal or any(not t for row in truths for t in row):
+        return None
+    pick = lambda t: {k: float(t.get(k, 0.0)) for k in COEFFICIENTS}  # noqa: E731
+    return _arm(check, pick(cal["step_truth"]), [[pick(t) for t in row] for row in truths])
 
 
 def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
     """The forward counterpart of ``at_live_speed``: each row's live runs simulated at the step speed the
     probes measured before them (``probe_speeds``: the idle probe, the calibration and the stall probe, the
     last at the highest multiple's rate), interpolated linearly in the row's offered rate, flat outside.
-    Needs the three phases' speeds (checks from 2026-12-03 on); None otherwise. Same return as
-    ``at_live_speed`` (each run of a row at the one interpolated speed)."""
+    Needs the three phases' speeds (checks from 2026-12-03 on); None otherwise."""
     import numpy as np
 
-    points = probe_speeds(check["calibration"])
-    if len(points) < 3 or "per_request" not in check["calibration"]:
+    cal = check["calibration"]
+    points = probe_speeds(cal)
+    if len(points) < 3 or "per_request" not in cal:
         return None
     rates, speeds = zip(*points)
     rate1 = check["capacity"]["window_rate_rps"]
-    return _at_speeds(check, [[float(np.interp(row["rate_scale"] * rate1, rates, speeds))] * len(row["live"])
-                              for row in check["rows"]])
+    row_speeds = [float(np.interp(row["rate_scale"] * rate1, rates, speeds)) for row in check["rows"]]
+    truth = check_truth(check)
+    return {**_arm(check, scaled_truth(truth, cal["engine_steps"]["slowdown"]),
+                   [[scaled_truth(truth, s)] for s in row_speeds]),
+            "slowdowns": [[s] for s in row_speeds]}
 
 
-#: The speed arms a check keeps beside its own prediction, in hindsight and forward (``with_speed_arms``).
-SPEED_ARMS = {AT_LIVE_SPEED: at_live_speed, AT_PROBE_SPEED: at_probe_speed}
+#: The arms a check keeps beside its own prediction (``with_arms``): forward, at the probes' speeds; in
+#: hindsight, at each run's speed and on each run's own steps.
+ARMS = {AT_PROBE_SPEED: at_probe_speed, AT_LIVE_SPEED: at_live_speed, AT_LIVE_STEPS: at_live_steps}
 
 
-def with_speed_arms(result: SimLiveResult) -> None:
-    """``at_live_speed`` and ``at_probe_speed`` of ``result``, kept in it: each arm's calibration speed and
-    client path under ``calibration["speed_arms"][name]``, each row's median-speed prediction as
-    ``sim_with_truth[name]`` (judged by ``verdict(truth=name)``) and the per-run ones under
-    ``speed_arm_runs[name]`` (with the speeds). Nothing for an arm the check cannot do."""
+def with_arms(result: SimLiveResult) -> None:
+    """The ``ARMS`` of ``result``, kept in it: each arm's client path (and speeds) under
+    ``calibration["arms"][name]``, each row's prediction as ``sim_with_truth[name]`` (judged by
+    ``verdict(truth=name)``) and its runs' under ``arm_runs[name]``. Nothing for an arm the check cannot do."""
     check = asdict(result)
-    for name, arm in SPEED_ARMS.items():
-        speed = arm(check)
-        if speed is None:
+    for name, arm in ARMS.items():
+        out = arm(check)
+        if out is None:
             continue
-        result.calibration.setdefault("speed_arms", {})[name] = {
-            "calibration_slowdown": speed["calibration_slowdown"], "client_path_s": speed["client_path_s"]}
-        for row, srow in zip(result.rows, speed["rows"]):
-            row.setdefault("sim_with_truth", {})[name] = srow["sim"]
-            row.setdefault("speed_arm_runs", {})[name] = {"slowdowns": srow["slowdowns"], "sims": srow["runs"]}
+        result.calibration.setdefault("arms", {})[name] = {
+            "client_path_s": out["client_path_s"], **({"slowdowns": out["slowdowns"]} if "slowdowns" in out else {})}
+        for row, arow in zip(result.rows, out["rows"]):
+            row.setdefault("sim_with_truth", {})[name] = arow["sim"]
+            row.setdefault("arm_runs", {})[name] = arow["runs"]
 
 
 def _recorded_background_cores(cal: dict, host: HostCPU) -> float:
@@ -1100,8 +1137,8 @@ def summary_markdown(results: list[dict]) -> str:
     lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request (served / refused) | load | req/s "
              "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % "
              "| at the probes' step speed: sim attainment, TTFT p50 s; gap, error "
-             "| at the runs' step speed (hindsight): the same |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| at the runs' step speed (hindsight): the same | on the runs' own steps (hindsight): the same |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         cal, model = res["calibration"], res["calibration"]["deployment_model"]
         name = f"seed {res['config']['seed']}, calibration {res['config']['calibration_rps']:g} req/s"
@@ -1117,7 +1154,7 @@ def summary_markdown(results: list[dict]) -> str:
             ttft = (f"{v['live_ttft_p50_median_s']:.3f} ({tlo:.3f}-{thi:.3f}) vs {sim['ttft_p50']:.3f}: "
                     f"{100 * v['ttft_p50_rel_err']:.0f} %") if v["ttft_p50_rel_err"] is not None else "-"
             arms = []
-            for arm in (AT_PROBE_SPEED, AT_LIVE_SPEED):
+            for arm in (AT_PROBE_SPEED, AT_LIVE_SPEED, AT_LIVE_STEPS):
                 at = (row.get("sim_with_truth") or {}).get(arm)
                 av = ((res.get("verdict_with_truth") or {}).get(arm) or {}).get(key)
                 arms.append(f"{at['attainment']:.3f}, {at['ttft_p50']:.3f}; {av['attainment_gap_pts']:.1f} pts, "

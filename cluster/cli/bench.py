@@ -273,9 +273,9 @@ def sim_vs_live(
                                                          "table and writes each to --out-dir."),
     seats_as_vllm: bool = typer.Option(True, help="With --resimulate: count seats as vLLM does (the simulator's "
                                                   "default; checks recorded before 2026-12-01 ran without)."),
-    live_speed: bool = typer.Option(True, help="With --resimulate: also the speed arms, the simulator at the step "
-                                               "speeds the probes and (hindsight) the live runs measured, where the "
-                                               "check recorded them (--no-live-speed: skip them)."),
+    arms: bool = typer.Option(True, help="With --resimulate: also the check's arms, the simulator at the step speeds "
+                                         "the probes and (hindsight) the live runs measured, and on the runs' own "
+                                         "steps, where the check recorded what they need (--no-arms: skip them)."),
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
@@ -288,11 +288,12 @@ def sim_vs_live(
     replays that window live and simulated at each multiple of it. Criterion (issue 12):
     attainment within 5 points and TTFT P50 within 25 %. Beside it, in hindsight, the simulator at the
     step speed each live run measured (its steps' cadence against the truth's), judged alike: the
-    simulator's own model apart from how fast the shared host let the engines step; and, forward, at
-    the speeds the idle probe, the calibration and the stall probe measured, interpolated in the load.
+    simulator's own model apart from how fast the shared host let the engines step; on each run's
+    own steps (a fit of them, hindsight too); and, forward, at the speeds the idle probe, the
+    calibration and the stall probe measured, interpolated in the load.
     """
-    from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_PROBE_SPEED, CALIBRATION_PAST_CAPACITY, TRUTHS,
-                                           SimLiveConfig, check_json,
+    from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PROBE_SPEED, CALIBRATION_PAST_CAPACITY,
+                                           TRUTHS, SimLiveConfig, check_json,
                                            resimulate as resimulate_check, run_local, summary_markdown)
 
     if resimulate is not None:
@@ -306,13 +307,13 @@ def sim_vs_live(
         done = []
         for path, rec in recorded:
             try:
-                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, live_speed=live_speed)
+                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, arms=arms)
             except ValueError as exc:
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
-                   "verdict_with_truth": {name: v for name in (*TRUTHS, AT_PROBE_SPEED, AT_LIVE_SPEED)
+                   "verdict_with_truth": {name: v for name in (*TRUTHS, AT_PROBE_SPEED, AT_LIVE_SPEED, AT_LIVE_STEPS)
                                           if name != res.config.get("truth", "refit") and (v := res.verdict(truth=name))},
-                   "resimulated_with": {"seats_as_vllm": seats_as_vllm, "live_speed": live_speed}}
+                   "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms}}
             (out_dir / path.name).write_text(check_json(doc))
             done.append(doc)
         print(summary_markdown(done))
@@ -361,9 +362,11 @@ def sim_vs_live(
     console.print(table)
     # The same live runs predicted by the simulator on the other truth (the A/B of --truth)
     # and at the step speed the probes measured before the runs, and (hindsight) the one each run measured
-    others = {name: result.verdict(truth=name) for name in (*TRUTHS, AT_PROBE_SPEED, AT_LIVE_SPEED) if name != truth}
+    others = {name: result.verdict(truth=name) for name in (*TRUTHS, AT_PROBE_SPEED, AT_LIVE_SPEED, AT_LIVE_STEPS)
+              if name != truth}
     labels = {AT_PROBE_SPEED: "at the probes' step speed, by load: ",
-              AT_LIVE_SPEED: "at the live runs' step speed (hindsight): "}
+              AT_LIVE_SPEED: "at the live runs' step speed (hindsight): ",
+              AT_LIVE_STEPS: "on the live runs' own steps (hindsight): "}
     for name, other in others.items():
         if not other:
             continue
