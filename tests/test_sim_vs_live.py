@@ -495,3 +495,59 @@ def test_on_the_runs_own_steps_each_run_is_simulated_on_the_fit_of_its_steps():
     assert [row["runs"] for row in steps["rows"]] == [row["runs"] for row in speed["rows"]]
     check["rows"][0]["live"][1]["step_truth"] = None  # a run cut short: too few steps to fit
     assert at_live_steps(check) is None
+
+
+def test_kept_step_logs_fill_in_what_a_check_recorded_before_it_was_kept(tmp_path):
+    """--resimulate --step-logs: the probes' step speeds and each run's fit of its own steps are derived from
+    the kept logs for the phases whose spans they cover, and left alone elsewhere."""
+    from cluster.bench.sim_vs_live import fill_from_step_logs
+
+    lines, t = [], 100.0
+    for i in range(12):  # 5 ms + 100 us a token + 1 us a context token, back to back with 1 ms of host time
+        prefill, decode, context = 16 * (i % 4), 4 + i % 3, 200 + 50 * i
+        forward = 0.005 + 1e-4 * (prefill + decode) + 1e-6 * context
+        lines.append(_step_line(i + 1, t, forward, True, prefill=prefill, decode=decode, context=context))
+        t += forward + 0.001
+    (tmp_path / "engine-1.jsonl").write_text("".join(lines))
+    model = {"a_s": 0.005, "b_s_per_token": 1e-4, "c_s_per_context_token": 1e-6, "host_s": 0.001}
+    check = {"config": {"truth": "refit"},
+             "calibration": {"deployment_model": model, "idle_probe": {"live": {"wall_clock_s": [99.0, 150.0]}},
+                             "stall_probe": {"live": {}}},
+             "rows": [{"multiple": 0.5, "live": [{"wall_clock_s": [99.0, 150.0]}, {"wall_clock_s": [300.0, 400.0]}]}]}
+    assert fill_from_step_logs(check, tmp_path) == 2
+    assert check["calibration"]["idle_probe"]["engine_steps"]["slowdown"] == pytest.approx(1.0, abs=0.01)
+    assert "engine_steps" not in check["calibration"]["stall_probe"]  # no span recorded
+    fitted, empty = (live["step_truth"] for live in check["rows"][0]["live"])
+    assert fitted["a_s"] == pytest.approx(0.005, rel=0.05) and fitted["host_s"] == pytest.approx(0.001, rel=0.05)
+    assert empty is None  # no step of the logs in its span
+    assert fill_from_step_logs(check, tmp_path) == 0  # what is there stays
+
+
+def test_on_the_previous_phases_steps_each_run_is_predicted_from_the_phase_before_it():
+    """The forward steps arm: a row's first run on the fit of the probe nearest its rate, every later run on
+    the fit of the run before it; the last run's own fit is never read."""
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import at_live_steps, at_previous_steps, check_truth, scaled_truth
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    check = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
+    truth = check_truth(check)
+    cal = check["calibration"]
+    assert at_previous_steps(check) is None  # recorded before the fits were kept
+    cal["step_truth"] = scaled_truth(truth, 1.3)
+    cal["idle_probe"]["step_truth"] = scaled_truth(truth, 1.0)
+    cal["stall_probe"]["step_truth"] = scaled_truth(truth, 0.8)
+    for row in check["rows"]:
+        for k, live in enumerate(row["live"]):
+            live["step_truth"] = scaled_truth(truth, 0.9 + 0.05 * k)
+    hindsight = at_live_steps(check)
+    for row in check["rows"]:
+        row["live"][-1]["step_truth"] = None  # never read
+    forward = at_previous_steps(check)
+    assert forward["client_path_s"] == hindsight["client_path_s"]
+    for f, h in zip(forward["rows"], hindsight["rows"]):
+        assert f["runs"][1:] == h["runs"][:-1]
+    stall = at_live_steps({**check, "rows": [{**check["rows"][1], "live": [
+        {**live, "step_truth": cal["stall_probe"]["step_truth"]} for live in check["rows"][1]["live"]]}]})
+    assert forward["rows"][1]["runs"][0] == stall["rows"][0]["runs"][0]  # 1.5x, 21.8 req/s: the stall probe's

@@ -69,8 +69,10 @@ TRUTHS = ("steps", "refit")
 AT_LIVE_SPEED = "at-live-speed"
 #: ... and its forward counterpart (``at_probe_speed``): at the speed the probes measured, by load ...
 AT_PROBE_SPEED = "at-probe-speed"
-#: ... and, in hindsight, each run on the fit of its own steps (``at_live_steps``).
+#: ... and, in hindsight, each run on the fit of its own steps (``at_live_steps``) ...
 AT_LIVE_STEPS = "at-live-steps"
+#: ... and its forward counterpart (``at_previous_steps``): on the steps of the phase just before it.
+AT_PREVIOUS_STEPS = "at-previous-steps"
 
 #: A calibrated truth's step-time coefficients (``StepTimeModel`` field names, seconds).
 COEFFICIENTS = ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")
@@ -798,6 +800,7 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 result.calibration["overload_probe"] = _kept(burst_report)
             host = fit_host_cpu(loads, cores=float(len(os.sched_getaffinity(0))), reference_rps=cfg.calibration_rps,
                                 reference_refused_share=cal_report["rejected"] / max(1, cal_report["requests"]))
+        probe_steps = engine_steps(logs, *probe_report["wall_clock_s"])
         # The serving path's time in front of the engines, from the requests' front delays at both loads
         probe_front = front_delays(logs, *probe_report["wall_clock_s"])
         cal_front = front_delays(logs, *cal_report["wall_clock_s"])
@@ -824,7 +827,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             "per_request_columns": list(PER_REQUEST), "per_request": cal_rows,
             "front_delays": cal_front,
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
-                           "engine_steps": step_summary(engine_steps(logs, *probe_report["wall_clock_s"]), truth),
+                           "engine_steps": step_summary(probe_steps, truth),
+                           "step_truth": _fit_or_none(probe_steps, prefill_attention=prefill_attention),
                            "front_delays": probe_front,
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(_live_per_request(probe_records),
@@ -859,9 +863,10 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             ingress = fit_ingress_delay([{**probe_report, "front_delays": probe_front},
                                          {**cal_report, "front_delays": cal_front},
                                          {**stall_report, "front_delays": stall_front}])
+            stall_steps = engine_steps(logs, *stall_report["wall_clock_s"])
             result.calibration["stall_probe"] = {"live": _kept(stall_report), "front_delays": stall_front,
-                                                 "engine_steps": step_summary(
-                                                     engine_steps(logs, *stall_report["wall_clock_s"]), truth),
+                                                 "engine_steps": step_summary(stall_steps, truth),
+                                                 "step_truth": _fit_or_none(stall_steps, prefill_attention=prefill_attention),
                                                  "capacity_before": result.capacity}
             result.calibration["ingress_delay"] = ingress
             base = replace(base, **_ingress_fields(ingress))
@@ -1051,6 +1056,29 @@ def at_live_steps(check: dict) -> Optional[dict[str, Any]]:
     return _arm(check, pick(cal["step_truth"]), [[pick(t) for t in row] for row in truths])
 
 
+def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
+    """A forward arm on the engines' recent steps: each live run simulated on the fit of the steps of the phase
+    just before it at its load, the previous run of its row, or for a row's first run the probe whose rate
+    is nearest the row's (the idle probe, the calibration or the stall probe, ``step_truth`` each); the
+    calibration on its own fit gives the client path (``_arm``). What a capacity planner who measured the
+    node minutes ago knows, no more: no run's own steps enter its prediction. None for a check recorded
+    without the probes' and the runs' fits (before 2026-12-03)."""
+    cal = check["calibration"]
+    probes = [(phase["live"]["offered_rps"], phase["step_truth"])
+              for phase in (cal, cal.get("idle_probe") or {}, cal.get("stall_probe") or {})
+              if phase.get("step_truth") and (phase.get("live") or {}).get("offered_rps")]
+    runs = [[live.get("step_truth") for live in row["live"]] for row in check["rows"]]
+    if not cal.get("step_truth") or "per_request" not in cal or not probes or any(not t for row in runs for t in row[:-1]):
+        return None
+    pick = lambda t: {k: float(t.get(k, 0.0)) for k in COEFFICIENTS}  # noqa: E731
+    rate1 = check["capacity"]["window_rate_rps"]
+    before = []
+    for row, fits in zip(check["rows"], runs):
+        nearest = min(probes, key=lambda p: abs(p[0] - row["rate_scale"] * rate1))[1]
+        before.append([pick(nearest)] + [pick(t) for t in fits[:-1]])
+    return _arm(check, pick(cal["step_truth"]), before)
+
+
 def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
     """The forward counterpart of ``at_live_speed``: each row's live runs simulated at the step speed the
     probes measured before them (``probe_speeds``: the idle probe, the calibration and the stall probe, the
@@ -1071,9 +1099,10 @@ def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
             "slowdowns": [[s] for s in row_speeds]}
 
 
-#: The arms a check keeps beside its own prediction (``with_arms``): forward, at the probes' speeds; in
-#: hindsight, at each run's speed and on each run's own steps.
-ARMS = {AT_PROBE_SPEED: at_probe_speed, AT_LIVE_SPEED: at_live_speed, AT_LIVE_STEPS: at_live_steps}
+#: The arms a check keeps beside its own prediction (``with_arms``): forward, at the probes' speeds and on the
+#: previous phase's steps; in hindsight, at each run's speed and on each run's own steps.
+ARMS = {AT_PROBE_SPEED: at_probe_speed, AT_PREVIOUS_STEPS: at_previous_steps, AT_LIVE_SPEED: at_live_speed,
+        AT_LIVE_STEPS: at_live_steps}
 
 
 def with_arms(result: SimLiveResult) -> None:
@@ -1090,6 +1119,32 @@ def with_arms(result: SimLiveResult) -> None:
         for row, arow in zip(result.rows, out["rows"]):
             row.setdefault("sim_with_truth", {})[name] = arow["sim"]
             row.setdefault("arm_runs", {})[name] = arow["runs"]
+
+
+def fill_from_step_logs(check: dict, logs: Path) -> int:
+    """What a recorded ``check`` did not keep but its engines' kept step logs (``--step-logs``) hold, filled in
+    place: the probes' ``engine_steps`` (against the check's truth) and ``step_truth``, and each live run's
+    ``step_truth``, for
+    the phases whose steps are in ``logs`` (by their wall-clock spans) and that lack them. Returns how many
+    phases it filled."""
+    cal = check["calibration"]
+    truth = check_truth(check)
+    attention = truth.get("attn_prefill_s_per_token_sq", 0.0) > 0
+    filled = 0
+    for probe in (cal.get("idle_probe"), cal.get("stall_probe")):
+        span = ((probe or {}).get("live") or {}).get("wall_clock_s")
+        if span and not (probe.get("engine_steps") and probe.get("step_truth")):
+            steps = engine_steps(logs, *span)
+            if steps:
+                probe["engine_steps"] = probe.get("engine_steps") or step_summary(steps, truth)
+                probe["step_truth"] = probe.get("step_truth") or _fit_or_none(steps, prefill_attention=attention)
+                filled += 1
+    for row in check["rows"]:
+        for live in row["live"]:
+            if live.get("wall_clock_s") and not live.get("step_truth"):
+                live["step_truth"] = _fit_or_none(engine_steps(logs, *live["wall_clock_s"]), prefill_attention=attention)
+                filled += live["step_truth"] is not None
+    return filled
 
 
 def _recorded_background_cores(cal: dict, host: HostCPU) -> float:
@@ -1137,8 +1192,9 @@ def summary_markdown(results: list[dict]) -> str:
     lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request (served / refused) | load | req/s "
              "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % "
              "| at the probes' step speed: sim attainment, TTFT p50 s; gap, error "
+             "| on the previous phase's steps: the same "
              "| at the runs' step speed (hindsight): the same | on the runs' own steps (hindsight): the same |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         cal, model = res["calibration"], res["calibration"]["deployment_model"]
         name = f"seed {res['config']['seed']}, calibration {res['config']['calibration_rps']:g} req/s"
@@ -1154,7 +1210,7 @@ def summary_markdown(results: list[dict]) -> str:
             ttft = (f"{v['live_ttft_p50_median_s']:.3f} ({tlo:.3f}-{thi:.3f}) vs {sim['ttft_p50']:.3f}: "
                     f"{100 * v['ttft_p50_rel_err']:.0f} %") if v["ttft_p50_rel_err"] is not None else "-"
             arms = []
-            for arm in (AT_PROBE_SPEED, AT_LIVE_SPEED, AT_LIVE_STEPS):
+            for arm in (AT_PROBE_SPEED, AT_PREVIOUS_STEPS, AT_LIVE_SPEED, AT_LIVE_STEPS):
                 at = (row.get("sim_with_truth") or {}).get(arm)
                 av = ((res.get("verdict_with_truth") or {}).get(arm) or {}).get(key)
                 arms.append(f"{at['attainment']:.3f}, {at['ttft_p50']:.3f}; {av['attainment_gap_pts']:.1f} pts, "

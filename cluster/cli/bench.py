@@ -264,7 +264,10 @@ def sim_vs_live(
                                                               "(0: off, stalls from the two light loads only)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
-                                                        "MB a check) in this folder (default: a temporary one)."),
+                                                        "MB a check) in this folder (default: a temporary one). With "
+                                                        "--resimulate: the folder a check kept them in, to fill in "
+                                                        "what it recorded before it was kept (the probes' step "
+                                                        "speeds, each run's fit of its steps)."),
     summary_of: Optional[Path] = typer.Option(None, help="Run nothing: print a Markdown table of the checks "
                                                          "recorded in this folder (*.json with a verdict)."),
     resimulate: Optional[Path] = typer.Option(None, help="Run no live load: the simulator side of the checks recorded "
@@ -286,14 +289,15 @@ def sim_vs_live(
     host; the requests' front delays at both loads and in a stall probe at the highest multiple, its
     time in front of the engines and its stalls), finds its capacity on the predicted window, then
     replays that window live and simulated at each multiple of it. Criterion (issue 12):
-    attainment within 5 points and TTFT P50 within 25 %. Beside it, in hindsight, the simulator at the
-    step speed each live run measured (its steps' cadence against the truth's), judged alike: the
-    simulator's own model apart from how fast the shared host let the engines step; on each run's
-    own steps (a fit of them, hindsight too); and, forward, at the speeds the idle probe, the
-    calibration and the stall probe measured, interpolated in the load.
+    attainment within 5 points and TTFT P50 within 25 %. Beside it, judged alike, the simulator's
+    arms: forward, at the step speeds the idle probe, the calibration and the stall probe measured
+    (interpolated in the load) and on the fit of the steps of the phase just before each run; in
+    hindsight, at the step speed each run measured and on the fit of its own steps (the simulator's
+    own model apart from how fast the shared host let the engines step).
     """
-    from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PROBE_SPEED, CALIBRATION_PAST_CAPACITY,
-                                           TRUTHS, SimLiveConfig, check_json,
+    from cluster.bench.sim_vs_live import (ARMS, AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PREVIOUS_STEPS, AT_PROBE_SPEED,
+                                           CALIBRATION_PAST_CAPACITY,
+                                           TRUTHS, SimLiveConfig, check_json, fill_from_step_logs,
                                            resimulate as resimulate_check, run_local, summary_markdown)
 
     if resimulate is not None:
@@ -301,19 +305,24 @@ def sim_vs_live(
         recorded = [(p, r) for p, r in recorded if "verdict" in r]
         if not recorded:
             raise typer.BadParameter(f"no recorded check (*.json with a verdict) in {resimulate}", param_hint="--resimulate")
+        if step_logs is not None and not step_logs.is_dir():
+            raise typer.BadParameter(f"no such folder: {step_logs}", param_hint="--step-logs")
         if out_dir.resolve() == resimulate.resolve():
             raise typer.BadParameter("would overwrite the recorded checks: give another --out-dir", param_hint="--out-dir")
         out_dir.mkdir(parents=True, exist_ok=True)
         done = []
         for path, rec in recorded:
+            filled = fill_from_step_logs(rec, step_logs) if step_logs is not None else 0
             try:
                 res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, arms=arms)
             except ValueError as exc:
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
-                   "verdict_with_truth": {name: v for name in (*TRUTHS, AT_PROBE_SPEED, AT_LIVE_SPEED, AT_LIVE_STEPS)
+                   "verdict_with_truth": {name: v for name in (*TRUTHS, *ARMS)
                                           if name != res.config.get("truth", "refit") and (v := res.verdict(truth=name))},
-                   "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms}}
+                   "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms,
+                                        "filled_from_step_logs": None if step_logs is None else
+                                        {"logs": str(step_logs), "phases": filled}}}
             (out_dir / path.name).write_text(check_json(doc))
             done.append(doc)
         print(summary_markdown(done))
@@ -360,11 +369,11 @@ def sim_vs_live(
                       f"{fmt(v['live_ttft_p50_median_s'])} ({fmt(v['ttft_p50_rel_err'] and 100 * v['ttft_p50_rel_err'], '{:.0f}')} %)",
                       "", "", "yes" if v["holds"] else "no")
     console.print(table)
-    # The same live runs predicted by the simulator on the other truth (the A/B of --truth)
-    # and at the step speed the probes measured before the runs, and (hindsight) the one each run measured
-    others = {name: result.verdict(truth=name) for name in (*TRUTHS, AT_PROBE_SPEED, AT_LIVE_SPEED, AT_LIVE_STEPS)
-              if name != truth}
+    # The same live runs predicted by the simulator on the other truth (the A/B of --truth), and by its arms:
+    # forward on what the probes and the previous runs measured, in hindsight on what each run measured
+    others = {name: result.verdict(truth=name) for name in (*TRUTHS, *ARMS) if name != truth}
     labels = {AT_PROBE_SPEED: "at the probes' step speed, by load: ",
+              AT_PREVIOUS_STEPS: "on the previous phase's steps: ",
               AT_LIVE_SPEED: "at the live runs' step speed (hindsight): ",
               AT_LIVE_STEPS: "on the live runs' own steps (hindsight): "}
     for name, other in others.items():
