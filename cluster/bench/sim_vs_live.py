@@ -25,7 +25,9 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
    both loads gives the serving path's time in front of the engines, a line in the
    arrival rate (``fit_ingress_delay``, ``cluster.sim.shared_host.IngressDelay``).
 2. **Capacity** of the calibrated simulator on the *measured window*: the highest rate
-   scale whose attainment meets ``attainment_target`` (``find_capacity``).
+   scale whose attainment meets ``attainment_target`` (``find_capacity``). A stall probe
+   (the calibration window at the highest multiple of it) adds the path's stalls at that
+   load, and the capacity is found again.
 3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
    default) the live cluster replays the measured window (``fairbatching load``'s
    replay, streamed ``/v1/completions``, timed at the client) and the simulator
@@ -33,7 +35,9 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
 
 The criterion (issue 12): attainment within ``attainment_tol_pts`` points and TTFT P50
 within ``ttft_p50_rel_tol`` of the live run, below and above capacity. The simulator
-runs the deployment's own policy settings (``sim_config_for``).
+runs the deployment's own policy settings (``sim_config_for``). Beside its prediction the
+check keeps its ``ARMS``: the same live runs simulated on the step costs the probes, the
+previous run or (hindsight) the run itself measured (``with_arms``).
 """
 
 from __future__ import annotations
@@ -1028,7 +1032,7 @@ def at_live_speed(check: dict) -> Optional[dict[str, Any]]:
     serving path in front) apart from the input a shared host moves under it, how fast the engines step;
     the shape of the step cost (what a token, a context token and a step's host time cost) stays the
     calibration's. The rates stay the check's, set from the calibrated capacity before any run.
-    Why it exists: ``bench/results/SIMULATION.md``, "The simulator at the live runs' speed".
+    Why it exists: ``bench/results/SIMULATION.md``, "The simulator given the step costs of the load it predicts".
 
     Returns ``_arm``'s result with ``slowdowns`` (per row, per run), or None for a check recorded without
     the step speeds or the calibration's requests (before 2026-12-02)."""
