@@ -240,7 +240,8 @@ def fit_ingress_delay(reports: list[dict[str, Any]]) -> Optional[dict[str, Any]]
     if len({rate for rate, _ in logged}) >= 2:
         base, slope = IngressDelay.fit([(rate, fit["base_s"]) for rate, fit in logged])
         return {"base_s": base, "s_per_rps": slope,
-                "stalls": [[rate, fit["stalls_per_s"], fit["stall_s"]] for rate, fit in sorted(logged, key=lambda x: x[0])]}
+                "stalls": [[rate, fit["stalls_per_s"], fit["stall_s"]]
+                           for rate, fit in sorted(logged, key=lambda x: x[0])]}
     loads = [(r["offered_rps"], r["engines"]["front_delay_s"]) for r in reports
              if (r.get("engines") or {}).get("front_delay_s") is not None and r.get("offered_rps")]
     if len({rate for rate, _ in loads}) < 2:
@@ -870,7 +871,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             stall_steps = engine_steps(logs, *stall_report["wall_clock_s"])
             result.calibration["stall_probe"] = {"live": _kept(stall_report), "front_delays": stall_front,
                                                  "engine_steps": step_summary(stall_steps, truth),
-                                                 "step_truth": _fit_or_none(stall_steps, prefill_attention=prefill_attention),
+                                                 "step_truth": _fit_or_none(stall_steps,
+                                                                            prefill_attention=prefill_attention),
                                                  "capacity_before": result.capacity}
             result.calibration["ingress_delay"] = ingress
             base = replace(base, **_ingress_fields(ingress))
@@ -910,7 +912,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                                 "per_request_columns": list(PER_REQUEST), "sim": sim, "live": lives,
                                 "sim_with_truth": {name: _kept(_simulated_row(other, scale, window))
                                                    for name, other in others.items()}})
-        progress("the arms: the simulator at the probes' step speeds, and (hindsight) at the runs' and on their steps ...")
+        progress("the arms: the same runs on the step costs the probes, the previous runs and (hindsight) the runs "
+                 "themselves measured ...")
         with_arms(result)
     return result
 
@@ -948,12 +951,18 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True,
     return result
 
 
-def check_truth(check: dict) -> dict[str, float]:
-    """The step-time coefficients (``COEFFICIENTS``) of a recorded check's truth (``config.truth``: the
-    engines' refit, or the fit of the calibration's steps)."""
-    cal = check["calibration"]
-    truth = cal["step_truth"] if check["config"].get("truth", "refit") == "steps" else cal["deployment_model"]
+def coefficients(truth: dict[str, Any]) -> dict[str, float]:
+    """The step-time coefficients (``COEFFICIENTS``) of a truth (a refit, ``fit_step_truth``'s or a recorded
+    one), 0 for one it lacks."""
     return {k: float(truth.get(k, 0.0)) for k in COEFFICIENTS}
+
+
+def check_truth(check: dict) -> dict[str, float]:
+    """The ``coefficients`` of a recorded check's truth (``config.truth``: the engines' refit, or the fit
+    of the calibration's steps)."""
+    cal = check["calibration"]
+    return coefficients(cal["step_truth"] if check["config"].get("truth", "refit") == "steps"
+                        else cal["deployment_model"])
 
 
 def scaled_truth(truth: dict[str, Any], factor: float) -> dict[str, float]:
@@ -963,7 +972,7 @@ def scaled_truth(truth: dict[str, Any], factor: float) -> dict[str, float]:
 
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"a speed factor must be a finite number > 0, got {factor!r}")
-    return {k: float(truth.get(k, 0.0)) * factor for k in COEFFICIENTS}
+    return {k: v * factor for k, v in coefficients(truth).items()}
 
 
 def probe_speeds(calibration: dict) -> list[tuple[float, float]]:
@@ -1032,7 +1041,8 @@ def at_live_speed(check: dict) -> Optional[dict[str, Any]]:
     serving path in front) apart from the input a shared host moves under it, how fast the engines step;
     the shape of the step cost (what a token, a context token and a step's host time cost) stays the
     calibration's. The rates stay the check's, set from the calibrated capacity before any run.
-    Why it exists: ``bench/results/SIMULATION.md``, "The simulator given the step costs of the load it predicts".
+    Why it exists: ``bench/results/SIMULATION.md``, "The simulator given the step costs of the load it
+    predicts".
 
     Returns ``_arm``'s result with ``slowdowns`` (per row, per run), or None for a check recorded without
     the step speeds or the calibration's requests (before 2026-12-02)."""
@@ -1056,8 +1066,7 @@ def at_live_steps(check: dict) -> Optional[dict[str, Any]]:
     truths = [[live.get("step_truth") for live in row["live"]] for row in check["rows"]]
     if not cal.get("step_truth") or "per_request" not in cal or any(not t for row in truths for t in row):
         return None
-    pick = lambda t: {k: float(t.get(k, 0.0)) for k in COEFFICIENTS}  # noqa: E731
-    return _arm(check, pick(cal["step_truth"]), [[pick(t) for t in row] for row in truths])
+    return _arm(check, coefficients(cal["step_truth"]), [[coefficients(t) for t in row] for row in truths])
 
 
 def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
@@ -1072,15 +1081,15 @@ def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
               for phase in (cal, cal.get("idle_probe") or {}, cal.get("stall_probe") or {})
               if phase.get("step_truth") and (phase.get("live") or {}).get("offered_rps")]
     runs = [[live.get("step_truth") for live in row["live"]] for row in check["rows"]]
-    if not cal.get("step_truth") or "per_request" not in cal or not probes or any(not t for row in runs for t in row[:-1]):
+    if not cal.get("step_truth") or "per_request" not in cal or not probes \
+            or any(not t for row in runs for t in row[:-1]):
         return None
-    pick = lambda t: {k: float(t.get(k, 0.0)) for k in COEFFICIENTS}  # noqa: E731
     rate1 = check["capacity"]["window_rate_rps"]
     before = []
     for row, fits in zip(check["rows"], runs):
         nearest = min(probes, key=lambda p: abs(p[0] - row["rate_scale"] * rate1))[1]
-        before.append([pick(nearest)] + [pick(t) for t in fits[:-1]])
-    return _arm(check, pick(cal["step_truth"]), before)
+        before.append([coefficients(nearest)] + [coefficients(t) for t in fits[:-1]])
+    return _arm(check, coefficients(cal["step_truth"]), before)
 
 
 def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
@@ -1128,9 +1137,8 @@ def with_arms(result: SimLiveResult) -> None:
 def fill_from_step_logs(check: dict, logs: Path) -> int:
     """What a recorded ``check`` did not keep but its engines' kept step logs (``--step-logs``) hold, filled in
     place: the probes' ``engine_steps`` (against the check's truth) and ``step_truth``, and each live run's
-    ``step_truth``, for
-    the phases whose steps are in ``logs`` (by their wall-clock spans) and that lack them. Returns how many
-    phases it filled."""
+    ``step_truth``, for the phases whose steps are in ``logs`` (by their wall-clock spans) and that lack
+    them. Returns how many phases it filled."""
     cal = check["calibration"]
     truth = check_truth(check)
     attention = truth.get("attn_prefill_s_per_token_sq", 0.0) > 0
@@ -1146,7 +1154,8 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
     for row in check["rows"]:
         for live in row["live"]:
             if live.get("wall_clock_s") and not live.get("step_truth"):
-                live["step_truth"] = _fit_or_none(engine_steps(logs, *live["wall_clock_s"]), prefill_attention=attention)
+                steps = engine_steps(logs, *live["wall_clock_s"])
+                live["step_truth"] = _fit_or_none(steps, prefill_attention=attention)
                 filled += live["step_truth"] is not None
     return filled
 
@@ -1214,7 +1223,7 @@ def summary_markdown(results: list[dict]) -> str:
             ttft = (f"{v['live_ttft_p50_median_s']:.3f} ({tlo:.3f}-{thi:.3f}) vs {sim['ttft_p50']:.3f}: "
                     f"{100 * v['ttft_p50_rel_err']:.0f} %") if v["ttft_p50_rel_err"] is not None else "-"
             arms = []
-            for arm in (AT_PROBE_SPEED, AT_PREVIOUS_STEPS, AT_LIVE_SPEED, AT_LIVE_STEPS):
+            for arm in ARMS:
                 at = (row.get("sim_with_truth") or {}).get(arm)
                 av = ((res.get("verdict_with_truth") or {}).get(arm) or {}).get(key)
                 arms.append(f"{at['attainment']:.3f}, {at['ttft_p50']:.3f}; {av['attainment_gap_pts']:.1f} pts, "

@@ -319,7 +319,8 @@ def sim_vs_live(
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
                    "verdict_with_truth": {name: v for name in (*TRUTHS, *ARMS)
-                                          if name != res.config.get("truth", "refit") and (v := res.verdict(truth=name))},
+                                          if name != res.config.get("truth", "refit")
+                                          and (v := res.verdict(truth=name))},
                    "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms,
                                         "filled_from_step_logs": None if step_logs is None else
                                         {"logs": str(step_logs), "phases": filled}}}
