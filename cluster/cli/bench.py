@@ -276,9 +276,10 @@ def sim_vs_live(
                                                          "table and writes each to --out-dir."),
     seats_as_vllm: bool = typer.Option(True, help="With --resimulate: count seats as vLLM does (the simulator's "
                                                   "default; checks recorded before 2026-12-01 ran without)."),
-    arms: bool = typer.Option(True, help="With --resimulate: also the check's arms, the simulator at the step speeds "
-                                         "the probes and (hindsight) the live runs measured, and on the runs' own "
-                                         "steps, where the check recorded what they need (--no-arms: skip them)."),
+    arms: bool = typer.Option(True, help="With --resimulate: also the check's arms, the simulator on the step costs "
+                                         "the probes, the previous runs and (hindsight) the runs themselves "
+                                         "measured, where the check recorded what they need (--no-arms: skip "
+                                         "them)."),
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
