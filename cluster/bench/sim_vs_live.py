@@ -367,6 +367,13 @@ def _fit_or_none(steps: list[EngineStep], *, prefill_attention: bool) -> Optiona
         return None
 
 
+def _phase_steps(steps: list[EngineStep], truth: dict[str, Any], *, prefill_attention: bool) -> dict[str, Any]:
+    """What a check keeps of one phase's steps: ``engine_steps``, their summary against ``truth``
+    (``step_summary``), and ``step_truth``, their own fit (``_fit_or_none``)."""
+    return {"engine_steps": step_summary(steps, truth),
+            "step_truth": _fit_or_none(steps, prefill_attention=prefill_attention)}
+
+
 def step_summary(steps: list[EngineStep], truth: dict[str, Any]) -> dict[str, Any]:
     """The engines' steps of one run beside what ``truth`` (``fit_step_truth``'s, or any dict of
     ``StepTimeModel`` coefficients) predicts for the same steps: mean forward, host and cadence (seconds,
@@ -645,6 +652,13 @@ class SimLiveResult:
         return out
 
 
+    def verdicts_beside(self) -> dict[str, dict[str, Any]]:
+        """The same live runs judged against every other prediction the check holds (``verdict(truth=...)``):
+        the other truth's and each of the ``ARMS`` it could run, by name."""
+        own = self.config.get("truth", "refit")
+        return {name: v for name in (*TRUTHS, *ARMS) if name != own and (v := self.verdict(truth=name))}
+
+
 def live_self_agreement(rows: list[dict], *, attainment_tol_pts: float = 5.0,
                          ttft_p50_rel_tol: float = 0.25) -> list[dict[str, Any]]:
     """The live runs judged as the simulator is, against each other: each live run of a row with three or
@@ -832,8 +846,7 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             "per_request_columns": list(PER_REQUEST), "per_request": cal_rows,
             "front_delays": cal_front,
             "idle_probe": {"rate_scale": probe_scale, "live": _kept(probe_report),
-                           "engine_steps": step_summary(probe_steps, truth),
-                           "step_truth": _fit_or_none(probe_steps, prefill_attention=prefill_attention),
+                           **_phase_steps(probe_steps, truth, prefill_attention=prefill_attention),
                            "front_delays": probe_front,
                            "sim_without_path": _kept(probe_sim.report),
                            "client_minus_sim_ttft_s": path_latency_s(_live_per_request(probe_records),
@@ -868,12 +881,11 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             ingress = fit_ingress_delay([{**probe_report, "front_delays": probe_front},
                                          {**cal_report, "front_delays": cal_front},
                                          {**stall_report, "front_delays": stall_front}])
-            stall_steps = engine_steps(logs, *stall_report["wall_clock_s"])
-            result.calibration["stall_probe"] = {"live": _kept(stall_report), "front_delays": stall_front,
-                                                 "engine_steps": step_summary(stall_steps, truth),
-                                                 "step_truth": _fit_or_none(stall_steps,
-                                                                            prefill_attention=prefill_attention),
-                                                 "capacity_before": result.capacity}
+            result.calibration["stall_probe"] = {
+                "live": _kept(stall_report), "front_delays": stall_front,
+                **_phase_steps(engine_steps(logs, *stall_report["wall_clock_s"]), truth,
+                               prefill_attention=prefill_attention),
+                "capacity_before": result.capacity}
             result.calibration["ingress_delay"] = ingress
             base = replace(base, **_ingress_fields(ingress))
             others = {name: replace(other, **_ingress_fields(ingress)) for name, other in others.items()}
@@ -891,10 +903,9 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 time.sleep(5.0)  # the last run's stragglers drain
                 live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
                                           seed=cfg.seed + 10 * i + k)
-                run_steps = engine_steps(logs, *live["wall_clock_s"])
                 lives.append({**_kept(live), "per_request": _live_per_request(records),
-                              "engine_steps": step_summary(run_steps, truth),
-                              "step_truth": _fit_or_none(run_steps, prefill_attention=prefill_attention),
+                              **_phase_steps(engine_steps(logs, *live["wall_clock_s"]), truth,
+                                             prefill_attention=prefill_attention),
                               "front_delays": front_delays(logs, *live["wall_clock_s"]),
                               "engines_timeline_columns": list(TIMELINE_COLUMNS),
                               "engines_timeline": live["engines_timeline"]})
@@ -975,13 +986,18 @@ def scaled_truth(truth: dict[str, Any], factor: float) -> dict[str, float]:
     return {k: v * factor for k, v in coefficients(truth).items()}
 
 
+def _probe_phases(calibration: dict) -> list[dict[str, Any]]:
+    """The phases a check ran before it predicted anything: the calibration replay, the idle probe and the
+    stall probe (an empty dict for one it did not run)."""
+    return [calibration, calibration.get("idle_probe") or {}, calibration.get("stall_probe") or {}]
+
+
 def probe_speeds(calibration: dict) -> list[tuple[float, float]]:
     """The step speeds the check measured before it predicted anything: ``(offered req/s, slowdown)`` of the
     idle probe, the calibration replay and the stall probe (``engine_steps.slowdown`` of each, where
     recorded; checks before 2026-12-03 kept only the calibration's), sorted by rate."""
-    phases = [calibration, calibration.get("idle_probe") or {}, calibration.get("stall_probe") or {}]
     points = []
-    for phase in phases:
+    for phase in _probe_phases(calibration):
         live = phase.get("live") or {}
         speed = (phase.get("engine_steps") or {}).get("slowdown")
         if speed is not None and live.get("offered_rps"):
@@ -1078,7 +1094,7 @@ def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
     without the probes' and the runs' fits (before 2026-12-03)."""
     cal = check["calibration"]
     probes = [(phase["live"]["offered_rps"], phase["step_truth"])
-              for phase in (cal, cal.get("idle_probe") or {}, cal.get("stall_probe") or {})
+              for phase in _probe_phases(cal)
               if phase.get("step_truth") and (phase.get("live") or {}).get("offered_rps")]
     runs = [[live.get("step_truth") for live in row["live"]] for row in check["rows"]]
     if not cal.get("step_truth") or "per_request" not in cal or not probes \
@@ -1148,8 +1164,8 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
         if span and not (probe.get("engine_steps") and probe.get("step_truth")):
             steps = engine_steps(logs, *span)
             if steps:
-                probe["engine_steps"] = probe.get("engine_steps") or step_summary(steps, truth)
-                probe["step_truth"] = probe.get("step_truth") or _fit_or_none(steps, prefill_attention=attention)
+                probe.update({k: v for k, v in _phase_steps(steps, truth, prefill_attention=attention).items()
+                              if not probe.get(k)})
                 filled += 1
     for row in check["rows"]:
         for live in row["live"]:

@@ -296,9 +296,8 @@ def sim_vs_live(
     hindsight, at the step speed each run measured and on the fit of its own steps (the simulator's
     own model apart from how fast the shared host let the engines step).
     """
-    from cluster.bench.sim_vs_live import (ARMS, AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PREVIOUS_STEPS, AT_PROBE_SPEED,
-                                           CALIBRATION_PAST_CAPACITY,
-                                           TRUTHS, SimLiveConfig, check_json, fill_from_step_logs,
+    from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PREVIOUS_STEPS, AT_PROBE_SPEED,
+                                           CALIBRATION_PAST_CAPACITY, SimLiveConfig, check_json, fill_from_step_logs,
                                            resimulate as resimulate_check, run_local, summary_markdown)
 
     if resimulate is not None:
@@ -319,9 +318,7 @@ def sim_vs_live(
             except ValueError as exc:
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
-                   "verdict_with_truth": {name: v for name in (*TRUTHS, *ARMS)
-                                          if name != res.config.get("truth", "refit")
-                                          and (v := res.verdict(truth=name))},
+                   "verdict_with_truth": res.verdicts_beside(),
                    "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms,
                                         "filled_from_step_logs": None if step_logs is None else
                                         {"logs": str(step_logs), "phases": filled}}}
@@ -373,14 +370,12 @@ def sim_vs_live(
     console.print(table)
     # The same live runs predicted by the simulator on the other truth (the A/B of --truth), and by its arms:
     # forward on what the probes and the previous runs measured, in hindsight on what each run measured
-    others = {name: result.verdict(truth=name) for name in (*TRUTHS, *ARMS) if name != truth}
+    others = result.verdicts_beside()
     labels = {AT_PROBE_SPEED: "at the probes' step speed, by load: ",
               AT_PREVIOUS_STEPS: "on the previous phase's steps: ",
               AT_LIVE_SPEED: "at the live runs' step speed (hindsight): ",
               AT_LIVE_STEPS: "on the live runs' own steps (hindsight): "}
     for name, other in others.items():
-        if not other:
-            continue
         console.print(labels.get(name, f"with the {name} truth: ") + "; ".join(
             f"{key} {v['attainment_gap_pts']:.1f} pts, TTFT p50 {fmt(v['ttft_p50_rel_err'] and 100 * v['ttft_p50_rel_err'], '{:.0f}')} % "
             f"({'holds' if v['holds'] else 'misses'})" for key, v in other.items()))
