@@ -551,3 +551,62 @@ def test_on_the_previous_phases_steps_each_run_is_predicted_from_the_phase_befor
     stall = at_live_steps({**check, "rows": [{**check["rows"][1], "live": [
         {**live, "step_truth": cal["stall_probe"]["step_truth"]} for live in check["rows"][1]["live"]]}]})
     assert forward["rows"][1]["runs"][0] == stall["rows"][0]["runs"][0]  # 1.5x, 21.8 req/s: the stall probe's
+
+
+def test_on_the_rehearsals_steps_the_runs_after_it_are_judged_on_its_fit(monkeypatch):
+    """The rehearsal arm: each row simulated once, on the fit of its rehearsal's steps, and judged against the
+    runs after it only. Without a rehearsal (checks before it existed) a row's first run is the rehearsal
+    and is left out of the verdict; with one, every run is judged and no run's own fit is read; the
+    previous-steps arm starts each row from the rehearsal too."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from cluster.bench import sim_vs_live
+    from cluster.bench.sim_vs_live import (AT_REHEARSAL_STEPS, SimLiveResult, at_live_steps, at_previous_steps,
+                                           at_rehearsal_steps, check_truth, scaled_truth, with_arms)
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    check = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
+    truth = check_truth(check)
+    assert at_rehearsal_steps(check) is None  # recorded before the fits were kept
+    check["calibration"]["step_truth"] = scaled_truth(truth, 1.3)
+    for row in check["rows"]:
+        for k, live in enumerate(row["live"]):
+            live["step_truth"] = scaled_truth(truth, 0.9 + 0.05 * k)
+    hindsight = at_live_steps(check)
+    first = at_rehearsal_steps(check)
+    assert first["judged_runs"] == [[1, 2], [1, 2]]
+    assert [row["runs"] for row in first["rows"]] == [row["runs"][:1] for row in hindsight["rows"]]
+
+    # judged on the later runs only: a first run far off the others moves the check's own verdict, not the arm's
+    check["rows"][1]["live"][0]["attainment"] = 0.0
+    result = SimLiveResult(**{k: check[k] for k in ("machine", "config", "serve_config", "calibration", "capacity",
+                                                    "rows")})
+    result.rows = [{k: v for k, v in row.items() if k not in ("sim_with_truth", "arm_runs", "arm_judged")}
+                   for row in result.rows]
+    monkeypatch.setattr(sim_vs_live, "ARMS", {AT_REHEARSAL_STEPS: at_rehearsal_steps})  # this arm only
+    with_arms(result)
+    verdict = result.verdict(truth=AT_REHEARSAL_STEPS)["1.5x"]
+    later = [live["attainment"] for live in check["rows"][1]["live"][1:]]
+    assert verdict["live_attainment_range"] == [min(later), max(later)]
+    assert result.verdict()["1.5x"]["live_attainment_range"][0] == 0.0
+    assert asdict(result)["rows"][1]["arm_judged"][AT_REHEARSAL_STEPS] == [1, 2]
+
+    # with a rehearsal: its fit, every run judged, no run's own fit read
+    for row in check["rows"]:
+        row["rehearsal"] = {"step_truth": row["live"][0]["step_truth"]}
+        for live in row["live"]:
+            live["step_truth"] = None if live is not row["live"][0] else live["step_truth"]
+    rehearsed = at_rehearsal_steps(check)
+    assert rehearsed["judged_runs"] == [[0, 1, 2], [0, 1, 2]]
+    assert [row["runs"] for row in rehearsed["rows"]] == [row["runs"] for row in first["rows"]]
+    for row in check["rows"]:
+        row["rehearsal"] = {"step_truth": None}  # a rehearsal cut short: no arm
+    assert at_rehearsal_steps(check) is None
+    for row in check["rows"]:  # previous steps: the first run on the rehearsal's fit, not the nearest probe's
+        row["rehearsal"] = {"step_truth": scaled_truth(truth, 0.9)}
+        row["live"][0]["step_truth"] = scaled_truth(truth, 0.9)
+        row["live"][1]["step_truth"] = scaled_truth(truth, 0.95)
+    check["calibration"]["stall_probe"]["step_truth"] = scaled_truth(truth, 0.5)
+    previous = at_previous_steps(check)
+    assert [row["runs"][0] for row in previous["rows"]] == [row["runs"][0] for row in hindsight["rows"]]

@@ -31,13 +31,15 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
 3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
    default) the live cluster replays the measured window (``fairbatching load``'s
    replay, streamed ``/v1/completions``, timed at the client) and the simulator
-   runs the same window at the same rate; both reports are kept.
+   runs the same window at the same rate; both reports are kept. With ``rehearsal``
+   a first run at each multiple, not judged, measures the engines' step cost at that
+   load for the ``at-rehearsal-steps`` arm.
 
 The criterion (issue 12): attainment within ``attainment_tol_pts`` points and TTFT P50
 within ``ttft_p50_rel_tol`` of the live run, below and above capacity. The simulator
 runs the deployment's own policy settings (``sim_config_for``). Beside its prediction the
 check keeps its ``ARMS``: the same live runs simulated on the step costs the probes, the
-previous run or (hindsight) the run itself measured (``with_arms``).
+rehearsal, the previous run or (hindsight) the run itself measured (``with_arms``).
 """
 
 from __future__ import annotations
@@ -75,8 +77,11 @@ AT_LIVE_SPEED = "at-live-speed"
 AT_PROBE_SPEED = "at-probe-speed"
 #: ... and, in hindsight, each run on the fit of its own steps (``at_live_steps``) ...
 AT_LIVE_STEPS = "at-live-steps"
-#: ... and its forward counterpart (``at_previous_steps``): on the steps of the phase just before it.
+#: ... and its forward counterpart (``at_previous_steps``): on the steps of the phase just before it ...
 AT_PREVIOUS_STEPS = "at-previous-steps"
+#: ... and forward on a rehearsal (``at_rehearsal_steps``): every run of a row on the steps of one run of the same
+#: window at the same rate before them, not judged.
+AT_REHEARSAL_STEPS = "at-rehearsal-steps"
 
 #: A calibrated truth's step-time coefficients (``StepTimeModel`` field names, seconds).
 COEFFICIENTS = ("a_s", "b_s_per_token", "c_s_per_context_token", "host_s", "attn_prefill_s_per_token_sq")
@@ -138,6 +143,11 @@ class SimLiveConfig:
     # (on another part of the trace); the capacity is then found again with them. 0: off (two loads only, the
     # stalls of 2 and 5 req/s; SIMULATION.md "Stalls in the serving path").
     stall_probe_requests: int = 600
+    # A rehearsal: one run of each multiple's window and rate before its repeats, not judged; the fit of its
+    # steps is the step cost at that load on this host minutes before, on which the ``at-rehearsal-steps`` arm
+    # predicts the repeats (SIMULATION.md, "A rehearsal at the load"). False: no rehearsal (checks before
+    # 2026-12-03; the arm then takes a row's first run as its rehearsal and judges the others).
+    rehearsal: bool = True
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -627,8 +637,9 @@ class SimLiveResult:
 
     def verdict(self, truth: Optional[str] = None) -> dict[str, Any]:
         """Per multiple: the simulator against the median of the live repeats (their range beside it),
-        and whether the criterion holds there; with ``truth``, the simulator on that truth instead of the
-        check's own (``SimLiveConfig.truth``; rows recorded without it are left out)."""
+        and whether the criterion holds there; with ``truth``, the simulator on that truth or arm instead of
+        the check's own (``SimLiveConfig.truth``; rows recorded without it are left out), against the runs
+        the arm judges (``arm_judged``: all, but those an arm took as its input)."""
         cfg = self.config
         out = {}
         for row in self.rows:
@@ -637,6 +648,9 @@ class SimLiveResult:
                 if truth not in row.get("sim_with_truth", {}):
                     continue
                 sim = row["sim_with_truth"][truth]
+                judged = (row.get("arm_judged") or {}).get(truth)
+                if judged is not None:  # an arm that took some of the runs as its input judges only the others
+                    lives = [lives[k] for k in judged]
             att = [live["attainment"] for live in lives]
             ttft = [live["ttft_p50"] for live in lives if live["ttft_p50"] is not None]
             att_gap = 100 * abs(sim["attainment"] - statistics.median(att))
@@ -895,20 +909,32 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
         scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
         progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
                  f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
+        def measured(rate_scale: float, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            """One live run of the window at ``rate_scale``: its report, and what the check keeps of it."""
+            time.sleep(5.0)  # the last run's stragglers drain
+            live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=rate_scale, seed=seed)
+            return live, {**_kept(live), "per_request": _live_per_request(records),
+                          **_phase_steps(engine_steps(logs, *live["wall_clock_s"]), truth,
+                                         prefill_attention=prefill_attention),
+                          "front_delays": front_delays(logs, *live["wall_clock_s"]),
+                          "engines_timeline_columns": list(TIMELINE_COLUMNS),
+                          "engines_timeline": live["engines_timeline"]}
+
         for i, m in enumerate(cfg.multiples):
             scale = m * scale1
             sim = _simulated_row(base, scale, window)
+            rehearsal = None
+            if cfg.rehearsal:
+                _, rehearsal = measured(scale, cfg.seed + 5000 + i)
+                fit = rehearsal["step_truth"] or {}
+                progress(f"{m:g}x ({scale * rate1:.1f} req/s) rehearsal: live attainment "
+                         f"{rehearsal['attainment']:.3f}; its steps: "
+                         + (f"a {fit['a_s'] * 1e3:.2f} ms, b {fit['b_s_per_token'] * 1e6:.1f} us/token, host "
+                            f"{fit['host_s'] * 1e3:.2f} ms" if fit else "too few to fit"))
             lives = []
             for k in range(cfg.repeats):
-                time.sleep(5.0)  # the last run's stragglers drain
-                live, records = _live_run(url, serve.served_model_name, cfg, window, rate_scale=scale,
-                                          seed=cfg.seed + 10 * i + k)
-                lives.append({**_kept(live), "per_request": _live_per_request(records),
-                              **_phase_steps(engine_steps(logs, *live["wall_clock_s"]), truth,
-                                             prefill_attention=prefill_attention),
-                              "front_delays": front_delays(logs, *live["wall_clock_s"]),
-                              "engines_timeline_columns": list(TIMELINE_COLUMNS),
-                              "engines_timeline": live["engines_timeline"]})
+                live, kept = measured(scale, cfg.seed + 10 * i + k)
+                lives.append(kept)
                 eng, num = live["engines"], lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
                 progress(f"{m:g}x ({scale * rate1:.1f} req/s) run {k + 1}/{cfg.repeats}: live attainment "
                          f"{num(live['attainment'], '{:.3f}')} TTFT p50 {num(live['ttft_p50'], '{:.3f}')} s | sim "
@@ -921,10 +947,11 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                          f"(sim {num(sim.get('step_slowdown_mean'), '{:.2f}')})")
             result.rows.append({"multiple": m, "rate_scale": scale, "rate_rps": scale * rate1,
                                 "per_request_columns": list(PER_REQUEST), "sim": sim, "live": lives,
+                                **({"rehearsal": rehearsal} if rehearsal is not None else {}),
                                 "sim_with_truth": {name: _kept(_simulated_row(other, scale, window))
                                                    for name, other in others.items()}})
-        progress("the arms: the same runs on the step costs the probes, the previous runs and (hindsight) the runs "
-                 "themselves measured ...")
+        progress("the arms: the same runs on the step costs the probes, the rehearsals, the previous runs and "
+                 "(hindsight) the runs themselves measured ...")
         with_arms(result)
     return result
 
@@ -1087,9 +1114,9 @@ def at_live_steps(check: dict) -> Optional[dict[str, Any]]:
 
 def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
     """A forward arm on the engines' recent steps: each live run simulated on the fit of the steps of the phase
-    just before it at its load, the previous run of its row, or for a row's first run the probe whose rate
-    is nearest the row's (the idle probe, the calibration or the stall probe, ``step_truth`` each); the
-    calibration on its own fit gives the client path (``_arm``). What a capacity planner who measured the
+    just before it at its load, the previous run of its row, or for a row's first run its rehearsal, or
+    without one the probe whose rate is nearest the row's (the idle probe, the calibration or the stall
+    probe, ``step_truth`` each); the calibration on its own fit gives the client path (``_arm``). What a capacity planner who measured the
     node minutes ago knows, no more: no run's own steps enter its prediction. None for a check recorded
     without the probes' and the runs' fits (before 2026-12-03)."""
     cal = check["calibration"]
@@ -1103,8 +1130,9 @@ def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
     rate1 = check["capacity"]["window_rate_rps"]
     before = []
     for row, fits in zip(check["rows"], runs):
-        nearest = min(probes, key=lambda p: abs(p[0] - row["rate_scale"] * rate1))[1]
-        before.append([coefficients(nearest)] + [coefficients(t) for t in fits[:-1]])
+        first = ((row.get("rehearsal") or {}).get("step_truth")
+                 or min(probes, key=lambda p: abs(p[0] - row["rate_scale"] * rate1))[1])
+        before.append([coefficients(first)] + [coefficients(t) for t in fits[:-1]])
     return _arm(check, coefficients(cal["step_truth"]), before)
 
 
@@ -1128,16 +1156,46 @@ def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
             "slowdowns": [[s] for s in row_speeds]}
 
 
-#: The arms a check keeps beside its own prediction (``with_arms``): forward, at the probes' speeds and on the
-#: previous phase's steps; in hindsight, at each run's speed and on each run's own steps.
-ARMS = {AT_PROBE_SPEED: at_probe_speed, AT_PREVIOUS_STEPS: at_previous_steps, AT_LIVE_SPEED: at_live_speed,
-        AT_LIVE_STEPS: at_live_steps}
+def at_rehearsal_steps(check: dict) -> Optional[dict[str, Any]]:
+    """A forward arm on a rehearsal at the load: every live run of a row simulated on the fit of the steps of its
+    rehearsal (``SimLiveConfig.rehearsal``: one run of the same window at the same rate just before the
+    repeats, not judged), the calibration on its own fit giving the client path (``_arm``). The step cost at
+    the load it predicts, measured on this host minutes before, and nothing of the runs it is judged on:
+    what an operator who tries the load once before planning on it knows. For a check recorded without
+    rehearsals, a row's first run is its rehearsal and only the later ones are judged (``judged_runs``, per
+    row, kept as the rows' ``arm_judged``). None where a row has no fitted rehearsal (or, without
+    rehearsals, fewer than 2 runs) or the check kept no calibration fit and requests (before 2026-12-03)."""
+    cal = check["calibration"]
+    if not cal.get("step_truth") or "per_request" not in cal:
+        return None
+    fits, judged = [], []
+    for row in check["rows"]:
+        runs = list(range(len(row["live"])))
+        if "rehearsal" in row:
+            fit = row["rehearsal"].get("step_truth")
+        elif len(runs) >= 2:
+            fit, runs = row["live"][0].get("step_truth"), runs[1:]
+        else:
+            return None
+        if not fit:
+            return None
+        fits.append([coefficients(fit)])
+        judged.append(runs)
+    return {**_arm(check, coefficients(cal["step_truth"]), fits), "judged_runs": judged}
+
+
+#: The arms a check keeps beside its own prediction (``with_arms``): forward, at the probes' speeds, on the
+#: rehearsal's steps and on the previous phase's steps; in hindsight, at each run's speed and on each run's own
+#: steps.
+ARMS = {AT_PROBE_SPEED: at_probe_speed, AT_REHEARSAL_STEPS: at_rehearsal_steps, AT_PREVIOUS_STEPS: at_previous_steps,
+        AT_LIVE_SPEED: at_live_speed, AT_LIVE_STEPS: at_live_steps}
 
 
 def with_arms(result: SimLiveResult) -> None:
     """The ``ARMS`` of ``result``, kept in it: each arm's client path (and speeds) under
     ``calibration["arms"][name]``, each row's prediction as ``sim_with_truth[name]`` (judged by
-    ``verdict(truth=name)``) and its runs' under ``arm_runs[name]``. Nothing for an arm the check cannot do."""
+    ``verdict(truth=name)``, on the runs in ``arm_judged[name]`` where the arm names them) and its runs'
+    under ``arm_runs[name]``. Nothing for an arm the check cannot do."""
     check = asdict(result)
     for name, arm in ARMS.items():
         out = arm(check)
@@ -1145,9 +1203,11 @@ def with_arms(result: SimLiveResult) -> None:
             continue
         result.calibration.setdefault("arms", {})[name] = {
             "client_path_s": out["client_path_s"], **({"slowdowns": out["slowdowns"]} if "slowdowns" in out else {})}
-        for row, arow in zip(result.rows, out["rows"]):
+        for k, (row, arow) in enumerate(zip(result.rows, out["rows"])):
             row.setdefault("sim_with_truth", {})[name] = arow["sim"]
             row.setdefault("arm_runs", {})[name] = arow["runs"]
+            if "judged_runs" in out:
+                row.setdefault("arm_judged", {})[name] = out["judged_runs"][k]
 
 
 def fill_from_step_logs(check: dict, logs: Path) -> int:
@@ -1168,7 +1228,7 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
                               if not probe.get(k)})
                 filled += 1
     for row in check["rows"]:
-        for live in row["live"]:
+        for live in [*row["live"], *([row["rehearsal"]] if "rehearsal" in row else [])]:
             if live.get("wall_clock_s") and not live.get("step_truth"):
                 steps = engine_steps(logs, *live["wall_clock_s"])
                 live["step_truth"] = _fit_or_none(steps, prefill_attention=attention)
@@ -1221,9 +1281,9 @@ def summary_markdown(results: list[dict]) -> str:
     lines = ["| check | calibrated model (a ms, b us/token, c us/ctx, host ms); path ms; serving path CPU ms/request (served / refused) | load | req/s "
              "| attainment live (median, range) vs sim | TTFT p50 s live (median, range) vs sim | within 5 pts / 25 % "
              "| at the probes' step speed: sim attainment, TTFT p50 s; gap, error "
-             "| on the previous phase's steps: the same "
+             "| on the rehearsal's steps: the same | on the previous phase's steps: the same "
              "| at the runs' step speed (hindsight): the same | on the runs' own steps (hindsight): the same |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         cal, model = res["calibration"], res["calibration"]["deployment_model"]
         name = f"seed {res['config']['seed']}, calibration {res['config']['calibration_rps']:g} req/s"

@@ -262,6 +262,10 @@ def sim_vs_live(
                                                               "multiple of the simulated capacity to measure the "
                                                               "path's stalls there, then find the capacity again "
                                                               "(0: off, stalls from the two light loads only)."),
+    rehearsal: bool = typer.Option(True, help="Before each multiple's repeats, one run of the window at that rate, "
+                                              "not judged, whose steps' fit is the step cost at that load for the "
+                                              "at-rehearsal-steps arm (--no-rehearsal: none; that arm then takes "
+                                              "each multiple's first run as its rehearsal and judges the others)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one). With "
@@ -277,7 +281,7 @@ def sim_vs_live(
     seats_as_vllm: bool = typer.Option(True, help="With --resimulate: count seats as vLLM does (the simulator's "
                                                   "default; checks recorded before 2026-12-01 ran without)."),
     arms: bool = typer.Option(True, help="With --resimulate: also the check's arms, the simulator on the step costs "
-                                         "the probes, the previous runs and (hindsight) the runs themselves "
+                                         "the probes, the rehearsals, the previous runs and (hindsight) the runs themselves "
                                          "measured, where the check recorded what they need (--no-arms: skip "
                                          "them)."),
 ) -> None:
@@ -289,15 +293,16 @@ def sim_vs_live(
     probe and the calibration replay, its shared-host model, at most --host-path-max-share of the
     host; the requests' front delays at both loads and in a stall probe at the highest multiple, its
     time in front of the engines and its stalls), finds its capacity on the predicted window, then
-    replays that window live and simulated at each multiple of it. Criterion (issue 12):
-    attainment within 5 points and TTFT P50 within 25 %. Beside it, judged alike, the simulator's
-    arms: forward, at the step speeds the idle probe, the calibration and the stall probe measured
-    (interpolated in the load) and on the fit of the steps of the phase just before each run; in
+    replays that window live and simulated at each multiple of it, after a rehearsal run there.
+    Criterion (issue 12): attainment within 5 points and TTFT P50 within 25 %. Beside it, judged
+    alike, the simulator's arms: forward, at the step speeds the idle probe, the calibration and the
+    stall probe measured (interpolated in the load), on the fit of the rehearsal's steps and on the
+    fit of the steps of the phase just before each run; in
     hindsight, at the step speed each run measured and on the fit of its own steps (the simulator's
     own model apart from how fast the shared host let the engines step).
     """
     from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PREVIOUS_STEPS, AT_PROBE_SPEED,
-                                           CALIBRATION_PAST_CAPACITY, SimLiveConfig, check_json, fill_from_step_logs,
+                                           AT_REHEARSAL_STEPS, CALIBRATION_PAST_CAPACITY, SimLiveConfig, check_json, fill_from_step_logs,
                                            resimulate as resimulate_check, run_local, summary_markdown)
 
     if resimulate is not None:
@@ -341,7 +346,7 @@ def sim_vs_live(
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
                             host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay,
-                            stall_probe_requests=stall_probe_requests)
+                            stall_probe_requests=stall_probe_requests, rehearsal=rehearsal)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()
@@ -372,6 +377,7 @@ def sim_vs_live(
     # forward on what the probes and the previous runs measured, in hindsight on what each run measured
     others = result.verdicts_beside()
     labels = {AT_PROBE_SPEED: "at the probes' step speed, by load: ",
+              AT_REHEARSAL_STEPS: "on the rehearsal's steps, the runs after it: ",
               AT_PREVIOUS_STEPS: "on the previous phase's steps: ",
               AT_LIVE_SPEED: "at the live runs' step speed (hindsight): ",
               AT_LIVE_STEPS: "on the live runs' own steps (hindsight): "}
