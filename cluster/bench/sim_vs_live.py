@@ -909,6 +909,7 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
         scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
         progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
                  f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
+
         def measured(rate_scale: float, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
             """One live run of the window at ``rate_scale``: its report, and what the check keeps of it."""
             time.sleep(5.0)  # the last run's stragglers drain
@@ -1116,9 +1117,9 @@ def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
     """A forward arm on the engines' recent steps: each live run simulated on the fit of the steps of the phase
     just before it at its load, the previous run of its row, or for a row's first run its rehearsal, or
     without one the probe whose rate is nearest the row's (the idle probe, the calibration or the stall
-    probe, ``step_truth`` each); the calibration on its own fit gives the client path (``_arm``). What a capacity planner who measured the
-    node minutes ago knows, no more: no run's own steps enter its prediction. None for a check recorded
-    without the probes' and the runs' fits (before 2026-12-03)."""
+    probe, ``step_truth`` each); the calibration on its own fit gives the client path (``_arm``). What a
+    capacity planner who measured the node minutes ago knows, no more: no run's own steps enter its
+    prediction. None for a check recorded without the probes' and the runs' fits (before 2026-12-03)."""
     cal = check["calibration"]
     probes = [(phase["live"]["offered_rps"], phase["step_truth"])
               for phase in _probe_phases(cal)
