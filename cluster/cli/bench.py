@@ -281,9 +281,9 @@ def sim_vs_live(
     seats_as_vllm: bool = typer.Option(True, help="With --resimulate: count seats as vLLM does (the simulator's "
                                                   "default; checks recorded before 2026-12-01 ran without)."),
     arms: bool = typer.Option(True, help="With --resimulate: also the check's arms, the simulator on the step costs "
-                                         "the probes, the rehearsals, the previous runs and (hindsight) the runs themselves "
-                                         "measured, where the check recorded what they need (--no-arms: skip "
-                                         "them)."),
+                                         "the probes, the rehearsals, the previous runs and (hindsight) the runs "
+                                         "themselves measured, where the check recorded what they need (--no-arms: "
+                                         "skip them)."),
 ) -> None:
     """The simulator against a live run of the same trace window on a fresh local cluster (embedded default).
 
@@ -297,13 +297,14 @@ def sim_vs_live(
     Criterion (issue 12): attainment within 5 points and TTFT P50 within 25 %. Beside it, judged
     alike, the simulator's arms: forward, at the step speeds the idle probe, the calibration and the
     stall probe measured (interpolated in the load), on the fit of the rehearsal's steps and on the
-    fit of the steps of the phase just before each run; in
-    hindsight, at the step speed each run measured and on the fit of its own steps (the simulator's
-    own model apart from how fast the shared host let the engines step).
+    fit of the steps of the phase just before each run; in hindsight, at the step speed each run
+    measured and on the fit of its own steps (the simulator's own model apart from how fast the
+    shared host let the engines step).
     """
     from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_LIVE_STEPS, AT_PREVIOUS_STEPS, AT_PROBE_SPEED,
-                                           AT_REHEARSAL_STEPS, CALIBRATION_PAST_CAPACITY, SimLiveConfig, check_json, fill_from_step_logs,
-                                           resimulate as resimulate_check, run_local, summary_markdown)
+                                           AT_REHEARSAL_STEPS, CALIBRATION_PAST_CAPACITY, SimLiveConfig, check_json,
+                                           fill_from_step_logs, resimulate as resimulate_check, run_local,
+                                           summary_markdown)
 
     if resimulate is not None:
         recorded = [(p, json.loads(p.read_text())) for p in sorted(resimulate.glob("*.json"))]
