@@ -95,6 +95,38 @@ def test_noise_is_multiplicative_with_mean_one():
     assert min(samples) < 0.1 < 0.12 < max(samples)
 
 
+def test_correlated_noise_keeps_mean_one_and_carries_its_lag_one_correlation():
+    """The AR(1) step noise (``noise_ar``): the multiplier still has mean 1 and log standard deviation sigma,
+    and one step's log noise correlates with the next's by ``noise_ar``; at 0 the draws are the independent
+    noise's exactly (recorded simulations stay as they were)."""
+    import math
+
+    import numpy as np
+
+    def log_noise(ar: float, n: int = 20000, sigma: float = 0.4) -> np.ndarray:
+        step = TrueStepTime(linear_profile(), noise_sigma=sigma, noise_ar=ar, rng=random.Random(7))
+        forward = [(step.step_s(100, 0, 100, 0.0), step.last_forward_s)[1] for _ in range(n)]
+        return np.log(np.asarray(forward) / 0.11)
+
+    def lag1(x: np.ndarray) -> float:
+        d = x - x.mean()
+        return float(np.dot(d[:-1], d[1:]) / np.dot(d, d))
+
+    correlated, independent = log_noise(0.6), log_noise(0.0)
+    for x in (correlated, independent):
+        assert np.exp(x).mean() == pytest.approx(1.0, abs=0.03)
+        assert x.std() == pytest.approx(0.4, abs=0.02)
+    assert lag1(correlated) == pytest.approx(0.6, abs=0.03)
+    assert abs(lag1(independent)) < 0.03
+    rng = random.Random(7)
+    assert independent[:50] == pytest.approx([math.log(math.exp(rng.gauss(-0.08, 0.4))) for _ in range(50)], abs=1e-12)
+    for bad in (1.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise_ar"):
+            TrueStepTime(linear_profile(), noise_sigma=0.1, noise_ar=bad)
+    with pytest.raises(ValueError, match="noise_ar"):
+        SimConfig(noise=0.1, noise_ar=1.2)
+
+
 def test_a_request_attains_only_with_both_its_ttft_and_mean_tpot_within_slo():
     def req(first, last, n):
         r = SimRequest(0, 0.0, 10, n, SLO(1.0, 0.05))

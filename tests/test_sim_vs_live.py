@@ -610,3 +610,56 @@ def test_on_the_rehearsals_steps_the_runs_after_it_are_judged_on_its_fit(monkeyp
     check["calibration"]["stall_probe"]["step_truth"] = scaled_truth(truth, 0.5)
     previous = at_previous_steps(check)
     assert [row["runs"][0] for row in previous["rows"]] == [row["runs"][0] for row in hindsight["rows"]]
+
+
+def test_the_fit_of_steps_measures_their_jitter_and_its_correlation_engine_by_engine():
+    """``fit_step_truth`` keeps how the steps scatter about the fit: two engines whose forward passes carry
+    AR(1) log noise (sigma 0.3, lag-1 correlation 0.5) give both back, with their steps listed interleaved
+    (the correlation is taken within each engine's own sequence, so interleaving does not hide it);
+    shuffled steps have none left."""
+    import math
+    import random
+
+    from node.core.step_time import StepTimeModel
+
+    true = StepTimeModel(a_s=0.004, b_s_per_token=40e-6, c_s_per_context_token=2e-6)
+    rng = random.Random(3)
+    engines = []
+    for name in ("engine-0", "engine-1"):
+        z, steps = 0.0, []
+        for _ in range(3000):
+            z = 0.5 * z + math.sqrt(1 - 0.25) * rng.gauss(0.0, 1.0)
+            n, ctx = rng.randint(1, 256), rng.randint(50, 2000)
+            forward = true.forward_s(n, ctx) * math.exp(0.3 * z - 0.045)
+            steps.append(EngineStep(StepSample(n // 2, n - n // 2, ctx, forward), 0.001, name))
+        engines.append(steps)
+    interleaved = [s for pair in zip(*engines) for s in pair]
+    truth = fit_step_truth(interleaved, prefill_attention=False)
+    assert truth["noise_sigma"] == pytest.approx(0.3, abs=0.02)
+    assert truth["noise_ar"] == pytest.approx(0.5, abs=0.05)
+    shuffled = [replace(s, engine="") for s in interleaved]
+    random.Random(4).shuffle(shuffled)
+    assert abs(fit_step_truth(shuffled, prefill_attention=False)["noise_ar"]) < 0.05
+
+
+def test_the_arms_on_fits_of_steps_simulate_the_fits_noise_unless_told_not_to():
+    """An arm whose truth is a fit of steps simulates that fit's noise (``SimLiveConfig.step_noise``): the
+    rehearsal arm on fits with sigma 0.4 and lag-1 correlation 0.5 predicts a longer TTFT tail at 1.5x than
+    on the same fits without noise, and with ``step_noise`` off it is the noiseless arm exactly."""
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import at_rehearsal_steps, check_truth, scaled_truth
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
+    check = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
+    truth = check_truth(check)
+    check["calibration"]["step_truth"] = scaled_truth(truth, 1.0)
+    for row in check["rows"]:
+        row["rehearsal"] = {"step_truth": scaled_truth(truth, 1.0)}
+    quiet = at_rehearsal_steps(check)
+    for fit in [check["calibration"]["step_truth"], *(row["rehearsal"]["step_truth"] for row in check["rows"])]:
+        fit.update(noise_sigma=0.4, noise_ar=0.5)
+    noisy = at_rehearsal_steps(check)
+    assert noisy["rows"][1]["sim"]["ttft_p90"] > 1.05 * quiet["rows"][1]["sim"]["ttft_p90"]
+    check["config"]["step_noise"] = False
+    assert at_rehearsal_steps(check)["rows"] == quiet["rows"]

@@ -148,6 +148,10 @@ class SimLiveConfig:
     # predicts the repeats (SIMULATION.md, "A rehearsal at the load"). False: no rehearsal (checks before
     # 2026-12-03; the arm then takes a row's first run as its rehearsal and judges the others).
     rehearsal: bool = True
+    # The arms whose truth is a fit of steps (at-rehearsal-steps, at-previous-steps, at-live-steps) also simulate
+    # the fitted steps' jitter about it, correlated from step to step (``step_noise``: ``SimConfig.noise`` and
+    # ``noise_ar``; SIMULATION.md, "Correlated step noise"). False: each step costs exactly the fit's mean.
+    step_noise: bool = True
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -283,10 +287,12 @@ def calibrated_profile(deployment_model: dict[str, float], serve: ServeConfig, o
 class EngineStep:
     """One step an engine timed (its step log, ``NodeConfig.step_log``): the forward pass as a
     ``StepSample``, and its host time (cadence to the next step minus the forward pass, seconds),
-    None when the engine idled after it."""
+    None when the engine idled after it; ``engine`` names the engine's log (steps of one engine are
+    listed in the order it ran them)."""
 
     sample: StepSample
     host_s: Optional[float]
+    engine: str = ""
 
 
 def _log_records(path: Path, since_s: float, until_s: float) -> list[dict[str, Any]]:
@@ -322,7 +328,7 @@ def engine_steps(log_dir: Path, since_s: float, until_s: float) -> list[EngineSt
                 host = max(0.0, after["t"] - r["t"] - r["measured_s"])
             steps.append(EngineStep(StepSample(r["prefill_tokens"], r["decode_tokens"], r["context_tokens"],
                                                r["measured_s"], float(r.get("prefill_attention_pairs", 0.0))),
-                                    host))
+                                    host, path.stem))
     return steps
 
 
@@ -355,9 +361,10 @@ def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[
     (``node.fit.step_time_fit.fit``, nothing trimmed) and the mean host time of the back-to-back steps.
 
     Returns the model's coefficients (``StepTimeModel`` field names, seconds) with ``steps``,
-    ``host_steps`` and the fit's ``mape``. The engines' own refit is trimmed (``OnlineRefit``): it keeps
-    a node's planning model off its load, while a simulator's truth must be what a step costs on average
-    at the load it was measured at. Raises ``ValueError`` with fewer than 3 steps or none back to back.
+    ``host_steps``, the fit's ``mape`` and the steps' jitter about it (``step_noise``: ``noise_sigma``,
+    ``noise_ar``). The engines' own refit is trimmed (``OnlineRefit``): it keeps a node's planning model
+    off its load, while a simulator's truth must be what a step costs on average at the load it was
+    measured at. Raises ``ValueError`` with fewer than 3 steps or none back to back.
     """
     from node.fit.step_time_fit import fit
 
@@ -366,7 +373,41 @@ def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[
         raise ValueError("no two steps back to back: the host time per step is unknown")
     model, report = fit([s.sample for s in steps], prefill_attention=prefill_attention)
     return {**{k: getattr(model, k) for k in COEFFICIENTS}, "host_s": statistics.fmean(hosts),
-            "steps": len(steps), "host_steps": len(hosts), "mape": report.overall.mape}
+            "steps": len(steps), "host_steps": len(hosts), "mape": report.overall.mape,
+            **step_noise(steps, model)}
+
+
+#: The largest lag-1 correlation ``step_noise`` reports (an AR(1) at 1 would never return to its mean).
+MAX_NOISE_AR = 0.95
+
+
+def step_noise(steps: list[EngineStep], model: Any) -> dict[str, float]:
+    """How the forward passes of ``steps`` scatter about ``model`` (a ``StepTimeModel``), as the simulator's
+    correlated step noise takes it (``SimConfig.noise``, ``noise_ar``; ``TrueStepTime``): ``noise_sigma``,
+    the standard deviation of log(measured / predicted forward time), and ``noise_ar``, its lag-1
+    autocorrelation between consecutive steps of one engine, pooled over the engines (the covariance of
+    neighbours over the variance, both about the overall mean), clipped to +-``MAX_NOISE_AR``. Steps the
+    model predicts no positive time for are left out; both 0 with fewer than 3 steps left."""
+    import numpy as np
+
+    from node.fit.step_time_fit import predicted_forward_s
+
+    by_engine: dict[str, list[float]] = {}
+    for s in steps:
+        predicted = predicted_forward_s(model, s.sample)
+        if predicted > 0 and s.sample.duration_s > 0:
+            by_engine.setdefault(s.engine, []).append(np.log(s.sample.duration_s / predicted))
+    logs = [np.asarray(v) for v in by_engine.values()]
+    pooled = np.concatenate(logs) if logs else np.zeros(0)
+    if pooled.size < 3:
+        return {"noise_sigma": 0.0, "noise_ar": 0.0}
+    dev = [v - pooled.mean() for v in logs]
+    var = float(pooled.var())
+    pairs = sum(d.size - 1 for d in dev)
+    if not var > 0 or pairs < 1:
+        return {"noise_sigma": 0.0, "noise_ar": 0.0}
+    ar = sum(float(np.dot(d[:-1], d[1:])) for d in dev) / pairs / var
+    return {"noise_sigma": var ** 0.5, "noise_ar": float(np.clip(ar, -MAX_NOISE_AR, MAX_NOISE_AR))}
 
 
 def _fit_or_none(steps: list[EngineStep], *, prefill_attention: bool) -> Optional[dict[str, Any]]:
@@ -931,7 +972,8 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 progress(f"{m:g}x ({scale * rate1:.1f} req/s) rehearsal: live attainment "
                          f"{rehearsal['attainment']:.3f}; its steps: "
                          + (f"a {fit['a_s'] * 1e3:.2f} ms, b {fit['b_s_per_token'] * 1e6:.1f} us/token, host "
-                            f"{fit['host_s'] * 1e3:.2f} ms" if fit else "too few to fit"))
+                            f"{fit['host_s'] * 1e3:.2f} ms, noise sigma {fit['noise_sigma']:.2f} lag-1 "
+                            f"{fit['noise_ar']:.2f}" if fit else "too few to fit"))
             lives = []
             for k in range(cfg.repeats):
                 live, kept = measured(scale, cfg.seed + 10 * i + k)
@@ -957,12 +999,13 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
     return result
 
 
-def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True,
+def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step_noise: Optional[bool] = None,
                **sim_overrides: Any) -> SimLiveResult:
     """A recorded check (the JSON ``run_local``'s result is written as) with its simulator side run
     again by the simulator as it is now, against the same live runs: the same calibrated profile,
     client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
-    top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01).
+    top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01);
+    ``step_noise``, where given, replaces the check's ``SimLiveConfig.step_noise`` (kept in its config).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
     runs ran at) unless ``capacity`` is False; with ``arms``, the check's arms (``with_arms``, where
     it recorded what they need) are run again too. Raises ``ValueError`` for a document that is not a
@@ -972,7 +1015,8 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True,
     cal = recorded["calibration"]
     if not Path(cal["profile"]).exists():
         raise ValueError(f"the check's calibrated profile {cal['profile']} is missing")
-    cfg = SimLiveConfig(**recorded["config"])
+    config = {**recorded["config"], **({} if step_noise is None else {"step_noise": step_noise})}
+    cfg = SimLiveConfig(**config)
     serve = ServeConfig.model_validate(recorded["serve_config"])
     host = HostCPU(**cal["shared_host"]) if cal.get("shared_host") else None
     if host is not None and "background_cores" not in cal["shared_host"]:  # recorded before it was kept:
@@ -980,7 +1024,7 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True,
     base = replace(sim_config_for(serve, cfg, cal["profile"], start_s=cfg.start_s, client_path_s=cal["client_path_s"],
                                   host=host, ingress=cal.get("ingress_delay")), **sim_overrides)
     window = _window(cfg, cfg.start_s, cfg.duration_s)
-    result = SimLiveResult(recorded.get("machine", ""), recorded["config"], recorded["serve_config"],
+    result = SimLiveResult(recorded.get("machine", ""), config, recorded["serve_config"],
                            calibration=cal, capacity=simulated_capacity(base, cfg, window) if capacity else {})
     for row in recorded["rows"]:
         result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window),
@@ -1037,7 +1081,9 @@ def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[st
     """``check`` simulated on other truths, with no shared host (a truth measured at a load holds the serving
     path's CPU there): the calibration replay on ``cal_truth`` gives the client path (``path_latency_s``
     against its recorded requests); each live run of each row is simulated on its truth in ``run_truths``
-    (one list per row, one truth per run), at the row's rate. A row's ``sim`` is the medians of its runs'
+    (one list per row, one truth per run), at the row's rate. A truth is its ``coefficients``, and where it
+    is a fit of steps (``fit_step_truth``'s) and the check's ``step_noise`` is on, also its ``noise_sigma``
+    and ``noise_ar`` (the simulator's correlated step noise). A row's ``sim`` is the medians of its runs'
     figures (``KEPT``), judged like the check's own prediction by ``SimLiveResult.verdict``."""
     from cluster.sim.simulator import simulate
 
@@ -1045,27 +1091,32 @@ def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[st
     cfg = SimLiveConfig(**check["config"])
     serve = ServeConfig.model_validate(check["serve_config"])
     ingress = cal.get("ingress_delay")
+
+    def noise(truth: dict[str, float]) -> dict[str, float]:
+        return ({"noise": float(truth.get("noise_sigma", 0.0)), "noise_ar": float(truth.get("noise_ar", 0.0))}
+                if cfg.step_noise else {})
+
     with tempfile.TemporaryDirectory(prefix="sim-vs-live-arm-") as tmp:
         made: dict[tuple, str] = {}
 
         def profile(truth: dict[str, float]) -> str:
-            key = tuple(truth[k] for k in COEFFICIENTS)
+            key = tuple(coefficients(truth).values())
             if key not in made:
-                made[key] = str(calibrated_profile(truth, serve, Path(tmp) / f"truth-{len(made)}.json"))
+                made[key] = str(calibrated_profile(coefficients(truth), serve, Path(tmp) / f"truth-{len(made)}.json"))
             return made[key]
 
-        cal_sim = simulate(sim_config_for(serve, cfg, profile(cal_truth), start_s=cfg.calibration_start_s,
-                                          rate_scale=cal["rate_scale"], ingress=ingress),
+        cal_sim = simulate(replace(sim_config_for(serve, cfg, profile(cal_truth), start_s=cfg.calibration_start_s,
+                                                  rate_scale=cal["rate_scale"], ingress=ingress), **noise(cal_truth)),
                            workload=_window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s))
         path_s = max(0.0, path_latency_s(cal["per_request"], cal_sim.requests) or 0.0)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
         done: dict[tuple, dict[str, Any]] = {}
 
         def run(truth: dict[str, float], rate_scale: float) -> dict[str, Any]:
-            key = (profile(truth), rate_scale)
+            key = (profile(truth), rate_scale, *noise(truth).values())
             if key not in done:
                 base = sim_config_for(serve, cfg, key[0], start_s=cfg.start_s, client_path_s=path_s, ingress=ingress)
-                done[key] = _kept(simulate(replace(base, rate_scale=rate_scale), workload=window).report)
+                done[key] = _kept(simulate(replace(base, rate_scale=rate_scale, **noise(truth)), workload=window).report)
             return done[key]
 
         rows = []
@@ -1110,7 +1161,7 @@ def at_live_steps(check: dict) -> Optional[dict[str, Any]]:
     truths = [[live.get("step_truth") for live in row["live"]] for row in check["rows"]]
     if not cal.get("step_truth") or "per_request" not in cal or any(not t for row in truths for t in row):
         return None
-    return _arm(check, coefficients(cal["step_truth"]), [[coefficients(t) for t in row] for row in truths])
+    return _arm(check, cal["step_truth"], truths)
 
 
 def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
@@ -1133,8 +1184,8 @@ def at_previous_steps(check: dict) -> Optional[dict[str, Any]]:
     for row, fits in zip(check["rows"], runs):
         first = ((row.get("rehearsal") or {}).get("step_truth")
                  or min(probes, key=lambda p: abs(p[0] - row["rate_scale"] * rate1))[1])
-        before.append([coefficients(first)] + [coefficients(t) for t in fits[:-1]])
-    return _arm(check, coefficients(cal["step_truth"]), before)
+        before.append([first] + fits[:-1])
+    return _arm(check, cal["step_truth"], before)
 
 
 def at_probe_speed(check: dict) -> Optional[dict[str, Any]]:
@@ -1180,9 +1231,9 @@ def at_rehearsal_steps(check: dict) -> Optional[dict[str, Any]]:
             return None
         if not fit:
             return None
-        fits.append([coefficients(fit)])
+        fits.append([fit])
         judged.append(runs)
-    return {**_arm(check, coefficients(cal["step_truth"]), fits), "judged_runs": judged}
+    return {**_arm(check, cal["step_truth"], fits), "judged_runs": judged}
 
 
 #: The arms a check keeps beside its own prediction (``with_arms``): forward, at the probes' speeds, on the

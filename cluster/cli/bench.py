@@ -266,6 +266,12 @@ def sim_vs_live(
                                               "not judged, whose steps' fit is the step cost at that load for the "
                                               "at-rehearsal-steps arm (--no-rehearsal: none; that arm then takes "
                                               "each multiple's first run as its rehearsal and judges the others)."),
+    step_noise: bool = typer.Option(True, help="The arms on fits of steps (rehearsal, previous phase, the run's own) "
+                                               "also simulate the steps' jitter about the fit: its log standard "
+                                               "deviation and lag-1 correlation, measured (--no-step-noise: every "
+                                               "step costs the fit's mean). With --resimulate: set for the "
+                                               "recorded checks (their fits need the noise recorded, from "
+                                               "2026-12-03 on, or --step-logs)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one). With "
@@ -320,12 +326,12 @@ def sim_vs_live(
         for path, rec in recorded:
             filled = fill_from_step_logs(rec, step_logs) if step_logs is not None else 0
             try:
-                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, arms=arms)
+                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, arms=arms, step_noise=step_noise)
             except ValueError as exc:
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
                    "verdict_with_truth": res.verdicts_beside(),
-                   "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms,
+                   "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms, "step_noise": step_noise,
                                         "filled_from_step_logs": None if step_logs is None else
                                         {"logs": str(step_logs), "phases": filled}}}
             (out_dir / path.name).write_text(check_json(doc))
@@ -347,7 +353,7 @@ def sim_vs_live(
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
                             host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay,
-                            stall_probe_requests=stall_probe_requests, rehearsal=rehearsal)
+                            stall_probe_requests=stall_probe_requests, rehearsal=rehearsal, step_noise=step_noise)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

@@ -68,6 +68,7 @@ class SimConfig:
     kv_cache_tokens: int | None = _opt(None, "KV cache per node in tokens (default: the profile's).")
     max_num_seqs: int | None = _opt(None, "Sequence seats per node, vLLM's max_num_seqs (default: the profile's; vLLM 0.32 ships 1024 on H100/H200 and 256 on A100).")
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
+    noise_ar: float = _opt(0.0, "Lag-1 correlation of --noise from one step of a node to its next, in (-1, 1) (0: independent; a live CPU engine's steps measured 0.4-0.55, bench/results/SIMULATION.md).")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
     client_path_s: float = _opt(0.0, "Latency outside the engines that a client sees on its first token (HTTP, the ingress's rendering, the hops to the engine and back), seconds: every served request's token times are shifted by it before the SLO test and the latency percentiles (token-level attainment stays the engines'). 0: none; fairbatching bench sim-vs-live measures it on a live run.")
     host_cpu_s_per_request: float = _opt(0.0, "The engines share the host's cores with the serving path (proxy, ingress, stream, client; the embedded default's CPU engines): each arriving request costs this many CPU seconds (one refused at once: --host-cpu-s-per-refusal), and every step is slowed by the share of --host-cores that takes over the last second (cluster.sim.shared_host; 0: a host of its own, as a GPU node).")
@@ -227,6 +228,8 @@ class SimConfig:
             raise ValueError(f"lend must be always or at-risk, got {self.lend!r}")
         if self.relegate not in ("none", "lost", "doomed", "fewest-late"):
             raise ValueError(f"relegate must be none, lost, doomed or fewest-late, got {self.relegate!r}")
+        if not self.noise >= 0 or not -1 < self.noise_ar < 1:
+            raise ValueError(f"noise must be >= 0 and noise_ar in (-1, 1), got {self.noise!r} and {self.noise_ar!r}")
         if self.host_s is not None and not self.host_s >= 0:
             raise ValueError(f"host_s must be >= 0, got {self.host_s!r}")
         if not 0 < self.pab_horizon_fraction <= 1:

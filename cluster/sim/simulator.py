@@ -234,7 +234,8 @@ def simulate(
         SimNode(
             i, loop,
             make_policy(cfg.scheduler, model, **knobs),
-            TrueStepTime(profile, noise_sigma=cfg.noise, rng=random.Random(cfg.seed * 1_000_003 + i), host_s=host_s),
+            TrueStepTime(profile, noise_sigma=cfg.noise, noise_ar=cfg.noise_ar,
+                         rng=random.Random(cfg.seed * 1_000_003 + i), host_s=host_s),
             pool,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,

@@ -13,7 +13,10 @@ Without one (``ground_truth`` null) the profile's own model is the truth:
 ``kv_tokens + 1`` and prefills' ``p + q``, ``pairs`` the prefill chunks'
 ``q * (p + q / 2)`` (``e`` is the profile's ``attn_prefill_s_per_token_sq``, 0
 on a linear profile). Optional multiplicative lognormal
-noise with mean 1 models run-to-run jitter.
+noise with mean 1 models run-to-run jitter; with ``noise_ar`` it is correlated
+from one step of a node to its next (a first-order autoregression of the log
+noise), as a live engine's steps are: a slow step tends to follow a slow one
+(bench/results/SIMULATION.md, "Correlated step noise").
 
 **Host time.** A step's wall time is its forward pass plus the host's work
 between two forward passes (scheduling, input preparation, sampling,
@@ -41,10 +44,15 @@ class TrueStepTime:
 
     def __init__(
         self, profile: Profile, *, noise_sigma: float = 0.0, rng: random.Random | None = None,
-        host_s: float | None = None,
+        host_s: float | None = None, noise_ar: float = 0.0,
     ) -> None:
-        if noise_sigma < 0:
+        """``noise_sigma``: the log noise's standard deviation (0: none); ``noise_ar``: its lag-1
+        correlation from one step to the next, in (-1, 1) (0: independent steps). Raises
+        ``ValueError`` for values out of those ranges."""
+        if not noise_sigma >= 0:
             raise ValueError(f"noise sigma must be >= 0, got {noise_sigma!r}")
+        if not -1.0 < noise_ar < 1.0:
+            raise ValueError(f"noise_ar (the noise's lag-1 correlation) must be in (-1, 1), got {noise_ar!r}")
         self.host_s = float(profile.host_s if host_s is None else host_s)
         if not (math.isfinite(self.host_s) and self.host_s >= 0):
             raise ValueError(f"host_s must be a finite number >= 0, got {host_s!r}")
@@ -63,6 +71,8 @@ class TrueStepTime:
             self.attn_decode_s = float(truth["attn_decode_s_per_context_token"])
             self.attn_prefill_s = float(truth["attn_prefill_s_per_token_sq"])
         self.noise_sigma = noise_sigma
+        self.noise_ar = noise_ar
+        self._noise_z: float | None = None  # the last step's log noise, in standard deviations
         self._rng = rng or random.Random(0)
 
     def linear_ops_s(self, new_tokens: int) -> float:
@@ -101,7 +111,12 @@ class TrueStepTime:
             t = self._own.forward_s(new_tokens, decode_context_tokens + prefill_context_tokens,
                                     prefill_attention_pairs)
         if self.noise_sigma:
-            s = self.noise_sigma
-            t *= math.exp(self._rng.gauss(-0.5 * s * s, s))
+            # z: a stationary AR(1) of unit variance, z' = ar * z + sqrt(1 - ar^2) * e; the multiplier
+            # exp(sigma * z - sigma^2 / 2) has mean 1 (with ar 0 the draws are those of independent noise)
+            s, z = self.noise_sigma, self._rng.gauss(0.0, 1.0)
+            if self.noise_ar and self._noise_z is not None:
+                z = self.noise_ar * self._noise_z + math.sqrt(1.0 - self.noise_ar ** 2) * z
+            self._noise_z = z
+            t *= math.exp(-0.5 * s * s + z * s)
         self.last_forward_s = t * slowdown
         return (t + self.host_s) * slowdown
