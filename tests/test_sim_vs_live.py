@@ -423,15 +423,26 @@ def test_the_simulator_at_the_live_runs_step_speed_predicts_the_recorded_stall_c
     """The hindsight arm on the recorded seed-13 check (its calibration ran 1.38x slower than the truth, its
     1.5x runs 0.81-0.84x): at each phase's measured speed the simulator predicts the live medians within the
     criterion at both loads, where the check's own prediction missed by 26 points at 1.5x; a faster machine
-    gives a shorter TTFT and no lower attainment; a check recorded without step speeds has no hindsight arm."""
+    gives a shorter TTFT and no lower attainment; a check recorded without step speeds has no hindsight arm.
+    Resimulated with its arms, a recorded arm that can no longer run (here one planted on the record) is
+    dropped, not carried over."""
     from pathlib import Path
 
-    from cluster.bench.sim_vs_live import AT_LIVE_SPEED, at_live_speed, at_live_steps, at_probe_speed, resimulate
+    from cluster.bench.sim_vs_live import (AT_LIVE_SPEED, AT_LIVE_STEPS, at_live_speed, at_live_steps, at_probe_speed,
+                                           resimulate)
 
     root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live"
     recorded = json.loads((root / "conv-240-stalls" / "azure-conv-600-seed13.json").read_text())
     assert not recorded["verdict"]["1.5x"]["holds"] and recorded["verdict"]["1.5x"]["attainment_gap_pts"] > 20
-    again = resimulate(recorded, capacity=False)
+    planted = json.loads(json.dumps(recorded))
+    planted["calibration"]["arms"] = {AT_LIVE_STEPS: {"client_path_s": 0.0}}
+    for row in planted["rows"]:
+        row.setdefault("sim_with_truth", {})[AT_LIVE_STEPS] = row["sim"]
+        row["arm_judged"] = {AT_LIVE_STEPS: [0]}
+    again = resimulate(planted, capacity=False)
+    assert set(again.calibration["arms"]) == {AT_LIVE_SPEED}
+    assert all(AT_LIVE_STEPS not in row["sim_with_truth"] and "arm_judged" not in row for row in again.rows)
+    assert AT_LIVE_STEPS in planted["rows"][0]["sim_with_truth"]  # the record itself untouched
     hindsight = again.verdict(truth=AT_LIVE_SPEED)
     assert set(hindsight) == {"0.5x", "1.5x"} and all(v["holds"] for v in hindsight.values()), hindsight
     arm = again.calibration["arms"][AT_LIVE_SPEED]

@@ -1008,8 +1008,9 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step
     ``step_noise``, where given, replaces the check's ``SimLiveConfig.step_noise`` (kept in its config).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
     runs ran at) unless ``capacity`` is False; with ``arms``, the check's arms (``with_arms``, where
-    it recorded what they need) are run again too. Raises ``ValueError`` for a document that is not a
-    recorded check, or whose calibrated profile file is missing."""
+    it recorded what they need) are run again too, and a recorded arm that can no longer run is
+    dropped (without, the recorded arms are kept as they were). Raises ``ValueError`` for a document
+    that is not a recorded check, or whose calibrated profile file is missing."""
     if not all(k in recorded for k in ("config", "serve_config", "calibration", "rows")):
         raise ValueError("not a recorded sim-vs-live check (no config, serve_config, calibration and rows)")
     cal = recorded["calibration"]
@@ -1024,11 +1025,16 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step
     base = replace(sim_config_for(serve, cfg, cal["profile"], start_s=cfg.start_s, client_path_s=cal["client_path_s"],
                                   host=host, ingress=cal.get("ingress_delay")), **sim_overrides)
     window = _window(cfg, cfg.start_s, cfg.duration_s)
+    # With the arms run again, none of their recorded figures stays (an arm that can no longer run leaves none)
+    stale = set(ARMS) if arms else set()
     result = SimLiveResult(recorded.get("machine", ""), config, recorded["serve_config"],
-                           calibration=cal, capacity=simulated_capacity(base, cfg, window) if capacity else {})
+                           calibration={k: v for k, v in cal.items() if not (arms and k == "arms")},
+                           capacity=simulated_capacity(base, cfg, window) if capacity else {})
     for row in recorded["rows"]:
-        result.rows.append({**row, "sim": _simulated_row(base, row["rate_scale"], window),
-                            "sim_with_truth": dict(row.get("sim_with_truth") or {})})
+        kept = {k: v for k, v in row.items() if not (arms and k in ("arm_runs", "arm_judged"))}
+        result.rows.append({**kept, "sim": _simulated_row(base, row["rate_scale"], window),
+                            "sim_with_truth": {k: v for k, v in (row.get("sim_with_truth") or {}).items()
+                                               if k not in stale}})
     if arms:
         with_arms(result)
     return result

@@ -270,8 +270,8 @@ def sim_vs_live(
                                                "also simulate the steps' jitter about the fit: its log standard "
                                                "deviation and lag-1 correlation, measured (--no-step-noise: every "
                                                "step costs the fit's mean). With --resimulate: set for the "
-                                               "recorded checks (their fits need the noise recorded, from "
-                                               "2026-12-03 on, or --step-logs)."),
+                                               "recorded checks (fits recorded before 2026-12-03 afternoon carry "
+                                               "no noise and run without it either way)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one). With "
