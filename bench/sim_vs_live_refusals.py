@@ -87,8 +87,15 @@ def main(check: Path = typer.Argument(..., help="A recorded check (JSON) with th
                                       client_path_s=cal["arms"][AT_LIVE_STEPS]["client_path_s"],
                                       ingress=cal.get("ingress_delay")),
                        rate_scale=doc["rows"][row]["rate_scale"], **noise)
-        for v in variants:
-            result = simulate(replace(base, **v), workload=window)
+        configs = []
+        for v in variants:  # every variant checked before the first simulation
+            try:
+                configs.append((v, replace(base, **v)))
+            except ValueError as exc:
+                errors = getattr(exc, "errors", None)
+                raise typer.BadParameter(errors()[0]["msg"] if errors else str(exc), param_hint="--set") from None
+        for v, config in configs:
+            result = simulate(config, workload=window)
             r = result.report
             span = r["requests"] / r["offered_rps"]
             pab = [t[1] for rows in result.timelines.values() for t in rows if t[0] <= span]
