@@ -24,7 +24,7 @@ import numpy as np
 import typer
 
 from cluster.bench.sim_vs_live import (AT_LIVE_STEPS, SimLiveConfig, _window, calibrated_profile, coefficients,
-                                       sim_config_for)
+                                       noise_fields, sim_config_for)
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.simulator import simulate
@@ -79,14 +79,12 @@ def main(check: Path = typer.Argument(..., help="A recorded check (JSON) with th
           f"median prompt {small:.0f} tokens")
     print(f"live: {live['rejected']} refused ({dict(reasons)}), attainment {live['attainment']:.3f}, TTFT P50 "
           f"{live['ttft_p50']:.3f} s, P90 {live['ttft_p90']:.3f} s; engines' polls: {_pab_line(polled, small)}")
-    noise = ({"noise": truth.get("noise_sigma", 0.0), "noise_ar": truth.get("noise_ar", 0.0)}
-             if cfg.step_noise else {})
     with tempfile.TemporaryDirectory() as tmp:
         profile = str(calibrated_profile(coefficients(truth), serve, Path(tmp) / "truth.json"))
         base = replace(sim_config_for(serve, cfg, profile, start_s=cfg.start_s,
                                       client_path_s=cal["arms"][AT_LIVE_STEPS]["client_path_s"],
                                       ingress=cal.get("ingress_delay")),
-                       rate_scale=doc["rows"][row]["rate_scale"], **noise)
+                       rate_scale=doc["rows"][row]["rate_scale"], **noise_fields(truth, cfg))
         configs = []
         for v in variants:  # every variant checked before the first simulation
             try:

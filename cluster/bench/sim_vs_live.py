@@ -410,6 +410,14 @@ def step_noise(steps: list[EngineStep], model: Any) -> dict[str, float]:
     return {"noise_sigma": var ** 0.5, "noise_ar": float(np.clip(ar, -MAX_NOISE_AR, MAX_NOISE_AR))}
 
 
+def noise_fields(truth: dict[str, Any], cfg: SimLiveConfig) -> dict[str, float]:
+    """The ``SimConfig`` fields (``noise``, ``noise_ar``) that simulate a fit of steps' jitter (``step_noise``'s
+    ``noise_sigma`` and ``noise_ar``, 0 for a truth without them); none where ``cfg.step_noise`` is off."""
+    if not cfg.step_noise:
+        return {}
+    return {"noise": float(truth.get("noise_sigma", 0.0)), "noise_ar": float(truth.get("noise_ar", 0.0))}
+
+
 def _fit_or_none(steps: list[EngineStep], *, prefill_attention: bool) -> Optional[dict[str, Any]]:
     """``fit_step_truth`` of a live run's steps, None where they are too few to fit (a run cut short)."""
     try:
@@ -1097,32 +1105,30 @@ def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[st
     cfg = SimLiveConfig(**check["config"])
     serve = ServeConfig.model_validate(check["serve_config"])
     ingress = cal.get("ingress_delay")
-
-    def noise(truth: dict[str, float]) -> dict[str, float]:
-        return ({"noise": float(truth.get("noise_sigma", 0.0)), "noise_ar": float(truth.get("noise_ar", 0.0))}
-                if cfg.step_noise else {})
-
     with tempfile.TemporaryDirectory(prefix="sim-vs-live-arm-") as tmp:
         made: dict[tuple, str] = {}
 
         def profile(truth: dict[str, float]) -> str:
-            key = tuple(coefficients(truth).values())
+            model = coefficients(truth)
+            key = tuple(model.values())
             if key not in made:
-                made[key] = str(calibrated_profile(coefficients(truth), serve, Path(tmp) / f"truth-{len(made)}.json"))
+                made[key] = str(calibrated_profile(model, serve, Path(tmp) / f"truth-{len(made)}.json"))
             return made[key]
 
         cal_sim = simulate(replace(sim_config_for(serve, cfg, profile(cal_truth), start_s=cfg.calibration_start_s,
-                                                  rate_scale=cal["rate_scale"], ingress=ingress), **noise(cal_truth)),
+                                                  rate_scale=cal["rate_scale"], ingress=ingress),
+                                   **noise_fields(cal_truth, cfg)),
                            workload=_window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s))
         path_s = max(0.0, path_latency_s(cal["per_request"], cal_sim.requests) or 0.0)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
         done: dict[tuple, dict[str, Any]] = {}
 
         def run(truth: dict[str, float], rate_scale: float) -> dict[str, Any]:
-            key = (profile(truth), rate_scale, *noise(truth).values())
+            noise = noise_fields(truth, cfg)
+            key = (profile(truth), rate_scale, *noise.values())
             if key not in done:
                 base = sim_config_for(serve, cfg, key[0], start_s=cfg.start_s, client_path_s=path_s, ingress=ingress)
-                done[key] = _kept(simulate(replace(base, rate_scale=rate_scale, **noise(truth)), workload=window).report)
+                done[key] = _kept(simulate(replace(base, rate_scale=rate_scale, **noise), workload=window).report)
             return done[key]
 
         rows = []
