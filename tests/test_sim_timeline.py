@@ -127,6 +127,36 @@ def test_correlated_noise_keeps_mean_one_and_carries_its_lag_one_correlation():
         SimConfig(noise=0.1, noise_ar=1.2)
 
 
+def test_a_steps_host_time_grows_with_the_requests_it_serves():
+    """``host_s_per_request``: a step's host time is its fixed part plus this much per request it serves, on
+    top of the forward pass and under the shared host's slowdown; 0 (the default) leaves steps as they were.
+    In the simulator it is the truth only: the nodes plan with ``host_s`` (their refit measures the rest),
+    and a node serving eight decodes a step steps more slowly than with a fixed host time."""
+    base = TrueStepTime(linear_profile(), host_s=0.002)
+    per_request = TrueStepTime(linear_profile(), host_s=0.002, host_s_per_request=0.0005)
+    assert base.step_s(100, 0, 100, 0.0, 1.0, 8) == pytest.approx(0.01 + 0.1 + 0.002)
+    assert per_request.step_s(100, 0, 100, 0.0, 2.0, 8) == pytest.approx(2 * (0.112 + 8 * 0.0005))
+    assert per_request.last_forward_s == pytest.approx(2 * 0.11)
+    for bad in (-1e-4, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="host_s_per_request"):
+            TrueStepTime(linear_profile(), host_s_per_request=bad)
+        with pytest.raises(ValueError, match="host_s_per_request"):
+            SimConfig(host_s_per_request=bad)
+    with pytest.raises(ValueError, match="host_fixed_s"):
+        SimConfig(host_fixed_s=-0.001)
+    # vLLM's token budget plans the same steps whatever the host time: one prefill of all eight, then 39
+    # steps of eight decodes, each 8 ms longer with 1 ms a request
+    rows = [(0.0, 10, 40)] * 8
+
+    def last_token_s(**cfg) -> float:
+        return max(r.last_token_s for r in run(rows, scheduler="vllm", **cfg).requests)
+
+    fixed = last_token_s(host_s=0.002)
+    assert last_token_s(host_s=0.002, host_s_per_request=0.001) == pytest.approx(fixed + 40 * 8 * 0.001)
+    # host_fixed_s is the truth's fixed part; host_s (here ten times it) is only what the nodes plan with
+    assert last_token_s(host_s=0.02, host_fixed_s=0.002, host_s_per_request=0.001) == pytest.approx(fixed + 0.32)
+
+
 def test_a_request_attains_only_with_both_its_ttft_and_mean_tpot_within_slo():
     def req(first, last, n):
         r = SimRequest(0, 0.0, 10, n, SLO(1.0, 0.05))

@@ -653,6 +653,71 @@ def test_the_fit_of_steps_measures_their_jitter_and_its_correlation_engine_by_en
     assert abs(fit_step_truth(shuffled, prefill_attention=False)["noise_ar"]) < 0.05
 
 
+def test_the_fit_of_steps_draws_the_host_time_as_a_line_in_the_requests_served(tmp_path):
+    """``host_per_request``: the engines log each step's requests (its ``tokens``), and the fit of their steps
+    gives the host time's line in them (2 ms + 0.2 ms a request here, with scatter), besides its mean; without
+    requests logged (older logs) or with one request count only, the mean and no slope."""
+    import random
+
+    from cluster.bench.sim_vs_live import host_per_request
+
+    rng = random.Random(5)
+    steps = []
+    for _ in range(4000):
+        n = rng.randint(1, 64)
+        steps.append(EngineStep(StepSample(0, n, 100 * n, 0.01), 0.002 + 0.0002 * n + rng.uniform(-0.001, 0.001),
+                                "engine-0", n))
+    line = fit_step_truth(steps, prefill_attention=False)
+    assert line["host_fixed_s"] == pytest.approx(0.002, abs=2e-4)
+    assert line["host_s_per_request"] == pytest.approx(0.0002, abs=1e-5)
+    assert line["host_s"] == pytest.approx(sum(s.host_s for s in steps) / len(steps))
+    unlogged = [replace(s, requests=0) for s in steps]
+    assert host_per_request(unlogged) == {"host_fixed_s": pytest.approx(line["host_s"]), "host_s_per_request": 0.0}
+    falling = [replace(s, host_s=0.02 - 0.0002 * s.requests) for s in steps]  # never a negative slope
+    assert host_per_request(falling)["host_s_per_request"] == 0.0
+    # engine_steps reads the requests a step served from its log line
+    line_of = json.loads(_step_line(1, 100.0, 0.010, True))
+    (tmp_path / "engine-1.jsonl").write_text(
+        json.dumps({**line_of, "tokens": {"a": 1, "b": 1, "c": 30}}) + "\n" + _step_line(2, 100.013, 0.010, False))
+    assert [s.requests for s in engine_steps(tmp_path, 99.0, 150.0)] == [3, 0]
+
+
+def test_the_arms_simulate_the_host_line_only_when_told_and_old_fits_get_it_from_the_step_logs(tmp_path):
+    """``step_fit_fields`` hands the simulator a fit's host line only with ``SimLiveConfig.host_per_request``
+    (off by default: the recorded arms stay as they were), and nothing for a fit recorded without it; with the
+    step logs a check kept, ``fill_from_step_logs`` adds the line to such a fit and keeps its other figures."""
+    from cluster.bench.sim_vs_live import fill_from_step_logs, step_fit_fields
+
+    fit = {"noise_sigma": 0.4, "noise_ar": 0.5, "host_s": 0.01}
+    plain = SimLiveConfig()
+    assert step_fit_fields(fit, plain) == {"noise": 0.4, "noise_ar": 0.5}
+    with_host = replace(plain, host_per_request=True)
+    assert step_fit_fields(fit, with_host) == {"noise": 0.4, "noise_ar": 0.5}
+    fit |= {"host_fixed_s": 0.003, "host_s_per_request": 0.0002}
+    assert step_fit_fields(fit, with_host) == {"noise": 0.4, "noise_ar": 0.5, "host_fixed_s": 0.003,
+                                               "host_s_per_request": 0.0002}
+    assert step_fit_fields(fit, replace(with_host, step_noise=False)) == {"host_fixed_s": 0.003,
+                                                                         "host_s_per_request": 0.0002}
+    # A recorded run's fit without the line, and the engines' log of its span: 1 ms + 0.5 ms a request
+    t, log = 100.0, ""
+    for i in range(40):
+        n = 1 + i % 8  # requests served; the next step starts after this one's forward pass and host time
+        log += json.dumps({**json.loads(_step_line(i + 1, t, 0.010, True)), "tokens": {str(k): 1 for k in range(n)}})
+        log += "\n"
+        t += 0.010 + 0.001 + 0.0005 * n
+    (tmp_path / "engine-1.jsonl").write_text(log)
+    recorded = {"a_s": 0.01, "noise_sigma": 0.3, "host_s": 0.003}
+    check = {"config": {}, "calibration": {"deployment_model": {"a_s": 0.01, "b_s_per_token": 1e-4,
+                                                                "c_s_per_context_token": 0.0, "host_s": 0.003}},
+             "rows": [{"live": [{"wall_clock_s": [99.0, 150.0], "step_truth": dict(recorded)}]}]}
+    assert fill_from_step_logs(check, tmp_path) == 1
+    filled = check["rows"][0]["live"][0]["step_truth"]
+    assert {k: filled[k] for k in recorded} == recorded
+    assert filled["host_fixed_s"] == pytest.approx(0.001, abs=1e-6)
+    assert filled["host_s_per_request"] == pytest.approx(0.0005, abs=1e-6)
+    assert fill_from_step_logs(check, tmp_path) == 0  # nothing left to fill
+
+
 def test_the_arms_on_fits_of_steps_simulate_the_fits_noise_unless_told_not_to():
     """An arm whose truth is a fit of steps simulates that fit's noise (``SimLiveConfig.step_noise``): the
     rehearsal arm on fits with sigma 0.4 and lag-1 correlation 0.5 predicts a longer TTFT tail at 1.5x than

@@ -152,6 +152,10 @@ class SimLiveConfig:
     # the fitted steps' jitter about it, correlated from step to step (``step_noise``: ``SimConfig.noise`` and
     # ``noise_ar``; SIMULATION.md, "Correlated step noise"). False: each step costs exactly the fit's mean.
     step_noise: bool = True
+    # The same arms also give a step's host time its growth with the requests it serves (``host_per_request``:
+    # ``SimConfig.host_fixed_s`` and ``host_s_per_request``; SIMULATION.md, "Host time per request"). False
+    # (the default): every step's host time is the fit's mean.
+    host_per_request: bool = False
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
@@ -288,11 +292,12 @@ class EngineStep:
     """One step an engine timed (its step log, ``NodeConfig.step_log``): the forward pass as a
     ``StepSample``, and its host time (cadence to the next step minus the forward pass, seconds),
     None when the engine idled after it; ``engine`` names the engine's log (steps of one engine are
-    listed in the order it ran them)."""
+    listed in the order it ran them); ``requests``, how many requests the step served (0: not logged)."""
 
     sample: StepSample
     host_s: Optional[float]
     engine: str = ""
+    requests: int = 0
 
 
 def _log_records(path: Path, since_s: float, until_s: float) -> list[dict[str, Any]]:
@@ -328,7 +333,7 @@ def engine_steps(log_dir: Path, since_s: float, until_s: float) -> list[EngineSt
                 host = max(0.0, after["t"] - r["t"] - r["measured_s"])
             steps.append(EngineStep(StepSample(r["prefill_tokens"], r["decode_tokens"], r["context_tokens"],
                                                r["measured_s"], float(r.get("prefill_attention_pairs", 0.0))),
-                                    host, path.stem))
+                                    host, path.stem, len(r.get("tokens") or {})))
     return steps
 
 
@@ -361,10 +366,11 @@ def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[
     (``node.fit.step_time_fit.fit``, nothing trimmed) and the mean host time of the back-to-back steps.
 
     Returns the model's coefficients (``StepTimeModel`` field names, seconds) with ``steps``,
-    ``host_steps``, the fit's ``mape`` and the steps' jitter about it (``step_noise``: ``noise_sigma``,
-    ``noise_ar``). The engines' own refit is trimmed (``OnlineRefit``): it keeps a node's planning model
-    off its load, while a simulator's truth must be what a step costs on average at the load it was
-    measured at. Raises ``ValueError`` with fewer than 3 steps or none back to back.
+    ``host_steps``, the fit's ``mape``, the steps' jitter about it (``step_noise``: ``noise_sigma``,
+    ``noise_ar``) and their host time's line in the requests served (``host_per_request``:
+    ``host_fixed_s``, ``host_s_per_request``). The engines' own refit is trimmed (``OnlineRefit``): it
+    keeps a node's planning model off its load, while a simulator's truth must be what a step costs on
+    average at the load it was measured at. Raises ``ValueError`` with fewer than 3 steps or none back to back.
     """
     from node.fit.step_time_fit import fit
 
@@ -374,7 +380,29 @@ def fit_step_truth(steps: list[EngineStep], *, prefill_attention: bool) -> dict[
     model, report = fit([s.sample for s in steps], prefill_attention=prefill_attention)
     return {**{k: getattr(model, k) for k in COEFFICIENTS}, "host_s": statistics.fmean(hosts),
             "steps": len(steps), "host_steps": len(hosts), "mape": report.overall.mape,
-            **step_noise(steps, model)}
+            **step_noise(steps, model), **host_per_request(steps)}
+
+
+def host_per_request(steps: list[EngineStep]) -> dict[str, float]:
+    """A step's host time as a line in the requests it served, ``host_fixed_s + host_s_per_request *
+    requests`` (seconds; ``TrueStepTime``'s ``host_s`` and ``host_s_per_request``): the least-squares line
+    over the back-to-back steps whose requests were logged, its slope and intercept held >= 0 (a negative
+    one refitted as 0). Where fewer than 3 such steps or a single request count: the mean host time and
+    slope 0. Measured on the embedded default at 1.5x: about 0.2 ms a request (SIMULATION.md, "Host time
+    per request")."""
+    import numpy as np
+
+    timed = [(s.requests, s.host_s) for s in steps if s.host_s is not None and s.requests > 0]
+    if len(timed) < 3 or len({n for n, _ in timed}) < 2:
+        hosts = [s.host_s for s in steps if s.host_s is not None]
+        return {"host_fixed_s": statistics.fmean(hosts) if hosts else 0.0, "host_s_per_request": 0.0}
+    n, h = (np.asarray(v, dtype=float) for v in zip(*timed))
+    slope, fixed = np.polyfit(n, h, 1)
+    if slope < 0:
+        slope, fixed = 0.0, float(h.mean())
+    elif fixed < 0:  # through the origin
+        slope, fixed = float(np.dot(n, h) / np.dot(n, n)), 0.0
+    return {"host_fixed_s": float(fixed), "host_s_per_request": float(slope)}
 
 
 #: The largest lag-1 correlation ``step_noise`` reports (an AR(1) at 1 would never return to its mean).
@@ -410,12 +438,27 @@ def step_noise(steps: list[EngineStep], model: Any) -> dict[str, float]:
     return {"noise_sigma": var ** 0.5, "noise_ar": float(np.clip(ar, -MAX_NOISE_AR, MAX_NOISE_AR))}
 
 
-def noise_fields(truth: dict[str, Any], cfg: SimLiveConfig) -> dict[str, float]:
-    """The ``SimConfig`` fields (``noise``, ``noise_ar``) that simulate a fit of steps' jitter (``step_noise``'s
-    ``noise_sigma`` and ``noise_ar``, 0 for a truth without them); none where ``cfg.step_noise`` is off."""
-    if not cfg.step_noise:
-        return {}
-    return {"noise": float(truth.get("noise_sigma", 0.0)), "noise_ar": float(truth.get("noise_ar", 0.0))}
+def step_fit_fields(truth: dict[str, Any], cfg: SimLiveConfig) -> dict[str, float]:
+    """The ``SimConfig`` fields that simulate what a fit of steps measured beyond the mean step: with
+    ``cfg.step_noise``, its jitter (``noise``, ``noise_ar`` from ``step_noise``'s ``noise_sigma`` and
+    ``noise_ar``, 0 for a truth without them); with ``cfg.host_per_request``, its host time's growth with
+    the requests a step serves (``host_fixed_s``, ``host_s_per_request`` from ``host_per_request``; none
+    for a truth recorded without them)."""
+    out: dict[str, float] = {}
+    if cfg.step_noise:
+        out |= {"noise": float(truth.get("noise_sigma", 0.0)), "noise_ar": float(truth.get("noise_ar", 0.0))}
+    if cfg.host_per_request and "host_s_per_request" in truth:
+        out |= {"host_fixed_s": float(truth["host_fixed_s"]), "host_s_per_request": float(truth["host_s_per_request"])}
+    return out
+
+
+def arm_run_config(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, truth: dict[str, Any], *,
+                   rate_scale: float, client_path_s: float, ingress: Optional[dict[str, Any]]) -> SimConfig:
+    """The simulator as an arm runs one live run of the predicted window: the deployment ``serve`` on
+    ``profile_path`` (``truth``'s coefficients, ``calibrated_profile``), at ``rate_scale``, with the arm's
+    client path and the check's ingress delay, and what ``step_fit_fields`` takes of ``truth``."""
+    return replace(sim_config_for(serve, cfg, profile_path, start_s=cfg.start_s, client_path_s=client_path_s,
+                                  ingress=ingress), rate_scale=rate_scale, **step_fit_fields(truth, cfg))
 
 
 def _fit_or_none(steps: list[EngineStep], *, prefill_attention: bool) -> Optional[dict[str, Any]]:
@@ -1008,12 +1051,13 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
 
 
 def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step_noise: Optional[bool] = None,
-               **sim_overrides: Any) -> SimLiveResult:
+               host_per_request: Optional[bool] = None, **sim_overrides: Any) -> SimLiveResult:
     """A recorded check (the JSON ``run_local``'s result is written as) with its simulator side run
     again by the simulator as it is now, against the same live runs: the same calibrated profile,
     client path, shared-host costs and rate scales; ``sim_overrides`` are ``SimConfig`` fields set on
     top (for example ``seats_as_vllm=False``, the setting of checks recorded before 2026-12-01);
-    ``step_noise``, where given, replaces the check's ``SimLiveConfig.step_noise`` (kept in its config).
+    ``step_noise`` and ``host_per_request``, where given, replace the check's ``SimLiveConfig`` settings of
+    those names (kept in its config).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
     runs ran at) unless ``capacity`` is False; with ``arms``, the check's arms (``with_arms``, where
     it recorded what they need) are run again too, and a recorded arm that can no longer run is
@@ -1024,7 +1068,8 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step
     cal = recorded["calibration"]
     if not Path(cal["profile"]).exists():
         raise ValueError(f"the check's calibrated profile {cal['profile']} is missing")
-    config = {**recorded["config"], **({} if step_noise is None else {"step_noise": step_noise})}
+    given = {"step_noise": step_noise, "host_per_request": host_per_request}
+    config = {**recorded["config"], **{k: v for k, v in given.items() if v is not None}}
     cfg = SimLiveConfig(**config)
     serve = ServeConfig.model_validate(recorded["serve_config"])
     host = HostCPU(**cal["shared_host"]) if cal.get("shared_host") else None
@@ -1096,8 +1141,8 @@ def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[st
     path's CPU there): the calibration replay on ``cal_truth`` gives the client path (``path_latency_s``
     against its recorded requests); each live run of each row is simulated on its truth in ``run_truths``
     (one list per row, one truth per run), at the row's rate. A truth is its ``coefficients``, and where it
-    is a fit of steps (``fit_step_truth``'s) and the check's ``step_noise`` is on, also its ``noise_sigma``
-    and ``noise_ar`` (the simulator's correlated step noise). A row's ``sim`` is the medians of its runs'
+    is a fit of steps (``fit_step_truth``'s), also what ``step_fit_fields`` takes of it (its noise, its host
+    time per request, as the check's settings say). A row's ``sim`` is the medians of its runs'
     figures (``KEPT``), judged like the check's own prediction by ``SimLiveResult.verdict``."""
     from cluster.sim.simulator import simulate
 
@@ -1117,19 +1162,18 @@ def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[st
 
         cal_sim = simulate(replace(sim_config_for(serve, cfg, profile(cal_truth), start_s=cfg.calibration_start_s,
                                                   rate_scale=cal["rate_scale"], ingress=ingress),
-                                   **noise_fields(cal_truth, cfg)),
+                                   **step_fit_fields(cal_truth, cfg)),
                            workload=_window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s))
         path_s = max(0.0, path_latency_s(cal["per_request"], cal_sim.requests) or 0.0)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
-        done: dict[tuple, dict[str, Any]] = {}
+        done: dict[SimConfig, dict[str, Any]] = {}
 
         def run(truth: dict[str, float], rate_scale: float) -> dict[str, Any]:
-            noise = noise_fields(truth, cfg)
-            key = (profile(truth), rate_scale, *noise.values())
-            if key not in done:
-                base = sim_config_for(serve, cfg, key[0], start_s=cfg.start_s, client_path_s=path_s, ingress=ingress)
-                done[key] = _kept(simulate(replace(base, rate_scale=rate_scale, **noise), workload=window).report)
-            return done[key]
+            config = arm_run_config(serve, cfg, profile(truth), truth, rate_scale=rate_scale, client_path_s=path_s,
+                                    ingress=ingress)
+            if config not in done:
+                done[config] = _kept(simulate(config, workload=window).report)
+            return done[config]
 
         rows = []
         for row, truths in zip(check["rows"], run_truths):
@@ -1278,11 +1322,20 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
     """What a recorded ``check`` did not keep but its engines' kept step logs (``--step-logs``) hold, filled in
     place: the probes' ``engine_steps`` (against the check's truth) and ``step_truth``, and each live run's
     ``step_truth``, for the phases whose steps are in ``logs`` (by their wall-clock spans) and that lack
-    them. Returns how many phases it filled."""
+    them; and where a phase's fit of its steps was recorded before ``host_per_request`` was, that line
+    added to it (its other figures kept). Returns how many phases it filled."""
     cal = check["calibration"]
     truth = check_truth(check)
     attention = truth.get("attn_prefill_s_per_token_sq", 0.0) > 0
     filled = 0
+    runs = [live for row in check["rows"] for live in [*row["live"], *([row["rehearsal"]] if "rehearsal" in row else [])]]
+    for phase in [p for p in _probe_phases(cal) if p] + runs:
+        fit, span = phase.get("step_truth"), (phase.get("live", phase) or {}).get("wall_clock_s")
+        if fit and span and "host_s_per_request" not in fit:
+            steps = engine_steps(logs, *span)
+            if steps:
+                fit.update(host_per_request(steps))
+                filled += 1
     for probe in (cal.get("idle_probe"), cal.get("stall_probe")):
         span = ((probe or {}).get("live") or {}).get("wall_clock_s")
         if span and not (probe.get("engine_steps") and probe.get("step_truth")):

@@ -272,6 +272,11 @@ def sim_vs_live(
                                                "step costs the fit's mean). With --resimulate: set for the "
                                                "recorded checks (fits recorded before 2026-12-03 afternoon carry "
                                                "no noise and run without it either way)."),
+    host_per_request: bool = typer.Option(False, help="The arms on fits of steps also give a step's host time its "
+                                                      "measured growth with the requests it serves (a line fitted "
+                                                      "to the steps; default: every step's host time is the fit's "
+                                                      "mean). With --resimulate: set for the recorded checks (fits "
+                                                      "recorded without the line need --step-logs)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one). With "
@@ -326,12 +331,14 @@ def sim_vs_live(
         for path, rec in recorded:
             filled = fill_from_step_logs(rec, step_logs) if step_logs is not None else 0
             try:
-                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, arms=arms, step_noise=step_noise)
+                res = resimulate_check(rec, seats_as_vllm=seats_as_vllm, arms=arms, step_noise=step_noise,
+                                       host_per_request=host_per_request)
             except ValueError as exc:
                 raise typer.BadParameter(f"{path}: {exc}", param_hint="--resimulate") from None
             doc = {**asdict(res), "verdict": res.verdict(), "resimulated_from": str(path),
                    "verdict_with_truth": res.verdicts_beside(),
                    "resimulated_with": {"seats_as_vllm": seats_as_vllm, "arms": arms, "step_noise": step_noise,
+                                        "host_per_request": host_per_request,
                                         "filled_from_step_logs": None if step_logs is None else
                                         {"logs": str(step_logs), "phases": filled}}}
             (out_dir / path.name).write_text(check_json(doc))
@@ -353,7 +360,8 @@ def sim_vs_live(
                             repeats=repeats, seed=seed, shared_host=shared_host,
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
                             host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay,
-                            stall_probe_requests=stall_probe_requests, rehearsal=rehearsal, step_noise=step_noise)
+                            stall_probe_requests=stall_probe_requests, rehearsal=rehearsal, step_noise=step_noise,
+                            host_per_request=host_per_request)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()

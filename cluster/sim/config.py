@@ -70,6 +70,8 @@ class SimConfig:
     noise: float = _opt(0.0, "Sigma of multiplicative lognormal noise on true step times (0: none).")
     noise_ar: float = _opt(0.0, "Lag-1 correlation of --noise from one step of a node to its next, in (-1, 1) (0: independent; a live CPU engine's steps measured 0.29-0.61, bench/results/SIMULATION.md \"Correlated step noise\").")
     host_s: float | None = _opt(None, "Per-step host time (scheduling, sampling, output handling) added to every true step, seconds (default: the profile's host_s, 0 when it has none).")
+    host_s_per_request: float = _opt(0.0, "Host time a true step adds per request it serves (sampling, detokenizing, streaming each one's token), seconds, on top of --host-fixed-s; the nodes still plan with --host-s until their online refit measures the cadence (0: a fixed host time a step; a live CPU engine measured about 0.2 ms a request, bench/results/SIMULATION.md \"Host time per request\").")
+    host_fixed_s: float | None = _opt(None, "With --host-s-per-request: the true steps' fixed host time, seconds (default: --host-s).")
     client_path_s: float = _opt(0.0, "Latency outside the engines that a client sees on its first token (HTTP, the ingress's rendering, the hops to the engine and back), seconds: every served request's token times are shifted by it before the SLO test and the latency percentiles (token-level attainment stays the engines'). 0: none; fairbatching bench sim-vs-live measures it on a live run.")
     host_cpu_s_per_request: float = _opt(0.0, "The engines share the host's cores with the serving path (proxy, ingress, stream, client; the embedded default's CPU engines): each arriving request costs this many CPU seconds (one refused at once: --host-cpu-s-per-refusal), and every step is slowed by the share of --host-cores that takes over the last second (cluster.sim.shared_host; 0: a host of its own, as a GPU node).")
     host_cpu_s_per_refusal: float | None = _opt(None, "With --host-cpu-s-per-request: what a request refused at once costs instead (a 429 is parsed and answered, nothing is streamed; default: as much as a served one).")
@@ -232,6 +234,10 @@ class SimConfig:
             raise ValueError(f"noise must be >= 0 and noise_ar in (-1, 1), got {self.noise!r} and {self.noise_ar!r}")
         if self.host_s is not None and not self.host_s >= 0:
             raise ValueError(f"host_s must be >= 0, got {self.host_s!r}")
+        for name in ("host_s_per_request", "host_fixed_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0 < self.pab_horizon_fraction <= 1:
             raise ValueError(f"pab_horizon_fraction must be in (0, 1], got {self.pab_horizon_fraction!r}")
         if not (self.client_path_s >= 0 and math.isfinite(self.client_path_s)):

@@ -308,7 +308,7 @@ class SimNode:
                     pairs += prefill_attention_pairs(q, p)
             decode_ctx = plan.context_tokens - prefill_ctx
         slowdown = self.shared_host.slowdown(now_s) if self.shared_host is not None else 1.0
-        duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs, slowdown)
+        duration_s = self.step_time.step_s(plan.new_tokens, decode_ctx, prefill_ctx, pairs, slowdown, len(plan.items))
         if self.refit is not None:
             # The forward pass is fitted by least squares; the host time (cadence minus forward) apart.
             prefill = sum(item.new_tokens for item in plan.items if item.is_prefill)

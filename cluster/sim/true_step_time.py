@@ -24,8 +24,12 @@ detokenizing, output handling): the step *cadence*. ``host_s`` (default: the
 profile's ``host_s``, 0 when the profile has none) is added to every step
 after the noise. The h100/a100 ground truths already hold an assumed 0.30 ms
 of host time in ``fixed_overhead_s`` (DERIVATION.md section 2.4), so
-``host_s`` is host time *beyond* that assumption. ``forward_s`` of the last
-step is kept for an online refit that fits forward time and host time apart.
+``host_s`` is host time *beyond* that assumption. With ``host_s_per_request``
+a step's host time grows with the requests it serves (sampling, detokenizing and
+streaming each one's token: a live CPU engine's grows by about 0.2 ms a request,
+bench/results/SIMULATION.md, "Host time per request"), ``host_s`` its fixed part.
+``forward_s`` of the last step is kept for an online refit that fits forward
+time and host time apart.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ class TrueStepTime:
 
     def __init__(
         self, profile: Profile, *, noise_sigma: float = 0.0, rng: random.Random | None = None,
-        host_s: float | None = None, noise_ar: float = 0.0,
+        host_s: float | None = None, noise_ar: float = 0.0, host_s_per_request: float = 0.0,
     ) -> None:
         """``noise_sigma``: the log noise's standard deviation (0: none); ``noise_ar``: its lag-1
-        correlation from one step to the next, in (-1, 1) (0: independent steps). Raises
-        ``ValueError`` for values out of those ranges."""
+        correlation from one step to the next, in (-1, 1) (0: independent steps); ``host_s``: a step's
+        fixed host time and ``host_s_per_request`` what it adds per request served, seconds (>= 0).
+        Raises ``ValueError`` for values out of those ranges."""
         if not noise_sigma >= 0:
             raise ValueError(f"noise sigma must be >= 0, got {noise_sigma!r}")
         if not -1.0 < noise_ar < 1.0:
@@ -56,6 +61,9 @@ class TrueStepTime:
         self.host_s = float(profile.host_s if host_s is None else host_s)
         if not (math.isfinite(self.host_s) and self.host_s >= 0):
             raise ValueError(f"host_s must be a finite number >= 0, got {host_s!r}")
+        if not (math.isfinite(host_s_per_request) and host_s_per_request >= 0):
+            raise ValueError(f"host_s_per_request must be a finite number >= 0, got {host_s_per_request!r}")
+        self.host_s_per_request = float(host_s_per_request)
         self.last_forward_s = 0.0
         truth: Any = profile.extra.get("ground_truth")
         self.uses_ground_truth = isinstance(truth, dict)
@@ -91,9 +99,11 @@ class TrueStepTime:
         prefill_context_tokens: int,
         prefill_attention_pairs: float,
         slowdown: float = 1.0,
+        requests: int = 0,
     ) -> float:
-        """Wall time of a step: forward pass (with noise) plus ``host_s``, both times ``slowdown``
-        (a shared host's contention, ``cluster.sim.shared_host``; 1: none).
+        """Wall time of a step: forward pass (with noise) plus its host time (``host_s``, plus
+        ``host_s_per_request`` for each of the ``requests`` it serves), both times ``slowdown`` (a
+        shared host's contention, ``cluster.sim.shared_host``; 1: none).
 
         ``decode_context_tokens`` sums ``kv_tokens + 1`` over decodes,
         ``prefill_context_tokens`` sums ``p + q`` and ``prefill_attention_pairs``
@@ -119,4 +129,4 @@ class TrueStepTime:
             self._noise_z = z
             t *= math.exp(-0.5 * s * s + z * s)
         self.last_forward_s = t * slowdown
-        return (t + self.host_s) * slowdown
+        return (t + self.host_s + self.host_s_per_request * requests) * slowdown
