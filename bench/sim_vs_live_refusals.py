@@ -91,7 +91,8 @@ def main(check: Path = typer.Argument(..., help="A recorded check (JSON) with th
             raise typer.BadParameter("the run's fit has no host time per request: give --step-logs",
                                      param_hint="--host-per-request")
         variants.append({k: live["step_truth"][k] for k in ("host_fixed_s", "host_s_per_request")})
-    cfg = SimLiveConfig(**doc["config"])
+    # the arm as the check ran it (a check recorded before the host line ran without it)
+    cfg = SimLiveConfig(**{"host_per_request": False, **doc["config"]})
     serve = ServeConfig.model_validate(doc["serve_config"])
     truth = live["step_truth"]
     window = _window(cfg, cfg.start_s, cfg.duration_s)

@@ -684,18 +684,17 @@ def test_the_fit_of_steps_draws_the_host_time_as_a_line_in_the_requests_served(t
 
 def test_the_arms_simulate_the_host_line_only_when_told_and_old_fits_get_it_from_the_step_logs(tmp_path):
     """``step_fit_fields`` hands the simulator a fit's host line only with ``SimLiveConfig.host_per_request``
-    (off by default: the recorded arms stay as they were), and nothing for a fit recorded without it; with the
+    (on by default), and nothing for a fit recorded without it (the recorded arms stay as they were); with the
     step logs a check kept, ``fill_from_step_logs`` adds the line to such a fit and keeps its other figures."""
     from cluster.bench.sim_vs_live import fill_from_step_logs, step_fit_fields
 
     fit = {"noise_sigma": 0.4, "noise_ar": 0.5, "host_s": 0.01}
-    plain = SimLiveConfig()
-    assert step_fit_fields(fit, plain) == {"noise": 0.4, "noise_ar": 0.5}
-    with_host = replace(plain, host_per_request=True)
+    with_host = SimLiveConfig()
     assert step_fit_fields(fit, with_host) == {"noise": 0.4, "noise_ar": 0.5}
     fit |= {"host_fixed_s": 0.003, "host_s_per_request": 0.0002}
     assert step_fit_fields(fit, with_host) == {"noise": 0.4, "noise_ar": 0.5, "host_fixed_s": 0.003,
                                                "host_s_per_request": 0.0002}
+    assert step_fit_fields(fit, replace(with_host, host_per_request=False)) == {"noise": 0.4, "noise_ar": 0.5}
     assert step_fit_fields(fit, replace(with_host, step_noise=False)) == {"host_fixed_s": 0.003,
                                                                          "host_s_per_request": 0.0002}
     # A recorded run's fit without the line, and the engines' log of its span: 1 ms + 0.5 ms a request

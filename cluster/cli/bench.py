@@ -272,11 +272,12 @@ def sim_vs_live(
                                                "step costs the fit's mean). With --resimulate: set for the "
                                                "recorded checks (fits recorded before 2026-12-03 afternoon carry "
                                                "no noise and run without it either way)."),
-    host_per_request: bool = typer.Option(False, help="The arms on fits of steps also give a step's host time its "
-                                                      "measured growth with the requests it serves (a line fitted "
-                                                      "to the steps; default: every step's host time is the fit's "
-                                                      "mean). With --resimulate: set for the recorded checks (fits "
-                                                      "recorded without the line need --step-logs)."),
+    host_per_request: bool = typer.Option(True, help="The arms on fits of steps also give a step's host time its "
+                                                     "measured growth with the requests it serves, a line fitted to "
+                                                     "the steps (--no-host-per-request: every step's host time is "
+                                                     "the fit's mean). With --resimulate: set for the recorded checks "
+                                                     "(fits recorded without the line get it from --step-logs, or "
+                                                     "run without it)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one). With "
