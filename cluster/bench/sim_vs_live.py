@@ -1328,7 +1328,8 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
     truth = check_truth(check)
     attention = truth.get("attn_prefill_s_per_token_sq", 0.0) > 0
     filled = 0
-    runs = [live for row in check["rows"] for live in [*row["live"], *([row["rehearsal"]] if "rehearsal" in row else [])]]
+    runs = [live for row in check["rows"]
+            for live in [*row["live"], *([row["rehearsal"]] if "rehearsal" in row else [])]]
     for phase in [p for p in _probe_phases(cal) if p] + runs:
         fit, span = phase.get("step_truth"), (phase.get("live", phase) or {}).get("wall_clock_s")
         if fit and span and "host_s_per_request" not in fit:
