@@ -1345,12 +1345,11 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
                 probe.update({k: v for k, v in _phase_steps(steps, truth, prefill_attention=attention).items()
                               if not probe.get(k)})
                 filled += 1
-    for row in check["rows"]:
-        for live in [*row["live"], *([row["rehearsal"]] if "rehearsal" in row else [])]:
-            if live.get("wall_clock_s") and not live.get("step_truth"):
-                steps = engine_steps(logs, *live["wall_clock_s"])
-                live["step_truth"] = _fit_or_none(steps, prefill_attention=attention)
-                filled += live["step_truth"] is not None
+    for live in runs:
+        if live.get("wall_clock_s") and not live.get("step_truth"):
+            steps = engine_steps(logs, *live["wall_clock_s"])
+            live["step_truth"] = _fit_or_none(steps, prefill_attention=attention)
+            filled += live["step_truth"] is not None
     return filled
 
 
