@@ -738,3 +738,91 @@ def test_the_arms_on_fits_of_steps_simulate_the_fits_noise_unless_told_not_to():
     assert noisy["rows"][1]["sim"]["ttft_p90"] > 1.05 * quiet["rows"][1]["sim"]["ttft_p90"]
     check["config"]["step_noise"] = False
     assert at_rehearsal_steps(check)["rows"] == quiet["rows"]
+
+
+def test_the_capacity_is_found_again_on_the_steps_of_live_probes_at_the_highest_multiple():
+    """``probe_capacity``: each probe runs at the highest multiple of the capacity found so far and the capacity is
+    found again on its steps' fit. A probe that ran below that new capacity (its steps a lighter load's) is
+    followed by one at the new rate; one above it ends the search; a probe too short to fit, or a fit on which no
+    rate meets the target, leaves the capacity found before it. The live runs and the simulator's capacity search
+    are fakes here, named as such (``run_probe``, ``capacity_of``): what is tested is the search's order."""
+    from cluster.bench.sim_vs_live import probe_capacity
+
+    calibration = {"rate_scale": 2.0, "capacity_rps": 10.0, "window_rate_rps": 5.0, "lower_bound": False}
+
+    def cap(scale: float) -> dict:
+        return {"rate_scale": scale, "capacity_rps": 5.0 * scale, "window_rate_rps": 5.0, "lower_bound": False}
+
+    def search(capacities: list, fitted: bool = True, probes: int = 2):
+        ran: list[float] = []
+
+        def run_probe(scale: float, k: int) -> dict:  # fake of a live run: the fit of its steps, by index
+            assert k == len(ran)
+            ran.append(scale)
+            return {"attainment": 0.8, "step_truth": {"fit": k} if fitted else None}
+
+        def capacity_of(fit: dict):  # fake of the simulator's capacity search on that fit
+            c = capacities[fit["fit"]]
+            return None if c is None else cap(c)
+
+        found, done = probe_capacity(calibration, 1.5, probes, run_probe, capacity_of)
+        assert [p["rate_scale"] for p in done] == ran and all(p["attainment"] == 0.8 for p in done)
+        return found, ran, done
+
+    # the first probe (at 3.0) ran below the capacity its steps give (4.0): again at 6.0, which ran above 3.5
+    found, ran, done = search([4.0, 3.5])
+    assert ran == [3.0, 6.0] and found == {**cap(3.5), "from": "capacity-probe"}
+    assert [p["capacity"] for p in done] == [cap(4.0), cap(3.5)]
+    # the first probe ran above the capacity its steps give: one probe, that capacity
+    found, ran, _ = search([1.8, 9.9])
+    assert ran == [3.0] and found["rate_scale"] == 1.8
+    # never more probes than allowed, and the last capacity found stands
+    found, ran, _ = search([4.0, 8.0, 20.0], probes=2)
+    assert ran == [3.0, 6.0] and found["rate_scale"] == 8.0
+    # no fit, or no capacity on the fit: the calibration's capacity, said so
+    for found, ran, done in (search([4.0], fitted=False), search([None])):
+        assert ran == [3.0] and found == {**calibration, "from": "calibration"} and done[0]["capacity"] is None
+    found, ran, done = search([4.0], probes=0)
+    assert ran == [] and done == [] and found["from"] == "calibration"
+    with pytest.raises(ValueError, match="capacity_probes"):
+        SimLiveConfig(capacity_probes=-1)
+
+
+def test_on_a_probes_steps_the_capacity_puts_the_recorded_runs_on_the_side_they_fell():
+    """``capacity_on_steps`` on the fits of recorded 1.5x rehearsals (runs of the window at the row's rate minutes
+    before its repeats): seed 23's light-load calibration put the capacity at 15.2 req/s and its "1.5x" row ran at
+    22.8, where the live runs refused 0-4 requests of 1,100; on the rehearsal's steps the capacity is above 22.8 (the
+    row was below capacity). Seed 24's row (30.5 req/s) refused 285-394; on its rehearsal's steps the capacity is
+    below 30.5. The same steps 1.5x slower give a lower capacity. A recorded check resimulated finds its capacity
+    on its last capacity probe's fit where it made one."""
+    from pathlib import Path
+
+    from cluster.bench.sim_vs_live import _window, capacity_on_steps, resimulate, scaled_truth
+
+    root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live" / "conv-240-step-noise"
+
+    def capacity(check: dict, fit: dict, tmp: Path) -> float:
+        cfg = SimLiveConfig(**check["config"])
+        serve = ServeConfig.model_validate(check["serve_config"])
+        return capacity_on_steps(serve, cfg, fit, _window(cfg, cfg.start_s, cfg.duration_s),
+                                 client_path_s=check["calibration"]["client_path_s"],
+                                 ingress=check["calibration"]["ingress_delay"], profile_path=tmp / "p.json")["capacity_rps"]
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        below = json.loads((root / "azure-conv-600-seed23.json").read_text())
+        above = json.loads((root / "azure-conv-600-seed24.json").read_text())
+        assert max(r["rejected"] for r in below["rows"][1]["live"]) <= 4 < 285 <= min(
+            r["rejected"] for r in above["rows"][1]["live"])
+        assert below["capacity"]["capacity_rps"] < below["rows"][1]["rate_rps"]  # the calibration's: "above"
+        fit = below["rows"][1]["rehearsal"]["step_truth"]
+        on_probe = capacity(below, fit, Path(tmp))
+        assert on_probe > below["rows"][1]["rate_rps"]
+        assert capacity(below, scaled_truth(fit, 1.5), Path(tmp)) < 0.8 * on_probe
+        assert capacity(above, above["rows"][1]["rehearsal"]["step_truth"], Path(tmp)) < above["rows"][1]["rate_rps"]
+
+    below["calibration"]["capacity_probes"] = {"capacity_before": below["capacity"],
+                                               "probes": [{"rate_scale": 1.0, "step_truth": None, "capacity": None},
+                                                          {"rate_scale": 1.0, "step_truth": fit, "capacity": None}]}
+    again = resimulate(below, arms=False)
+    assert again.capacity["from"] == "capacity-probe" and again.capacity["capacity_rps"] == pytest.approx(on_probe)

@@ -27,7 +27,12 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
 2. **Capacity** of the calibrated simulator on the *measured window*: the highest rate
    scale whose attainment meets ``attainment_target`` (``find_capacity``). A stall probe
    (the calibration window at the highest multiple of it) adds the path's stalls at that
-   load, and the capacity is found again.
+   load, and the capacity is found again. With ``capacity_probes`` the measured window is
+   then replayed live at the highest multiple of that capacity and the capacity is found on
+   the fit of the probe's steps (``capacity_on_steps``): the step cost at the load, where a
+   light-load calibration put the capacity 0.45-1.0x of what later runs' own steps gave
+   (SIMULATION.md, "The capacity at the load"); a probe that ran below the capacity found on
+   its own steps is repeated at the new rate (``probe_capacity``).
 3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
    default) the live cluster replays the measured window (``fairbatching load``'s
    replay, streamed ``/v1/completions``, timed at the client) and the simulator
@@ -156,14 +161,19 @@ class SimLiveConfig:
     # ``SimConfig.host_fixed_s`` and ``host_s_per_request``; SIMULATION.md, "Host time per request": measured
     # closer in hindsight, no forward verdict changed). False: every step's host time is the fit's mean.
     host_per_request: bool = True
+    # Capacity probes: live runs of the measured window at the highest multiple of the capacity found so far,
+    # the capacity found again on the fit of each one's steps (``probe_capacity``), at most this many; the rows'
+    # rates are multiples of the last. 0: the capacity of the calibration (before 2026-12-04; SIMULATION.md,
+    # "The capacity at the load").
+    capacity_probes: int = 2
 
     def __post_init__(self) -> None:
         if min(self.duration_s, self.calibration_duration_s, self.calibration_rps, self.path_probe_rps) <= 0:
             raise ValueError("duration_s, calibration_duration_s, calibration_rps and path_probe_rps must be > 0")
         if self.repeats < 1 or self.path_probe_requests < 2:
             raise ValueError("repeats must be >= 1 and path_probe_requests >= 2")
-        if self.stall_probe_requests < 0:
-            raise ValueError("stall_probe_requests must be >= 0")
+        if self.stall_probe_requests < 0 or self.capacity_probes < 0:
+            raise ValueError("stall_probe_requests and capacity_probes must be >= 0")
         if not self.multiples or any(m <= 0 for m in self.multiples):
             raise ValueError("multiples must be a non-empty list of numbers > 0")
         if not 0 <= self.calibration_max_refused <= 1:
@@ -804,6 +814,48 @@ def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) ->
             "window_rate_rps": window.rate_rps, "lower_bound": cap.lower_bound}
 
 
+def capacity_on_steps(serve: ServeConfig, cfg: SimLiveConfig, truth: dict[str, Any], window: Workload, *,
+                      client_path_s: float, ingress: Optional[dict[str, Any]], profile_path: Path) -> dict[str, float]:
+    """``simulated_capacity`` of the simulator run as the arms on fits of steps run it (``arm_run_config``: no shared
+    host, the fit's noise and host line as ``cfg`` says) on ``truth``, a ``fit_step_truth`` of steps at a load;
+    ``profile_path`` is where its calibrated profile is written. Raises as ``simulated_capacity`` does."""
+    profile = str(calibrated_profile(coefficients(truth), serve, profile_path))
+    return simulated_capacity(arm_run_config(serve, cfg, profile, truth, rate_scale=1.0, client_path_s=client_path_s,
+                                             ingress=ingress), cfg, window)
+
+
+def probe_capacity(capacity: dict[str, float], multiple: float, probes: int,
+                   run_probe: Callable[[float, int], Optional[dict[str, Any]]],
+                   capacity_of: Callable[[dict[str, Any]], Optional[dict[str, float]]]
+                   ) -> tuple[dict[str, float], list[dict]]:
+    """The capacity at the load: up to ``probes`` live runs of the measured window, each at ``multiple`` times the
+    capacity found so far (``run_probe(rate_scale, k)``: what the check keeps of the ``k``-th run, with its
+    ``step_truth``, the fit of its steps, None when too few), the capacity found again on each one's fit
+    (``capacity_of(step_truth)``, ``simulated_capacity``'s dict, None when no rate meets the target there). A probe
+    that ran above the capacity found on its own steps measured the step cost past capacity and ends the search;
+    one below it (its steps those of a lighter load, the fit extrapolated) is followed by another at the new rate;
+    one without a fit or a capacity ends it too. Returns the last capacity found (``capacity`` when none was, its
+    ``from`` then "calibration", else "capacity-probe") and the probes, each with the ``rate_scale`` it ran at and
+    the ``capacity`` its fit gave (None without). The probes are not judged."""
+    found = {**capacity, "from": "calibration"}
+    done: list[dict] = []
+    for k in range(probes):
+        scale = multiple * found["rate_scale"]
+        probe = run_probe(scale, k)
+        fit = (probe or {}).get("step_truth")
+        done.append({**(probe or {}), "rate_scale": scale, "capacity": None})
+        if not fit:
+            break
+        cap = capacity_of(fit)
+        if cap is None:
+            break
+        done[-1]["capacity"] = cap
+        found = {**cap, "from": "capacity-probe"}
+        if scale >= cap["rate_scale"]:
+            break
+    return found, done
+
+
 #: Columns of each row's per-request table (``per_request``): the trace's facts, then each side's outcome
 #: (TTFT in seconds to 0.1 ms, None when refused or never answered; ``refusal``: the 429's reason, "" when admitted).
 PER_REQUEST = ("rid", "prompt_tokens", "output_tokens", "rejected", "ttft_s", "refusal")
@@ -998,10 +1050,6 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
             result.capacity = simulated_capacity(base, cfg, window)
             progress("path stalls (rate req/s: stalls a second, length s): " + ", ".join(
                 f"{r:.1f}: {n:.2f}, {d:.2f}" for r, n, d in ingress["stalls"]))
-        scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
-        progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
-                 f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
-
         def measured(rate_scale: float, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
             """One live run of the window at ``rate_scale``: its report, and what the check keeps of it."""
             time.sleep(5.0)  # the last run's stragglers drain
@@ -1012,6 +1060,32 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                           "front_delays": front_delays(logs, *live["wall_clock_s"]),
                           "engines_timeline_columns": list(TIMELINE_COLUMNS),
                           "engines_timeline": live["engines_timeline"]}
+
+        if cfg.capacity_probes:
+            def run_probe(rate_scale: float, k: int) -> dict[str, Any]:
+                progress(f"capacity probe {k + 1}: the window at {rate_scale * window.rate_rps:.1f} req/s ...")
+                return measured(rate_scale, cfg.seed + 6000 + k)[1]
+
+            def capacity_of(fit: dict[str, Any]) -> Optional[dict[str, float]]:
+                with tempfile.TemporaryDirectory(prefix="sim-vs-live-capacity-") as tmp:
+                    try:
+                        return capacity_on_steps(serve, cfg, fit, window, client_path_s=path_s, ingress=ingress,
+                                                 profile_path=Path(tmp) / "probe.json")
+                    except RuntimeError as exc:  # no rate meets the target on that fit
+                        progress(f"capacity probe: {exc}")
+                        return None
+
+            before = result.capacity
+            result.capacity, probes = probe_capacity(before, max(cfg.multiples), cfg.capacity_probes, run_probe,
+                                                     capacity_of)
+            result.calibration["capacity_probes"] = {"capacity_before": before, "probes": probes}
+            progress("capacity on the probes' steps: " + ", ".join(
+                f"run at {p['rate_scale'] * window.rate_rps:.1f} req/s: "
+                + ("too few steps to fit" if p["capacity"] is None else f"{p['capacity']['capacity_rps']:.1f} req/s")
+                for p in probes) + f" (the calibration's {before['capacity_rps']:.1f})")
+        scale1, rate1 = result.capacity["rate_scale"], result.capacity["window_rate_rps"]
+        progress(f"simulated capacity on window {cfg.start_s:g}+{cfg.duration_s:g} s: "
+                 f"{result.capacity['capacity_rps']:.1f} req/s (rate scale {scale1:.2f})")
 
         for i, m in enumerate(cfg.multiples):
             scale = m * scale1
@@ -1059,7 +1133,8 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step
     ``step_noise`` and ``host_per_request``, where given, replace the check's ``SimLiveConfig`` settings of
     those names (kept in its config).
     The simulated capacity is found again (for the record; the rows keep the rate scales the live
-    runs ran at) unless ``capacity`` is False; with ``arms``, the check's arms (``with_arms``, where
+    runs ran at), on the fit of the last capacity probe's steps where the check made one
+    (``probe_capacity``), unless ``capacity`` is False; with ``arms``, the check's arms (``with_arms``, where
     it recorded what they need) are run again too, and a recorded arm that can no longer run is
     dropped (without, the recorded arms are kept as they were). Raises ``ValueError`` for a document
     that is not a recorded check, or whose calibrated profile file is missing."""
@@ -1080,9 +1155,19 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step
     window = _window(cfg, cfg.start_s, cfg.duration_s)
     # With the arms run again, none of their recorded figures stays (an arm that can no longer run leaves none)
     stale = set(ARMS) if arms else set()
+    found: dict[str, Any] = {}
+    if capacity:
+        probes = [p for p in (cal.get("capacity_probes") or {}).get("probes", []) if p.get("step_truth")]
+        if probes:
+            with tempfile.TemporaryDirectory(prefix="sim-vs-live-capacity-") as tmp:
+                found = {**capacity_on_steps(serve, cfg, probes[-1]["step_truth"], window,
+                                             client_path_s=cal["client_path_s"], ingress=cal.get("ingress_delay"),
+                                             profile_path=Path(tmp) / "probe.json"), "from": "capacity-probe"}
+        else:
+            found = simulated_capacity(base, cfg, window)
     result = SimLiveResult(recorded.get("machine", ""), config, recorded["serve_config"],
                            calibration={k: v for k, v in cal.items() if not (arms and k == "arms")},
-                           capacity=simulated_capacity(base, cfg, window) if capacity else {})
+                           capacity=found)
     for row in recorded["rows"]:
         kept = {k: v for k, v in row.items() if not (arms and k in ("arm_runs", "arm_judged"))}
         result.rows.append({**kept, "sim": _simulated_row(base, row["rate_scale"], window),

@@ -278,6 +278,11 @@ def sim_vs_live(
                                                      "the fit's mean). With --resimulate: set for the recorded checks "
                                                      "(fits recorded without the line get it from --step-logs, or "
                                                      "run without it)."),
+    capacity_probes: int = typer.Option(2, min=0, help="Live runs of the window at the highest multiple of the "
+                                                       "capacity found so far, the capacity found again on the fit "
+                                                       "of each one's steps (the step cost at the load); a probe "
+                                                       "below its own capacity is repeated at the new rate, at most "
+                                                       "this many. 0: the calibration's capacity (SIMULATION.md)."),
     out_dir: Path = typer.Option(Path("bench/results/sim-vs-live"), help="Where the JSON and the calibrated profile go."),
     step_logs: Optional[Path] = typer.Option(None, help="Keep the engines' step logs (one JSON line a step, tens of "
                                                         "MB a check) in this folder (default: a temporary one). With "
@@ -304,7 +309,8 @@ def sim_vs_live(
     client path latency; the serving path's CPU, its background and cost per request from the idle
     probe and the calibration replay, its shared-host model, at most --host-path-max-share of the
     host; the requests' front delays at both loads and in a stall probe at the highest multiple, its
-    time in front of the engines and its stalls), finds its capacity on the predicted window, then
+    time in front of the engines and its stalls), finds its capacity on the predicted window, finds it
+    again on the steps of live runs of that window at the highest multiple (capacity probes), then
     replays that window live and simulated at each multiple of it, after a rehearsal run there.
     Criterion (issue 12): attainment within 5 points and TTFT P50 within 25 %. Beside it, judged
     alike, the simulator's arms: forward, at the step speeds the idle probe, the calibration and the
@@ -362,7 +368,7 @@ def sim_vs_live(
                             overload_probe_rps=overload_probe_rps, overload_probe_requests=overload_probe_requests,
                             host_path_max_share=host_path_max_share, truth=truth, ingress_delay=ingress_delay,
                             stall_probe_requests=stall_probe_requests, rehearsal=rehearsal, step_noise=step_noise,
-                            host_per_request=host_per_request)
+                            host_per_request=host_per_request, capacity_probes=capacity_probes)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console = Console()
@@ -371,7 +377,8 @@ def sim_vs_live(
     if result.calibration.get("past_capacity"):
         console.print(f"[bold yellow]warning:[/bold yellow] {CALIBRATION_PAST_CAPACITY}")
     table = Table(title=f"simulator vs live on {result.machine}: {trace} {start_s:g}+{duration_s:g} s, "
-                        f"capacity {result.capacity['capacity_rps']:.1f} req/s (simulated)")
+                        f"capacity {result.capacity['capacity_rps']:.1f} req/s (simulated"
+                        + (", on the capacity probe's steps)" if result.capacity.get("from") == "capacity-probe" else ")"))
     for col in ("load", "req/s", "attainment live | sim", "TTFT p50 s live | sim", "TPOT p50 ms live | sim",
                 "rejected live | sim", "within 5 pts / 25 %"):
         table.add_column(col, justify="right")
