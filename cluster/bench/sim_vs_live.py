@@ -463,12 +463,15 @@ def step_fit_fields(truth: dict[str, Any], cfg: SimLiveConfig) -> dict[str, floa
 
 
 def arm_run_config(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, truth: dict[str, Any], *,
-                   rate_scale: float, client_path_s: float, ingress: Optional[dict[str, Any]]) -> SimConfig:
-    """The simulator as an arm runs one live run of the predicted window: the deployment ``serve`` on
-    ``profile_path`` (``truth``'s coefficients, ``calibrated_profile``), at ``rate_scale``, with the arm's
-    client path and the check's ingress delay, and what ``step_fit_fields`` takes of ``truth``."""
-    return replace(sim_config_for(serve, cfg, profile_path, start_s=cfg.start_s, client_path_s=client_path_s,
-                                  ingress=ingress), rate_scale=rate_scale, **step_fit_fields(truth, cfg))
+                   rate_scale: float, client_path_s: float, ingress: Optional[dict[str, Any]],
+                   start_s: Optional[float] = None) -> SimConfig:
+    """The simulator as an arm runs one live run of the predicted window (or of the window from ``start_s``, the
+    calibration's for its replay): the deployment ``serve`` on ``profile_path`` (``truth``'s coefficients,
+    ``calibrated_profile``), at ``rate_scale``, with the arm's client path and the check's ingress delay, and what
+    ``step_fit_fields`` takes of ``truth``."""
+    return replace(sim_config_for(serve, cfg, profile_path, start_s=cfg.start_s if start_s is None else start_s,
+                                  client_path_s=client_path_s, ingress=ingress),
+                   rate_scale=rate_scale, **step_fit_fields(truth, cfg))
 
 
 def _fit_or_none(steps: list[EngineStep], *, prefill_attention: bool) -> Optional[dict[str, Any]]:
@@ -1245,9 +1248,8 @@ def _arm(check: dict, cal_truth: dict[str, float], run_truths: list[list[dict[st
                 made[key] = str(calibrated_profile(model, serve, Path(tmp) / f"truth-{len(made)}.json"))
             return made[key]
 
-        cal_sim = simulate(replace(sim_config_for(serve, cfg, profile(cal_truth), start_s=cfg.calibration_start_s,
-                                                  rate_scale=cal["rate_scale"], ingress=ingress),
-                                   **step_fit_fields(cal_truth, cfg)),
+        cal_sim = simulate(arm_run_config(serve, cfg, profile(cal_truth), cal_truth, rate_scale=cal["rate_scale"],
+                                          client_path_s=0.0, ingress=ingress, start_s=cfg.calibration_start_s),
                            workload=_window(cfg, cfg.calibration_start_s, cfg.calibration_duration_s))
         path_s = max(0.0, path_latency_s(cal["per_request"], cal_sim.requests) or 0.0)
         window = _window(cfg, cfg.start_s, cfg.duration_s)
