@@ -30,7 +30,7 @@ Protocol (issue 12, item 4), all on one fresh local cluster of the embedded defa
    load, and the capacity is found again. With ``capacity_probes`` the measured window is
    then replayed live at the highest multiple of that capacity and the capacity is found on
    the fit of the probe's steps (``capacity_on_steps``): the step cost at the load, where a
-   light-load calibration put the capacity 0.45-1.0x of what later runs' own steps gave
+   light-load calibration put the capacity at 0.36-0.93x of what the 1.5x runs' own steps gave
    (SIMULATION.md, "The capacity at the load"); a probe that ran below the capacity found on
    its own steps is repeated at the new rate (``probe_capacity``).
 3. **Predict and measure**: at each multiple of that capacity (0.5x and 1.5x by
@@ -163,7 +163,7 @@ class SimLiveConfig:
     host_per_request: bool = True
     # Capacity probes: live runs of the measured window at the highest multiple of the capacity found so far,
     # the capacity found again on the fit of each one's steps (``probe_capacity``), at most this many; the rows'
-    # rates are multiples of the last. 0: the capacity of the calibration (before 2026-12-04; SIMULATION.md,
+    # rates are multiples of the last. 0: the capacity of the calibration (checks before seed 26; SIMULATION.md,
     # "The capacity at the load").
     capacity_probes: int = 2
 
