@@ -40,3 +40,27 @@ def test_an_engine_arm_carries_its_fairbatching_knobs_to_the_child_process():
     run = ArmRun(arm="fairbatching", rate=8.0, model="m", profile="p", fb_knobs='{"relegate": "doomed"}')
     argv = run.argv()
     assert argv[argv.index("--fb-knobs") + 1] == '{"relegate": "doomed"}'
+
+
+def test_the_engine_benchmarks_fairbatching_arms_run_the_serving_layers_knobs_unless_told(monkeypatch, tmp_path):
+    """Defaults that measured best (issue 12): without --fb-knobs the FairBatching arms get the knobs the engines
+    of a default deployment run (``ServeConfig.node_config_for_engines``), not the paper's policy; '{}' still
+    gives the paper's. The engine runs are replaced by a recorder here (named as such): only the knobs passed on
+    are checked."""
+    import json
+
+    import cluster.bench.engine as engine_bench
+    from cluster.config import ServeConfig
+
+    passed = []
+
+    def recorder(**kwargs):  # stands in for the live engine runs
+        passed.append(json.loads(kwargs["fb_knobs"]))
+        return []
+
+    monkeypatch.setattr(engine_bench, "run_matrix", recorder)
+    for extra, expected in (([], ServeConfig().node_config_for_engines().knobs), (["--fb-knobs", "{}"], {})):
+        result = CliRunner().invoke(app, ["bench", "engine", "--json", str(tmp_path / "ab.json"), *extra])
+        assert result.exit_code == 0, result.output
+        assert passed[-1] == expected and json.loads((tmp_path / "ab.json").read_text())["fb_knobs"] == expected
+    assert passed[0]["relegate"] == "fewest-late" and passed[0]["anchor"] == "first-token"

@@ -7,7 +7,7 @@ import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -61,6 +61,15 @@ def overhead(
         json_out.write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
 
 
+def serving_knobs() -> dict[str, Any]:
+    """The FairBatching knobs the serving layer runs by default: ``ServeConfig``'s anchor and its
+    ``node_config`` knobs (what ``ServeConfig.node_config_for_engines`` gives the engines)."""
+    from cluster.config import ServeConfig
+
+    serve = ServeConfig()
+    return {"anchor": serve.anchor, **serve.node_config.get("knobs", {})}
+
+
 @app.command("engine")
 def engine(
     json_out: Path = typer.Option(..., "--json", help="Write the results (rows + setup) as JSON to this file."),
@@ -76,8 +85,11 @@ def engine(
     max_output_tokens: int = typer.Option(128, help="Outputs are clipped to this length."),
     max_num_seqs: int = typer.Option(32),
     max_num_batched_tokens: int = typer.Option(512),
-    fb_knobs: str = typer.Option("{}", help="JSON of the FairBatching arms' knobs (node.core.fairbatching."
-                                            "FairBatchingConfig), e.g. '{\"anchor\": \"first-token\", \"relegate\": \"doomed\"}'."),
+    fb_knobs: Optional[str] = typer.Option(None, help="JSON of the FairBatching arms' knobs (node.core.fairbatching."
+                                                      "FairBatchingConfig), e.g. '{\"anchor\": \"first-token\", "
+                                                      "\"relegate\": \"doomed\"}'. Default: the serving layer's "
+                                                      "(ServeConfig's anchor and node_config knobs, which measured "
+                                                      "best at saturation, ENGINE.md); '{}': the paper's policy."),
 ) -> None:
     """Live A/B on one real engine: FairBatching against vLLM's default scheduler, a trace at several rates."""
     import tempfile
@@ -96,7 +108,7 @@ def engine(
     from node.core.fairbatching import FairBatchingConfig
 
     try:
-        knobs = json.loads(fb_knobs)
+        knobs = serving_knobs() if fb_knobs is None else json.loads(fb_knobs)
         FairBatchingConfig(**knobs)
     except (ValueError, TypeError) as e:
         raise typer.BadParameter(str(e), param_hint="--fb-knobs") from None
