@@ -62,12 +62,11 @@ def overhead(
 
 
 def serving_knobs() -> dict[str, Any]:
-    """The FairBatching knobs the serving layer runs by default: ``ServeConfig``'s anchor and its
-    ``node_config`` knobs (what ``ServeConfig.node_config_for_engines`` gives the engines)."""
+    """The FairBatching knobs the engines of a default deployment run (``ServeConfig.node_config_for_engines``:
+    its anchor and its ``node_config`` knobs)."""
     from cluster.config import ServeConfig
 
-    serve = ServeConfig()
-    return {"anchor": serve.anchor, **serve.node_config.get("knobs", {})}
+    return dict(ServeConfig().node_config_for_engines().knobs)
 
 
 @app.command("engine")
