@@ -16,7 +16,6 @@ the window at that rate.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +26,7 @@ from cluster.bench.sim_vs_live import (AT_LIVE_STEPS, SimLiveConfig, _window, ca
 from cluster.config import ServeConfig
 
 
-def _capacity(check: dict, fit: Optional[dict], tmp: Path, host_per_request: bool) -> Optional[float]:
+def _capacity(check: dict, fit: Optional[dict], host_per_request: bool) -> Optional[float]:
     if not fit:
         return None
     cal = check["calibration"]
@@ -36,7 +35,7 @@ def _capacity(check: dict, fit: Optional[dict], tmp: Path, host_per_request: boo
     try:
         return capacity_on_steps(ServeConfig.model_validate(check["serve_config"]), cfg, fit,
                                  _window(cfg, cfg.start_s, cfg.duration_s), client_path_s=path_s,
-                                 ingress=cal.get("ingress_delay"), profile_path=tmp / "fit.json")["capacity_rps"]
+                                 ingress=cal.get("ingress_delay"))["capacity_rps"]
     except RuntimeError:
         return None
 
@@ -72,8 +71,7 @@ def main(checks: list[Path] = typer.Argument(..., help="Recorded checks (JSON)."
                          + ", ".join(format(x["attainment"], ".3f") for x in r["live"]) + ", refused "
                          + ", ".join(str(x["rejected"]) for x in r["live"]) for r in check["rows"])
         print(f"{path.name}: the check's capacity {check['capacity']['capacity_rps']:.1f} req/s; {rows}")
-        with tempfile.TemporaryDirectory() as tmp:
-            found = {name: _capacity(check, fit, Path(tmp), host_per_request) for name, fit in phases(check).items()}
+        found = {name: _capacity(check, fit, host_per_request) for name, fit in phases(check).items()}
         print("  capacity on the steps of: " + ", ".join(
             f"{name} {'-' if c is None else f'{c:.1f}'}" for name, c in found.items()))
 

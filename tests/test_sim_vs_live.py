@@ -801,25 +801,23 @@ def test_on_a_probes_steps_the_capacity_puts_the_recorded_runs_on_the_side_they_
 
     root = Path(__file__).resolve().parent.parent / "bench" / "results" / "sim-vs-live" / "conv-240-step-noise"
 
-    def capacity(check: dict, fit: dict, tmp: Path) -> float:
+    def capacity(check: dict, fit: dict) -> float:
         cfg = SimLiveConfig(**check["config"])
         serve = ServeConfig.model_validate(check["serve_config"])
         return capacity_on_steps(serve, cfg, fit, _window(cfg, cfg.start_s, cfg.duration_s),
                                  client_path_s=check["calibration"]["client_path_s"],
-                                 ingress=check["calibration"]["ingress_delay"], profile_path=tmp / "p.json")["capacity_rps"]
+                                 ingress=check["calibration"]["ingress_delay"])["capacity_rps"]
 
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        below = json.loads((root / "azure-conv-600-seed23.json").read_text())
-        above = json.loads((root / "azure-conv-600-seed24.json").read_text())
-        assert max(r["rejected"] for r in below["rows"][1]["live"]) <= 4 < 285 <= min(
-            r["rejected"] for r in above["rows"][1]["live"])
-        assert below["capacity"]["capacity_rps"] < below["rows"][1]["rate_rps"]  # the calibration's: "above"
-        fit = below["rows"][1]["rehearsal"]["step_truth"]
-        on_probe = capacity(below, fit, Path(tmp))
-        assert on_probe > below["rows"][1]["rate_rps"]
-        assert capacity(below, scaled_truth(fit, 1.5), Path(tmp)) < 0.8 * on_probe
-        assert capacity(above, above["rows"][1]["rehearsal"]["step_truth"], Path(tmp)) < above["rows"][1]["rate_rps"]
+    below = json.loads((root / "azure-conv-600-seed23.json").read_text())
+    above = json.loads((root / "azure-conv-600-seed24.json").read_text())
+    assert max(r["rejected"] for r in below["rows"][1]["live"]) <= 4 < 285 <= min(
+        r["rejected"] for r in above["rows"][1]["live"])
+    assert below["capacity"]["capacity_rps"] < below["rows"][1]["rate_rps"]  # the calibration's: "above"
+    fit = below["rows"][1]["rehearsal"]["step_truth"]
+    on_probe = capacity(below, fit)
+    assert on_probe > below["rows"][1]["rate_rps"]
+    assert capacity(below, scaled_truth(fit, 1.5)) < 0.8 * on_probe
+    assert capacity(above, above["rows"][1]["rehearsal"]["step_truth"]) < above["rows"][1]["rate_rps"]
 
     below["calibration"]["capacity_probes"] = {"capacity_before": below["capacity"],
                                                "probes": [{"rate_scale": 1.0, "step_truth": None, "capacity": None},

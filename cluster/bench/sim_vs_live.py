@@ -818,13 +818,14 @@ def simulated_capacity(base: SimConfig, cfg: SimLiveConfig, window: Workload) ->
 
 
 def capacity_on_steps(serve: ServeConfig, cfg: SimLiveConfig, truth: dict[str, Any], window: Workload, *,
-                      client_path_s: float, ingress: Optional[dict[str, Any]], profile_path: Path) -> dict[str, float]:
+                      client_path_s: float, ingress: Optional[dict[str, Any]]) -> dict[str, float]:
     """``simulated_capacity`` of the simulator run as the arms on fits of steps run it (``arm_run_config``: no shared
-    host, the fit's noise and host line as ``cfg`` says) on ``truth``, a ``fit_step_truth`` of steps at a load;
-    ``profile_path`` is where its calibrated profile is written. Raises as ``simulated_capacity`` does."""
-    profile = str(calibrated_profile(coefficients(truth), serve, profile_path))
-    return simulated_capacity(arm_run_config(serve, cfg, profile, truth, rate_scale=1.0, client_path_s=client_path_s,
-                                             ingress=ingress), cfg, window)
+    host, the fit's noise and host line as ``cfg`` says) on ``truth``, a ``fit_step_truth`` of steps at a load (its
+    calibrated profile in a temporary file for the search). Raises as ``simulated_capacity`` does."""
+    with tempfile.TemporaryDirectory(prefix="sim-vs-live-capacity-") as tmp:
+        profile = str(calibrated_profile(coefficients(truth), serve, Path(tmp) / "truth.json"))
+        return simulated_capacity(arm_run_config(serve, cfg, profile, truth, rate_scale=1.0,
+                                                 client_path_s=client_path_s, ingress=ingress), cfg, window)
 
 
 def probe_capacity(capacity: dict[str, float], multiple: float, probes: int,
@@ -1070,13 +1071,11 @@ def _run_local(cfg: SimLiveConfig, result: SimLiveResult, logs: Path, overrides:
                 return measured(rate_scale, cfg.seed + 6000 + k)[1]
 
             def capacity_of(fit: dict[str, Any]) -> Optional[dict[str, float]]:
-                with tempfile.TemporaryDirectory(prefix="sim-vs-live-capacity-") as tmp:
-                    try:
-                        return capacity_on_steps(serve, cfg, fit, window, client_path_s=path_s, ingress=ingress,
-                                                 profile_path=Path(tmp) / "probe.json")
-                    except RuntimeError as exc:  # no rate meets the target on that fit
-                        progress(f"capacity probe: {exc}")
-                        return None
+                try:
+                    return capacity_on_steps(serve, cfg, fit, window, client_path_s=path_s, ingress=ingress)
+                except RuntimeError as exc:  # no rate meets the target on that fit
+                    progress(f"capacity probe: {exc}")
+                    return None
 
             before = result.capacity
             result.capacity, probes = probe_capacity(before, max(cfg.multiples), cfg.capacity_probes, run_probe,
@@ -1162,10 +1161,9 @@ def resimulate(recorded: dict, *, capacity: bool = True, arms: bool = True, step
     if capacity:
         probes = [p for p in (cal.get("capacity_probes") or {}).get("probes", []) if p.get("step_truth")]
         if probes:
-            with tempfile.TemporaryDirectory(prefix="sim-vs-live-capacity-") as tmp:
-                found = {**capacity_on_steps(serve, cfg, probes[-1]["step_truth"], window,
-                                             client_path_s=cal["client_path_s"], ingress=cal.get("ingress_delay"),
-                                             profile_path=Path(tmp) / "probe.json"), "from": "capacity-probe"}
+            found = {**capacity_on_steps(serve, cfg, probes[-1]["step_truth"], window,
+                                         client_path_s=cal["client_path_s"], ingress=cal.get("ingress_delay")),
+                     "from": "capacity-probe"}
         else:
             found = simulated_capacity(base, cfg, window)
     result = SimLiveResult(recorded.get("machine", ""), config, recorded["serve_config"],
