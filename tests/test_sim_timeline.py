@@ -68,13 +68,76 @@ def test_an_idle_node_starts_a_step_when_a_request_arrives():
     assert res.requests[1].first_token_s == pytest.approx(5.0 + 0.01 + 0.010)
 
 
-def test_a_full_kv_cache_preempts_the_newest_request_which_recomputes_and_finishes():
-    # 4 blocks of 16 tokens: two requests that each grow to 56 tokens cannot both stay.
+def test_a_full_kv_cache_preempts_the_request_started_last_which_recomputes_and_finishes():
+    # 4 blocks of 16 tokens: two requests that each grow to 56 tokens cannot both stay. vLLM (FCFS)
+    # preempts the tail of its running list: the request that started last.
     profile = linear_profile(kv_cache_tokens=64)
     res = run([(0.0, 16, 40), (0.0, 16, 40)], profile=profile, scheduler="vllm")
     assert res.report["preemptions"] >= 1
     assert all(r.finished and r.emitted == 40 for r in res.requests)
     assert res.requests[1].preemptions >= 1 and res.requests[0].preemptions == 0
+
+
+TWO_TIERS = ("interactive=0.5:1:0.05", "batch=0.5:30:0.25")
+
+
+def batch_then_interactive_seed() -> int:
+    """A seed whose tier draw makes request 0 a batch request and request 1 an interactive one."""
+    from cluster.workload.tiers import assign_tiers, parse_slo_tiers
+
+    tiers = parse_slo_tiers(TWO_TIERS)
+    return next(seed for seed in range(100)
+                if [t.name for t in assign_tiers(2, tiers, seed)] == ["batch", "interactive"])
+
+
+@pytest.mark.parametrize("scheduler", ["vllm-priority", "fairbatching"])
+def test_the_kv_victim_is_the_one_vllm_takes_under_the_policy_not_the_newest_arrival(scheduler):
+    """A batch request starts first, an interactive one 50 ms later (after the batch prompt's step);
+    4 KV blocks of 16 tokens cannot hold both as they grow. vLLM's priority policy preempts the largest
+    (priority, arrival): the batch request, though it is the older one. FairBatching's host puts the
+    decodes it leaves out (ahead of their envelope) at the tail of the running list, the latest next-token
+    deadline last: the batch decode (TPOT 250 ms) again. Preempting the newest arrival would take the
+    interactive one. (The interactive request, 36 tokens at most, then finishes before the batch one has
+    room to come back.)"""
+    profile = linear_profile(kv_cache_tokens=64)
+    res = run([(0.0, 16, 40), (0.05, 16, 20)], profile=profile, scheduler=scheduler, slo_tier=TWO_TIERS,
+              seed=batch_then_interactive_seed())
+    batch, interactive = res.requests
+    assert (batch.slo.tier, interactive.slo.tier) == ("batch", "interactive")
+    assert batch.first_token_s < interactive.arrival_s  # the batch request started first
+    assert res.report["preemptions"] >= 1
+    assert batch.preemptions >= 1 and interactive.preemptions == 0
+    assert all(r.finished and r.emitted == r.output_tokens for r in res.requests)
+
+
+def test_fairbatchings_preemption_order_matches_its_vllm_host():
+    """The order the simulator preempts by under FairBatching is the one the vLLM host gives its running
+    list (tests/test_scheduler_host.py::test_an_urgent_decode_short_of_kv_preempts_the_most_relaxed_hidden_decode,
+    same requests): the planned decode, the urgent decode short of KV, then the ones the plan leaves out,
+    the latest next-token deadline last (the first victim). vLLM's FCFS keeps the order they started in."""
+    from node.core.plan import Limits
+    from node.core.policies import make_policy
+    from node.core.request import RequestState
+    from tests.conftest import REF_MODEL
+
+    now = 50.0
+
+    def decode(rid: str, tpot_s: float, arrival_s: float, prompt: int = 32) -> RequestState:
+        return RequestState(rid, arrival_s, prompt, SLO(1.0, tpot_s), computed_tokens=prompt, output_tokens=1,
+                            first_token_s=arrival_s + 0.1)
+
+    # Started in this order; the urgent decode fell 10 s behind its envelope.
+    running = [decode("relaxed-1000", 1000.0, 49.8), decode("urgent", 0.01, 39.8),
+               decode("relaxed-100", 100.0, 49.8), decode("roomy", 0.05, 49.8, prompt=20)]
+    limits = Limits(max_num_seqs=256, max_num_batched_tokens=8192, kv_blocks_free=0, block_size=16,
+                    kv_blocks_total=8)
+    policy = make_policy("fairbatching", REF_MODEL)
+    plan = policy.plan(running, limits, now)
+    assert [i.request_id for i in plan.items] == ["roomy"] and plan.short_of_kv == ["urgent"]
+    order = [st.request_id for st in policy.preemption_order(running, plan, now)]
+    assert order == ["roomy", "urgent", "relaxed-100", "relaxed-1000"]
+    vllm = make_policy("vllm", REF_MODEL)
+    assert [st.request_id for st in vllm.preemption_order(running, plan, now)] == [st.request_id for st in running]
 
 
 def test_ground_truth_step_time_follows_the_derivation_formula():

@@ -8,10 +8,18 @@ prefill that completes emits its first token then. Requests arriving during a
 step wait for the next one.
 
 KV cache: a request holds ``ceil(kv_tokens / block_size)`` blocks. When the
-running decodes cannot all get the block their next token needs, the newest
-running requests are preempted by recompute (vLLM's default): their blocks are
-freed and they become prefills of prompt plus emitted tokens, keeping their
-emitted tokens and deadlines.
+plan leaves out a decode it must run for want of a KV block
+(``BatchPlan.short_of_kv``: an urgent decode, a baseline's decode-first one),
+running requests are preempted by recompute (vLLM's default) and the step is
+planned again: their blocks are freed and they become prefills of prompt plus
+emitted tokens, keeping their emitted tokens and deadlines. The victims are the
+ones vLLM would take: the tail of its running list (the started requests in
+the order they last started), as the policy's host orders that list
+(``NodePolicy.preemption_order``: as is under FCFS, the largest ``(priority,
+arrival)`` first under vLLM's priority policy, under FairBatching the requests
+the plan leaves out, the latest next-token deadline first). A decode the plan
+may leave out (FairBatching's relaxed ones) waits for a block instead, as on
+the vLLM host.
 
 Snapshots: building a fresh ``RequestState`` for every request every step
 (with its validation) costs more than the policy's whole plan. The node
@@ -174,6 +182,8 @@ class SimNode:
         self._prompts = RecentMean(output_window)  # prompt lengths of the last received requests
 
         self.live: dict[str, SimRequest] = {}  # insertion order = admission order
+        # vLLM's running list: the started requests, in the order they last started (preemption victims)
+        self.running: dict[str, SimRequest] = {}
         self.states: dict[str, RequestState] = {}
         self.busy = False
         self.received = 0  # requests admitted from the balancer, all time
@@ -272,11 +282,14 @@ class SimNode:
         if not self.busy and self.prefill_rate is not None:
             self._tick_prefill_rate(now_s, idle=True)  # the report ticks of the idle spell just ended
         self.busy = True
-        if self.decoding > self.pool.free_blocks:
-            self._make_room_for_decodes()
         plan = self._plan(now_s)
+        # A decode short of KV is left out only when the plan took the last free block (cheap test first).
+        while plan.kv_blocks >= self.pool.free_blocks and plan.short_of_kv:
+            if not self._preempt_one(now_s, plan):
+                break
+            plan = self._plan(now_s)
         while plan.is_empty:
-            if not self._preempt_newest() and not self._drop_oldest_waiting():
+            if not self._preempt_one(now_s, plan) and not self._drop_oldest_waiting():
                 self.busy = False
                 return
             if not self.states:
@@ -341,6 +354,7 @@ class SimNode:
                 q = item.new_tokens
                 if req.computed == req.cached_tokens:
                     self.waiting -= 1
+                    self.running[req.key] = req
                 req.computed += q
                 req.kv_tokens += q
                 blocks = -(-req.kv_tokens // bs)
@@ -423,6 +437,7 @@ class SimNode:
             self.recomputing -= 1
         del self.live[req.key]
         del self.states[req.key]
+        self.running.pop(req.key, None)
         if self.prefix_cache is None:
             self.pool.give_back(req.kv_blocks)
         else:
@@ -437,26 +452,20 @@ class SimNode:
 
     # -- KV pressure ---------------------------------------------------------------
 
-    def _make_room_for_decodes(self) -> None:
-        """Preempt the newest running requests until every decode's next block fits."""
-        bs = self.block_size
-        need = sum(1 for r in self.live.values() if r.computed == r.prefill_tokens and r.kv_tokens == r.kv_blocks * bs)
-        while need > self.pool.free_blocks:
-            victim = self._newest_holder()
-            if victim is None:
-                return
-            if victim.computed == victim.prefill_tokens and victim.kv_tokens == victim.kv_blocks * bs:
-                need -= 1
-            self._preempt(victim)
-
-    def _newest_holder(self) -> SimRequest | None:
+    def _victim(self, now_s: float, plan: BatchPlan) -> SimRequest | None:
+        """The request vLLM preempts next for ``plan``: the tail of its running list as the policy's host
+        orders it (``NodePolicy.preemption_order``); with nothing running, the newest waiting request that
+        holds blocks of its prefix-cache hit (letting go of them; vLLM's waiting requests hold none)."""
+        if self.running:
+            order = self.policy.preemption_order([req.state for req in self.running.values()], plan, now_s)
+            return self.live[order[-1].request_id]
         for req in reversed(self.live.values()):
             if req.kv_blocks > 0:
                 return req
         return None
 
-    def _preempt_newest(self) -> bool:
-        victim = self._newest_holder()
+    def _preempt_one(self, now_s: float, plan: BatchPlan) -> bool:
+        victim = self._victim(now_s, plan)
         if victim is None:
             return False
         self._preempt(victim)
@@ -471,6 +480,7 @@ class SimNode:
             self._release_cache(req)
         if req.computed == req.prefill_tokens:
             self.decoding -= 1
+        self.running.pop(req.key, None)
         self.queued_prefill_tokens -= req.prefill_tokens - req.computed
         req.prefill_tokens = req.prompt_tokens + req.emitted
         self.queued_prefill_tokens += req.prefill_tokens

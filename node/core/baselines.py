@@ -87,6 +87,12 @@ class VllmPriorityPolicy(VllmDefaultPolicy):
     name = "vllm-priority"
     order = staticmethod(_priority_key)
 
+    def preemption_order(self, running: Sequence[RequestState], plan: BatchPlan,
+                         now_s: float) -> list[RequestState]:
+        """Under the priority policy vLLM preempts the running request with the largest ``(priority,
+        arrival)`` (``max(self.running, key=...)`` in its scheduler), whatever the order it started in."""
+        return sorted(running, key=_priority_key)
+
 
 class SarathiPolicy(ConfiguredPolicy[TokenBudgetConfig]):
     """Stall-free batching: all decodes, then prefill chunks that keep the step within TPOT."""

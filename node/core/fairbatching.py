@@ -106,7 +106,7 @@ from typing import Sequence
 
 from node.core.envelope import Anchor, on_time, slacks_s
 from node.core.pab import prefill_chunk_per_step
-from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits
+from node.core.plan import BatchBuilder, BatchPlan, ConfiguredPolicy, Group, Limits, host_running_order
 from node.core.request import RequestState
 from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.validation import check_finite
@@ -329,6 +329,13 @@ class FairBatchingPolicy(ConfiguredPolicy[FairBatchingConfig]):
             last = [st for st in kept if st.request_id in moved] + last
             kept = [st for st in kept if st.request_id not in moved]
         return kept + last
+
+    def preemption_order(self, running: Sequence[RequestState], plan: BatchPlan,
+                         now_s: float) -> list[RequestState]:
+        """The running list as the vLLM host orders it to carry out ``plan`` (``host_running_order``): the
+        requests the plan leaves out go last, the latest next-token deadline last, so vLLM (preempting
+        from the tail) takes the most relaxed first. ``now_s`` in seconds."""
+        return host_running_order(running, plan, self.config.anchor)
 
     def _add_prefills(self, builder: BatchBuilder, prefills: list, budget: float) -> None:
         """Each prefill in EDF order, the largest chunk that keeps the step within ``budget``."""

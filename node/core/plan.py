@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, NamedTuple, Protocol, Sequence, TypeVar
 
-from node.core.envelope import deadline_s
+from node.core.envelope import Anchor, deadline_s
 from node.core.step_time import StepTimeModel, prefill_attention_pairs
 from node.core.request import RequestState
 from node.core.validation import check_int
@@ -117,6 +117,23 @@ class BatchPlan:
     def is_empty(self) -> bool:
         return not self.items
 
+    @property
+    def short_of_kv(self) -> list[str]:
+        """The decodes the plan must run (FairBatching's urgent ones, a baseline's decode-first ones) but
+        left out for want of KV blocks, in plan order: the engine preempts running requests to fit them."""
+        return [s.request_id for s in self.skipped
+                if s.reason is SkipReason.KV and s.group in (Group.URGENT, Group.DECODE_FIRST)]
+
+    @property
+    def host_order(self) -> list[str]:
+        """The order the vLLM host gives the requests the plan names, so that vLLM's scan (each running
+        request gets ``min(remaining, budget left)``) carries the plan out: the decodes, then the decodes
+        short of KV (``short_of_kv``), then the prefill chunks, each in plan order."""
+        order = [i.request_id for i in self.items if not i.is_prefill]
+        order += self.short_of_kv
+        order += [i.request_id for i in self.items if i.is_prefill]
+        return order
+
     def to_dict(self) -> dict:
         return {
             "policy": self.policy,
@@ -145,6 +162,9 @@ class NodePolicy(Protocol):
 
     def seat_order(self, waiting: Sequence[RequestState], started: Sequence[RequestState], limits: Limits,
                    now_s: float) -> list[RequestState]: ...
+
+    def preemption_order(self, running: Sequence[RequestState], plan: BatchPlan,
+                         now_s: float) -> list[RequestState]: ...
 
 
 ConfigT = TypeVar("ConfigT")
@@ -175,6 +195,31 @@ class ConfiguredPolicy(Generic[ConfigT]):
         (FairBatching's relegation) puts them last here too, or they would take the seats first.
         ``now_s`` in seconds; ``started`` and ``limits`` are for such policies."""
         return sorted(waiting, key=lambda st: deadline_s(st, st.output_tokens))
+
+    def preemption_order(self, running: Sequence[RequestState], plan: BatchPlan,
+                         now_s: float) -> list[RequestState]:
+        """vLLM's running list as this policy's host holds it when vLLM must preempt for KV blocks (for the
+        decodes of ``plan.short_of_kv``): vLLM takes its victims from the tail
+        (``vllm/v1/core/sched/scheduler.py``: ``self.running[-1]`` under FCFS). ``running``: the started
+        requests (holding KV) in the order they last started, which is that list under FCFS (a preempted
+        request goes back to the waiting queue and rejoins the tail when it starts again); returned as is.
+        A host that reorders the list says so here, so the simulator preempts the request the real engine
+        would. ``now_s`` in seconds."""
+        return list(running)
+
+
+def host_running_order(running: Sequence[RequestState], plan: BatchPlan, anchor: Anchor) -> list[RequestState]:
+    """The order the vLLM host gives vLLM's running list for a step so that vLLM's scan carries out
+    ``plan`` (``node.vllm.scheduler``, step 2): ``plan.host_order`` (decodes, decodes short of KV
+    blocks, prefill chunks); then the running requests the plan leaves out, the latest next-token
+    deadline (``deadline_s`` on ``anchor``) last. vLLM preempts from the tail: the least pressed request
+    goes first, never a planned one while a left-out one remains. ``running``: the snapshots of vLLM's
+    running requests, any order."""
+    rank = {rid: k for k, rid in enumerate(plan.host_order)}
+    ranked = sorted((st for st in running if st.request_id in rank), key=lambda st: rank[st.request_id])
+    rest = sorted((st for st in running if st.request_id not in rank),
+                  key=lambda st: (deadline_s(st, st.output_tokens, anchor), st.request_id))
+    return ranked + rest
 
 
 @dataclass

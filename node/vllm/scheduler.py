@@ -81,11 +81,11 @@ from vllm.v1.request import RequestStatus
 from node.core.step_time import StepTimeModel, prefill_attention_pairs
 
 from node.fit.step_time_fit import OnlineRefit, StepSample
-from node.core.envelope import Anchor, deadline_s
+from node.core.envelope import Anchor
 from node.vllm.node_config import NodeConfig
 from node.vllm.internals import check_internals
 from node.vllm.node_stats import NodeStats, StepSummary
-from node.core.plan import BatchPlan, Group, Limits, SkipReason
+from node.core.plan import BatchPlan, Limits, host_running_order
 from node.core.policies import make_policy
 from node.fit.profile import load_profile
 from node.core.extra_args import arrival_from_extra_args, slo_or_default
@@ -403,11 +403,8 @@ class FairBatchingMixin:
         # min(remaining, budget left), so a chunk ahead of a decode would eat its token.
         # Urgent decodes the plan left out for want of KV blocks stay visible right
         # after the planned decodes: vLLM then preempts from the tail to fit them.
-        kv_urgent = self._fb_kv_urgent(plan)
-        order = [i.request_id for i in plan.items if not i.is_prefill]
-        order += list(kv_urgent)
-        order += [i.request_id for i in plan.items if i.is_prefill]
-        rank = {rid: k for k, rid in enumerate(order)}
+        kv_urgent = dict.fromkeys(plan.short_of_kv)
+        rank = {rid: k for k, rid in enumerate(plan.host_order)}
         last = len(rank)
         visible, hidden = [], []
         for request in self.running:
@@ -425,9 +422,9 @@ class FairBatchingMixin:
             # latest next-token deadline last, and are preempted before any planned prefill
             # or the urgent decode itself. They get no tokens: the budget below is spent
             # before vLLM's scan reaches them.
-            due = {s.request_id: deadline_s(s, s.output_tokens, self.fb_anchor) for s in states}
-            hidden.sort(key=lambda r: due.get(r.request_id, float("inf")))
-            visible += hidden
+            by_id = {r.request_id: r for r in hidden}
+            tail = host_running_order([s for s in states if s.request_id in by_id], plan, self.fb_anchor)
+            visible += [by_id[s.request_id] for s in tail]
             removed = []
         self.running = visible
 
@@ -456,15 +453,6 @@ class FairBatchingMixin:
         grant = self._fb_grants.get(request.request_id)
         return tokens if grant is None else min(tokens, grant)
 
-    @staticmethod
-    def _fb_kv_urgent(plan: BatchPlan) -> dict[str, None]:
-        """Decodes the plan must run (FairBatching's urgent ones, a baseline's decode-first ones) but skipped
-        for want of KV blocks: they stay visible so that vLLM preempts for them."""
-        return {
-            s.request_id: None for s in plan.skipped
-            if s.reason is SkipReason.KV and s.group in (Group.URGENT, Group.DECODE_FIRST)
-        }
-
     def _fb_divergence(self, out: Any, plan: BatchPlan, planned: dict, fallback: bool) -> Counter[str]:
         """Why what vLLM scheduled differs from the plan (empty when it does not)."""
         reasons: Counter[str] = Counter()
@@ -492,7 +480,7 @@ class FairBatchingMixin:
                 reasons["prefix-cache" if hit else "fewer-tokens"] += 1
             else:
                 reasons["more-tokens"] += 1
-        kv_urgent = self._fb_kv_urgent(plan)
+        kv_urgent = set(plan.short_of_kv)
         for rid in scheduled:
             if rid not in planned:
                 reasons["kv-urgent" if rid in kv_urgent else "unplanned"] += 1
