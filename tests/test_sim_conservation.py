@@ -115,6 +115,31 @@ def test_cli_run_and_capacity_write_the_promised_json(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(cap.read_text())
     assert data["capacity_rps"] > 0 and data["report"]["attainment"] >= 0.9
+    # three seeds by default, each its own search; nothing here is drawn at random, so no spread
+    assert data["seeds"] == [1, 2, 3] and len(set(data["capacity_rps_per_seed"])) == 1
+    assert data["capacity_rps_min"] == data["capacity_rps"] == data["capacity_rps_max"]
+    assert "the same on every seed" in " ".join(result.output.split())  # (rich wraps lines)
+
+
+def test_cli_capacity_reports_the_spread_over_seeds_of_step_noise(tmp_path):
+    """With step-time noise each seed's search finds its own capacity: the JSON has every seed's, the
+    mean between the min and max, and the console says so."""
+    trace = tmp_path / "t.csv"
+    rows = ["arrived_at,num_prefill_tokens,num_decode_tokens"]
+    rows += [f"{i * 0.05:.3f},{200 + 37 * i % 900},{1 + 13 * i % 60}" for i in range(120)]
+    trace.write_text("\n".join(rows) + "\n")
+    cap = tmp_path / "cap.json"
+    result = CliRunner().invoke(app, ["capacity", "--trace", str(trace), "--profile", "ref-linear-h100",
+                                      "--scheduler", "fairbatching", "--noise", "0.4", "--seeds", "4",
+                                      "--rel-tol", "0.05", "--json", str(cap)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(cap.read_text())
+    per_seed = data["capacity_rps_per_seed"]
+    assert data["seeds"] == [0, 1, 2, 3] and len(per_seed) == 4 and len(set(per_seed)) > 1
+    assert data["capacity_rps_min"] == min(per_seed) < data["capacity_rps_max"] == max(per_seed)
+    assert data["capacity_rps"] == pytest.approx(sum(per_seed) / 4)
+    text = " ".join(result.output.split())  # (rich wraps lines)
+    assert "over 4 seeds" in text and "seed 3:" in text
 
 
 def test_cli_capacity_of_one_looser_tier_alone(tmp_path):

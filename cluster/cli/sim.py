@@ -127,13 +127,16 @@ def capacity(
     config: SimConfig,
     attainment: float = typer.Option(0.9, help="Attainment target."),
     rel_tol: float = typer.Option(0.02, help="Stop bisecting when hi/lo <= 1 + this."),
-    seeds: int = typer.Option(1, help="Seeds averaged per probe."),
+    seeds: int = typer.Option(3, min=1, help="Seeds (--seed upwards): the capacity is searched on each and "
+                                             "reported as the mean with its min and max over seeds."),
     tightest_target: float = typer.Option(0.99, help="With --slo-tier: attainment target of the tightest tier alone."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write capacity_rps and the report at it here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write capacity_rps (mean over seeds), its spread, "
+                                                                 "each seed's search and the report at capacity here."),
 ) -> None:
-    """Highest rate with attainment >= the target, by bisection on the rate scale; with SLO tiers,
-    also the highest rate at which the tightest tier alone meets ``--tightest-target``."""
-    from cluster.sim.capacity import find_capacity
+    """Highest rate with attainment >= the target, by bisection on the rate scale, on each of
+    ``--seeds`` seeds (mean, min and max reported); with SLO tiers, also the highest rate at which the
+    tightest tier alone meets ``--tightest-target``."""
+    from cluster.sim.capacity import capacity_over_seeds
 
     with _progress() as progress:
         task = progress.add_task("capacity probes", total=None)
@@ -141,25 +144,27 @@ def capacity(
         def on_probe(p):
             progress.update(task, advance=1, description=f"x{p.rate_scale:.3g} {p.rate_rps:.2f} rps -> {p.attainment:.3f}")
 
-        res = find_capacity(config, target=attainment, rel_tol=rel_tol, seeds=seeds, on_probe=on_probe)
+        res = capacity_over_seeds(config, seeds=seeds, target=attainment, rel_tol=rel_tol, on_probe=on_probe)
         tier_res = None
         if config.slo_tier:  # also: the highest rate at which the tightest tier alone meets its target
             from cluster.workload.tiers import parse_slo_tiers
 
             # (with --only-tier the kept tier is the only one run)
             tightest = config.only_tier or min(parse_slo_tiers(config.slo_tier), key=lambda t: t.slo.priority).name
-            tier_res = find_capacity(config, target=tightest_target, rel_tol=rel_tol, seeds=seeds, on_probe=on_probe,
-                                     metric=f"per_tier.{tightest}.attainment")
+            tier_res = capacity_over_seeds(config, seeds=seeds, target=tightest_target, rel_tol=rel_tol,
+                                           on_probe=on_probe, metric=f"per_tier.{tightest}.attainment")
     out = res.to_dict()
-    console.print(f"capacity_rps={res.capacity_rps}  (rate scale {res.capacity_rate_scale}, {len(res.probes)} probes)")
-    for reason in res.why:  # no rate met the target
+    console.print(f"capacity_rps={res.mean_rps}  {res.summary()}")
+    for seed, one in zip(res.seeds, res.results):
+        console.print(f"  seed {seed}: {one.capacity_rps} req/s (rate scale {one.capacity_rate_scale}, "
+                      f"{len(one.probes)} probes)")
+    for reason in dict.fromkeys(r for one in res.results for r in one.why):  # where no rate met the target
         console.print(f"[yellow]why: {reason}[/yellow]")
     if out["report"]:
         console.print(_headline(out["report"]))
     if tier_res is not None:
         out["tightest_tier"] = {"tier": tightest, "target": tightest_target, **tier_res.to_dict()}
-        console.print(f"{tightest} alone meets {tightest_target:.0%} up to {tier_res.capacity_rps} req/s "
-                      f"(rate scale {tier_res.capacity_rate_scale})")
+        console.print(f"{tightest} alone meets {tightest_target:.0%} up to {tier_res.summary()}")
     _write_json(json_out, out)
 
 
@@ -173,7 +178,8 @@ def compare(
     caps: str = typer.Option("without", help="Admission cap arms for non-PAB balancers: without, with, or both."),
     attainment: float = typer.Option(0.9, help="Attainment target."),
     rel_tol: float = typer.Option(0.02, help="Bisection tolerance."),
-    seeds: int = typer.Option(1, help="Seeds averaged per probe."),
+    seeds: int = typer.Option(3, min=1, help="Seeds (--seed upwards): each arm's capacity is searched on each and "
+                                             "reported as the mean with its min and max."),
     tune_duration_s: float = typer.Option(600.0, help="Trace window (s) on which baseline budgets are tuned, single node."),
 ) -> None:
     """Every scheduler x balancer arm on one trace; baselines at their best-tuned token budget."""

@@ -3,9 +3,9 @@
 The rate is swept by scaling the trace's inter-arrival times (burst structure
 kept). ``find_capacity`` brackets the capacity by doubling or halving the rate
 scale, then bisects (geometrically) until the bracket is within ``rel_tol``.
-Attainment near the cliff is noisy, so each probe may average several seeds.
-The result keeps every probe, which gives the attainment-vs-rate curve for
-free.
+Attainment near the cliff is noisy, so ``capacity_over_seeds`` searches on
+several seeds and reports the spread. The result keeps every probe, which
+gives the attainment-vs-rate curve for free.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from node.fit.profile import Profile, load_profile
 class Probe:
     rate_scale: float
     rate_rps: float
-    attainment: float  # mean over seeds
-    report: dict = field(repr=False)  # the first seed's report
+    attainment: float  # the searched metric (attainment unless told otherwise)
+    report: dict = field(repr=False)
 
 
 @dataclass
@@ -74,7 +74,6 @@ def find_capacity(
     *,
     target: float = 0.9,
     rel_tol: float = 0.02,
-    seeds: int = 1,
     max_probes: int = 24,
     max_doublings: int = 6,
     metric: str = "attainment",
@@ -102,15 +101,10 @@ def find_capacity(
     results: dict[float, SimResult] = {}
 
     def probe(scale: float) -> bool:
-        values, first = [], None
-        for k in range(seeds):
-            res = simulate(replace(cfg, rate_scale=scale, seed=cfg.seed + k), workload=workload, profile=profile)
-            values.append(report_metric(res.report, metric))
-            if first is None:
-                first = res
-        p = Probe(scale, first.report["offered_rps"], sum(values) / len(values), first.report)
+        res = simulate(replace(cfg, rate_scale=scale), workload=workload, profile=profile)
+        p = Probe(scale, res.report["offered_rps"], report_metric(res.report, metric), res.report)
         probes.append(p)
-        results[scale] = first
+        results[scale] = res
         if on_probe:
             on_probe(p)
         return p.attainment >= target
@@ -145,6 +139,89 @@ def find_capacity(
         return CapacityResult(None, None, target, probes, why=why_no_rate_meets(cfg, workload, profile, lowest, target))
     best = results[lo]
     return CapacityResult(best.report["offered_rps"], lo, target, probes, best, lower_bound=hi is None)
+
+
+@dataclass
+class SeedCapacities:
+    """One capacity search per seed (``seed``, ``seed + 1``, ...): the capacity with its spread.
+
+    ``results[k]`` is the search on ``seeds[k]``. A seed on which no rate met the target has capacity
+    None; ``mean_rps``, ``min_rps`` and ``max_rps`` (req/s) are over the seeds that have one (None when
+    none has). ``fixed``: every seed gave the same capacity (nothing in the configuration is drawn
+    at random, e.g. no ``--noise``, no ``--slo-tier``)."""
+
+    seeds: list[int]
+    results: list[CapacityResult]
+
+    @property
+    def capacities_rps(self) -> list[float | None]:
+        return [r.capacity_rps for r in self.results]
+
+    def _found(self) -> list[float]:
+        return [c for c in self.capacities_rps if c is not None]
+
+    @property
+    def mean_rps(self) -> float | None:
+        found = self._found()
+        return sum(found) / len(found) if found else None
+
+    @property
+    def min_rps(self) -> float | None:
+        return min(self._found(), default=None)
+
+    @property
+    def max_rps(self) -> float | None:
+        return max(self._found(), default=None)
+
+    @property
+    def fixed(self) -> bool:
+        return len(set(self.capacities_rps)) == 1
+
+    def summary(self) -> str:
+        """``"12.3 req/s (min 11.9, max 12.8 over 3 seeds)"``, or why there is none."""
+        if self.mean_rps is None:
+            return f"no rate met the target on any of {len(self.seeds)} seeds"
+        missed = sum(c is None for c in self.capacities_rps)
+        text = f"{self.mean_rps:.4g} req/s (min {self.min_rps:.4g}, max {self.max_rps:.4g} over {len(self.seeds)} seeds"
+        if missed:
+            text += f"; {missed} met the target at no rate"
+        if self.fixed and len(self.seeds) > 1:
+            text += "; the same on every seed: nothing here is drawn at random"
+        return text + ")"
+
+    def to_dict(self) -> dict:
+        """The first seed's ``CapacityResult.to_dict()`` (its probes and its report at capacity), with the
+        capacity replaced by the mean over seeds, the spread, and every seed's own search."""
+        out = self.results[0].to_dict()
+        out.update({
+            "capacity_rps": self.mean_rps,
+            "capacity_rps_min": self.min_rps,
+            "capacity_rps_max": self.max_rps,
+            "seeds": self.seeds,
+            "capacity_rps_per_seed": self.capacities_rps,
+            "capacity_rate_scale_per_seed": [r.capacity_rate_scale for r in self.results],
+            "capacity_is_lower_bound": any(r.lower_bound for r in self.results),
+        })
+        out.pop("capacity_rate_scale")
+        return out
+
+
+def capacity_over_seeds(cfg: SimConfig, *, seeds: int = 3, workload: Workload | None = None,
+                        profile: Profile | None = None, **search) -> SeedCapacities:
+    """``find_capacity`` on each of ``seeds`` seeds (``cfg.seed`` upwards), one seed per probe: the
+    capacity's spread over seeds of everything the run draws (step-time noise, tier draws, power-of-two
+    choices, a synthetic trace when no ``workload`` is given). ``search``: the other arguments of
+    ``find_capacity``. Raises ``ValueError`` unless ``seeds >= 1``."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    profile = profile or load_profile(cfg.profile)
+    runs = [cfg.seed + k for k in range(seeds)]
+    results = []
+    for s in runs:
+        seeded = replace(cfg, seed=s)
+        results.append(find_capacity(seeded, profile=profile, **search,
+                                     workload=workload if workload is not None else load_workload(seeded)))
+    return SeedCapacities(runs, results)
 
 
 def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowest: Probe, target: float) -> list[str]:

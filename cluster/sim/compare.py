@@ -3,8 +3,9 @@
 Baselines are tuned fairly (DESIGN section 4): each candidate token budget is
 given its own single-node capacity search on the tuning window, and the
 budget with the highest capacity is used for every arm of that scheduler.
-Then each arm gets a capacity search on the configured trace and cluster, and
-is re-run at one common rate (the lowest capacity among the arms, i.e. the
+Then each arm gets a capacity search on the configured trace and cluster, on
+each of several seeds (the mean with its min and max), and is re-run at one
+common rate (the lowest capacity among the arms, i.e. the
 weakest baseline's capacity) for TTFT distributions at equal load.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from cluster.sim.capacity import CapacityResult, find_capacity
+from cluster.sim.capacity import CapacityResult, capacity_over_seeds, find_capacity
 from cluster.sim.config import SimConfig
 from cluster.sim.metrics import ttft_samples
 from cluster.sim.simulator import load_workload, simulate
@@ -75,21 +76,27 @@ def run_compare(
     *,
     target: float = 0.9,
     rel_tol: float = 0.02,
-    seeds: int = 1,
+    seeds: int = 3,
     log: Callable[[str], None] = print,
 ) -> tuple[dict, dict[str, CapacityResult], dict[str, list[float]]]:
-    """Capacity of every arm, then each arm at the common rate. Returns (summary, results, ttft samples)."""
+    """Capacity of every arm on each of ``seeds`` seeds (``capacity_over_seeds``: the summary's
+    ``capacity_rps`` is the mean, with ``capacity_rps_min``/``_max``), then each arm at the common rate
+    (the lowest of the arms' mean capacity rate scales). Returns (summary, the first seed's search per
+    arm, ttft samples)."""
     workload, profile = load_workload(cfg), load_profile(cfg.profile)
     results: dict[str, CapacityResult] = {}
     rows = []
+    scales = []
     for arm in arms:
-        res = find_capacity(arm.apply(cfg), target=target, rel_tol=rel_tol, seeds=seeds,
-                            workload=workload, profile=profile)
-        results[arm.label] = res
-        log(f"  {arm.label}: capacity {res.capacity_rps}")
+        res = capacity_over_seeds(arm.apply(cfg), seeds=seeds, target=target, rel_tol=rel_tol,
+                                  workload=workload, profile=profile)
+        results[arm.label] = res.results[0]
+        found = [r.capacity_rate_scale for r in res.results if r.capacity_rate_scale]
+        if found:
+            scales.append(sum(found) / len(found))
+        log(f"  {arm.label}: capacity {res.summary()}")
         rows.append({"arm": arm.label, "scheduler": arm.scheduler, "balancer": arm.balancer,
                      "admission_cap": arm.admission_cap, "token_budget": arm.token_budget, **res.to_dict()})
-    scales = [r.capacity_rate_scale for r in results.values() if r.capacity_rate_scale]
     common_scale = min(scales) if scales else cfg.rate_scale
     ttfts: dict[str, list[float]] = {}
     at_common = {}
