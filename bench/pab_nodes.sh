@@ -23,7 +23,7 @@ declare -A arms=(
 run() {  # nodes arm seed: its capacity unless already recorded
   local f="$out/$1nodes-$2-seed$3.json" scale=$(( $1 * 3 / 4 )) tol=0.02
   [ "$1" -ge 8 ] && tol=0.03
-  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" ${arms[$2]} --nodes "$1" --seed "$3" \
+  [ -s "$f" ] || fairbatching sim capacity --seeds 1 "${common[@]}" ${arms[$2]} --nodes "$1" --seed "$3" \
       --rate-scale "$scale" --rel-tol "$tol" --json "$f" > "${f%.json}.log" 2>&1
 }
 for nodes in 4 8; do

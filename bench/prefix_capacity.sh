@@ -18,12 +18,12 @@ for seed in 0 1 2; do
           --anchor arrival --relegate none --chunk-align-tokens 0 --tpot-margin 0  # the defaults these results were recorded with
           --attainment 0.9 --rel-tol 0.04)
   f="$out/pab-uncached-seed$seed.json"
-  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens uncached --json "$f"
+  [ -s "$f" ] || $fb sim capacity --seeds 1 "${common[@]}" --balancer pab --pab-tokens uncached --json "$f"
   f="$out/pab-uncached-budget-seed$seed.json"  # the placement rule before the locality rule (largest budget left)
-  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens uncached --pab-affinity-slack -1 \
+  [ -s "$f" ] || $fb sim capacity --seeds 1 "${common[@]}" --balancer pab --pab-tokens uncached --pab-affinity-slack -1 \
     --pab-fresh-share 0 --json "$f"
   f="$out/pab-all-seed$seed.json"
-  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer pab --pab-tokens all --json "$f"
+  [ -s "$f" ] || $fb sim capacity --seeds 1 "${common[@]}" --balancer pab --pab-tokens all --json "$f"
   f="$out/prefix-affinity-cap-seed$seed.json"
-  [ -s "$f" ] || $fb sim capacity "${common[@]}" --balancer prefix-affinity --admission-cap --json "$f"
+  [ -s "$f" ] || $fb sim capacity --seeds 1 "${common[@]}" --balancer prefix-affinity --admission-cap --json "$f"
 done

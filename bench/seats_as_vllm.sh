@@ -11,9 +11,9 @@ common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 600 -
 for seats in off on; do
   flag=(--no-seats-as-vllm --max-num-seqs 256); [ "$seats" = on ] && flag=(--seats-as-vllm --max-num-seqs 256)
   f="$out/fairbatching-seats-$seats.json"
-  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler fairbatching --anchor first-token \
+  [ -s "$f" ] || fairbatching sim capacity --seeds 1 "${common[@]}" "${flag[@]}" --scheduler fairbatching --anchor first-token \
     --relegate none --chunk-align-tokens 0 --tpot-margin 0 --json "$f"
   f="$out/vllm-1024-seats-$seats.json"
-  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" "${flag[@]}" --scheduler vllm --token-budget 1024 \
+  [ -s "$f" ] || fairbatching sim capacity --seeds 1 "${common[@]}" "${flag[@]}" --scheduler vllm --token-budget 1024 \
     --json "$f"
 done

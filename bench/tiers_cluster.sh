@@ -19,7 +19,7 @@ declare -A arms=(
   [sarathi-lp-cap]="--scheduler sarathi --balancer least-prefill --admission-cap"
 )
 run() {  # arm: its capacity unless already recorded
-  [ -s "$out/$1.json" ] || fairbatching sim capacity "${common[@]}" ${arms[$1]} --json "$out/$1.json" > "$out/$1.log" 2>&1
+  [ -s "$out/$1.json" ] || fairbatching sim capacity --seeds 1 "${common[@]}" ${arms[$1]} --json "$out/$1.json" > "$out/$1.log" 2>&1
 }
 run fb-pab & run vllm-priority-lp-cap & wait
 run vllm-lp-cap & run sarathi-lp-cap & wait

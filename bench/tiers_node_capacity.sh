@@ -30,7 +30,7 @@ done
 [ -n "${ONLY_ARMS:-}" ] && for a in "${!arms[@]}"; do [[ " $ONLY_ARMS " == *" $a "* ]] || unset "arms[$a]"; done
 run() {  # arm seed: its capacity unless already recorded
   local f="$out/$1-seed$2.json"
-  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" ${arms[$1]} --seed "$2" --json "$f" > "${f%.json}.log" 2>&1
+  [ -s "$f" ] || fairbatching sim capacity --seeds 1 "${common[@]}" ${arms[$1]} --seed "$2" --json "$f" > "${f%.json}.log" 2>&1
 }
 for arm in "${!arms[@]}"; do
   run "$arm" 0 & run "$arm" 1 & wait

@@ -27,7 +27,7 @@ declare -A cap_arms=(
 )
 capacity() {  # arm seed: its capacity unless already recorded
   local f="$out/capacity/$1-seed$2.json"
-  [ -s "$f" ] || fairbatching sim capacity "${common[@]}" ${cap_arms[$1]} --seed "$2" --rate-scale 25 \
+  [ -s "$f" ] || fairbatching sim capacity --seeds 1 "${common[@]}" ${cap_arms[$1]} --seed "$2" --rate-scale 25 \
       --rel-tol 0.03 --json "$f" > "${f%.json}.log" 2>&1
 }
 for seed in 0 1 2; do
