@@ -35,7 +35,8 @@ from cluster.sim.simulator import load_workload
 VLLM_BUDGETS = (512, 1024, 2048, 4096, 8192)
 SHIPPED_BUDGET = {"h100-llama3-8b": 8192, "a100-llama3-8b": 2048}
 START_RATE_SCALE = {"azure-conv": 3.6, "azure-code": 0.7, "sharegpt-gamma": 1.5}  # near the expected capacity: fewer probes
-FB = dict(scheduler="fairbatching", anchor="first-token", relegate="none", chunk_align_tokens=0)
+FB = dict(scheduler="fairbatching", anchor="first-token", relegate="none", chunk_align_tokens=0, tpot_margin=0.0,
+          seat_pressure=None)
 #: FairBatching arms: the paper's policy (the arrival anchor, EDF without relegation), then each measured
 #: addition. Every knob is named, so the arms do not move with the simulator's defaults.
 FB_ARMS = {
@@ -51,6 +52,9 @@ FB_ARMS = {
     # Moore's fewest-late relegation in place of doomed (node.core.fairbatching, "Relegation").
     "fb-first+fewest-late+align256+margin0.2": {**FB, "relegate": "fewest-late", "chunk_align_tokens": 256,
                                                  "tpot_margin": 0.2},
+    # The simulator's and the serving layer's defaults since 2026-12-03: the above with seat pressure 0.8.
+    "fb-first+fewest-late+align256+margin0.2+seat0.8": {**FB, "relegate": "fewest-late", "chunk_align_tokens": 256,
+                                                         "tpot_margin": 0.2, "seat_pressure": 0.8},
 }
 
 _workloads: dict = {}

@@ -11,7 +11,7 @@ set -euo pipefail
 out=${1:-bench/results/sim/pab-nodes}
 mkdir -p "$out"
 common=(--trace azure-code --duration-s 1200 --profile h100-llama3-8b --balancer pab
-        --ttft-slo 1 --tpot-slo 0.05 --noise 0.05)
+        --ttft-slo 1 --tpot-slo 0.05 --noise 0.05 --seat-pressure 0)  # (seat pressure off: as recorded)
 [ -n "${FLAGS:-}" ] && common+=($FLAGS)
 declare -A arms=(
   [fairbatching]="--scheduler fairbatching"

@@ -75,7 +75,7 @@ def save(section: str, data: dict) -> None:
 def base_cfg(quick: bool, **kw) -> SimConfig:
     # The simulator's defaults when these results were recorded (it now relegates, aligns and anchors at the
     # first token by default); the arms set what they vary.
-    kw = {"anchor": "arrival", "relegate": "none", "chunk_align_tokens": 0, "tpot_margin": 0.0, **kw}
+    kw = {"anchor": "arrival", "relegate": "none", "chunk_align_tokens": 0, "tpot_margin": 0.0, "seat_pressure": None, **kw}
     # (seats as recorded, before 2026-12-01: the plan's cap only)
     cfg = SimConfig(profile="ref-linear-h100", ttft_slo_s=1.0, tpot_slo_s=0.05, seed=0, seats_as_vllm=False, max_num_seqs=256,
                     **kw)

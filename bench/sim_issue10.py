@@ -54,7 +54,7 @@ MULTIPLES = (1.0, 1.5, 2.0, 3.0)
 REFERENCE = SimConfig(
     trace="long-context", profile="h100-llama3-8b", nodes=8, scheduler="fairbatching", anchor="first-token",
     balancer="pab", ttft_slo_s=3.0, tpot_slo_s=0.05, feedback=True, relegate="lost", tpot_margin=0.1,
-    rate_scale=4.0, seed=0, chunk_align_tokens=0,
+    rate_scale=4.0, seed=0, chunk_align_tokens=0, seat_pressure=None,
     seats_as_vllm=False, max_num_seqs=256,  # as recorded, before 2026-12-01
 )
 PAPER_KNOBS = dict(feedback=False, relegate="none", tpot_margin=0.0)  # FairBatching and PAB as before issue 10
@@ -182,7 +182,8 @@ def ablations(quick: bool, only_arms: str = "") -> None:
 def headline(quick: bool) -> None:
     """The README's cluster figure (cluster-h100-azure-code.json) re-measured with the new PAB."""
     cfg = SimConfig(trace="azure-code", profile="h100-llama3-8b", nodes=8, ttft_slo_s=1.0, tpot_slo_s=0.05, seed=0,
-                    relegate="none", chunk_align_tokens=0, tpot_margin=0.0, rate_scale=25.0, duration_s=120.0 if quick else None,
+                    relegate="none", chunk_align_tokens=0, tpot_margin=0.0, seat_pressure=None, rate_scale=25.0,
+                    duration_s=120.0 if quick else None,
                     seats_as_vllm=False, max_num_seqs=256)  # as recorded, before 2026-12-01
     fb = dict(scheduler="fairbatching", anchor="first-token")
     vllm = dict(scheduler="vllm", token_budget=1024)

@@ -263,8 +263,9 @@ def test_seats_as_vllm_start_no_request_beyond_max_num_seqs():
     profile = dataclasses.replace(PROFILE, max_num_seqs=2)
     rows = [TraceRequest(i, 0.001 * i, 200, 40) for i in range(3)]
     # (decodes ahead of their envelope are skipped: first-token anchor, urgent only below their own TPOT)
+    # (no seat pressure: on two seats it would serve every decode each step, and nothing would be paced)
     cfg = SimConfig(trace="three", profile="ref-linear-h100", balancer="round-robin", ttft_slo_s=30.0,
-                    tpot_slo_s=1.0, anchor="first-token", urgency="tpot")
+                    tpot_slo_s=1.0, anchor="first-token", urgency="tpot", seat_pressure=None)
 
     def third_starts_before_a_finish(**kw) -> bool:
         res = simulate(dataclasses.replace(cfg, **kw), workload=Workload(rows, name="three"), profile=profile)

@@ -57,6 +57,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -65,6 +66,7 @@ from cluster.sim.config import SimConfig, format_stalls
 from cluster.sim.metrics import shares
 from cluster.workload.traces import Workload
 from node.core.attainment import percentile
+from node.core.fairbatching import FairBatchingConfig
 from node.fit.step_time_fit import StepSample
 from node.vllm.node_config import FRONT_LOG_PREFIX
 
@@ -218,8 +220,12 @@ def sim_config_for(serve: ServeConfig, cfg: SimLiveConfig, profile_path: str, *,
     unknown = sorted(set(knobs) - own)
     if unknown:
         raise ValueError(f"node_config knobs the simulator has no flag for: {', '.join(unknown)}")
-    knobs.setdefault("relegate", "none")  # the policy's default where the deployment names none
-    knobs.setdefault("chunk_align_tokens", 0)
+    # Where the deployment names none, the engines run the policy's own default (FairBatchingConfig), not
+    # the simulator's (which follow what measured best on GPU profiles).
+    engine_defaults = FairBatchingConfig()
+    for name in own:
+        value = getattr(engine_defaults, name)
+        knobs.setdefault(name, value.value if isinstance(value, Enum) else value)
     # The engines refit their planning model online (NodeConfig.refit, on by default), so the nodes do:
     # read as the engines read it (node_config over the NodeConfig defaults, validated).
     refit = serve.node_config_for_engines().refit

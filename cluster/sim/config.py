@@ -94,8 +94,8 @@ class SimConfig:
     urgency: str = _opt("budget+tpot", "FairBatching urgency rule: budget+tpot or tpot.")
     budget_floor: bool = _opt(True, "FairBatching: floor the time budget at the minimum TPOT.")
     min_chunk_tokens: int = _opt(16, "FairBatching: smallest useful prefill chunk.")
-    seat_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests.")
-    kv_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once this fraction of the node's KV cache blocks is allocated.")
+    seat_pressure: float | None = _opt(0.8, "FairBatching: serve every decode each step once the node holds this fraction of max_num_seqs requests (0: off; 0.8: the serving layer's default; measured no worse than off on one node, better with SLO tiers and on the real CPU engine: bench/results/SIMULATION.md \"Seat pressure\", TIERS.md, ENGINE.md).")
+    kv_pressure: float | None = _opt(None, "FairBatching: serve every decode each step once this fraction of the node's KV cache blocks is allocated (0 or unset: off).")
     tpot_margin: float = _opt(0.2, "FairBatching: plan decode deadlines at (1 - this) x the TPOT SLO, a guard band against steps longer than predicted (0.2: the serving layer's default, measured best with relegation and alignment, bench/results/NODE-POLICY.md).")
     chunk_align_tokens: int | None = _opt(None, "FairBatching: trim a prefill chunk the budget cut short so the step's tokens are a multiple of this (GEMM tile quantization; 0: off). Default: 256 on a profile with measured operator times (the GPU profiles; measured best, bench/results/NODE-POLICY.md), 0 on one whose truth is its own smooth model.")
     lend: str = _opt("always", "FairBatching: which prefills a decode ahead of its envelope yields to: always (every prefill, the paper's order) or at-risk (only prefills whose deadline is at risk).")
@@ -176,6 +176,9 @@ class SimConfig:
                           background_cores=self.host_background_cores, max_share=self.host_max_share)
 
     def __post_init__(self) -> None:
+        for name in ("seat_pressure", "kv_pressure"):  # 0: off, as unset
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, None)
         if self.scheduler not in POLICY_NAMES:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(POLICY_NAMES)}")
         if self.balancer not in PLACEMENT_NAMES:
