@@ -2,7 +2,9 @@
 # FairBatching nodes against vLLM nodes behind PAB (issue 12): simulated H100 nodes, the first 1200 s of
 # Azure code, SLOs 1 s / 50 ms, capacity = 90 % attainment (refusals count as misses), step-time
 # noise sigma 0.05, seeds 0-2. 4 nodes (2 % bisection) and 8 nodes (3 %). vLLM at token budgets 512,
-# 1024 and 2048 (its PAB plans with the budget it runs at); FairBatching at the simulator's defaults.
+# 1024 and 2048 (its PAB plans with the budget it runs at); FairBatching at the simulator's defaults of
+# 2026-12-01 (doomed relegation, no seat pressure: the recorded runs). EXTRA_ARMS adds others, e.g. the
+# recorded fewest-late arm: EXTRA_ARMS='[fairbatching-fewest-late]="--scheduler fairbatching --relegate fewest-late"'.
 # Writes one JSON per run and prints capacity per arm (median, range) and FairBatching / best vLLM
 # per seed. FLAGS="..." adds simulator flags to every run (the seats256 record:
 # FLAGS="--no-seats-as-vllm --max-num-seqs 256", the simulator's settings before 2026-12-01).
@@ -14,7 +16,7 @@ common=(--trace azure-code --duration-s 1200 --profile h100-llama3-8b --balancer
         --ttft-slo 1 --tpot-slo 0.05 --noise 0.05 --seat-pressure 0)  # (seat pressure off: as recorded)
 [ -n "${FLAGS:-}" ] && common+=($FLAGS)
 declare -A arms=(
-  [fairbatching]="--scheduler fairbatching"
+  [fairbatching]="--scheduler fairbatching --relegate doomed"  # (as recorded, 2026-12-01)
   [vllm-512]="--scheduler vllm --token-budget 512"
   [vllm-1024]="--scheduler vllm --token-budget 1024"
   [vllm-2048]="--scheduler vllm --token-budget 2048"
