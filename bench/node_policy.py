@@ -36,7 +36,7 @@ VLLM_BUDGETS = (512, 1024, 2048, 4096, 8192)
 SHIPPED_BUDGET = {"h100-llama3-8b": 8192, "a100-llama3-8b": 2048}
 START_RATE_SCALE = {"azure-conv": 3.6, "azure-code": 0.7, "sharegpt-gamma": 1.5}  # near the expected capacity: fewer probes
 FB = dict(scheduler="fairbatching", anchor="first-token", relegate="none", chunk_align_tokens=0, tpot_margin=0.0,
-          seat_pressure=None)
+          seat_pressure=None, step_model="linear", safety_factor=None)
 #: FairBatching arms: the paper's policy (the arrival anchor, EDF without relegation), then each measured
 #: addition. Every knob is named, so the arms do not move with the simulator's defaults.
 FB_ARMS = {
@@ -56,6 +56,11 @@ FB_ARMS = {
     "fb-first+fewest-late+align256+margin0.2+seat0.8": {**FB, "relegate": "fewest-late", "chunk_align_tokens": 256,
                                                          "tpot_margin": 0.2, "seat_pressure": 0.8},
 }
+# The defaults planning with the quadratic step model (prefill attention, bench/results/STEPTIME.md), without and
+# with a 10 % safety factor on its predictions.
+_DEFAULTS = FB_ARMS["fb-first+fewest-late+align256+margin0.2+seat0.8"]
+FB_ARMS["fb-defaults+quadratic"] = {**_DEFAULTS, "step_model": "quadratic"}
+FB_ARMS["fb-defaults+quadratic+sf1.1"] = {**_DEFAULTS, "step_model": "quadratic", "safety_factor": 1.1}
 
 _workloads: dict = {}
 

@@ -338,6 +338,25 @@ def test_simulator_plans_with_the_chosen_step_model():
         SimConfig(step_model="cubic")
 
 
+def test_simulator_safety_factor_scales_the_planning_model_only():
+    from cluster.sim.config import SimConfig
+    from cluster.sim.simulator import idle_prefill_cap
+
+    profile = load_profile("h100-llama3-8b")
+    own = SimConfig(profile="h100-llama3-8b", step_model="quadratic")
+    padded = dataclasses.replace(own, safety_factor=1.1)
+    base, scaled = own.planning_model(profile), padded.planning_model(profile)
+    assert base == profile.step_model_as("quadratic")
+    assert scaled.safety_factor == 1.1
+    for new, ctx in ((1, 500), (2048, 0), (8192, 40_000)):
+        assert scaled.predict_s(new, ctx) == pytest.approx(base.predict_s(new, ctx) / base.safety_factor * 1.1)
+    # The naive admission cap is the idle node's capacity without a margin: the factor leaves it alone.
+    assert idle_prefill_cap(padded, profile) == idle_prefill_cap(own, profile)
+    for bad in (0.9, float("nan")):
+        with pytest.raises(ValueError, match="safety_factor"):
+            SimConfig(safety_factor=bad)
+
+
 def test_truth_without_ground_truth_is_the_profiles_own_model():
     from cluster.sim.true_step_time import TrueStepTime
 

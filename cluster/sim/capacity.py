@@ -147,8 +147,9 @@ class SeedCapacities:
 
     ``results[k]`` is the search on ``seeds[k]``. A seed on which no rate met the target has capacity
     None; ``mean_rps``, ``min_rps`` and ``max_rps`` (req/s) are over the seeds that have one (None when
-    none has). ``fixed``: every seed gave the same capacity (nothing in the configuration is drawn
-    at random, e.g. no ``--noise``, no ``--slo-tier``)."""
+    none has). ``fixed``: every seed gave the same capacity: nothing in the configuration is drawn
+    at random (no ``--noise``, no ``--slo-tier``), or what is drawn moves the capacity less than the
+    search's resolution (each seed's bisection then takes the same path to the same rate)."""
 
     seeds: list[int]
     results: list[CapacityResult]
@@ -186,7 +187,8 @@ class SeedCapacities:
         if missed:
             text += f"; {missed} met the target at no rate"
         if self.fixed and len(self.seeds) > 1:
-            text += "; the same on every seed: nothing here is drawn at random"
+            text += ("; the same on every seed: what the seeds draw, if anything, moves it less than the "
+                     "search's resolution (--rel-tol)")
         return text + ")"
 
     def to_dict(self) -> dict:
@@ -236,7 +238,7 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     from cluster.workload.tiers import assign_tiers, parse_slo_tiers
     from cluster.workload.traces import TIE_WARNING_FRACTION, tie_fraction
 
-    model = profile.step_model_as(cfg.step_model)
+    model = cfg.planning_model(profile)
     cap = profile.max_num_batched_tokens or 8192
     default = cfg.slo_on(profile.default_slo)
     reqs = workload.requests

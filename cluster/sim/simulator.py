@@ -96,7 +96,7 @@ def idle_prefill_cap(cfg: SimConfig, profile: Profile) -> int:
     """The naive admission cap: prompt tokens an idle node prefills within the TTFT SLO by the planning
     model (``cfg.step_model``): ``(ttft - a) / b`` (``idle_prefill_tokens``) for the linear model, the
     root of ``a + b * L + e * L**2 / 2 = ttft`` (the prompt's own causal attention) with the term."""
-    model = profile.step_model_as(cfg.step_model)
+    model = cfg.planning_model(profile)
     ttft_s = cfg.slo_on(profile.default_slo).ttft_s
     if model.is_linear:
         return idle_prefill_tokens(ttft_s, model.a_s, model.b_s_per_token)
@@ -129,7 +129,7 @@ def simulate(
     workload = workload if workload is not None else load_workload(cfg)
     host_s = profile.host_s if cfg.host_s is None else cfg.host_s
     # The nodes plan (and budget) with the profile's model and the host time, as a cadence fit gives it.
-    model = replace(profile.step_model_as(cfg.step_model), host_s=host_s if cfg.host_in_model else 0.0)
+    model = replace(cfg.planning_model(profile), host_s=host_s if cfg.host_in_model else 0.0)
     slo = cfg.slo_on(profile.default_slo)
     tiers = run_tiers(cfg)
     # Admission by tier as the ingress applies it (no bounds on the targets: the trace sets them).

@@ -13,7 +13,11 @@ Fields (all optional in the JSON; missing ones take the defaults below):
 * ``policy`` -- ``fairbatching`` | ``vllm`` | ``vllm-priority`` | ``sarathi`` (``node.core.policies``);
 * ``knobs`` -- keyword arguments of that policy's config dataclass, e.g.
   ``{"anchor": "first-token", "relegate": "lost", "tpot_margin": 0.1}`` for
-  FairBatching (``node.core.fairbatching.FairBatchingConfig``);
+  FairBatching (``node.core.fairbatching.FairBatchingConfig``); none given: that
+  dataclass's defaults, for FairBatching the paper's policy, the reference every
+  ablation starts from. What a deployment runs is set one level up: the serve
+  config's ``node_config`` (``cluster.config.ServeConfig``), which ``bench engine``
+  and the simulator's defaults follow, names the knobs that measured best;
 * ``profile`` -- step-time profile, a name in ``deploy/profiles`` or a path;
 * ``ttft_slo_s`` / ``tpot_slo_s`` -- deployment defaults for requests whose
   ``SamplingParams.extra_args`` carry no ``ttft_slo_s`` / ``tpot_slo_s``
