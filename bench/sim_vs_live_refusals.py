@@ -28,7 +28,7 @@ import numpy as np
 import typer
 
 from cluster.bench.sim_vs_live import (AT_LIVE_STEPS, SimLiveConfig, _window, arm_run_config, calibrated_profile,
-                                       coefficients, fill_from_step_logs)
+                                       coefficients, fill_from_step_logs, timeline_while_arriving)
 from cluster.config import ServeConfig
 from cluster.sim.config import SimConfig
 from cluster.sim.simulator import simulate
@@ -123,8 +123,7 @@ def main(check: Path = typer.Argument(..., help="A recorded check (JSON) with th
                 r = result.report
                 reports.append(r)
                 if i == 0:
-                    span = r["requests"] / r["offered_rps"]
-                    pab = [t[1] for rows in result.timelines.values() for t in rows if t[0] <= span]
+                    pab = [row[1] for row in timeline_while_arriving(result)]
                     print(f"sim {v or '(the arm)'}: {r['rejected']} refused, attainment {r['attainment']:.3f}, TTFT "
                           f"P50 {r['ttft_p50']:.3f} s, P90 {r['ttft_p90']:.3f} s; nodes' reports: "
                           f"{_pab_line(pab, small)}")

@@ -897,12 +897,17 @@ def _simulated_row(base: SimConfig, rate_scale: float, window: Workload) -> dict
     return {**_kept(result.report), "engines": _sim_engines(result), "per_request": _sim_per_request(result.requests)}
 
 
+def timeline_while_arriving(result: Any) -> list[tuple]:
+    """Every node's timeline rows (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction,
+    binding, queued prompt tokens) from the first arrival to the last (the offered span of the report)."""
+    span = result.report["requests"] / result.report["offered_rps"] if result.report["offered_rps"] else 0.0
+    return [row for rows in result.timelines.values() for row in rows if row[0] <= span]
+
+
 def _sim_engines(result: Any) -> dict[str, Any]:
     """The simulated nodes' counterparts of the polled PAB inputs, medians over their timelines while
-    arrivals came (``SimResult.timelines``: time, PAB, budget, in flight, KV, correction, binding, queued
-    prompt tokens)."""
-    span = result.report["requests"] / result.report["offered_rps"] if result.report["offered_rps"] else 0.0
-    rows = [row for rows in result.timelines.values() for row in rows if row[0] <= span]
+    arrivals came (``timeline_while_arriving``)."""
+    rows = timeline_while_arriving(result)
     return {
         "pab_tokens": statistics.median(row[1] for row in rows) if rows else None,
         "correction": statistics.median(row[5] for row in rows) if rows else None,
@@ -1419,26 +1424,34 @@ def fill_from_step_logs(check: dict, logs: Path) -> int:
     truth = check_truth(check)
     attention = truth.get("attn_prefill_s_per_token_sq", 0.0) > 0
     filled = 0
+    read: dict[tuple[float, float], list] = {}
+
+    def steps_in(span: list[float]) -> list:  # each phase's steps read from the logs once
+        key = (span[0], span[1])
+        if key not in read:
+            read[key] = engine_steps(logs, *span)
+        return read[key]
+
     runs = [live for row in check["rows"]
             for live in [*row["live"], *([row["rehearsal"]] if "rehearsal" in row else [])]]
     for phase in [p for p in _probe_phases(cal) if p] + runs:
         fit, span = phase.get("step_truth"), (phase.get("live", phase) or {}).get("wall_clock_s")
         if fit and span and "host_s_per_request" not in fit:
-            steps = engine_steps(logs, *span)
+            steps = steps_in(span)
             if steps:
                 fit.update(host_per_request(steps))
                 filled += 1
     for probe in (cal.get("idle_probe"), cal.get("stall_probe")):
         span = ((probe or {}).get("live") or {}).get("wall_clock_s")
         if span and not (probe.get("engine_steps") and probe.get("step_truth")):
-            steps = engine_steps(logs, *span)
+            steps = steps_in(span)
             if steps:
                 probe.update({k: v for k, v in _phase_steps(steps, truth, prefill_attention=attention).items()
                               if not probe.get(k)})
                 filled += 1
     for live in runs:
         if live.get("wall_clock_s") and not live.get("step_truth"):
-            steps = engine_steps(logs, *live["wall_clock_s"])
+            steps = steps_in(live["wall_clock_s"])
             live["step_truth"] = _fit_or_none(steps, prefill_attention=attention)
             filled += live["step_truth"] is not None
     return filled
