@@ -119,6 +119,8 @@ def test_cli_run_and_capacity_write_the_promised_json(tmp_path):
     # says so without claiming why: with --noise, seeds can also agree within the search's resolution)
     assert data["seeds"] == [1, 2, 3] and len(set(data["capacity_rps_per_seed"])) == 1
     assert data["capacity_rps_min"] == data["capacity_rps"] == data["capacity_rps_max"]
+    assert data["report_seed"] == 1 and len(data["probes_per_seed"]) == 3  # every seed's search, not only the first's
+    assert all(probes and all("attainment" in p for p in probes) for probes in data["probes_per_seed"])
     assert "the same on every seed" in " ".join(result.output.split())  # (rich wraps lines)
 
 
@@ -313,3 +315,51 @@ def test_a_waiting_request_the_policy_relegates_takes_a_free_seat_after_one_that
     assert attained("none") == [True, False, False]  # the lost request took the seat (EDF)
     for relegate in ("lost", "doomed", "fewest-late"):
         assert attained(relegate) == [True, False, True], relegate
+
+
+def test_cli_refuses_inputs_that_give_no_rate_or_would_be_ignored(tmp_path):
+    """Each of these ran before with exit 0 and a misleading report (NaN rates, an empty window reported
+    as attainment None, --arrivals silently ignored, --kv-cache-tokens 0 read as the profile's)."""
+    tied = tmp_path / "tied.csv"
+    tied.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + "0,300,20\n" * 3)
+    base = ["--profile", "ref-linear-h100", "--nodes", "1"]
+    cases = [
+        (["run", "--trace", "azure-conv", "--start-s", "1e9", "--duration-s", "20", *base], "holds no requests"),
+        (["run", "--trace", "azure-conv", "--duration-s", "20", "--arrivals", "poisson", *base], "has its own arrivals"),
+        (["capacity", "--trace", str(tied), "--seeds", "1", *base], "request rate is undefined"),
+        (["run", "--trace", "azure-conv", "--duration-s", "20", "--kv-cache-tokens", "0", *base], "--kv-cache-tokens must be >= 1"),
+    ]
+    for args, says in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert says in " ".join(result.output.replace("│", " ").split()), (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_capacity_summary_says_when_the_search_found_only_a_lower_bound():
+    from cluster.sim.capacity import CapacityResult, SeedCapacities
+
+    bounded = CapacityResult(10.0, 4.0, 0.9, [])
+    ceiling = CapacityResult(12.0, 64.0, 0.9, [], lower_bound=True)
+    text = SeedCapacities([0, 1], [bounded, ceiling]).summary()
+    assert text.startswith("at least 11 req/s") and "1 still met the target at the highest rate" in text
+    assert not SeedCapacities([0, 1], [bounded, bounded]).summary().startswith("at least")
+    assert "over 1 seed)" in SeedCapacities([0], [bounded]).summary()
+
+
+def test_why_bounds_attainment_on_the_truth_and_names_refusals():
+    """The "at most" bound is what the simulated truth allows, not what an inflated planning model
+    predicts: it must never sit below the attainment a probe measured. (Before, with a safety factor of 3
+    it said "at most 18.6 %" beside a measured 47.5 %.) Refusals at admission are named."""
+    import re
+
+    from cluster.sim.simulator import load_workload
+
+    cfg = SimConfig(trace="azure-conv", duration_s=30, profile="h100-llama3-8b", ttft_slo_s=0.03, safety_factor=3.0)
+    res = find_capacity(cfg, target=0.9, rel_tol=0.2, max_probes=3, workload=load_workload(cfg))
+    assert res.capacity_rps is None
+    text = " ".join(res.why)
+    bound = float(re.search(r"at most ([\d.]+)%", text).group(1)) / 100
+    lowest = min(res.probes, key=lambda p: p.rate_rps)
+    assert bound >= lowest.attainment, res.why
+    assert f"refused {lowest.report['rejected']} of" in text and lowest.report["rejected"] > 0, res.why

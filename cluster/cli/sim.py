@@ -161,7 +161,7 @@ def capacity(
     for reason in dict.fromkeys(r for one in res.results for r in one.why):  # where no rate met the target
         console.print(f"[yellow]why: {reason}[/yellow]")
     if out["report"]:
-        console.print(_headline(out["report"]))
+        console.print(f"at capacity on seed {res.seeds[0]}: {_headline(out['report'])}")
     if tier_res is not None:
         out["tightest_tier"] = {"tier": tightest, "target": tightest_target, **tier_res.to_dict()}
         console.print(f"{tightest} alone meets {tightest_target:.0%} up to {tier_res.summary()}")

@@ -89,7 +89,8 @@ def find_capacity(
     ``SimResult``. A metric that still passes after ``max_doublings``
     doublings of the rate is not bounded by load (e.g. first-token-anchored
     per-token attainment, where queueing delays only token 0): the result is
-    then flagged ``lower_bound``.
+    then flagged ``lower_bound``. Raises ``ValueError`` for a bad ``target`` or ``rel_tol`` and for a
+    window whose arrivals span no time (its rate is undefined).
     """
     if not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
@@ -97,6 +98,11 @@ def find_capacity(
         raise ValueError(f"rel_tol must be > 0, got {rel_tol!r}")
     profile = profile or load_profile(cfg.profile)
     workload = workload if workload is not None else load_workload(cfg)
+    reqs = workload.requests
+    if len(reqs) < 2 or reqs[-1].arrival_s <= reqs[0].arrival_s:
+        raise ValueError(f"{workload.name}: a capacity needs arrivals spread over time, and the window's "
+                         f"{len(reqs)} arrival(s) share one instant, so its request rate is undefined "
+                         "(--spread-ties spreads tied arrivals over the trace's time resolution)")
     probes: list[Probe] = []
     results: dict[float, SimResult] = {}
 
@@ -179,11 +185,18 @@ class SeedCapacities:
         return len(set(self.capacities_rps)) == 1
 
     def summary(self) -> str:
-        """``"12.3 req/s (min 11.9, max 12.8 over 3 seeds)"``, or why there is none."""
+        """``"12.3 req/s (min 11.9, max 12.8 over 3 seeds)"``, or why there is none; ``"at least ..."``
+        when a seed's search met the target at its highest rate (``CapacityResult.lower_bound``)."""
         if self.mean_rps is None:
             return f"no rate met the target on any of {len(self.seeds)} seeds"
         missed = sum(c is None for c in self.capacities_rps)
-        text = f"{self.mean_rps:.4g} req/s (min {self.min_rps:.4g}, max {self.max_rps:.4g} over {len(self.seeds)} seeds"
+        unbounded = sum(r.lower_bound for r in self.results)
+        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''}"
+        text = (f"{'at least ' if unbounded else ''}{self.mean_rps:.4g} req/s (min {self.min_rps:.4g}, "
+                f"max {self.max_rps:.4g} over {seeds}")
+        if unbounded:
+            text += (f"; {unbounded} still met the target at the highest rate the search offers: a lower bound, "
+                     "not a spread")
         if missed:
             text += f"; {missed} met the target at no rate"
         if self.fixed and len(self.seeds) > 1:
@@ -192,8 +205,9 @@ class SeedCapacities:
         return text + ")"
 
     def to_dict(self) -> dict:
-        """The first seed's ``CapacityResult.to_dict()`` (its probes and its report at capacity), with the
-        capacity replaced by the mean over seeds, the spread, and every seed's own search."""
+        """The first seed's ``CapacityResult.to_dict()`` (its probes and its report at capacity; that seed is
+        ``report_seed``), with the capacity replaced by the mean over seeds, the spread, and every seed's own
+        search (``capacity_rps_per_seed``, ``probes_per_seed``)."""
         out = self.results[0].to_dict()
         out.update({
             "capacity_rps": self.mean_rps,
@@ -203,6 +217,8 @@ class SeedCapacities:
             "capacity_rps_per_seed": self.capacities_rps,
             "capacity_rate_scale_per_seed": [r.capacity_rate_scale for r in self.results],
             "capacity_is_lower_bound": any(r.lower_bound for r in self.results),
+            "probes_per_seed": [r.to_dict()["probes"] for r in self.results],
+            "report_seed": self.seeds[0],
         })
         out.pop("capacity_rate_scale")
         return out
@@ -226,19 +242,30 @@ def capacity_over_seeds(cfg: SimConfig, *, seeds: int = 3, workload: Workload | 
     return SeedCapacities(runs, results)
 
 
+def _seconds(value: float | None) -> str:
+    """A latency for a sentence: ``"0.0109 s"``, or ``"none (nothing served)"``."""
+    return "none (nothing served)" if value is None else f"{value:.3g} s"
+
+
 def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowest: Probe, target: float) -> list[str]:
     """Reasons no probed rate met ``target``, each one sentence, most decisive first.
 
-    Looks at what no scheduler can help at vanishing load: prompts whose prefill alone, on an
-    idle node with the profile's step model (chunks of at most ``max_num_batched_tokens``),
-    takes longer than their TTFT SLO; a TPOT SLO below one decode step; arrivals that share
-    one timestamp (a trace of coarse resolution: ``--spread-ties`` is the cure the issue asks
-    for). Then the lowest probe's own figures: its TTFT and TPOT P99 against the SLO.
+    Looks at what no scheduler can help at vanishing load, on the simulated truth (the step times
+    the nodes really take, ``TrueStepTime``, not the model they plan with): prompts whose prefill
+    alone, on an idle node in chunks of at most ``max_num_batched_tokens``, takes longer than their
+    TTFT SLO; a TPOT SLO below one decode step; arrivals that share one timestamp (a trace of coarse
+    resolution: ``--spread-ties`` spreads them). Then the lowest probe's own figures: the requests
+    refused at admission (the nodes' planning model says they would miss), its TTFT and TPOT P99
+    against the SLO.
     """
     from cluster.workload.tiers import assign_tiers, parse_slo_tiers
     from cluster.workload.traces import TIE_WARNING_FRACTION, tie_fraction
 
-    model = cfg.planning_model(profile)
+    from cluster.sim.true_step_time import TrueStepTime
+
+    host_s = profile.host_s if cfg.host_s is None else cfg.host_s
+    truth = TrueStepTime(profile, host_s=host_s if cfg.host_fixed_s is None else cfg.host_fixed_s,
+                         host_s_per_request=cfg.host_s_per_request)
     cap = profile.max_num_batched_tokens or 8192
     default = cfg.slo_on(profile.default_slo)
     reqs = workload.requests
@@ -247,16 +274,17 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     why = []
     too_long = 0
     for r, slo in zip(reqs, slos):
-        too_long += model.prefill_alone_s(r.prompt_tokens, 0, cap) > slo.ttft_s
+        too_long += truth.prefill_alone_s(r.prompt_tokens, cap) > slo.ttft_s
     if reqs and too_long:
         best = 1 - too_long / len(reqs)
         why.append(f"{too_long} of {len(reqs)} prompts ({too_long / len(reqs):.1%}) take longer than their TTFT SLO "
                    f"to prefill alone on an idle node, so attainment can be at most {best:.1%}"
                    + (f", below the target {target:.0%}" if best < target else ""))
-    one_step_s = model.predict_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)))
+    one_step_s = truth.step_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)) + 1, 0, 0.0,
+                              requests=1)
     tight = min((s.tpot_s for s in slos), default=default.tpot_s)
     if one_step_s > tight:
-        why.append(f"one decode step of a typical request takes {one_step_s * 1e3:.1f} ms by the profile, more than "
+        why.append(f"one decode step of a typical request takes {one_step_s * 1e3:.1f} ms on the simulated truth, more than "
                    f"the TPOT SLO of {tight * 1e3:.1f} ms")
     ties = tie_fraction(workload)
     if ties > TIE_WARNING_FRACTION:
@@ -268,7 +296,11 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
         why.append(f"{ties:.0%} of arrivals share a timestamp with the previous one (up to {group} at "
                    f"once): the trace's time resolution turns them into bursts")
     rep = lowest.report
+    if rep.get("rejected"):
+        why.append(f"at the lowest rate probed the nodes refused {rep['rejected']} of {rep['requests']} requests at "
+                   "admission: their planning model says those would miss (--safety-factor and --step-model "
+                   "change that model; the simulated truth stays)")
     why.append(f"at the lowest rate probed ({lowest.rate_rps:.3g} req/s) attainment was {lowest.attainment:.3f}; "
-               f"TTFT P99 {rep.get('ttft_p99')} s against {default.ttft_s:g} s, TPOT P99 {rep.get('tpot_p99')} s "
+               f"TTFT P99 {_seconds(rep.get('ttft_p99'))} against {default.ttft_s:g} s, TPOT P99 {_seconds(rep.get('tpot_p99'))} "
                f"against {default.tpot_s:g} s")
     return why

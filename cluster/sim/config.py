@@ -229,6 +229,8 @@ class SimConfig:
             raise ValueError(f"pab_tokens must be uncached or all, got {self.pab_tokens!r}")
         if self.prefix_block_tokens < 1:
             raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
+            raise ValueError(f"kv_cache_tokens must be >= 1 (none given: the profile's), got {self.kv_cache_tokens}")
         if self.safety_factor is not None and not self.safety_factor >= 1:
             raise ValueError(f"safety_factor must be >= 1, got {self.safety_factor!r}")
         if self.step_model not in STEP_MODEL_FORMS:

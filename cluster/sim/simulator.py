@@ -27,7 +27,7 @@ from node.core.pab_prefill_only import estimate_pab_prefill_only
 from cluster.sim.metrics import shares, summarize
 from cluster.sim.node import SimNode, SimRequest
 from cluster.sim.true_step_time import TrueStepTime
-from cluster.workload.traces import Workload, load_named, prepare
+from cluster.workload.traces import TraceError, Workload, load_named, prepare
 from node.core.envelope import Anchor
 from node.core.fairbatching import memory_short
 from node.core.pab import estimate_pab, estimate_pab_edf
@@ -39,7 +39,8 @@ from node.fit.profile import Profile, load_profile, tile_tokens_of
 
 
 def load_workload(cfg: SimConfig) -> Workload:
-    """The config's trace window, clipped, *before* rate scaling (``simulate`` scales it)."""
+    """The config's trace window, clipped, *before* rate scaling (``simulate`` scales it). Raises
+    ``TraceError`` for a window that holds no requests, and as ``load_named`` does."""
     w = load_named(
         cfg.trace,
         columns=cfg.columns,
@@ -49,8 +50,13 @@ def load_workload(cfg: SimConfig) -> Workload:
         arrivals=cfg.arrivals,
         arrival_rate_rps=cfg.arrival_rate_rps,
     )
-    return prepare(w, start_s=cfg.start_s, duration_s=cfg.duration_s, max_prompt_tokens=cfg.max_prompt_tokens,
-                   max_output_tokens=cfg.max_output_tokens, spread=cfg.spread_ties)
+    window = prepare(w, start_s=cfg.start_s, duration_s=cfg.duration_s, max_prompt_tokens=cfg.max_prompt_tokens,
+                     max_output_tokens=cfg.max_output_tokens, spread=cfg.spread_ties)
+    if not window.requests:
+        last_s = max((r.arrival_s for r in w.requests), default=0.0)
+        raise TraceError(f"the window (--start-s {cfg.start_s:g}, --duration-s {cfg.duration_s}) of {w.name} holds no "
+                         f"requests: its {len(w.requests)} arrivals lie between 0 and {last_s:g} s")
+    return window
 
 
 @dataclass

@@ -40,6 +40,7 @@ from bisect import bisect_left
 from dataclasses import replace
 from typing import Any
 
+from node.core.step_time import prefill_attention_pairs
 from node.fit.profile import Profile
 
 
@@ -91,6 +92,23 @@ class TrueStepTime:
         i = min(max(i, 1), len(xs) - 1)  # extrapolate linearly at both ends
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         return y0 + (y1 - y0) * (new_tokens - x0) / (x1 - x0)
+
+    def prefill_alone_s(self, prompt_tokens: int, max_chunk_tokens: int) -> float:
+        """Noiseless time for an idle node to prefill a prompt of ``prompt_tokens`` alone, seconds: its
+        chunks of at most ``max_chunk_tokens``, one step each (host time included). The floor under the
+        prompt's TTFT that no schedule lowers. Raises ``ValueError`` for ``max_chunk_tokens`` < 1."""
+        if max_chunk_tokens < 1:
+            raise ValueError(f"max_chunk_tokens must be >= 1, got {max_chunk_tokens}")
+        total, done = 0.0, 0
+        while done < prompt_tokens:
+            q = min(max_chunk_tokens, prompt_tokens - done)
+            if self.uses_ground_truth:
+                t = self.fixed_s + self.linear_ops_s(q) + self.attn_prefill_s * prefill_attention_pairs(q, done)
+            else:
+                t = self._own.forward_s(q, done + q, prefill_attention_pairs(q, done))
+            total += t + self.host_s + self.host_s_per_request
+            done += q
+        return total
 
     def step_s(
         self,

@@ -820,9 +820,15 @@ def load_named(
     "sharegpt-gamma" (need ``rate_rps`` and ``num_requests``; use ``seed``,
     ``cv``, ``sharegpt_path``). Anything else is a file path, loaded with
     ``columns``; ``columns`` may be omitted for files whose header is the
-    Azure 2023 or Vidur ``processed_traces`` header. Options that do not apply
+    Azure 2023 or Vidur ``processed_traces`` header. Other options that do not apply
     to the chosen source are ignored.
+
+    Raises ``TraceError`` for ``arrivals`` or ``arrival_rate_rps`` with a named trace (it has its
+    own arrivals), and as ``load_trace`` does for a malformed file.
     """
+    if name in NAMED_TRACES and (arrivals is not None or arrival_rate_rps is not None):
+        raise TraceError(f"--trace {name!r} has its own arrivals; --arrivals and --arrival-rate-rps are for a trace "
+                         "file of lengths only (--columns PROMPT,OUTPUT)")
     if name in ("azure-conv", "azure-code"):
         return load_azure(name.split("-", 1)[1], data_dir)  # type: ignore[arg-type]
     if name == "long-context":
