@@ -19,7 +19,9 @@ the order they last started), as the policy's host orders that list
 arrival)`` first under vLLM's priority policy, under FairBatching the requests
 the plan leaves out, the latest next-token deadline first). A decode the plan
 may leave out (FairBatching's relaxed ones) waits for a block instead, as on
-the vLLM host.
+the vLLM host. When no running request can take a step at all (an empty plan),
+the one holding the fewest blocks is preempted first, whatever the policy, so
+that the ones holding more keep their progress (``SimNode._victim``).
 
 Snapshots: building a fresh ``RequestState`` for every request every step
 (with its validation) costs more than the policy's whole plan. The node
@@ -289,7 +291,7 @@ class SimNode:
                 break
             plan = self._plan(now_s)
         while plan.is_empty:
-            if not self._preempt_one(now_s, plan) and not self._drop_oldest_waiting():
+            if not self._preempt_one(now_s, plan, stalled=True) and not self._drop_oldest_waiting():
                 self.busy = False
                 return
             if not self.states:
@@ -452,10 +454,19 @@ class SimNode:
 
     # -- KV pressure ---------------------------------------------------------------
 
-    def _victim(self, now_s: float, plan: BatchPlan) -> SimRequest | None:
+    def _victim(self, now_s: float, plan: BatchPlan, stalled: bool = False) -> SimRequest | None:
         """The request vLLM preempts next for ``plan``: the tail of its running list as the policy's host
         orders it (``NodePolicy.preemption_order``); with nothing running, the newest waiting request that
-        holds blocks of its prefix-cache hit (letting go of them; vLLM's waiting requests hold none)."""
+        holds blocks of its prefix-cache hit (letting go of them; vLLM's waiting requests hold none).
+
+        ``stalled``: the plan is empty, no running request can take a step for want of KV. Then the
+        running request holding the fewest blocks goes first (the latest started among equals), so the
+        ones holding the most keep their progress. (Taking the most relaxed deadline there let a
+        request that had recomputed its prompt be taken again and again, each time losing it, while the
+        one it blocked waited: thousands of preemptions of one request on a 512-token cache.)"""
+        if self.running and stalled:
+            started = list(self.running.values())
+            return min(reversed(started), key=lambda req: req.kv_blocks)
         if self.running:
             order = self.policy.preemption_order([req.state for req in self.running.values()], plan, now_s)
             return self.live[order[-1].request_id]
@@ -464,8 +475,8 @@ class SimNode:
                 return req
         return None
 
-    def _preempt_one(self, now_s: float, plan: BatchPlan) -> bool:
-        victim = self._victim(now_s, plan)
+    def _preempt_one(self, now_s: float, plan: BatchPlan, stalled: bool = False) -> bool:
+        victim = self._victim(now_s, plan, stalled)
         if victim is None:
             return False
         self._preempt(victim)
