@@ -381,3 +381,18 @@ def test_a_stalled_node_preempts_without_thrashing(tmp_path):
                                     scheduler=scheduler)).report
         assert report["unfinished"] == 0, (scheduler, report["unfinished"])
         assert report["preemptions"] < 20 * report["requests"], (scheduler, report["preemptions"])
+
+
+def test_cli_says_a_trace_warning_as_one_line_and_names_its_own_flags(tmp_path):
+    tied = tmp_path / "tied.csv"
+    tied.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                    + "".join(f"{i // 8},300,20\n" for i in range(80)))
+    base = ["--profile", "ref-linear-h100", "--nodes", "1"]
+    result = CliRunner().invoke(app, ["run", "--trace", str(tied), *base])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: tied: 88% of arrivals share a timestamp" in text and "warnings.warn" not in text, result.output
+    assert "dropped=0" in text and "unfinished=0" in text, result.output  # what the run lost is in the text report
+    for args, flag in ((["--attainment", "1.5"], "--attainment"), (["--rel-tol", "0"], "--rel-tol")):
+        result = CliRunner().invoke(app, ["capacity", "--trace", str(tied), *base, *args])
+        assert result.exit_code == 2 and flag in result.output, result.output

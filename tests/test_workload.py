@@ -554,6 +554,8 @@ def test_a_file_of_lengths_only_gets_seeded_synthetic_arrivals(tmp_path, arrival
 
 @pytest.mark.parametrize("kwargs,words", [
     (dict(columns="in,out"), "--arrivals poisson|gamma:CV and --arrival-rate-rps"),
+    (dict(columns="in,out", arrivals="poisson"), "synthetic arrivals need --arrival-rate-rps R"),
+    (dict(columns="in,out", arrival_rate_rps=2.0), "synthetic arrivals need --arrivals poisson|gamma:CV"),
     (dict(columns="in,out", arrivals="weibull", arrival_rate_rps=1.0), "expected poisson or gamma:CV"),
     (dict(columns="in,out", arrivals="gamma:0", arrival_rate_rps=1.0), "CV must be a positive"),
     (dict(columns="in,out", arrivals="poisson", arrival_rate_rps=-1.0), "arrival_rate_rps must be a positive"),

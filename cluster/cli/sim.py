@@ -11,6 +11,7 @@ import inspect
 import json
 import re
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cluster.sim.config import CONFIG_FIELDS, SimConfig
+from cluster.workload.traces import TieWarning
 
 app = typer.Typer(
     help="Discrete-event cluster simulator: node schedulers x balancers on real traces, virtual clock.",
@@ -71,11 +73,20 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             config = SimConfig(**{k: v for k, v in kwargs.items() if k in names})
         except ValueError as exc:
             raise typer.BadParameter(config_error(exc)) from None
+        caught: list[warnings.WarningMessage] = []
         try:
-            return fn(config, **{k: v for k, v in kwargs.items() if k not in names})
+            with warnings.catch_warnings(record=True) as caught:  # the trace's tie warning, said as one line
+                warnings.simplefilter("always", TieWarning)
+                return fn(config, **{k: v for k, v in kwargs.items() if k not in names})
         except ValueError as exc:  # malformed trace or profile: say so, no traceback
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {config_error(exc)}")
             raise typer.Exit(2) from None
+        finally:
+            for text in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, TieWarning)):
+                console.print(f"[yellow]warning:[/yellow] {text}")
+            for w in caught:  # any other warning as Python would have shown it
+                if not issubclass(w.category, TieWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     wrapper.__signature__ = inspect.Signature(
         [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + params
@@ -96,7 +107,8 @@ def _write_json(path: Optional[Path], data: dict) -> None:
     console.print(f"wrote {path}")
 
 
-_HEADLINE = ("requests", "offered_rps", "attainment", "admitted_attainment", "rejected", "ttft_p50", "ttft_p99",
+_HEADLINE = ("requests", "offered_rps", "attainment", "admitted_attainment", "rejected", "dropped", "unfinished",
+             "ttft_p50", "ttft_p99",
              "tpot_p50", "tpot_p99", "token_attainment_arrival", "token_attainment_first_token", "goodput_rps",
              "preemptions", "prefix_cache_hit_rate", "sim_speedup")
 
@@ -138,6 +150,10 @@ def capacity(
     tightest tier alone meets ``--tightest-target``."""
     from cluster.sim.capacity import capacity_over_seeds
 
+    if not 0 < attainment <= 1:
+        raise typer.BadParameter(f"must be in (0, 1], got {attainment}", param_hint="--attainment")
+    if not rel_tol > 0:
+        raise typer.BadParameter(f"must be > 0, got {rel_tol}", param_hint="--rel-tol")
     with _progress() as progress:
         task = progress.add_task("capacity probes", total=None)
 

@@ -592,8 +592,9 @@ def load_trace(
                                      or num_requests < 1):
         raise TraceError(f"num_requests must be an integer >= 1, got {num_requests!r}")
     if spec.arrival is None and (arrivals is None or arrival_rate_rps is None):
-        raise TraceError(f"{path}: --columns names no arrival column; give synthetic arrivals with "
-                         "--arrivals poisson|gamma:CV and --arrival-rate-rps R")
+        missing = ("--arrivals poisson|gamma:CV and --arrival-rate-rps R" if arrivals is None and arrival_rate_rps is None
+                   else "--arrivals poisson|gamma:CV" if arrivals is None else "--arrival-rate-rps R (their mean rate)")
+        raise TraceError(f"{path}: --columns names no arrival column; synthetic arrivals need {missing}")
     if spec.arrival is not None and arrivals is not None:
         raise TraceError(f"{path}: --arrivals makes synthetic arrivals for a file of lengths only; "
                          f"this one has an arrival column ({spec.arrival!r})")
