@@ -89,7 +89,9 @@ def find_capacity(
     ``SimResult``. A metric that still passes after ``max_doublings``
     doublings of the rate is not bounded by load (e.g. first-token-anchored
     per-token attainment, where queueing delays only token 0): the result is
-    then flagged ``lower_bound``. Raises ``ValueError`` for a bad ``target`` or ``rel_tol`` and for a
+    then flagged ``lower_bound``. Halving the rate stops early when the last three probes measured the
+    same value and TTFT P50 (``_settled``: requests no longer meet one another, so no lower rate does
+    better). Raises ``ValueError`` for a bad ``target`` or ``rel_tol`` and for a
     window whose arrivals span no time (its rate is undefined).
     """
     if not 0 < target <= 1:
@@ -133,6 +135,8 @@ def find_capacity(
                 lo = scale
             else:
                 hi = scale
+                if _settled(probes[-3:]):
+                    break  # halving the rate changes nothing: the floor of vanishing load, no rate meets it
     if lo is not None and hi is not None:
         while hi / lo > 1 + rel_tol and len(probes) < max_probes:
             mid = math.sqrt(lo * hi)
@@ -145,6 +149,15 @@ def find_capacity(
         return CapacityResult(None, None, target, probes, why=why_no_rate_meets(cfg, workload, profile, lowest, target))
     best = results[lo]
     return CapacityResult(best.report["offered_rps"], lo, target, probes, best, lower_bound=hi is None)
+
+
+def _settled(probes: list[Probe]) -> bool:
+    """Whether three probes at falling rates show vanishing load: the same metric value and a TTFT P50
+    within 2 % (an overloaded node can miss everything at several rates, but its TTFT still falls)."""
+    if len(probes) < 3 or len({p.attainment for p in probes}) > 1:
+        return False
+    p50s = [p.report.get("ttft_p50") for p in probes]
+    return None not in p50s and max(p50s) <= 1.02 * min(p50s)
 
 
 @dataclass
