@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from cluster.sim.config import SimConfig
-from cluster.sim.simulator import SimResult, load_workload, simulate
+from cluster.sim.simulator import SimResult, load_workload, simulate, true_step_time
 from cluster.workload.traces import Workload
 from node.fit.profile import Profile, load_profile
 
@@ -48,13 +48,15 @@ class CapacityResult:
             "why_no_capacity": self.why,
             "attainment_target": self.target,
             "report": at,
-            "probes": [
-                {"rate_scale": p.rate_scale, "rate_rps": p.rate_rps, "attainment": p.attainment,
+            "probes": self.probe_rows(),
+        }
+
+    def probe_rows(self) -> list[dict]:
+        """The probes as JSON rows, by rate."""
+        return [{"rate_scale": p.rate_scale, "rate_rps": p.rate_rps, "attainment": p.attainment,
                  "admitted_attainment": p.report["admitted_attainment"], "rejected_fraction": p.report["rejected_fraction"],
                  "ttft_p99": p.report["ttft_p99"], "tpot_p99": p.report["tpot_p99"]}
-                for p in sorted(self.probes, key=lambda p: p.rate_scale)
-            ],
-        }
+                for p in sorted(self.probes, key=lambda p: p.rate_scale)]
 
 
 def report_metric(report: dict, metric: str) -> float:
@@ -230,7 +232,7 @@ class SeedCapacities:
             "capacity_rps_per_seed": self.capacities_rps,
             "capacity_rate_scale_per_seed": [r.capacity_rate_scale for r in self.results],
             "capacity_is_lower_bound": any(r.lower_bound for r in self.results),
-            "probes_per_seed": [r.to_dict()["probes"] for r in self.results],
+            "probes_per_seed": [r.probe_rows() for r in self.results],
             "report_seed": self.seeds[0],
         })
         out.pop("capacity_rate_scale")
@@ -274,11 +276,7 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
     from cluster.workload.tiers import assign_tiers, parse_slo_tiers
     from cluster.workload.traces import TIE_WARNING_FRACTION, tie_fraction
 
-    from cluster.sim.true_step_time import TrueStepTime
-
-    host_s = profile.host_s if cfg.host_s is None else cfg.host_s
-    truth = TrueStepTime(profile, host_s=host_s if cfg.host_fixed_s is None else cfg.host_fixed_s,
-                         host_s_per_request=cfg.host_s_per_request)
+    truth = true_step_time(cfg, profile)
     cap = profile.max_num_batched_tokens or 8192
     default = cfg.slo_on(profile.default_slo)
     reqs = workload.requests
@@ -293,8 +291,8 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
         why.append(f"{too_long} of {len(reqs)} prompts ({too_long / len(reqs):.1%}) take longer than their TTFT SLO "
                    f"to prefill alone on an idle node, so attainment can be at most {best:.1%}"
                    + (f", below the target {target:.0%}" if best < target else ""))
-    one_step_s = truth.step_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)) + 1, 0, 0.0,
-                              requests=1)
+    one_step_s = (truth.forward_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)) + 1, 0, 0.0)
+                  + truth.host_s + truth.host_s_per_request)
     tight = min((s.tpot_s for s in slos), default=default.tpot_s)
     if one_step_s > tight:
         why.append(f"one decode step of a typical request takes {one_step_s * 1e3:.1f} ms on the simulated truth, more than "

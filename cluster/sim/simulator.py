@@ -110,6 +110,18 @@ def idle_prefill_cap(cfg: SimConfig, profile: Profile) -> int:
     return max(0, int(per_token.chunk_for_room(ttft_s - model.a_s, 0)))
 
 
+def true_step_time(cfg: SimConfig, profile: Profile, node: int | None = None) -> TrueStepTime:
+    """The simulated truth of a node's steps on ``profile``: the host time the config gives (``host_fixed_s``,
+    else ``host_s``, else the profile's) and, for ``node`` (an index), its step-time noise seeded by
+    ``cfg.seed`` and the index; ``node`` None: without noise."""
+    host_s = cfg.host_fixed_s if cfg.host_fixed_s is not None else profile.host_s if cfg.host_s is None else cfg.host_s
+    if node is None:
+        return TrueStepTime(profile, host_s=host_s, host_s_per_request=cfg.host_s_per_request)
+    return TrueStepTime(profile, noise_sigma=cfg.noise, noise_ar=cfg.noise_ar,
+                        rng=random.Random(cfg.seed * 1_000_003 + node), host_s=host_s,
+                        host_s_per_request=cfg.host_s_per_request)
+
+
 def build_placement(cfg: SimConfig, profile: Profile, prefix_index: PrefixIndex | None = None,
                     tier_shed_s: float | None = None) -> PlacementPolicy:
     cap = None
@@ -240,10 +252,7 @@ def simulate(
         SimNode(
             i, loop,
             make_policy(cfg.scheduler, model, **knobs),
-            TrueStepTime(profile, noise_sigma=cfg.noise, noise_ar=cfg.noise_ar,
-                         rng=random.Random(cfg.seed * 1_000_003 + i),
-                         host_s=host_s if cfg.host_fixed_s is None else cfg.host_fixed_s,
-                         host_s_per_request=cfg.host_s_per_request),
+            true_step_time(cfg, profile, i),
             pool,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,

@@ -102,13 +102,18 @@ class TrueStepTime:
         total, done = 0.0, 0
         while done < prompt_tokens:
             q = min(max_chunk_tokens, prompt_tokens - done)
-            if self.uses_ground_truth:
-                t = self.fixed_s + self.linear_ops_s(q) + self.attn_prefill_s * prefill_attention_pairs(q, done)
-            else:
-                t = self._own.forward_s(q, done + q, prefill_attention_pairs(q, done))
-            total += t + self.host_s + self.host_s_per_request
+            total += (self.forward_s(q, 0, done + q, prefill_attention_pairs(q, done))
+                      + self.host_s + self.host_s_per_request)
             done += q
         return total
+
+    def forward_s(self, new_tokens: int, decode_context_tokens: int, prefill_context_tokens: int,
+                  prefill_attention_pairs: float) -> float:
+        """Noiseless forward time of a step, seconds (no host time); arguments as ``step_s``'s."""
+        if self.uses_ground_truth:
+            return (self.fixed_s + self.linear_ops_s(new_tokens) + self.attn_decode_s * decode_context_tokens
+                    + self.attn_prefill_s * prefill_attention_pairs)
+        return self._own.forward_s(new_tokens, decode_context_tokens + prefill_context_tokens, prefill_attention_pairs)
 
     def step_s(
         self,
@@ -128,16 +133,7 @@ class TrueStepTime:
         sums ``q * (p + q / 2)`` over prefill chunks of ``q`` tokens after ``p``
         computed ones.
         """
-        if self.uses_ground_truth:
-            t = (
-                self.fixed_s
-                + self.linear_ops_s(new_tokens)
-                + self.attn_decode_s * decode_context_tokens
-                + self.attn_prefill_s * prefill_attention_pairs
-            )
-        else:
-            t = self._own.forward_s(new_tokens, decode_context_tokens + prefill_context_tokens,
-                                    prefill_attention_pairs)
+        t = self.forward_s(new_tokens, decode_context_tokens, prefill_context_tokens, prefill_attention_pairs)
         if self.noise_sigma:
             # z: a stationary AR(1) of unit variance, z' = ar * z + sqrt(1 - ar^2) * e; the multiplier
             # exp(sigma * z - sigma^2 / 2) has mean 1 (with ar 0 the draws are those of independent noise)
