@@ -7,12 +7,15 @@
 # budget 1024 behind least-prefill, without and with the naive admission cap (the best uncapped and capped
 # baselines of the one-seed headline, SIMULATION.md "Headline re-measured"), and behind PAB.
 # Writes one JSON per arm (each with every seed's capacity) and prints the table and per-seed ratios.
-#   bash bench/headline_seeds.sh [OUT_DIR]      # ~15 min on 2 cores
+# FLAGS="..." adds simulator flags to every run: the first record (sim/headline-seeds/, before the planning
+# model's default became the quadratic one with a 10 % margin) is FLAGS="--step-model linear".
+#   bash bench/headline_seeds.sh [OUT_DIR]      # ~10-15 min on 2 cores
 set -euo pipefail
-out=${1:-bench/results/sim/headline-seeds}
+out=${1:-bench/results/sim/headline-seeds-quadratic}
 mkdir -p "$out"
 common=(--trace azure-code --profile h100-llama3-8b --nodes 8 --ttft-slo 1 --tpot-slo 0.05 --noise 0.05
         --rate-scale 25 --rel-tol 0.03 --seeds 3 --seed 0)
+[ -n "${FLAGS:-}" ] && common+=($FLAGS)
 declare -A arms=(
   [fairbatching-pab]="--scheduler fairbatching --balancer pab"
   [fairbatching-least-prefill]="--scheduler fairbatching --balancer least-prefill"

@@ -56,10 +56,11 @@ FB_ARMS = {
     "fb-first+fewest-late+align256+margin0.2+seat0.8": {**FB, "relegate": "fewest-late", "chunk_align_tokens": 256,
                                                          "tpot_margin": 0.2, "seat_pressure": 0.8},
 }
-# The defaults planning with the quadratic step model (prefill attention, bench/results/STEPTIME.md), without and
-# with a 10 % safety factor on its predictions.
+# The above planning with the quadratic step model (prefill attention, bench/results/STEPTIME.md), without and
+# with a 10 % safety factor on its predictions; the latter is the simulator's and the engines' default
+# since 2026-12-04 (STEPTIME.md 3b).
 _DEFAULTS = FB_ARMS["fb-first+fewest-late+align256+margin0.2+seat0.8"]
-FB_ARMS["fb-defaults+quadratic"] = {**_DEFAULTS, "step_model": "quadratic"}
+FB_ARMS["fb-defaults+quadratic"] = {**_DEFAULTS, "step_model": "quadratic", "safety_factor": 1.0}
 FB_ARMS["fb-defaults+quadratic+sf1.1"] = {**_DEFAULTS, "step_model": "quadratic", "safety_factor": 1.1}
 
 _workloads: dict = {}
@@ -153,7 +154,8 @@ def main(
         print(summarise(json.loads(json_out.read_text())["rows"]))
         return
     arms = {f"vllm[{b}]": dict(scheduler="vllm", token_budget=b) for b in VLLM_BUDGETS}
-    arms["sarathi"] = dict(scheduler="sarathi")
+    # Sarathi's token budget comes from the TPOT SLO by the planning model: the linear fit, as recorded.
+    arms["sarathi"] = dict(scheduler="sarathi", step_model="linear", safety_factor=None)
     arms.update(FB_ARMS)
     rows = []
     if only_arms:

@@ -12,7 +12,8 @@
 set -euo pipefail
 out=${1:-bench/results/sim/pab-nodes}
 mkdir -p "$out"
-common=(--trace azure-code --duration-s 1200 --profile h100-llama3-8b --balancer pab
+# --step-model linear: the planning model these results were recorded with (the default until 2026-12-04)
+common=(--step-model linear --trace azure-code --duration-s 1200 --profile h100-llama3-8b --balancer pab
         --ttft-slo 1 --tpot-slo 0.05 --noise 0.05 --seat-pressure 0)  # (seat pressure off: as recorded)
 [ -n "${FLAGS:-}" ] && common+=($FLAGS)
 declare -A arms=(

@@ -13,7 +13,8 @@ mkdir -p "$out"
 for seed in 0 1 2; do
   trace="$out/multiturn-seed$seed.csv"
   [ -s "$trace" ] || $fb trace multiturn --out "$trace" --conversations 1000 --conversation-rate-rps 4 --seed "$seed"
-  common=(--no-seats-as-vllm --max-num-seqs 256 --trace "$trace" --columns timestamp:ms,input_length,output_length,hash_ids --prefix-block-tokens 16
+  # --step-model linear: the planning model these results were recorded with (the default until 2026-12-04)
+  common=(--step-model linear --no-seats-as-vllm --max-num-seqs 256 --trace "$trace" --columns timestamp:ms,input_length,output_length,hash_ids --prefix-block-tokens 16
           --profile h100-llama3-8b --nodes 8 --scheduler fairbatching --seed "$seed" --drain-s 120
           --anchor arrival --relegate none --chunk-align-tokens 0 --tpot-margin 0 --seat-pressure 0  # the defaults these results were recorded with
           --attainment 0.9 --rel-tol 0.04)

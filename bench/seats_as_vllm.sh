@@ -6,7 +6,8 @@
 set -euo pipefail
 out=${1:-bench/results/sim/seats}
 mkdir -p "$out"
-common=(--trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 600 --balancer round-robin
+# --step-model linear: the planning model these results were recorded with (the default until 2026-12-04)
+common=(--step-model linear --trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 600 --balancer round-robin
         --rate-scale 2 --rel-tol 0.02 --seat-pressure 0)  # (seat pressure off: as recorded)
 for seats in off on; do
   flag=(--no-seats-as-vllm --max-num-seqs 256); [ "$seats" = on ] && flag=(--seats-as-vllm --max-num-seqs 256)

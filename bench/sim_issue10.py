@@ -55,7 +55,7 @@ REFERENCE = SimConfig(
     trace="long-context", profile="h100-llama3-8b", nodes=8, scheduler="fairbatching", anchor="first-token",
     balancer="pab", ttft_slo_s=3.0, tpot_slo_s=0.05, feedback=True, relegate="lost", tpot_margin=0.1,
     rate_scale=4.0, seed=0, chunk_align_tokens=0, seat_pressure=None,
-    seats_as_vllm=False, max_num_seqs=256,  # as recorded, before 2026-12-01
+    seats_as_vllm=False, max_num_seqs=256, step_model="linear",  # as recorded, before 2026-12-01 (-04)
 )
 PAPER_KNOBS = dict(feedback=False, relegate="none", tpot_margin=0.0)  # FairBatching and PAB as before issue 10
 
@@ -184,7 +184,7 @@ def headline(quick: bool) -> None:
     cfg = SimConfig(trace="azure-code", profile="h100-llama3-8b", nodes=8, ttft_slo_s=1.0, tpot_slo_s=0.05, seed=0,
                     relegate="none", chunk_align_tokens=0, tpot_margin=0.0, seat_pressure=None, rate_scale=25.0,
                     duration_s=120.0 if quick else None,
-                    seats_as_vllm=False, max_num_seqs=256)  # as recorded, before 2026-12-01
+                    seats_as_vllm=False, max_num_seqs=256, step_model="linear")  # as recorded, before 2026-12-01 (-04)
     fb = dict(scheduler="fairbatching", anchor="first-token")
     vllm = dict(scheduler="vllm", token_budget=1024)
     arms = [

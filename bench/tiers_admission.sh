@@ -7,7 +7,8 @@ set -euo pipefail
 out=${1:-bench/results/sim/tiers-admission}
 mkdir -p "$out"
 # (as recorded, before 2026-12-01: seats counted by the plan's cap only, 256 seats on the H100 profile)
-common=(--no-seats-as-vllm --max-num-seqs 256 --trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900
+# --step-model linear: the planning model these results were recorded with (the default until 2026-12-04)
+common=(--step-model linear --no-seats-as-vllm --max-num-seqs 256 --trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900
         --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25)
 # (the arms recorded before --tier-shed-s existed run with it off; the -shed arm with its default, 1 s)
 fb=(--scheduler fairbatching --anchor first-token --tpot-margin 0.2 --seat-pressure 0.8

@@ -26,7 +26,8 @@ from cluster.sim.simulator import simulate
 #: TIERS.md's single-node setting, FairBatching with the serving knobs, KV pressure 0.5, no admission.
 BASE = dict(trace="azure-conv", profile="h100-llama3-8b", nodes=1, duration_s=900, noise=0.05,
             slo_tier=("interactive=0.5:1:0.05", "batch=0.5:30:0.25"), scheduler="fairbatching",
-            relegate="fewest-late", balancer="round-robin", kv_pressure=0.5, seat_pressure=0.8)
+            relegate="fewest-late", balancer="round-robin", kv_pressure=0.5, seat_pressure=0.8,
+            step_model="linear")  # the planning model as recorded (the default until 2026-12-04)
 
 
 def main(rate_scale: float = typer.Option(5.656, help="Arrival-rate scale (5.656: 27.8 req/s on this window)."),

@@ -12,7 +12,8 @@ set -euo pipefail
 out=${1:-bench/results/sim/tiers-node-capacity}
 mkdir -p "$out"
 # (as recorded, before 2026-12-01: seats counted by the plan's cap only, 256 seats on the H100 profile)
-common=(--no-seats-as-vllm --max-num-seqs 256 --trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900 --noise 0.05
+# --step-model linear: the planning model these results were recorded with (the default until 2026-12-04)
+common=(--step-model linear --no-seats-as-vllm --max-num-seqs 256 --trace azure-conv --profile h100-llama3-8b --nodes 1 --duration-s 900 --noise 0.05
         --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25 --rate-scale 3 --rel-tol 0.03)
 pab=(--balancer pab --tier-hold-fraction 0.1)
 cap=(--balancer round-robin --admission-cap)

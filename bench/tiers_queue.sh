@@ -16,7 +16,8 @@
 set -euo pipefail
 out=${1:-bench/results/sim/tiers-queue-8}
 mkdir -p "$out/capacity" "$out/at-1.5x"
-read -r -a sim_flags <<< "${SIM_FLAGS---no-seats-as-vllm --max-num-seqs 256}"
+# --step-model linear: the planning model these results were recorded with (the default until 2026-12-04)
+read -r -a sim_flags <<< "${SIM_FLAGS---no-seats-as-vllm --max-num-seqs 256 --step-model linear}"
 common=("${sim_flags[@]}" --trace azure-code --profile h100-llama3-8b --nodes 8
         --slo-tier interactive=0.5:1:0.05 --slo-tier batch=0.5:30:0.25)
 fb=(--scheduler fairbatching --seat-pressure 0.8 --balancer pab --tier-hold-fraction 0.1)

@@ -44,7 +44,7 @@ def main(
     for seed in [int(s) for s in seeds.split(",")]:
         base = SimConfig(profile=profile, ttft_slo_s=1.0, tpot_slo_s=0.05, seed=seed, noise=0.05, trace=trace,
                          duration_s=duration_s, nodes=1, balancer="round-robin", rate_scale=rate_scale,
-                         seat_pressure=None)  # as recorded, before the default of 0.8
+                         seat_pressure=None, step_model="linear")  # as recorded, before the defaults of 0.8 and quadratic
         workload = load_workload(base)
         for arm, knobs in ARMS.items():
             res = simulate(replace(base, **knobs), workload=workload)

@@ -329,9 +329,10 @@ def test_simulator_plans_with_the_chosen_step_model():
         cfg = SimConfig(trace="mini", profile="h100-llama3-8b", step_model=form, balancer="round-robin")
         reports[form] = simulate(cfg, workload=work, profile=profile).report
         planned = reports[form]["planning_models"][0]
-        want = profile.step_model_as(form)
-        assert (planned["a_s"], planned["b_s_per_token"], planned["attn_prefill_s_per_token_sq"]) == (
-            want.a_s, want.b_s_per_token, want.attn_prefill_s_per_token_sq)
+        want = profile.planning_model(form)
+        assert (planned["a_s"], planned["b_s_per_token"], planned["attn_prefill_s_per_token_sq"],
+                planned["safety_factor"]) == (want.a_s, want.b_s_per_token, want.attn_prefill_s_per_token_sq,
+                                              1.1 if form == "quadratic" else 1.0)
     assert reports["quadratic"]["planning_models"][0]["attn_prefill_s_per_token_sq"] > 0
     assert reports["linear"]["planning_models"][0]["attn_prefill_s_per_token_sq"] == 0
     with pytest.raises(ValueError, match="step_model"):
@@ -343,18 +344,50 @@ def test_simulator_safety_factor_scales_the_planning_model_only():
     from cluster.sim.simulator import idle_prefill_cap
 
     profile = load_profile("h100-llama3-8b")
-    own = SimConfig(profile="h100-llama3-8b", step_model="quadratic")
-    padded = dataclasses.replace(own, safety_factor=1.1)
+    own = SimConfig(profile="h100-llama3-8b", step_model="quadratic", safety_factor=1.0)
+    padded = dataclasses.replace(own, safety_factor=1.25)
     base, scaled = own.planning_model(profile), padded.planning_model(profile)
     assert base == profile.step_model_as("quadratic")
-    assert scaled.safety_factor == 1.1
+    assert scaled.safety_factor == 1.25
     for new, ctx in ((1, 500), (2048, 0), (8192, 40_000)):
-        assert scaled.predict_s(new, ctx) == pytest.approx(base.predict_s(new, ctx) / base.safety_factor * 1.1)
+        assert scaled.predict_s(new, ctx) == pytest.approx(base.predict_s(new, ctx) * 1.25)
     # The naive admission cap is the idle node's capacity without a margin: the factor leaves it alone.
     assert idle_prefill_cap(padded, profile) == idle_prefill_cap(own, profile)
     for bad in (0.9, float("nan")):
         with pytest.raises(ValueError, match="safety_factor"):
             SimConfig(safety_factor=bad)
+
+
+def test_default_planning_model_is_the_quadratic_one_with_a_margin_where_it_has_attention():
+    """The defaults that measured best (bench/results/STEPTIME.md 3b), one rule for the simulator and the
+    engines: the profile's own model; 1.1 on a model with the prefill-attention term, else the profile's
+    factor (so the CPU engine's profile, which has no such term, plans as before)."""
+    from cluster.sim.config import SimConfig
+    from node.fit.profile import ATTENTION_MODEL_SAFETY_FACTOR
+    from node.vllm.node_config import NodeConfig
+
+    assert ATTENTION_MODEL_SAFETY_FACTOR == 1.1
+    h100 = load_profile("h100-llama3-8b")
+    want = dataclasses.replace(h100.step_model, safety_factor=1.1)
+    assert want.attn_prefill_s_per_token_sq > 0
+    assert SimConfig().planning_model(h100) == want == h100.planning_model()
+    node = NodeConfig()
+    assert h100.planning_model(node.step_model, node.safety_factor) == want
+    # A linear model keeps the profile's factor; a factor named is used as given.
+    assert h100.planning_model("linear") == h100.step_model_as("linear")
+    assert h100.planning_model("quadratic", 1.0) == h100.step_model
+    assert SimConfig(step_model="linear").planning_model(h100).safety_factor == h100.safety_factor == 1.0
+    # A profile with a larger factor of its own keeps it.
+    wide = parse_profile(_doc(attn_prefill_s_per_token_sq=1e-9, safety_factor=1.3))
+    assert wide.planning_model().safety_factor == 1.3
+    # The CPU engine's profile has no attention term: its planning model is the profile's, as before.
+    cpu = load_profile("cpu-tiny-llama")
+    assert cpu.step_model.is_linear and SimConfig(profile="cpu-tiny-llama").planning_model(cpu) == cpu.step_model
+    with pytest.raises(ValueError, match="safety_factor"):
+        h100.planning_model("quadratic", 0.9)
+    for bad in (0.9, float("inf")):
+        with pytest.raises(ValueError, match="safety_factor"):
+            NodeConfig(safety_factor=bad)
 
 
 def test_truth_without_ground_truth_is_the_profiles_own_model():

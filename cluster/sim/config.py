@@ -10,7 +10,7 @@ bounds in ``__post_init__``.
 from __future__ import annotations
 
 import math
-from dataclasses import field, fields, replace
+from dataclasses import field, fields
 from typing import Any
 
 from pydantic.dataclasses import dataclass
@@ -21,7 +21,7 @@ from cluster.sim.shared_host import IngressDelay, SharedHost
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
-from node.fit.profile import STEP_MODEL_FORMS, profile_default_slo
+from node.fit.profile import DEFAULT_STEP_MODEL, STEP_MODEL_FORMS, profile_default_slo
 
 
 def parse_stalls(spec: str) -> list[tuple[float, float, float]]:
@@ -85,8 +85,8 @@ class SimConfig:
     ingress_delay_s_per_rps: float = _opt(0.0, "With --ingress-delay-s: how much the time in front of the engines grows per request a second of arrivals, seconds.")
     ingress_stalls: str = _opt("", "Stalls of the serving path in front of the engines, at measured loads: RATE:STALLS_PER_S:STALL_S[,...] (arrival rate, req/s; spells a second; their length, seconds), interpolated in the arrival rate over the last second; a request arriving in a stall waits for its end (cluster.sim.shared_host.IngressDelay). Empty: none; fairbatching bench sim-vs-live fits them from the engines' front-delay logs.")
     host_in_model: bool = _opt(True, "The nodes' planning model (and PAB) includes the host time (off: they plan with the forward time only, as a model fitted on forward passes).")
-    step_model: str = _opt("linear", "Step-time model the nodes plan and budget with: linear (the paper's a + b * new + c * context: the profile's best linear fit; measured best for FairBatching's budgeted steps, bench/results/STEPTIME.md) or quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one; the h100/a100 profiles do: it predicts steps better but under-predicts full mixed steps, which then overrun their budget). A profile without the term gives the same model both ways. The simulated truth does not change.")
-    safety_factor: float | None = _opt(None, "Safety factor of the planning model (its predictions are multiplied by it, >= 1; default: the profile's). The truth does not change: a margin for a model that under-predicts the steps it plans (bench/results/STEPTIME.md).")
+    step_model: str = _opt(DEFAULT_STEP_MODEL, "Step-time model the nodes plan and budget with: quadratic (the profile's own, with its prefill-attention term e * q * (p + q / 2) when it has one, as the h100/a100 profiles do; with the default safety factor, measured the most robust: bench/results/STEPTIME.md 3b) or linear (the paper's a + b * new + c * context: the profile's best linear fit; the simulator's default until 2026-12-04). A profile without the term gives the same model both ways. The simulated truth does not change.")
+    safety_factor: float | None = _opt(None, "Safety factor of the planning model (its predictions are multiplied by it, >= 1). Default: 1.1 for a model with the prefill-attention term (it under-predicts the full mixed steps a budget plans; bench/results/STEPTIME.md 3b), the profile's (1.0 on the shipped profiles) for a linear one. The truth does not change.")
     prefix_block_tokens: int = _opt(16, "Tokens per block hash of the trace's HASHES column (the prefix cache's block; a multiple of the profile's KV block size). Used only by traces with block hashes.")
     pab_tokens: str = _opt("uncached", "With a prefix cache (a trace with block hashes): what PAB's queued work and the balancer's debit count of a prompt: uncached (the tokens the node must compute; the balancer estimates each node's cache with a PrefixIndex) or all (every prompt token, cache-blind, for comparison).")
     seats_as_vllm: bool = _opt(True, "Count sequence seats as vLLM does: a waiting request starts only into a free seat, every running request (paced decodes included) holding one. Off: only the plan's per-step cap, a favour to a scheduler that skips decodes (the results recorded before 2026-12-01).")
@@ -266,9 +266,8 @@ class SimConfig:
 
     def planning_model(self, profile: Any) -> Any:
         """The ``StepTimeModel`` the nodes plan with on ``profile`` (a ``Profile``), host time aside: the
-        profile's model of ``step_model`` form, with ``safety_factor`` when set."""
-        model = profile.step_model_as(self.step_model)
-        return model if self.safety_factor is None else replace(model, safety_factor=self.safety_factor)
+        profile's model of ``step_model`` form with ``safety_factor`` (``Profile.planning_model``)."""
+        return profile.planning_model(self.step_model, self.safety_factor)
 
     def slo_on(self, profile_slo: SLO) -> SLO:
         """The config's targets, each one it leaves unset from ``profile_slo`` (a profile given as an object)."""

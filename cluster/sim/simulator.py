@@ -388,6 +388,7 @@ def simulate(
                 {"a_s": nd.policy.step_model.a_s, "b_s_per_token": nd.policy.step_model.b_s_per_token,
                  "c_s_per_context_token": nd.policy.step_model.c_s_per_context_token, "host_s": nd.policy.step_model.host_s,
                  "attn_prefill_s_per_token_sq": nd.policy.step_model.attn_prefill_s_per_token_sq,
+                 "safety_factor": nd.policy.step_model.safety_factor,
                  "refits": nd.refit.refits if nd.refit is not None else 0}
                 for nd in nodes
             ],

@@ -43,6 +43,16 @@ _OPTIONAL_SECONDS = ("ttft_slo_s", "tpot_slo_s")
 #: The forms of step-time model a profile gives (``Profile.step_model_as``): its own (with the
 #: prefill-attention term when it has one) and the linear model of the paper.
 STEP_MODEL_FORMS = ("quadratic", "linear")
+#: The form a node plans with unless told otherwise (``Profile.planning_model``): the profile's own
+#: model, with its prefill-attention term where it has one (bench/results/STEPTIME.md, section 3b).
+DEFAULT_STEP_MODEL = "quadratic"
+#: The safety factor a model with the prefill-attention term plans with unless told otherwise (at least
+#: this much; a profile's own larger factor stands). That model predicts steps better than the linear fit
+#: but under-predicts the full mixed steps a time budget plans, which then overrun (STEPTIME.md section
+#: 3); with a 10 % margin it measured the most robust planning model over H100 and A100 x Azure code,
+#: Azure conv and ShareGPT-Gamma x three seeds: at most 3.5 % behind the best form in any cell, where
+#: the linear fit fell 9.2 % and the bare quadratic model 11.5 % behind (section 3b).
+ATTENTION_MODEL_SAFETY_FACTOR = 1.1
 _LINEAR_FIT_NUMBERS = ("a_s", "b_s_per_token", "c_s_per_context_token")
 
 #: The SLOs a deployment is held to when neither the request, the config nor its profile names
@@ -109,6 +119,22 @@ class Profile:
         if isinstance(lin, dict):
             return StepTimeModel(*(float(lin[k]) for k in _LINEAR_FIT_NUMBERS), self.safety_factor, self.host_s)
         return replace(own, attn_prefill_s_per_token_sq=0.0)
+
+    def planning_model(self, form: str = DEFAULT_STEP_MODEL, safety_factor: float | None = None) -> StepTimeModel:
+        """The step-time model a node plans and budgets with: ``step_model_as(form)`` with ``safety_factor``.
+
+        ``safety_factor`` ``None``: the profile's, raised to ``ATTENTION_MODEL_SAFETY_FACTOR`` when the
+        model has a prefill-attention term (the margin that measured best for it); a linear model keeps
+        the profile's. One rule for the simulator (``SimConfig``) and the engines (``NodeConfig``).
+        Raises ``ValueError`` on an unknown form or a factor below 1.
+        """
+        model = self.step_model_as(form)
+        if safety_factor is None:
+            safety_factor = self.safety_factor if model.is_linear else max(self.safety_factor,
+                                                                            ATTENTION_MODEL_SAFETY_FACTOR)
+        if not safety_factor >= 1:
+            raise ValueError(f"safety_factor must be >= 1, got {safety_factor!r}")
+        return replace(model, safety_factor=safety_factor)
 
     @classmethod
     def from_fit(

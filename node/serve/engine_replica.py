@@ -212,8 +212,10 @@ class EngineReplica:
         self.replica_key = ctx.replica_id.unique_id
         node_id = ray.get_runtime_context().get_node_id()
         self.node_label = f"{ray.util.get_node_ip_address()}:{node_id[:8]}"
-        form = spec.node_config.step_model if spec.node_config is not None else "linear"
-        self.own_step_model = load_profile(self.spec.profile).step_model_as(form)  # the scheduler's, refitted online
+        node_config = spec.node_config or NodeConfig()
+        # The scheduler's model (the same rule as the engine core's), refitted online.
+        self.own_step_model = load_profile(self.spec.profile).planning_model(node_config.step_model,
+                                                                            node_config.safety_factor)
         self.own_refits = 0
         self.deployment_step_model: Optional[StepTimeModel] = None  # the deployment's, from the registry
         self.anchor = Anchor(self.spec.anchor)

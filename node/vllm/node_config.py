@@ -19,6 +19,8 @@ Fields (all optional in the JSON; missing ones take the defaults below):
   config's ``node_config`` (``cluster.config.ServeConfig``), which ``bench engine``
   and the simulator's defaults follow, names the knobs that measured best;
 * ``profile`` -- step-time profile, a name in ``deploy/profiles`` or a path;
+* ``step_model`` / ``safety_factor`` -- which of the profile's models the scheduler plans with, and
+  the factor on its predictions (``node.fit.profile.Profile.planning_model``);
 * ``ttft_slo_s`` / ``tpot_slo_s`` -- deployment defaults for requests whose
   ``SamplingParams.extra_args`` carry no ``ttft_slo_s`` / ``tpot_slo_s``
   (``None``: the profile's, ``node.fit.profile.Profile.default_slo``);
@@ -49,6 +51,8 @@ from typing import Any
 
 from pydantic.dataclasses import dataclass
 
+from node.fit.profile import DEFAULT_STEP_MODEL, STEP_MODEL_FORMS
+
 ENV_VAR = "FAIRBATCHING_NODE_CONFIG"
 
 
@@ -60,9 +64,12 @@ class NodeConfig:
     policy: str = "fairbatching"
     knobs: dict[str, Any] = field(default_factory=dict)
     profile: str = "cpu-tiny-llama"
-    # The profile's model the scheduler plans with: "linear" (its best linear fit) or "quadratic" (its own,
-    # with the prefill-attention term); linear measured best (bench/results/STEPTIME.md, Profile.step_model_as).
-    step_model: str = "linear"
+    # The profile's model the scheduler plans with (Profile.planning_model): "quadratic" (its own, with the
+    # prefill-attention term where it has one) or "linear" (its best linear fit); and the factor on its
+    # predictions (None: 1.1 with the attention term, else the profile's). The defaults measured best
+    # (bench/results/STEPTIME.md 3b); a profile without the term (cpu-tiny-llama) plans the same either way.
+    step_model: str = DEFAULT_STEP_MODEL
+    safety_factor: float | None = None
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     apply_plan: bool = True
@@ -81,8 +88,8 @@ class NodeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"NodeConfig.{name} must be a number of seconds > 0 or null, got {value!r}")
-        from node.fit.profile import STEP_MODEL_FORMS
-
+        if self.safety_factor is not None and not (math.isfinite(self.safety_factor) and self.safety_factor >= 1):
+            raise ValueError(f"NodeConfig.safety_factor must be a number >= 1 or null, got {self.safety_factor!r}")
         if self.step_model not in STEP_MODEL_FORMS:
             raise ValueError(f"NodeConfig.step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if not isinstance(self.knobs, dict):

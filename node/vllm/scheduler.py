@@ -119,7 +119,7 @@ class FairBatchingMixin:
         self.fb_config = cfg = NodeConfig.from_env()
         check_internals(self, plan_applied=cfg.apply_plan)  # one clear error instead of a broken step
         self.fb_profile = profile = load_profile(cfg.profile)
-        prior = profile.step_model_as(cfg.step_model)
+        prior = profile.planning_model(cfg.step_model, cfg.safety_factor)
         self.fb_refit = OnlineRefit(
             prior, window=cfg.refit_window, min_samples=cfg.refit_min_samples, refit_every=cfg.refit_every,
             min_prefill_steps=cfg.refit_min_prefill_steps,
