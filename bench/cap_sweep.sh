@@ -7,7 +7,8 @@
 # simulator's defaults). The cap's default size is what an idle node prefills within the TTFT SLO by
 # the planning model: 44,349 tokens by the H100 profile's linear fit, 28,203 by its quadratic model.
 # TRACE and FLAGS change the setting (FLAGS are added to every run, e.g. FLAGS="--duration-s 600
-# --rate-scale 28" for the first 600 s of Azure conv). Writes one JSON per run, prints the table.
+# --rate-scale 28" for the first 600 s of Azure conv; PAB_ARMS= leaves out the two PAB arms). Writes one JSON
+# per run, prints the table.
 #   bash bench/cap_sweep.sh [OUT_DIR] [SEEDS] [CAPS]    # ~2 min a run on 2 cores (two at a time)
 set -euo pipefail
 out=${1:-bench/results/sim/headline-cap-sweep}
@@ -25,7 +26,7 @@ jobs_=()
 for cap in $caps; do
   jobs_+=("cap$cap --scheduler vllm --token-budget 1024 --balancer least-prefill --admission-cap --admission-cap-tokens $cap")
 done
-[ -n "${PAB_ARMS:-1}" ] && jobs_+=("pab-fairbatching --scheduler fairbatching --balancer pab"
+[ -n "${PAB_ARMS-1}" ] && jobs_+=("pab-fairbatching --scheduler fairbatching --balancer pab"
                                    "pab-vllm-1024 --scheduler vllm --token-budget 1024 --balancer pab")
 for ((i = 0; i < ${#jobs_[@]}; i += 2)); do
   run ${jobs_[i]} &
