@@ -58,7 +58,7 @@ for nodes in sorted({n for n, _ in caps}):
     for (n, arm), by_seed in sorted(caps.items()):
         if n != nodes or arm.startswith("vllm") or not vllm:
             continue
-        ratios = [by_seed[s] / max(v[s] for v in vllm.values() if s in v) for s in by_seed]
-        print(f"\n{arm} / best vLLM budget, per seed: " + ", ".join(f"{r:.3f}" for r in ratios)
+        ratios = [by_seed[s] / max(v[s] for v in vllm.values() if s in v) for s in sorted(by_seed)]
+        print(f"\n{arm} / best vLLM budget, per seed 0, 1, 2...: " + ", ".join(f"{r:.3f}" for r in ratios)
               + f" (median {statistics.median(ratios):.3f})")
 PY

@@ -353,7 +353,7 @@ def test_simulator_safety_factor_scales_the_planning_model_only():
         assert scaled.predict_s(new, ctx) == pytest.approx(base.predict_s(new, ctx) * 1.25)
     # The naive admission cap is the idle node's capacity without a margin: the factor leaves it alone.
     assert idle_prefill_cap(padded, profile) == idle_prefill_cap(own, profile)
-    for bad in (0.9, float("nan")):
+    for bad in (0.9, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="safety_factor"):
             SimConfig(safety_factor=bad)
 
@@ -383,11 +383,13 @@ def test_default_planning_model_is_the_quadratic_one_with_a_margin_where_it_has_
     # The CPU engine's profile has no attention term: its planning model is the profile's, as before.
     cpu = load_profile("cpu-tiny-llama")
     assert cpu.step_model.is_linear and SimConfig(profile="cpu-tiny-llama").planning_model(cpu) == cpu.step_model
-    with pytest.raises(ValueError, match="safety_factor"):
-        h100.planning_model("quadratic", 0.9)
     for bad in (0.9, float("inf")):
         with pytest.raises(ValueError, match="safety_factor"):
+            h100.planning_model("quadratic", bad)
+    for bad in (0.9, float("inf"), True, "1.2"):  # a boolean or a string is not read as a number
+        with pytest.raises(ValueError, match="safety_factor"):
             NodeConfig(safety_factor=bad)
+    assert NodeConfig(safety_factor=1).safety_factor == 1.0  # an integer is a number
 
 
 def test_truth_without_ground_truth_is_the_profiles_own_model():

@@ -114,7 +114,7 @@ class SimConfig:
     # balancer
     balancer: str = _opt("pab", "Placement policy: pab, round-robin, power-of-two, least-prefill, queue-kv, prefix-affinity (longest estimated cached prefix unless the load is unbalanced).")
     admission_cap: bool = _opt(False, "Reject when the chosen node's queued prefill passes what an idle node prefills within the TTFT SLO.")
-    admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO by the planning model, (ttft - a) / b, or with the prefill-attention term the root of a + b * L + e * L^2 / 2 = ttft).")
+    admission_cap_tokens: int | None = _opt(None, "With --admission-cap: the cap in prompt tokens (default: what an idle node prefills within the TTFT SLO by the planning model without its safety factor, (ttft - a) / b, or with the prefill-attention term the root of a + b * L + e * L^2 / 2 = ttft: 28,203 tokens on the h100 profile, 44,349 by its linear fit; the size that serves most depends on the trace, bench/cap_sweep.sh).")
     pab_variant: str = _opt("closed", "PAB estimate: closed (whole-life closed form), edf (EDF queue stepped forward) or prefill-only (the closed form before issue 10: running decodes' current load, no caps, no output lengths).")
     pab_horizon_fraction: float = _opt(1.0, "PAB's horizon as a share of the TTFT SLO (the serving layer's pab_horizon_fraction, 0.6 there: the rest is the way back and the tail; 1: the whole SLO, the recorded simulator results).")
     pab_lent_slack: bool = _opt(False, "FairBatching nodes: PAB's time limit takes off the slack decodes lend to prefills (a decode whose next token is due in s seconds, on the envelope the node paces to, reserves its steps only for the part of the prefill window after s; none while seat or KV pressure has the node serve every decode; node.core.pab, lent_decode_slack). Closed-form PAB only; no effect on other schedulers. Off: measured +1-2 % behind PAB without classes, a little worse for the interactive class with them (bench/results/NODE-POLICY.md).")
@@ -231,8 +231,8 @@ class SimConfig:
             raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
             raise ValueError(f"kv_cache_tokens must be >= 1 (none given: the profile's), got {self.kv_cache_tokens}")
-        if self.safety_factor is not None and not self.safety_factor >= 1:
-            raise ValueError(f"safety_factor must be >= 1, got {self.safety_factor!r}")
+        if self.safety_factor is not None and not (math.isfinite(self.safety_factor) and self.safety_factor >= 1):
+            raise ValueError(f"safety_factor must be a finite number >= 1, got {self.safety_factor!r}")
         if self.step_model not in STEP_MODEL_FORMS:
             raise ValueError(f"step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if self.lend not in ("always", "at-risk"):

@@ -132,8 +132,8 @@ class Profile:
         if safety_factor is None:
             safety_factor = self.safety_factor if model.is_linear else max(self.safety_factor,
                                                                             ATTENTION_MODEL_SAFETY_FACTOR)
-        if not safety_factor >= 1:
-            raise ValueError(f"safety_factor must be >= 1, got {safety_factor!r}")
+        if not (math.isfinite(safety_factor) and safety_factor >= 1):
+            raise ValueError(f"safety_factor must be a finite number >= 1, got {safety_factor!r}")
         return replace(model, safety_factor=safety_factor)
 
     @classmethod

@@ -49,6 +49,7 @@ from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import StrictFloat
 from pydantic.dataclasses import dataclass
 
 from node.fit.profile import DEFAULT_STEP_MODEL, STEP_MODEL_FORMS
@@ -69,7 +70,7 @@ class NodeConfig:
     # predictions (None: 1.1 with the attention term, else the profile's). The defaults measured best
     # (bench/results/STEPTIME.md 3b); a profile without the term (cpu-tiny-llama) plans the same either way.
     step_model: str = DEFAULT_STEP_MODEL
-    safety_factor: float | None = None
+    safety_factor: StrictFloat | None = None  # strict: a boolean or a string is refused, not read as 1.0
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     apply_plan: bool = True
