@@ -126,7 +126,7 @@ class Profile:
         ``safety_factor`` ``None``: the profile's, raised to ``ATTENTION_MODEL_SAFETY_FACTOR`` when the
         model has a prefill-attention term (the margin that measured best for it); a linear model keeps
         the profile's. One rule for the simulator (``SimConfig``) and the engines (``NodeConfig``).
-        Raises ``ValueError`` on an unknown form or a factor below 1.
+        Raises ``ValueError`` on an unknown form or a factor that is not a finite number >= 1.
         """
         model = self.step_model_as(form)
         if safety_factor is None:
