@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.net import free_port
+from cluster.net import free_ports
 
 pytestmark = [pytest.mark.serve, pytest.mark.skipif(shutil.which("prometheus") is None,
                                                     reason="prometheus missing (make prometheus)")]
@@ -161,15 +161,17 @@ def _scenario(tmp_path: Path) -> None:
     cluster = None
     try:
         # A CPU head and two (fake) GPU worker nodes, each with its own metrics export port.
-        ports = [free_port() for _ in range(3)]
+        # Every listener's port in one draw: distinct, and outside the range the kernel gives outgoing
+        # connections, which the starting cluster opens by the hundred (cluster.net.free_ports).
+        *ports, dashboard_port, serve_port, prom_port = free_ports(6)
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port(), "metrics_export_port": ports[0], "temp_dir": ray_tmp})
+            "dashboard_port": dashboard_port, "metrics_export_port": ports[0], "temp_dir": ray_tmp})
         for port in ports[1:]:
             cluster.add_node(num_cpus=1, num_gpus=1, metrics_export_port=port)
         ray.init(address=cluster.address, log_to_driver=False)
         # With two SLO classes (the dashboard's by-class panels; the load sends the default class).
-        cfg = ServeConfig(port=free_port(), engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True,
+        cfg = ServeConfig(port=serve_port, engine_num_gpus=1, engine_num_cpus=0.5, one_engine_per_node=True,
                           slo_tiers={"interactive": {"ttft_slo_s": 2.0, "tpot_slo_s": 0.25},
                                      "batch": {"ttft_slo_s": 30.0, "tpot_slo_s": 1.0}},
                           default_slo_tier="interactive")
@@ -193,7 +195,6 @@ def _scenario(tmp_path: Path) -> None:
         job["file_sd_configs"][0]["files"] = [str(sd_file)]
         job["file_sd_configs"][0]["refresh_interval"] = "1s"
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg))
-        prom_port = free_port()
         prom_url = f"http://127.0.0.1:{prom_port}"
         prom_proc = subprocess.Popen(
             ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
