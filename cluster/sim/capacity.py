@@ -291,8 +291,8 @@ def why_no_rate_meets(cfg: SimConfig, workload: Workload, profile: Profile, lowe
         why.append(f"{too_long} of {len(reqs)} prompts ({too_long / len(reqs):.1%}) take longer than their TTFT SLO "
                    f"to prefill alone on an idle node, so attainment can be at most {best:.1%}"
                    + (f", below the target {target:.0%}" if best < target else ""))
-    one_step_s = (truth.forward_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)) + 1, 0, 0.0)
-                  + truth.host_s + truth.host_s_per_request)
+    one_step_s = truth.forward_s(1, int(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)) + 1, 0, 0.0) \
+        + truth.host_time_s(1)
     tight = min((s.tpot_s for s in slos), default=default.tpot_s)
     if one_step_s > tight:
         why.append(f"one decode step of a typical request takes {one_step_s * 1e3:.1f} ms on the simulated truth, more than "

@@ -21,6 +21,7 @@ from cluster.sim.shared_host import IngressDelay, SharedHost
 from node.core.policies import POLICY_NAMES
 from cluster.workload.tiers import parse_slo_tiers
 from node.core.request import SLO
+from node.core.validation import check_at_least
 from node.fit.profile import DEFAULT_STEP_MODEL, STEP_MODEL_FORMS, profile_default_slo
 
 
@@ -231,8 +232,8 @@ class SimConfig:
             raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
             raise ValueError(f"kv_cache_tokens must be >= 1 (none given: the profile's), got {self.kv_cache_tokens}")
-        if self.safety_factor is not None and not (math.isfinite(self.safety_factor) and self.safety_factor >= 1):
-            raise ValueError(f"safety_factor must be a finite number >= 1, got {self.safety_factor!r}")
+        if self.safety_factor is not None:
+            check_at_least("safety_factor", self.safety_factor, 1.0)
         if self.step_model not in STEP_MODEL_FORMS:
             raise ValueError(f"step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if self.lend not in ("always", "at-risk"):

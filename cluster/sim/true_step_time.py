@@ -102,10 +102,14 @@ class TrueStepTime:
         total, done = 0.0, 0
         while done < prompt_tokens:
             q = min(max_chunk_tokens, prompt_tokens - done)
-            total += (self.forward_s(q, 0, done + q, prefill_attention_pairs(q, done))
-                      + self.host_s + self.host_s_per_request)
+            total += self.forward_s(q, 0, done + q, prefill_attention_pairs(q, done)) + self.host_time_s(1)
             done += q
         return total
+
+    def host_time_s(self, requests: int) -> float:
+        """Host time of a step serving ``requests`` requests, seconds: ``host_s`` plus ``host_s_per_request``
+        each (no contention)."""
+        return self.host_s + self.host_s_per_request * requests
 
     def forward_s(self, new_tokens: int, decode_context_tokens: int, prefill_context_tokens: int,
                   prefill_attention_pairs: float) -> float:
@@ -143,4 +147,4 @@ class TrueStepTime:
             self._noise_z = z
             t *= math.exp(-0.5 * s * s + z * s)
         self.last_forward_s = t * slowdown
-        return (t + self.host_s + self.host_s_per_request * requests) * slowdown
+        return (t + self.host_time_s(requests)) * slowdown

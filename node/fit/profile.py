@@ -132,9 +132,7 @@ class Profile:
         if safety_factor is None:
             safety_factor = self.safety_factor if model.is_linear else max(self.safety_factor,
                                                                             ATTENTION_MODEL_SAFETY_FACTOR)
-        if not (math.isfinite(safety_factor) and safety_factor >= 1):
-            raise ValueError(f"safety_factor must be a finite number >= 1, got {safety_factor!r}")
-        return replace(model, safety_factor=safety_factor)
+        return replace(model, safety_factor=safety_factor)  # StepTimeModel checks the factor
 
     @classmethod
     def from_fit(

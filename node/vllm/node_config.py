@@ -52,6 +52,7 @@ from typing import Any
 from pydantic import StrictFloat
 from pydantic.dataclasses import dataclass
 
+from node.core.validation import check_at_least
 from node.fit.profile import DEFAULT_STEP_MODEL, STEP_MODEL_FORMS
 
 ENV_VAR = "FAIRBATCHING_NODE_CONFIG"
@@ -89,8 +90,8 @@ class NodeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"NodeConfig.{name} must be a number of seconds > 0 or null, got {value!r}")
-        if self.safety_factor is not None and not (math.isfinite(self.safety_factor) and self.safety_factor >= 1):
-            raise ValueError(f"NodeConfig.safety_factor must be a number >= 1 or null, got {self.safety_factor!r}")
+        if self.safety_factor is not None:
+            check_at_least("NodeConfig.safety_factor", self.safety_factor, 1.0)
         if self.step_model not in STEP_MODEL_FORMS:
             raise ValueError(f"NodeConfig.step_model must be one of {', '.join(STEP_MODEL_FORMS)}, got {self.step_model!r}")
         if not isinstance(self.knobs, dict):
